@@ -1,0 +1,55 @@
+r"""The one entry point: `python -m experiments.main --config=... --workdir=...`.
+
+The config's `job` field picks what runs (see experiments/README.md):
+  world  build the synthetic marketplace (experiments/configs/world.py)
+
+Override any config field from the command line, e.g.
+`--config=experiments/configs/world.py:tiny --config.world.seed=3`.
+Multi-host: when the environment names a coordinator (JAX_COORDINATOR_ADDRESS,
+or a SLURM / cloud TPU job), `jax.distributed.initialize()` runs first.
+"""
+
+import importlib
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file, optionally with ":arg".',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for all outputs.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# job -> module with `run(config, workdir)`.
+JOBS = {
+    'world': 'mmrec.data.build',
+}
+
+
+def _maybe_initialize_distributed():
+  if any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
+                                   'TPU_WORKER_HOSTNAMES')):
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _maybe_initialize_distributed()
+  config = _CONFIG.value
+  if config.job not in JOBS:
+    raise app.UsageError(f'config.job = {config.job!r}; known jobs: '
+                         f'{sorted(JOBS)}')
+  logging.info('job %s, process %d of %d, devices: %s', config.job,
+               jax.process_index(), jax.process_count(), jax.devices())
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  os.makedirs(workdir, exist_ok=True)
+  importlib.import_module(JOBS[config.job]).run(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

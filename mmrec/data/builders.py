@@ -1,0 +1,244 @@
+"""TFDS builders that write the world as array_record, and their readers.
+
+One builder per table: items, users, search (train / test = held-out
+sessions), impressions (train = training days, test = test days) and captions.
+Each writes `<data_dir>/<name>/1.0.0/` and is read back with
+`tfds.builder_from_directory(...).as_data_source(split)` (random access, no
+TensorFlow). Features are inferred from the arrays, with the field docs below
+so that `features.json` describes the data. The oracle is not a dataset: it is
+an .npz beside them that only evaluation code opens.
+"""
+
+import contextlib
+import json
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
+
+VERSION = '1.0.0'
+ORACLE_FILE = 'oracle.npz'
+VOCAB_FILE = 'vocab.json'
+CONFIG_FILE = 'world_config.json'
+
+FIELD_DOCS = {
+    'item_id': 'item id in [0, num_items)',
+    'category': 'leaf category id',
+    'top_category': 'top category id',
+    'shop': 'shop id',
+    'launch_day': 'first day the item can be shown',
+    'image': 'catalogue image, RGB uint8',
+    'title': 'title token ids, left-aligned, 0 = padding',
+    'user_id': 'user id in [0, num_users)',
+    'age': 'age bucket', 'gender': 'gender id', 'city': 'city id',
+    'session_id': 'search session id',
+    'query_is_image': 'True: image query, False: text query',
+    'query_image': 'user photo of the sought concept (zeros for text queries)',
+    'query_text': 'query token ids (zeros for image queries)',
+    'purchased_item': 'item bought at the end of the session',
+    'hard_negatives': 'clicked-but-not-bought item ids (see mask)',
+    'hard_negative_mask': 'which hard_negatives slots are real',
+    'held_out': 'True for held-out sessions (the test split)',
+    'day': 'day of the impression',
+    'label': '1 = click',
+    'seq_item': 'behaviour item ids before this day, right-aligned, 0 = pad',
+    'seq_len': 'number of real (right-most) entries of seq_item',
+    'caption': 'generic appearance caption token ids',
+}
+
+
+def _feature(name, column):
+  doc = FIELD_DOCS.get(name)
+  if column.ndim == 1:
+    return tfds.features.Scalar(column.dtype, doc=doc)
+  # One bytes blob per tensor: much cheaper to encode than int lists.
+  return tfds.features.Tensor(shape=column.shape[1:], dtype=column.dtype,
+                              encoding='bytes', doc=doc)
+
+
+class TableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Writes {split: {field: array}} tables; subclasses set `name`."""
+  VERSION = tfds.core.Version(VERSION)
+
+  def __init__(self, *, splits=None, **kwargs):
+    self._splits = splits
+    super().__init__(file_format='array_record', **kwargs)
+
+  def _info(self):
+    first = next(iter(self._splits.values()))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict(
+            {k: _feature(k, v) for k, v in first.items()}),
+        disable_shuffling=True)  # keep generation order: byte-identical files
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {name: self._generate_examples(table)
+            for name, table in self._splits.items()}
+
+  def _generate_examples(self, table):
+    n = len(next(iter(table.values())))
+    for i in range(n):
+      yield i, {k: v[i] for k, v in table.items()}
+
+
+class Items(TableBuilder, skip_registration=True):
+  """Catalogue items: image, title, category, shop, launch day."""
+  name = 'mmrec_items'
+
+
+class Users(TableBuilder, skip_registration=True):
+  """Users: profile fields."""
+  name = 'mmrec_users'
+
+
+class Search(TableBuilder, skip_registration=True):
+  """Search -> purchase sessions (pre-training only)."""
+  name = 'mmrec_search'
+
+
+class Impressions(TableBuilder, skip_registration=True):
+  """Display impressions with behaviour sequences (CTR)."""
+  name = 'mmrec_impressions'
+
+
+class Captions(TableBuilder, skip_registration=True):
+  """Generic (image, appearance caption) pairs for CLIP-O."""
+  name = 'mmrec_captions'
+
+
+@contextlib.contextmanager
+def _deterministic_serialization():
+  """Serialises tf.Example maps in a fixed order while TFDS writes.
+
+  TFDS calls `SerializeToString()`, whose map order follows a per-process
+  hash: the same world would give different bytes in every run. Same seed ->
+  byte-identical files needs `deterministic=True`, which TFDS offers no
+  option for.
+  """
+  cls = example_serializer.ExampleSerializer
+  original = cls.serialize_example
+  cls.serialize_example = lambda self, example: self.get_tf_example(
+      example).SerializeToString(deterministic=True)
+  try:
+    yield
+  finally:
+    cls.serialize_example = original
+
+
+def _split_rows(table, mask):
+  return {k: v[mask] for k, v in table.items()}
+
+
+def _atomic_write(path, write_fn):
+  tmp = path + '.tmp'
+  write_fn(tmp)
+  os.replace(tmp, path)
+
+
+def world_config_dict(cfg):
+  return json.loads(cfg.to_json_best_effort(sort_keys=True))
+
+
+def write(world, data_dir):
+  """Writes every table of `world` under `data_dir`, plus oracle and vocab.
+
+  Refuses a `data_dir` that holds a world built from another config, so a
+  stale world is never mistaken for the requested one. Each dataset is
+  written by TFDS into a temporary directory and renamed when complete; the
+  config file is written last, so its presence marks a finished world.
+  """
+  os.makedirs(data_dir, exist_ok=True)
+  config_path = os.path.join(data_dir, CONFIG_FILE)
+  wanted = world_config_dict(world.config)
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      if json.load(f) != wanted:
+        raise ValueError(
+            f'{data_dir} already holds a world built from a different '
+            f'config ({config_path}); use another --workdir or delete it')
+  day = world.impressions['day']
+  held = world.search['held_out']
+  builders = [
+      (Items, {'catalogue': world.items}),
+      (Users, {'catalogue': world.users}),
+      (Search, {'train': _split_rows(world.search, ~held),
+                'test': _split_rows(world.search, held)}),
+      (Impressions, {
+          'train': _split_rows(world.impressions, day < world.first_test_day),
+          'test': _split_rows(world.impressions, day >= world.first_test_day)}),
+      (Captions, {'train': world.captions}),
+  ]
+  tfds.disable_progress_bar()  # our own logging reports progress
+  with _deterministic_serialization():
+    for cls, splits in builders:
+      logging.info('writing %s (%s rows)', cls.name, {
+          k: len(next(iter(v.values()))) for k, v in splits.items()})
+      cls(splits=splits, data_dir=data_dir).download_and_prepare()
+  _atomic_write(os.path.join(data_dir, ORACLE_FILE),
+                lambda p: _save_npz(p, world.oracle))
+  _atomic_write(os.path.join(data_dir, VOCAB_FILE),
+                lambda p: _save_json(p, {'words': list(world.vocab.words)}))
+  _atomic_write(config_path, lambda p: _save_json(p, wanted))
+
+
+def _save_npz(path, arrays):
+  with open(path, 'wb') as f:
+    np.savez(f, **arrays)
+
+
+def _save_json(path, obj):
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+
+
+def is_complete(data_dir):
+  return os.path.exists(os.path.join(data_dir, CONFIG_FILE))
+
+
+def dataset_dir(data_dir, name):
+  path = os.path.join(data_dir, name, VERSION)
+  if not os.path.exists(os.path.join(path, 'dataset_info.json')):
+    raise FileNotFoundError(
+        f'no dataset {name!r} under {data_dir} (expected {path}); build the '
+        'world first: python -m experiments.main '
+        '--config=experiments/configs/world.py --workdir=...')
+  return path
+
+
+def data_source(data_dir, name, split):
+  """Random-access source over one split: `len()`, `[i]`, `__getitems__`."""
+  builder = tfds.builder_from_directory(dataset_dir(data_dir, name))
+  if split not in builder.info.splits:
+    raise ValueError(f'dataset {name!r} has splits '
+                     f'{sorted(builder.info.splits)}, not {split!r}')
+  return builder.as_data_source(split)
+
+
+def read_rows(source, indices):
+  """Reads rows by index into a dict of stacked numpy arrays.
+
+  Batched reads (`__getitems__`) are ~4x faster than one row at a time, and
+  scalars come back as Python numbers, so the stored dtypes are restored.
+  """
+  rows = source.__getitems__(list(map(int, indices)))
+  features = source.dataset_info.features
+  return {k: np.asarray([r[k] for r in rows], dtype=features[k].np_dtype)
+          for k in rows[0]}
+
+
+def load_table(data_dir, name, split, chunk=8192):
+  """Reads a whole split into memory (for lookup tables: items, users)."""
+  source = data_source(data_dir, name, split)
+  parts = [read_rows(source, range(i, min(i + chunk, len(source))))
+           for i in range(0, len(source), chunk)]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def load_oracle(data_dir):
+  with np.load(os.path.join(data_dir, ORACLE_FILE)) as f:
+    return dict(f)

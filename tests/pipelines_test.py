@@ -1,0 +1,142 @@
+"""Tests of the grain pipelines: joins, determinism, sharding, state."""
+
+from absl.testing import absltest
+import fixtures
+import numpy as np
+
+from mmrec.data import builders
+from mmrec.data import pipelines
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+class CtrPipelineTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = fixtures.tiny_world_dir()
+    cls.w = fixtures.tiny_world()
+    cls.items = builders.load_table(cls.dir, 'mmrec_items', 'catalogue')
+    cls.users = builders.load_table(cls.dir, 'mmrec_users', 'catalogue')
+
+  def _ds(self, **kw):
+    kw.setdefault('batch_size', 64)
+    return pipelines.ctr_dataset(self.dir, kw.pop('split', 'train'),
+                                 items=self.items, users=self.users, **kw)
+
+  def test_batch_fields_and_joins(self):
+    b = next(pipelines.iterator(self._ds(seed=1)))
+    n, length = 64, self.w.config.seq_len
+    self.assertEqual(b['seq_item'].shape, (n, length))
+    self.assertEqual(b['seq_mask'].dtype, np.bool_)
+    for k in ('user_id', 'age', 'gender', 'city', 'item_id', 'category',
+              'shop', 'label', 'day'):
+      self.assertEqual(b[k].shape, (n,), k)
+    cat = self.w.items['category']
+    np.testing.assert_array_equal(b['category'], cat[b['item_id']])
+    np.testing.assert_array_equal(b['age'], self.w.users['age'][b['user_id']])
+    m = b['seq_mask']
+    np.testing.assert_array_equal(b['seq_category'][m], cat[b['seq_item'][m]])
+    self.assertTrue((b['seq_item'][~m] == 0).all())
+    self.assertTrue((b['day'] < self.w.first_test_day).all())
+
+  def test_deterministic_for_seed(self):
+    a = _take(pipelines.iterator(self._ds(seed=3)), 3)
+    b = _take(pipelines.iterator(self._ds(seed=3)), 3)
+    c = _take(pipelines.iterator(self._ds(seed=4)), 3)
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x['item_id'], y['item_id'])
+    self.assertFalse(np.array_equal(a[0]['user_id'], c[0]['user_id']))
+
+  def test_epochs_align_with_batches_reshuffle_and_cover_the_split(self):
+    rows = len(builders.data_source(self.dir, 'mmrec_impressions', 'train'))
+    ds = pipelines.table_dataset(self.dir, 'mmrec_impressions', 'train',
+                                 batch_size=1000, seed=0, num_epochs=2)
+    per_epoch = rows // 1000
+    self.assertLen(ds, 2 * per_epoch)
+    epochs = [np.concatenate([ds[e * per_epoch + i]['user_id']
+                              for i in range(per_epoch)]) for e in (0, 1)]
+    self.assertFalse(np.array_equal(epochs[0], epochs[1]))
+    users = self.w.impressions['user_id'][
+        self.w.impressions['day'] < self.w.first_test_day]
+    for e in epochs:  # a permutation of the split, less the remainder
+      self.assertLen(e, per_epoch * 1000)
+      self.assertLessEqual(
+          np.abs(np.bincount(e, minlength=2000) -
+                 np.bincount(users, minlength=2000)).sum(), rows % 1000)
+
+  def test_eval_pass_keeps_every_row_in_order(self):
+    ds = self._ds(split='test', shuffle=False, batch_size=1000)
+    got = np.concatenate([b['item_id'] for b in ds])
+    test = self.w.impressions['day'] >= self.w.first_test_day
+    np.testing.assert_array_equal(got, self.w.impressions['item_id'][test])
+
+  def test_processes_read_disjoint_shards(self):
+    shards = [
+        np.concatenate([b['item_id'] for b in pipelines.table_dataset(
+            self.dir, 'mmrec_impressions', 'test', batch_size=500,
+            shuffle=False, process_index=i, process_count=2)])
+        for i in range(2)]
+    test = self.w.impressions['day'] >= self.w.first_test_day
+    full = self.w.impressions['item_id'][test]
+    np.testing.assert_array_equal(shards[0], full[0::2])
+    np.testing.assert_array_equal(shards[1], full[1::2])
+    train = [len(pipelines.table_dataset(
+        self.dir, 'mmrec_impressions', 'train', batch_size=500,
+        process_index=i, process_count=2)) for i in range(2)]
+    self.assertEqual(train[0], train[1])
+    with self.assertRaisesRegex(ValueError, 'divisible'):
+      pipelines.table_dataset(self.dir, 'mmrec_impressions', 'train',
+                              batch_size=501, process_index=0,
+                              process_count=2)
+
+  def test_iterator_state_round_trip(self):
+    for threads in (0, 2):
+      it = pipelines.iterator(self._ds(seed=7), prefetch_threads=threads)
+      _take(it, 2)
+      state = it.get_state()
+      expected = _take(it, 3)
+      fresh = pipelines.iterator(self._ds(seed=7), prefetch_threads=threads)
+      fresh.set_state(state)
+      for x, y in zip(expected, _take(fresh, 3)):
+        np.testing.assert_array_equal(x['user_id'], y['user_id'])
+        np.testing.assert_array_equal(x['seq_item'], y['seq_item'])
+
+
+class PretrainPipelineTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = fixtures.tiny_world_dir()
+    cls.w = fixtures.tiny_world()
+
+  def test_joins_images_and_titles(self):
+    b = next(pipelines.iterator(pipelines.pretrain_dataset(self.dir, batch_size=32)))
+    items = self.w.items
+    np.testing.assert_array_equal(b['pos_image'], items['image'][b['pos_item']])
+    np.testing.assert_array_equal(b['pos_title'], items['title'][b['pos_item']])
+    h = self.w.config.max_hard_negatives
+    size = self.w.config.image_size
+    self.assertEqual(b['neg_image'].shape, (32, h, size, size, 3))
+    np.testing.assert_array_equal(b['neg_title'],
+                                  items['title'][b['neg_item']])
+    self.assertEqual(b['neg_mask'].shape, (32, h))
+
+  def test_augmentation_is_seeded_and_changes_images(self):
+    plain = next(pipelines.iterator(pipelines.pretrain_dataset(self.dir, batch_size=32)))
+    a = next(pipelines.iterator(pipelines.pretrain_dataset(self.dir, batch_size=32,
+                                             augment=True)))
+    b = next(pipelines.iterator(pipelines.pretrain_dataset(self.dir, batch_size=32,
+                                             augment=True)))
+    np.testing.assert_array_equal(a['pos_item'], plain['pos_item'])
+    np.testing.assert_array_equal(a['pos_image'], b['pos_image'])
+    self.assertFalse(np.array_equal(a['pos_image'], plain['pos_image']))
+    self.assertEqual(a['neg_image'].dtype, np.uint8)
+
+
+if __name__ == '__main__':
+  absltest.main()
