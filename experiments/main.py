@@ -2,6 +2,7 @@ r"""The one entry point: `python -m experiments.main --config=... --workdir=...`
 
 The config's `job` field picks what runs (see experiments/README.md):
   world  build the synthetic marketplace (experiments/configs/world.py)
+  bench  benchmarks, results as JSON + markdown (experiments/configs/bench.py)
 
 Override any config field from the command line, e.g.
 `--config=experiments/configs/world.py:tiny --config.world.seed=3`.
@@ -27,6 +28,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # job -> module with `run(config, workdir)`.
 JOBS = {
     'world': 'mmrec.data.build',
+    'bench': 'experiments.bench',
 }
 
 

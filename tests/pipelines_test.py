@@ -4,6 +4,9 @@ from absl.testing import absltest
 import fixtures
 import numpy as np
 
+import tempfile
+
+from mmrec import checkpointing
 from mmrec.data import builders
 from mmrec.data import pipelines
 
@@ -104,6 +107,23 @@ class CtrPipelineTest(absltest.TestCase):
       for x, y in zip(expected, _take(fresh, 3)):
         np.testing.assert_array_equal(x['user_id'], y['user_id'])
         np.testing.assert_array_equal(x['seq_item'], y['seq_item'])
+
+  def test_iterator_state_round_trips_through_a_checkpoint(self):
+    it = pipelines.iterator(self._ds(seed=11), prefetch_threads=1)
+    _take(it, 3)
+    directory = tempfile.mkdtemp()
+    with checkpointing.Checkpointer(directory) as ckpt:
+      ckpt.save(3, {'step': np.array(3, np.int32)}, data_iterator=it,
+                config={'seed': 11})
+      ckpt.wait()
+    expected = _take(it, 2)
+    fresh = pipelines.iterator(self._ds(seed=11), prefetch_threads=1)
+    with checkpointing.Checkpointer(directory) as ckpt:
+      _, config = ckpt.restore(target_state={'step': np.array(0, np.int32)},
+                               data_iterator=fresh)
+    self.assertEqual(config, {'seed': 11})
+    for x, y in zip(expected, _take(fresh, 2)):
+      np.testing.assert_array_equal(x['item_id'], y['item_id'])
 
 
 class PretrainPipelineTest(absltest.TestCase):

@@ -1,0 +1,169 @@
+"""Device mesh, logical-axis rules and NamedShardings (the only module building them).
+
+Modules name parameter axes logically ('vocab', 'embed', 'mlp', 'heads') via
+`nn.with_logical_partitioning`; the rules here map those names onto the mesh
+axes ('data', 'model'). Batches shard on 'data' along axis 0; embedding tables
+shard their rows ('vocab') on 'model' so a table larger than one device fits.
+
+A logical axis is only sharded when the mesh axes it maps to divide the
+dimension; otherwise that dimension is replicated (logged). So a 1000-row table
+on a 'model' axis of 3 runs, replicated, instead of failing: pad the vocabulary
+to a multiple of the model-axis size to get it sharded.
+"""
+
+from collections.abc import Callable, Sequence
+import math
+from typing import Any
+
+from absl import logging
+from flax.core import meta
+import jax
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ('data', 'model')
+
+# (logical name, mesh axis or None). Names missing here are replicated.
+DEFAULT_RULES = (
+    ('batch', 'data'),
+    ('vocab', 'model'),
+    ('embed', None),
+    ('mlp', None),
+    ('heads', None),
+    ('kv', None),
+    ('length', None),
+)
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def make_mesh(data: int = -1, model: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A ('data', 'model') mesh over `devices` (default: all); -1 = the rest."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if data == -1 and model == -1:
+    raise ValueError('At most one of data, model may be -1 (all remaining '
+                     'devices).')
+  if data == -1 or model == -1:
+    known = model if data == -1 else data
+    if known <= 0 or n % known:
+      raise ValueError(f'{n} devices do not divide into a mesh with '
+                       f'data={data}, model={model}.')
+    data, model = (n // known, model) if data == -1 else (data, n // known)
+  if data <= 0 or model <= 0 or data * model != n:
+    raise ValueError(f'Mesh data={data} x model={model} needs {data * model} '
+                     f'devices, got {n}.')
+  # Auto axes: explicit axis types (make_mesh's default) break table lookups.
+  return jax.make_mesh((data, model), MESH_AXES,
+                       axis_types=(AxisType.Auto,) * 2, devices=devices)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Axis 0 split over 'data', the rest replicated (also over 'model')."""
+  return NamedSharding(mesh, P('data'))
+
+
+def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Host-local numpy batch (pytree) -> global jax.Arrays sharded on 'data'.
+
+  Each process passes its own slice of the global batch; the global batch is
+  the concatenation over processes.
+  """
+  sharding = batch_sharding(mesh)
+
+  def put(path, x):
+    try:
+      return jax.make_array_from_process_local_data(sharding, x)
+    except ValueError as e:
+      raise ValueError(
+          f'shard_batch: {jax.tree_util.keystr(path)} of shape '
+          f'{getattr(x, "shape", None)} cannot be split on axis 0 over '
+          f"'data' (size {mesh.shape['data']}): {e}") from e
+
+  return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def _mesh_axes(name, rules: Rules, mesh: jax.sharding.Mesh):
+  """One logical name (or a tuple of them) -> mesh axis, tuple or None."""
+  if isinstance(name, tuple):
+    mapped = [_mesh_axes(n, rules, mesh) for n in name]
+    return tuple(a for m in mapped
+                 for a in ((m,) if isinstance(m, str) else m or ()))
+  for logical, mesh_axis in rules:
+    if logical == name:
+      return mesh_axis
+  # nn.with_partitioning uses mesh axis names directly.
+  return name if name in mesh.axis_names else None
+
+
+def _spec(names, shape, mesh: jax.sharding.Mesh, rules: Rules) -> P:
+  """Logical names (+ optional shape) -> PartitionSpec of mesh axes."""
+  used, out = set(), []
+  for i, name in enumerate(names or ()):
+    axes = None if name is None else _mesh_axes(name, rules, mesh)
+    axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    if used & set(axes_t):  # A mesh axis may shard only one dimension.
+      axes_t = ()
+    size = math.prod(mesh.shape[a] for a in axes_t)
+    if axes_t and shape is not None and shape[i] % size:
+      logging.info('Replicating axis %s (%d) of %s: not divisible by %s=%d.',
+                   name, shape[i], tuple(shape), axes_t, size)
+      axes_t = ()
+    used |= set(axes_t)
+    out.append(None if not axes_t else
+               axes_t[0] if len(axes_t) == 1 else axes_t)
+  return P(*out)
+
+
+def _is_names(x) -> bool:
+  return x is None or isinstance(x, P) or (
+      isinstance(x, tuple)
+      and all(n is None or isinstance(n, (str, tuple)) for n in x))
+
+
+def logical_to_sharding(logical_axes_tree: Any, mesh: jax.sharding.Mesh,
+                        rules: Rules = DEFAULT_RULES,
+                        shapes: Any = None) -> Any:
+  """Tree of logical-name tuples/PartitionSpecs -> tree of NamedShardings.
+
+  `logical_axes_tree` is e.g. `nn.get_partition_spec(abstract_params)`; None or
+  empty leaves are replicated. With `shapes` (a matching tree of objects with
+  `.shape`), axes the mesh does not divide are replicated.
+  """
+  if shapes is None:
+    return jax.tree.map(
+        lambda n: NamedSharding(mesh, _spec(n, None, mesh, rules)),
+        logical_axes_tree, is_leaf=_is_names)
+  return jax.tree.map(
+      lambda n, s: NamedSharding(
+          mesh, _spec(n, getattr(s, 'shape', None), mesh, rules)),
+      logical_axes_tree, shapes, is_leaf=_is_names)
+
+
+def state_shardings(init_fn: Callable[..., Any], *args,
+                    mesh: jax.sharding.Mesh,
+                    rules: Rules = DEFAULT_RULES) -> Any:
+  """NamedShardings for the output of `init_fn(*args)`, computed without FLOPs.
+
+  Leaves boxed with `nn.with_logical_partitioning` (including optax moments
+  built from boxed params) get their logical axes mapped by `rules`; all other
+  leaves, e.g. optax's step counter, are replicated on the mesh, so the whole
+  state lives on the mesh and can go through a jit with `in_shardings`. The
+  result has one NamedSharding per box or array, so it is a valid `out_shardings`
+  for `init_fn` and for `nn.unbox(init_fn(...))` alike.
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+
+  def leaf(x):
+    if isinstance(x, meta.Partitioned):
+      return NamedSharding(mesh, _spec(x.names, x.value.shape, mesh, rules))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(leaf, abstract,
+                      is_leaf=lambda x: isinstance(x, meta.Partitioned))

@@ -1,0 +1,63 @@
+"""End-to-end tests of the documented commands (`experiments.main`)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+
+def _main(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.main', *args],
+      capture_output=True, text=True, timeout=600,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      env={**os.environ, 'XLA_FLAGS': ''})
+
+
+class WorldJobTest(absltest.TestCase):
+
+  def test_world_tiny_builds_reports_and_is_reused(self):
+    workdir = tempfile.mkdtemp()
+    args = ('--config=experiments/configs/world.py:tiny',
+            '--config.world.num_users=500', '--config.world.num_items=800',
+            f'--workdir={workdir}')
+    first = _main(*args)
+    self.assertEqual(first.returncode, 0, first.stderr[-3000:])
+    self.assertIn('orderings: OK', first.stdout)
+    self.assertIn('(ii) ID-only', first.stdout)
+    with open(os.path.join(workdir, 'world_summary.json')) as f:
+      summary = json.load(f)
+    self.assertEqual(summary['honesty_problems'], [])
+    self.assertEqual(summary['statistics']['users'], 500)
+    second = _main(*args)
+    self.assertEqual(second.returncode, 0, second.stderr[-3000:])
+    self.assertIn('reusing', second.stderr)
+    self.assertIn('orderings: OK', second.stdout)
+
+  def test_bad_config_fails_at_start_naming_the_field(self):
+    result = _main('--config=experiments/configs/world.py:tiny',
+                   '--config.world.num_test_days=7',
+                   f'--workdir={tempfile.mkdtemp()}')
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn('num_test_days', result.stderr)
+    self.assertIn('allowed range', result.stderr)
+
+
+class BenchJobTest(absltest.TestCase):
+
+  def test_bench_tiny_writes_json_and_markdown(self):
+    workdir = tempfile.mkdtemp()
+    result = _main('--config=experiments/configs/bench.py:tiny',
+                   f'--workdir={workdir}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(workdir, 'results.json')) as f:
+      res = json.load(f)
+    self.assertGreater(res['benchmarks']['world']['generate_seconds'], 0)
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'results.md')))
+
+
+if __name__ == '__main__':
+  absltest.main()
