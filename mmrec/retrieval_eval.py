@@ -1,0 +1,66 @@
+"""Pre-training accuracy as paper.md defines it, on held-out search sessions.
+
+For each held-out (query, purchased item) pair the purchased item is ranked
+by cosine similarity against a fixed candidate set: the purchased items of the
+whole held-out set plus the session's own hard negatives (clicked, not
+bought). Reported: accuracy@1 and recall@10, separately for image and text
+queries, on all held-out sessions and on those that bought a new item (never
+seen in pre-training).
+"""
+
+import numpy as np
+
+from mmrec import metrics
+
+
+def _unit(x):
+  x = np.asarray(x, np.float32)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def evaluate(sessions, item_vectors, image_query_vectors=None,
+             text_query_vectors=None, new_items=None, k=(1, 10)):
+  """Retrieval metrics of one encoder.
+
+  Args:
+    sessions: the held-out search split as a dict of arrays
+      (query_is_image, purchased_item, hard_negatives, hard_negative_mask).
+    item_vectors: (num_items, D) vectors of every catalogue item.
+    image_query_vectors: (S, D) vectors of every session's query image (rows
+      of text sessions are ignored), or None if the encoder has no image side.
+    text_query_vectors: (S, D) likewise for query texts.
+    new_items: optional (num_items,) bool, True for items new on the test day.
+    k: retrieval cut-offs.
+
+  Returns:
+    {'image': {...}, 'text': {...}, 'image_new': ..., 'text_new': ...}, each
+    {'accuracy@1', 'recall@10', 'queries'}; None where not applicable.
+  """
+  items = _unit(item_vectors)
+  purchased = sessions['purchased_item']
+  pool = np.unique(purchased)
+  pos = np.searchsorted(pool, purchased)
+  hard = sessions['hard_negatives']
+  hard_mask = sessions['hard_negative_mask'].astype(bool)
+  out = {}
+  for modality, queries in (('image', image_query_vectors),
+                            ('text', text_query_vectors)):
+    want = sessions['query_is_image'] == (modality == 'image')
+    subsets = {modality: want}
+    if new_items is not None:
+      subsets[f'{modality}_new'] = want & new_items[purchased]
+    for name, rows in subsets.items():
+      rows = np.flatnonzero(rows)
+      if queries is None or not len(rows):
+        out[name] = None
+        continue
+      q = _unit(np.asarray(queries)[rows])
+      sim = np.concatenate([q @ items[pool].T,
+                            np.einsum('qd,qhd->qh', q, items[hard[rows]])], 1)
+      mask = np.concatenate([np.ones((len(rows), len(pool)), bool),
+                             hard_mask[rows]], 1)
+      res = metrics.retrieval_accuracy(sim, pos[rows], k=k,
+                                       candidate_mask=mask)
+      res['queries'] = int(len(rows))
+      out[name] = res
+  return out

@@ -1,0 +1,98 @@
+"""The item-vector table: what the embedding job writes and the CTR model reads.
+
+One `.npz` per table with `float32` (N, D) L2-normalised vectors, `int8`
+(N, D) = round(127 v) (dequantised as int8 / 127, within 1/254 of the float
+vector per entry), and `metadata` (JSON: encoder checkpoint, config, dim,
+count, sha256 of the float table). Written to a temporary file and renamed,
+so a reader never sees a partial table; on load the shapes, the values and
+the checksum are checked so a truncated or corrupt table fails with a clear
+error instead of feeding garbage to a model.
+"""
+
+import hashlib
+import json
+import os
+import zipfile
+
+import numpy as np
+
+
+class VectorTableError(ValueError):
+  """A vector table is missing, corrupt, or does not fit its consumer."""
+
+
+def quantize(vectors):
+  return np.round(np.clip(vectors, -1, 1) * 127).astype(np.int8)
+
+
+def dequantize(q):
+  return q.astype(np.float32) / 127
+
+
+def _digest(vectors):
+  return hashlib.sha256(np.ascontiguousarray(vectors, np.float32)).hexdigest()
+
+
+def save(path, vectors, metadata=None):
+  """Writes a table atomically; returns the metadata written."""
+  vectors = np.asarray(vectors, np.float32)
+  if vectors.ndim != 2:
+    raise VectorTableError(f'vectors must be (num_items, dim), got shape '
+                           f'{vectors.shape}')
+  if not np.isfinite(vectors).all():
+    bad = np.flatnonzero(~np.isfinite(vectors).all(1))
+    raise VectorTableError(f'{len(bad)} item vectors are not finite (first '
+                           f'item ids: {bad[:5].tolist()}); refusing to save')
+  meta = dict(metadata or {})
+  meta.update(num_items=int(vectors.shape[0]), dim=int(vectors.shape[1]),
+              sha256=_digest(vectors), format_version=1)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    np.savez(f, float32=vectors, int8=quantize(vectors),
+             metadata=np.array(json.dumps(meta, sort_keys=True)))
+  os.replace(tmp, path)
+  return meta
+
+
+def load(path, *, dtype='float32', num_items=None, dim=None):
+  """Reads and checks a table; returns (vectors, metadata).
+
+  Args:
+    path: the .npz written by `save`.
+    dtype: 'float32' or 'int8' (the quantised copy, as stored).
+    num_items: if given, the table must have exactly this many rows.
+    dim: if given, the vectors must have this dimension.
+  """
+  if dtype not in ('float32', 'int8'):
+    raise VectorTableError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
+  if not os.path.exists(path):
+    raise VectorTableError(f'no vector table at {path}; run the embedding '
+                           'job (config.job = "embed") first')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      meta = json.loads(str(f['metadata']))
+      vectors = f['float32']
+      table = vectors if dtype == 'float32' else f['int8']
+  except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+    raise VectorTableError(
+        f'vector table {path} is corrupt or truncated ({type(e).__name__}: '
+        f'{e}); re-run the embedding job') from e
+  where = f'vector table {path}'
+  if vectors.shape != (meta['num_items'], meta['dim']):
+    raise VectorTableError(f'{where}: float32 shape {vectors.shape} does not '
+                           f'match its metadata ({meta["num_items"]}, '
+                           f'{meta["dim"]})')
+  if _digest(vectors) != meta['sha256']:
+    raise VectorTableError(f'{where}: checksum mismatch, the file is corrupt')
+  if not np.isfinite(vectors).all():
+    raise VectorTableError(f'{where}: holds NaN or infinite vectors')
+  if table.shape != vectors.shape:
+    raise VectorTableError(f'{where}: {dtype} copy has shape {table.shape}, '
+                           f'expected {vectors.shape}')
+  if num_items is not None and meta['num_items'] != num_items:
+    raise VectorTableError(f'{where}: has {meta["num_items"]} items, the data '
+                           f'has {num_items} (item ids must index the table)')
+  if dim is not None and meta['dim'] != dim:
+    raise VectorTableError(f'{where}: dimension {meta["dim"]}, the model '
+                           f'expects {dim}')
+  return table, meta
