@@ -1,0 +1,162 @@
+"""The CTR model: the DIN-style ID model and its multimodal variants.
+
+ID model: ID embeddings -> DIN target attention (query = the target's
+[item, category] embedding, keys/values = the behaviours') -> tower MLP with
+Dice over [user, target, attention output] -> logit.
+
+Variants (`CtrConfig.variant`; all read the frozen item-vector table
+`vectors` (V, Dv), an argument, never a param):
+- 'id': the ID model alone.
+- 'vector': raw vectors as extra inputs: the target's / behaviours' vectors are
+  appended to the attention query / keys / values, the target's to the tower.
+- 'simscore': each behaviour's cosine to the target is an extra attention input.
+- 'simtier_paper', 'simtier_official': the SimTier vector joins the tower input
+  (the raw vectors do not).
+- 'make': MAKE taps joined in: attention output -> tower input, hidden
+  activation -> concatenated after the first tower layer, logit -> added.
+- 'simtier_make': SimTier (`simtier_make_tier`) and MAKE.
+
+Shape letters: B batch, L behaviour-sequence length, D ID embedding width,
+Dv item-vector width.
+"""
+
+from collections.abc import Sequence
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmrec import embedding
+from mmrec import layers
+from mmrec import make as make_lib
+from mmrec import simtier
+
+VARIANTS = ('id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
+            'make', 'simtier_make')
+
+
+@dataclasses.dataclass(frozen=True)
+class CtrConfig:
+  """CTR model configuration.
+
+  simtier_make_tier: which SimTier 'simtier_make' uses ('official' = the
+  team's open code, or 'paper').
+  """
+  embedding: embedding.EmbeddingConfig
+  variant: str = 'id'
+  attention_mlp: Sequence[int] = (64, 32)
+  attention_softmax: bool = True
+  tower: Sequence[int] = (256, 128, 64)
+  simtier_bins: int = 20
+  simtier_mask_padding: bool = True
+  simtier_official_dim: int = 1
+  simtier_make_tier: str = 'official'
+  make: make_lib.MakeConfig = dataclasses.field(
+      default_factory=make_lib.MakeConfig)
+
+  def __post_init__(self):
+    if self.variant not in VARIANTS:
+      raise ValueError(f'CtrConfig.variant = {self.variant!r}, expected one '
+                       f'of {VARIANTS}.')
+    if self.simtier_make_tier not in ('official', 'paper'):
+      raise ValueError(f'CtrConfig.simtier_make_tier = '
+                       f"{self.simtier_make_tier!r}, expected 'official' or "
+                       "'paper'.")
+    if not self.tower:
+      raise ValueError('CtrConfig.tower needs at least one layer.')
+
+  @property
+  def uses_make(self) -> bool:
+    return self.variant in ('make', 'simtier_make')
+
+  @property
+  def simtier_kind(self) -> str | None:
+    """'paper', 'official' or None: which SimTier feeds the tower."""
+    if self.variant == 'simtier_make':
+      return self.simtier_make_tier
+    if self.variant.startswith('simtier_'):
+      return self.variant[len('simtier_'):]
+    return None
+
+  @property
+  def uses_vectors(self) -> bool:
+    """Whether the forward pass gathers item vectors itself (MAKE aside)."""
+    return self.variant in ('vector', 'simscore') or bool(self.simtier_kind)
+
+
+class CtrModel(nn.Module):
+  """ID model + integration variant.
+
+  `__call__(batch, vectors=None, make_taps=None, train=False)` -> logits (B,).
+
+  batch: user_id, age, gender, city, item_id, category, shop (B,) int,
+  seq_item, seq_category (B, L) int, seq_mask (B, L) bool (+ seq_shop with
+  `EmbeddingConfig.seq_shop`). label/day are not read.
+  vectors: the frozen (V, Dv) item-vector table, float32 or int8 (= 127·v);
+  needed by every variant but 'id' (and 'make' given `make_taps`).
+  make_taps: precomputed MAKE taps {'attention', 'hidden', 'logit'}; if None,
+  the 'make' submodule computes them (the usual path; needed at init to
+  create params['make']).
+  train: Dice uses batch statistics and updates 'batch_stats'; apply with
+  `mutable=['batch_stats']`. A frozen MAKE (`make.freeze`) always runs in
+  eval mode, so its batch_stats stay as loaded from stage A.
+
+  Params: embed (IdEmbeddings), attention, [simtier], tower_{i}, dice_{i},
+  head, [make].
+  """
+  config: CtrConfig
+
+  @nn.compact
+  def __call__(self, batch, vectors=None, make_taps=None, train: bool = False):
+    cfg = self.config
+    user, target, seq = embedding.IdEmbeddings(cfg.embedding, name='embed')(
+        batch)
+    mask = batch['seq_mask'].astype(bool)
+    query = target[:, :seq.shape[-1]]  # The fields the behaviours also have.
+    keys = seq
+    tower_in = [user, target]
+    extra = None
+
+    if cfg.uses_vectors:
+      target_vec, seq_vec = embedding.item_vectors(
+          vectors, batch, cfg.embedding.num_items)
+      sims = simtier.cosine(target_vec, seq_vec)
+      if cfg.variant == 'vector':
+        query = jnp.concatenate([query, target_vec], axis=-1)
+        keys = jnp.concatenate([keys, seq_vec], axis=-1)
+        tower_in.append(target_vec)
+      elif cfg.variant == 'simscore':
+        extra = simtier.simscore_features(sims, mask)
+      elif cfg.simtier_kind == 'paper':
+        tower_in.append(simtier.simtier_paper(
+            sims, mask, cfg.simtier_bins, cfg.simtier_mask_padding))
+      else:
+        tower_in.append(simtier.SimTierOfficial(
+            cfg.simtier_official_dim, cfg.simtier_mask_padding,
+            name='simtier')(sims, mask))
+
+    tower_in.append(layers.TargetAttention(
+        cfg.attention_mlp, softmax=cfg.attention_softmax, name='attention')(
+            query, keys, keys, mask, extra))
+
+    if cfg.uses_make:
+      if make_taps is None:
+        make_taps = make_lib.MakeModel(cfg.make, name='make')(
+            batch, vectors, train=train and not cfg.make.freeze)[1]
+      if cfg.make.freeze:
+        # No gradient flows into a frozen MAKE (the optimizer also zeroes its
+        # updates); this just saves the backward pass through it.
+        make_taps = jax.lax.stop_gradient(make_taps)
+      tower_in.append(make_taps['attention'])
+
+    x = jnp.concatenate(tower_in, axis=-1)
+    for i, f in enumerate(cfg.tower):
+      x = layers.dense(f, name=f'tower_{i}')(x)
+      x = layers.Dice(name=f'dice_{i}')(x, train=train)
+      if i == 0 and cfg.uses_make:
+        x = jnp.concatenate([x, make_taps['hidden']], axis=-1)
+    logit = layers.dense(1, ('mlp', None), name='head')(x)[:, 0]
+    if cfg.uses_make:
+      logit = logit + make_taps['logit']
+    return logit

@@ -1,0 +1,98 @@
+"""SimTier (paper and official variants) and SimScore features.
+
+Both turn the cosine similarities between a target item's vector and its
+behaviour items' vectors into a fixed-size "similarity distribution":
+- paper: counts of the sims in N equal-width tiers over [-1, 1];
+- official (alimama-tech/MUSE): bin = ceil(10·cos) + 10 clipped to [0, 21]
+  (22 bins; cos in [-1, 1] uses bins 0..20), output log(1 + count) · W[bin]
+  with a learned width-d vector per bin, flattened.
+
+Padding: with `mask_padding=True` (our default) padded positions are not
+counted. With `mask_padding=False` they are counted the way the official code
+counts them: a padded behaviour is a zero vector, whose cosine is 0, so it
+lands in the middle bin, whatever value `sims` holds there.
+
+Shape letters: B batch, T behaviour-sequence length, D vector width,
+N paper tiers, d official per-bin width.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+OFFICIAL_NUM_BINS = 22  # ceil(10·cos) + 10 in [0, 20], plus one slot for >1.
+
+
+def cosine(target, seq, eps: float = 1e-8):
+  """Cosine of each behaviour to the target: (B, D), (B, T, D) -> (B, T).
+
+  A zero vector (padding, missing item) has cosine 0 to everything.
+  """
+  t = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), eps)
+  s = seq / jnp.maximum(jnp.linalg.norm(seq, axis=-1, keepdims=True), eps)
+  return jnp.einsum('bd,btd->bt', t, s)
+
+
+def _counted(sims, mask, mask_padding: bool):
+  """(sims, weights): padding dropped (weight 0) or counted as cosine 0."""
+  mask = mask.astype(bool)
+  if mask_padding:
+    return sims, mask.astype(jnp.float32)
+  return jnp.where(mask, sims, 0.0), jnp.ones(sims.shape, jnp.float32)
+
+
+def paper_bins(sims, num_bins: int = 20):
+  """Tier index of each sim: N equal-width tiers over [-1, 1]; 1 -> N - 1."""
+  bins = jnp.floor((sims + 1.0) * (num_bins / 2.0)).astype(jnp.int32)
+  return jnp.clip(bins, 0, num_bins - 1)
+
+
+def simtier_paper(sims, mask, num_bins: int = 20, mask_padding: bool = True):
+  """Counts of the sims per tier: (B, T), (B, T) bool -> (B, N) float32."""
+  sims, weights = _counted(sims, mask, mask_padding)
+  onehot = jax.nn.one_hot(paper_bins(sims, num_bins), num_bins)
+  return jnp.einsum('btn,bt->bn', onehot, weights)
+
+
+def official_bins(sims):
+  """The official code's bin index: ceil(10·cos) + 10, clipped to [0, 21].
+
+  Multiplies by 10 (as the official code does, 1/eps) rather than dividing by
+  0.1, so exact tenths land where the maths says: cos = 0.3 -> bin 13.
+  """
+  bins = jnp.ceil(sims * 10.0).astype(jnp.int32) + 10
+  return jnp.clip(bins, 0, OFFICIAL_NUM_BINS - 1)
+
+
+def simtier_official_counts(sims, mask, mask_padding: bool = True):
+  """Counts per official bin: (B, T), (B, T) bool -> (B, 22) float32."""
+  sims, weights = _counted(sims, mask, mask_padding)
+  onehot = jax.nn.one_hot(official_bins(sims), OFFICIAL_NUM_BINS)
+  return jnp.einsum('btn,bt->bn', onehot, weights)
+
+
+def simscore_features(sims, mask):
+  """SimScore side input for attention: (B, T) -> (B, T, 1), 0 at padding."""
+  return jnp.where(mask.astype(bool), sims, 0.0)[..., None]
+
+
+class SimTierOfficial(nn.Module):
+  """Official SimTier: log1p(count[bin]) · W[bin], flattened.
+
+  Shapes: sims (B, T), mask (B, T) bool -> (B, 22·d). Params: 'tier_weights'
+  (22, d), initialised uniform in [0, 1) as the official code does (zeros
+  would give the tower nothing to learn from at the start).
+  """
+  dim: int = 1
+  mask_padding: bool = True
+
+  @nn.compact
+  def __call__(self, sims, mask):
+    w = self.param(
+        'tier_weights',
+        nn.with_logical_partitioning(nn.initializers.uniform(1.0),
+                                     ('tier', 'embed')),
+        (OFFICIAL_NUM_BINS, self.dim), jnp.float32)
+    counts = simtier_official_counts(sims, mask, self.mask_padding)
+    out = jnp.log1p(counts)[..., None] * w  # (B, 22, d)
+    return out.reshape(out.shape[0], OFFICIAL_NUM_BINS * self.dim)

@@ -1,0 +1,338 @@
+"""Tests for the CTR model, its variants, layers (Dice, TargetAttention),
+ID embeddings and the optimizer."""
+
+import dataclasses
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmrec import ctr_model
+from mmrec import embedding
+from mmrec import layers
+from mmrec import make
+from mmrec import optimizer
+
+B, L, DV = 4, 5, 8
+EMB = embedding.EmbeddingConfig(
+    num_users=10, num_ages=3, num_genders=2, num_cities=4, num_items=20,
+    num_categories=5, num_shops=6, dim=4)
+
+
+def tiny_config(variant, freeze=True):
+  return ctr_model.CtrConfig(
+      EMB, variant=variant, attention_mlp=(8, 4), tower=(8, 4),
+      make=make.MakeConfig(attention_mlp=(8,), mlp=(6,), freeze=freeze))
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_data():
+  """A batch (full row, all-padded row, two partial rows) and a vector table."""
+  rng = np.random.default_rng(0)
+  mask = np.arange(L)[None] >= L - np.array([L, 0, 2, 3])[:, None]
+  batch = {
+      'user_id': rng.integers(0, 10, B), 'age': rng.integers(0, 3, B),
+      'gender': rng.integers(0, 2, B), 'city': rng.integers(0, 4, B),
+      'item_id': rng.integers(0, 20, B), 'category': rng.integers(0, 5, B),
+      'shop': rng.integers(0, 6, B),
+      'seq_item': np.where(mask, rng.integers(0, 20, (B, L)), 0),
+      'seq_category': np.where(mask, rng.integers(0, 5, (B, L)), 0),
+      'seq_mask': mask, 'label': np.array([1, 0, 1, 0], np.int32),
+      'day': np.zeros(B, np.int32)}
+  batch = {k: v.astype(np.int32) if v.dtype == np.int64 else v
+           for k, v in batch.items()}
+  vectors = rng.normal(size=(20, DV)).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  return batch, vectors
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model_and_logits(variant, freeze=True):
+  """(model, variables, eval logits); init's forward pass is in eval mode."""
+  model = ctr_model.CtrModel(tiny_config(variant, freeze))
+  batch, vectors = tiny_data()
+  logits, variables = model.init_with_output(jax.random.key(0), batch,
+                                             vectors)
+  return model, variables, logits
+
+
+def tiny_model(variant, freeze=True):
+  return tiny_model_and_logits(variant, freeze)[:2]
+
+
+class VariantsTest(parameterized.TestCase):
+
+  @parameterized.parameters(*ctr_model.VARIANTS)
+  def test_forward(self, variant):
+    model, variables, logits = tiny_model_and_logits(variant)
+    batch, vectors = tiny_data()
+    top = set(variables['params'])
+    self.assertContainsSubset(
+        {'embed', 'attention', 'tower_0', 'dice_0', 'tower_1', 'head'}, top)
+    self.assertEqual('simtier' in top, variant in ('simtier_official',
+                                                   'simtier_make'))
+    self.assertEqual('make' in top, variant in ('make', 'simtier_make'))
+    self.assertEqual(logits.shape, (B,))
+    self.assertTrue(np.isfinite(logits).all())
+    logits_t, updates = model.apply(variables, batch, vectors, train=True,
+                                    mutable=['batch_stats'])
+    self.assertEqual(logits_t.shape, (B,))
+    self.assertTrue(np.isfinite(logits_t).all())
+    new, old = updates['batch_stats'], variables['batch_stats']
+    self.assertFalse(np.array_equal(new['dice_0']['bn']['mean'],
+                                    old['dice_0']['bn']['mean']))
+    if 'make' in top:  # Frozen MAKE runs in eval mode: stats as loaded.
+      jax.tree.map(np.testing.assert_array_equal, new['make'], old['make'])
+
+  def test_bad_variant(self):
+    with self.assertRaisesRegex(ValueError, 'variant'):
+      tiny_config('vectors')
+
+  def test_missing_vectors(self):
+    model, variables = tiny_model('simtier_paper')
+    with self.assertRaisesRegex(ValueError, 'vectors'):
+      model.apply(variables, tiny_data()[0])
+
+  def test_make_taps_argument(self):
+    """Precomputed taps give the same logits as the 'make' submodule."""
+    model, variables = tiny_model('make')
+    batch, vectors = tiny_data()
+    make_vars = {col: tree['make'] for col, tree in variables.items()}
+    _, taps = make.MakeModel(model.config.make).apply(make_vars, batch,
+                                                      vectors)
+    self.assertEqual(taps['attention'].shape, (B, DV))
+    self.assertEqual(taps['hidden'].shape, (B, 6))
+    np.testing.assert_allclose(
+        model.apply(variables, batch, make_taps=taps),
+        model.apply(variables, batch, vectors), rtol=1e-6)
+
+  def test_vectors_get_no_gradient(self):
+    # Every variant gathers through embedding.item_vectors; 'vector' feeds the
+    # raw vectors everywhere. SimTier + trainable MAKE: see OptimizerTest.
+    model, variables = tiny_model('vector')
+    batch, vectors = tiny_data()
+
+    def loss(vecs, params):
+      return jnp.sum(model.apply({**variables, 'params': params}, batch, vecs,
+                                 train=True, mutable=['batch_stats'])[0] ** 2)
+
+    g_vec, g_params = jax.jit(jax.grad(loss, argnums=(0, 1)))(
+        vectors, variables['params'])
+    np.testing.assert_array_equal(g_vec, np.zeros_like(vectors))
+    # ...while the model itself does learn.
+    self.assertGreater(
+        float(jnp.abs(g_params['head']['kernel'].unbox()).sum()), 0.0)
+
+  def test_int8_table_equals_dequantised_float(self):
+    model, variables = tiny_model('simtier_make')
+    batch, vectors = tiny_data()
+    q = np.round(vectors * 127).astype(np.int8)
+    np.testing.assert_allclose(
+        model.apply(variables, batch, q),
+        model.apply(variables, batch, q.astype(np.float32) / 127.0),
+        rtol=1e-6, atol=1e-7)
+
+
+class DiceTest(absltest.TestCase):
+
+  def test_matches_numpy(self):
+    rng = np.random.default_rng(3)
+    x = rng.normal(1.0, 2.0, (16, 3)).astype(np.float32)
+    dice = layers.Dice()
+    variables = dice.init(jax.random.key(0), x)
+    alpha = np.array([0.0, 0.25, -0.5], np.float32)
+    variables = {'params': {'alpha': alpha},
+                 'batch_stats': variables['batch_stats']}
+
+    def np_dice(x, mean, var):
+      p = 1 / (1 + np.exp(-(x - mean) / np.sqrt(var + 1e-8)))
+      return p * x + (1 - p) * alpha * x
+
+    # Train: batch statistics, running averages updated with momentum 0.9.
+    y, upd = dice.apply(variables, x, train=True, mutable=['batch_stats'])
+    mean, var = x.mean(0), x.var(0)
+    np.testing.assert_allclose(y, np_dice(x, mean, var), rtol=1e-5,
+                               atol=1e-6)
+    stats = upd['batch_stats']['bn']
+    np.testing.assert_allclose(stats['mean'], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * var, rtol=1e-5)
+    # Eval: running statistics, so a row's output ignores the other rows.
+    ev = {'params': variables['params'], 'batch_stats': upd['batch_stats']}
+    y_eval = dice.apply(ev, x)
+    np.testing.assert_allclose(
+        y_eval, np_dice(x, stats['mean'], stats['var']), rtol=1e-5,
+        atol=1e-6)
+    np.testing.assert_array_equal(dice.apply(ev, x[:1]), y_eval[:1])
+
+
+class TargetAttentionTest(parameterized.TestCase):
+
+  @parameterized.parameters(True, False)
+  def test_matches_numpy_and_masks(self, softmax):
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(B, 3)).astype(np.float32)
+    k = rng.normal(size=(B, L, 3)).astype(np.float32)
+    v = rng.normal(size=(B, L, 2)).astype(np.float32)
+    extra = rng.normal(size=(B, L, 1)).astype(np.float32)
+    mask = tiny_data()[0]['seq_mask']
+    att = layers.TargetAttention(hidden=(5,), softmax=softmax)
+    params = nn.unbox(att.init(jax.random.key(1), q, k, v, mask, extra))
+    got = np.asarray(att.apply(params, q, k, v, mask, extra))
+
+    p = jax.tree.map(np.asarray, params['params'])
+    w0, b0 = p['mlp']['dense_0']['kernel'], p['mlp']['dense_0']['bias']
+    w1, b1 = p['score']['kernel'], p['score']['bias']
+    want = np.zeros((B, 2), np.float32)
+    for b in range(B):
+      s = []
+      for t in range(L):
+        inp = np.concatenate([q[b], k[b, t], q[b] - k[b, t], q[b] * k[b, t],
+                              extra[b, t]])
+        h = 1 / (1 + np.exp(-(inp @ w0 + b0)))
+        s.append(float((h @ w1 + b1)[0]))
+      s = np.array(s)
+      valid = mask[b]
+      if softmax and valid.any():
+        e = np.exp(s[valid] - s[valid].max())
+        s = np.zeros(L)
+        s[valid] = e / e.sum()
+      for t in range(L):
+        if valid[t]:
+          want[b] += s[t] * v[b, t]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[1], 0.0)  # All-padded row.
+    # Padded positions' keys and values have no influence.
+    k2, v2 = k.copy(), v.copy()
+    k2[~mask], v2[~mask] = 1e3, 1e3
+    np.testing.assert_array_equal(
+        att.apply(params, q, k2, v2, mask, extra), got)
+
+
+class CheckIdsTest(parameterized.TestCase):
+
+  def test_ok(self):
+    embedding.check_ids(tiny_data()[0], EMB)
+
+  @parameterized.parameters(
+      ('seq_item', (2, 3), 20, r"'seq_item'.*20.*\[0, 19\]"),
+      ('age', (0,), -1, r"'age'.*-1.*\[0, 2\]"),
+      ('shop', (1,), 99, r"'shop'.*99.*\[0, 5\]"))
+  def test_out_of_range_names_field(self, field, index, value, regex):
+    batch = {k: v.copy() for k, v in tiny_data()[0].items()}
+    batch[field][index] = value
+    with self.assertRaisesRegex(ValueError, regex):
+      embedding.check_ids(batch, EMB)
+
+  def test_missing_field(self):
+    batch = dict(tiny_data()[0])
+    del batch['city']
+    with self.assertRaisesRegex(ValueError, "'city'"):
+      embedding.check_ids(batch, EMB)
+
+  def test_sequence_features_zero_at_padding(self):
+    batch = tiny_data()[0]
+    emb = embedding.IdEmbeddings(EMB)
+    variables = emb.init(jax.random.key(0), batch)
+    user, target, seq = emb.apply(variables, batch)
+    self.assertEqual(user.shape, (B, 4 * EMB.dim))
+    self.assertEqual(target.shape, (B, 3 * EMB.dim))
+    self.assertEqual(seq.shape, (B, L, 2 * EMB.dim))
+    np.testing.assert_array_equal(np.asarray(seq)[~batch['seq_mask']], 0.0)
+    # Shared tables: a behaviour equal to the target embeds the same.
+    table = variables['params']['item']['embedding']
+    self.assertEqual(table.names, ('vocab', 'embed'))
+    np.testing.assert_array_equal(target[:, :EMB.dim],
+                                  table.value[batch['item_id']])
+
+  def test_seq_shop(self):
+    """With seq_shop behaviours carry all three item fields, like the target."""
+    cfg = dataclasses.replace(EMB, seq_shop=True)
+    batch = dict(tiny_data()[0])
+    with self.assertRaisesRegex(ValueError, "'seq_shop'"):
+      embedding.check_ids(batch, cfg)
+    batch['seq_shop'] = np.where(batch['seq_mask'], 5, 0).astype(np.int32)
+    embedding.check_ids(batch, cfg)
+    emb = embedding.IdEmbeddings(cfg)
+    _, _, seq = emb.apply(emb.init(jax.random.key(0), batch), batch)
+    self.assertEqual(seq.shape, (B, L, 3 * EMB.dim))
+
+
+class OptimizerTest(parameterized.TestCase):
+
+  def test_labels(self):
+    _, variables = tiny_model('make')
+    params = variables['params']
+    labels = optimizer.param_labels(params, ('make',))
+    self.assertEqual(labels, optimizer.param_labels(nn.unbox(params),
+                                                    ('make',)))
+    flat = {jax.tree_util.keystr(p): l for p, l in
+            jax.tree_util.tree_flatten_with_path(labels)[0]}
+    for path, label in flat.items():
+      if path.startswith("['make']"):
+        want = 'frozen'
+      elif path.startswith("['embed']"):
+        want = 'embedding'
+      else:
+        want = 'dense'
+      self.assertEqual(label, want, path)
+    self.assertEqual(
+        sum(l == 'embedding' for l in flat.values()), 7)  # One per table.
+    with self.assertRaisesRegex(ValueError, 'mkae'):
+      optimizer.make_optimizer(params, frozen_prefixes=('mkae',))
+
+  @parameterized.parameters(True, False)
+  def test_frozen_make_stays_bit_identical(self, freeze):
+    (params, stats), (p, new_stats), _ = tiny_training_run(freeze)
+    same = lambda a, b: bool(jax.tree.all(jax.tree.map(np.array_equal, a, b)))
+    self.assertEqual(same(p['make'], params['make']), freeze)
+    self.assertEqual(same(new_stats['make'], stats['make']), freeze)
+    self.assertFalse(same(p['embed'], params['embed']))
+    self.assertFalse(same(p['simtier'], params['simtier']))
+    self.assertFalse(same(p['tower_0'], params['tower_0']))
+
+  def test_trainable_make_gives_vectors_no_gradient(self):
+    *_, vector_grads = tiny_training_run(False)
+    for g in vector_grads:
+      np.testing.assert_array_equal(g, 0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_training_run(freeze, steps=3):
+  """'simtier_make' trained a few steps with the real optimizer.
+
+  Returns (params, batch_stats) before and after, and the gradient w.r.t. the
+  vector table at each step.
+  """
+  model, variables = tiny_model('simtier_make', freeze=freeze)
+  batch, vectors = tiny_data()
+  params = nn.unbox(variables['params'])
+  tx = optimizer.make_optimizer(
+      params, frozen_prefixes=('make',) if freeze else ())
+  labels = jnp.asarray(batch['label'], jnp.float32)
+
+  @jax.jit
+  def step(params, stats, opt):
+    def loss(p, vecs):
+      logits, upd = model.apply({'params': p, 'batch_stats': stats}, batch,
+                                vecs, train=True, mutable=['batch_stats'])
+      return optax.sigmoid_binary_cross_entropy(logits, labels).mean(), upd
+    (grads, g_vec), upd = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+        params, vectors)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), upd['batch_stats'], opt, g_vec
+
+  p, stats, opt, vector_grads = params, variables['batch_stats'], tx.init(
+      params), []
+  for _ in range(steps):
+    p, stats, opt, g_vec = step(p, stats, opt)
+    vector_grads.append(g_vec)
+  return (params, variables['batch_stats']), (p, stats), vector_grads
+
+
+if __name__ == '__main__':
+  absltest.main()

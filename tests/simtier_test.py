@@ -1,0 +1,158 @@
+"""Tests for mmrec.simtier against plain numpy loops."""
+
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import numpy as np
+
+from mmrec import simtier
+
+B, T = 6, 7
+
+
+def _mask(rng):
+  """Left-padded mask with a full row, an all-padded row and random lengths."""
+  lengths = np.concatenate([[T, 0], rng.integers(0, T + 1, B - 2)])
+  return np.arange(T)[None] >= T - lengths[:, None]
+
+
+def _sims(rng):
+  """Random sims in [-1, 1] plus exact boundaries; garbage at some padding."""
+  sims = rng.uniform(-1, 1, (B, T)).astype(np.float32)
+  sims[2, :3] = [-1.0, 0.0, 1.0]
+  return sims
+
+
+def np_paper_counts(sims, mask, n, mask_padding):
+  edges = np.linspace(-1.0, 1.0, n + 1)
+  out = np.zeros((sims.shape[0], n), np.float32)
+  for b in range(sims.shape[0]):
+    for t in range(sims.shape[1]):
+      s = float(sims[b, t])
+      if not mask[b, t]:
+        if mask_padding:
+          continue
+        s = 0.0  # A padded behaviour is a zero vector: cosine 0.
+      k = n - 1 if s >= 1.0 else next(
+          i for i in range(n) if edges[i] <= s < edges[i + 1])
+      out[b, k] += 1
+  return out
+
+
+def np_official_bin(s):
+  # float32 product, as the official torch code computes cos * (1 / 0.1).
+  k = int(math.ceil(float(np.float32(s) * np.float32(10.0)))) + 10
+  return min(max(k, 0), 21)
+
+
+def np_official_counts(sims, mask, mask_padding):
+  out = np.zeros((sims.shape[0], 22), np.float32)
+  for b in range(sims.shape[0]):
+    for t in range(sims.shape[1]):
+      if not mask[b, t] and mask_padding:
+        continue
+      out[b, np_official_bin(sims[b, t] if mask[b, t] else 0.0)] += 1
+  return out
+
+
+class CosineTest(absltest.TestCase):
+
+  def test_matches_numpy_and_zero_vectors_give_zero(self):
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(B, 5)).astype(np.float32)
+    seq = rng.normal(size=(B, T, 5)).astype(np.float32)
+    seq[1] = 0.0  # Padding: zero vectors.
+    target[3] = 0.0
+    want = np.zeros((B, T), np.float32)
+    for b in range(B):
+      for t in range(T):
+        na, nb = np.linalg.norm(target[b]), np.linalg.norm(seq[b, t])
+        if na > 0 and nb > 0:
+          want[b, t] = target[b] @ seq[b, t] / (na * nb)
+    got = np.asarray(simtier.cosine(target, seq))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    self.assertTrue((got[1] == 0).all() and (got[3] == 0).all())
+
+
+class PaperTest(parameterized.TestCase):
+
+  @parameterized.product(num_bins=(20, 7), mask_padding=(True, False))
+  def test_matches_numpy(self, num_bins, mask_padding):
+    rng = np.random.default_rng(num_bins)
+    sims, mask = _sims(rng), _mask(rng)
+    got = simtier.simtier_paper(sims, mask, num_bins, mask_padding)
+    self.assertEqual(got.shape, (B, num_bins))
+    np.testing.assert_array_equal(
+        got, np_paper_counts(sims, mask, num_bins, mask_padding))
+    total = mask.sum(1) if mask_padding else np.full(B, T)
+    np.testing.assert_array_equal(np.asarray(got).sum(1), total)
+
+  def test_boundaries(self):
+    sims = np.array([[-1.0, -0.9, 0.0, 0.5, 1.0]], np.float32)
+    bins = simtier.paper_bins(sims, 20)
+    np.testing.assert_array_equal(bins, [[0, 1, 10, 15, 19]])
+
+  def test_all_padded_row(self):
+    mask = np.zeros((1, T), bool)
+    sims = np.full((1, T), 0.77, np.float32)
+    self.assertEqual(float(simtier.simtier_paper(sims, mask).sum()), 0.0)
+    unmasked = simtier.simtier_paper(sims, mask, 20, mask_padding=False)
+    self.assertEqual(float(unmasked[0, 10]), T)  # cos 0 -> middle tier.
+
+
+class OfficialTest(parameterized.TestCase):
+
+  def test_boundaries(self):
+    sims = np.array([[-1.5, -1.0, -0.95, -0.05, 0.0, 0.05, 0.1, 0.3, 1.0,
+                      1.0001]], np.float32)
+    np.testing.assert_array_equal(
+        simtier.official_bins(sims),
+        [[0, 0, 1, 10, 10, 11, 11, 13, 20, 21]])
+    np.testing.assert_array_equal(
+        simtier.official_bins(sims), [[np_official_bin(s) for s in sims[0]]])
+
+  @parameterized.parameters(True, False)
+  def test_counts_match_numpy(self, mask_padding):
+    rng = np.random.default_rng(1)
+    sims, mask = _sims(rng), _mask(rng)
+    got = simtier.simtier_official_counts(sims, mask, mask_padding)
+    self.assertEqual(got.shape, (B, 22))
+    np.testing.assert_array_equal(
+        got, np_official_counts(sims, mask, mask_padding))
+    if not mask_padding:  # The all-padded row: T zero vectors in bin 10.
+      self.assertEqual(float(got[1, 10]), T)
+
+  @parameterized.parameters((1, True), (3, False))
+  def test_module_matches_numpy(self, dim, mask_padding):
+    rng = np.random.default_rng(dim)
+    sims, mask = _sims(rng), _mask(rng)
+    module = simtier.SimTierOfficial(dim=dim, mask_padding=mask_padding)
+    params = module.init(jax.random.key(0), sims, mask)['params']
+    w = np.asarray(params['tier_weights'].unbox())
+    self.assertEqual(w.shape, (22, dim))
+    self.assertTrue((w >= 0).all() and (w < 1).all() and w.any())
+    got = module.apply({'params': params}, sims, mask)
+    counts = np_official_counts(sims, mask, mask_padding)
+    want = np.stack([np.concatenate(
+        [math.log1p(counts[b, k]) * w[k] for k in range(22)])
+                     for b in range(B)])
+    self.assertEqual(got.shape, (B, 22 * dim))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # The all-padded row is empty unless padding counts (then bin 10 only).
+    self.assertEqual(bool(np.asarray(got)[1].any()), not mask_padding)
+
+
+class SimScoreTest(absltest.TestCase):
+
+  def test_features(self):
+    rng = np.random.default_rng(2)
+    sims, mask = _sims(rng), _mask(rng)
+    got = simtier.simscore_features(sims, mask)
+    self.assertEqual(got.shape, (B, T, 1))
+    np.testing.assert_array_equal(got[..., 0], np.where(mask, sims, 0.0))
+
+
+if __name__ == '__main__':
+  absltest.main()
