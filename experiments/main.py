@@ -2,6 +2,9 @@ r"""The one entry point: `python -m experiments.main --config=... --workdir=...`
 
 The config's `job` field picks what runs (see experiments/README.md):
   world  build the synthetic marketplace (experiments/configs/world.py)
+  scl    pre-train an item encoder: SCL or a baseline (configs/scl.py)
+  embed  encoder checkpoint -> item-vector table (configs/embed.py)
+  ctr    train + evaluate a CTR model / integration variant (configs/ctr.py)
   bench  benchmarks, results as JSON + markdown (experiments/configs/bench.py)
 
 Override any config field from the command line, e.g.
@@ -29,7 +32,19 @@ flags.mark_flags_as_required(['config', 'workdir'])
 JOBS = {
     'world': 'mmrec.data.build',
     'bench': 'experiments.bench',
+    'scl': 'mmrec.train_scl',
+    'embed': 'mmrec.embed',
+    'ctr': 'mmrec.train_ctr',
 }
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Drops INFO chatter of orbax / tfds / grain, so progress lines stand out."""
+  _NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/etils/')
+
+  def filter(self, record):
+    return record.levelno > logging.logging.INFO or not any(
+        n in record.pathname for n in self._NOISY)
 
 
 def _maybe_initialize_distributed():
@@ -41,6 +56,7 @@ def _maybe_initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   _maybe_initialize_distributed()
   config = _CONFIG.value
   if config.job not in JOBS:

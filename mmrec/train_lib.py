@@ -101,7 +101,8 @@ class MetricWriter:
     self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
     self._jsonl.flush()
     for k, v in values.items():
-      self._tb.add_scalar(k, v, int(step))
+      # TensorBoard rejects '@' in tags ('accuracy@1').
+      self._tb.add_scalar(k.replace('@', '_at_'), v, int(step))
 
   def close(self):
     if self._active:

@@ -1,0 +1,218 @@
+"""Item embedding: trained or reference encoders -> the item-vector table.
+
+`Encoder` wraps a trained MultimodalEncoder: sharded batch inference over the
+'data' axis for the catalogue (padded to one compiled shape) and a warm
+single-item path for new items (`encode_one`). `ReferenceEncoder` is the
+untrained reference of the comparison: a fixed random projection of raw
+pixels or of bag-of-token counts.
+
+The embedding job (`config.job = 'embed'`, experiments/configs/embed.py)
+restores an encoder from a pre-training workdir and writes
+`<workdir>/item_vectors.npz` (see vector_table.py) atomically.
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+import flax.linen as nn
+import jax
+import numpy as np
+
+from mmrec import checkpointing
+from mmrec import retrieval_eval
+from mmrec import sharding
+from mmrec import train_lib
+from mmrec import vector_table
+from mmrec.data import builders
+
+REFERENCE_METHODS = ('raw_pixels', 'bag_of_tokens')
+VECTORS_FILE = 'item_vectors.npz'
+
+
+class Encoder:
+  """Trained encoder: items / image queries / text queries -> unit vectors."""
+
+  def __init__(self, model, params, mesh, batch_size=1024):
+    self.model, self.params, self.mesh = model, params, mesh
+    data = mesh.shape['data']
+    self.batch_size = max(data, batch_size // data * data)
+    apply = lambda method: jax.jit(
+        lambda p, *x: model.apply({'params': p}, *x, method=method))
+    self._items = apply('encode_item')
+    self._images = apply('encode_image')
+    self._texts = apply('encode_text')
+    self._one = None
+
+  def _batched(self, fn, *arrays):
+    n = len(arrays[0])
+    out = []
+    for lo in range(0, n, self.batch_size):
+      chunk = {str(i): a[lo:lo + self.batch_size] for i, a in enumerate(arrays)}
+      chunk, valid = train_lib.pad_batch(chunk, self.batch_size)
+      x = sharding.shard_batch(chunk, self.mesh)
+      y = fn(self.params, *(x[str(i)] for i in range(len(arrays))))
+      out.append(train_lib.to_host(y)[:valid])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  def items(self, images, titles):
+    return self._batched(self._items, images, titles)
+
+  def image_queries(self, images):
+    return self._batched(self._images, images)
+
+  def text_queries(self, tokens):
+    return self._batched(self._texts, tokens)
+
+  def encode_one(self, image, title):
+    """One new item -> (D,) vector: the path that makes new items servable.
+
+    Runs on one device without the mesh (a single item cannot be split over
+    'data'); compiled on first use, warm afterwards.
+    """
+    if self._one is None:
+      device = jax.devices()[0]
+      self._one_params = jax.device_put(self.params, device)
+      self._one = jax.jit(lambda p, i, t: self.model.apply(
+          {'params': p}, i[None], t[None], method='encode_item')[0])
+    return np.asarray(self._one(self._one_params, image, title))
+
+
+class ReferenceEncoder:
+  """Untrained references: a fixed random projection to `dim` dimensions.
+
+  raw_pixels embeds images (centred pixels) and has no text side;
+  bag_of_tokens embeds token counts (titles, query texts) and has no image
+  side. The projection preserves cosine similarities approximately
+  (Johnson-Lindenstrauss), so retrieval is close to exact nearest neighbour
+  in pixel / token-count space.
+  """
+
+  def __init__(self, method, dim, data_dir, seed=0):
+    if method not in REFERENCE_METHODS:
+      raise ValueError(f'unknown reference method {method!r}')
+    self.method = method
+    with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
+      wc = json.load(f)
+    with open(os.path.join(data_dir, builders.VOCAB_FILE)) as f:
+      self.vocab_size = len(json.load(f)['words'])
+    width = (wc['image_size']**2 * 3 if method == 'raw_pixels'
+             else self.vocab_size)
+    rng = np.random.default_rng(seed)
+    self.proj = (rng.normal(size=(width, dim)) / np.sqrt(dim)).astype(
+        np.float32)
+
+  def _pixels(self, images):
+    x = images.reshape(len(images), -1).astype(np.float32) / 255 - 0.5
+    return _unit(x @ self.proj)
+
+  def _tokens(self, tokens):
+    counts = np.zeros((len(tokens), self.vocab_size), np.float32)
+    rows = np.repeat(np.arange(len(tokens)), tokens.shape[1])
+    np.add.at(counts, (rows, tokens.reshape(-1)), 1.0)
+    counts[:, 0] = 0  # padding
+    return _unit(counts @ self.proj)
+
+  def items(self, images, titles):
+    return (self._pixels(images) if self.method == 'raw_pixels'
+            else self._tokens(titles))
+
+  def image_queries(self, images):
+    return self._pixels(images) if self.method == 'raw_pixels' else None
+
+  def text_queries(self, tokens):
+    return self._tokens(tokens) if self.method == 'bag_of_tokens' else None
+
+  def encode_one(self, image, title):
+    return self.items(image[None], title[None])[0]
+
+
+def _unit(x):
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _new_items(data_dir, items):
+  with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
+    wc = json.load(f)
+  return items['launch_day'] >= wc['num_days'] - wc['num_test_days']
+
+
+def evaluate_encoder(encoder, data_dir, items, batch_size=1024):
+  """(retrieval metrics on held-out sessions, (N, D) catalogue vectors)."""
+  del batch_size  # the encoder batches
+  t0 = time.time()
+  vectors = encoder.items(items['image'], items['title'])
+  logging.info('encoded %d items in %.1fs', len(vectors), time.time() - t0)
+  sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
+  is_image = sessions['query_is_image']
+
+  def queries(fn, inputs, rows):
+    idx = np.flatnonzero(rows)
+    got = fn(inputs[idx]) if len(idx) else None
+    if got is None:
+      return None
+    full = np.zeros((len(rows), got.shape[1]), np.float32)
+    full[idx] = got
+    return full
+
+  metrics = retrieval_eval.evaluate(
+      sessions, vectors,
+      queries(encoder.image_queries, sessions['query_image'], is_image),
+      queries(encoder.text_queries, sessions['query_text'], ~is_image),
+      new_items=_new_items(data_dir, items))
+  return metrics, vectors
+
+
+def save_table(path, vectors, metadata):
+  return vector_table.save(path, vectors, metadata)
+
+
+def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
+  """Restores the encoder of a pre-training workdir (latest checkpoint)."""
+  from mmrec import train_scl  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  ckpt_dir = os.path.join(encoder_workdir, checkpointing.SUBDIR)
+  with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {ckpt_dir}: train the '
+                              'encoder first (config.job = "scl")')
+  source = os.path.join(ckpt_dir, str(step))
+  _, saved = checkpointing.restore_from(source, None)
+  config = ml_collections.ConfigDict(saved)
+  data_dir = data_dir or train_scl.data_dir_of(config, encoder_workdir)
+  mesh = mesh or sharding.make_mesh()
+  model = train_scl.model_from_config(config, data_dir)
+  example = train_scl.init_example(config, data_dir)
+  abstract = jax.eval_shape(lambda: nn.unbox(model.init(
+      jax.random.key(0), example['image'], example['text'])['params']))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=sharding.replicated(mesh)),
+      abstract)
+  restored, _ = checkpointing.restore_from(source, {'params': abstract},
+                                           partial=True)
+  return Encoder(model, restored['params'], mesh, batch_size), config, step
+
+
+def run(config, workdir):
+  """The embedding job: encoder checkpoint -> item-vector table."""
+  if not config.encoder_workdir:
+    raise ValueError('config.encoder_workdir must name a pre-training workdir')
+  encoder, enc_config, step = load_encoder(
+      config.encoder_workdir, config.data_dir or None,
+      batch_size=config.batch_size)
+  data_dir = config.data_dir or os.path.join(config.encoder_workdir, 'world')
+  items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+  t0 = time.time()
+  vectors = encoder.items(items['image'], items['title'])
+  seconds = time.time() - t0
+  meta = save_table(os.path.join(workdir, VECTORS_FILE), vectors, {
+      'encoder_workdir': os.path.abspath(config.encoder_workdir),
+      'encoder_step': step, 'encoder_config': enc_config.to_dict(),
+      'method': enc_config.method})
+  logging.info('embedded %d items in %.1fs (%.0f items/s) -> %s',
+               len(vectors), seconds, len(vectors) / seconds,
+               os.path.join(workdir, VECTORS_FILE))
+  return meta

@@ -1,0 +1,211 @@
+"""Tests of the pre-training loop, its baselines and the embedding job."""
+
+import functools
+import glob
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import fixtures
+import flax.linen as nn
+import jax
+import numpy as np
+
+from experiments.configs import scl as scl_config
+from mmrec import checkpointing
+from mmrec import embed
+from mmrec import sharding
+from mmrec import train_scl
+from mmrec import vector_table
+from mmrec.data import builders
+from mmrec.data import pipelines
+
+
+def _config(method='scl', **overrides):
+  c = scl_config.get_config(f'{method},tiny')
+  c.data_dir = fixtures.tiny_world_dir()
+  c.batch_size = 32
+  c.num_steps = 6
+  c.checkpoint_every = 3
+  c.log_every = 3
+  c.queue_size = 64
+  c.update(overrides)
+  return c
+
+
+@functools.cache
+def _items():
+  return builders.load_table(fixtures.tiny_world_dir(), 'mmrec_items',
+                             'catalogue')
+
+
+def _batch(config):
+  ds = train_scl.train_dataset(config, config.data_dir, _items())
+  return next(pipelines.iterator(ds))
+
+
+class LossOnMeshesTest(parameterized.TestCase):
+  """Loss and gradients on (8, 1) and (4, 2) meshes equal one device's."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = _config('scl')
+    cls.model = train_scl.model_from_config(cls.config, cls.config.data_dir)
+    tx = train_scl.make_optimizer(cls.config)
+    init = train_scl._init_fn(cls.model, cls.config, tx, train_scl.init_example(
+        cls.config, cls.config.data_dir))
+    mesh1 = sharding.make_mesh(devices=jax.devices()[:1])
+    state, _ = train_scl.train_lib.init_state(init, jax.random.key(0), mesh1)
+    # Fill part of the queues with real keys so they take part in the loss.
+    step = jax.jit(functools.partial(train_scl.train_step, model=cls.model,
+                                     config=cls.config, tx=tx))
+    state, _ = step(state, _batch(cls.config), jax.random.key(1))
+    cls.state = jax.device_get(state)
+    cls.batch = _batch(_config('scl', seed=5))
+    cls.reference = cls._loss_and_grad(cls, mesh1)
+
+  def _loss_and_grad(self, mesh):
+    fn = jax.jit(jax.value_and_grad(
+        lambda p, e, b: train_scl.loss_fn(p, e, b, self.model, self.config)[0]))
+    repl = sharding.replicated(mesh)
+    params, extra = jax.device_put((self.state.params, self.state.extra), repl)
+    return jax.device_get(fn(params, extra,
+                             sharding.shard_batch(self.batch, mesh)))
+
+  @parameterized.parameters((8, 1), (4, 2))
+  def test_matches_single_device(self, data, model):
+    loss, grads = self._loss_and_grad(sharding.make_mesh(data, model))
+    ref_loss, ref_grads = self.reference
+    self.assertTrue(np.isfinite(ref_loss))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                         atol=1e-6),
+                 grads, ref_grads)
+
+
+class MethodsTest(parameterized.TestCase):
+  """Every training objective gives a finite loss with gradients."""
+
+  @parameterized.parameters('scl_no_queue', 'scl_no_hard_neg', 'clip_o',
+                            'clip_e', 'i2i')
+  def test_loss_is_finite_and_trains_the_item_side(self, method):
+    config = _config(method)
+    model = train_scl.model_from_config(config, config.data_dir)
+    tx = train_scl.make_optimizer(config)
+    state = jax.jit(lambda r: nn.unbox(train_scl._init_fn(
+        model, config, tx, train_scl.init_example(config, config.data_dir))(
+            r)))(jax.random.key(0))
+    if config.use_queue and method.startswith('scl'):
+      # An empty queue leaves InfoNCE with no negatives: fill it once.
+      state, _ = jax.jit(functools.partial(
+          train_scl.train_step, model=model, config=config, tx=tx))(
+              state, _batch(config), jax.random.key(1))
+    params, extra = state.params, state.extra
+    batch = _batch(config)
+    loss, grads = jax.value_and_grad(
+        lambda p: train_scl.loss_fn(p, extra, batch, model, config)[0])(params)
+    self.assertTrue(np.isfinite(loss))
+    norms = {k: float(train_scl.train_lib.global_norm(v))
+             for k, v in grads.items()}
+    self.assertGreater(norms['image_tower'], 0)
+    self.assertGreater(norms['log_temperature'], 0)
+
+
+class TrainAndResumeTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.full = tempfile.mkdtemp()
+    cls.full_result = train_scl.train_and_evaluate(_config(), cls.full)
+
+  def _params(self, workdir):
+    steps = sorted(int(os.path.basename(p)) for p in glob.glob(
+        os.path.join(workdir, 'checkpoints', '[0-9]*')))
+    state, _ = checkpointing.restore_from(
+        os.path.join(workdir, 'checkpoints', str(steps[-1])))
+    return state['params']
+
+  def test_kill_and_resume_reproduces_the_run_exactly(self):
+    parted = tempfile.mkdtemp()
+    train_scl.train_and_evaluate(_config(num_steps=3), parted)  # "killed"
+    result = train_scl.train_and_evaluate(_config(), parted)  # resumed
+    self.assertEqual(result['step'], 6)
+    jax.tree.map(np.testing.assert_array_equal, self._params(parted),
+                 self._params(self.full))
+
+  def test_writes_eval_metrics_and_table(self):
+    with open(os.path.join(self.full, train_scl.EVAL_FILE)) as f:
+      res = json.load(f)
+    for name in ('image', 'text', 'image_new', 'text_new'):
+      self.assertBetween(res['metrics'][name]['recall@10'], 0.0, 1.0)
+    vectors, meta = vector_table.load(os.path.join(self.full,
+                                                   embed.VECTORS_FILE))
+    self.assertEqual(vectors.shape, (2000, 32))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    self.assertEqual(meta['method'], 'scl')
+    rows = train_scl.train_lib.read_metrics(self.full)
+    self.assertTrue(any('train/loss' in r for r in rows))
+    self.assertTrue(any('eval/image/recall@10' in r for r in rows))
+
+  def test_embedding_job_matches_and_single_item_path(self):
+    out = tempfile.mkdtemp()
+    cfg = _config()
+    cfg_embed = scl_config.ml_collections.ConfigDict(dict(
+        job='embed', encoder_workdir=self.full, data_dir=cfg.data_dir,
+        batch_size=256))
+    embed.run(cfg_embed, out)
+    table, meta = vector_table.load(os.path.join(out, embed.VECTORS_FILE))
+    ref, _ = vector_table.load(os.path.join(self.full, embed.VECTORS_FILE))
+    np.testing.assert_allclose(table, ref, atol=1e-5)
+    self.assertEqual(meta['encoder_step'], 6)
+    q, _ = vector_table.load(os.path.join(out, embed.VECTORS_FILE),
+                             dtype='int8')
+    self.assertLessEqual(np.abs(vector_table.dequantize(q) - table).max(),
+                         1 / 127)
+    encoder, _, _ = embed.load_encoder(self.full, cfg.data_dir)
+    items = _items()
+    one = encoder.encode_one(items['image'][7], items['title'][7])
+    np.testing.assert_allclose(one, table[7], atol=1e-5)
+
+  def test_corrupt_checkpoint_fails_clearly(self):
+    broken = tempfile.mkdtemp()
+    os.rmdir(broken)
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.copytree(self.full, broken)
+    files = [p for p in glob.glob(os.path.join(
+        broken, 'checkpoints', '6', 'state', '**', '*'), recursive=True)
+             if os.path.isfile(p) and os.path.getsize(p) > 1000]
+    self.assertNotEmpty(files)
+    for p in files:
+      with open(p, 'r+b') as f:
+        f.truncate(os.path.getsize(p) // 2)
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'step 6'):
+      embed.load_encoder(broken, _config().data_dir)
+
+
+class ReferenceAndChainTest(absltest.TestCase):
+
+  def test_reference_encoders(self):
+    for method, side in (('raw_pixels', 'image'), ('bag_of_tokens', 'text')):
+      result = train_scl.train_and_evaluate(_config(method),
+                                            tempfile.mkdtemp())
+      other = 'text' if side == 'image' else 'image'
+      self.assertIsNone(result['metrics'][other])
+      self.assertGreater(result['metrics'][side]['recall@10'], 0.0)
+
+  def test_clip_e_starts_from_clip_o(self):
+    clip_o = tempfile.mkdtemp()
+    train_scl.train_and_evaluate(_config('clip_o', num_steps=2), clip_o)
+    clip_e = tempfile.mkdtemp()
+    result = train_scl.train_and_evaluate(
+        _config('clip_e', num_steps=2, init_from=clip_o), clip_e)
+    self.assertEqual(result['step'], 2)
+    self.assertIsNotNone(result['metrics']['text'])
+
+
+if __name__ == '__main__':
+  absltest.main()
