@@ -4,6 +4,7 @@ The config's `job` field picks what runs (see experiments/README.md):
   world  build the synthetic marketplace (experiments/configs/world.py)
   scl    pre-train an item encoder: SCL or a baseline (configs/scl.py)
   embed  encoder checkpoint -> item-vector table (configs/embed.py)
+  pretrain_sweep  every pre-training method x seeds -> table
   ctr    train + evaluate a CTR model / integration variant (configs/ctr.py)
   bench  benchmarks, results as JSON + markdown (experiments/configs/bench.py)
 
@@ -35,6 +36,7 @@ JOBS = {
     'scl': 'mmrec.train_scl',
     'embed': 'mmrec.embed',
     'ctr': 'mmrec.train_ctr',
+    'pretrain_sweep': 'experiments.pretrain_sweep',
 }
 
 

@@ -164,10 +164,6 @@ def evaluate_encoder(encoder, data_dir, items, batch_size=1024):
   return metrics, vectors
 
 
-def save_table(path, vectors, metadata):
-  return vector_table.save(path, vectors, metadata)
-
-
 def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
   """Restores the encoder of a pre-training workdir (latest checkpoint)."""
   from mmrec import train_scl  # pylint: disable=g-import-not-at-top
@@ -208,7 +204,7 @@ def run(config, workdir):
   t0 = time.time()
   vectors = encoder.items(items['image'], items['title'])
   seconds = time.time() - t0
-  meta = save_table(os.path.join(workdir, VECTORS_FILE), vectors, {
+  meta = vector_table.save(os.path.join(workdir, VECTORS_FILE), vectors, {
       'encoder_workdir': os.path.abspath(config.encoder_workdir),
       'encoder_step': step, 'encoder_config': enc_config.to_dict(),
       'method': enc_config.method})

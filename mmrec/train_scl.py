@@ -41,6 +41,7 @@ from mmrec import embed
 from mmrec import multimodal_encoder
 from mmrec import sharding
 from mmrec import train_lib
+from mmrec import vector_table
 from mmrec.data import build
 from mmrec.data import builders
 from mmrec.data import pipelines
@@ -278,6 +279,7 @@ def init_example(config, data_dir):
 
 def train_and_evaluate(config, workdir):
   """Trains (or, for untrained references, only evaluates) one method."""
+  os.makedirs(workdir, exist_ok=True)
   data_dir = ensure_world(config, workdir)
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   if config.method in embed.REFERENCE_METHODS:
@@ -352,7 +354,7 @@ def _finish(config, workdir, data_dir, encoder, items, step):
   """Held-out evaluation + the catalogue's vector table."""
   metrics, vectors = embed.evaluate_encoder(encoder, data_dir, items,
                                             config.eval_batch_size)
-  embed.save_table(os.path.join(workdir, embed.VECTORS_FILE), vectors, {
+  vector_table.save(os.path.join(workdir, embed.VECTORS_FILE), vectors, {
       'method': config.method, 'seed': config.seed, 'step': step,
       'encoder_workdir': workdir})
   result = {'method': config.method, 'seed': config.seed, 'step': step,

@@ -71,7 +71,7 @@ def get_config(arg=None):
 
   # Optimisation.
   c.batch_size = 256
-  c.num_steps = 1500
+  c.num_steps = 600
   c.learning_rate = 1e-3
   c.warmup_steps = 100
   c.weight_decay = 1e-4
@@ -79,7 +79,7 @@ def get_config(arg=None):
 
   # Evaluation, checkpoints, logging.
   c.eval_batch_size = 1024
-  c.checkpoint_every = 500
+  c.checkpoint_every = 200
   c.log_every = 50
   c.resume = ''
   c.init_from = ''  # clip_e: the clip_o workdir

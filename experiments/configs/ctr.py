@@ -1,0 +1,107 @@
+r"""CTR model training and evaluation: the ID model and its integration variants.
+
+  python -m experiments.main --config=experiments/configs/ctr.py:VARIANT[,tiny] \
+      --config.vectors_path=/tmp/mmrec/embed/item_vectors.npz \
+      --workdir=/tmp/mmrec/ctr_VARIANT
+
+VARIANT (default `id`) is one of
+  id                the DIN-style ID model alone (no vectors_path needed)
+  vector            + raw item vectors in attention and tower
+  simscore          + each behaviour's cosine to the target in attention
+  simtier_paper     + SimTier counts (N tiers over [-1, 1]) in the tower
+  simtier_official  + SimTier as the official code: log1p(count) * W[bin]
+  make              + MAKE: stage A (vectors-only DIN, several epochs), then
+                    the ID model for one epoch with MAKE's taps joined in
+  simtier_make      + SimTier (official) and MAKE
+
+The world is read from `config.data_dir` ('' = <workdir>/world, built there
+from `config.world` if missing); the item vectors from `config.vectors_path`
+(the embedding job's table or its workdir). Trains on the training days and
+evaluates on the test day; writes checkpoints, metrics.jsonl, TensorBoard
+events and `ctr_eval.json`: test AUC, GAUC (by user), logloss, AUC/GAUC per
+training-exposure group (9 groups) and on new items, the eval history with
+`num_epochs > 1`, and for MAKE stage A's per-epoch test AUC/GAUC
+(`<workdir>/make_stage_a` holds stage A's own checkpoints and metrics).
+
+Time on a 2-core CPU, default world (~840k training impressions, batch
+1000, ~840 steps per epoch): a few minutes per epoch for `id`, MAKE
+variants ~4x that (3 stage-A epochs + stage B). `:tiny` (~30k impressions,
+~230 steps per epoch): seconds after compilation.
+"""
+
+import ml_collections
+
+from experiments.configs import world
+from mmrec import ctr_model
+
+VARIANTS = ctr_model.VARIANTS
+
+
+def _parse(arg):
+  parts = [p for p in (arg or '').split(',') if p]
+  tiny = 'tiny' in parts
+  variants = [p for p in parts if p != 'tiny']
+  if len(variants) > 1 or (variants and variants[0] not in VARIANTS):
+    raise ValueError(f'ctr config arg must be VARIANT[,tiny] with VARIANT in '
+                     f'{VARIANTS}, got {arg!r}')
+  return (variants[0] if variants else 'id'), tiny
+
+
+def get_config(arg=None):
+  variant, tiny = _parse(arg)
+  c = ml_collections.ConfigDict()
+  c.job = 'ctr'
+  c.variant = variant
+  c.seed = 0
+  c.world = world.get_world_config('tiny' if tiny else None)
+  c.data_dir = ''  # '' = <workdir>/world, built there if missing
+
+  # Item vectors (every variant but 'id'): the embedding job's table.
+  c.vectors_path = ''
+  c.vectors_dtype = 'int8'  # as the official code; or 'float32'
+  c.vectors_dim = 0  # expected width; 0 = whatever the table has
+
+  # Model (the team's open code: ID embeddings 16, tower 256-128-64 + Dice).
+  c.embed_dim = 16
+  c.attention_mlp = (64, 32)
+  c.tower = (256, 128, 64)
+  c.simtier_bins = 20  # paper SimTier tiers over [-1, 1]
+  c.simtier_mask_padding = True  # False = count padding as the official code
+  c.simtier_official_dim = 1  # width d of the official per-bin weight
+  c.make = ml_collections.ConfigDict(dict(
+      attention_mlp=(64, 32),
+      mlp=(64,),
+      freeze=True,  # stage B keeps MAKE fixed (False: it keeps training)
+      stage_a_epochs=3,  # E, the paper's sweep parameter
+  ))
+
+  # Optimisation (team: AdamW 2e-4 dense, Adam 2e-3 embeddings, one epoch).
+  c.batch_size = 1000
+  c.num_epochs = 1
+  c.max_steps = 0  # > 0: stop (checkpointed, evaluated) after this step
+  c.dense_lr = 2e-4
+  c.embed_lr = 2e-3
+  c.weight_decay = 0.01  # torch.optim.AdamW's default, as the team's code
+  c.make_lr = 1e-3  # stage A, AdamW on MAKE's dense weights (ours)
+
+  # Evaluation, checkpoints, logging.
+  c.eval_batch_size = 4000
+  # With num_epochs > 1: also evaluate at these fractions of epochs 1 and 2
+  # (and after every epoch), so the one-epoch phenomenon is visible.
+  c.eval_points_in_first_epochs = (0.25, 0.5, 0.75)
+  c.checkpoint_every = 200
+  c.log_every = 50
+  c.resume = ''
+  c.init_from = ''
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+
+  if tiny:
+    c.attention_mlp = (32, 16)
+    c.tower = (64, 32)
+    c.make.attention_mlp = (32, 16)
+    c.make.mlp = (32,)
+    c.batch_size = 128
+    c.eval_batch_size = 1024
+    c.checkpoint_every = 100
+    c.log_every = 20
+  return c
