@@ -69,6 +69,10 @@ def model_from_config(config, data_dir):
     vocab_size = len(json.load(f)['words'])
   with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
     max_len = json.load(f)['title_length']
+  return build_model(config, vocab_size, max_len)
+
+
+def build_model(config, vocab_size, max_len):
   enc = config.encoder.to_dict()
   enc['text'] = dict(enc['text'], vocab_size=vocab_size, max_len=max_len)
   enc.update(min_temperature=config.min_temperature,
