@@ -51,6 +51,7 @@ class BenchJobTest(absltest.TestCase):
   def test_bench_tiny_writes_json_and_markdown(self):
     workdir = tempfile.mkdtemp()
     result = _main('--config=experiments/configs/bench.py:tiny',
+                   '--config.benchmarks=world',
                    f'--workdir={workdir}')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     with open(os.path.join(workdir, 'results.json')) as f:
