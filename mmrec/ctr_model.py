@@ -92,7 +92,9 @@ class CtrModel(nn.Module):
 
   batch: user_id, age, gender, city, item_id, category, shop (B,) int,
   seq_item, seq_category (B, L) int, seq_mask (B, L) bool (+ seq_shop with
-  `EmbeddingConfig.seq_shop`). label/day are not read.
+  `EmbeddingConfig.seq_shop`); optional long_seq_item / long_seq_mask
+  (B, L_long): SimTier then reads this long history instead of the L-long
+  one (the official code's setting). label/day are not read.
   vectors: the frozen (V, Dv) item-vector table, float32 or int8 (= 127·v);
   needed by every variant but 'id' (and 'make' given `make_taps`).
   make_taps: precomputed MAKE taps {'attention', 'hidden', 'logit'}; if None,
@@ -122,6 +124,15 @@ class CtrModel(nn.Module):
       target_vec, seq_vec = embedding.item_vectors(
           vectors, batch, cfg.embedding.num_items)
       sims = simtier.cosine(target_vec, seq_vec)
+      tier_sims, tier_mask = sims, mask
+      if 'long_seq_item' in batch:
+        # The official code's setting: SimTier over a long history (e.g.
+        # 1000 behaviours), attention over the short recent one.
+        _, long_vec = embedding.item_vectors(vectors, {
+            'item_id': batch['item_id'], 'seq_item': batch['long_seq_item'],
+            'seq_mask': batch['long_seq_mask']}, cfg.embedding.num_items)
+        tier_sims = simtier.cosine(target_vec, long_vec)
+        tier_mask = batch['long_seq_mask'].astype(bool)
       if cfg.variant == 'vector':
         query = jnp.concatenate([query, target_vec], axis=-1)
         keys = jnp.concatenate([keys, seq_vec], axis=-1)
@@ -130,11 +141,11 @@ class CtrModel(nn.Module):
         extra = simtier.simscore_features(sims, mask)
       elif cfg.simtier_kind == 'paper':
         tower_in.append(simtier.simtier_paper(
-            sims, mask, cfg.simtier_bins, cfg.simtier_mask_padding))
+            tier_sims, tier_mask, cfg.simtier_bins, cfg.simtier_mask_padding))
       else:
         tower_in.append(simtier.SimTierOfficial(
             cfg.simtier_official_dim, cfg.simtier_mask_padding,
-            name='simtier')(sims, mask))
+            name='simtier')(tier_sims, tier_mask))
 
     tower_in.append(layers.TargetAttention(
         cfg.attention_mlp, softmax=cfg.attention_softmax, name='attention')(

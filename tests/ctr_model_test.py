@@ -138,6 +138,25 @@ class VariantsTest(parameterized.TestCase):
         rtol=1e-6, atol=1e-7)
 
 
+class LongHistoryTest(parameterized.TestCase):
+  """SimTier over a separate long history (the official code's setting)."""
+
+  @parameterized.parameters('simtier_official', 'simtier_paper')
+  def test_long_history_feeds_simtier_only(self, variant):
+    model, variables, logits = tiny_model_and_logits(variant)
+    batch, vectors = tiny_data()
+    same = dict(batch, long_seq_item=batch['seq_item'],
+                long_seq_mask=batch['seq_mask'])
+    np.testing.assert_allclose(model.apply(variables, same, vectors), logits,
+                               rtol=1e-6)
+    rng = np.random.default_rng(1)
+    longer = dict(batch, long_seq_item=rng.integers(0, 20, (B, 30)),
+                  long_seq_mask=np.ones((B, 30), bool))
+    other = model.apply(variables, longer, vectors)
+    self.assertEqual(other.shape, (B,))
+    self.assertFalse(np.allclose(other, logits))
+
+
 class DiceTest(absltest.TestCase):
 
   def test_matches_numpy(self):
