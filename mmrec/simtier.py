@@ -26,11 +26,14 @@ OFFICIAL_NUM_BINS = 22  # ceil(10·cos) + 10 in [0, 20], plus one slot for >1.
 def cosine(target, seq, eps: float = 1e-8):
   """Cosine of each behaviour to the target: (B, D), (B, T, D) -> (B, T).
 
-  A zero vector (padding, missing item) has cosine 0 to everything.
+  A zero vector (padding, missing item) has cosine 0 to everything. Clipped
+  to [-1, 1]: an item's cosine to itself comes out as 1 +- rounding, and
+  1.0000001 would land in another SimTier bin than 1.0 (ceil(10 cos)), so
+  different compilations (meshes, devices) would disagree.
   """
   t = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), eps)
   s = seq / jnp.maximum(jnp.linalg.norm(seq, axis=-1, keepdims=True), eps)
-  return jnp.einsum('bd,btd->bt', t, s)
+  return jnp.clip(jnp.einsum('bd,btd->bt', t, s), -1.0, 1.0)
 
 
 def _counted(sims, mask, mask_padding: bool):

@@ -16,17 +16,25 @@ from experiments.configs import world
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = 'bench'
-  config.benchmarks = 'world,scl_train,embed'  # subset of experiments.bench
+  config.benchmarks = 'world,scl_train,embed,ctr_train,gauc'  # see bench.py
   config.world = world.get_world_config(arg)
   config.scl_batch_size = 256
   config.timed_steps = 10
   config.embed_items = 20_000
   config.embed_batch_size = 2048
   config.latency_calls = 200
+  config.ctr_batch_size = 1000
+  config.long_history = 1000
+  config.gauc_rows = 10_000_000
+  config.gauc_reference_fraction = 0.01  # of users, for the slow reference
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
     config.embed_items = 64
     config.embed_batch_size = 32
     config.latency_calls = 5
+    config.ctr_batch_size = 32
+    config.long_history = 40
+    config.gauc_rows = 20_000
+    config.gauc_reference_fraction = 0.1
   return config

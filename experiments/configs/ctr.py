@@ -24,9 +24,11 @@ training-exposure group (9 groups) and on new items, the eval history with
 (`<workdir>/make_stage_a` holds stage A's own checkpoints and metrics).
 
 Time on a 2-core CPU, default world (~840k training impressions, batch
-1000, ~840 steps per epoch): a few minutes per epoch for `id`, MAKE
-variants ~4x that (3 stage-A epochs + stage B). `:tiny` (~30k impressions,
-~230 steps per epoch): seconds after compilation.
+1000, ~840 steps per epoch): `id` ~3 min per epoch (~0.13 s per step),
+`simtier_make` ~15 min (3 stage-A epochs + stage B at ~0.35 s per step), plus
+~1 min reading the training item ids for the exposure slices. `:tiny` (~30k
+impressions, ~230 steps per epoch): `id` ~5 s of training after
+compilation, ~20 s in all with the world build.
 """
 
 import ml_collections
