@@ -27,7 +27,6 @@ Shape letters: B batch, L behaviour-sequence length, V items, Dv vector width.
 import dataclasses
 import functools
 import json
-import math
 import os
 from typing import Any, NamedTuple
 
@@ -39,40 +38,24 @@ import numpy as np
 import optax
 
 from mmrec import checkpointing
+from mmrec import ctr_data
 from mmrec import ctr_model
 from mmrec import embedding
 from mmrec import make as make_lib
-from mmrec import metrics as metrics_lib
 from mmrec import optimizer
 from mmrec import sharding
 from mmrec import train_lib
 from mmrec import train_scl
 from mmrec import vector_table
-from mmrec.data import builders
 from mmrec.data import pipelines
 
 EVAL_FILE = 'ctr_eval.json'
 STAGE_A_DIR = 'make_stage_a'
 VECTORS_FILE = 'item_vectors.npz'  # What the embedding job writes (embed.py).
-NUM_GENDERS = 2  # The world generates a binary gender field.
-# Batch fields the test pass brings back to the host for the metrics.
-_EVAL_FIELDS = ('label', 'user_id', 'item_id')
 
 
 # --------------------------------------------------------------------------
 # World, model, vectors.
-
-
-def world_sizes(data_dir):
-  """Vocabulary sizes of the world's id fields (EmbeddingConfig kwargs)."""
-  with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-    wc = json.load(f)
-  return dict(
-      num_users=wc['num_users'], num_ages=wc['num_age_buckets'],
-      num_genders=NUM_GENDERS, num_cities=wc['num_cities'],
-      num_items=wc['num_items'],
-      num_categories=wc['num_top_categories'] * wc['leaves_per_top'],
-      num_shops=wc['num_shops'])
 
 
 def make_config(config):
@@ -221,7 +204,7 @@ def eval_step(state, batch, vectors, *, model):
   """Logits of a (padded) test batch, plus the fields the metrics need."""
   logits, _ = _forward(model, {'params': state.params, **state.extra}, batch,
                        vectors, False)
-  out = {k: batch[k] for k in _EVAL_FIELDS + ('valid',)}
+  out = {k: batch[k] for k in ctr_data.EVAL_FIELDS + ('valid',)}
   out['logit'] = logits
   return out
 
@@ -335,142 +318,6 @@ def programs(model, spec, mesh, example_key, vectors_key):
 
 
 # --------------------------------------------------------------------------
-# Data and evaluation.
-
-
-@dataclasses.dataclass
-class World:
-  """The world's directory, lookup tables and sizes (read once per run)."""
-  data_dir: str
-  items: dict
-  users: dict
-  sizes: dict
-  first_test_day: int
-
-  @classmethod
-  def load(cls, data_dir):
-    with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-      wc = json.load(f)
-    return cls(data_dir,
-               builders.load_table(data_dir, 'mmrec_items', 'catalogue'),
-               builders.load_table(data_dir, 'mmrec_users', 'catalogue'),
-               world_sizes(data_dir), wc['num_days'] - wc['num_test_days'])
-
-  def dataset(self, split, batch_size, *, seed=0, shuffle=False,
-              num_epochs=1):
-    return pipelines.ctr_dataset(
-        self.data_dir, split, batch_size=batch_size, seed=seed,
-        shuffle=shuffle, num_epochs=num_epochs, items=self.items,
-        users=self.users)
-
-  def num_rows(self, split):
-    return len(builders.data_source(self.data_dir, 'mmrec_impressions', split))
-
-  def steps_per_epoch(self, batch_size):
-    """Steps of one epoch: drop_remainder batches of this process's shard."""
-    n, count = self.num_rows('train'), jax.process_count()
-    steps = (n - n % count) // count // (batch_size // count)
-    if steps < 1:
-      raise ValueError(f'batch_size {batch_size} is larger than the {n} '
-                       'training impressions')
-    return steps
-
-
-@functools.lru_cache(maxsize=4)
-def train_item_ids(data_dir):
-  """Item id of every training impression (for the exposure groups)."""
-  source = builders.data_source(data_dir, 'mmrec_impressions', 'train')
-  chunk = 16384
-  return np.concatenate([
-      builders.read_rows(source, range(i, min(i + chunk, len(source))))[
-          'item_id'] for i in range(0, len(source), chunk)])
-
-
-def predict(eval_fn, state, vectors, world, batch_size, mesh):
-  """One ordered pass over the test split -> host arrays (logit + fields).
-
-  The last batch is padded (one compiled shape) and padded rows dropped.
-  Every process runs the same number of batches (a process whose shard is
-  exhausted feeds an all-padding batch), since each batch is a global array.
-  """
-  count = jax.process_count()
-  local = batch_size // count
-  n = world.num_rows('test')
-  num_batches = math.ceil(math.ceil(n / count) / local)
-  it = pipelines.iterator(world.dataset('test', batch_size),
-                          prefetch_threads=1)
-  outs, template = [], None
-  for _ in range(num_batches):
-    b = next(it, None)
-    if b is None:  # This process's shard ran out: all padding.
-      b, rows = template, 0
-    else:
-      b, rows = train_lib.pad_batch(b, local)
-      template = b
-    b = dict(b, valid=np.arange(local) < rows)
-    outs.append(train_lib.to_host(
-        eval_fn(state, sharding.shard_batch(b, mesh), vectors)))
-  out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-  valid = out.pop('valid')
-  return {k: v[valid] for k, v in out.items()}
-
-
-def ctr_metrics(pred):
-  """AUC, GAUC (by user) and logloss of test predictions."""
-  logit = pred['logit'].astype(np.float64)
-  prob = 1.0 / (1.0 + np.exp(-logit))
-  return {'auc': metrics_lib.auc(pred['label'], pred['logit']),
-          'gauc': metrics_lib.gauc(pred['label'], pred['logit'],
-                                   pred['user_id']),
-          'logloss': metrics_lib.logloss(pred['label'], prob)}
-
-
-def slice_metrics(pred, data_dir):
-  """{'group_0'...'group_8', 'new': {count, auc, gauc}} by training exposure."""
-  groups = metrics_lib.exposure_groups(train_item_ids(data_dir),
-                                       pred['item_id'])
-  flat = metrics_lib.sliced(pred['label'], pred['logit'], groups,
-                            users=pred['user_id'])
-  out = {}
-  for key, value in flat.items():
-    name, metric = key.split('/')
-    out.setdefault(name, {})[metric] = (int(value) if metric == 'count'
-                                        else value)
-  return out
-
-
-def eval_points(num_epochs, steps_per_epoch, fractions):
-  """{step: epoch fraction} at which to evaluate during training.
-
-  Several epochs: every epoch's end, and `fractions` of epochs 1 and 2.
-  """
-  points = {}
-  if num_epochs > 1:
-    for e in range(min(2, num_epochs)):
-      for f in fractions:
-        step = e * steps_per_epoch + int(round(f * steps_per_epoch))
-        if step > 0:
-          points[step] = step / steps_per_epoch
-    for e in range(1, num_epochs + 1):
-      points[e * steps_per_epoch] = float(e)
-  return dict(sorted(points.items()))
-
-
-def read_history(workdir, points):
-  """Evaluations at `points` logged to metrics.jsonl (across resumes)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  rows = {}
-  for row in train_lib.read_metrics(workdir):
-    if row['step'] in points and 'eval/auc' in row:
-      rows[row['step']] = {
-          'epoch_fraction': points[row['step']], 'step': row['step'],
-          **{k: row[f'eval/{k}'] for k in ('auc', 'gauc', 'logloss')}}
-  return [rows[s] for s in sorted(rows)]
-
-
-# --------------------------------------------------------------------------
 # The training loop, shared by MAKE stage A and the CTR model.
 
 
@@ -532,9 +379,9 @@ def _fit(stage, config, world, vectors, mesh, example):
   last_eval = None
 
   def evaluate():
-    pred = predict(eval_fn, state, vectors, world, config.eval_batch_size,
+    pred = ctr_data.predict(eval_fn, state, vectors, world, config.eval_batch_size,
                    mesh)
-    m = ctr_metrics(pred)
+    m = ctr_data.ctr_metrics(pred)
     fraction = step / spe
     writer.write(step, dict(m, epoch_fraction=fraction), prefix='eval/')
     logging.info('%s step %d (epoch %.2f): test auc %.4f gauc %.4f '
@@ -568,7 +415,7 @@ def _fit(stage, config, world, vectors, mesh, example):
         last_eval = evaluate()
     done = last_eval is not None and last_eval[0] == step
     if not done and (stage.final_eval or (
-        step in stage.points and not read_history(stage.workdir,
+        step in stage.points and not ctr_data.read_history(stage.workdir,
                                                   {step: 0.0}))):
       last_eval = evaluate()
   writer.close()
@@ -592,7 +439,7 @@ def _stage_a(config, workdir, world, vectors, mesh, example):
   state, step, total, _ = _fit(stage, config, world, vectors, mesh, example)
   if step != total:
     raise RuntimeError(f'MAKE stage A stopped at step {step} of {total}.')
-  return state, read_history(stage.workdir, stage.points)
+  return state, ctr_data.read_history(stage.workdir, stage.points)
 
 
 def _load_make(stage_a_state):
@@ -632,7 +479,7 @@ def train_and_evaluate(config, workdir):
   """Trains one variant (MAKE: both stages) and evaluates it on the test day."""
   _validate(config)
   data_dir = train_scl.ensure_world(config, workdir)
-  world = World.load(data_dir)
+  world = ctr_data.World.load(data_dir)
   model = make_model(config, world.sizes)
   host_vectors = load_vectors(config, world.sizes['num_items'])
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
@@ -659,7 +506,7 @@ def train_and_evaluate(config, workdir):
     on_fresh = _load_make(stage_a_state)
 
   spe = world.steps_per_epoch(config.batch_size)
-  points = eval_points(config.num_epochs, spe,
+  points = ctr_data.eval_points(config.num_epochs, spe,
                        tuple(config.eval_points_in_first_epochs))
   stage = _Stage(name=f'ctr/{config.variant}', workdir=workdir, model=model,
                  stage_a=False, num_epochs=config.num_epochs, points=points,
@@ -669,8 +516,8 @@ def train_and_evaluate(config, workdir):
                                            mesh, example)
   result.update(step=step, total_steps=total, complete=step == total,
                 epoch_fraction=step / spe, num_test=int(len(pred['label'])),
-                **overall, slices=slice_metrics(pred, data_dir))
-  history = read_history(workdir, points)
+                **overall, slices=ctr_data.slice_metrics(pred, data_dir))
+  history = ctr_data.read_history(workdir, points)
   if len(history) > 1:
     result['history'] = history
   result = _json_safe(result)

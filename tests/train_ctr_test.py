@@ -21,6 +21,7 @@ import numpy as np
 
 from experiments.configs import ctr as ctr_config
 from mmrec import checkpointing
+from mmrec import ctr_data
 from mmrec import sharding
 from mmrec import train_ctr
 from mmrec import train_lib
@@ -91,7 +92,7 @@ class ShardingTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.world = train_ctr.World.load(_world_dir())
+    cls.world = ctr_data.World.load(_world_dir())
     # Includes rows whose target is among its own behaviours (cosine 1, on
     # an official SimTier bin edge): simtier.cosine's clip keeps them stable.
     batch = cls.world.dataset('train', 256, shuffle=True)[0]
@@ -152,11 +153,11 @@ class ShardingTest(parameterized.TestCase):
 class EvalPointsTest(absltest.TestCase):
 
   def test_one_epoch_has_no_intermediate_points(self):
-    self.assertEqual(train_ctr.eval_points(1, 100, (0.25, 0.5)), {})
+    self.assertEqual(ctr_data.eval_points(1, 100, (0.25, 0.5)), {})
 
   def test_first_two_epochs_and_every_epoch_end(self):
     self.assertEqual(
-        train_ctr.eval_points(3, 100, (0.25, 0.5, 0.75)),
+        ctr_data.eval_points(3, 100, (0.25, 0.5, 0.75)),
         {25: 0.25, 50: 0.5, 75: 0.75, 100: 1.0, 125: 1.25, 150: 1.5,
          175: 1.75, 200: 2.0, 300: 3.0})
 
@@ -271,7 +272,7 @@ class BadInputTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.world = train_ctr.World.load(_world_dir())
+    cls.world = ctr_data.World.load(_world_dir())
     cls.num_items = cls.world.sizes['num_items']
 
   def _table(self, vectors):
