@@ -121,19 +121,19 @@ class CtrModel(nn.Module):
     extra = None
 
     if cfg.uses_vectors:
-      target_vec, seq_vec = embedding.item_vectors(
-          vectors, batch, cfg.embedding.num_items)
-      sims = simtier.cosine(target_vec, seq_vec)
+      embedding.check_vector_table(vectors, cfg.embedding.num_items)
+      item = batch['item_id']
+      sims = simtier.table_cosine(vectors, item, batch['seq_item'], mask)
       tier_sims, tier_mask = sims, mask
       if 'long_seq_item' in batch:
         # The official code's setting: SimTier over a long history (e.g.
         # 1000 behaviours), attention over the short recent one.
-        _, long_vec = embedding.item_vectors(vectors, {
-            'item_id': batch['item_id'], 'seq_item': batch['long_seq_item'],
-            'seq_mask': batch['long_seq_mask']}, cfg.embedding.num_items)
-        tier_sims = simtier.cosine(target_vec, long_vec)
         tier_mask = batch['long_seq_mask'].astype(bool)
+        tier_sims = simtier.table_cosine(vectors, item, batch['long_seq_item'],
+                                         tier_mask)
       if cfg.variant == 'vector':
+        target_vec, seq_vec = embedding.item_vectors(
+            vectors, batch, cfg.embedding.num_items)
         query = jnp.concatenate([query, target_vec], axis=-1)
         keys = jnp.concatenate([keys, seq_vec], axis=-1)
         tower_in.append(target_vec)

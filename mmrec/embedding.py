@@ -125,6 +125,18 @@ def check_ids(batch, config: EmbeddingConfig) -> None:
           f'{int(bad.sum())} bad value(s).')
 
 
+def check_vector_table(vectors, num_items: int | None = None):
+  """Raises ValueError unless `vectors` is a (>= num_items, Dv) table."""
+  if vectors is None:
+    raise ValueError('This model variant needs the item-vector table '
+                     '(vectors=...), got None.')
+  if vectors.ndim != 2:
+    raise ValueError(f'vectors must be (num_items, Dv), got {vectors.shape}.')
+  if num_items is not None and vectors.shape[0] < num_items:
+    raise ValueError(f'vectors has {vectors.shape[0]} rows but item ids run '
+                     f'up to num_items = {num_items}.')
+
+
 def item_vectors(vectors, batch, num_items: int | None = None):
   """Frozen item vectors of the target and the behaviours.
 
@@ -136,14 +148,7 @@ def item_vectors(vectors, batch, num_items: int | None = None):
 
   Returns target (B, Dv) and sequence (B, L, Dv) float32 vectors.
   """
-  if vectors is None:
-    raise ValueError('This model variant needs the item-vector table '
-                     '(vectors=...), got None.')
-  if vectors.ndim != 2:
-    raise ValueError(f'vectors must be (num_items, Dv), got {vectors.shape}.')
-  if num_items is not None and vectors.shape[0] < num_items:
-    raise ValueError(f'vectors has {vectors.shape[0]} rows but item ids run '
-                     f'up to num_items = {num_items}.')
+  check_vector_table(vectors, num_items)
   vectors = jax.lax.stop_gradient(vectors)
   target = jnp.take(vectors, batch['item_id'], axis=0)
   seq = jnp.take(vectors, batch['seq_item'], axis=0)

@@ -36,6 +36,28 @@ def cosine(target, seq, eps: float = 1e-8):
   return jnp.clip(jnp.einsum('bd,btd->bt', t, s), -1.0, 1.0)
 
 
+def table_cosine(vectors, target_ids, seq_ids, seq_mask):
+  """Cosine of each behaviour to the target, straight from the vector table.
+
+  (V, Dv) table (float, or int8 = round(127 v)), (B,) and (B, T) ids, (B, T)
+  mask -> (B, T), 0 at padding, clipped to [-1, 1]. Equals `cosine` of the
+  gathered (dequantised, padding-zeroed) vectors, but never materialises a
+  normalised (B, T, Dv) copy: the behaviours' inverse norms are computed on
+  the table (V x Dv, small) and gathered, and int8 values need no
+  dequantising since the 1/127 scale cancels in a cosine. With a 1000-long
+  history the (B, T, Dv) tensor is the step's largest, so each pass over it
+  saved is time saved.
+  """
+  table = jax.lax.stop_gradient(vectors).astype(jnp.float32)
+  inv_norm = 1.0 / jnp.maximum(jnp.linalg.norm(table, axis=-1), 1e-8)
+  t = jnp.take(table, target_ids, axis=0) * jnp.take(inv_norm, target_ids)[
+      :, None]
+  dots = jnp.einsum('bd,btd->bt', t, jnp.take(vectors, seq_ids, axis=0),
+                    preferred_element_type=jnp.float32)
+  cos = dots * jnp.take(inv_norm, seq_ids)
+  return jnp.where(seq_mask.astype(bool), jnp.clip(cos, -1.0, 1.0), 0.0)
+
+
 def _counted(sims, mask, mask_padding: bool):
   """(sims, weights): padding dropped (weight 0) or counted as cosine 0."""
   mask = mask.astype(bool)

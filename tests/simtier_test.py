@@ -154,5 +154,29 @@ class SimScoreTest(absltest.TestCase):
     np.testing.assert_array_equal(got[..., 0], np.where(mask, sims, 0.0))
 
 
+class TableCosineTest(parameterized.TestCase):
+
+  @parameterized.parameters(np.float32, np.int8)
+  def test_equals_cosine_of_gathered_vectors(self, dtype):
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(30, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    table = np.round(v * 127).astype(np.int8) if dtype == np.int8 else v
+    deq = table.astype(np.float32) / (127 if dtype == np.int8 else 1)
+    item = rng.integers(0, 30, 5)
+    seq = rng.integers(0, 30, (5, 7))
+    seq[0, 3] = item[0]  # the target itself: cosine 1, never above
+    mask = rng.random((5, 7)) < 0.7
+    mask[0, 3] = True
+    mask[4] = False  # all padding
+    got = np.asarray(simtier.table_cosine(table, item, seq, mask))
+    t = deq[item] / np.linalg.norm(deq[item], axis=1, keepdims=True)
+    s = deq[seq] / np.linalg.norm(deq[seq], axis=2, keepdims=True)
+    want = np.where(mask, np.einsum('bd,btd->bt', t, s), 0.0)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    self.assertLessEqual(got.max(), 1.0)
+    self.assertTrue((got[4] == 0).all())
+
+
 if __name__ == '__main__':
   absltest.main()
