@@ -6,6 +6,7 @@ The config's `job` field picks what runs (see experiments/README.md):
   embed  encoder checkpoint -> item-vector table (configs/embed.py)
   pretrain_sweep  every pre-training method x seeds -> table
   ctr    train + evaluate a CTR model / integration variant (configs/ctr.py)
+  ctr_sweep  every CTR variant x seeds -> table vs. the ID model
   bench  benchmarks, results as JSON + markdown (experiments/configs/bench.py)
 
 Override any config field from the command line, e.g.
@@ -37,6 +38,7 @@ JOBS = {
     'embed': 'mmrec.embed',
     'ctr': 'mmrec.train_ctr',
     'pretrain_sweep': 'experiments.pretrain_sweep',
+    'ctr_sweep': 'experiments.ctr_sweep',
 }
 
 

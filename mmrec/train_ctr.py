@@ -431,7 +431,8 @@ def _stage_a(config, workdir, world, vectors, mesh, example):
   cfg = config.make
   spe = world.steps_per_epoch(config.batch_size)
   stage = _Stage(
-      name='make_stage_a', workdir=os.path.join(workdir, STAGE_A_DIR),
+      name='make_stage_a',
+      workdir=cfg.stage_a_dir or os.path.join(workdir, STAGE_A_DIR),
       model=stage_a_model(config), stage_a=True,
       num_epochs=cfg.stage_a_epochs,
       points={e * spe: float(e) for e in range(1, cfg.stage_a_epochs + 1)},

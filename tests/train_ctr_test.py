@@ -6,7 +6,6 @@ trains 'id' three times (uninterrupted; stopped half-way; resumed) and
 wrote. Runs in one process share compiled programs (`train_ctr.programs`).
 """
 
-import functools
 import hashlib
 import json
 import os
@@ -16,6 +15,7 @@ import warnings
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import fixtures
 import jax
 import numpy as np
 
@@ -27,33 +27,10 @@ from mmrec import train_ctr
 from mmrec import train_lib
 from mmrec import vector_table
 from mmrec.data import builders
-from mmrec.data import world as world_lib
-from tests import fixtures
 
 
-@functools.lru_cache(maxsize=None)
-def _world_dir():
-  """The tiny world shrunk to 500 users, 800 items (~7.5k training rows).
-
-  The runs here read whole epochs and test days: reading dominates.
-  """
-  path = tempfile.mkdtemp(prefix='mmrec_ctr_world_')
-  builders.write(world_lib.generate(fixtures.tiny_config(
-      num_users=500, num_items=800)), path)
-  return path
-
-
-@functools.lru_cache(maxsize=None)
-def _vectors_path():
-  """Oracle concept vectors + noise for the world's items."""
-  path = os.path.join(tempfile.mkdtemp(prefix='mmrec_ctr_vectors_'),
-                      'item_vectors.npz')
-  oracle = builders.load_oracle(_world_dir())
-  v = oracle['concept_vec'][oracle['item_concept']]
-  v = v + 0.3 * np.random.default_rng(0).normal(size=v.shape)
-  v /= np.linalg.norm(v, axis=1, keepdims=True)
-  vector_table.save(path, v.astype(np.float32), {'method': 'oracle_noise'})
-  return path
+_world_dir = fixtures.small_ctr_world_dir
+_vectors_path = fixtures.oracle_vectors_path
 
 
 def _config(variant, **overrides):

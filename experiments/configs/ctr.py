@@ -75,6 +75,9 @@ def get_config(arg=None):
       mlp=(64,),
       freeze=True,  # stage B keeps MAKE fixed (False: it keeps training)
       stage_a_epochs=3,  # E, the paper's sweep parameter
+      # '' = <workdir>/make_stage_a; 'make' and 'simtier_make' runs of one
+      # seed may share one stage A (same vectors, same config.make).
+      stage_a_dir='',
   ))
 
   # Optimisation (team: AdamW 2e-4 dense, Adam 2e-3 embeddings, one epoch).

@@ -1,0 +1,31 @@
+r"""Every CTR variant x several seeds -> one comparison table vs. the ID model.
+
+  python -m experiments.main --config=experiments/configs/ctr_sweep.py \
+      --config.data_dir=/tmp/mmrec/world \
+      --config.vectors_path=/tmp/mmrec/scl/item_vectors.npz \
+      --workdir=/tmp/mmrec/ctr
+
+Runs each variant of experiments/configs/ctr.py in
+`<workdir>/<variant>/seed_<k>/` (MAKE stage A shared by 'make' and
+'simtier_make' of a seed, in `<workdir>/make_stage_a/seed_<k>/`), skipping
+runs whose `ctr_eval.json` is complete, then writes `ctr_table.json` and
+`ctr_table.md`: AUC / GAUC / logloss (mean and std over seeds), relative
+deltas vs. the ID model paired by seed, the same per exposure group and on new
+items, and the oracle ceiling. Default world, 3 seeds, 2-core CPU: ~2 hours.
+"""
+
+import ml_collections
+
+from experiments.configs import ctr
+
+
+def get_config(arg=None):
+  tiny = arg == 'tiny'
+  c = ml_collections.ConfigDict()
+  c.job = 'ctr_sweep'
+  c.variants = ','.join(ctr.VARIANTS)
+  c.seeds = 1 if tiny else 3
+  c.data_dir = ''  # '' = <workdir>/world, built if missing
+  c.vectors_path = ''
+  c.ctr = ctr.get_config('id,tiny' if tiny else 'id')  # shared settings
+  return c

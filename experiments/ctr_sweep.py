@@ -1,0 +1,138 @@
+"""The CTR comparison: variants x seeds -> ctr_table.{json,md}."""
+
+import json
+import os
+
+from absl import logging
+import numpy as np
+
+from mmrec import metrics
+from mmrec import train_ctr
+from mmrec import train_scl
+from mmrec.data import builders
+
+TABLE_FILE = 'ctr_table'
+METRICS = ('auc', 'gauc', 'logloss')
+
+
+def variant_config(config, variant, seed, data_dir, workdir):
+  c = config.ctr.copy_and_resolve_references()
+  c.variant, c.seed, c.data_dir = variant, seed, data_dir
+  c.vectors_path = '' if variant == 'id' else config.vectors_path
+  c.make.stage_a_dir = os.path.join(workdir, 'make_stage_a', f'seed_{seed}')
+  return c
+
+
+def run_one(config, variant, seed, data_dir, workdir):
+  out = os.path.join(workdir, variant, f'seed_{seed}')
+  done = os.path.join(out, train_ctr.EVAL_FILE)
+  if os.path.exists(done):
+    with open(done) as f:
+      result = json.load(f)
+    if result.get('complete'):
+      return result
+  logging.info('CTR %s seed %d -> %s', variant, seed, out)
+  return train_ctr.run(variant_config(config, variant, seed, data_dir,
+                                      workdir), out)
+
+
+def oracle_ceiling(data_dir):
+  """AUC / GAUC / logloss of the true click probabilities on the test day."""
+  test = builders.load_table(data_dir, 'mmrec_impressions', 'test')
+  p = builders.load_oracle(data_dir)['impression_p']
+  # Impressions are stored in day order: the test split is the tail.
+  p = p[len(p) - len(test['label']):]
+  return {'auc': metrics.auc(test['label'], p),
+          'gauc': metrics.gauc(test['label'], p, test['user_id']),
+          'logloss': metrics.logloss(test['label'], p)}
+
+
+def _stats(values):
+  values = [v for v in values if v is not None and np.isfinite(v)]
+  if not values:
+    return None
+  return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
+          'runs': len(values)}
+
+
+def _rel(x, ref):
+  if x is None or ref is None or not np.isfinite(x) or not ref:
+    return None
+  return 100.0 * (x - ref) / ref
+
+
+def summarise(results, oracle=None):
+  """{variant: {metric: stats, delta_<metric>_pct: stats, slices: ...}}."""
+  ids = {r['seed']: r for r in results.get('id', [])}
+  table = {}
+  for variant, runs in results.items():
+    row = {}
+    for m in METRICS:
+      row[m] = _stats([r.get(m) for r in runs])
+      if variant != 'id' and ids:
+        row[f'delta_{m}_pct'] = _stats([
+            _rel(r.get(m), ids.get(r['seed'], {}).get(m)) for r in runs])
+    slices = {}
+    for name in sorted({s for r in runs for s in r.get('slices', {})}):
+      cell = {}
+      for m in ('auc', 'gauc'):
+        cell[m] = _stats([r['slices'].get(name, {}).get(m) for r in runs])
+        if variant != 'id' and ids:
+          cell[f'delta_{m}_pct'] = _stats([
+              _rel(r['slices'].get(name, {}).get(m),
+                   ids.get(r['seed'], {}).get('slices', {}).get(name, {}).get(
+                       m)) for r in runs])
+      slices[name] = cell
+    row['slices'] = slices
+    table[variant] = row
+  out = {'variants': table}
+  if oracle:
+    out['oracle'] = oracle
+  return out
+
+
+def _fmt(s, digits=4):
+  return 'n/a' if s is None else f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+
+
+def markdown(summary):
+  v = summary['variants']
+  lines = ['| variant | AUC | GAUC | logloss | ΔAUC % | ΔGAUC % | new-item GAUC | '
+           'Δ new-item GAUC % | tail (group_0) ΔGAUC % |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for name, row in v.items():
+    new = row['slices'].get('new', {})
+    tail = row['slices'].get('group_0', {})
+    lines.append(
+        f'| {name} | {_fmt(row["auc"])} | {_fmt(row["gauc"])} | '
+        f'{_fmt(row["logloss"])} | {_fmt(row.get("delta_auc_pct"), 2)} | '
+        f'{_fmt(row.get("delta_gauc_pct"), 2)} | {_fmt(new.get("gauc"))} | '
+        f'{_fmt(new.get("delta_gauc_pct"), 2)} | '
+        f'{_fmt(tail.get("delta_gauc_pct"), 2)} |')
+  if 'oracle' in summary:
+    o = summary['oracle']
+    lines.append(f'| oracle (ceiling) | {o["auc"]:.4f} | {o["gauc"]:.4f} | '
+                 f'{o["logloss"]:.4f} | | | | | |')
+  return '\n'.join(lines)
+
+
+def run(config, workdir):
+  data_dir = config.data_dir or train_scl.ensure_world(config.ctr, workdir)
+  variants = [v for v in config.variants.split(',') if v]
+  if any(v != 'id' for v in variants) and not config.vectors_path:
+    raise ValueError('config.vectors_path must name an item-vector table '
+                     '(item_vectors.npz) for the variants other than id')
+  results = {v: [] for v in variants}
+  for seed in range(config.seeds):
+    for variant in variants:
+      results[variant].append(run_one(config, variant, seed, data_dir,
+                                      workdir))
+  summary = summarise(results, oracle_ceiling(data_dir))
+  for name, text in ((f'{TABLE_FILE}.json', json.dumps(summary, indent=1)),
+                     (f'{TABLE_FILE}.md', markdown(summary))):
+    path = os.path.join(workdir, name)
+    with open(path + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
+  print(markdown(summary))
+  return summary
