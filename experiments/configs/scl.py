@@ -53,7 +53,9 @@ def get_config(arg=None):
   # the whole paper pipeline has to fit a CPU budget (8x8 patches: 16 tokens).
   c.encoder = ml_collections.ConfigDict(dict(
       embed_dim=128,
-      item_mode='image' if method in ('clip_o', 'clip_e') else 'fused',
+      # Methods that never see a query embed items with the image tower, so
+      # image queries go through the same tower and head as items.
+      item_mode='image' if method in ('clip_o', 'clip_e', 'i2i') else 'fused',
       init_temperature=0.07,
       image=dict(patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128),
       text=dict(width=64, depth=2, num_heads=4, mlp_dim=128),
