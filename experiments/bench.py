@@ -5,7 +5,6 @@ measurements; the host is recorded with them so numbers stay comparable.
 """
 
 import functools
-import json
 import os
 import platform
 import tempfile
@@ -22,6 +21,7 @@ from experiments.configs import scl as scl_config
 from mmrec import ctr_model
 from mmrec import embed
 from mmrec import embedding
+from mmrec import files
 from mmrec import metrics
 from mmrec import optimizer
 from mmrec import sharding
@@ -317,11 +317,7 @@ def run(config, workdir):
     logging.info('benchmark %s ...', name)
     results['benchmarks'][name] = BENCHMARKS[name](config, workdir)
     logging.info('benchmark %s: %s', name, results['benchmarks'][name])
-  for fname, text in (('results.json', json.dumps(results, indent=1)),
-                      ('results.md', _markdown(results))):
-    path = os.path.join(workdir, fname)
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
+  files.write_json(os.path.join(workdir, 'results.json'), results)
+  files.write_text(os.path.join(workdir, 'results.md'), _markdown(results))
   print(_markdown(results))
   return results

@@ -6,6 +6,7 @@ import os
 from absl import logging
 import numpy as np
 
+from mmrec import files
 from mmrec import metrics
 from mmrec import train_ctr
 from mmrec import train_scl
@@ -128,11 +129,7 @@ def run(config, workdir):
       results[variant].append(run_one(config, variant, seed, data_dir,
                                       workdir))
   summary = summarise(results, oracle_ceiling(data_dir))
-  for name, text in ((f'{TABLE_FILE}.json', json.dumps(summary, indent=1)),
-                     (f'{TABLE_FILE}.md', markdown(summary))):
-    path = os.path.join(workdir, name)
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
+  files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), summary)
+  files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), markdown(summary))
   print(markdown(summary))
   return summary

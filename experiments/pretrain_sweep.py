@@ -7,6 +7,7 @@ from absl import logging
 import numpy as np
 
 from experiments.configs import scl as scl_config
+from mmrec import files
 from mmrec import train_scl
 
 SLICES = ('image', 'text', 'image_new', 'text_new')
@@ -81,11 +82,7 @@ def run(config, workdir):
     for method in order:
       results[method].append(run_one(config, method, seed, data_dir, workdir))
   table = summarise(results)
-  for name, text in ((f'{TABLE_FILE}.json', json.dumps(table, indent=1)),
-                     (f'{TABLE_FILE}.md', markdown(table))):
-    path = os.path.join(workdir, name)
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
+  files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), table)
+  files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), markdown(table))
   print(markdown(table))
   return table

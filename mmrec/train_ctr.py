@@ -40,6 +40,7 @@ import optax
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import ctr_model
+from mmrec import files
 from mmrec import embedding
 from mmrec import make as make_lib
 from mmrec import optimizer
@@ -542,10 +543,7 @@ def _json_safe(x):
 def _finish(workdir, result):
   """ctr_eval.json (atomic) and a summary in the log."""
   if jax.process_index() == 0:
-    path = os.path.join(workdir, EVAL_FILE)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(_json_safe(result), f, indent=1)
-    os.replace(path + '.tmp', path)
+    files.write_json(os.path.join(workdir, EVAL_FILE), _json_safe(result))
   logging.info('ctr/%s step %d/%d: test auc %s gauc %s logloss %s (%d '
                'impressions)', result['variant'], result['step'],
                result['total_steps'], _fmt(result['auc']),

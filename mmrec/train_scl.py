@@ -38,6 +38,7 @@ import optax
 from mmrec import checkpointing
 from mmrec import contrastive
 from mmrec import embed
+from mmrec import files
 from mmrec import multimodal_encoder
 from mmrec import sharding
 from mmrec import train_lib
@@ -363,10 +364,7 @@ def _finish(config, workdir, data_dir, encoder, items, step):
       'encoder_workdir': workdir})
   result = {'method': config.method, 'seed': config.seed, 'step': step,
             'metrics': metrics}
-  path = os.path.join(workdir, EVAL_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(result, f, indent=1)
-  os.replace(path + '.tmp', path)
+  files.write_json(os.path.join(workdir, EVAL_FILE), result)
   for name, r in metrics.items():
     if r:
       logging.info('%s %-10s accuracy@1 %.4f recall@10 %.4f (%d queries)',

@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 
+from mmrec import files
+
 
 class VectorTableError(ValueError):
   """A vector table is missing, corrupt, or does not fit its consumer."""
@@ -46,11 +48,11 @@ def save(path, vectors, metadata=None):
   meta = dict(metadata or {})
   meta.update(num_items=int(vectors.shape[0]), dim=int(vectors.shape[1]),
               sha256=_digest(vectors), format_version=1)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    np.savez(f, float32=vectors, int8=quantize(vectors),
-             metadata=np.array(json.dumps(meta, sort_keys=True)))
-  os.replace(tmp, path)
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez(f, float32=vectors, int8=quantize(vectors),
+               metadata=np.array(json.dumps(meta, sort_keys=True)))
+  files.write_with(path, write)
   return meta
 
 

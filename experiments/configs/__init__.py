@@ -1,0 +1,12 @@
+"""Experiment configs: `get_config(arg)` -> ConfigDict, one file each."""
+
+
+def parse_choice(arg, choices, default, what):
+  """`CHOICE[,tiny]` -> (choice, tiny); a clear error for anything else."""
+  parts = [p for p in (arg or '').split(',') if p]
+  tiny = 'tiny' in parts
+  chosen = [p for p in parts if p != 'tiny']
+  if len(chosen) > 1 or (chosen and chosen[0] not in choices):
+    raise ValueError(f'config arg must be {what.upper()}[,tiny] with '
+                     f'{what.upper()} in {tuple(choices)}, got {arg!r}')
+  return (chosen[0] if chosen else default), tiny

@@ -33,24 +33,15 @@ compilation, ~20 s in all with the world build.
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import world
 from mmrec import ctr_model
 
 VARIANTS = ctr_model.VARIANTS
 
 
-def _parse(arg):
-  parts = [p for p in (arg or '').split(',') if p]
-  tiny = 'tiny' in parts
-  variants = [p for p in parts if p != 'tiny']
-  if len(variants) > 1 or (variants and variants[0] not in VARIANTS):
-    raise ValueError(f'ctr config arg must be VARIANT[,tiny] with VARIANT in '
-                     f'{VARIANTS}, got {arg!r}')
-  return (variants[0] if variants else 'id'), tiny
-
-
 def get_config(arg=None):
-  variant, tiny = _parse(arg)
+  variant, tiny = configs.parse_choice(arg, VARIANTS, 'id', 'variant')
   c = ml_collections.ConfigDict()
   c.job = 'ctr'
   c.variant = variant

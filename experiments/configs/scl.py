@@ -24,24 +24,15 @@ sessions) to the workdir. Default on a 2-core CPU: a few minutes per method.
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import world
 
 METHODS = ('scl', 'scl_no_queue', 'scl_no_hard_neg', 'clip_o', 'clip_e',
            'i2i', 'raw_pixels', 'bag_of_tokens')
 
 
-def _parse(arg):
-  parts = [p for p in (arg or '').split(',') if p]
-  tiny = 'tiny' in parts
-  methods = [p for p in parts if p != 'tiny']
-  if len(methods) > 1 or (methods and methods[0] not in METHODS):
-    raise ValueError(f'scl config arg must be METHOD[,tiny] with METHOD in '
-                     f'{METHODS}, got {arg!r}')
-  return (methods[0] if methods else 'scl'), tiny
-
-
 def get_config(arg=None):
-  method, tiny = _parse(arg)
+  method, tiny = configs.parse_choice(arg, METHODS, 'scl', 'method')
   c = ml_collections.ConfigDict()
   c.job = 'scl'
   c.method = method

@@ -11,6 +11,7 @@ import time
 
 from absl import logging
 
+from mmrec import files
 from mmrec.data import builders
 from mmrec.data import honesty
 from mmrec.data import world as world_lib
@@ -45,10 +46,7 @@ def run(config, workdir):
       'honesty_problems': honesty.check(aucs),
       'seconds': {'generate': round(generate_s, 2), 'write': round(write_s, 2)},
   }
-  tmp = summary_path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(summary, f, indent=1)
-  os.replace(tmp, summary_path)
+  files.write_json(summary_path, summary)
   print(honesty.format_report(stats, aucs))
   print(f'\ngenerated in {generate_s:.1f}s, written in {write_s:.1f}s '
         f'to {workdir}')

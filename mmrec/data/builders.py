@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
+from mmrec import files
+
 VERSION = '1.0.0'
 ORACLE_FILE = 'oracle.npz'
 VOCAB_FILE = 'vocab.json'
@@ -134,12 +136,6 @@ def _split_rows(table, mask):
   return {k: v[mask] for k, v in table.items()}
 
 
-def _atomic_write(path, write_fn):
-  tmp = path + '.tmp'
-  write_fn(tmp)
-  os.replace(tmp, path)
-
-
 def world_config_dict(cfg):
   return json.loads(cfg.to_json_best_effort(sort_keys=True))
 
@@ -179,21 +175,16 @@ def write(world, data_dir):
       logging.info('writing %s (%s rows)', cls.name, {
           k: len(next(iter(v.values()))) for k, v in splits.items()})
       cls(splits=splits, data_dir=data_dir).download_and_prepare()
-  _atomic_write(os.path.join(data_dir, ORACLE_FILE),
-                lambda p: _save_npz(p, world.oracle))
-  _atomic_write(os.path.join(data_dir, VOCAB_FILE),
-                lambda p: _save_json(p, {'words': list(world.vocab.words)}))
-  _atomic_write(config_path, lambda p: _save_json(p, wanted))
+  files.write_with(os.path.join(data_dir, ORACLE_FILE),
+                   lambda p: _save_npz(p, world.oracle))
+  files.write_json(os.path.join(data_dir, VOCAB_FILE),
+                   {'words': list(world.vocab.words)})
+  files.write_json(config_path, wanted, sort_keys=True)
 
 
 def _save_npz(path, arrays):
   with open(path, 'wb') as f:
     np.savez(f, **arrays)
-
-
-def _save_json(path, obj):
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
 
 
 def is_complete(data_dir):
