@@ -8,6 +8,8 @@ The config's `job` field picks what runs (see experiments/README.md):
   ctr    train + evaluate a CTR model / integration variant (configs/ctr.py)
   ctr_sweep  every CTR variant x seeds -> table vs. the ID model
   bench  benchmarks, results as JSON + markdown (experiments/configs/bench.py)
+  reproduce  the paper end to end -> results.json + report.md + plots
+             (experiments/configs/paper.py)
 
 Override any config field from the command line, e.g.
 `--config=experiments/configs/world.py:tiny --config.world.seed=3`.
@@ -39,6 +41,7 @@ JOBS = {
     'ctr': 'mmrec.train_ctr',
     'pretrain_sweep': 'experiments.pretrain_sweep',
     'ctr_sweep': 'experiments.ctr_sweep',
+    'reproduce': 'experiments.reproduce',
 }
 
 

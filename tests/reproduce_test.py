@@ -1,0 +1,135 @@
+"""End-to-end test of the paper pipeline (experiments/reproduce.py, :tiny)."""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+
+from experiments import report
+from experiments import reproduce
+from experiments.configs import paper
+
+METHODS = {'raw_pixels', 'bag_of_tokens', 'clip_o', 'clip_e', 'scl',
+           'scl_no_queue', 'scl_no_hard_neg', 'i2i'}
+VARIANTS = {'id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
+            'make', 'simtier_make'}
+STAGES = {'world', 'pretrain', 'ctr', 'extra', 'report'}
+
+
+def _strict_json(path):
+  def reject(name):
+    raise ValueError(f'{path} holds {name}')
+  with open(path) as f:
+    return json.load(f, parse_constant=reject)
+
+
+def _numbers(tree, where='results'):
+  """Every (path, number) in a JSON tree."""
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _numbers(v, f'{where}.{k}')
+  elif isinstance(tree, list):
+    for i, v in enumerate(tree):
+      yield from _numbers(v, f'{where}[{i}]')
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    yield where, tree
+
+
+class ReproduceTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.workdir = tempfile.mkdtemp(prefix='mmrec_reproduce_')
+    cls.results = reproduce.run(paper.get_config('tiny'), cls.workdir)
+    cls.progress = _strict_json(os.path.join(cls.workdir,
+                                             reproduce.PROGRESS_FILE))
+
+  def test_results_structure(self):
+    r = _strict_json(os.path.join(self.workdir, reproduce.RESULTS_FILE))
+    self.assertEqual(r, self.results)
+    self.assertEqual(set(r), {'world', 'pretraining', 'ctr', 'claims'})
+    self.assertEqual(r['world']['statistics']['users'], 500)
+    self.assertEqual(set(r['world']['oracle_ceiling']),
+                     {'auc', 'gauc', 'logloss'})
+    self.assertEqual(set(r['pretraining']), METHODS)
+    for method, row in r['pretraining'].items():
+      self.assertEqual(set(row), {'image', 'text', 'image_new', 'text_new'})
+      for cell in row.values():
+        if cell is not None:
+          self.assertEqual(set(cell), {'accuracy@1', 'recall@10'})
+          self.assertContainsSubset({'mean', 'std'}, cell['recall@10'])
+    self.assertIsNone(r['pretraining']['raw_pixels']['text'])
+    self.assertIsNotNone(r['pretraining']['scl']['image'])
+    self.assertEqual(set(r['ctr']), VARIANTS)
+    for variant, row in r['ctr'].items():
+      self.assertContainsSubset({'auc', 'gauc', 'logloss', 'slices'}, row)
+      self.assertContainsSubset({'mean', 'std'}, row['gauc'])
+      self.assertContainsSubset({'new', 'group_0'}, row['slices'])
+      if variant != 'id':
+        self.assertContainsSubset({'mean', 'std'}, row['delta_gauc_pct'])
+    ids = [c['id'] for c in r['claims']]
+    self.assertContainsSubset(
+        {'scl_over_clip_e_over_clip_o', 'queue_adds', 'hard_negatives_add',
+         'simtier_and_make_beat_vector_and_simscore', 'simtier_make_gauc_gain',
+         'simtier_make_auc_gain', 'gains_largest_on_long_tail_and_new_items'},
+        ids)
+    for c in r['claims']:
+      self.assertIsInstance(c['reproduced'], bool)
+      self.assertIsInstance(c['claim'], str)
+    gain = r['claims'][ids.index('simtier_make_gauc_gain')]
+    self.assertAlmostEqual(gain['measured']['delta_gauc_pct'],
+                           r['ctr']['simtier_make']['delta_gauc_pct']['mean'])
+
+  def test_every_number_is_finite(self):
+    numbers = list(_numbers(self.results))
+    self.assertGreater(len(numbers), 100)
+    for where, x in numbers:
+      self.assertTrue(math.isfinite(x), where)
+
+  def test_report_and_plots(self):
+    with open(os.path.join(self.workdir, report.REPORT_FILE)) as f:
+      text = f.read()
+    for section in ('## Claims', '## World', '## Pre-training', '## CTR',
+                    'oracle (ceiling)', 'Wall time'):
+      self.assertIn(section, text)
+    for name in report.PLOTS:
+      path = os.path.join(self.workdir, name)
+      self.assertTrue(os.path.exists(path), name)
+      with open(path, 'rb') as f:
+        self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n', name)
+      self.assertIn(f']({name})', text)
+
+  def test_second_run_skips_every_stage(self):
+    self.assertEqual({k: v['status'] for k, v in
+                      self.progress['stages'].items()},
+                     dict.fromkeys(STAGES, 'ran'))
+    again = reproduce.run(paper.get_config('tiny'), self.workdir)
+    self.assertEqual(again, self.results)
+    progress = _strict_json(os.path.join(self.workdir,
+                                         reproduce.PROGRESS_FILE))
+    self.assertEqual({k: v['status'] for k, v in progress['stages'].items()},
+                     dict.fromkeys(STAGES, 'skipped'))
+
+  def test_changed_config_reruns_only_downstream_stages(self):
+    workdir = os.path.join(tempfile.mkdtemp(), 'copy')
+    shutil.copytree(self.workdir, workdir)
+    config = paper.get_config('tiny')
+    config.make_epochs = (1, 2)
+    reproduce.run(config, workdir)
+    progress = _strict_json(os.path.join(workdir, reproduce.PROGRESS_FILE))
+    self.assertEqual({k: v['status'] for k, v in progress['stages'].items()},
+                     {'world': 'skipped', 'pretrain': 'skipped',
+                      'ctr': 'skipped', 'extra': 'ran', 'report': 'ran'})
+    with open(os.path.join(progress['stages']['extra']['dir'],
+                           reproduce.CURVES_FILE)) as f:
+      curves = json.load(f)
+    self.assertEqual([r['stage_a_epochs'] for r in curves['make_epochs']],
+                     [1, 2])
+
+
+if __name__ == '__main__':
+  absltest.main()
