@@ -22,7 +22,6 @@ testable}). Non-finite numbers are written as null.
 
 import hashlib
 import json
-import math
 import os
 import time
 
@@ -60,21 +59,6 @@ def _plain(tree):
 def config_hash(*parts):
   blob = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def json_safe(x):
-  """Python scalars, NaN/inf -> None: results hold only finite numbers."""
-  if isinstance(x, dict):
-    return {str(k): json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [json_safe(v) for v in x]
-  if isinstance(x, (bool, np.bool_)):
-    return bool(x)
-  if isinstance(x, (int, np.integer)):
-    return int(x)
-  if isinstance(x, (float, np.floating)):
-    return float(x) if math.isfinite(x) else None
-  return x
 
 
 def _read_json(path):
@@ -168,7 +152,7 @@ def _extra(config, variants, world_dir, ctr_cfg, ctr_dir, path):
         'stage_a_epochs': e, 'auc': res['auc'], 'gauc': res['gauc'],
         'logloss': res['logloss'],
         'stage_a_history': res.get('stage_a_history', [])})
-  files.write_json(os.path.join(path, CURVES_FILE), json_safe(curves))
+  files.write_json(os.path.join(path, CURVES_FILE), files.json_safe(curves))
 
 
 def run(config, workdir):
@@ -256,8 +240,8 @@ def build_results(world_summary, pretrain_table, ctr_summary, methods,
            'oracle_ceiling': ctr_summary.get('oracle')}
   pretraining = {m: pretrain_table.get(m) for m in methods}
   ctr = {v: ctr_summary['variants'].get(v) for v in variants}
-  return json_safe({'world': world, 'pretraining': pretraining, 'ctr': ctr,
-                    'claims': claims(pretraining, ctr)})
+  return files.json_safe({'world': world, 'pretraining': pretraining,
+                          'ctr': ctr, 'claims': claims(pretraining, ctr)})
 
 
 def _mean(cell):

@@ -6,7 +6,10 @@ never leaves a partial file that looks complete.
 """
 
 import json
+import math
 import os
+
+import numpy as np
 
 
 def write_with(path, write_fn):
@@ -29,3 +32,18 @@ def write_text(path, text):
 
 def write_json(path, obj, **kwargs):
   write_text(path, json.dumps(obj, indent=1, **kwargs))
+
+
+def json_safe(x):
+  """Python scalars, NaN/inf -> None: results hold only finite numbers."""
+  if isinstance(x, dict):
+    return {str(k): json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [json_safe(v) for v in x]
+  if isinstance(x, (bool, np.bool_)):
+    return bool(x)
+  if isinstance(x, (int, np.integer)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  return x

@@ -380,8 +380,8 @@ def _fit(stage, config, world, vectors, mesh, example):
   last_eval = None
 
   def evaluate():
-    pred = ctr_data.predict(eval_fn, state, vectors, world, config.eval_batch_size,
-                   mesh)
+    pred = ctr_data.predict(eval_fn, state, vectors, world,
+                            config.eval_batch_size, mesh)
     m = ctr_data.ctr_metrics(pred)
     fraction = step / spe
     writer.write(step, dict(m, epoch_fraction=fraction), prefix='eval/')
@@ -522,28 +522,15 @@ def train_and_evaluate(config, workdir):
   history = ctr_data.read_history(workdir, points)
   if len(history) > 1:
     result['history'] = history
-  result = _json_safe(result)
+  result = files.json_safe(result)
   _finish(workdir, result)
   return result
-
-
-def _json_safe(x):
-  """Python scalars, NaN -> None: what ctr_eval.json holds (strict JSON)."""
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if isinstance(x, (float, np.floating)):
-    return None if not np.isfinite(x) else float(x)
-  if isinstance(x, np.integer):
-    return int(x)
-  return x
 
 
 def _finish(workdir, result):
   """ctr_eval.json (atomic) and a summary in the log."""
   if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, EVAL_FILE), _json_safe(result))
+    files.write_json(os.path.join(workdir, EVAL_FILE), files.json_safe(result))
   logging.info('ctr/%s step %d/%d: test auc %s gauc %s logloss %s (%d '
                'impressions)', result['variant'], result['step'],
                result['total_steps'], _fmt(result['auc']),
