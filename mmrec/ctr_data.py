@@ -5,7 +5,6 @@ evaluation points of multi-epoch runs.
 
 import dataclasses
 import functools
-import json
 import math
 import os
 
@@ -25,8 +24,7 @@ EVAL_FIELDS = ('label', 'user_id', 'item_id')
 
 def world_sizes(data_dir):
   """Vocabulary sizes of the world's id fields (EmbeddingConfig kwargs)."""
-  with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-    wc = json.load(f)
+  wc = builders.load_world_config(data_dir)
   return dict(
       num_users=wc['num_users'], num_ages=wc['num_age_buckets'],
       num_genders=NUM_GENDERS, num_cities=wc['num_cities'],
@@ -47,12 +45,11 @@ class World:
 
   @classmethod
   def load(cls, data_dir):
-    with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-      wc = json.load(f)
     return cls(data_dir,
                builders.load_table(data_dir, 'mmrec_items', 'catalogue'),
                builders.load_table(data_dir, 'mmrec_users', 'catalogue'),
-               world_sizes(data_dir), wc['num_days'] - wc['num_test_days'])
+               world_sizes(data_dir),
+               builders.first_test_day(builders.load_world_config(data_dir)))
 
   def dataset(self, split, batch_size, *, seed=0, shuffle=False,
               num_epochs=1):

@@ -11,7 +11,6 @@ restores an encoder from a pre-training workdir and writes
 `<workdir>/item_vectors.npz` (see vector_table.py) atomically.
 """
 
-import json
 import os
 import time
 
@@ -93,10 +92,8 @@ class ReferenceEncoder:
     if method not in REFERENCE_METHODS:
       raise ValueError(f'unknown reference method {method!r}')
     self.method = method
-    with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-      wc = json.load(f)
-    with open(os.path.join(data_dir, builders.VOCAB_FILE)) as f:
-      self.vocab_size = len(json.load(f)['words'])
+    wc = builders.load_world_config(data_dir)
+    self.vocab_size = builders.vocab_size(data_dir)
     width = (wc['image_size']**2 * 3 if method == 'raw_pixels'
              else self.vocab_size)
     rng = np.random.default_rng(seed)
@@ -133,9 +130,8 @@ def _unit(x):
 
 
 def _new_items(data_dir, items):
-  with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-    wc = json.load(f)
-  return items['launch_day'] >= wc['num_days'] - wc['num_test_days']
+  return items['launch_day'] >= builders.first_test_day(
+      builders.load_world_config(data_dir))
 
 
 def evaluate_encoder(encoder, data_dir, items, batch_size=1024):

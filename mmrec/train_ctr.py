@@ -40,6 +40,7 @@ import optax
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import ctr_model
+from mmrec import embed
 from mmrec import files
 from mmrec import embedding
 from mmrec import make as make_lib
@@ -52,7 +53,7 @@ from mmrec.data import pipelines
 
 EVAL_FILE = 'ctr_eval.json'
 STAGE_A_DIR = 'make_stage_a'
-VECTORS_FILE = 'item_vectors.npz'  # What the embedding job writes (embed.py).
+VECTORS_FILE = embed.VECTORS_FILE  # what the embedding job writes
 
 
 # --------------------------------------------------------------------------

@@ -66,11 +66,8 @@ def ensure_world(config, workdir):
 
 def model_from_config(config, data_dir):
   """The MultimodalEncoder for `config.encoder` and the world's vocabulary."""
-  with open(os.path.join(data_dir, builders.VOCAB_FILE)) as f:
-    vocab_size = len(json.load(f)['words'])
-  with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-    max_len = json.load(f)['title_length']
-  return build_model(config, vocab_size, max_len)
+  return build_model(config, builders.vocab_size(data_dir),
+                     builders.load_world_config(data_dir)['title_length'])
 
 
 def build_model(config, vocab_size, max_len):
@@ -125,10 +122,8 @@ def train_dataset(config, data_dir, items):
                                      'text': b['caption']}))
   if m == 'clip_e':
     # Only items launched before the test day: new items stay unseen.
-    with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-      wc = json.load(f)
-    old = np.flatnonzero(items['launch_day'] < wc['num_days'] -
-                         wc['num_test_days'])
+    old = np.flatnonzero(items['launch_day'] < builders.first_test_day(
+        builders.load_world_config(data_dir)))
     ds = pipelines.index_batches(len(old), drop_remainder=True, shuffle=True,
                                  **kw)
     return ds.map(_Gather(lambda idx: {'image': items['image'][old[idx]],
@@ -270,8 +265,7 @@ def _init_fn(model, config, tx, example):
 
 def init_example(config, data_dir):
   """Dummy (image, text) inputs with the world's shapes, for `model.init`."""
-  with open(os.path.join(data_dir, builders.CONFIG_FILE)) as f:
-    wc = json.load(f)
+  wc = builders.load_world_config(data_dir)
   s, t = wc['image_size'], wc['title_length']
   del config
   return {'image': np.zeros((1, s, s, 3), np.uint8),

@@ -187,6 +187,28 @@ def _save_npz(path, arrays):
     np.savez(f, **arrays)
 
 
+def load_world_config(data_dir):
+  """The config a finished world was built from, as a plain dict."""
+  path = os.path.join(data_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'no finished world in {data_dir} (missing {CONFIG_FILE}); build it '
+        'with: python -m experiments.main '
+        '--config=experiments/configs/world.py --workdir=...')
+  with open(path) as f:
+    return json.load(f)
+
+
+def first_test_day(world_config):
+  """Days before it are training days; items launched on or after it are new."""
+  return world_config['num_days'] - world_config['num_test_days']
+
+
+def vocab_size(data_dir):
+  with open(os.path.join(data_dir, VOCAB_FILE)) as f:
+    return len(json.load(f)['words'])
+
+
 def is_complete(data_dir):
   return os.path.exists(os.path.join(data_dir, CONFIG_FILE))
 
