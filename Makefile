@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine with Python >= 3.11 and make:
-#   make demo   create .venv, install, run the main job on the embedded world
+#   make demo   create .venv, install, reproduce the paper on the embedded world
+#               (experiments/configs/paper.py; report in workdir/demo/report.md)
 #   make test   create .venv, install, run the whole suite
 # Set PYTHON=python3.12 (etc.) to pick the interpreter that creates .venv.
 
@@ -21,8 +22,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m experiments.main --config=experiments/configs/world.py \
-	  --workdir=$(WORKDIR)/world
+	$(BIN)/python -m experiments.main --config=experiments/configs/paper.py \
+	  --workdir=$(WORKDIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -26,11 +26,15 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mmrec import train_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file, optionally with ":arg".',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for all outputs.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+COMPILATION_CACHE = 'jax_cache'  # in the workdir
 
 # job -> module with `run(config, workdir)`.
 JOBS = {
@@ -45,15 +49,6 @@ JOBS = {
 }
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Drops INFO chatter of orbax / tfds / grain, so progress lines stand out."""
-  _NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/etils/')
-
-  def filter(self, record):
-    return record.levelno > logging.logging.INFO or not any(
-        n in record.pathname for n in self._NOISY)
-
-
 def _maybe_initialize_distributed():
   if any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
                                    'TPU_WORKER_HOSTNAMES')):
@@ -63,7 +58,7 @@ def _maybe_initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  train_lib.quiet_library_logs()
   _maybe_initialize_distributed()
   config = _CONFIG.value
   if config.job not in JOBS:
@@ -73,6 +68,12 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.devices())
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   os.makedirs(workdir, exist_ok=True)
+  if not jax.config.jax_compilation_cache_dir:
+    # Seeds and variants of a sweep compile the same programs: on a 2-core
+    # CPU the persistent cache saves ~5 s per run. JAX_COMPILATION_CACHE_DIR
+    # in the environment takes precedence.
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.join(workdir, COMPILATION_CACHE))
   importlib.import_module(JOBS[config.job]).run(config, workdir)
 
 

@@ -129,10 +129,13 @@ class Progress:
     now = time.time()
     if self._last_step is None:  # first call: after compilation
       self._t0, self._last_t, self._last_step = now, now, step
+      self._first_step = step
       return
     if not force and now - self._last_t < self.every:
       return
-    rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
+    # Averaged since the first step: with asynchronous dispatch a short
+    # window measures how fast steps are queued, not computed.
+    rate = (step - self._first_step) / max(now - self._t0, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else float('inf')
     extra = ''
     if metrics:
@@ -141,6 +144,22 @@ class Progress:
                  self.name, step, self.total, rate, rate * self.batch,
                  _duration(eta), extra)
     self._last_t, self._last_step = now, step
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Drops INFO chatter of orbax / tfds / grain, so progress lines stand out."""
+  _NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/etils/')
+
+  def filter(self, record):
+    return record.levelno > logging.logging.INFO or not any(
+        n in record.pathname for n in self._NOISY)
+
+
+def quiet_library_logs():
+  """Progress at INFO on absl's handler, without the libraries' INFO lines."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
 
 
 def _duration(seconds):

@@ -1,4 +1,8 @@
-"""End-to-end test of the paper pipeline (experiments/reproduce.py, :tiny)."""
+"""End-to-end test of the paper pipeline (experiments/reproduce.py, :tiny).
+
+The pipeline runs once, through colab/quickstart.ipynb executed in a fresh
+kernel: that tests the notebook and the pipeline for the price of one run.
+"""
 
 import json
 import math
@@ -7,6 +11,8 @@ import shutil
 import tempfile
 
 from absl.testing import absltest
+import nbclient
+import nbformat
 
 from experiments import report
 from experiments import reproduce
@@ -17,6 +23,8 @@ METHODS = {'raw_pixels', 'bag_of_tokens', 'clip_o', 'clip_e', 'scl',
 VARIANTS = {'id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
             'make', 'simtier_make'}
 STAGES = {'world', 'pretrain', 'ctr', 'extra', 'report'}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, 'colab', 'quickstart.ipynb')
 
 
 def _strict_json(path):
@@ -44,13 +52,35 @@ class ReproduceTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.workdir = tempfile.mkdtemp(prefix='mmrec_reproduce_')
-    cls.results = reproduce.run(paper.get_config('tiny'), cls.workdir)
+    cls.notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # The kernel inherits the environment: the workdir, and conftest's CPU
+    # devices and compile settings.
+    os.environ['MMREC_WORKDIR'] = cls.workdir
+    try:
+      nbclient.NotebookClient(
+          cls.notebook, timeout=1200, kernel_name='python3',
+          resources={'metadata': {'path': ROOT}}).execute()
+    finally:
+      del os.environ['MMREC_WORKDIR']
+    cls.results = _strict_json(os.path.join(cls.workdir,
+                                            reproduce.RESULTS_FILE))
     cls.progress = _strict_json(os.path.join(cls.workdir,
                                              reproduce.PROGRESS_FILE))
 
+  def test_notebook_shows_table_and_two_plots(self):
+    outputs = [o for c in self.notebook.cells if c.cell_type == 'code'
+               for o in c.get('outputs', [])]
+    self.assertEmpty([o for o in outputs if o.output_type == 'error'])
+    markdown = [o['data']['text/markdown'] for o in outputs
+                if 'text/markdown' in o.get('data', {})]
+    self.assertLen(markdown, 1)
+    for variant in VARIANTS:
+      self.assertIn(f'| {variant} |', markdown[0])
+    pngs = [o for o in outputs if 'image/png' in o.get('data', {})]
+    self.assertLen(pngs, 2)
+
   def test_results_structure(self):
-    r = _strict_json(os.path.join(self.workdir, reproduce.RESULTS_FILE))
-    self.assertEqual(r, self.results)
+    r = self.results
     self.assertEqual(set(r), {'world', 'pretraining', 'ctr', 'claims'})
     self.assertEqual(r['world']['statistics']['users'], 500)
     self.assertEqual(set(r['world']['oracle_ceiling']),
