@@ -66,13 +66,16 @@ def _matmul_flops_per_s(n=2048, repeats=10):
   return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
-def _scl_setup(config):
-  """Default SCL model, state and a synthetic batch of the world's shapes."""
+def _scl_setup(config, width=None):
+  """SCL model (default, or both towers at `width`), synthetic batch."""
   wc = config.world
   tax = taxonomy.build(wc, np.random.default_rng(0))
   vocab = text.build_vocab(wc, tax)
   scl = scl_config.get_config()
   scl.batch_size = config.scl_batch_size
+  if width:
+    for tower in (scl.encoder.image, scl.encoder.text):
+      tower.update(width=width, mlp_dim=2 * width)
   model = train_scl.build_model(scl, vocab.size, wc.title_length)
   rng = np.random.default_rng(0)
   b, h, s, t = scl.batch_size, wc.max_hard_negatives, wc.image_size, (
@@ -89,10 +92,9 @@ def _scl_setup(config):
   return scl, model, batch, vocab
 
 
-def bench_scl_train(config, workdir):
-  """SCL train-step throughput of the default encoder; FLOP/s vs a matmul."""
-  del workdir
-  scl, model, batch, _ = _scl_setup(config)
+def _scl_step_throughput(config, width=None):
+  """Seconds per SCL train step and its FLOPs (XLA's cost analysis)."""
+  scl, model, batch, _ = _scl_setup(config, width)
   mesh = sharding.make_mesh()
   tx = train_scl.make_optimizer(scl)
   example = {'image': batch['pos_image'][:1], 'text': batch['pos_title'][:1]}
@@ -112,11 +114,22 @@ def bench_scl_train(config, workdir):
   for _ in range(n):
     state, m = step(state, x, rng)
   jax.block_until_ready(m)
-  seconds = (time.perf_counter() - t0) / n
+  return scl, (time.perf_counter() - t0) / n, flops
+
+
+def bench_scl_train(config, workdir):
+  """SCL train-step throughput of the default encoder; FLOP/s vs a matmul.
+
+  Also the same step with both towers widened (config.scl_widths): on a CPU
+  the default 64-wide, 16-token towers spend most of their time outside
+  large matmuls, and the sweep shows how the fraction grows with width.
+  """
+  del workdir
+  scl, seconds, flops = _scl_step_throughput(config)
   peak = _matmul_flops_per_s()
   b, h = scl.batch_size, config.world.max_hard_negatives
   images = b * (3 + h)  # query + online & momentum positive + hard negatives
-  return {
+  out = {
       'batch_size': b, 'step_seconds': round(seconds, 4),
       'sessions_per_second': round(b / seconds, 1),
       'images_per_second': round(images / seconds, 1),
@@ -125,6 +138,11 @@ def bench_scl_train(config, workdir):
       'matmul_gflop_per_second': round(peak / 1e9, 2),
       'fraction_of_matmul': round(flops / seconds / peak, 3),
   }
+  for width in config.scl_widths:
+    _, seconds, flops = _scl_step_throughput(config, width)
+    out[f'width_{width}_images_per_second'] = round(images / seconds, 1)
+    out[f'width_{width}_fraction_of_matmul'] = round(flops / seconds / peak, 3)
+  return out
 
 
 def bench_embed(config, workdir):

@@ -51,12 +51,16 @@ class BenchJobTest(absltest.TestCase):
   def test_bench_tiny_writes_json_and_markdown(self):
     workdir = tempfile.mkdtemp()
     result = _main('--config=experiments/configs/bench.py:tiny',
-                   '--config.benchmarks=world',
+                   '--config.benchmarks=world,scl_train',
                    f'--workdir={workdir}')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     with open(os.path.join(workdir, 'results.json')) as f:
       res = json.load(f)
     self.assertGreater(res['benchmarks']['world']['generate_seconds'], 0)
+    scl = res['benchmarks']['scl_train']
+    for key in ('images_per_second', 'fraction_of_matmul',
+                'width_32_images_per_second', 'width_32_fraction_of_matmul'):
+      self.assertGreater(scl[key], 0, key)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'results.md')))
 
 

@@ -20,6 +20,9 @@ def get_config(arg=None):
   config.world = world.get_world_config(arg)
   config.scl_batch_size = 256
   config.timed_steps = 10
+  # The SCL step again with both towers this wide (mlp 2x): FLOP fraction vs.
+  # width. The default encoder is 64 wide.
+  config.scl_widths = (128, 256)
   config.embed_items = 20_000
   config.embed_batch_size = 2048
   config.latency_calls = 200
@@ -30,6 +33,7 @@ def get_config(arg=None):
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
+    config.scl_widths = (32,)
     config.embed_items = 64
     config.embed_batch_size = 32
     config.latency_calls = 5
