@@ -529,9 +529,9 @@ def train_and_evaluate(config, workdir):
 
 
 def _finish(workdir, result):
-  """ctr_eval.json (atomic) and a summary in the log."""
+  """ctr_eval.json (atomic; `result` already JSON-safe) and a log summary."""
   if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, EVAL_FILE), files.json_safe(result))
+    files.write_json(os.path.join(workdir, EVAL_FILE), result)
   logging.info('ctr/%s step %d/%d: test auc %s gauc %s logloss %s (%d '
                'impressions)', result['variant'], result['step'],
                result['total_steps'], _fmt(result['auc']),

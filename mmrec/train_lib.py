@@ -123,13 +123,12 @@ class Progress:
     self.total, self.batch, self.name, self.every = (
         total_steps, batch_size, name, every_s)
     self._t0 = self._last_t = time.time()
-    self._last_step = None
+    self._first_step = None
 
   def update(self, step, metrics=None, force=False):
     now = time.time()
-    if self._last_step is None:  # first call: after compilation
-      self._t0, self._last_t, self._last_step = now, now, step
-      self._first_step = step
+    if self._first_step is None:  # first call: after compilation
+      self._t0, self._last_t, self._first_step = now, now, step
       return
     if not force and now - self._last_t < self.every:
       return
@@ -143,7 +142,7 @@ class Progress:
     logging.info('%s step %d/%d  %.2f steps/s  %.0f examples/s  ETA %s%s',
                  self.name, step, self.total, rate, rate * self.batch,
                  _duration(eta), extra)
-    self._last_t, self._last_step = now, step
+    self._last_t = now
 
 
 class _QuietLibraries(logging.logging.Filter):
