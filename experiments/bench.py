@@ -96,7 +96,7 @@ def _scl_step_throughput(config, width=None):
   """Seconds per SCL train step and its FLOPs (XLA's cost analysis)."""
   scl, model, batch, _ = _scl_setup(config, width)
   mesh = sharding.make_mesh()
-  tx = train_scl.make_optimizer(scl)
+  tx = train_scl.build_optimizer(scl)
   example = {'image': batch['pos_image'][:1], 'text': batch['pos_title'][:1]}
   state, shardings = train_lib.init_state(
       train_scl._init_fn(model, scl, tx, example), jax.random.key(0), mesh)  # pylint: disable=protected-access
@@ -205,7 +205,7 @@ def _ctr_examples_per_second(variant, batch, vectors, steps):
   variables = model.init(jax.random.key(0), batch, vectors)
   params, stats = nn.unbox(variables['params']), variables.get(
       'batch_stats', {})
-  tx = optimizer.make_optimizer(params)
+  tx = optimizer.build_optimizer(params)
   opt = tx.init(params)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2))

@@ -66,7 +66,7 @@ def param_labels(params, frozen_prefixes: Sequence[str] = ()):
   return jax.tree_util.tree_map_with_path(label, params, is_leaf=_is_box)
 
 
-def make_optimizer(params, dense_lr: float = 2e-4, embed_lr: float = 2e-3,
+def build_optimizer(params, dense_lr: float = 2e-4, embed_lr: float = 2e-3,
                    weight_decay: float = 0.01,
                    frozen_prefixes: Sequence[str] = ()
                    ) -> optax.GradientTransformation:

@@ -60,13 +60,13 @@ VECTORS_FILE = embed.VECTORS_FILE  # what the embedding job writes
 # World, model, vectors.
 
 
-def make_config(config):
+def make_module_config(config):
   return make_lib.MakeConfig(
       attention_mlp=tuple(config.make.attention_mlp),
       mlp=tuple(config.make.mlp), freeze=bool(config.make.freeze))
 
 
-def make_model(config, sizes):
+def build_model(config, sizes):
   """The CtrModel of `config` for a world with vocabulary `sizes`."""
   emb = embedding.EmbeddingConfig(**sizes, dim=config.embed_dim)
   return ctr_model.CtrModel(ctr_model.CtrConfig(
@@ -75,11 +75,11 @@ def make_model(config, sizes):
       tower=tuple(config.tower), simtier_bins=config.simtier_bins,
       simtier_mask_padding=bool(config.simtier_mask_padding),
       simtier_official_dim=config.simtier_official_dim,
-      make=make_config(config)))
+      make=make_module_config(config)))
 
 
-def stage_a_model(config):
-  return make_lib.MakeModel(make_config(config))
+def build_stage_a_model(config):
+  return make_lib.MakeModel(make_module_config(config))
 
 
 def reads_vectors(config):
@@ -244,9 +244,9 @@ def opt_spec(config, model, stage_a=False):
                  frozen)
 
 
-def make_tx(spec, params):
+def build_tx(spec, params):
   """Adam on ID tables, AdamW on dense weights, zero updates if frozen."""
-  return optimizer.make_optimizer(
+  return optimizer.build_optimizer(
       params, dense_lr=spec.dense_lr, embed_lr=spec.embed_lr,
       weight_decay=spec.weight_decay, frozen_prefixes=spec.frozen)
 
@@ -304,7 +304,7 @@ def programs(model, spec, mesh, example_key, vectors_key):
   example = {k: np.zeros(shape, dtype) for k, shape, dtype in example_key}
   vec_spec = None if vectors_key is None else jax.ShapeDtypeStruct(
       *vectors_key)
-  tx = make_tx(spec, abstract_params(model, example, vec_spec))
+  tx = build_tx(spec, abstract_params(model, example, vec_spec))
   init = init_fn(model, tx, example, vec_spec)
   shardings = sharding.state_shardings(init, jax.random.key(0), mesh=mesh)
   vec_sharding = vectors_sharding(vec_spec, mesh)
@@ -435,7 +435,7 @@ def _stage_a(config, workdir, world, vectors, mesh, example):
   stage = _Stage(
       name='make_stage_a',
       workdir=cfg.stage_a_dir or os.path.join(workdir, STAGE_A_DIR),
-      model=stage_a_model(config), stage_a=True,
+      model=build_stage_a_model(config), stage_a=True,
       num_epochs=cfg.stage_a_epochs,
       points={e * spe: float(e) for e in range(1, cfg.stage_a_epochs + 1)},
       final_eval=False)
@@ -483,7 +483,7 @@ def train_and_evaluate(config, workdir):
   _validate(config)
   data_dir = train_scl.ensure_world(config, workdir)
   world = ctr_data.World.load(data_dir)
-  model = make_model(config, world.sizes)
+  model = build_model(config, world.sizes)
   host_vectors = load_vectors(config, world.sizes['num_items'])
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
 

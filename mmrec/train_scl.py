@@ -209,7 +209,7 @@ def loss_fn(params, extra, batch, model, config):
   return loss, dict(metrics, loss=loss)
 
 
-def make_optimizer(config):
+def build_optimizer(config):
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, config.warmup_steps,
       max(config.num_steps, config.warmup_steps + 1))
@@ -288,7 +288,7 @@ def train_and_evaluate(config, workdir):
 
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   model = model_from_config(config, data_dir)
-  tx = make_optimizer(config)
+  tx = build_optimizer(config)
   init = _init_fn(model, config, tx, init_example(config, data_dir))
   state, shardings = train_lib.init_state(
       init, jax.random.key(config.seed), mesh)

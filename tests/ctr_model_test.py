@@ -302,7 +302,7 @@ class OptimizerTest(parameterized.TestCase):
     self.assertEqual(
         sum(l == 'embedding' for l in flat.values()), 7)  # One per table.
     with self.assertRaisesRegex(ValueError, 'mkae'):
-      optimizer.make_optimizer(params, frozen_prefixes=('mkae',))
+      optimizer.build_optimizer(params, frozen_prefixes=('mkae',))
 
   @parameterized.parameters(True, False)
   def test_frozen_make_stays_bit_identical(self, freeze):
@@ -330,7 +330,7 @@ def tiny_training_run(freeze, steps=3):
   model, variables = tiny_model('simtier_make', freeze=freeze)
   batch, vectors = tiny_data()
   params = nn.unbox(variables['params'])
-  tx = optimizer.make_optimizer(
+  tx = optimizer.build_optimizer(
       params, frozen_prefixes=('make',) if freeze else ())
   labels = jnp.asarray(batch['label'], jnp.float32)
 

@@ -83,7 +83,7 @@ class ShardingTest(parameterized.TestCase):
 
   def _programs(self, variant, mesh):
     config = _config(variant)
-    model = train_ctr.make_model(config, self.world.sizes)
+    model = train_ctr.build_model(config, self.world.sizes)
     vectors = None if variant == 'id' else self.vectors
     return model, vectors, train_ctr.programs(
         model, train_ctr.opt_spec(config, model), mesh,
@@ -265,7 +265,7 @@ class BadInputTest(absltest.TestCase):
     return path
 
   def test_item_id_outside_vocabulary(self):
-    model = train_ctr.make_model(_config('id'), self.world.sizes)
+    model = train_ctr.build_model(_config('id'), self.world.sizes)
     batch = dict(self.world.dataset('train', 16)[0])
     batch['item_id'] = batch['item_id'].copy()
     batch['item_id'][3] = self.num_items
@@ -287,7 +287,7 @@ class BadInputTest(absltest.TestCase):
       train_ctr.run(_config('id', data_dir=data_dir), tempfile.mkdtemp())
 
   def test_train_rows_in_test_days(self):
-    model = train_ctr.make_model(_config('id'), self.world.sizes)
+    model = train_ctr.build_model(_config('id'), self.world.sizes)
     batch = self.world.dataset('test', 16)[0]
     with self.assertRaisesRegex(ValueError, 'train split must hold days'):
       train_ctr.check_batch(batch, model, 'x', self.world.first_test_day)

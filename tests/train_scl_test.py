@@ -54,7 +54,7 @@ class LossOnMeshesTest(parameterized.TestCase):
     super().setUpClass()
     cls.config = _config('scl')
     cls.model = train_scl.model_from_config(cls.config, cls.config.data_dir)
-    tx = train_scl.make_optimizer(cls.config)
+    tx = train_scl.build_optimizer(cls.config)
     init = train_scl._init_fn(cls.model, cls.config, tx, train_scl.init_example(
         cls.config, cls.config.data_dir))
     mesh1 = sharding.make_mesh(devices=jax.devices()[:1])
@@ -94,7 +94,7 @@ class MethodsTest(parameterized.TestCase):
   def test_loss_is_finite_and_trains_the_item_side(self, method):
     config = _config(method)
     model = train_scl.model_from_config(config, config.data_dir)
-    tx = train_scl.make_optimizer(config)
+    tx = train_scl.build_optimizer(config)
     state = jax.jit(lambda r: nn.unbox(train_scl._init_fn(
         model, config, tx, train_scl.init_example(config, config.data_dir))(
             r)))(jax.random.key(0))
