@@ -76,7 +76,7 @@ def _scl_setup(config, width=None):
   if width:
     for tower in (scl.encoder.image, scl.encoder.text):
       tower.update(width=width, mlp_dim=2 * width)
-  model = train_scl.build_model(scl, vocab.size, wc.title_length)
+  model = embed.build_encoder(scl, vocab.size, wc.title_length)
   rng = np.random.default_rng(0)
   b, h, s, t = scl.batch_size, wc.max_hard_negatives, wc.image_size, (
       wc.title_length)
@@ -97,11 +97,13 @@ def _scl_step_throughput(config, width=None):
   scl, model, batch, _ = _scl_setup(config, width)
   mesh = sharding.make_mesh()
   tx = train_scl.build_optimizer(scl)
+  objective = train_scl.objective(scl)
   example = {'image': batch['pos_image'][:1], 'text': batch['pos_title'][:1]}
-  state, shardings = train_lib.init_state(
-      train_scl._init_fn(model, scl, tx, example), jax.random.key(0), mesh)  # pylint: disable=protected-access
-  step = train_lib.jit_step(functools.partial(
-      train_scl.train_step, model=model, config=scl, tx=tx), shardings, mesh)
+  progs = train_lib.compile_programs(
+      train_scl.init_fn(model, objective, tx, example),
+      functools.partial(train_scl.train_step, model=model,
+                        objective=objective, tx=tx), mesh)
+  state, step = progs.init_state(jax.random.key(0)), progs.train_step
   x = sharding.shard_batch(batch, mesh)
   rng = jax.random.key(1)
   flops = step.lower(state, x, rng).compile().cost_analysis()

@@ -9,8 +9,8 @@ import numpy as np
 from mmrec import files
 from mmrec import metrics
 from mmrec import train_ctr
-from mmrec import train_scl
 from mmrec.data import builders
+from mmrec.data import resolver
 
 TABLE_FILE = 'ctr_table'
 METRICS = ('auc', 'gauc', 'logloss')
@@ -118,7 +118,7 @@ def markdown(summary):
 
 
 def run(config, workdir):
-  data_dir = config.data_dir or train_scl.ensure_world(config.ctr, workdir)
+  data_dir = resolver.data_dir(config.data_dir, config.ctr.world, workdir)
   variants = [v for v in config.variants.split(',') if v]
   if any(v != 'id' for v in variants) and not config.vectors_path:
     raise ValueError('config.vectors_path must name an item-vector table '

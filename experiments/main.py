@@ -68,7 +68,9 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.devices())
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   os.makedirs(workdir, exist_ok=True)
-  if not jax.config.jax_compilation_cache_dir:
+  # The world job's workdir is the world itself (built aside, renamed in):
+  # it compiles nothing, so no cache there.
+  if config.job != 'world' and not jax.config.jax_compilation_cache_dir:
     # Seeds and variants of a sweep compile the same programs: on a 2-core
     # CPU the persistent cache saves ~5 s per run. JAX_COMPILATION_CACHE_DIR
     # in the environment takes precedence.

@@ -9,6 +9,7 @@ import numpy as np
 from experiments.configs import scl as scl_config
 from mmrec import files
 from mmrec import train_scl
+from mmrec.data import resolver
 
 SLICES = ('image', 'text', 'image_new', 'text_new')
 METRICS = ('accuracy@1', 'recall@10')
@@ -37,7 +38,7 @@ def run_one(config, method, seed, data_dir, workdir):
     with open(done) as f:
       return json.load(f)
   logging.info('pre-training %s seed %d -> %s', method, seed, out)
-  return train_scl.train_and_evaluate(
+  return train_scl.run(
       method_config(config, method, seed, data_dir, workdir), out)
 
 
@@ -71,8 +72,7 @@ def markdown(table):
 
 
 def run(config, workdir):
-  data_dir = train_scl.ensure_world(config.scl, workdir) if not (
-      config.data_dir) else config.data_dir
+  data_dir = resolver.data_dir(config.data_dir, config.scl.world, workdir)
   methods = [m for m in config.methods.split(',') if m]
   order = sorted(methods, key=lambda m: m == 'clip_e')  # after clip_o
   if 'clip_e' in methods and 'clip_o' not in methods:

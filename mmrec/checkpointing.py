@@ -5,7 +5,8 @@ Layout, one directory per step under `directory` (usually workdir/checkpoints):
   <step>/state/      the train-state pytree (orbax PyTree, sharded arrays ok)
   <step>/data/       grain iterator state, one JSON file per process
   <step>/config/     the config as JSON
-  <step>/integrity/  fingerprints of the three above, checked on restore
+  <step>/history/    the run's evaluations so far (JSON), if it has any
+  <step>/integrity/  fingerprints of the above, checked on restore
 
 Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it when
 complete, so a crash mid-save leaves a tmp directory that is never listed (and
@@ -34,7 +35,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 SUBDIR = 'checkpoints'  # Checkpointer(os.path.join(workdir, SUBDIR)).
-_STATE, _DATA, _CONFIG, _INTEGRITY = 'state', 'data', 'config', 'integrity'
+_STATE, _DATA, _CONFIG, _HISTORY, _INTEGRITY = (
+    'state', 'data', 'config', 'history', 'integrity')
 _METADATA = '_CHECKPOINT_METADATA'
 _BLOCK = 1 << 22  # Elements per fingerprint block (bounds host memory).
 
@@ -69,11 +71,13 @@ class Checkpointer:
             _STATE: ocp.PyTreeCheckpointHandler(),
             _DATA: grain.checkpoint.CheckpointHandler(),
             _CONFIG: ocp.JsonCheckpointHandler(),
+            _HISTORY: ocp.JsonCheckpointHandler(),
             _INTEGRITY: ocp.JsonCheckpointHandler(),
         })
 
   def save(self, step: int, state: Any, data_iterator=None,
-           config: Any = None, force: bool = False) -> bool:
+           config: Any = None, history: list | None = None,
+           force: bool = False) -> bool:
     """Saves if `force` or due; True if it did.
 
     Due (orbax's policy): any step while the directory holds no checkpoint,
@@ -92,6 +96,9 @@ class Checkpointer:
       config = json.loads(json.dumps(config, default=str))
       integrity[_CONFIG] = _crc(config)
       args[_CONFIG] = ocp.args.JsonSave(config)
+    if history is not None:
+      integrity[_HISTORY] = _crc(history)
+      args[_HISTORY] = ocp.args.JsonSave(history)
     args[_INTEGRITY] = ocp.args.JsonSave(integrity)
     return self._manager.save(step, args=ocp.args.Composite(**args),
                               force=force)
@@ -153,6 +160,24 @@ class Checkpointer:
     self._verify(restored, data_iterator, step, path)
     return restored[_STATE], restored.get(_CONFIG)
 
+  def restore_history(self, step: int) -> list:
+    """The eval history saved with `step` ([] if none), checked."""
+    path = self.directory / str(step)
+    if not (path / _HISTORY).exists():
+      return []
+    args = {_HISTORY: ocp.args.JsonRestore(),
+            _INTEGRITY: ocp.args.JsonRestore()}
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # Orbax/json raise many types.
+      raise CheckpointError(f'Cannot read the eval history of checkpoint '
+                            f'step {step} at {path}: {e}') from e
+    history = restored[_HISTORY]
+    if _crc(history) != restored[_INTEGRITY].get(_HISTORY):
+      raise CheckpointError(f'Checkpoint step {step} at {path} is corrupt: '
+                            'its eval history differs from the one saved.')
+    return history
+
   def _verify(self, restored, data_iterator, step, path):
     """Raises CheckpointError if restored values differ from those saved."""
     integrity = restored[_INTEGRITY]
@@ -196,6 +221,13 @@ def restore_from(path, target_state: Any = None, data_iterator=None,
   path = epath.Path(path)
   with Checkpointer(path.parent, read_only=True) as ckpt:
     return ckpt.restore(int(path.name), target_state, data_iterator, partial)
+
+
+def read_history(path) -> list:
+  """`Checkpointer.restore_history` of one step directory."""
+  path = epath.Path(path)
+  with Checkpointer(path.parent, read_only=True) as ckpt:
+    return ckpt.restore_history(int(path.name))
 
 
 class RestoreSource(NamedTuple):

@@ -1,6 +1,7 @@
 """Item embedding: trained or reference encoders -> the item-vector table.
 
-`Encoder` wraps a trained MultimodalEncoder: sharded batch inference over the
+`encoder_model` builds the MultimodalEncoder of a pre-training config for a
+dataset (the trainer and every reader of its checkpoints use it). `Encoder` wraps a trained MultimodalEncoder: sharded batch inference over the
 'data' axis for the catalogue (padded to one compiled shape) and a warm
 single-item path for new items (`encode_one`). `ReferenceEncoder` is the
 untrained reference of the comparison: a fixed random projection of raw
@@ -8,7 +9,9 @@ pixels or of bag-of-token counts.
 
 The embedding job (`config.job = 'embed'`, experiments/configs/embed.py)
 restores an encoder from a pre-training workdir and writes
-`<workdir>/item_vectors.npz` (see vector_table.py) atomically.
+`<workdir>/item_vectors.npz` (see vector_table.py) atomically. The items come
+from `config.data_dir`, by default the dataset the encoder was trained on
+(recorded, resolved, in its checkpoint's config).
 """
 
 import os
@@ -17,9 +20,11 @@ import time
 from absl import logging
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 
 from mmrec import checkpointing
+from mmrec import multimodal_encoder
 from mmrec import retrieval_eval
 from mmrec import sharding
 from mmrec import train_lib
@@ -27,7 +32,31 @@ from mmrec import vector_table
 from mmrec.data import builders
 
 REFERENCE_METHODS = ('raw_pixels', 'bag_of_tokens')
-VECTORS_FILE = 'item_vectors.npz'
+VECTORS_FILE = vector_table.FILE
+
+
+def build_encoder(config, vocab_size, max_len):
+  """The MultimodalEncoder of `config.encoder` for a vocabulary and length."""
+  enc = config.encoder.to_dict()
+  enc['text'] = dict(enc['text'], vocab_size=vocab_size, max_len=max_len)
+  enc.update(min_temperature=config.min_temperature,
+             max_temperature=config.max_temperature)
+  return multimodal_encoder.MultimodalEncoder(
+      multimodal_encoder.MultimodalConfig.from_dict(enc))
+
+
+def encoder_model(config, data_dir):
+  """`build_encoder` for the vocabulary and title length of a dataset."""
+  return build_encoder(config, builders.vocab_size(data_dir),
+                       builders.load_world_config(data_dir)['title_length'])
+
+
+def example_inputs(data_dir):
+  """Dummy (image, text) inputs with the dataset's shapes, for `init`."""
+  wc = builders.load_world_config(data_dir)
+  s, t = wc['image_size'], wc['title_length']
+  return {'image': np.zeros((1, s, s, 3), np.uint8),
+          'text': np.ones((1, t), np.int32)}
 
 
 class Encoder:
@@ -134,9 +163,8 @@ def _new_items(data_dir, items):
       builders.load_world_config(data_dir))
 
 
-def evaluate_encoder(encoder, data_dir, items, batch_size=1024):
+def evaluate_encoder(encoder, data_dir, items):
   """(retrieval metrics on held-out sessions, (N, D) catalogue vectors)."""
-  del batch_size  # the encoder batches
   t0 = time.time()
   vectors = encoder.items(items['image'], items['title'])
   logging.info('encoded %d items in %.1fs', len(vectors), time.time() - t0)
@@ -161,9 +189,11 @@ def evaluate_encoder(encoder, data_dir, items, batch_size=1024):
 
 
 def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
-  """Restores the encoder of a pre-training workdir (latest checkpoint)."""
-  from mmrec import train_scl  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  """Restores the encoder of a pre-training workdir (latest checkpoint).
+
+  Returns (Encoder, its config, step, the dataset directory: `data_dir` or
+  the one the encoder was trained on).
+  """
   ckpt_dir = os.path.join(encoder_workdir, checkpointing.SUBDIR)
   with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
     step = ckpt.latest_step()
@@ -173,10 +203,10 @@ def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
   source = os.path.join(ckpt_dir, str(step))
   _, saved = checkpointing.restore_from(source, None)
   config = ml_collections.ConfigDict(saved)
-  data_dir = data_dir or train_scl.data_dir_of(config, encoder_workdir)
+  data_dir = data_dir or config.data_dir
   mesh = mesh or sharding.make_mesh()
-  model = train_scl.model_from_config(config, data_dir)
-  example = train_scl.init_example(config, data_dir)
+  model = encoder_model(config, data_dir)
+  example = example_inputs(data_dir)
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), example['image'], example['text'])['params']))
   abstract = jax.tree.map(
@@ -185,17 +215,17 @@ def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
       abstract)
   restored, _ = checkpointing.restore_from(source, {'params': abstract},
                                            partial=True)
-  return Encoder(model, restored['params'], mesh, batch_size), config, step
+  return (Encoder(model, restored['params'], mesh, batch_size), config, step,
+          data_dir)
 
 
 def run(config, workdir):
   """The embedding job: encoder checkpoint -> item-vector table."""
   if not config.encoder_workdir:
     raise ValueError('config.encoder_workdir must name a pre-training workdir')
-  encoder, enc_config, step = load_encoder(
+  encoder, enc_config, step, data_dir = load_encoder(
       config.encoder_workdir, config.data_dir or None,
       batch_size=config.batch_size)
-  data_dir = config.data_dir or os.path.join(config.encoder_workdir, 'world')
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   t0 = time.time()
   vectors = encoder.items(items['image'], items['title'])

@@ -23,25 +23,15 @@ import jax.numpy as jnp
 OFFICIAL_NUM_BINS = 22  # ceil(10·cos) + 10 in [0, 20], plus one slot for >1.
 
 
-def cosine(target, seq, eps: float = 1e-8):
-  """Cosine of each behaviour to the target: (B, D), (B, T, D) -> (B, T).
-
-  A zero vector (padding, missing item) has cosine 0 to everything. Clipped
-  to [-1, 1]: an item's cosine to itself comes out as 1 +- rounding, and
-  1.0000001 would land in another SimTier bin than 1.0 (ceil(10 cos)), so
-  different compilations (meshes, devices) would disagree.
-  """
-  t = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), eps)
-  s = seq / jnp.maximum(jnp.linalg.norm(seq, axis=-1, keepdims=True), eps)
-  return jnp.clip(jnp.einsum('bd,btd->bt', t, s), -1.0, 1.0)
-
-
 def table_cosine(vectors, target_ids, seq_ids, seq_mask):
   """Cosine of each behaviour to the target, straight from the vector table.
 
   (V, Dv) table (float, or int8 = round(127 v)), (B,) and (B, T) ids, (B, T)
-  mask -> (B, T), 0 at padding, clipped to [-1, 1]. Equals `cosine` of the
-  gathered (dequantised, padding-zeroed) vectors, but never materialises a
+  mask -> (B, T), 0 at padding, clipped to [-1, 1]: an item's cosine to
+  itself comes out as 1 +- rounding, and 1.0000001 would land in another
+  SimTier bin than 1.0 (ceil(10 cos)), so different compilations (meshes,
+  devices) would disagree. Equals the cosine of the gathered (dequantised,
+  padding-zeroed) vectors, but never materialises a
   normalised (B, T, Dv) copy: the behaviours' inverse norms are computed on
   the table (V x Dv, small) and gathered, and int8 values need no
   dequantising since the 1/127 scale cancels in a cosine. With a 1000-long

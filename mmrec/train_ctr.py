@@ -24,40 +24,33 @@ checkpoints, metrics.jsonl, TensorBoard events and `ctr_eval.json`.
 Shape letters: B batch, L behaviour-sequence length, V items, Dv vector width.
 """
 
-import dataclasses
 import functools
-import json
 import os
 from typing import Any, NamedTuple
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmrec import checkpointing
 from mmrec import ctr_data
+from mmrec import ctr_eval
 from mmrec import ctr_model
-from mmrec import embed
-from mmrec import files
 from mmrec import embedding
 from mmrec import make as make_lib
 from mmrec import optimizer
 from mmrec import sharding
 from mmrec import train_lib
-from mmrec import train_scl
 from mmrec import vector_table
-from mmrec.data import pipelines
+from mmrec.data import resolver
 
-EVAL_FILE = 'ctr_eval.json'
+EVAL_FILE = ctr_eval.EVAL_FILE
 STAGE_A_DIR = 'make_stage_a'
-VECTORS_FILE = embed.VECTORS_FILE  # what the embedding job writes
 
 
 # --------------------------------------------------------------------------
-# World, model, vectors.
+# Model, vectors, input checks.
 
 
 def make_module_config(config):
@@ -87,57 +80,19 @@ def reads_vectors(config):
 
 
 def load_vectors(config, num_items):
-  """The (V, Dv) host table of `config.vectors_path`, or None for 'id'.
-
-  `vectors_path` may name the table or the embedding job's workdir. Errors
-  name the config field, so the fix is obvious from the message.
-  """
+  """The (V, Dv) host table of `config.vectors_path`, or None for 'id'."""
   if not reads_vectors(config):
     if config.vectors_path:
       logging.info("variant 'id' reads no item vectors; ignoring "
                    'config.vectors_path=%s', config.vectors_path)
     return None
-  check_vectors_path(config)
-  path = config.vectors_path
-  if os.path.isdir(path):
-    path = os.path.join(path, VECTORS_FILE)
-  try:
-    table, meta = vector_table.load(
-        path, dtype=config.vectors_dtype, num_items=num_items,
-        dim=config.vectors_dim or None)
-  except vector_table.VectorTableError as e:
-    dim = (f' (config.vectors_dim = {config.vectors_dim})'
-           if config.vectors_dim else '')
-    raise vector_table.VectorTableError(
-        f'config.vectors_path={config.vectors_path}: {e}{dim}') from e
-  logging.info('item vectors %s: %s %s (encoder: %s)', path, table.dtype,
-               table.shape, meta.get('method', '?'))
+  dim = config.vectors_dim or None
+  table, meta = vector_table.load_from(
+      config.vectors_path, field='config.vectors_path',
+      dtype=config.vectors_dtype, num_items=num_items, dim=dim)
+  logging.info('item vectors %s: %s %s (encoder: %s)', config.vectors_path,
+               table.dtype, table.shape, meta.get('method', '?'))
   return table
-
-
-def check_vectors_path(config):
-  if reads_vectors(config) and not config.vectors_path:
-    raise ValueError(
-        f'config.vectors_path is empty, but variant {config.variant!r} reads '
-        'the item-vector table: set --config.vectors_path to the embedding '
-        f"job's {VECTORS_FILE} (or its workdir).")
-
-
-def put_vectors(table, mesh):
-  """Host table -> device array on the mesh, once.
-
-  Rows shard on 'model' like the ID tables (when the model axis divides V),
-  else the table is replicated.
-  """
-  if table is None:
-    return None
-  return jax.device_put(table, vectors_sharding(table, mesh))
-
-
-def vectors_sharding(table, mesh):
-  if table is None:
-    return sharding.replicated(mesh)
-  return sharding.logical_to_sharding(('vocab', None), mesh, shapes=table)
 
 
 def check_batch(batch, model, where, first_test_day=None, test=False):
@@ -195,7 +150,7 @@ def train_step(state, batch, rng, vectors, *, model, tx):
                                            vectors, model, True)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, 'grad_norm': train_lib.global_norm(grads),
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
              'label_mean': jnp.mean(batch['label'].astype(jnp.float32)),
              'prediction_mean': jnp.mean(jax.nn.sigmoid(logits))}
   return state.replace(step=state.step + 1, params=params,
@@ -206,20 +161,9 @@ def eval_step(state, batch, vectors, *, model):
   """Logits of a (padded) test batch, plus the fields the metrics need."""
   logits, _ = _forward(model, {'params': state.params, **state.extra}, batch,
                        vectors, False)
-  out = {k: batch[k] for k in ctr_data.EVAL_FIELDS + ('valid',)}
+  out = {k: batch[k] for k in ctr_eval.EVAL_FIELDS + ('valid',)}
   out['logit'] = logits
   return out
-
-
-def jit_train_step(step_fn, state_shardings, vec_sharding, mesh):
-  """`train_lib.jit_step` with the vector table as a 4th, undonated argument."""
-  repl = sharding.replicated(mesh)
-  return jax.jit(
-      step_fn,
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl,
-                    vec_sharding),
-      out_shardings=(state_shardings, repl),
-      donate_argnums=(0,))
 
 
 def jit_eval_step(eval_fn, state_shardings, vec_sharding, mesh):
@@ -286,10 +230,7 @@ def shape_key(tree):
 
 
 class Programs(NamedTuple):
-  init: Any  # rng -> TrainState (boxed)
-  shardings: Any  # of the TrainState
-  init_state: Any  # jitted rng -> TrainState (unboxed, sharded)
-  train_step: Any  # jitted (state, batch, rng, vectors) -> (state, metrics)
+  train: train_lib.Programs  # shardings, init_state, train_step
   eval_step: Any  # jitted (state, batch, vectors) -> outputs
 
 
@@ -305,150 +246,74 @@ def programs(model, spec, mesh, example_key, vectors_key):
   vec_spec = None if vectors_key is None else jax.ShapeDtypeStruct(
       *vectors_key)
   tx = build_tx(spec, abstract_params(model, example, vec_spec))
-  init = init_fn(model, tx, example, vec_spec)
-  shardings = sharding.state_shardings(init, jax.random.key(0), mesh=mesh)
-  vec_sharding = vectors_sharding(vec_spec, mesh)
-  # train_lib.init_state, kept compiled for the next run.
-  init_state = jax.jit(lambda rng: nn.unbox(init(rng)),
-                       out_shardings=shardings)
-  return Programs(
-      init, shardings, init_state,
-      jit_train_step(functools.partial(train_step, model=model, tx=tx),
-                     shardings, vec_sharding, mesh),
-      jit_eval_step(functools.partial(eval_step, model=model), shardings,
-                    vec_sharding, mesh))
+  vec_sharding = vector_table.table_sharding(vec_spec, mesh)
+  train = train_lib.compile_programs(
+      init_fn(model, tx, example, vec_spec),
+      functools.partial(train_step, model=model, tx=tx), mesh,
+      arg_shardings=(vec_sharding,))
+  return Programs(train, jit_eval_step(functools.partial(eval_step,
+                                                         model=model),
+                                       train.shardings, vec_sharding, mesh))
 
 
 # --------------------------------------------------------------------------
-# The training loop, shared by MAKE stage A and the CTR model.
+# The job: MAKE stage A (if the variant uses MAKE), then the CTR model.
 
 
-@dataclasses.dataclass
-class _Stage:
-  """What differs between the stages: model, optimizer, where, how long."""
-  name: str
-  workdir: str
-  model: Any
-  stage_a: bool
-  num_epochs: int
-  points: dict  # {step: epoch fraction} to evaluate at
-  max_steps: int = 0  # Stop early (0 = run to the end)
-  resume: str = ''
-  init_from: str = ''
-  on_fresh: Any = None  # state -> state, on a fresh start only
-  final_eval: bool = True  # Evaluate the final state (if not just done)
-
-
-def _fit(stage, config, world, vectors, mesh, example):
-  """Trains (or resumes) one stage; returns (state, step, total, last eval).
-
-  The last eval is (step, metrics, test predictions) of the final state with
-  `stage.final_eval`; otherwise of the last evaluation point of this call, or
-  None.
-  """
-  os.makedirs(stage.workdir, exist_ok=True)
-  progs = programs(stage.model,
-                   opt_spec(config, stage.model, stage.stage_a), mesh,
+def _fit(name, workdir, model, stage_a, config, data, vectors, mesh, example,
+         *, num_epochs, eval_steps, stop_at=0, resume='', init_from='',
+         on_start=None, final_eval=True):
+  """`train_lib.fit` of one stage, evaluated on the test day."""
+  progs = programs(model, opt_spec(config, model, stage_a), mesh,
                    shape_key(example), shape_key(vectors))
-  shardings = progs.shardings
-  state = progs.init_state(jax.random.key(config.seed))
-  spe = world.steps_per_epoch(config.batch_size)
-  total = spe * stage.num_epochs
-  stop = min(total, stage.max_steps) if stage.max_steps else total
-  ds = world.dataset('train', config.batch_size, seed=config.seed,
-                     shuffle=True, num_epochs=stage.num_epochs)
-  it = pipelines.iterator(ds, prefetch_threads=1)
+  spe = data.steps_per_epoch(config.batch_size)
 
-  source = checkpointing.restore_precedence(stage.workdir, stage.resume,
-                                            stage.init_from)
-  if source.source in ('workdir', 'resume'):
-    state, _ = checkpointing.restore_from(source.path, state, it)
-    logging.info('%s: resumed from %s at step %d', stage.name, source.path,
-                 int(state.step))
-  elif source.source == 'init_from':
-    restored, _ = checkpointing.restore_from(
-        source.path, {'params': state.params}, partial=True)
-    state = state.replace(params=jax.device_put(restored['params'],
-                                                shardings.params))
-    logging.info('%s: initialised params from %s', stage.name, source.path)
-  if source.source in ('fresh', 'init_from') and stage.on_fresh:
-    state = jax.device_put(stage.on_fresh(state), shardings)
-
-  step_fn, eval_fn = progs.train_step, progs.eval_step
-  writer = train_lib.MetricWriter(stage.workdir)
-  cfg_dict = json.loads(config.to_json_best_effort())
-  step = int(state.step)
-  last_eval = None
-
-  def evaluate():
-    pred = ctr_data.predict(eval_fn, state, vectors, world,
+  def evaluate(state, step):
+    pred = ctr_eval.predict(progs.eval_step, state, vectors, data,
                             config.eval_batch_size, mesh)
-    m = ctr_data.ctr_metrics(pred)
-    fraction = step / spe
-    writer.write(step, dict(m, epoch_fraction=fraction), prefix='eval/')
+    m = ctr_eval.ctr_metrics(pred)
     logging.info('%s step %d (epoch %.2f): test auc %.4f gauc %.4f '
-                 'logloss %.4f', stage.name, step, fraction, m['auc'],
-                 m['gauc'], m['logloss'])
-    return step, m, pred
+                 'logloss %.4f', name, step, step / spe, m['auc'], m['gauc'],
+                 m['logloss'])
+    return dict(m, epoch_fraction=step / spe), pred
 
-  with checkpointing.Checkpointer(
-      os.path.join(stage.workdir, checkpointing.SUBDIR),
-      save_interval_steps=config.checkpoint_every) as ckpt:
-    if step < stop:
-      logging.info('%s: training steps %d..%d of %d (%d per epoch, batch %d)',
-                   stage.name, step, stop, total, spe, config.batch_size)
-    progress = train_lib.Progress(stop, config.batch_size, name=stage.name)
-    rng = jax.random.key(config.seed + 1)
-    while step < stop:
-      batch = next(it)
-      state, metrics = step_fn(state, sharding.shard_batch(batch, mesh),
-                               train_lib.fold_rng(rng, step), vectors)
-      step += 1
-      if step % config.log_every == 0 or step == stop:
-        metrics = train_lib.to_host(metrics)
-        writer.write(step, metrics, prefix='train/')
-        progress.update(step, metrics, force=True)
-      else:
-        progress.update(step)
-      if step % config.checkpoint_every == 0 or step == stop:
-        ckpt.save(step, state, data_iterator=it, config=cfg_dict,
-                  force=step == stop)
-      if step in stage.points:
-        last_eval = evaluate()
-    done = last_eval is not None and last_eval[0] == step
-    if not done and (stage.final_eval or (
-        step in stage.points and not ctr_data.read_history(stage.workdir,
-                                                  {step: 0.0}))):
-      last_eval = evaluate()
-  writer.close()
-  return state, step, total, last_eval
+  loop = train_lib.Loop(
+      name=name, workdir=workdir, num_steps=spe * num_epochs,
+      batch_size=config.batch_size, seed=config.seed, config=config,
+      checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+      resume=resume, init_from=init_from, on_start=on_start,
+      evaluate=evaluate, eval_steps=tuple(eval_steps), final_eval=final_eval,
+      stop_at=stop_at)
+  ds = data.dataset('train', config.batch_size, seed=config.seed,
+                    shuffle=True, num_epochs=num_epochs)
+  return loop, train_lib.fit(loop, progs.train, ds, mesh, (vectors,))
 
 
-# --------------------------------------------------------------------------
-# The job.
+def _history(history):
+  return [{'epoch_fraction': h['epoch_fraction'], 'step': h['step'],
+           **{k: h[k] for k in ('auc', 'gauc', 'logloss')}} for h in history]
 
 
-def _stage_a(config, workdir, world, vectors, mesh, example):
-  """MAKE stage A (skipped when its final checkpoint exists)."""
+def _stage_a(config, workdir, data, vectors, mesh, example):
+  """MAKE stage A (restored, not retrained, when its final step is saved)."""
   cfg = config.make
-  spe = world.steps_per_epoch(config.batch_size)
-  stage = _Stage(
-      name='make_stage_a',
-      workdir=cfg.stage_a_dir or os.path.join(workdir, STAGE_A_DIR),
-      model=build_stage_a_model(config), stage_a=True,
+  spe = data.steps_per_epoch(config.batch_size)
+  loop, res = _fit(
+      'make_stage_a', cfg.stage_a_dir or os.path.join(workdir, STAGE_A_DIR),
+      build_stage_a_model(config), True, config, data, vectors, mesh, example,
       num_epochs=cfg.stage_a_epochs,
-      points={e * spe: float(e) for e in range(1, cfg.stage_a_epochs + 1)},
+      eval_steps=[e * spe for e in range(1, cfg.stage_a_epochs + 1)],
       final_eval=False)
-  state, step, total, _ = _fit(stage, config, world, vectors, mesh, example)
-  if step != total:
-    raise RuntimeError(f'MAKE stage A stopped at step {step} of {total}.')
-  return state, ctr_data.read_history(stage.workdir, stage.points)
+  if res.step != loop.num_steps:
+    raise RuntimeError(f'MAKE stage A stopped at step {res.step} of '
+                       f'{loop.num_steps}.')
+  return res.state, _history(res.history)
 
 
 def _load_make(stage_a_state):
-  """Stage B's on_fresh: params['make'] and batch_stats['make'] from stage A."""
+  """Stage B's on_start: params['make'] and batch_stats['make'] from stage A."""
 
-  def on_fresh(state):
+  def on_start(state):
     params, stats = dict(state.params), dict(state.extra['batch_stats'])
     for name, got, want in (('params', stage_a_state.params, params['make']),
                             ('batch_stats',
@@ -461,7 +326,7 @@ def _load_make(stage_a_state):
     stats['make'] = stage_a_state.extra['batch_stats']
     return state.replace(params=params,
                          extra=dict(state.extra, batch_stats=stats))
-  return on_fresh
+  return on_start
 
 
 def _validate(config):
@@ -471,80 +336,63 @@ def _validate(config):
   if config.vectors_dtype not in ('float32', 'int8'):
     raise ValueError(f"config.vectors_dtype = {config.vectors_dtype!r}, "
                      "expected 'int8' or 'float32'.")
-  check_vectors_path(config)
+  if reads_vectors(config) and not config.vectors_path:
+    raise ValueError(
+        f'config.vectors_path is empty, but variant {config.variant!r} reads '
+        'the item-vector table: set --config.vectors_path to the embedding '
+        f"job's {vector_table.FILE} (or its workdir).")
   for field in ('batch_size', 'eval_batch_size', 'num_epochs',
                 'checkpoint_every', 'log_every'):
     if config[field] < 1:
       raise ValueError(f'config.{field} must be >= 1, got {config[field]}.')
 
 
-def train_and_evaluate(config, workdir):
+def run(config, workdir):
   """Trains one variant (MAKE: both stages) and evaluates it on the test day."""
   _validate(config)
-  data_dir = train_scl.ensure_world(config, workdir)
-  world = ctr_data.World.load(data_dir)
-  model = build_model(config, world.sizes)
-  host_vectors = load_vectors(config, world.sizes['num_items'])
+  data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
+  data = ctr_data.CtrData.load(data_dir)
+  model = build_model(config, data.sizes)
+  host_vectors = load_vectors(config, data.sizes['num_items'])
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
 
   # Bad input fails here, before anything compiles.
-  first_train = world.dataset('train', config.batch_size, seed=config.seed,
-                              shuffle=True)[0]
-  first_test = world.dataset('test', config.eval_batch_size)[0]
+  first_train = data.dataset('train', config.batch_size, seed=config.seed,
+                             shuffle=True)[0]
+  first_test = data.dataset('test', config.eval_batch_size)[0]
   check_batch(first_train, model, f'first train batch of {data_dir}',
-              world.first_test_day, test=False)
+              data.first_test_day, test=False)
   check_batch(first_test, model, f'first test batch of {data_dir}',
-              world.first_test_day, test=True)
+              data.first_test_day, test=True)
   example = {k: v[:2] for k, v in first_test.items()}
-  vectors = put_vectors(host_vectors, mesh)
+  vectors = vector_table.put(host_vectors, mesh)
   del host_vectors
 
   result = {'variant': config.variant, 'seed': config.seed,
             'data_dir': data_dir, 'vectors_path': config.vectors_path,
             'vectors_dtype': config.vectors_dtype, 'split': 'test'}
-  on_fresh = None
+  on_start = None
   if model.config.uses_make:
     stage_a_state, result['stage_a_history'] = _stage_a(
-        config, workdir, world, vectors, mesh, example)
-    on_fresh = _load_make(stage_a_state)
+        config, workdir, data, vectors, mesh, example)
+    on_start = _load_make(stage_a_state)
 
-  spe = world.steps_per_epoch(config.batch_size)
-  points = ctr_data.eval_points(config.num_epochs, spe,
-                       tuple(config.eval_points_in_first_epochs))
-  stage = _Stage(name=f'ctr/{config.variant}', workdir=workdir, model=model,
-                 stage_a=False, num_epochs=config.num_epochs, points=points,
-                 max_steps=config.max_steps, resume=config.resume,
-                 init_from=config.init_from, on_fresh=on_fresh)
-  _, step, total, (_, overall, pred) = _fit(stage, config, world, vectors,
-                                           mesh, example)
-  result.update(step=step, total_steps=total, complete=step == total,
-                epoch_fraction=step / spe, num_test=int(len(pred['label'])),
-                **overall, slices=ctr_data.slice_metrics(pred, data_dir))
-  history = ctr_data.read_history(workdir, points)
+  spe = data.steps_per_epoch(config.batch_size)
+  points = ctr_eval.eval_points(config.num_epochs, spe,
+                                tuple(config.eval_points_in_first_epochs))
+  loop, res = _fit(
+      f'ctr/{config.variant}', workdir, model, False, config, data, vectors,
+      mesh, example, num_epochs=config.num_epochs, eval_steps=points,
+      stop_at=config.max_steps, resume=config.resume,
+      init_from=config.init_from, on_start=on_start)
+  _, overall, pred = res.last_eval
+  result.update(step=res.step, total_steps=loop.num_steps,
+                complete=res.step == loop.num_steps,
+                epoch_fraction=res.step / spe,
+                num_test=int(len(pred['label'])),
+                **{k: overall[k] for k in ('auc', 'gauc', 'logloss')},
+                slices=ctr_eval.slice_metrics(pred, data_dir))
+  history = _history(h for h in res.history if h['step'] in points)
   if len(history) > 1:
     result['history'] = history
-  result = files.json_safe(result)
-  _finish(workdir, result)
-  return result
-
-
-def _finish(workdir, result):
-  """ctr_eval.json (atomic; `result` already JSON-safe) and a log summary."""
-  if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, EVAL_FILE), result)
-  logging.info('ctr/%s step %d/%d: test auc %s gauc %s logloss %s (%d '
-               'impressions)', result['variant'], result['step'],
-               result['total_steps'], _fmt(result['auc']),
-               _fmt(result['gauc']), _fmt(result['logloss']),
-               result['num_test'])
-  for name, s in result['slices'].items():
-    logging.info('  %-8s %6d rows  auc %s  gauc %s', name, s['count'],
-                 _fmt(s['auc']), _fmt(s['gauc']))
-
-
-def _fmt(x):
-  return 'nan' if x is None else f'{x:.4f}'
-
-
-def run(config, workdir):
-  return train_and_evaluate(config, workdir)
+  return ctr_eval.write_result(workdir, result)

@@ -1,28 +1,35 @@
-"""Plumbing shared by the trainers: state, sharded init and steps, metrics,
-progress.
+"""The training loop every trainer uses, and its plumbing.
 
 A trainer supplies `init_fn(rng) -> TrainState` (params boxed with logical
-axis names) and a pure `step_fn(state, batch, rng) -> (state, metrics)`;
-this module turns them into jitted functions over a ('data', 'model') mesh:
-state shardings come from `jax.eval_shape` + the logical rules, init runs
-under `out_shardings`, the step donates the state.
+axis names), a pure `step_fn(state, batch, rng, *args) -> (state, metrics)`,
+a grain dataset and what it does at the end; `compile_programs` jits init
+and step over a ('data', 'model') mesh (state shardings from
+`jax.eval_shape` + the logical rules, init straight into them, the step
+donating the state) and `fit` runs them: restore precedence, the data
+iterator and its checkpointed state, the step loop, progress and metrics,
+evaluation hooks and their history, and a forced final checkpoint.
 """
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import tensorboardX
 
+from mmrec import checkpointing
+from mmrec import files
 from mmrec import sharding
+from mmrec.data import pipelines
+
+HISTORY_FILE = 'eval_history.json'
 
 
 @flax.struct.dataclass
@@ -33,36 +40,6 @@ class TrainState:
   params: Any
   opt_state: Any
   extra: Any = None
-
-
-def init_state(init_fn: Callable[[jax.Array], TrainState], rng, mesh,
-               rules=sharding.DEFAULT_RULES):
-  """Runs `init_fn` jitted, straight into its shardings; returns both."""
-  shardings = sharding.state_shardings(init_fn, rng, mesh=mesh, rules=rules)
-  state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
-  return state, shardings
-
-
-def jit_step(step_fn, state_shardings, mesh):
-  """jit of `step_fn(state, batch, rng) -> (state, metrics)` on the mesh.
-
-  The batch is sharded on 'data'; the state keeps its shardings and is
-  donated, so the update happens in place.
-  """
-  repl = sharding.replicated(mesh)
-  return jax.jit(
-      step_fn,
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl),
-      out_shardings=(state_shardings, repl),
-      donate_argnums=(0,))
-
-
-def jit_eval(eval_fn, state_shardings, mesh):
-  """jit of `eval_fn(state, batch) -> outputs`, outputs sharded like the batch."""
-  return jax.jit(
-      eval_fn,
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=sharding.batch_sharding(mesh))
 
 
 def pad_batch(batch, size):
@@ -180,5 +157,153 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def global_norm(tree):
-  return jnp.sqrt(sum(jnp.vdot(x, x).real for x in jax.tree.leaves(tree)))
+# --------------------------------------------------------------------------
+# Compiled programs and the loop.
+
+
+class Programs(NamedTuple):
+  """What `fit` runs: the state's shardings, its jitted init and step."""
+  shardings: Any  # of the TrainState
+  init_state: Callable  # jitted rng -> TrainState (unboxed, sharded)
+  train_step: Callable  # jitted (state, batch, rng, *args) -> (state, metrics)
+
+
+def compile_programs(init_fn, step_fn, mesh, arg_shardings=(),
+                     rules=sharding.DEFAULT_RULES):
+  """Shardings from `jax.eval_shape(init_fn)`, init and step jitted on `mesh`.
+
+  `step_fn(state, batch, rng, *args)`: the batch is sharded on 'data', the
+  state keeps its shardings and is donated; `args` (e.g. a frozen vector
+  table) enter with `arg_shardings` and are not donated.
+  """
+  shardings = sharding.state_shardings(init_fn, jax.random.key(0), mesh=mesh,
+                                       rules=rules)
+  repl = sharding.replicated(mesh)
+  init_state = jax.jit(lambda rng: nn.unbox(init_fn(rng)),
+                       out_shardings=shardings)
+  step = jax.jit(
+      step_fn,
+      in_shardings=(shardings, sharding.batch_sharding(mesh), repl,
+                    *arg_shardings),
+      out_shardings=(shardings, repl),
+      donate_argnums=(0,))
+  return Programs(shardings, init_state, step)
+
+
+@dataclasses.dataclass
+class Loop:
+  """One training run: where, how long, how often, and its hooks.
+
+  Restore precedence: the workdir's latest checkpoint -> `resume` (a run to
+  continue: state, data position and eval history) -> `init_from` (params
+  only, through `on_init_from`) -> fresh. `on_start` runs on a state that did
+  not come from a checkpoint of this run (fresh or init_from).
+
+  `evaluate(state, step) -> (metrics, outputs)` runs at `eval_steps` and, with
+  `final_eval`, on the final state; its metrics form the eval history, which
+  is kept in memory, saved inside every checkpoint (so a resumed run has its
+  past evaluations) and written once to `eval_history.json` at the end.
+  """
+  name: str
+  workdir: str
+  num_steps: int
+  batch_size: int  # global, for the progress line
+  seed: int
+  config: Any  # saved with every checkpoint
+  checkpoint_every: int
+  log_every: int
+  resume: str = ''
+  init_from: str = ''
+  on_init_from: Callable | None = None  # (state, params) -> state
+  on_start: Callable | None = None  # state -> state
+  evaluate: Callable | None = None  # (state, step) -> (metrics, outputs)
+  eval_steps: tuple[int, ...] = ()
+  final_eval: bool = False
+  stop_at: int = 0  # > 0: stop (checkpointed) after this step
+
+
+class FitResult(NamedTuple):
+  state: Any
+  step: int
+  history: list  # [{'step': s, **metrics}] in step order
+  last_eval: Any  # (step, metrics, outputs) of the last evaluation, or None
+
+
+def fit(loop: Loop, programs: Programs, dataset, mesh, step_args=()):
+  """Trains (or resumes) one run; returns a FitResult.
+
+  The data iterator is checkpointed with the state, the step's rng is
+  fold_in(seed + 1, step) and the final step is always saved, so a resumed
+  run reproduces the uninterrupted one bit for bit.
+  """
+  os.makedirs(loop.workdir, exist_ok=True)
+  state = programs.init_state(jax.random.key(loop.seed))
+  it = pipelines.iterator(dataset, prefetch_threads=1)
+  history = []
+  source = checkpointing.restore_precedence(loop.workdir, loop.resume,
+                                            loop.init_from)
+  if source.source in ('workdir', 'resume'):
+    state, _ = checkpointing.restore_from(source.path, state, it)
+    history = checkpointing.read_history(source.path)
+    logging.info('%s: resumed from %s at step %d', loop.name, source.path,
+                 int(state.step))
+  elif source.source == 'init_from':
+    restored, _ = checkpointing.restore_from(
+        source.path, {'params': state.params}, partial=True)
+    params = jax.device_put(restored['params'], programs.shardings.params)
+    state = (loop.on_init_from(state, params) if loop.on_init_from
+             else state.replace(params=params))
+    logging.info('%s: initialised params from %s', loop.name, source.path)
+  if source.source in ('fresh', 'init_from') and loop.on_start:
+    state = jax.device_put(loop.on_start(state), programs.shardings)
+
+  stop = min(loop.num_steps, loop.stop_at) if loop.stop_at else loop.num_steps
+  step = int(state.step)
+  done = {h['step'] for h in history}
+  writer = MetricWriter(loop.workdir)
+  last_eval = None
+
+  def evaluate():
+    metrics, outputs = loop.evaluate(state, step)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    writer.write(step, metrics, prefix='eval/')
+    history[:] = [h for h in history if h['step'] != step]
+    history.append({'step': step, **metrics})
+    done.add(step)
+    return step, metrics, outputs
+
+  cfg_dict = (json.loads(loop.config.to_json_best_effort())
+              if hasattr(loop.config, 'to_json_best_effort') else loop.config)
+  with checkpointing.Checkpointer(
+      os.path.join(loop.workdir, checkpointing.SUBDIR),
+      save_interval_steps=loop.checkpoint_every) as ckpt:
+    if step < stop:
+      logging.info('%s: training steps %d..%d of %d (batch %d)', loop.name,
+                   step, stop, loop.num_steps, loop.batch_size)
+    progress = Progress(stop, loop.batch_size, name=loop.name)
+    rng = jax.random.key(loop.seed + 1)
+    eval_steps = set(loop.eval_steps)
+    while step < stop:
+      batch = sharding.shard_batch(next(it), mesh)
+      state, metrics = programs.train_step(state, batch, fold_rng(rng, step),
+                                           *step_args)
+      step += 1
+      if step % loop.log_every == 0 or step == stop:
+        metrics = to_host(metrics)
+        writer.write(step, metrics, prefix='train/')
+        progress.update(step, metrics, force=True)
+      else:
+        progress.update(step)
+      if step in eval_steps and loop.evaluate:
+        last_eval = evaluate()
+      if step % loop.checkpoint_every == 0 or step == stop:
+        ckpt.save(step, state, data_iterator=it, config=cfg_dict,
+                  history=history, force=step == stop)
+    if loop.evaluate and (last_eval is None or last_eval[0] != step) and (
+        loop.final_eval or (step in eval_steps and step not in done)):
+      last_eval = evaluate()
+  writer.close()
+  history.sort(key=lambda h: h['step'])
+  if jax.process_index() == 0 and history:
+    files.write_json(os.path.join(loop.workdir, HISTORY_FILE), history)
+  return FitResult(state, step, history, last_eval)

@@ -1,5 +1,9 @@
 """The item-vector table: what the embedding job writes and the CTR model reads.
 
+Its format, loading, validation and placement on a device mesh all live
+here; producers (embed.py) and consumers (train_ctr.py, serving) meet only
+through the file.
+
 One `.npz` per table with `float32` (N, D) L2-normalised vectors, `int8`
 (N, D) = round(127 v) (dequantised as int8 / 127, within 1/254 of the float
 vector per entry), and `metadata` (JSON: encoder checkpoint, config, dim,
@@ -14,9 +18,13 @@ import json
 import os
 import zipfile
 
+import jax
 import numpy as np
 
 from mmrec import files
+from mmrec import sharding
+
+FILE = 'item_vectors.npz'  # in the embedding / pre-training job's workdir
 
 
 class VectorTableError(ValueError):
@@ -98,3 +106,34 @@ def load(path, *, dtype='float32', num_items=None, dim=None):
     raise VectorTableError(f'{where}: dimension {meta["dim"]}, the model '
                            f'expects {dim}')
   return table, meta
+
+
+def load_from(path, *, field, dtype='float32', num_items=None, dim=None):
+  """`load` of a table named by a config field (a table or its job's workdir).
+
+  Errors name the field and its value, so the fix is obvious from the message.
+  """
+  if not path:
+    raise VectorTableError(
+        f'{field} is empty: set it to the embedding job\'s {FILE} (or its '
+        'workdir).')
+  resolved = os.path.join(path, FILE) if os.path.isdir(path) else path
+  try:
+    return load(resolved, dtype=dtype, num_items=num_items, dim=dim)
+  except VectorTableError as e:
+    raise VectorTableError(f'{field}={path}: {e}') from e
+
+
+def table_sharding(table, mesh):
+  """Rows shard on 'model' like the ID tables (when the model axis divides
+  V), else the table is replicated; None (no table) is replicated."""
+  if table is None:
+    return sharding.replicated(mesh)
+  return sharding.logical_to_sharding(('vocab', None), mesh, shapes=table)
+
+
+def put(table, mesh):
+  """Host table -> device array on the mesh (once per run); None stays None."""
+  if table is None:
+    return None
+  return jax.device_put(table, table_sharding(table, mesh))

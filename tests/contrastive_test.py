@@ -165,20 +165,6 @@ class TripletTest(parameterized.TestCase):
     self.assertTrue(all(np.isfinite(x).all() for x in g))
 
 
-class MomentumTest(absltest.TestCase):
-
-  def test_matches_numpy(self):
-    rng = np.random.default_rng(6)
-    f32 = lambda *s: rng.normal(size=s).astype(np.float32)
-    online = {'a': f32(3, 2), 'b': [f32(4)]}
-    target = {'a': f32(3, 2), 'b': [f32(4)]}
-    got = jax.jit(contrastive.momentum_update)(online, target, 0.9)
-    np.testing.assert_allclose(
-        got['a'], 0.9 * target['a'] + 0.1 * online['a'], rtol=1e-5)
-    np.testing.assert_allclose(
-        got['b'][0], 0.9 * target['b'][0] + 0.1 * online['b'][0], rtol=1e-5)
-
-
 class QueueTest(parameterized.TestCase):
 
   @classmethod

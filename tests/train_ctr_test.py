@@ -22,6 +22,7 @@ import numpy as np
 from experiments.configs import ctr as ctr_config
 from mmrec import checkpointing
 from mmrec import ctr_data
+from mmrec import ctr_eval
 from mmrec import sharding
 from mmrec import train_ctr
 from mmrec import train_lib
@@ -69,9 +70,9 @@ class ShardingTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.world = ctr_data.World.load(_world_dir())
+    cls.world = ctr_data.CtrData.load(_world_dir())
     # Includes rows whose target is among its own behaviours (cosine 1, on
-    # an official SimTier bin edge): simtier.cosine's clip keeps them stable.
+    # an official SimTier bin edge): simtier.table_cosine's clip keeps them stable.
     batch = cls.world.dataset('train', 256, shuffle=True)[0]
     own = ((batch['seq_item'] == batch['item_id'][:, None]) &
            batch['seq_mask']).any(1)
@@ -92,8 +93,8 @@ class ShardingTest(parameterized.TestCase):
 
   def _loss_and_logits(self, variant, mesh, state):
     model, vectors, progs = self._programs(variant, mesh)
-    state = jax.device_put(state, progs.shardings)
-    vecs = train_ctr.put_vectors(vectors, mesh)
+    state = jax.device_put(state, progs.train.shardings)
+    vecs = vector_table.put(vectors, mesh)
     if vecs is not None and mesh.shape['model'] > 1:
       self.assertEqual(vecs.sharding.spec[0], 'model')  # Rows sharded.
 
@@ -105,8 +106,8 @@ class ShardingTest(parameterized.TestCase):
       return loss, logits_t, logits_e
 
     out = jax.jit(fn, in_shardings=(
-        progs.shardings, sharding.batch_sharding(mesh),
-        train_ctr.vectors_sharding(vectors, mesh)),
+        progs.train.shardings, sharding.batch_sharding(mesh),
+        vector_table.table_sharding(vectors, mesh)),
                   out_shardings=sharding.replicated(mesh))(
                       state, sharding.shard_batch(self.batch, mesh), vecs)
     return jax.tree.map(np.asarray, out)
@@ -115,7 +116,7 @@ class ShardingTest(parameterized.TestCase):
   def test_meshes_agree(self, variant):
     one = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     # The same values on every mesh: init once on one device, then place.
-    state = self._programs(variant, one)[2].init_state(jax.random.key(0))
+    state = self._programs(variant, one)[2].train.init_state(jax.random.key(0))
     single = self._loss_and_logits(variant, one, state)
     self.assertTrue(np.isfinite(single[0]))
     for data, model in ((8, 1), (4, 2)):
@@ -130,11 +131,11 @@ class ShardingTest(parameterized.TestCase):
 class EvalPointsTest(absltest.TestCase):
 
   def test_one_epoch_has_no_intermediate_points(self):
-    self.assertEqual(ctr_data.eval_points(1, 100, (0.25, 0.5)), {})
+    self.assertEqual(ctr_eval.eval_points(1, 100, (0.25, 0.5)), {})
 
   def test_first_two_epochs_and_every_epoch_end(self):
     self.assertEqual(
-        ctr_data.eval_points(3, 100, (0.25, 0.5, 0.75)),
+        ctr_eval.eval_points(3, 100, (0.25, 0.5, 0.75)),
         {25: 0.25, 50: 0.5, 75: 0.75, 100: 1.0, 125: 1.25, 150: 1.5,
          175: 1.75, 200: 2.0, 300: 3.0})
 
@@ -249,7 +250,7 @@ class BadInputTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.world = ctr_data.World.load(_world_dir())
+    cls.world = ctr_data.CtrData.load(_world_dir())
     cls.num_items = cls.world.sizes['num_items']
 
   def _table(self, vectors):

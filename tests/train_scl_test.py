@@ -12,11 +12,14 @@ import fixtures
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 
+from experiments.configs import embed as embed_config
 from experiments.configs import scl as scl_config
 from mmrec import checkpointing
 from mmrec import embed
 from mmrec import sharding
+from mmrec import train_lib
 from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
@@ -27,7 +30,7 @@ def _config(method='scl', **overrides):
   c = scl_config.get_config(f'{method},tiny')
   c.data_dir = fixtures.tiny_world_dir()
   c.batch_size = 32
-  c.num_steps = 6
+  c.num_steps = 7  # not a multiple of checkpoint_every: the last step is forced
   c.checkpoint_every = 3
   c.log_every = 3
   c.queue_size = 64
@@ -42,8 +45,23 @@ def _items():
 
 
 def _batch(config):
-  ds = train_scl.train_dataset(config, config.data_dir, _items())
+  ds = train_scl.objective(config).dataset(config.data_dir, _items())
   return next(pipelines.iterator(ds))
+
+
+def _init(config, model, tx):
+  return train_scl.init_fn(model, train_scl.objective(config), tx,
+                           embed.example_inputs(config.data_dir))
+
+
+def _loss(params, extra, batch, model, config):
+  return train_scl.objective(config).loss(params, extra, batch, model)[0]
+
+
+def _step(model, config, tx):
+  return jax.jit(functools.partial(
+      train_scl.train_step, model=model,
+      objective=train_scl.objective(config), tx=tx))
 
 
 class LossOnMeshesTest(parameterized.TestCase):
@@ -53,15 +71,13 @@ class LossOnMeshesTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.config = _config('scl')
-    cls.model = train_scl.model_from_config(cls.config, cls.config.data_dir)
-    tx = train_scl.build_optimizer(cls.config)
-    init = train_scl._init_fn(cls.model, cls.config, tx, train_scl.init_example(
-        cls.config, cls.config.data_dir))
+    cls.model = embed.encoder_model(cls.config, cls.config.data_dir)
     mesh1 = sharding.make_mesh(devices=jax.devices()[:1])
-    state, _ = train_scl.train_lib.init_state(init, jax.random.key(0), mesh1)
+    tx = train_scl.build_optimizer(cls.config)
+    state = jax.jit(lambda r: nn.unbox(_init(cls.config, cls.model, tx)(r)))(
+        jax.random.key(0))
     # Fill part of the queues with real keys so they take part in the loss.
-    step = jax.jit(functools.partial(train_scl.train_step, model=cls.model,
-                                     config=cls.config, tx=tx))
+    step = _step(cls.model, cls.config, tx)
     state, _ = step(state, _batch(cls.config), jax.random.key(1))
     cls.state = jax.device_get(state)
     cls.batch = _batch(_config('scl', seed=5))
@@ -69,7 +85,7 @@ class LossOnMeshesTest(parameterized.TestCase):
 
   def _loss_and_grad(self, mesh):
     fn = jax.jit(jax.value_and_grad(
-        lambda p, e, b: train_scl.loss_fn(p, e, b, self.model, self.config)[0]))
+        lambda p, e, b: _loss(p, e, b, self.model, self.config)))
     repl = sharding.replicated(mesh)
     params, extra = jax.device_put((self.state.params, self.state.extra), repl)
     return jax.device_get(fn(params, extra,
@@ -93,25 +109,39 @@ class MethodsTest(parameterized.TestCase):
                             'clip_e', 'i2i')
   def test_loss_is_finite_and_trains_the_item_side(self, method):
     config = _config(method)
-    model = train_scl.model_from_config(config, config.data_dir)
+    model = embed.encoder_model(config, config.data_dir)
     tx = train_scl.build_optimizer(config)
-    state = jax.jit(lambda r: nn.unbox(train_scl._init_fn(
-        model, config, tx, train_scl.init_example(config, config.data_dir))(
-            r)))(jax.random.key(0))
+    state = jax.jit(lambda r: nn.unbox(_init(config, model, tx)(r)))(
+        jax.random.key(0))
     if config.use_queue and method.startswith('scl'):
       # An empty queue leaves InfoNCE with no negatives: fill it once.
-      state, _ = jax.jit(functools.partial(
-          train_scl.train_step, model=model, config=config, tx=tx))(
-              state, _batch(config), jax.random.key(1))
+      state, _ = _step(model, config, tx)(state, _batch(config),
+                                          jax.random.key(1))
     params, extra = state.params, state.extra
     batch = _batch(config)
     loss, grads = jax.value_and_grad(
-        lambda p: train_scl.loss_fn(p, extra, batch, model, config)[0])(params)
+        lambda p: _loss(p, extra, batch, model, config))(params)
     self.assertTrue(np.isfinite(loss))
-    norms = {k: float(train_scl.train_lib.global_norm(v))
+    norms = {k: float(optax.tree.norm(v))
              for k, v in grads.items()}
     self.assertGreater(norms['image_tower'], 0)
     self.assertGreater(norms['log_temperature'], 0)
+
+
+class MomentumTest(absltest.TestCase):
+
+  def test_momentum_encoder_is_an_ema_of_the_online_params(self):
+    rng = np.random.default_rng(6)
+    f32 = lambda *s: rng.normal(size=s).astype(np.float32)
+    online = {'a': f32(3, 2), 'b': [f32(4)]}
+    target = {'a': f32(3, 2), 'b': [f32(4)]}
+    config = _config('scl_no_queue', momentum=0.9)
+    got = jax.jit(lambda o, t: train_scl.objective(config).update_extra(
+        {'momentum': t}, o, None, None))(online, target)['momentum']
+    np.testing.assert_allclose(
+        got['a'], 0.9 * target['a'] + 0.1 * online['a'], rtol=1e-5)
+    np.testing.assert_allclose(
+        got['b'][0], 0.9 * target['b'][0] + 0.1 * online['b'][0], rtol=1e-5)
 
 
 class TrainAndResumeTest(absltest.TestCase):
@@ -120,7 +150,7 @@ class TrainAndResumeTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.full = tempfile.mkdtemp()
-    cls.full_result = train_scl.train_and_evaluate(_config(), cls.full)
+    cls.full_result = train_scl.run(_config(), cls.full)
 
   def _params(self, workdir):
     steps = sorted(int(os.path.basename(p)) for p in glob.glob(
@@ -131,9 +161,9 @@ class TrainAndResumeTest(absltest.TestCase):
 
   def test_kill_and_resume_reproduces_the_run_exactly(self):
     parted = tempfile.mkdtemp()
-    train_scl.train_and_evaluate(_config(num_steps=3), parted)  # "killed"
-    result = train_scl.train_and_evaluate(_config(), parted)  # resumed
-    self.assertEqual(result['step'], 6)
+    train_scl.run(_config(num_steps=3), parted)  # "killed"
+    result = train_scl.run(_config(), parted)  # resumed
+    self.assertEqual(result['step'], 7)
     jax.tree.map(np.testing.assert_array_equal, self._params(parted),
                  self._params(self.full))
 
@@ -147,26 +177,32 @@ class TrainAndResumeTest(absltest.TestCase):
     self.assertEqual(vectors.shape, (2000, 32))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     self.assertEqual(meta['method'], 'scl')
-    rows = train_scl.train_lib.read_metrics(self.full)
+    rows = train_lib.read_metrics(self.full)
     self.assertTrue(any('train/loss' in r for r in rows))
     self.assertTrue(any('eval/image/recall@10' in r for r in rows))
 
-  def test_embedding_job_matches_and_single_item_path(self):
+  def test_final_step_is_on_disk(self):
+    steps = sorted(int(os.path.basename(p)) for p in glob.glob(
+        os.path.join(self.full, 'checkpoints', '[0-9]*')))
+    self.assertEqual(steps[-1], 7)  # 7 % checkpoint_every != 0
+
+  def test_embedding_job_with_defaults_matches_the_final_step(self):
+    # The encoder was trained with --config.data_dir=X; the embedding job is
+    # given no data_dir and must find X (recorded in the checkpoint).
     out = tempfile.mkdtemp()
     cfg = _config()
-    cfg_embed = scl_config.ml_collections.ConfigDict(dict(
-        job='embed', encoder_workdir=self.full, data_dir=cfg.data_dir,
-        batch_size=256))
+    cfg_embed = embed_config.get_config()
+    cfg_embed.encoder_workdir = self.full
     embed.run(cfg_embed, out)
     table, meta = vector_table.load(os.path.join(out, embed.VECTORS_FILE))
     ref, _ = vector_table.load(os.path.join(self.full, embed.VECTORS_FILE))
     np.testing.assert_allclose(table, ref, atol=1e-5)
-    self.assertEqual(meta['encoder_step'], 6)
+    self.assertEqual(meta['encoder_step'], 7)
     q, _ = vector_table.load(os.path.join(out, embed.VECTORS_FILE),
                              dtype='int8')
     self.assertLessEqual(np.abs(vector_table.dequantize(q) - table).max(),
                          1 / 127)
-    encoder, _, _ = embed.load_encoder(self.full, cfg.data_dir)
+    encoder = embed.load_encoder(self.full, cfg.data_dir)[0]
     items = _items()
     one = encoder.encode_one(items['image'][7], items['title'][7])
     np.testing.assert_allclose(one, table[7], atol=1e-5)
@@ -177,13 +213,13 @@ class TrainAndResumeTest(absltest.TestCase):
     import shutil  # pylint: disable=g-import-not-at-top
     shutil.copytree(self.full, broken)
     files = [p for p in glob.glob(os.path.join(
-        broken, 'checkpoints', '6', 'state', '**', '*'), recursive=True)
+        broken, 'checkpoints', '7', 'state', '**', '*'), recursive=True)
              if os.path.isfile(p) and os.path.getsize(p) > 1000]
     self.assertNotEmpty(files)
     for p in files:
       with open(p, 'r+b') as f:
         f.truncate(os.path.getsize(p) // 2)
-    with self.assertRaisesRegex(checkpointing.CheckpointError, 'step 6'):
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'step 7'):
       embed.load_encoder(broken, _config().data_dir)
 
 
@@ -191,7 +227,7 @@ class ReferenceAndChainTest(absltest.TestCase):
 
   def test_reference_encoders(self):
     for method, side in (('raw_pixels', 'image'), ('bag_of_tokens', 'text')):
-      result = train_scl.train_and_evaluate(_config(method),
+      result = train_scl.run(_config(method),
                                             tempfile.mkdtemp())
       other = 'text' if side == 'image' else 'image'
       self.assertIsNone(result['metrics'][other])
@@ -199,9 +235,9 @@ class ReferenceAndChainTest(absltest.TestCase):
 
   def test_clip_e_starts_from_clip_o(self):
     clip_o = tempfile.mkdtemp()
-    train_scl.train_and_evaluate(_config('clip_o', num_steps=2), clip_o)
+    train_scl.run(_config('clip_o', num_steps=2), clip_o)
     clip_e = tempfile.mkdtemp()
-    result = train_scl.train_and_evaluate(
+    result = train_scl.run(
         _config('clip_e', num_steps=2, init_from=clip_o), clip_e)
     self.assertEqual(result['step'], 2)
     self.assertIsNotNone(result['metrics']['text'])

@@ -38,7 +38,7 @@ def get_config(arg=None):
   c.method = method
   c.seed = 0
   c.world = world.get_world_config('tiny' if tiny else None)
-  c.data_dir = ''  # '' = <workdir>/../world, built there if missing
+  c.data_dir = ''  # '' = <workdir>/world, built there if missing
 
   # Encoder. Small towers: 32x32 synthetic images need little capacity, and
   # the whole paper pipeline has to fit a CPU budget (8x8 patches: 16 tokens).

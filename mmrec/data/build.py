@@ -2,7 +2,9 @@
 
 `python -m experiments.main --config=experiments/configs/world.py[:tiny]
 --workdir=DIR` writes the TFDS datasets, the oracle, the vocabulary and
-`world_summary.json` (statistics + honesty table) under DIR.
+`world_summary.json` (statistics + honesty table) into DIR, which must be
+new or empty (or already hold this very world, which is then reused). The
+world is built aside and renamed into place (see resolver.py).
 """
 
 import json
@@ -12,42 +14,38 @@ import time
 from absl import logging
 
 from mmrec import files
-from mmrec.data import builders
 from mmrec.data import honesty
-from mmrec.data import world as world_lib
+from mmrec.data import resolver
 
 SUMMARY_FILE = 'world_summary.json'
 
 
 def run(config, workdir):
   """Builds the world of `config.world` into `workdir`; returns the summary."""
-  cfg = config.world
-  world_lib.validate(cfg)
-  summary_path = os.path.join(workdir, SUMMARY_FILE)
-  if builders.is_complete(workdir) and os.path.exists(summary_path):
-    with open(os.path.join(workdir, builders.CONFIG_FILE)) as f:
-      if json.load(f) == builders.world_config_dict(cfg):
-        logging.info('world already built in %s; reusing it', workdir)
-        with open(summary_path) as f:
-          summary = json.load(f)
-        print(honesty.format_report(summary['statistics'],
-                                    summary['honesty_auc']))
-        return summary
+  seconds = {}
+
+  def summarise(world, directory):
+    seconds['write'] = round(time.time() - t0, 2)
+    stats = honesty.statistics(world)
+    aucs = honesty.baseline_aucs(world)
+    files.write_json(os.path.join(directory, SUMMARY_FILE), {
+        'statistics': stats, 'honesty_auc': aucs,
+        'honesty_problems': honesty.check(aucs),
+        'seconds': {'generate_and_write': seconds['write']}})
+
   t0 = time.time()
-  world = world_lib.generate(cfg)
-  generate_s = time.time() - t0
-  logging.info('writing array_record datasets to %s', workdir)
-  builders.write(world, workdir)
-  write_s = time.time() - t0 - generate_s
-  stats = honesty.statistics(world)
-  aucs = honesty.baseline_aucs(world)
-  summary = {
-      'statistics': stats, 'honesty_auc': aucs,
-      'honesty_problems': honesty.check(aucs),
-      'seconds': {'generate': round(generate_s, 2), 'write': round(write_s, 2)},
-  }
-  files.write_json(summary_path, summary)
-  print(honesty.format_report(stats, aucs))
-  print(f'\ngenerated in {generate_s:.1f}s, written in {write_s:.1f}s '
-        f'to {workdir}')
+  built = resolver.build_world(config.world, workdir, write_extra=summarise)
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{workdir} holds this world but not its {SUMMARY_FILE} (a training '
+        'job built it): use it as config.data_dir, or build the world job '
+        'into a new --workdir.')
+  with open(path) as f:
+    summary = json.load(f)
+  print(honesty.format_report(summary['statistics'], summary['honesty_auc']))
+  if built:
+    print(f'\ngenerated and written in {seconds["write"]:.1f}s to {workdir}')
+  else:
+    logging.info('world already built in %s; reused it', workdir)
   return summary

@@ -77,6 +77,14 @@ class TableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             {k: _feature(k, v) for k, v in first.items()}),
         disable_shuffling=True)  # keep generation order: byte-identical files
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." to
+  # stdout for every builder: nothing is downloaded here, so say what we do.
+  def _log_download_bytes(self):
+    logging.info('writing %s to %s', self.name, self.data_dir)
+
+  def _log_download_done(self):
+    pass
+
   def _split_generators(self, dl_manager):
     del dl_manager
     return {name: self._generate_examples(table)
