@@ -17,10 +17,12 @@ logit computation anyway, since each query is scored against all K keys.
 import jax
 import jax.numpy as jnp
 
+
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12):
   """x / ||x||; a zero vector stays zero with a finite gradient."""
   sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
+
 
 def clip_temperature(log_temp: jax.Array, min_temp: float = 0.01,
                      max_temp: float = 1.0) -> jax.Array:
@@ -31,9 +33,11 @@ def clip_temperature(log_temp: jax.Array, min_temp: float = 0.01,
   """
   return jnp.clip(jnp.exp(log_temp), min_temp, max_temp)
 
+
 def _cross_entropy_first(logits: jax.Array) -> jax.Array:
   """Cross-entropy with the target at column 0; -inf logits are ignored."""
   return jax.nn.logsumexp(logits, axis=-1) - logits[:, 0]
+
 
 def info_nce(q: jax.Array, k_pos: jax.Array, negatives: jax.Array,
              temperature: jax.Array,
@@ -63,6 +67,7 @@ def info_nce(q: jax.Array, k_pos: jax.Array, negatives: jax.Array,
   logits = jnp.concatenate([pos / temperature, neg], axis=-1)
   return _cross_entropy_first(logits)
 
+
 def in_batch_info_nce(q: jax.Array, k: jax.Array, temperature: jax.Array,
                       ids: jax.Array | None = None) -> jax.Array:
   """InfoNCE with the other rows' keys as negatives: q_i's positive is k_i.
@@ -87,11 +92,13 @@ def in_batch_info_nce(q: jax.Array, k: jax.Array, temperature: jax.Array,
   pos = jnp.diagonal(logits)
   return jax.nn.logsumexp(logits, axis=-1) - pos
 
+
 def clip_loss(a: jax.Array, b: jax.Array, temperature: jax.Array,
               ids: jax.Array | None = None) -> jax.Array:
   """Symmetric CLIP loss (B,): mean of the a->b and b->a in-batch InfoNCE."""
   return 0.5 * (in_batch_info_nce(a, b, temperature, ids)
                 + in_batch_info_nce(b, a, temperature, ids))
+
 
 def triplet_loss(q: jax.Array, k_pos: jax.Array, k_neg: jax.Array,
                  neg_mask: jax.Array, margin: float) -> jax.Array:
@@ -117,6 +124,7 @@ def triplet_loss(q: jax.Array, k_pos: jax.Array, k_neg: jax.Array,
   mask = neg_mask.astype(jnp.float32)
   return jnp.sum(hinge * mask, axis=-1) / jnp.maximum(mask.sum(-1), 1.0)
 
+
 def init_queue(size: int, dim: int, dtype=jnp.float32) -> dict[str, jax.Array]:
   """An empty FIFO queue of `size` keys of width `dim`.
 
@@ -129,6 +137,7 @@ def init_queue(size: int, dim: int, dtype=jnp.float32) -> dict[str, jax.Array]:
               valid=jnp.zeros((size,), bool),
               ids=jnp.full((size,), -1, jnp.int32),
               ptr=jnp.zeros((), jnp.int32))
+
 
 def enqueue(queue: dict[str, jax.Array], keys: jax.Array,
             valid: jax.Array | None = None,
