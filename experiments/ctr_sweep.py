@@ -9,10 +9,12 @@ import numpy as np
 from mmrec import files
 from mmrec import metrics
 from mmrec import train_ctr
+from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import resolver
 
 TABLE_FILE = 'ctr_table'
+HISTOGRAM_FILE = 'cosine_histogram.json'
 METRICS = ('auc', 'gauc', 'logloss')
 
 
@@ -46,6 +48,35 @@ def oracle_ceiling(data_dir):
   return {'auc': metrics.auc(test['label'], p),
           'gauc': metrics.gauc(test['label'], p, test['user_id']),
           'logloss': metrics.logloss(test['label'], p)}
+
+
+def cosine_histogram(data_dir, vectors_path, num_impressions, bins,
+                     chunk=2048):
+  """Target-behaviour cosines of sampled test impressions, clicked vs. not:
+  what SimTier sees, as counts over `bins` equal bins of [-1, 1]."""
+  source = builders.data_source(data_dir, 'mmrec_impressions', 'test')
+  n = min(num_impressions, len(source))
+  idx = np.sort(np.random.default_rng(0).choice(len(source), n,
+                                                replace=False))
+  v, _ = vector_table.load_from(vectors_path, field='config.vectors_path')
+  v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+  edges = np.linspace(-1, 1, bins + 1)
+  counts = {True: np.zeros(bins, np.int64), False: np.zeros(bins, np.int64)}
+  sums = {True: 0.0, False: 0.0}
+  for lo in range(0, n, chunk):
+    b = builders.read_rows(source, idx[lo:lo + chunk])
+    length = b['seq_item'].shape[1]
+    valid = np.arange(length)[None] >= length - b['seq_len'][:, None]
+    cos = np.einsum('bd,btd->bt', v[b['item_id']], v[b['seq_item']])
+    for clicked in (True, False):
+      c = cos[valid & ((b['label'] > 0) == clicked)[:, None]]
+      counts[clicked] += np.histogram(c, edges)[0]
+      sums[clicked] += float(c.sum())
+  out = {'impressions': int(n), 'edges': edges.tolist()}
+  for clicked, name in ((True, 'clicked'), (False, 'not_clicked')):
+    out[name] = counts[clicked].tolist()
+    out[f'{name}_mean'] = sums[clicked] / max(int(counts[clicked].sum()), 1)
+  return out
 
 
 def _stats(values):
@@ -131,5 +162,9 @@ def run(config, workdir):
   summary = summarise(results, oracle_ceiling(data_dir))
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), summary)
   files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), markdown(summary))
+  if config.vectors_path:
+    files.write_json(os.path.join(workdir, HISTOGRAM_FILE), cosine_histogram(
+        data_dir, config.vectors_path, config.histogram_impressions,
+        config.ctr.simtier_bins))
   print(markdown(summary))
   return summary

@@ -7,6 +7,7 @@ catalogue images, per encoder); SimTier cosines of clicked vs. non-clicked
 test impressions. A plot whose inputs are missing is left out and says so.
 """
 
+import json
 import os
 
 from matplotlib import figure
@@ -14,10 +15,8 @@ import numpy as np
 
 from experiments import ctr_sweep
 from experiments import pretrain_sweep
-from mmrec import embed
 from mmrec import files
-from mmrec import vector_table
-from mmrec.data import builders
+from mmrec import train_scl
 
 REPORT_FILE = 'report.md'
 PLOTS = ('gauc_delta.png', 'slice_deltas.png', 'one_epoch.png',
@@ -40,11 +39,6 @@ def _cell(row, *keys):
     row = (row or {}).get(k)
   return (np.nan, np.nan) if not row else (_nan(row['mean']),
                                            _nan(row['std']))
-
-
-def _unit(x):
-  x = np.asarray(x, np.float32)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def gauc_delta_plot(path, ctr):
@@ -130,39 +124,30 @@ def make_epochs_plot(path, make_epochs, id_gauc):
   return True
 
 
-def _encoder(method, run_dir, data_dir, dim):
-  if method in embed.REFERENCE_METHODS:
-    return embed.ReferenceEncoder(method, dim, data_dir, seed=0)
-  return embed.load_encoder(run_dir, data_dir, batch_size=64)[0]
-
-
-def retrieval_grid(path, data_dir, pretrain_dir, methods, num_queries, k):
-  """Held-out image queries -> top-k catalogue images per method."""
-  sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
-  rows = np.flatnonzero(sessions['query_is_image'])[:num_queries]
-  items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
-  top = {}
+def retrieval_grid(path, pretrain_dir, methods, num_queries, k):
+  """Held-out image queries -> top-k catalogue images per method, from each
+  run's retrieval_examples.npz (seed 0)."""
+  examples = {}
   for m in methods:
-    run = os.path.join(pretrain_dir, m, 'seed_0')
-    if not len(rows) or not os.path.exists(os.path.join(run,
-                                                        embed.VECTORS_FILE)):
-      continue
-    table, _ = vector_table.load(os.path.join(run, embed.VECTORS_FILE))
-    q = _encoder(m, run, data_dir, table.shape[1]).image_queries(
-        sessions['query_image'][rows])
-    if q is not None:
-      top[m] = np.argsort(-(_unit(q) @ _unit(table).T), 1)[:, :k]
-  if not top:
+    f = os.path.join(pretrain_dir, m, 'seed_0', train_scl.EXAMPLES_FILE)
+    if os.path.exists(f):
+      with np.load(f) as z:
+        examples[m] = dict(z)
+  if not examples:
     return False
-  cols = 1 + k * len(top)
-  fig = figure.Figure(figsize=(0.9 * cols, 0.95 * len(rows) + 0.4))
-  axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
-  for r, s in enumerate(rows):
-    cells = [(sessions['query_image'][s], 'query', None)]
-    for m, t in top.items():
-      cells += [(items['image'][i], f'{m} #{j + 1}',
-                 i == sessions['purchased_item'][s]) for j, i in
-                enumerate(t[r])]
+  first = next(iter(examples.values()))
+  rows = min([num_queries] + [len(e['top_item']) for e in examples.values()])
+  k = min([k] + [e['top_item'].shape[1] for e in examples.values()])
+  if not rows:
+    return False
+  cols = 1 + k * len(examples)
+  fig = figure.Figure(figsize=(0.9 * cols, 0.95 * rows + 0.4))
+  axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+  for r in range(rows):
+    cells = [(first['query_image'][r], 'query', None)]
+    for m, e in examples.items():
+      cells += [(e['top_image'][r, j], f'{m} #{j + 1}', bool(e['hit'][r, j]))
+                for j in range(k)]
     for ax, (img, title, hit) in zip(axes[r], cells):
       ax.imshow(img, interpolation='nearest')
       ax.set_xticks([])
@@ -179,38 +164,24 @@ def retrieval_grid(path, data_dir, pretrain_dir, methods, num_queries, k):
   return True
 
 
-def simtier_histogram(path, data_dir, vectors_path, num_impressions, bins,
-                      chunk=2048):
-  """Target-behaviour cosines of test impressions, clicked vs. not."""
-  source = builders.data_source(data_dir, 'mmrec_impressions', 'test')
-  n = min(num_impressions, len(source))
-  idx = np.sort(np.random.default_rng(0).choice(len(source), n,
-                                                replace=False))
-  v = _unit(vector_table.load(vectors_path)[0])
-  sims = {True: [], False: []}
-  for lo in range(0, n, chunk):
-    b = builders.read_rows(source, idx[lo:lo + chunk])
-    length = b['seq_item'].shape[1]
-    valid = np.arange(length)[None] >= length - b['seq_len'][:, None]
-    cos = np.einsum('bd,btd->bt', v[b['item_id']], v[b['seq_item']])
-    for clicked in (True, False):
-      sims[clicked].append(cos[valid & ((b['label'] > 0) == clicked)[:, None]])
-  sims = {k: np.concatenate(s) for k, s in sims.items()}
+def simtier_histogram(path, hist):
+  """The CTR sweep's cosine_histogram.json drawn: clicked vs. not."""
   fig = figure.Figure(figsize=(6, 3.5))
   ax = fig.subplots()
-  edges = np.linspace(-1, 1, bins + 1)
-  for clicked, colour in ((True, 'tab:red'), (False, 'tab:blue')):
-    s = sims[clicked]
-    label = f'{"clicked" if clicked else "not clicked"} (mean {s.mean():.3f})'
-    ax.hist(s, bins=edges, density=True, histtype='step', lw=2, color=colour,
-            label=label)
+  edges = np.asarray(hist['edges'])
+  for name, colour in (('clicked', 'tab:red'), ('not_clicked', 'tab:blue')):
+    counts = np.asarray(hist[name], np.float64)
+    density = counts / max(counts.sum(), 1) / np.diff(edges)
+    ax.stairs(density, edges, lw=2, color=colour,
+              label=f'{name.replace("_", " ")} (mean '
+              f'{hist[f"{name}_mean"]:.3f})')
   ax.set_xlabel('cosine(target, behaviour item)')
   ax.set_ylabel('density')
-  ax.set_title(f'SimTier similarities on {n} test impressions')
+  ax.set_title(f'SimTier similarities on {hist["impressions"]} test '
+               'impressions')
   ax.legend(fontsize=8)
   _save(fig, path)
-  return {'impressions': n, 'clicked_mean': float(sims[True].mean()),
-          'not_clicked_mean': float(sims[False].mean())}
+  return True
 
 
 # --------------------------------------------------------------------------
@@ -282,8 +253,8 @@ def _curves_md(curves):
   return '\n'.join(lines)
 
 
-def write(workdir, config, results, curves, progress, *, data_dir,
-          pretrain_dir, vectors_path, elapsed):
+def write(workdir, config, results, curves, progress, *, pretrain_dir,
+          ctr_dir, elapsed):
   """All plots and report.md into `workdir`; returns the plot files made."""
   ctr = results['ctr']
   p = lambda name: os.path.join(workdir, name)
@@ -299,17 +270,19 @@ def write(workdir, config, results, curves, progress, *, data_dir,
     made[PLOTS[3]] = 'MAKE stage-A epochs vs. final GAUC (seed 0).'
   methods = [m for m in config.report.grid_methods if m in
              results['pretraining']]
-  if retrieval_grid(p(PLOTS[4]), data_dir, pretrain_dir, methods,
+  if retrieval_grid(p(PLOTS[4]), pretrain_dir, methods,
                     config.report.retrieval_queries, config.report.retrieval_k):
     made[PLOTS[4]] = (f'Retrieval: held-out image queries, top-'
                       f'{config.report.retrieval_k} by cosine '
                       f'({", ".join(methods)}).')
-  hist = simtier_histogram(p(PLOTS[5]), data_dir, vectors_path,
-                           config.report.histogram_impressions,
-                           config.ctr.ctr.simtier_bins)
-  made[PLOTS[5]] = (f'SimTier cosines ({config.vectors_method} vectors): mean '
-                    f'{hist["clicked_mean"]:.3f} clicked vs. '
-                    f'{hist["not_clicked_mean"]:.3f} not clicked.')
+  hist_file = os.path.join(ctr_dir, ctr_sweep.HISTOGRAM_FILE)
+  if os.path.exists(hist_file):
+    with open(hist_file) as f:
+      hist = json.load(f)
+    simtier_histogram(p(PLOTS[5]), hist)
+    made[PLOTS[5]] = (f'SimTier cosines ({config.vectors_method} vectors): '
+                      f'mean {hist["clicked_mean"]:.3f} clicked vs. '
+                      f'{hist["not_clicked_mean"]:.3f} not clicked.')
   oracle = results['world']['oracle_ceiling']
   ctr_table = {'variants': ctr}
   if oracle and all(v is not None for v in oracle.values()):

@@ -32,8 +32,8 @@ import numpy as np
 from experiments import ctr_sweep
 from experiments import pretrain_sweep
 from experiments import report
-from mmrec import embed
 from mmrec import files
+from mmrec import vector_table
 from mmrec.data import build
 
 MARKER = 'stage.json'
@@ -178,7 +178,7 @@ def run(config, workdir):
   vec_h = config_hash(world_h, *[pretrain_sweep.method_config(
       config.pretrain, m, 0, '', '') for m in sources])
   vectors = os.path.join(pre_dir, config.vectors_method, 'seed_0',
-                         embed.VECTORS_FILE)
+                         vector_table.FILE)
   ctr_cfg = _sub(config.ctr, data_dir=world_dir, vectors_path=vectors)
   ctr_h = config_hash(vec_h, config.ctr)
   ctr_dir = pipe.stage('ctr', ctr_h, config.ctr,
@@ -213,8 +213,8 @@ def run(config, workdir):
     files.write_json(results_path, results, allow_nan=False)
     curves = _read_json(os.path.join(extra_dir, CURVES_FILE))
     report.write(workdir, config, results, curves, pipe.progress,
-                 data_dir=world_dir, pretrain_dir=pre_dir,
-                 vectors_path=vectors, elapsed=time.time() - pipe.t0)
+                 pretrain_dir=pre_dir, ctr_dir=ctr_dir,
+                 elapsed=time.time() - pipe.t0)
     seconds = time.time() - t0
     files.write_json(marker, {'hash': report_h, 'seconds': seconds})
     pipe.record('report', 'ran', workdir, report_h, seconds)

@@ -1,4 +1,5 @@
-"""Contrastive losses, the MoCo key queue and the momentum update (pure jnp).
+"""Contrastive losses and the MoCo key queue (pure jnp; the momentum update
+is optax.incremental_update, in train_scl.Scl).
 
 Shape letters: B batch, D embedding width, K queue size, H hard negatives.
 

@@ -32,7 +32,6 @@ from mmrec import vector_table
 from mmrec.data import builders
 
 REFERENCE_METHODS = ('raw_pixels', 'bag_of_tokens')
-VECTORS_FILE = vector_table.FILE
 
 
 def build_encoder(config, vocab_size, max_len):
@@ -188,6 +187,22 @@ def evaluate_encoder(encoder, data_dir, items):
   return metrics, vectors
 
 
+def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8):
+  """The first held-out image queries, their top-k catalogue items by cosine
+  and the images of both (what a report draws), or None without an image
+  side."""
+  sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
+  rows = np.flatnonzero(sessions['query_is_image'])[:num_queries]
+  q = encoder.image_queries(sessions['query_image'][rows]) if len(rows) else None
+  if q is None:
+    return None
+  top = np.argsort(-(_unit(q) @ _unit(vectors).T), 1)[:, :k]
+  purchased = sessions['purchased_item'][rows]
+  return {'query_image': sessions['query_image'][rows], 'top_item': top,
+          'top_image': items['image'][top], 'purchased_item': purchased,
+          'hit': top == purchased[:, None]}
+
+
 def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
   """Restores the encoder of a pre-training workdir (latest checkpoint).
 
@@ -230,11 +245,11 @@ def run(config, workdir):
   t0 = time.time()
   vectors = encoder.items(items['image'], items['title'])
   seconds = time.time() - t0
-  meta = vector_table.save(os.path.join(workdir, VECTORS_FILE), vectors, {
+  meta = vector_table.save(os.path.join(workdir, vector_table.FILE), vectors, {
       'encoder_workdir': os.path.abspath(config.encoder_workdir),
       'encoder_step': step, 'encoder_config': enc_config.to_dict(),
       'method': enc_config.method})
   logging.info('embedded %d items in %.1fs (%.0f items/s) -> %s',
                len(vectors), seconds, len(vectors) / seconds,
-               os.path.join(workdir, VECTORS_FILE))
+               os.path.join(workdir, vector_table.FILE))
   return meta

@@ -23,6 +23,14 @@ def write_with(path, write_fn):
       os.remove(tmp)
 
 
+def write_npz(path, arrays):
+  """A dict of numpy arrays as an .npz, atomically."""
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
+  write_with(path, write)
+
+
 def write_text(path, text):
   def write(tmp):
     with open(tmp, 'w') as f:

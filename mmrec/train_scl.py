@@ -46,6 +46,7 @@ from mmrec.data import pretrain_pipelines
 from mmrec.data import resolver
 
 EVAL_FILE = 'pretrain_eval.json'
+EXAMPLES_FILE = 'retrieval_examples.npz'  # a few queries' top-k, for reports
 
 
 class Clip:
@@ -287,6 +288,9 @@ def _finish(config, workdir, data_dir, encoder, items, step):
       'encoder_workdir': workdir, 'data_dir': data_dir})
   result = {'method': config.method, 'seed': config.seed, 'step': step,
             'data_dir': data_dir, 'metrics': metrics}
+  examples = embed.retrieval_examples(encoder, data_dir, items, vectors)
+  if examples is not None:
+    files.write_npz(os.path.join(workdir, EXAMPLES_FILE), examples)
   files.write_json(os.path.join(workdir, EVAL_FILE), result)
   writer = train_lib.MetricWriter(workdir)
   writer.write(step, {f'{name}/{k}': v for name, r in metrics.items() if r

@@ -173,7 +173,7 @@ class TrainAndResumeTest(absltest.TestCase):
     for name in ('image', 'text', 'image_new', 'text_new'):
       self.assertBetween(res['metrics'][name]['recall@10'], 0.0, 1.0)
     vectors, meta = vector_table.load(os.path.join(self.full,
-                                                   embed.VECTORS_FILE))
+                                                   vector_table.FILE))
     self.assertEqual(vectors.shape, (2000, 32))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     self.assertEqual(meta['method'], 'scl')
@@ -194,11 +194,11 @@ class TrainAndResumeTest(absltest.TestCase):
     cfg_embed = embed_config.get_config()
     cfg_embed.encoder_workdir = self.full
     embed.run(cfg_embed, out)
-    table, meta = vector_table.load(os.path.join(out, embed.VECTORS_FILE))
-    ref, _ = vector_table.load(os.path.join(self.full, embed.VECTORS_FILE))
+    table, meta = vector_table.load(os.path.join(out, vector_table.FILE))
+    ref, _ = vector_table.load(os.path.join(self.full, vector_table.FILE))
     np.testing.assert_allclose(table, ref, atol=1e-5)
     self.assertEqual(meta['encoder_step'], 7)
-    q, _ = vector_table.load(os.path.join(out, embed.VECTORS_FILE),
+    q, _ = vector_table.load(os.path.join(out, vector_table.FILE),
                              dtype='int8')
     self.assertLessEqual(np.abs(vector_table.dequantize(q) - table).max(),
                          1 / 127)

@@ -70,8 +70,7 @@ def get_config(arg=None):
   c.weight_decay = 1e-4
   c.augment = True
 
-  # Evaluation, checkpoints, logging.
-  c.eval_batch_size = 1024
+  # Checkpoints, logging (evaluation batches are the embedding batches).
   c.checkpoint_every = 200
   c.log_every = 50
   c.resume = ''
@@ -90,6 +89,5 @@ def get_config(arg=None):
     c.warmup_steps = 5
     c.checkpoint_every = 10
     c.log_every = 5
-    c.eval_batch_size = 256
     c.num_i2i_pairs = 5_000
   return c

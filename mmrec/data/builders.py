@@ -183,16 +183,10 @@ def write(world, data_dir):
       logging.info('writing %s (%s rows)', cls.name, {
           k: len(next(iter(v.values()))) for k, v in splits.items()})
       cls(splits=splits, data_dir=data_dir).download_and_prepare()
-  files.write_with(os.path.join(data_dir, ORACLE_FILE),
-                   lambda p: _save_npz(p, world.oracle))
+  files.write_npz(os.path.join(data_dir, ORACLE_FILE), world.oracle)
   files.write_json(os.path.join(data_dir, VOCAB_FILE),
                    {'words': list(world.vocab.words)})
   files.write_json(config_path, wanted, sort_keys=True)
-
-
-def _save_npz(path, arrays):
-  with open(path, 'wb') as f:
-    np.savez(f, **arrays)
 
 
 def load_world_config(data_dir):
