@@ -149,22 +149,15 @@ def world_config_dict(cfg):
 
 
 def write(world, data_dir):
-  """Writes every table of `world` under `data_dir`, plus oracle and vocab.
+  """Writes every table of `world` into the new directory `data_dir`.
 
-  Refuses a `data_dir` that holds a world built from another config, so a
-  stale world is never mistaken for the requested one. Each dataset is
-  written by TFDS into a temporary directory and renamed when complete; the
-  config file is written last, so its presence marks a finished world.
+  Plus oracle and vocabulary; the config file is written last, so its
+  presence marks a finished world. Jobs call this only through
+  `resolver.build_world`, which builds aside and renames into place.
   """
   os.makedirs(data_dir, exist_ok=True)
   config_path = os.path.join(data_dir, CONFIG_FILE)
   wanted = world_config_dict(world.config)
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      if json.load(f) != wanted:
-        raise ValueError(
-            f'{data_dir} already holds a world built from a different '
-            f'config ({config_path}); use another --workdir or delete it')
   day = world.impressions['day']
   held = world.search['held_out']
   builders = [
