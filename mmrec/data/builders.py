@@ -12,6 +12,7 @@ an .npz beside them that only evaluation code opens.
 import contextlib
 import json
 import os
+import shutil
 
 from absl import logging
 import numpy as np
@@ -176,6 +177,11 @@ def write(world, data_dir):
       logging.info('writing %s (%s rows)', cls.name, {
           k: len(next(iter(v.values()))) for k, v in splits.items()})
       cls(splits=splits, data_dir=data_dir).download_and_prepare()
+  # TFDS leaves an empty downloads/ tree: nothing is downloaded, don't say so.
+  downloads = os.path.join(data_dir, 'downloads')
+  if os.path.isdir(downloads) and not any(
+      names for _, _, names in os.walk(downloads)):
+    shutil.rmtree(downloads)
   files.write_npz(os.path.join(data_dir, ORACLE_FILE), world.oracle)
   files.write_json(os.path.join(data_dir, VOCAB_FILE),
                    {'words': list(world.vocab.words)})
