@@ -239,12 +239,12 @@ def fit(loop: Loop, programs: Programs, dataset, mesh, step_args=()):
   os.makedirs(loop.workdir, exist_ok=True)
   state = programs.init_state(jax.random.key(loop.seed))
   it = pipelines.iterator(dataset, prefetch_threads=1)
-  history = []
+  history = {}  # step -> {'step': step, **metrics}
   source = checkpointing.restore_precedence(loop.workdir, loop.resume,
                                             loop.init_from)
   if source.source in ('workdir', 'resume'):
     state, _ = checkpointing.restore_from(source.path, state, it)
-    history = checkpointing.read_history(source.path)
+    history = {h['step']: h for h in checkpointing.read_history(source.path)}
     logging.info('%s: resumed from %s at step %d', loop.name, source.path,
                  int(state.step))
   elif source.source == 'init_from':
@@ -259,18 +259,18 @@ def fit(loop: Loop, programs: Programs, dataset, mesh, step_args=()):
 
   stop = min(loop.num_steps, loop.stop_at) if loop.stop_at else loop.num_steps
   step = int(state.step)
-  done = {h['step'] for h in history}
   writer = MetricWriter(loop.workdir)
   last_eval = None
 
-  def evaluate():
+  def evaluate(state, step):
     metrics, outputs = loop.evaluate(state, step)
     metrics = {k: float(v) for k, v in metrics.items()}
     writer.write(step, metrics, prefix='eval/')
-    history[:] = [h for h in history if h['step'] != step]
-    history.append({'step': step, **metrics})
-    done.add(step)
+    history[step] = {'step': step, **metrics}
     return step, metrics, outputs
+
+  def history_list():
+    return [history[s] for s in sorted(history)]
 
   cfg_dict = (json.loads(loop.config.to_json_best_effort())
               if hasattr(loop.config, 'to_json_best_effort') else loop.config)
@@ -295,15 +295,16 @@ def fit(loop: Loop, programs: Programs, dataset, mesh, step_args=()):
       else:
         progress.update(step)
       if step in eval_steps and loop.evaluate:
-        last_eval = evaluate()
+        last_eval = evaluate(state, step)
       if step % loop.checkpoint_every == 0 or step == stop:
         ckpt.save(step, state, data_iterator=it, config=cfg_dict,
-                  history=history, force=step == stop)
+                  history=history_list(), force=step == stop)
+    # The final state: evaluated unless just done (or, for an eval step,
+    # restored with its evaluation).
     if loop.evaluate and (last_eval is None or last_eval[0] != step) and (
-        loop.final_eval or (step in eval_steps and step not in done)):
-      last_eval = evaluate()
+        loop.final_eval or (step in eval_steps and step not in history)):
+      last_eval = evaluate(state, step)
   writer.close()
-  history.sort(key=lambda h: h['step'])
   if jax.process_index() == 0 and history:
-    files.write_json(os.path.join(loop.workdir, HISTORY_FILE), history)
-  return FitResult(state, step, history, last_eval)
+    files.write_json(os.path.join(loop.workdir, HISTORY_FILE), history_list())
+  return FitResult(state, step, history_list(), last_eval)
