@@ -275,9 +275,12 @@ def bench_ctr_train(config, workdir):
     seq_len (50);
   - official setting: `simtier_official` with a `long_history` (1000) history:
     SimTier over all of it, attention over the L most recent;
-  - GSU setting, the work of the official code's `din` step: retrieve the
-    `gsu_top_k` (50) of the 1000 closest to the target by cosine, attention
-    over those, SimTier over the L most recent (padding counted, unmasked).
+  - GSU setting (`retrieve_top_k`): retrieve the `gsu_top_k` (50) of the
+    1000 closest to the target by cosine, attention over those, SimTier over
+    the L most recent (padding counted, unmasked, as the official code). The
+    official `din` step does this retrieval too, and runs a (forward-only,
+    discarded) attention over the 50 retrieved plus its attention over the 50
+    most recent: similar work, not identical.
   Batch `ctr_batch_size` (1000), 16-d ids, 128-d int8 vectors;
   `ctr_num_batches` different batches cycled, histories partly padded.
   """

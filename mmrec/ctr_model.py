@@ -21,8 +21,13 @@ SimTier reads it and attention the short recent one. With
 `CtrConfig.retrieve_top_k = k > 0` a GSU (`retrieval.top_k`) first keeps the
 k behaviours of the long history whose vectors are closest to the target's
 (cosine); the target attention (and 'vector' / 'simscore' inputs) runs over
-those k, and SimTier over the short recent history: the team's open code's
-`din`/`muse` setting (top 50 of 1000, SimTier over the 50 most recent).
+those k, and SimTier over the short recent history. The retrieval is the team's
+open MUSE code's GSU (`sim_mm_top_k`: top 50 of 1000). That code's `din`
+method computes it and the attention over the 50 retrieved, but zeroes that
+attention's output, so its tower sees attention and SimTier over the 50 most
+recent only; its `muse` method feeds both attentions and SimTier over both.
+This option is the one-attention middle: attention over the retrieved,
+SimTier over the recent.
 
 Shape letters: B batch, L behaviour-sequence length, D ID embedding width,
 Dv item-vector width.
@@ -192,7 +197,7 @@ class CtrModel(nn.Module):
         tier_sims, tier_mask = sims, mask
         if retrieved is not None:
           # Attention over the retrieved, SimTier over the short recent
-          # history: the official code's `din` / `muse` setting.
+          # history (the official code's SimTier over its recent 50).
           tier_mask = batch['seq_mask'].astype(bool)
           tier_sims = simtier.table_cosine(vectors, item, batch['seq_item'],
                                            tier_mask)
