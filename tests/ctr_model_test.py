@@ -12,12 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.configs import ctr as ctr_config
 from mmrec import ctr_model
 from mmrec import embedding
 from mmrec import layers
 from mmrec import make
 from mmrec import optimizer
 from mmrec import sharding
+from mmrec import train_ctr
 import retrieval_test
 
 B, L, DV = 4, 5, 8
@@ -255,6 +257,17 @@ class RetrievalTest(parameterized.TestCase):
       model.apply(variables, no_cat, vectors)
     with self.assertRaisesRegex(ValueError, 'retrieve_top_k'):
       dataclasses.replace(tiny_config('id'), retrieve_top_k=-1)
+
+  def test_config_field_reaches_the_model(self):
+    sizes = {f.name: getattr(EMB, f.name)
+             for f in dataclasses.fields(EMB) if f.name.startswith('num_')}
+    config = ctr_config.get_config('simtier_official,tiny')
+    self.assertEqual(config.retrieve_top_k, 0)  # Off by default.
+    self.assertEqual(
+        train_ctr.build_model(config, sizes).config.retrieve_top_k, 0)
+    config.retrieve_top_k = 7
+    self.assertEqual(
+        train_ctr.build_model(config, sizes).config.retrieve_top_k, 7)
 
   def test_gradients_finite_on_8_device_mesh(self):
     """Train-mode grads on a data-sharded batch: finite, equal to 1 device."""
