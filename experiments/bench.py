@@ -15,16 +15,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from experiments.configs import ctr as ctr_config
 from experiments.configs import scl as scl_config
-from mmrec import ctr_model
+from mmrec import ctr_data
 from mmrec import embed
-from mmrec import embedding
 from mmrec import files
 from mmrec import metrics
-from mmrec import optimizer
 from mmrec import sharding
+from mmrec import train_ctr
 from mmrec import train_lib
 from mmrec import train_scl
 from mmrec import vector_table
@@ -181,79 +180,134 @@ def bench_embed(config, workdir):
   }
 
 
-def _ctr_batch(rng, b, seq_len, num_items, long_len=0):
+def _world_sizes(world_config):
+  """The trainer's vocabulary sizes for a world config, without building it.
+
+  `ctr_data.world_sizes` reads them from a built world's config file; the
+  benchmark hands it that file alone, so both derive them the same way.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    files.write_json(os.path.join(tmp, builders.CONFIG_FILE),
+                     world_config.to_dict())
+    return ctr_data.world_sizes(tmp)
+
+
+def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
+  """`count` different host batches shaped as the CTR pipeline's.
+
+  Behaviour histories are left-padded with random lengths in [0, H], H =
+  max(seq_len, long_len); categories and shops come from per-item arrays as
+  `pipelines.JoinCtrFields` joins them. With `long_len` the batch also has the
+  long history (long_seq_item / _category / _mask) and, as in the official
+  code, the short one is its `seq_len` most recent behaviours.
+  """
+  n_items = sizes['num_items']
+  item_category = rng.integers(0, sizes['num_categories'], n_items)
+  item_shop = rng.integers(0, sizes['num_shops'], n_items)
+
   def ids(n, *shape):
     return rng.integers(0, n, shape).astype(np.int32)
-  lens = rng.integers(0, seq_len + 1, b)
-  mask = np.arange(seq_len)[None] >= seq_len - lens[:, None]
-  batch = {'user_id': ids(20_000, b), 'age': ids(7, b), 'gender': ids(2, b),
-           'city': ids(40, b), 'item_id': ids(num_items, b),
-           'category': ids(48, b), 'shop': ids(500, b),
-           'seq_item': np.where(mask, ids(num_items, b, seq_len), 0),
-           'seq_category': np.where(mask, ids(48, b, seq_len), 0),
-           'seq_mask': mask, 'label': ids(2, b)}
-  if long_len:
-    batch['long_seq_item'] = ids(num_items, b, long_len)
-    batch['long_seq_mask'] = np.ones((b, long_len), bool)
-  return batch
+
+  h = max(seq_len, long_len)
+  batches = []
+  for _ in range(count):
+    lengths = rng.integers(0, h + 1, b)
+    mask = np.arange(h)[None] >= h - lengths[:, None]
+    items = np.where(mask, ids(n_items, b, h), 0).astype(np.int32)
+    cats = np.where(mask, item_category[items], 0).astype(np.int32)
+    item = ids(n_items, b)
+    batch = {
+        'user_id': ids(sizes['num_users'], b), 'age': ids(sizes['num_ages'], b),
+        'gender': ids(sizes['num_genders'], b),
+        'city': ids(sizes['num_cities'], b), 'item_id': item,
+        'category': item_category[item].astype(np.int32),
+        'shop': item_shop[item].astype(np.int32),
+        'seq_item': items[:, -seq_len:], 'seq_category': cats[:, -seq_len:],
+        'seq_mask': mask[:, -seq_len:],
+        'label': (rng.random(b) < 0.05).astype(np.int32),
+        'day': np.zeros(b, np.int32)}
+    if long_len:
+      batch.update(long_seq_item=items, long_seq_category=cats,
+                   long_seq_mask=mask)
+    batches.append(batch)
+  return batches
 
 
-def _ctr_examples_per_second(variant, batch, vectors, steps):
-  """Train-step throughput of the CTR model on a preloaded batch."""
-  emb = embedding.EmbeddingConfig(
-      num_users=20_000, num_ages=7, num_genders=2, num_cities=40,
-      num_items=len(vectors), num_categories=48, num_shops=500, dim=16)
-  model = ctr_model.CtrModel(ctr_model.CtrConfig(emb, variant=variant))
-  variables = model.init(jax.random.key(0), batch, vectors)
-  params, stats = nn.unbox(variables['params']), variables.get(
-      'batch_stats', {})
-  tx = optimizer.build_optimizer(params)
-  opt = tx.init(params)
+def _ctr_examples_per_second(config, variant, batches, table, **overrides):
+  """Train-step throughput of the trainer's own step (`train_ctr.programs`).
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-  def step(params, stats, opt, batch, vectors):
-    def loss_fn(p):
-      logits, new = model.apply({'params': p, 'batch_stats': stats}, batch,
-                                vectors, train=True, mutable=['batch_stats'])
-      loss = optax.sigmoid_binary_cross_entropy(
-          logits, batch['label'].astype(jnp.float32)).mean()
-      return loss, new['batch_stats']
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), stats, opt, loss
+  The model, optimizer and jitted step are built as `train_ctr` builds them
+  for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
+  the next of the cycled host batches as the training loop does.
+  """
+  c = ctr_config.get_config(variant + (',tiny' if config.ctr_tiny else ''))
+  c.update(overrides)
+  model = train_ctr.build_model(c, _world_sizes(config.world))
+  mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
+  table = table if train_ctr.reads_vectors(c) else None
+  example = {k: v[:2] for k, v in batches[0].items()}
+  progs = train_ctr.programs(model, train_ctr.opt_spec(c, model), mesh,
+                             train_ctr.shape_key(example),
+                             train_ctr.shape_key(table))
+  state = progs.init_state(jax.random.key(c.seed))
+  vectors = train_ctr.put_vectors(table, mesh)
+  rng = jax.random.key(c.seed + 1)
+  step = 0
 
-  batch, vectors = jax.device_put((batch, vectors))
-  for _ in range(3):
-    params, stats, opt, loss = step(params, stats, opt, batch, vectors)
-  loss.block_until_ready()
+  def run(steps):
+    nonlocal state, step
+    for _ in range(steps):
+      batch = sharding.shard_batch(batches[step % len(batches)], mesh)
+      state, metrics = progs.train_step(state, batch,
+                                        train_lib.fold_rng(rng, step), vectors)
+      step += 1
+    jax.block_until_ready(metrics)
+
+  run(2)  # compile, and one more
   t0 = time.perf_counter()
-  for _ in range(steps):
-    params, stats, opt, loss = step(params, stats, opt, batch, vectors)
-  loss.block_until_ready()
-  return len(batch['label']) * steps / (time.perf_counter() - t0)
+  run(config.timed_steps)
+  return len(batches[0]['label']) * config.timed_steps / (
+      time.perf_counter() - t0)
 
 
 def bench_ctr_train(config, workdir):
-  """CTR training examples/s: default model at L=50, and the official
-  code's setting (DIN + SimTier over the 50 most recent behaviours, cosine
-  pass over a 1000-long history, batch 1000, 16-d ids, 128-d int8 vectors).
+  """CTR training examples/s of the trainer's step, on the world's vocabulary.
+
+  - `id` and `simtier_make` (frozen MAKE, as configured) at L = the world's
+    seq_len (50);
+  - official setting: `simtier_official` with a `long_history` (1000) history:
+    SimTier over all of it, attention over the L most recent;
+  - GSU setting (`retrieve_top_k`): retrieve the `gsu_top_k` (50) of the
+    1000 closest to the target by cosine, attention over those, SimTier over
+    the L most recent (padding counted, unmasked, as the official code). The
+    official `din` step does this retrieval too, and runs a (forward-only,
+    discarded) attention over the 50 retrieved plus its attention over the 50
+    most recent: similar work, not identical.
+  Batch `ctr_batch_size` (1000), 16-d ids, 128-d int8 vectors;
+  `ctr_num_batches` different batches cycled, histories partly padded.
   """
   del workdir
   rng = np.random.default_rng(0)
-  n_items, b = config.world.num_items, config.ctr_batch_size
-  vectors = rng.normal(size=(n_items, 128)).astype(np.float32)
+  sizes = _world_sizes(config.world)
+  b, seq_len = config.ctr_batch_size, config.world.seq_len
+  vectors = rng.normal(size=(sizes['num_items'], 128)).astype(np.float32)
   vectors = vector_table.quantize(
       vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-  out = {'batch_size': b, 'seq_len': 50, 'long_history': config.long_history}
-  short = _ctr_batch(rng, b, 50, n_items)
-  out['id_examples_per_second'] = round(_ctr_examples_per_second(
-      'id', short, vectors, config.timed_steps))
-  out['simtier_make_examples_per_second'] = round(_ctr_examples_per_second(
-      'simtier_make', short, vectors, config.timed_steps))
-  official = _ctr_batch(rng, b, 50, n_items, long_len=config.long_history)
+  out = {'batch_size': b, 'seq_len': seq_len,
+         'long_history': config.long_history, 'gsu_top_k': config.gsu_top_k,
+         'batches_cycled': config.ctr_num_batches,
+         'num_items': sizes['num_items'], 'num_users': sizes['num_users']}
+  short = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len)
+  for variant in ('id', 'simtier_make'):
+    out[f'{variant}_examples_per_second'] = round(
+        _ctr_examples_per_second(config, variant, short, vectors))
+  long = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len,
+                      long_len=config.long_history)
   out['official_setting_examples_per_second'] = round(
-      _ctr_examples_per_second('simtier_official', official, vectors,
-                               config.timed_steps))
+      _ctr_examples_per_second(config, 'simtier_official', long, vectors))
+  out['gsu_setting_examples_per_second'] = round(_ctr_examples_per_second(
+      config, 'simtier_official', long, vectors,
+      retrieve_top_k=config.gsu_top_k, simtier_mask_padding=False))
   return out
 
 

@@ -16,6 +16,19 @@ Variants (`CtrConfig.variant`; all read the frozen item-vector table
   activation -> concatenated after the first tower layer, logit -> added.
 - 'simtier_make': SimTier (`simtier_make_tier`) and MAKE.
 
+Long history (batch fields long_seq_*, e.g. 1000 behaviours): by default
+SimTier reads it and attention the short recent one. With
+`CtrConfig.retrieve_top_k = k > 0` a GSU (`retrieval.top_k`) first keeps the
+k behaviours of the long history whose vectors are closest to the target's
+(cosine); the target attention (and 'vector' / 'simscore' inputs) runs over
+those k, and SimTier over the short recent history. The retrieval is the team's
+open MUSE code's GSU (`sim_mm_top_k`: top 50 of 1000). That code's `din`
+method computes it and the attention over the 50 retrieved, but zeroes that
+attention's output, so its tower sees attention and SimTier over the 50 most
+recent only; its `muse` method feeds both attentions and SimTier over both.
+This option is the one-attention middle: attention over the retrieved,
+SimTier over the recent.
+
 Shape letters: B batch, L behaviour-sequence length, D ID embedding width,
 Dv item-vector width.
 """
@@ -30,6 +43,7 @@ import jax.numpy as jnp
 from mmrec import embedding
 from mmrec import layers
 from mmrec import make as make_lib
+from mmrec import retrieval
 from mmrec import simtier
 
 VARIANTS = ('id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
@@ -42,6 +56,11 @@ class CtrConfig:
 
   simtier_make_tier: which SimTier 'simtier_make' uses ('official' = the
   team's open code, or 'paper').
+  retrieve_top_k: 0 = off; k > 0 = attention over the k behaviours of the
+  long history (batch `long_seq_*`) closest to the target by vector cosine,
+  SimTier over the short recent history. Retrieving reads the vector table,
+  whatever the variant (also 'id'); a batch without `long_seq_item` is
+  unaffected.
   """
   embedding: embedding.EmbeddingConfig
   variant: str = 'id'
@@ -52,6 +71,7 @@ class CtrConfig:
   simtier_mask_padding: bool = True
   simtier_official_dim: int = 1
   simtier_make_tier: str = 'official'
+  retrieve_top_k: int = 0
   make: make_lib.MakeConfig = dataclasses.field(
       default_factory=make_lib.MakeConfig)
 
@@ -65,6 +85,9 @@ class CtrConfig:
                        "'paper'.")
     if not self.tower:
       raise ValueError('CtrConfig.tower needs at least one layer.')
+    if self.retrieve_top_k < 0:
+      raise ValueError(f'CtrConfig.retrieve_top_k = {self.retrieve_top_k}, '
+                       'expected 0 (off) or a number of behaviours > 0.')
 
   @property
   def uses_make(self) -> bool:
@@ -85,6 +108,31 @@ class CtrConfig:
     return self.variant in ('vector', 'simscore') or bool(self.simtier_kind)
 
 
+def retrieve_behaviours(batch, vectors, k: int, seq_fields):
+  """The batch with its behaviours replaced by the top k of the long history.
+
+  Every behaviour field the model reads (`seq_fields`: seq_item,
+  seq_category[, seq_shop]) comes from its long_ counterpart
+  (long_seq_item, long_seq_category, ...) at the retrieved positions, as the
+  official code gathers its long id and category lists; seq_mask says which
+  of the k are real. Returns (batch, retrieval.Retrieved).
+  """
+  need = ['long_seq_mask'] + ['long_' + f for f in seq_fields]
+  missing = [f for f in need if f not in batch]
+  if missing:
+    raise ValueError(
+        f'retrieve_top_k = {k} attends over behaviours retrieved from the '
+        f'long history, but the batch lacks {missing} (has {sorted(batch)}); '
+        'the long history needs every behaviour field the model reads.')
+  got = retrieval.top_k(vectors, batch['item_id'], batch['long_seq_item'],
+                        batch['long_seq_mask'], k)
+  out = dict(batch, seq_item=got.ids, seq_mask=got.mask)
+  for f in seq_fields:
+    if f != 'seq_item':
+      out[f] = retrieval.gather_masked(batch['long_' + f], got)
+  return out, got
+
+
 class CtrModel(nn.Module):
   """ID model + integration variant.
 
@@ -94,9 +142,14 @@ class CtrModel(nn.Module):
   seq_item, seq_category (B, L) int, seq_mask (B, L) bool (+ seq_shop with
   `EmbeddingConfig.seq_shop`); optional long_seq_item / long_seq_mask
   (B, L_long): SimTier then reads this long history instead of the L-long
-  one (the official code's setting). label/day are not read.
+  one (the official code's setting), unless `retrieve_top_k` > 0: then the
+  attention reads the retrieved top k of it (which also needs
+  long_seq_category [+ long_seq_shop]) and SimTier the L-long one. MAKE
+  always reads the L-long history (as in its stage A). label/day are not
+  read.
   vectors: the frozen (V, Dv) item-vector table, float32 or int8 (= 127·v);
-  needed by every variant but 'id' (and 'make' given `make_taps`).
+  needed by every variant but 'id' (and 'make' given `make_taps`), and by
+  every variant retrieving from a long history (`retrieve_top_k`).
   make_taps: precomputed MAKE taps {'attention', 'hidden', 'logit'}; if None,
   the 'make' submodule computes them (the usual path; needed at init to
   create params['make']).
@@ -112,9 +165,15 @@ class CtrModel(nn.Module):
   @nn.compact
   def __call__(self, batch, vectors=None, make_taps=None, train: bool = False):
     cfg = self.config
+    # `attended`: the batch whose behaviours the target attention reads.
+    attended, retrieved = batch, None
+    if cfg.retrieve_top_k and 'long_seq_item' in batch:
+      embedding.check_vector_table(vectors, cfg.embedding.num_items)
+      attended, retrieved = retrieve_behaviours(
+          batch, vectors, cfg.retrieve_top_k, cfg.embedding.seq_fields)
     user, target, seq = embedding.IdEmbeddings(cfg.embedding, name='embed')(
-        batch)
-    mask = batch['seq_mask'].astype(bool)
+        attended)
+    mask = attended['seq_mask'].astype(bool)
     query = target[:, :seq.shape[-1]]  # The fields the behaviours also have.
     keys = seq
     tower_in = [user, target]
@@ -123,29 +182,39 @@ class CtrModel(nn.Module):
     if cfg.uses_vectors:
       embedding.check_vector_table(vectors, cfg.embedding.num_items)
       item = batch['item_id']
-      sims = simtier.table_cosine(vectors, item, batch['seq_item'], mask)
-      tier_sims, tier_mask = sims, mask
-      if 'long_seq_item' in batch:
-        # The official code's setting: SimTier over a long history (e.g.
-        # 1000 behaviours), attention over the short recent one.
-        tier_mask = batch['long_seq_mask'].astype(bool)
-        tier_sims = simtier.table_cosine(vectors, item, batch['long_seq_item'],
-                                         tier_mask)
+      # Cosines of the attended behaviours (the retrieval has them already).
+      sims = (retrieved.scores if retrieved is not None else
+              simtier.table_cosine(vectors, item, batch['seq_item'], mask))
       if cfg.variant == 'vector':
         target_vec, seq_vec = embedding.item_vectors(
-            vectors, batch, cfg.embedding.num_items)
+            vectors, attended, cfg.embedding.num_items)
         query = jnp.concatenate([query, target_vec], axis=-1)
         keys = jnp.concatenate([keys, seq_vec], axis=-1)
         tower_in.append(target_vec)
       elif cfg.variant == 'simscore':
         extra = simtier.simscore_features(sims, mask)
-      elif cfg.simtier_kind == 'paper':
-        tower_in.append(simtier.simtier_paper(
-            tier_sims, tier_mask, cfg.simtier_bins, cfg.simtier_mask_padding))
-      else:
-        tower_in.append(simtier.SimTierOfficial(
-            cfg.simtier_official_dim, cfg.simtier_mask_padding,
-            name='simtier')(tier_sims, tier_mask))
+      elif cfg.simtier_kind:
+        tier_sims, tier_mask = sims, mask
+        if retrieved is not None:
+          # Attention over the retrieved, SimTier over the short recent
+          # history (the official code's SimTier over its recent 50).
+          tier_mask = batch['seq_mask'].astype(bool)
+          tier_sims = simtier.table_cosine(vectors, item, batch['seq_item'],
+                                           tier_mask)
+        elif 'long_seq_item' in batch:
+          # The official code's SimTier over a long history (e.g. 1000
+          # behaviours), attention over the short recent one.
+          tier_mask = batch['long_seq_mask'].astype(bool)
+          tier_sims = simtier.table_cosine(
+              vectors, item, batch['long_seq_item'], tier_mask)
+        if cfg.simtier_kind == 'paper':
+          tower_in.append(simtier.simtier_paper(
+              tier_sims, tier_mask, cfg.simtier_bins,
+              cfg.simtier_mask_padding))
+        else:
+          tower_in.append(simtier.SimTierOfficial(
+              cfg.simtier_official_dim, cfg.simtier_mask_padding,
+              name='simtier')(tier_sims, tier_mask))
 
     tower_in.append(layers.TargetAttention(
         cfg.attention_mlp, softmax=cfg.attention_softmax, name='attention')(

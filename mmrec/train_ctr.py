@@ -68,6 +68,7 @@ def build_model(config, sizes):
       tower=tuple(config.tower), simtier_bins=config.simtier_bins,
       simtier_mask_padding=bool(config.simtier_mask_padding),
       simtier_official_dim=config.simtier_official_dim,
+      retrieve_top_k=config.retrieve_top_k,
       make=make_module_config(config)))
 
 

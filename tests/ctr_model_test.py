@@ -12,11 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.configs import ctr as ctr_config
 from mmrec import ctr_model
 from mmrec import embedding
 from mmrec import layers
 from mmrec import make
 from mmrec import optimizer
+from mmrec import sharding
+from mmrec import train_ctr
+import retrieval_test
 
 B, L, DV = 4, 5, 8
 EMB = embedding.EmbeddingConfig(
@@ -155,6 +159,148 @@ class LongHistoryTest(parameterized.TestCase):
     other = model.apply(variables, longer, vectors)
     self.assertEqual(other.shape, (B,))
     self.assertFalse(np.allclose(other, logits))
+
+
+TL, K = 12, 3  # long-history length, behaviours retrieved
+
+
+@functools.lru_cache(maxsize=None)
+def long_data(b=B):
+  """A batch with a TL-long history whose last L behaviours are the short one.
+
+  As the official code: the recent history is the long one's newest end.
+  Long lengths: full, none, 2 (< K), then 7 (and random for b > 4).
+  """
+  batch, vectors = tiny_data()
+  rng = np.random.default_rng(5)
+  item_category = rng.integers(0, 5, 20).astype(np.int32)
+  lengths = np.concatenate([[TL, 0, 2, 7], rng.integers(0, TL + 1, b - 4)])
+  mask = np.arange(TL)[None] >= TL - lengths[:, None]
+  items = np.where(mask, rng.integers(0, 20, (b, TL)), 0).astype(np.int32)
+  cats = np.where(mask, item_category[items], 0).astype(np.int32)
+  out = {k: np.resize(v, (b,) + v.shape[1:]) for k, v in batch.items()
+         if k not in ('seq_item', 'seq_category', 'seq_mask')}
+  out.update(long_seq_item=items, long_seq_category=cats, long_seq_mask=mask,
+             seq_item=items[:, -L:], seq_category=cats[:, -L:],
+             seq_mask=mask[:, -L:])
+  return out, vectors
+
+
+def retrieving(variant, k=K):
+  return ctr_model.CtrModel(dataclasses.replace(tiny_config(variant),
+                                                retrieve_top_k=k))
+
+
+def np_retrieved(batch, vectors, k=K):
+  """The batch's seq_* fields as the numpy reference retrieves them."""
+  want = retrieval_test.np_top_k(vectors, batch['item_id'],
+                                 batch['long_seq_item'],
+                                 batch['long_seq_mask'], k)
+  cats = np.take_along_axis(batch['long_seq_category'], want['positions'], 1)
+  return {'seq_item': want['ids'], 'seq_mask': want['mask'],
+          'seq_category': np.where(want['mask'], cats, 0).astype(np.int32)}
+
+
+class RetrievalTest(parameterized.TestCase):
+  """GSU: attention over the top K of the long history, SimTier short."""
+
+  @parameterized.parameters('id', 'simtier_official', 'simtier_paper')
+  def test_attends_over_retrieved_simtier_over_recent(self, variant):
+    model = retrieving(variant)
+    batch, vectors = long_data()
+    plain, variables = tiny_model(variant)
+    got = model.apply(variables, batch, vectors)
+    ref = np_retrieved(batch, vectors)
+    # The plain model attends over seq_* and runs SimTier over long_seq_*:
+    # give it the reference's retrieved behaviours and the short history.
+    same = dict({k: v for k, v in batch.items() if not k.startswith('long')},
+                **ref)
+    if variant != 'id':
+      same.update(long_seq_item=batch['seq_item'],
+                  long_seq_mask=batch['seq_mask'])
+    np.testing.assert_allclose(got, plain.apply(variables, same, vectors),
+                               rtol=1e-5, atol=1e-6)
+    # ...which is not what it attends over without retrieval (the recent L),
+    # nor what the long history's most recent K would give.
+    self.assertFalse(np.array_equal(ref['seq_item'][0],
+                                    batch['long_seq_item'][0, -K:]))
+    self.assertFalse(np.allclose(got, plain.apply(variables, batch, vectors),
+                                 rtol=1e-4))
+
+  def test_no_long_history_no_change(self):
+    model = retrieving('simtier_official')
+    plain, variables, logits = tiny_model_and_logits('simtier_official')
+    batch, vectors = tiny_data()
+    np.testing.assert_array_equal(model.apply(variables, batch, vectors),
+                                  logits)
+    del plain
+
+  @parameterized.parameters(*ctr_model.VARIANTS)
+  def test_every_variant_runs(self, variant):
+    model = retrieving(variant)
+    batch, vectors = long_data()
+    logits, variables = model.init_with_output(jax.random.key(0), batch,
+                                               vectors)
+    self.assertEqual(logits.shape, (B,))
+    self.assertTrue(np.isfinite(logits).all())
+    self.assertEqual(jax.tree.structure(variables),
+                     jax.tree.structure(tiny_model(variant)[1]))
+
+  def test_needs_vectors_and_long_categories(self):
+    model = retrieving('id')
+    _, variables = tiny_model('id')
+    batch, vectors = long_data()
+    with self.assertRaisesRegex(ValueError, 'vectors'):
+      model.apply(variables, batch)
+    no_cat = {k: v for k, v in batch.items() if k != 'long_seq_category'}
+    with self.assertRaisesRegex(ValueError, 'long_seq_category'):
+      model.apply(variables, no_cat, vectors)
+    with self.assertRaisesRegex(ValueError, 'retrieve_top_k'):
+      dataclasses.replace(tiny_config('id'), retrieve_top_k=-1)
+
+  def test_config_field_reaches_the_model(self):
+    sizes = {f.name: getattr(EMB, f.name)
+             for f in dataclasses.fields(EMB) if f.name.startswith('num_')}
+    config = ctr_config.get_config('simtier_official,tiny')
+    self.assertEqual(config.retrieve_top_k, 0)  # Off by default.
+    self.assertEqual(
+        train_ctr.build_model(config, sizes).config.retrieve_top_k, 0)
+    config.retrieve_top_k = 7
+    self.assertEqual(
+        train_ctr.build_model(config, sizes).config.retrieve_top_k, 7)
+
+  def test_gradients_finite_on_8_device_mesh(self):
+    """Train-mode grads on a data-sharded batch: finite, equal to 1 device."""
+    model = retrieving('simtier_official')
+    _, variables = tiny_model('simtier_official')
+    batch, vectors = long_data(8)
+    params = nn.unbox(variables['params'])
+    labels = jnp.asarray(batch['label'], jnp.float32)
+
+    def loss(params, batch, vecs):
+      logits, _ = model.apply(
+          {'params': params, 'batch_stats': variables['batch_stats']}, batch,
+          vecs, train=True, mutable=['batch_stats'])
+      return optax.sigmoid_binary_cross_entropy(logits, labels).mean(), logits
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True))
+    mesh = sharding.make_mesh()
+    self.assertEqual(mesh.devices.size, 8)
+    (g, g_vec), logits = grad(
+        jax.device_put(params, sharding.replicated(mesh)),
+        sharding.shard_batch(batch, mesh),
+        jax.device_put(vectors, sharding.replicated(mesh)))
+    self.assertEqual(logits.shape, (8,))
+    self.assertEqual(logits.sharding.spec[0], 'data')
+    for leaf in jax.tree.leaves(g):
+      self.assertTrue(np.isfinite(leaf).all())
+    np.testing.assert_array_equal(g_vec, 0.0)  # The table stays frozen.
+    self.assertGreater(
+        float(jnp.abs(g['attention']['score']['kernel']).sum()), 0.0)
+    (g1, _), logits1 = grad(params, batch, vectors)
+    np.testing.assert_allclose(logits, logits1, rtol=1e-5, atol=1e-6)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
+                                   atol=1e-6), g, g1)
 
 
 class DiceTest(absltest.TestCase):

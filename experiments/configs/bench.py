@@ -26,8 +26,12 @@ def get_config(arg=None):
   config.embed_items = 20_000
   config.embed_batch_size = 2048
   config.latency_calls = 200
+  # CTR: the trainer's step on the world's vocabulary; L = world.seq_len.
   config.ctr_batch_size = 1000
-  config.long_history = 1000
+  config.ctr_num_batches = 4  # different batches, cycled
+  config.ctr_tiny = False  # True: the ctr.py:VARIANT,tiny models
+  config.long_history = 1000  # the official code's lifelong history
+  config.gsu_top_k = 50  # behaviours retrieved from it (official keep_top)
   config.gauc_rows = 10_000_000
   config.gauc_reference_fraction = 0.01  # of users, for the slow reference
   if arg == 'tiny':
@@ -38,7 +42,10 @@ def get_config(arg=None):
     config.embed_batch_size = 32
     config.latency_calls = 5
     config.ctr_batch_size = 32
+    config.ctr_num_batches = 2
+    config.ctr_tiny = True
     config.long_history = 40
+    config.gsu_top_k = 8
     config.gauc_rows = 20_000
     config.gauc_reference_fraction = 0.1
   return config

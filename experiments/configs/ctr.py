@@ -61,6 +61,13 @@ def get_config(arg=None):
   c.simtier_bins = 20  # paper SimTier tiers over [-1, 1]
   c.simtier_mask_padding = True  # False = count padding as the official code
   c.simtier_official_dim = 1  # width d of the official per-bin weight
+  # GSU (the official MUSE code's retrieval, top 50 of 1000): k > 0 = the
+  # attention runs over the k behaviours of the long history (batch fields
+  # long_seq_item, long_seq_category, long_seq_mask) closest to the target by
+  # item-vector cosine, SimTier over the recent history; reads the vector
+  # table. 0 = off. A batch without a long history (the world's today) is
+  # unaffected.
+  c.retrieve_top_k = 0
   c.make = ml_collections.ConfigDict(dict(
       attention_mlp=(64, 32),
       mlp=(64,),

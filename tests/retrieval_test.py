@@ -1,0 +1,151 @@
+"""Tests for mmrec.retrieval (GSU top-k) against a plain numpy reference."""
+
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import numpy as np
+
+from mmrec import retrieval
+from mmrec import sharding
+from mmrec import vector_table
+
+V, DV, B, T, K = 40, 16, 8, 12, 5
+
+
+def np_top_k(table, target, seq, mask, k):
+  """Row by row: real behaviours by (-cosine, position), then padding."""
+  table = np.asarray(table)
+  if table.dtype == np.int8:
+    table = vector_table.dequantize(table)
+  table = table.astype(np.float64)
+  norms = np.linalg.norm(table, axis=1)
+  k = min(k, seq.shape[1])
+  out = {f: np.zeros((len(seq), k), d) for f, d in (
+      ('ids', np.int32), ('mask', bool), ('positions', np.int32),
+      ('scores', np.float64))}
+  for b in range(len(seq)):
+    cos = {}
+    for t in range(seq.shape[1]):
+      if mask[b, t]:
+        denom = max(norms[target[b]], 1e-8) * max(norms[seq[b, t]], 1e-8)
+        cos[t] = float(np.clip(table[target[b]] @ table[seq[b, t]] / denom,
+                               -1, 1))
+    # The test data must not hold near-ties that float32 could reorder.
+    vals = sorted(cos.values())
+    for a, c in zip(vals, vals[1:]):
+      assert a == c or c - a > 1e-5, (b, a, c)
+    real = sorted(cos, key=lambda t: (-cos[t], t))
+    pad = [t for t in range(seq.shape[1]) if not mask[b, t]]
+    for j, t in enumerate((real + pad)[:k]):
+      is_real = t in cos
+      out['positions'][b, j] = t
+      out['mask'][b, j] = is_real
+      out['ids'][b, j] = seq[b, t] if is_real else 0
+      out['scores'][b, j] = cos[t] if is_real else 0.0
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def data():
+  """Table + batch with ties, padding, short rows and a decoy at padding.
+
+  Row 0 full; row 1 all padding; row 2 has 3 real behaviours (< K); row 3
+  holds the target itself twice (cosine 1, a tie) and items 1 and 2, whose
+  vectors are identical (another tie, between different ids); other rows have
+  random lengths. Padded slots hold the target's id (cosine 1): a decoy that
+  must never beat a real behaviour.
+  """
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(V, DV)).astype(np.float32)
+  table /= np.linalg.norm(table, axis=1, keepdims=True)
+  table[2] = table[1]
+  target = rng.integers(3, V, B).astype(np.int32)
+  target[3] = 5
+  seq = rng.integers(0, V, (B, T)).astype(np.int32)
+  lengths = np.concatenate([[T, 0, 3, T], rng.integers(0, T + 1, B - 4)])
+  mask = np.arange(T)[None] >= T - lengths[:, None]
+  seq[3, [2, 7]] = 5
+  seq[3, [4, 9]] = [2, 1]
+  seq = np.where(mask, seq, target[:, None])
+  return table, target, seq, mask
+
+
+def check(got, want):
+  for f in ('ids', 'mask', 'positions'):
+    np.testing.assert_array_equal(np.asarray(getattr(got, f)), want[f], f)
+  np.testing.assert_allclose(got.scores, want['scores'], atol=2e-6)
+
+
+class TopKTest(parameterized.TestCase):
+
+  @parameterized.parameters('float32', 'int8')
+  def test_matches_numpy(self, dtype):
+    table, target, seq, mask = data()
+    if dtype == 'int8':
+      table = vector_table.quantize(table)
+    want = np_top_k(table, target, seq, mask, K)
+    got = retrieval.top_k(table, target, seq, mask, K)
+    check(got, want)
+    self.assertEqual(got.ids.dtype, np.int32)
+    # The cases the data was built for.
+    self.assertEqual(want['mask'][0].sum(), K)
+    self.assertFalse(want['mask'][1].any())
+    self.assertEqual(want['mask'][2].tolist(), [True] * 3 + [False] * 2)
+    # Row 3: the target twice (history order), then whichever of 1 and 2
+    # scores higher, the earlier one (item 2 at position 4) first.
+    self.assertEqual(want['positions'][3][:2].tolist(), [2, 7])
+    pair = [p for p in want['positions'][3] if p in (4, 9)]
+    if pair:
+      self.assertEqual(pair[0], 4)
+
+  def test_padding_never_beats_a_real_behaviour(self):
+    table, target, seq, mask = data()
+    got = retrieval.top_k(table, target, seq, mask, K)
+    # Padding holds the target (cosine 1), yet only real positions come back
+    # as real, and every row gets as many real ones as it has (up to K).
+    pos, real = np.asarray(got.positions), np.asarray(got.mask)
+    np.testing.assert_array_equal(np.take_along_axis(mask, pos, 1), real)
+    np.testing.assert_array_equal(
+        np.asarray(got.mask).sum(1), np.minimum(mask.sum(1), K))
+    # Unmasked, the decoys win: the mask is what keeps them out.
+    ones = retrieval.top_k(table, target, seq, np.ones_like(mask), K)
+    self.assertGreater(int((np.asarray(ones.ids) == target[:, None]).sum()),
+                       int((np.asarray(got.ids) == target[:, None]).sum()))
+
+  def test_k_larger_than_history(self):
+    table, target, seq, mask = data()
+    got = retrieval.top_k(table, target, seq, mask, 3 * T)
+    self.assertEqual(got.ids.shape, (B, T))
+    check(got, np_top_k(table, target, seq, mask, 3 * T))
+    np.testing.assert_array_equal(np.asarray(got.mask).sum(1), mask.sum(1))
+
+  def test_gather_masked(self):
+    table, target, seq, mask = data()
+    got = retrieval.top_k(table, target, seq, mask, K)
+    category = (seq % 7 + 1).astype(np.int32)
+    cat = np.asarray(retrieval.gather_masked(category, got))
+    want = np.take_along_axis(category, np.asarray(got.positions), 1)
+    np.testing.assert_array_equal(cat, np.where(got.mask, want, 0))
+    vec = retrieval.gather_masked(table[seq], got)
+    self.assertEqual(vec.shape, (B, K, DV))
+    np.testing.assert_array_equal(np.asarray(vec)[~np.asarray(got.mask)], 0)
+
+  def test_jit_on_mesh_matches(self):
+    table, target, seq, mask = data()
+    mesh = sharding.make_mesh()
+    self.assertEqual(mesh.devices.size, 8)
+    x = sharding.shard_batch({'t': target, 's': seq, 'm': mask}, mesh)
+    f = jax.jit(lambda v, x: retrieval.top_k(v, x['t'], x['s'], x['m'], K))
+    got = f(jax.device_put(table, sharding.replicated(mesh)), x)
+    self.assertEqual(got.ids.sharding.spec[0], 'data')
+    check(got, np_top_k(table, target, seq, mask, K))
+
+  def test_bad_k(self):
+    with self.assertRaisesRegex(ValueError, 'k >= 1'):
+      retrieval.top_k(*data(), 0)
+
+
+if __name__ == '__main__':
+  absltest.main()
