@@ -180,18 +180,6 @@ def bench_embed(config, workdir):
   }
 
 
-def _world_sizes(world_config):
-  """The trainer's vocabulary sizes for a world config, without building it.
-
-  `ctr_data.world_sizes` reads them from a built world's config file; the
-  benchmark hands it that file alone, so both derive them the same way.
-  """
-  with tempfile.TemporaryDirectory() as tmp:
-    files.write_json(os.path.join(tmp, builders.CONFIG_FILE),
-                     world_config.to_dict())
-    return ctr_data.world_sizes(tmp)
-
-
 def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
   """`count` different host batches shaped as the CTR pipeline's.
 
@@ -242,15 +230,15 @@ def _ctr_examples_per_second(config, variant, batches, table, **overrides):
   """
   c = ctr_config.get_config(variant + (',tiny' if config.ctr_tiny else ''))
   c.update(overrides)
-  model = train_ctr.build_model(c, _world_sizes(config.world))
+  model = train_ctr.build_model(c, ctr_data.sizes(config.world.to_dict()))
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
   table = table if train_ctr.reads_vectors(c) else None
   example = {k: v[:2] for k, v in batches[0].items()}
   progs = train_ctr.programs(model, train_ctr.opt_spec(c, model), mesh,
                              train_ctr.shape_key(example),
                              train_ctr.shape_key(table))
-  state = progs.init_state(jax.random.key(c.seed))
-  vectors = train_ctr.put_vectors(table, mesh)
+  state = progs.train.init_state(jax.random.key(c.seed))
+  vectors = vector_table.put(table, mesh)
   rng = jax.random.key(c.seed + 1)
   step = 0
 
@@ -258,7 +246,7 @@ def _ctr_examples_per_second(config, variant, batches, table, **overrides):
     nonlocal state, step
     for _ in range(steps):
       batch = sharding.shard_batch(batches[step % len(batches)], mesh)
-      state, metrics = progs.train_step(state, batch,
+      state, metrics = progs.train.train_step(state, batch,
                                         train_lib.fold_rng(rng, step), vectors)
       step += 1
     jax.block_until_ready(metrics)
@@ -288,7 +276,7 @@ def bench_ctr_train(config, workdir):
   """
   del workdir
   rng = np.random.default_rng(0)
-  sizes = _world_sizes(config.world)
+  sizes = ctr_data.sizes(config.world.to_dict())
   b, seq_len = config.ctr_batch_size, config.world.seq_len
   vectors = rng.normal(size=(sizes['num_items'], 128)).astype(np.float32)
   vectors = vector_table.quantize(

@@ -14,8 +14,12 @@ NUM_GENDERS = 2  # The world generates a binary gender field.
 
 
 def world_sizes(data_dir):
-  """Vocabulary sizes of the world's id fields (EmbeddingConfig kwargs)."""
-  wc = builders.load_world_config(data_dir)
+  """Vocabulary sizes of a dataset's id fields (EmbeddingConfig kwargs)."""
+  return sizes(builders.load_world_config(data_dir))
+
+
+def sizes(wc):
+  """`world_sizes` of a world config dict (built or not)."""
   return dict(
       num_users=wc['num_users'], num_ages=wc['num_age_buckets'],
       num_genders=NUM_GENDERS, num_cities=wc['num_cities'],

@@ -77,15 +77,15 @@ def build_stage_a_model(config):
 
 
 def reads_vectors(config):
-  return config.variant != 'id'
+  return config.variant != 'id' or config.retrieve_top_k > 0
 
 
 def load_vectors(config, num_items):
   """The (V, Dv) host table of `config.vectors_path`, or None for 'id'."""
   if not reads_vectors(config):
     if config.vectors_path:
-      logging.info("variant 'id' reads no item vectors; ignoring "
-                   'config.vectors_path=%s', config.vectors_path)
+      logging.info("variant 'id' (no retrieval) reads no item vectors; "
+                   'ignoring config.vectors_path=%s', config.vectors_path)
     return None
   dim = config.vectors_dim or None
   table, meta = vector_table.load_from(
