@@ -52,19 +52,19 @@ class World:
                builders.first_test_day(builders.load_world_config(data_dir)))
 
   def dataset(self, split, batch_size, *, seed=0, shuffle=False,
-              num_epochs=1):
+              num_epochs=1, **kwargs):
     return pipelines.ctr_dataset(
         self.data_dir, split, batch_size=batch_size, seed=seed,
         shuffle=shuffle, num_epochs=num_epochs, items=self.items,
-        users=self.users)
+        users=self.users, **kwargs)
 
   def num_rows(self, split):
     return len(builders.data_source(self.data_dir, 'mmrec_impressions', split))
 
   def steps_per_epoch(self, batch_size):
-    """Steps of one epoch: drop_remainder batches of this process's shard."""
-    n, count = self.num_rows('train'), jax.process_count()
-    steps = (n - n % count) // count // (batch_size // count)
+    """Steps of one epoch: full global batches (the same on every process)."""
+    n = self.num_rows('train')
+    steps = n // batch_size
     if steps < 1:
       raise ValueError(f'batch_size {batch_size} is larger than the {n} '
                        'training impressions')
@@ -90,20 +90,25 @@ def train_item_ids(data_dir):
 def predict(eval_fn, state, vectors, world, batch_size, mesh):
   """One ordered pass over the test split -> host arrays (logit + fields).
 
-  The last batch is padded (one compiled shape) and padded rows dropped.
-  Every process runs the same number of batches (a process whose shard is
-  exhausted feeds an all-padding batch), since each batch is a global array.
+  Each global batch is split over the processes (see pipelines); every
+  process pads its slice to `batch_size / P` rows (one compiled shape), and
+  the padded rows are dropped after the outputs are gathered in process
+  order, so the predictions come back in the split's order for any P. The
+  last global batch may be short: a process whose slice of it is empty feeds
+  an all-padding batch, since every process must run every global batch.
   """
   count = jax.process_count()
   local = batch_size // count
-  n = world.num_rows('test')
-  num_batches = math.ceil(math.ceil(n / count) / local)
+  num_batches = math.ceil(world.num_rows('test') / batch_size)
   it = pipelines.iterator(world.dataset('test', batch_size),
                           prefetch_threads=1)
   outs, template = [], None
   for _ in range(num_batches):
     b = next(it, None)
-    if b is None:  # This process's shard ran out: all padding.
+    if b is None:  # No rows of the last global batch for this process.
+      if template is None:  # ... nor of any: pad with the split's first rows.
+        template, _ = train_lib.pad_batch(world.dataset(
+            'test', local, process_index=0, process_count=1)[0], local)
       b, rows = template, 0
     else:
       b, rows = train_lib.pad_batch(b, local)
