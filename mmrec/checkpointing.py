@@ -18,9 +18,20 @@ data restores silently as wrong numbers. So every save records a fingerprint
 per array (a position-weighted sum of its bits, mod 2^64, independent of the
 sharding) and a CRC of the iterator state and config; restore recomputes them
 and raises `CheckpointError` naming the step and path on any mismatch.
+
+Several processes (jax.distributed, e.g. `experiments.launch`) save and
+restore collectively into one shared directory: every process calls `save`
+and `restore` for the same steps; arrays are written shard by shard, the
+grain iterator state one file per process, and orbax renames the step when
+all are done. Test hook: `MMREC_TEST_KILL_AT_SAVE=<process>:<step>` in the
+environment makes that process SIGKILL itself when asked to save `step`, once
+its earlier saves are on disk (tests/launch_test.py kills one worker of a
+multi-process run this way); nothing else reads or should set it.
 """
 
 import json
+import os
+import signal
 import time
 from typing import Any, NamedTuple
 import zlib
@@ -34,6 +45,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 SUBDIR = 'checkpoints'  # Checkpointer(os.path.join(workdir, SUBDIR)).
+KILL_AT_SAVE = 'MMREC_TEST_KILL_AT_SAVE'  # Test hook, see module docstring.
 _STATE, _DATA, _CONFIG, _INTEGRITY = 'state', 'data', 'config', 'integrity'
 _METADATA = '_CHECKPOINT_METADATA'
 _BLOCK = 1 << 22  # Elements per fingerprint block (bounds host memory).
@@ -80,6 +92,7 @@ class Checkpointer:
     else multiples of `save_interval_steps`; steps <= the latest never.
     """
     step = int(step)
+    self._maybe_kill_for_test(step)
     if not force and not self._manager.should_save(step):
       return False
     integrity = {_STATE: _fingerprints(state)}
@@ -95,6 +108,15 @@ class Checkpointer:
     args[_INTEGRITY] = ocp.args.JsonSave(integrity)
     return self._manager.save(step, args=ocp.args.Composite(**args),
                               force=force)
+
+  def _maybe_kill_for_test(self, step):
+    spec = os.environ.get(KILL_AT_SAVE)
+    if spec and tuple(map(int, spec.split(':'))) == (jax.process_index(),
+                                                     step):
+      self.wait()  # The earlier steps' saves reach the disk first.
+      logging.warning('%s=%s: killing process %d before saving step %d.',
+                      KILL_AT_SAVE, spec, jax.process_index(), step)
+      os.kill(os.getpid(), signal.SIGKILL)
 
   def all_steps(self) -> list[int]:
     return sorted(s for s in self._manager.all_steps()

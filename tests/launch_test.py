@@ -1,0 +1,156 @@
+"""Tests of `experiments.launch`: N processes over jax.distributed == 1 process.
+
+Each run is a subprocess tree (launcher -> workers) on loopback with a
+timeout; the whole session is killed if it runs over. The runs share one
+persistent compilation cache, so a restart does not recompile.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import fixtures
+import jax
+import numpy as np
+
+from experiments import launch
+from mmrec import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300
+STEPS = 6  # Checkpoints at 3 and 6.
+
+
+def _run(cache_dir, num_processes, devices, workdir, config, *flags,
+         env=None):
+  """Launches experiments.main; returns (returncode, stdout, stderr)."""
+  cmd = [sys.executable, '-m', 'experiments.launch',
+         f'--num_processes={num_processes}',
+         f'--devices_per_process={devices}', '--', f'--config={config}',
+         f'--workdir={workdir}', '--config.mesh.data=-1', *flags]
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache_dir,
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', **(env or {})}
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True)
+  try:
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)  # The launcher and its workers.
+    out, err = proc.communicate()
+    raise AssertionError(f'{cmd} ran over {TIMEOUT_S}s:\n{err[-3000:]}')
+  return proc.returncode, out, err
+
+
+def _final_state(workdir, step, target=None):
+  path = os.path.join(workdir, checkpointing.SUBDIR, str(step))
+  return checkpointing.restore_from(path, target)[0]
+
+
+def _assert_states_close(test, got, want):
+  test.assertEqual(jax.tree.structure(got), jax.tree.structure(want))
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                          jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g, np.float64),
+                               np.asarray(w, np.float64), rtol=1e-4,
+                               atol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+class LauncherUnitTest(absltest.TestCase):
+
+  def test_parses_own_arguments_and_passes_the_rest(self):
+    args, rest = launch.parse_args(['--num_processes=3', '--',
+                                    '--config=x.py', '--workdir=/w'])
+    self.assertEqual((args.num_processes, args.devices_per_process), (3, 1))
+    self.assertEqual(rest, ['--config=x.py', '--workdir=/w'])
+
+  def test_worker_env(self):
+    base = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --foo',
+            'JAX_PROCESS_ID': '7'}
+    env = launch.worker_env(1, 2, 4, '127.0.0.1:1234', base)
+    self.assertEqual(env['XLA_FLAGS'],
+                     '--foo --xla_force_host_platform_device_count=4')
+    self.assertEqual(env['JAX_PLATFORMS'], 'cpu')
+    self.assertEqual((env['JAX_COORDINATOR_ADDRESS'], env['JAX_NUM_PROCESSES'],
+                      env['JAX_PROCESS_ID']), ('127.0.0.1:1234', '2', '1'))
+    single = launch.worker_env(0, 1, 8, '127.0.0.1:1234', base)
+    self.assertNotIn('JAX_PROCESS_ID', single)
+    self.assertNotIn('JAX_COORDINATOR_ADDRESS', single)
+
+
+class LaunchTest(absltest.TestCase):
+  """2 processes x 4 CPU devices against 1 process x 8 on the same config."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = fixtures.small_ctr_world_dir()
+    cls.cache_dir = tempfile.mkdtemp(prefix='mmrec_launch_cache_')
+
+  def _run(self, n, k, workdir, config, *flags, env=None):
+    return _run(self.cache_dir, n, k, workdir, config,
+                f'--config.data_dir={self.data_dir}', *flags, env=env)
+
+  def test_scl_two_processes_train_and_evaluate_as_one(self):
+    flags = ('experiments/configs/scl.py:scl,tiny',
+             f'--config.num_steps={STEPS}', '--config.checkpoint_every=3')
+    one, two = tempfile.mkdtemp(), tempfile.mkdtemp()
+    for n, k, workdir in ((1, 8, one), (2, 4, two)):
+      rc, _, err = self._run(n, k, workdir, *flags)
+      self.assertEqual(rc, 0, err[-3000:])
+    want = _final_state(one, STEPS)
+    _assert_states_close(self, _final_state(two, STEPS, want), want)
+    metrics = []
+    for workdir in (one, two):
+      with open(os.path.join(workdir, 'pretrain_eval.json')) as f:
+        metrics.append(json.load(f)['metrics'])
+    self.assertEqual(metrics[0].keys(), metrics[1].keys())
+    for name, m in metrics[0].items():
+      for key, value in m.items():
+        self.assertAlmostEqual(metrics[1][name][key], value, places=6,
+                               msg=f'{name}/{key}')
+
+  def test_ctr_killed_worker_stops_all_and_resume_matches_one_process(self):
+    flags = ('experiments/configs/ctr.py:id,tiny',
+             f'--config.max_steps={STEPS}', '--config.checkpoint_every=3')
+    one, two = tempfile.mkdtemp(), tempfile.mkdtemp()
+    rc, _, err = self._run(1, 8, one, *flags)
+    self.assertEqual(rc, 0, err[-3000:])
+
+    # Worker 1 dies (SIGKILL) when asked to save step 6, after step 3's save.
+    rc, _, err = self._run(2, 4, two, *flags, env={
+        checkpointing.KILL_AT_SAVE: f'1:{STEPS}'})
+    self.assertNotEqual(rc, 0)
+    self.assertRegex(err, r'launch: worker 1 \(pid \d+\) failed with signal '
+                     r'SIGKILL; stopped the other workers')
+    for pid in re.search(r'launch: worker pids (.*)', err).group(1).split():
+      with self.assertRaises(ProcessLookupError):  # Gone and reaped.
+        os.kill(int(pid), 0)
+    with checkpointing.Checkpointer(os.path.join(two, checkpointing.SUBDIR),
+                                    read_only=True) as ckpt:
+      self.assertEqual(ckpt.all_steps(), [3])
+    self.assertFalse(os.path.exists(os.path.join(two, 'ctr_eval.json')))
+
+    # The same command resumes from step 3 and finishes as one process does.
+    rc, _, err = self._run(2, 4, two, *flags)
+    self.assertEqual(rc, 0, err[-3000:])
+    self.assertRegex(err, r'\[0\] .*resumed from .*checkpoints/3 at step 3')
+    self.assertRegex(err, r'\[1\] .*resumed from .*checkpoints/3 at step 3')
+    want = _final_state(one, STEPS)
+    _assert_states_close(self, _final_state(two, STEPS, want), want)
+    results = []
+    for workdir in (one, two):
+      with open(os.path.join(workdir, 'ctr_eval.json')) as f:
+        results.append(json.load(f))
+    for key in ('auc', 'gauc', 'logloss', 'num_test', 'step'):
+      self.assertAlmostEqual(results[1][key], results[0][key], places=5,
+                             msg=key)
+
+
+if __name__ == '__main__':
+  absltest.main()
