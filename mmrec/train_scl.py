@@ -30,6 +30,7 @@ import os
 from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -56,11 +57,16 @@ def data_dir_of(config, workdir):
 
 
 def ensure_world(config, workdir):
-  """The world's directory, built from `config.world` if not complete."""
+  """The world's directory, built from `config.world` if not complete.
+
+  With several processes, process 0 builds it and the others wait for it.
+  """
   data_dir = data_dir_of(config, workdir)
-  if not builders.is_complete(data_dir):
+  if jax.process_index() == 0 and not builders.is_complete(data_dir):
     logging.info('no complete world in %s: building it', data_dir)
     build.run(ml_collections.ConfigDict({'world': config.world}), data_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('mmrec_ensure_world')
   return data_dir
 
 
