@@ -78,7 +78,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={
-            _STATE: ocp.PyTreeCheckpointHandler(),
+            _STATE: ocp.PyTreeCheckpointHandler(
+                type_handler_registry=_type_handlers()),
             _DATA: grain.checkpoint.CheckpointHandler(),
             _CONFIG: ocp.JsonCheckpointHandler(),
             _INTEGRITY: ocp.JsonCheckpointHandler(),
@@ -210,6 +211,25 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _type_handlers():
+  """orbax's standard type handlers, with jax.Arrays saved by one replica.
+
+  Replica-parallel saving (orbax's default except on GPU) has every replica
+  write a slice of each replicated array, taking each slice with a jitted
+  `lax.slice`: one compile per array shape and device. For our many small
+  replicated arrays that made the first save of a process take ~20 s on a
+  2-core CPU (60 arrays, 8 devices; 0.3 s without), for no gain in writing.
+  """
+  th = ocp.type_handlers
+  default = th.get_type_handler(jax.Array)
+  array = th.ArrayHandler(
+      use_replica_parallel=False,
+      array_metadata_store=getattr(default, '_array_metadata_store', None))
+  return th.create_type_handler_registry(*[
+      (ty, array if ty is jax.Array else th.get_type_handler(ty))
+      for ty in th.supported_types()])
 
 
 def restore_from(path, target_state: Any = None, data_iterator=None,
