@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from absl.testing import absltest
 import fixtures
@@ -26,25 +27,37 @@ TIMEOUT_S = 300
 STEPS = 6  # Checkpoints at 3 and 6.
 
 
-def _run(cache_dir, num_processes, devices, workdir, config, *flags,
-         env=None):
-  """Launches experiments.main; returns (returncode, stdout, stderr)."""
-  cmd = [sys.executable, '-m', 'experiments.launch',
-         f'--num_processes={num_processes}',
-         f'--devices_per_process={devices}', '--', f'--config={config}',
-         f'--workdir={workdir}', '--config.mesh.data=-1', *flags]
-  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache_dir,
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', **(env or {})}
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          start_new_session=True)
-  try:
-    out, err = proc.communicate(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    os.killpg(proc.pid, signal.SIGKILL)  # The launcher and its workers.
-    out, err = proc.communicate()
-    raise AssertionError(f'{cmd} ran over {TIMEOUT_S}s:\n{err[-3000:]}')
-  return proc.returncode, out, err
+class _Launch:
+  """`experiments.launch` of experiments.main, started now (output to files,
+  so concurrent runs never block on a full pipe)."""
+
+  def __init__(self, cache_dir, num_processes, devices, workdir, config,
+               *flags, env=None):
+    self.cmd = [sys.executable, '-m', 'experiments.launch',
+                f'--num_processes={num_processes}',
+                f'--devices_per_process={devices}', '--', f'--config={config}',
+                f'--workdir={workdir}', '--config.mesh.data=-1', *flags]
+    env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache_dir,
+           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', **(env or {})}
+    self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    self._deadline = time.time() + TIMEOUT_S
+    self._proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env,
+                                  stdout=self._out, stderr=self._err,
+                                  start_new_session=True)
+
+  def wait(self):
+    """-> (returncode, stdout, stderr); kills the whole tree on timeout."""
+    try:
+      self._proc.wait(max(1.0, self._deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      os.killpg(self._proc.pid, signal.SIGKILL)  # Launcher and workers.
+      self._proc.wait()
+    out, err = (f.seek(0) or f.read().decode(errors='replace')
+                for f in (self._out, self._err))
+    if self._proc.returncode == -signal.SIGKILL:
+      raise AssertionError(f'{self.cmd} ran over {TIMEOUT_S}s:\n'
+                           f'{err[-3000:]}')
+    return self._proc.returncode, out, err
 
 
 def _final_state(workdir, step, target=None):
@@ -92,16 +105,19 @@ class LaunchTest(absltest.TestCase):
     cls.data_dir = fixtures.small_ctr_world_dir()
     cls.cache_dir = tempfile.mkdtemp(prefix='mmrec_launch_cache_')
 
-  def _run(self, n, k, workdir, config, *flags, env=None):
-    return _run(self.cache_dir, n, k, workdir, config,
-                f'--config.data_dir={self.data_dir}', *flags, env=env)
+  def _start(self, n, k, workdir, config, *flags, env=None):
+    return _Launch(self.cache_dir, n, k, workdir, config,
+                   f'--config.data_dir={self.data_dir}', *flags, env=env)
 
   def test_scl_two_processes_train_and_evaluate_as_one(self):
     flags = ('experiments/configs/scl.py:scl,tiny',
              f'--config.num_steps={STEPS}', '--config.checkpoint_every=3')
     one, two = tempfile.mkdtemp(), tempfile.mkdtemp()
-    for n, k, workdir in ((1, 8, one), (2, 4, two)):
-      rc, _, err = self._run(n, k, workdir, *flags)
+    # Concurrently: each run waits on collectives and barriers part of the
+    # time, so two runs share the cores better than one after the other.
+    runs = [self._start(1, 8, one, *flags), self._start(2, 4, two, *flags)]
+    for run in runs:
+      rc, _, err = run.wait()
       self.assertEqual(rc, 0, err[-3000:])
     want = _final_state(one, STEPS)
     _assert_states_close(self, _final_state(two, STEPS, want), want)
@@ -119,12 +135,11 @@ class LaunchTest(absltest.TestCase):
     flags = ('experiments/configs/ctr.py:id,tiny',
              f'--config.max_steps={STEPS}', '--config.checkpoint_every=3')
     one, two = tempfile.mkdtemp(), tempfile.mkdtemp()
-    rc, _, err = self._run(1, 8, one, *flags)
-    self.assertEqual(rc, 0, err[-3000:])
+    reference = self._start(1, 8, one, *flags)  # Runs alongside.
 
     # Worker 1 dies (SIGKILL) when asked to save step 6, after step 3's save.
-    rc, _, err = self._run(2, 4, two, *flags, env={
-        checkpointing.KILL_AT_SAVE: f'1:{STEPS}'})
+    rc, _, err = self._start(2, 4, two, *flags, env={
+        checkpointing.KILL_AT_SAVE: f'1:{STEPS}'}).wait()
     self.assertNotEqual(rc, 0)
     self.assertRegex(err, r'launch: worker 1 \(pid \d+\) failed with signal '
                      r'SIGKILL; stopped the other workers')
@@ -137,10 +152,12 @@ class LaunchTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(two, 'ctr_eval.json')))
 
     # The same command resumes from step 3 and finishes as one process does.
-    rc, _, err = self._run(2, 4, two, *flags)
+    rc, _, err = self._start(2, 4, two, *flags).wait()
     self.assertEqual(rc, 0, err[-3000:])
     self.assertRegex(err, r'\[0\] .*resumed from .*checkpoints/3 at step 3')
     self.assertRegex(err, r'\[1\] .*resumed from .*checkpoints/3 at step 3')
+    rc, _, err = reference.wait()
+    self.assertEqual(rc, 0, err[-3000:])
     want = _final_state(one, STEPS)
     _assert_states_close(self, _final_state(two, STEPS, want), want)
     results = []
