@@ -80,12 +80,15 @@ class CtrPipelineTest(absltest.TestCase):
   def test_processes_slice_the_same_global_batches(self):
     # Process p reads rows [p * 250, (p + 1) * 250) of every global batch of
     # 500, so the batches concatenated in process order are the 1-process ones.
-    def batches(split, count, **kw):
-      return [list(pipelines.table_dataset(
+    def datasets(split, count, **kw):
+      return [pipelines.table_dataset(
           self.dir, 'mmrec_impressions', split, batch_size=500,
-          process_index=i, process_count=count, **kw)) for i in range(count)]
+          process_index=i, process_count=count, **kw) for i in range(count)]
 
-    [one], two = batches('train', 1, seed=5), batches('train', 2, seed=5)
+    def batches(split, count, **kw):
+      return [list(ds) for ds in datasets(split, count, **kw)]
+
+    [one], two = datasets('train', 1, seed=5), datasets('train', 2, seed=5)
     self.assertLen(two[0], len(one))
     self.assertLen(two[1], len(one))
     for i in (0, 1, len(one) - 1):
