@@ -131,25 +131,48 @@ def main(argv):
         threads.append(threading.Thread(target=_pump, daemon=True,
                                         args=(stream, out, prefix, lock)))
         threads[-1].start()
-    while True:
-      codes = [p.poll() for p in procs]
-      failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-      if failed:
-        rank, code = failed[0]
-        stop(procs)
-        for t in threads:
-          t.join(5)
-        print(f'launch: worker {rank} (pid {procs[rank].pid}) failed with '
-              f'{describe(code)}; stopped the other workers.',
-              file=sys.stderr, flush=True)
-        return code if code > 0 else 128 - code
-      if all(c == 0 for c in codes):
-        for t in threads:
-          t.join(5)
-        return 0
-      time.sleep(0.1)
+    failure = first_failure(procs)
+    if failure:
+      stop(procs)
+    for t in threads:
+      t.join(5)
+    if not failure:
+      return 0
+    rank, code = failure
+    print(f'launch: worker {rank} (pid {procs[rank].pid}) failed with '
+          f'{describe(code)}; stopped the other workers.', file=sys.stderr,
+          flush=True)
+    return code if code > 0 else 128 - code
   finally:
     stop(procs)
+
+
+def first_failure(procs):
+  """Waits for the workers in the order they exit -> (rank, code) of the
+  first that fails, or None when all succeed.
+
+  Exit order matters: a worker's death soon makes the others fail too (a
+  collective loses its peer), and the first one is the cause.
+  """
+  rank_of = {p.pid: rank for rank, p in enumerate(procs)}
+  left = set(rank_of)
+  while left:
+    if hasattr(os, 'waitid'):  # Blocks until a child exits; leaves it unreaped.
+      pid = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT).si_pid
+    else:
+      time.sleep(0.1)
+      pid = next((p.pid for p in procs
+                  if p.pid in left and p.poll() is not None), None)
+    if pid not in rank_of and pid is not None:
+      os.waitpid(pid, 0)  # Not a worker: reap it, or waitid returns it again.
+    if pid not in left:
+      continue
+    left.discard(pid)
+    rank = rank_of[pid]
+    code = procs[rank].wait()
+    if code:
+      return rank, code
+  return None
 
 
 if __name__ == '__main__':

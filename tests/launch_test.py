@@ -82,6 +82,15 @@ class LauncherUnitTest(absltest.TestCase):
     self.assertEqual((args.num_processes, args.devices_per_process), (3, 1))
     self.assertEqual(rest, ['--config=x.py', '--workdir=/w'])
 
+  def test_first_failure_is_the_first_to_exit(self):
+    sh = lambda script: subprocess.Popen(['sh', '-c', script])
+    procs = [sh('sleep 1.5; exit 3'), sh('sleep 0.2; kill -9 $$'),
+             sh('exit 0')]
+    self.assertEqual(launch.first_failure(procs), (1, -signal.SIGKILL))
+    launch.stop(procs)
+    self.assertEqual(procs[0].returncode, -signal.SIGTERM)
+    self.assertIsNone(launch.first_failure([sh('exit 0'), sh('exit 0')]))
+
   def test_worker_env(self):
     base = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --foo',
             'JAX_PROCESS_ID': '7'}
