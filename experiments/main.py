@@ -14,7 +14,9 @@ The config's `job` field picks what runs (see experiments/README.md):
 Override any config field from the command line, e.g.
 `--config=experiments/configs/world.py:tiny --config.world.seed=3`.
 Multi-host: when the environment names a coordinator (JAX_COORDINATOR_ADDRESS,
-or a SLURM / cloud TPU job), `jax.distributed.initialize()` runs first.
+or a SLURM / cloud TPU job), `jax.distributed.initialize()` runs first, with
+JAX_NUM_PROCESSES / JAX_PROCESS_ID when set (jax reads only the address).
+`python -m experiments.launch` starts N such processes on one machine.
 """
 
 import importlib
@@ -50,9 +52,19 @@ JOBS = {
 
 
 def _maybe_initialize_distributed():
-  if any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
-                                   'TPU_WORKER_HOSTNAMES')):
-    jax.distributed.initialize()
+  env = os.environ
+  if not any(k in env for k in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
+                                'TPU_WORKER_HOSTNAMES')):
+    return
+  if jax.config.jax_cpu_collectives_implementation in (None, 'none'):
+    # Cross-process collectives on CPU (gloo is the default from jax 0.5 on).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs = {}
+  if 'JAX_NUM_PROCESSES' in env:  # Else auto-detected (SLURM, TPU).
+    kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
+  if 'JAX_PROCESS_ID' in env:
+    kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
 
 
 def main(argv):

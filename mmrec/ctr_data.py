@@ -4,9 +4,6 @@ impression pipelines (train / test splits), read once per run.
 
 import dataclasses
 
-import jax
-import numpy as np
-
 from mmrec.data import builders
 from mmrec.data import pipelines
 
@@ -28,7 +25,6 @@ def sizes(wc):
       num_shops=wc['num_shops'])
 
 
-
 @dataclasses.dataclass
 class CtrData:
   """A dataset's directory, lookup tables and sizes (read once per run)."""
@@ -47,19 +43,19 @@ class CtrData:
                builders.first_test_day(builders.load_world_config(data_dir)))
 
   def dataset(self, split, batch_size, *, seed=0, shuffle=False,
-              num_epochs=1):
+              num_epochs=1, **kwargs):
     return pipelines.ctr_dataset(
         self.data_dir, split, batch_size=batch_size, seed=seed,
         shuffle=shuffle, num_epochs=num_epochs, items=self.items,
-        users=self.users)
+        users=self.users, **kwargs)
 
   def num_rows(self, split):
     return len(builders.data_source(self.data_dir, 'mmrec_impressions', split))
 
   def steps_per_epoch(self, batch_size):
-    """Steps of one epoch: drop_remainder batches of this process's shard."""
-    n, count = self.num_rows('train'), jax.process_count()
-    steps = (n - n % count) // count // (batch_size // count)
+    """Steps of one epoch: full global batches (the same on every process)."""
+    n = self.num_rows('train')
+    steps = n // batch_size
     if steps < 1:
       raise ValueError(f'batch_size {batch_size} is larger than the {n} '
                        'training impressions')

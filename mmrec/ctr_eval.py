@@ -42,20 +42,25 @@ def train_item_ids(data_dir):
 def predict(eval_fn, state, vectors, data, batch_size, mesh):
   """One ordered pass over the test split -> host arrays (logit + fields).
 
-  The last batch is padded (one compiled shape) and padded rows dropped.
-  Every process runs the same number of batches (a process whose shard is
-  exhausted feeds an all-padding batch), since each batch is a global array.
+  Each global batch is split over the processes (see pipelines); every
+  process pads its slice to `batch_size / P` rows (one compiled shape), and
+  the padded rows are dropped after the outputs are gathered in process
+  order, so the predictions come back in the split's order for any P. The
+  last global batch may be short: a process whose slice of it is empty feeds
+  an all-padding batch, since every process must run every global batch.
   """
   count = jax.process_count()
   local = batch_size // count
-  n = data.num_rows('test')
-  num_batches = math.ceil(math.ceil(n / count) / local)
+  num_batches = math.ceil(data.num_rows('test') / batch_size)
   it = pipelines.iterator(data.dataset('test', batch_size),
                           prefetch_threads=1)
   outs, template = [], None
   for _ in range(num_batches):
     b = next(it, None)
-    if b is None:  # This process's shard ran out: all padding.
+    if b is None:  # No rows of the last global batch for this process.
+      if template is None:  # ... nor of any: pad with the split's first rows.
+        template, _ = train_lib.pad_batch(data.dataset(
+            'test', local, process_index=0, process_count=1)[0], local)
       b, rows = template, 0
     else:
       b, rows = train_lib.pad_batch(b, local)

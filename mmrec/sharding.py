@@ -12,6 +12,7 @@ to a multiple of the model-axis size to get it sharded.
 """
 
 from collections.abc import Callable, Sequence
+import functools
 import math
 from typing import Any
 
@@ -21,6 +22,7 @@ import jax
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 MESH_AXES = ('data', 'model')
 
@@ -69,12 +71,40 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def check_process_blocks(devices, data_axis: int = 0):
+  """Raises unless the 'data' axis is split into process-contiguous blocks.
+
+  `devices`: the mesh's device array (anything with `.process_index`). With P
+  processes, process p must hold exactly the p-th of P equal, contiguous
+  blocks of the 'data' axis: then `jax.make_array_from_process_local_data`
+  places each process's rows there and the global batch is the processes'
+  slices concatenated in process order, as the pipelines assume (they give
+  process p rows [p B/P, (p+1) B/P) of every global batch).
+  """
+  devices = np.moveaxis(np.asarray(devices, dtype=object), data_axis, 0)
+  owners = [sorted({d.process_index for d in row.flat}) for row in devices]
+  count = len({p for o in owners for p in o})
+  size = len(owners)
+  want = [[i * count // size] for i in range(size)]
+  if count > 1 and (size % count or owners != want):
+    raise ValueError(
+        f"The mesh's 'data' axis (size {size}) must be split into {count} "
+        f'contiguous blocks, one per process in process order, so that the '
+        f'global batch is the processes\' slices concatenated; its rows '
+        f'belong to processes {owners}. Use a data axis that is a multiple '
+        f"of the process count (e.g. --config.mesh.data=-1) and a 'model' "
+        f'axis within one process.')
+
+
 def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
   """Host-local numpy batch (pytree) -> global jax.Arrays sharded on 'data'.
 
   Each process passes its own slice of the global batch; the global batch is
-  the concatenation over processes.
+  the concatenation over processes in process order (see
+  `check_process_blocks`, checked once per mesh).
   """
+  if jax.process_count() > 1:
+    _check_mesh_once(mesh)
   sharding = batch_sharding(mesh)
 
   def put(path, x):
@@ -87,6 +117,11 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
           f"'data' (size {mesh.shape['data']}): {e}") from e
 
   return jax.tree_util.tree_map_with_path(put, batch)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_mesh_once(mesh: jax.sharding.Mesh):
+  check_process_blocks(mesh.devices, mesh.axis_names.index('data'))
 
 
 def _mesh_axes(name, rules: Rules, mesh: jax.sharding.Mesh):

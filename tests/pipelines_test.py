@@ -77,20 +77,38 @@ class CtrPipelineTest(absltest.TestCase):
     test = self.w.impressions['day'] >= self.w.first_test_day
     np.testing.assert_array_equal(got, self.w.impressions['item_id'][test])
 
-  def test_processes_read_disjoint_shards(self):
-    shards = [
-        np.concatenate([b['item_id'] for b in pipelines.table_dataset(
-            self.dir, 'mmrec_impressions', 'test', batch_size=500,
-            shuffle=False, process_index=i, process_count=2)])
-        for i in range(2)]
+  def test_processes_slice_the_same_global_batches(self):
+    # Process p reads rows [p * 250, (p + 1) * 250) of every global batch of
+    # 500, so the batches concatenated in process order are the 1-process ones.
+    def datasets(split, count, **kw):
+      return [pipelines.table_dataset(
+          self.dir, 'mmrec_impressions', split, batch_size=500,
+          process_index=i, process_count=count, **kw) for i in range(count)]
+
+    def batches(split, count, **kw):
+      return [list(ds) for ds in datasets(split, count, **kw)]
+
+    [one], two = datasets('train', 1, seed=5), datasets('train', 2, seed=5)
+    self.assertLen(two[0], len(one))
+    self.assertLen(two[1], len(one))
+    for i in (0, 1, len(one) - 1):
+      self.assertLen(two[0][i]['item_id'], 250)
+      for k in ('item_id', 'user_id'):
+        np.testing.assert_array_equal(
+            np.concatenate([two[0][i][k], two[1][i][k]]), one[i][k])
+    # Evaluation keeps every row: the short last batch is split as far as it
+    # goes, and a process whose slice of it is empty gets no batch.
+    [one], two = batches('test', 1, shuffle=False), batches('test', 2,
+                                                            shuffle=False)
     test = self.w.impressions['day'] >= self.w.first_test_day
-    full = self.w.impressions['item_id'][test]
-    np.testing.assert_array_equal(shards[0], full[0::2])
-    np.testing.assert_array_equal(shards[1], full[1::2])
-    train = [len(pipelines.table_dataset(
-        self.dir, 'mmrec_impressions', 'train', batch_size=500,
-        process_index=i, process_count=2)) for i in range(2)]
-    self.assertEqual(train[0], train[1])
+    n = int(test.sum())
+    last = n % 500
+    self.assertLen(two[0], len(one))
+    self.assertLen(two[1], len(one) - (0 < last <= 250))
+    got = np.concatenate([b['item_id'] for i in range(len(one))
+                          for p in (0, 1) if i < len(two[p])
+                          for b in (two[p][i],)])
+    np.testing.assert_array_equal(got, self.w.impressions['item_id'][test])
     with self.assertRaisesRegex(ValueError, 'divisible'):
       pipelines.table_dataset(self.dir, 'mmrec_impressions', 'train',
                               batch_size=501, process_index=0,
@@ -156,6 +174,16 @@ class PretrainPipelineTest(absltest.TestCase):
     np.testing.assert_array_equal(a['pos_image'], b['pos_image'])
     self.assertFalse(np.array_equal(a['pos_image'], plain['pos_image']))
     self.assertEqual(a['neg_image'].dtype, np.uint8)
+
+  def test_augmentation_does_not_depend_on_the_process_count(self):
+    def first(**kw):
+      return pipelines.pretrain_dataset(self.dir, batch_size=32, seed=2,
+                                        augment=True, **kw)[1]
+    one = first()
+    two = [first(process_index=i, process_count=2) for i in range(2)]
+    for k in ('pos_item', 'query_image', 'pos_image', 'neg_image'):
+      np.testing.assert_array_equal(
+          np.concatenate([two[0][k], two[1][k]]), one[k])
 
 
 if __name__ == '__main__':

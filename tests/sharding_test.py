@@ -57,6 +57,26 @@ class MeshTest(parameterized.TestCase):
       sharding.make_mesh(data, model)
 
 
+class _Dev:
+
+  def __init__(self, process_index):
+    self.process_index = process_index
+
+
+class ProcessBlocksTest(absltest.TestCase):
+
+  def test_data_axis_must_be_split_into_process_blocks(self):
+    grid = lambda rows: [[_Dev(p) for p in row] for row in rows]
+    sharding.check_process_blocks(grid([[0, 0], [0, 0]]))  # One process.
+    sharding.check_process_blocks(grid([[0, 0], [0, 0], [1, 1], [1, 1]]))
+    sharding.check_process_blocks(grid([[0, 0, 1, 1]]), data_axis=1)
+    for bad in ([[0, 1], [0, 1]],  # 'model' across processes
+                [[1, 1], [0, 0]],  # Out of process order.
+                [[0, 0], [1, 1], [0, 0], [1, 1]]):  # Interleaved.
+      with self.assertRaisesRegex(ValueError, 'contiguous blocks'):
+        sharding.check_process_blocks(grid(bad))
+
+
 class ShardingTest(parameterized.TestCase):
 
   def _shardings(self, mesh_shape, vocab=16):

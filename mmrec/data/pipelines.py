@@ -1,19 +1,23 @@
 """grain input pipelines: pre-training batches and CTR batches.
 
-Every pipeline is index-level: `MapDataset.range(n)` -> this process's shard
--> shuffle (seeded, reseeded each epoch) -> repeat -> batch of indices ->
-one batched read from the TFDS source -> joins and augmentations. Reading a
-batch at once is ~4x faster than row by row, and shuffling indices keeps the
-whole pipeline deterministic for a seed and its iterator state tiny (an
-index), so it round-trips through a checkpoint.
+Every pipeline is index-level: `MapDataset.range(n)` -> shuffle (seeded,
+reseeded each epoch) -> global batches of indices -> this process's slice of
+each -> repeat -> one batched read from the TFDS source -> joins and
+augmentations. Reading a batch at once is ~4x faster than row by row, and
+shuffling indices keeps the whole pipeline deterministic for a seed and its
+iterator state tiny (an index), so it round-trips through a checkpoint.
 
-Batches are host-local: `batch_size` is global and each of the P processes of
-a multi-host job reads `batch_size / P` rows of its own shard.
+Batches are host-local: `batch_size` is global, every one of the P processes
+of a multi-host job builds the same global order and global batches, and
+process p reads rows `[p * batch_size / P, (p + 1) * batch_size / P)` of each
+global batch. `sharding.shard_batch` concatenates the slices in process order,
+so the global batch, and hence training, is the same for any P. Random
+augmentations draw for the whole global batch and keep this process's slice
+(`AugmentImages`), so they do not depend on P either.
 """
 
 import dataclasses
 
-from absl import logging
 import grain
 import jax
 import numpy as np
@@ -82,10 +86,20 @@ class JoinSearchFields(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class AugmentImages(grain.transforms.RandomMap):
-  """Random flip, shift (pad and crop) and brightness on uint8 image fields."""
+  """Random flip, shift (pad and crop) and brightness on uint8 image fields.
+
+  grain seeds `rng` by (seed, batch index), the same on every process. The
+  draws are made for the whole global batch (`process_count` equal slices)
+  and this process keeps its slice's, so each row gets the augmentation it
+  gets with one process: identical training for any process count, at the
+  cost of drawing a few numbers per row of the global batch, not of reading
+  or augmenting its images. Assumes equal slices (`drop_remainder`).
+  """
   fields: tuple[str, ...]
   max_shift: int = 2
   brightness: float = 0.2
+  process_index: int = 0
+  process_count: int = 1
 
   def random_map(self, batch, rng):
     out = dict(batch)
@@ -97,15 +111,19 @@ class AugmentImages(grain.transforms.RandomMap):
     shape = images.shape
     x = images.reshape((-1,) + shape[-3:]).astype(np.float32)
     n, h, w, _ = x.shape
-    flip = rng.random(n) < 0.5
+    # This process's rows among the global batch's n * process_count.
+    total, mine = n * self.process_count, slice(
+        self.process_index * n, (self.process_index + 1) * n)
+    flip = (rng.random(total) < 0.5)[mine]
     x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
     s = self.max_shift
     padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)), mode='edge')
-    dy, dx = rng.integers(0, 2 * s + 1, (2, n))
+    dy, dx = rng.integers(0, 2 * s + 1, (2, total))[:, mine]
     rows = dy[:, None] + np.arange(h)[None]
     cols = dx[:, None] + np.arange(w)[None]
     x = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    x = x * rng.uniform(1 - self.brightness, 1 + self.brightness, (n, 1, 1, 1))
+    x = x * rng.uniform(1 - self.brightness, 1 + self.brightness,
+                        (total, 1, 1, 1))[mine]
     return np.clip(np.round(x), 0, 255).astype(np.uint8).reshape(shape)
 
 
@@ -120,29 +138,47 @@ def _shard(process_index, process_count):
   return process_index, process_count
 
 
+@dataclasses.dataclass(frozen=True)
+class _Slice(grain.transforms.Map):
+  """Global batch of indices -> rows [start, stop) of it (maybe fewer)."""
+  start: int
+  stop: int
+
+  def map(self, indices):
+    return indices[self.start:self.stop]
+
+
+def _non_empty(indices):
+  return len(indices) > 0
+
+
 def index_batches(num_rows, batch_size, *, seed, shuffle, num_epochs,
                   drop_remainder, process_index=None, process_count=None):
-  """Batches of row indices for this process (see module docstring)."""
+  """Batches of row indices for this process (see module docstring).
+
+  Every process shuffles and batches all `num_rows` alike and keeps its
+  contiguous slice of each global batch, so every process runs the same
+  number of steps. Without `drop_remainder` (evaluation), the last global
+  batch is short: a process's slice of it may be short or, when empty,
+  absent (its iterator ends one batch early).
+  """
   index, count = _shard(process_index, process_count)
   if batch_size % count:
     raise ValueError(f'batch_size {batch_size} (global) must be divisible by '
                      f'the number of processes {count}')
+  if batch_size > num_rows and drop_remainder:
+    raise ValueError(f'batch_size {batch_size} is larger than the '
+                     f'{num_rows} rows available')
   local_batch = batch_size // count
   ds = grain.MapDataset.range(num_rows)
-  if drop_remainder:
-    # Equal shards, so every process runs the same number of steps.
-    even = num_rows - num_rows % count
-    if even < num_rows:
-      logging.info('dropping %d rows so %d processes get equal shards',
-                   num_rows - even, count)
-    ds = ds[:even]
-  ds = ds[index::count]
-  if local_batch > len(ds) and drop_remainder:
-    raise ValueError(f'batch_size {batch_size} is larger than the '
-                     f'{len(ds) * count} rows available')
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.batch(local_batch, drop_remainder=drop_remainder)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if count > 1:
+    ds = ds.map(_Slice(index * local_batch, (index + 1) * local_batch))
+    last = num_rows % batch_size
+    if not drop_remainder and 0 < last <= index * local_batch:
+      ds = ds.filter(_non_empty)  # Its slice of the last batch is empty.
   # Batch before repeating, so epochs end on a batch boundary; repeat reseeds
   # the shuffle every epoch.
   return ds if num_epochs == 1 else ds.repeat(num_epochs)
@@ -187,8 +223,11 @@ def pretrain_dataset(data_dir, split='train', *, batch_size, seed=0,
                      **kwargs)
   ds = ds.map(JoinSearchFields(items['image'], items['title']))
   if augment:
+    index, count = _shard(kwargs.get('process_index'),
+                          kwargs.get('process_count'))
     fields = ('query_image', 'pos_image', 'neg_image')
-    ds = ds.random_map(AugmentImages(fields), seed=seed)
+    ds = ds.random_map(AugmentImages(fields, process_index=index,
+                                     process_count=count), seed=seed)
   return ds
 
 

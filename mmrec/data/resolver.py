@@ -20,6 +20,8 @@ import shutil
 import tempfile
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 
 from mmrec.data import builders
@@ -45,7 +47,11 @@ def data_dir(named, world_config, workdir):
           f'<workdir>/{WORLD_SUBDIR}.')
     return path
   path = os.path.join(os.path.abspath(workdir), WORLD_SUBDIR)
-  build_world(world_config, path)
+  # With several processes, process 0 builds and the others wait for it.
+  if jax.process_index() == 0:
+    build_world(world_config, path)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('mmrec_resolver_build_world')
   return path
 
 
