@@ -26,7 +26,7 @@ demo: $(STAMP)
 	  --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.main --config=experiments/configs/bench.py \
