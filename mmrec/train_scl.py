@@ -259,9 +259,10 @@ def run(config, workdir):
       init_fn(model, obj, tx, embed.example_inputs(data_dir)),
       functools.partial(train_step, model=model, objective=obj, tx=tx), mesh)
 
-  def on_init_from(state, params):
-    extra = dict(state.extra, momentum=params) if 'momentum' in (
-        state.extra or {}) else state.extra
+  def on_init_from(state, params):  # the momentum encoder starts there too
+    extra = state.extra
+    if 'momentum' in extra:
+      extra = dict(extra, momentum=params)
     return state.replace(params=params, extra=extra)
 
   # The checkpoints record the resolved dataset, so that readers of this
@@ -277,7 +278,6 @@ def run(config, workdir):
   res = train_lib.fit(loop, progs, obj.dataset(data_dir, items), mesh)
   encoder = embed.Encoder(model, res.state.params, mesh)
   return _finish(config, workdir, data_dir, encoder, items, res.step)
-
 
 
 def _finish(config, workdir, data_dir, encoder, items, step):
