@@ -34,8 +34,9 @@ Time on a 2-core CPU, default world (~840k training impressions, batch
 `simtier_make` ~15 min (3 stage-A epochs + stage B at ~0.35 s per step), plus
 ~1 min reading the training item ids for the exposure slices. `:tiny` (~30k
 impressions, ~230 steps per epoch): `id` ~5 s of training after
-compilation, ~20 s in all with the world build. `id_stats`: seconds beyond
-reading the impressions (test AUC 0.72 / GAUC 0.71 on `make demo`'s world).
+compilation, ~20 s in all with the world build. `id_stats`: ~50 s on
+`make demo`'s world (4,000 users, 3,000 items, 4 days), nearly all reading
+the impressions: test AUC 0.721, GAUC 0.714, logloss 0.169.
 """
 
 import ml_collections
