@@ -146,6 +146,7 @@ class Model:
 
 
 def fit(x, y, seed=0):
+  """The LR on (N, F) features `x`, standardised with their own mean / std."""
   mean = x.mean(0)
   std = x.std(0)
   std = np.where(std > 0, std, 1.0)  # a constant feature stays 0
