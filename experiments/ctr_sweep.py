@@ -16,12 +16,14 @@ from mmrec.data import resolver
 TABLE_FILE = 'ctr_table'
 HISTOGRAM_FILE = 'cosine_histogram.json'
 METRICS = ('auc', 'gauc', 'logloss')
+# Variants that read no item vectors: the ID model and the ID-statistics LR.
+NO_VECTORS = ('id', 'id_stats')
 
 
 def variant_config(config, variant, seed, data_dir, workdir):
   c = config.ctr.copy_and_resolve_references()
   c.variant, c.seed, c.data_dir = variant, seed, data_dir
-  c.vectors_path = '' if variant == 'id' else config.vectors_path
+  c.vectors_path = '' if variant in NO_VECTORS else config.vectors_path
   c.make.stage_a_dir = os.path.join(workdir, 'make_stage_a', f'seed_{seed}')
   return c
 
@@ -151,9 +153,10 @@ def markdown(summary):
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.ctr.world, workdir)
   variants = [v for v in config.variants.split(',') if v]
-  if any(v != 'id' for v in variants) and not config.vectors_path:
+  if any(v not in NO_VECTORS for v in variants) and not config.vectors_path:
     raise ValueError('config.vectors_path must name an item-vector table '
-                     '(item_vectors.npz) for the variants other than id')
+                     '(item_vectors.npz) for the variants other than '
+                     f'{", ".join(NO_VECTORS)}')
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:

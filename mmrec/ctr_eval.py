@@ -83,10 +83,15 @@ def ctr_metrics(pred):
           'logloss': metrics_lib.logloss(pred['label'], prob)}
 
 
-def slice_metrics(pred, data_dir):
-  """{'group_0'...'group_8', 'new': {count, auc, gauc}} by training exposure."""
-  groups = metrics_lib.exposure_groups(train_item_ids(data_dir),
-                                       pred['item_id'])
+def slice_metrics(pred, data_dir, train_ids=None):
+  """{'group_0'...'group_8', 'new': {count, auc, gauc}} by training exposure.
+
+  `train_ids`: the training impressions' item ids if the caller has them
+  (else read from `data_dir`).
+  """
+  if train_ids is None:
+    train_ids = train_item_ids(data_dir)
+  groups = metrics_lib.exposure_groups(train_ids, pred['item_id'])
   flat = metrics_lib.sliced(pred['label'], pred['logit'], groups,
                             users=pred['user_id'])
   out = {}

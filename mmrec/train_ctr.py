@@ -38,6 +38,7 @@ from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec import ctr_model
 from mmrec import embedding
+from mmrec import id_stats
 from mmrec import make as make_lib
 from mmrec import optimizer
 from mmrec import sharding
@@ -350,6 +351,8 @@ def _validate(config):
 
 def run(config, workdir):
   """Trains one variant (MAKE: both stages) and evaluates it on the test day."""
+  if config.variant == 'id_stats':  # the LR baseline: no model, no steps
+    return id_stats.run(config, workdir)
   _validate(config)
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
   data = ctr_data.CtrData.load(data_dir)

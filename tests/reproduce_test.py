@@ -21,7 +21,7 @@ from experiments.configs import paper
 METHODS = {'raw_pixels', 'bag_of_tokens', 'clip_o', 'clip_e', 'scl',
            'scl_no_queue', 'scl_no_hard_neg', 'i2i'}
 VARIANTS = {'id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
-            'make', 'simtier_make'}
+            'make', 'simtier_make', 'id_stats'}
 STAGES = {'world', 'pretrain', 'ctr', 'extra', 'report'}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'colab', 'quickstart.ipynb')

@@ -5,7 +5,8 @@ r"""Every CTR variant x several seeds -> one comparison table vs. the ID model.
       --config.vectors_path=/tmp/mmrec/scl/item_vectors.npz \
       --workdir=/tmp/mmrec/ctr
 
-Runs each variant of experiments/configs/ctr.py in
+Runs each variant of experiments/configs/ctr.py (including `id_stats`, the
+ID-statistics LR floor: deterministic, so its std over seeds is 0) in
 `<workdir>/<variant>/seed_<k>/` (MAKE stage A shared by 'make' and
 'simtier_make' of a seed, in `<workdir>/make_stage_a/seed_<k>/`), skipping
 runs whose `ctr_eval.json` is complete, then writes `ctr_table.json` and
