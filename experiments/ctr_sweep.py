@@ -18,6 +18,9 @@ HISTOGRAM_FILE = 'cosine_histogram.json'
 METRICS = ('auc', 'gauc', 'logloss')
 # Variants that read no item vectors: the ID model and the ID-statistics LR.
 NO_VECTORS = ('id', 'id_stats')
+# Variants without randomness (a deterministic LR fit): run once, reused for
+# every seed so that deltas stay paired by seed.
+DETERMINISTIC = ('id_stats',)
 
 
 def variant_config(config, variant, seed, data_dir, workdir):
@@ -160,6 +163,9 @@ def run(config, workdir):
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:
+      if variant in DETERMINISTIC and seed > 0:  # the same fit every seed
+        results[variant].append(dict(results[variant][0], seed=seed))
+        continue
       results[variant].append(run_one(config, variant, seed, data_dir,
                                       workdir))
   summary = summarise(results, oracle_ceiling(data_dir))
