@@ -56,7 +56,13 @@ def get_config(arg=None):
 
   # Model (the team's open code: ID embeddings 16, tower 256-128-64 + Dice).
   c.embed_dim = 16
-  c.attention_mlp = (64, 32)
+  # Target attention's form (mmrec.layers.ATTENTION_FORMS): 'din' = DIN's
+  # scorer MLP over [q, k, q-k, q*k] with Dice, raw weights (no softmax);
+  # 'din_prelu' = the same with PReLU; 'dot' = the team's open code
+  # (projected query . key / sqrt(D), masked softmax); 'mlp_softmax' = a
+  # sigmoid MLP + softmax (its weights stay uniform: kept for comparison).
+  c.attention = 'mlp_softmax'
+  c.attention_mlp = (64, 32)  # the scorer's hidden widths (not 'dot')
   c.tower = (256, 128, 64)
   c.simtier_bins = 20  # paper SimTier tiers over [-1, 1]
   c.simtier_mask_padding = True  # False = count padding as the official code
