@@ -170,7 +170,8 @@ def attention_metrics(intermediates):
 
   The mean over the batch rows with >= 2 valid behaviours of
   `layers.attention_entropy` (1.0 = uniform weights), from what the model's
-  own 'attention' (not MAKE's) sowed; {} if it sowed nothing.
+  top-level 'attention' sowed (stage B: the CTR model's, not MAKE's);
+  {} if it sowed nothing.
   """
   sown = intermediates.get('attention', {}).get('entropy')
   if not sown:
