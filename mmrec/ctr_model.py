@@ -61,11 +61,16 @@ class CtrConfig:
   SimTier over the short recent history. Retrieving reads the vector table,
   whatever the variant (also 'id'); a batch without `long_seq_item` is
   unaffected.
+  attention: the target attention's form, one of `layers.ATTENTION_FORMS`
+  ('din', 'din_prelu': DIN's MLP scorer with Dice / PReLU, raw weights, no
+  softmax; 'dot': the team's open code, projected dot product, softmax;
+  'mlp_softmax': sigmoid MLP scorer, softmax). `attention_mlp` is the
+  scorer's hidden widths (unused by 'dot').
   """
   embedding: embedding.EmbeddingConfig
   variant: str = 'id'
+  attention: str = 'din'
   attention_mlp: Sequence[int] = (64, 32)
-  attention_softmax: bool = True
   tower: Sequence[int] = (256, 128, 64)
   simtier_bins: int = 20
   simtier_mask_padding: bool = True
@@ -83,6 +88,9 @@ class CtrConfig:
       raise ValueError(f'CtrConfig.simtier_make_tier = '
                        f"{self.simtier_make_tier!r}, expected 'official' or "
                        "'paper'.")
+    if self.attention not in layers.ATTENTION_FORMS:
+      raise ValueError(f'CtrConfig.attention = {self.attention!r}, expected '
+                       f'one of {layers.ATTENTION_FORMS}.')
     if not self.tower:
       raise ValueError('CtrConfig.tower needs at least one layer.')
     if self.retrieve_top_k < 0:
@@ -156,6 +164,9 @@ class CtrModel(nn.Module):
   train: Dice uses batch statistics and updates 'batch_stats'; apply with
   `mutable=['batch_stats']`. A frozen MAKE (`make.freeze`) always runs in
   eval mode, so its batch_stats stay as loaded from stage A.
+  With the 'intermediates' collection mutable, the target attention sows its
+  weights and their entropy under intermediates['attention'] (see
+  `layers.TargetAttention`).
 
   Params: embed (IdEmbeddings), attention, [simtier], tower_{i}, dice_{i},
   head, [make].
@@ -217,8 +228,8 @@ class CtrModel(nn.Module):
               name='simtier')(tier_sims, tier_mask))
 
     tower_in.append(layers.TargetAttention(
-        cfg.attention_mlp, softmax=cfg.attention_softmax, name='attention')(
-            query, keys, keys, mask, extra))
+        cfg.attention_mlp, form=cfg.attention, name='attention')(
+            query, keys, keys, mask, extra, train=train))
 
     if cfg.uses_make:
       if make_taps is None:

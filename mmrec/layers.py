@@ -70,6 +70,9 @@ class Dice(nn.Module):
   (apply with `mutable=['batch_stats']`); with `train=False` it uses the
   running averages, so eval outputs are deterministic and do not depend on the
   rest of the batch. alpha starts at 0 (a smooth gated ReLU-like start).
+  `mask` (x's shape without the last axis, True = real): the batch statistics
+  come from the real positions only (e.g. a padded behaviour sequence); a
+  batch with no real position uses all of them (no NaN).
 
   Shapes: x (..., F) -> (..., F). Params: alpha (F,); batch_stats: bn/mean,
   bn/var (F,).
@@ -80,51 +83,135 @@ class Dice(nn.Module):
   epsilon: float = 1e-8  # DIN/DeepCTR's Dice epsilon.
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, mask=None):
     alpha = self.param(
         'alpha', nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)),
         (x.shape[-1],), jnp.float32)
+    if mask is not None:
+      mask = jnp.logical_or(mask, ~jnp.any(mask))[..., None]
     x_hat = nn.BatchNorm(
         use_running_average=not train, momentum=self.momentum,
         epsilon=self.epsilon, use_bias=False, use_scale=False,
-        use_fast_variance=False, name='bn')(x)
+        use_fast_variance=False, name='bn')(x, mask=mask)
     p = nn.sigmoid(x_hat)
     return p * x + (1.0 - p) * alpha * x
 
 
-class TargetAttention(nn.Module):
-  """DIN target attention: pools a behaviour sequence by relevance to a target.
+class PReLU(nn.Module):
+  """max(x, 0) + alpha * min(x, 0), one alpha per feature (init 0.25, torch's).
 
-  An MLP scores each position from [q, k, q - k, q * k] (+ optional
-  per-position features, e.g. SimScore's cosine); the output is sum_t w_t v_t.
-  `softmax=True`: w = softmax of the scores over the valid positions.
-  `softmax=False`: w = the raw scores (DIN's choice: the output's scale then
-  says how much of the history is relevant). Padded positions get w = 0, and a
-  row with no valid position returns zeros (no NaN).
+  Shapes: x (..., F) -> (..., F). Params: alpha (F,).
+  """
+  init: float = 0.25
+
+  @nn.compact
+  def __call__(self, x):
+    alpha = self.param(
+        'alpha', nn.with_logical_partitioning(
+            nn.initializers.constant(self.init), ('mlp',)),
+        (x.shape[-1],), jnp.float32)
+    return jnp.where(x >= 0, x, alpha * x)
+
+
+# Target-attention forms (`TargetAttention.form`):
+# 'din'         DIN's activation unit: Dice MLP over [q, k, q - k, q * k],
+#               the weights are its raw outputs (no softmax).
+# 'din_prelu'   the same with PReLU.
+# 'dot'         the team's open MUSE code: projected query . projected key,
+#               scaled, masked softmax.
+# 'mlp_softmax' a sigmoid MLP over [q, k, q - k, q * k], softmax (our first
+#               form: its weights stayed uniform, kept for comparison).
+ATTENTION_FORMS = ('din', 'din_prelu', 'dot', 'mlp_softmax')
+
+
+def attention_entropy(weights, mask):
+  """Normalised entropy of attention weights per row: 1 = uniform.
+
+  The weights' magnitudes |w| (DIN's raw weights may be negative) are
+  renormalised over the valid positions; the entropy is divided by
+  log(number of valid positions). Rows with fewer than 2 valid positions, or
+  all-zero weights, are not counted.
+
+  Shapes: weights (B, T), mask (B, T) bool -> entropy (B,) (0 where not
+  counted), counted (B,) bool.
+  """
+  w = jnp.where(mask, jnp.abs(weights), 0.0)
+  n = jnp.sum(mask, axis=-1)
+  total = jnp.sum(w, axis=-1)
+  counted = (n >= 2) & (total > 0)
+  p = w / jnp.where(counted, total, 1.0)[:, None]
+  plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
+  h = -jnp.sum(plogp, axis=-1) / jnp.log(jnp.maximum(n, 2).astype(w.dtype))
+  return jnp.where(counted, h, 0.0), counted
+
+
+class TargetAttention(nn.Module):
+  """Target attention: pools a behaviour sequence by relevance to a target.
+
+  The output is sum_t w_t v_t over the valid positions; how w is scored is
+  `form` (see ATTENTION_FORMS):
+  - 'din' / 'din_prelu' (DIN, Zhou et al. 2018): an MLP with Dice / PReLU
+    scores each position from [q, k, q - k, q * k] (+ `extra`); w = the raw
+    scores, no softmax: the output's scale then says how much of the history
+    is relevant. Dice's batch statistics come from the valid positions only.
+  - 'dot' (the team's open MUSE code, `MultiHeadAtt`): w = masked softmax of
+    (W_q q) . (W_k k_t) / sqrt(D) (+ a learned linear term of `extra`, as
+    the code adds its cosine input to the dot product). The values are not
+    projected, so the output width stays E for every form.
+  - 'mlp_softmax': a sigmoid MLP over [q, k, q - k, q * k] (+ `extra`), masked
+    softmax.
+  Padded positions get w = 0, and a row with no valid position returns zeros
+  (no NaN). With the 'intermediates' collection mutable (not at init), sows
+  `weights` (B, T) and `entropy` = `attention_entropy(weights, mask)`.
 
   Shapes: query (B, D), keys (B, T, D), values (B, T, E) (default: keys),
   mask (B, T) bool True = real, extra (B, T, F) -> (B, E).
+  `train`: Dice uses batch statistics (apply with `mutable=['batch_stats']`).
   """
   hidden: Sequence[int] = (64, 32)
-  softmax: bool = True
-  activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.sigmoid  # As in DIN.
+  form: str = 'mlp_softmax'
 
   @nn.compact
-  def __call__(self, query, keys, values=None, mask=None, extra=None):
+  def __call__(self, query, keys, values=None, mask=None, extra=None,
+               train: bool = False):
+    if self.form not in ATTENTION_FORMS:
+      raise ValueError(f'TargetAttention.form = {self.form!r}, expected one '
+                       f'of {ATTENTION_FORMS}.')
     values = keys if values is None else values
-    q = jnp.broadcast_to(query[:, None, :], keys.shape)
-    feats = [q, keys, q - keys, q * keys]
-    if extra is not None:
-      feats.append(extra.astype(keys.dtype))
-    h = MLP(self.hidden, activation=self.activation, final_activation=True,
-            name='mlp')(jnp.concatenate(feats, axis=-1))
-    scores = dense(1, ('mlp', None), name='score')(h)[..., 0]  # (B, T)
     if mask is None:
-      mask = jnp.ones(scores.shape, bool)
-    if self.softmax:
+      mask = jnp.ones(keys.shape[:2], bool)
+    if extra is not None:
+      extra = extra.astype(keys.dtype)
+    if self.form == 'dot':
+      d = query.shape[-1]
+      q = dense(d, name='query')(query)
+      k = dense(d, name='key')(keys)
+      scores = jnp.einsum('bd,btd->bt', q, k) / jnp.sqrt(jnp.float32(d))
+      if extra is not None:
+        scores += dense(1, ('mlp', None), name='extra', use_bias=False)(
+            extra)[..., 0]
+    else:
+      q = jnp.broadcast_to(query[:, None, :], keys.shape)
+      feats = [q, keys, q - keys, q * keys]
+      if extra is not None:
+        feats.append(extra)
+      h = jnp.concatenate(feats, axis=-1)
+      if self.form == 'mlp_softmax':
+        h = MLP(self.hidden, activation=nn.sigmoid, final_activation=True,
+                name='mlp')(h)
+      else:
+        for i, f in enumerate(self.hidden):
+          h = dense(f, name=f'dense_{i}')(h)
+          h = (Dice(name=f'dice_{i}')(h, train=train, mask=mask)
+               if self.form == 'din' else PReLU(name=f'prelu_{i}')(h))
+      scores = dense(1, ('mlp', None), name='score')(h)[..., 0]  # (B, T)
+    if self.form in ('dot', 'mlp_softmax'):
       # finfo.min, not -inf: an all-padded row then gives a finite uniform
       # softmax, which the final `where` zeroes.
       scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
       scores = nn.softmax(scores, axis=-1)
     weights = jnp.where(mask, scores, 0.0)
+    if not self.is_initializing():  # Keeps 'intermediates' out of init.
+      self.sow('intermediates', 'weights', weights)
+      self.sow('intermediates', 'entropy', attention_entropy(weights, mask))
     return jnp.einsum('bt,bte->be', weights, values)

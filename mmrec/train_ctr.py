@@ -64,7 +64,7 @@ def build_model(config, sizes):
   """The CtrModel of `config` for a world with vocabulary `sizes`."""
   emb = embedding.EmbeddingConfig(**sizes, dim=config.embed_dim)
   return ctr_model.CtrModel(ctr_model.CtrConfig(
-      emb, variant=config.variant,
+      emb, variant=config.variant, attention=config.attention,
       attention_mlp=tuple(config.attention_mlp),
       tower=tuple(config.tower), simtier_bins=config.simtier_bins,
       simtier_mask_padding=bool(config.simtier_mask_padding),
@@ -119,10 +119,14 @@ def check_batch(batch, model, where, first_test_day=None, test=False):
 
 
 def _forward(model, variables, batch, vectors, train):
-  """Logits (B,) and the updated non-param collections."""
+  """Logits (B,) and the updated non-param collections.
+
+  With `train=True` these include 'intermediates' (what the model sows, e.g.
+  the attention's entropy); `train_step` takes them out of the state.
+  """
   if train:
     out, updates = model.apply(variables, batch, vectors, train=True,
-                               mutable=['batch_stats'])
+                               mutable=['batch_stats', 'intermediates'])
   else:
     out = model.apply(variables, batch, vectors, train=False)
     updates = {k: v for k, v in variables.items() if k != 'params'}
@@ -150,13 +154,32 @@ def train_step(state, batch, rng, vectors, *, model, tx):
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, extra)), grads = grad_fn(state.params, state.extra, batch,
                                            vectors, model, True)
+  extra = dict(extra)
+  intermediates = extra.pop('intermediates', {})
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
              'label_mean': jnp.mean(batch['label'].astype(jnp.float32)),
-             'prediction_mean': jnp.mean(jax.nn.sigmoid(logits))}
+             'prediction_mean': jnp.mean(jax.nn.sigmoid(logits)),
+             **attention_metrics(intermediates)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state, extra=extra), metrics
+
+
+def attention_metrics(intermediates):
+  """{'attention_entropy': mean normalised entropy} of the top attention.
+
+  The mean over the batch rows with >= 2 valid behaviours of
+  `layers.attention_entropy` (1.0 = uniform weights), from what the model's
+  top-level 'attention' sowed (stage B: the CTR model's, not MAKE's);
+  {} if it sowed nothing.
+  """
+  sown = intermediates.get('attention', {}).get('entropy')
+  if not sown:
+    return {}
+  entropy, counted = sown[0]
+  return {'attention_entropy':
+          jnp.sum(entropy) / jnp.maximum(jnp.sum(counted), 1)}
 
 
 def eval_step(state, batch, vectors, *, model):

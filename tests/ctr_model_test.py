@@ -1,5 +1,5 @@
-"""Tests for the CTR model, its variants, layers (Dice, TargetAttention),
-ID embeddings and the optimizer."""
+"""Tests for the CTR model, its variants, layers (Dice; TargetAttention: see
+attention_test.py), ID embeddings and the optimizer."""
 
 import dataclasses
 import functools
@@ -333,49 +333,6 @@ class DiceTest(absltest.TestCase):
         y_eval, np_dice(x, stats['mean'], stats['var']), rtol=1e-5,
         atol=1e-6)
     np.testing.assert_array_equal(dice.apply(ev, x[:1]), y_eval[:1])
-
-
-class TargetAttentionTest(parameterized.TestCase):
-
-  @parameterized.parameters(True, False)
-  def test_matches_numpy_and_masks(self, softmax):
-    rng = np.random.default_rng(4)
-    q = rng.normal(size=(B, 3)).astype(np.float32)
-    k = rng.normal(size=(B, L, 3)).astype(np.float32)
-    v = rng.normal(size=(B, L, 2)).astype(np.float32)
-    extra = rng.normal(size=(B, L, 1)).astype(np.float32)
-    mask = tiny_data()[0]['seq_mask']
-    att = layers.TargetAttention(hidden=(5,), softmax=softmax)
-    params = nn.unbox(att.init(jax.random.key(1), q, k, v, mask, extra))
-    got = np.asarray(att.apply(params, q, k, v, mask, extra))
-
-    p = jax.tree.map(np.asarray, params['params'])
-    w0, b0 = p['mlp']['dense_0']['kernel'], p['mlp']['dense_0']['bias']
-    w1, b1 = p['score']['kernel'], p['score']['bias']
-    want = np.zeros((B, 2), np.float32)
-    for b in range(B):
-      s = []
-      for t in range(L):
-        inp = np.concatenate([q[b], k[b, t], q[b] - k[b, t], q[b] * k[b, t],
-                              extra[b, t]])
-        h = 1 / (1 + np.exp(-(inp @ w0 + b0)))
-        s.append(float((h @ w1 + b1)[0]))
-      s = np.array(s)
-      valid = mask[b]
-      if softmax and valid.any():
-        e = np.exp(s[valid] - s[valid].max())
-        s = np.zeros(L)
-        s[valid] = e / e.sum()
-      for t in range(L):
-        if valid[t]:
-          want[b] += s[t] * v[b, t]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got[1], 0.0)  # All-padded row.
-    # Padded positions' keys and values have no influence.
-    k2, v2 = k.copy(), v.copy()
-    k2[~mask], v2[~mask] = 1e3, 1e3
-    np.testing.assert_array_equal(
-        att.apply(params, q, k2, v2, mask, extra), got)
 
 
 class CheckIdsTest(parameterized.TestCase):
