@@ -1,8 +1,16 @@
 """The CTR job's data: a dataset's lookup tables, id-vocabulary sizes and
-impression pipelines (train / test splits), read once per run.
+impression pipelines, read once per run.
+
+Splits: 'train' (the training days) and 'test' (the test days), as stored.
+With `validation=True` the last training day is held out: 'train' is the
+days before it and 'validation' that day, so every tuning decision can be
+made without touching the test day.
 """
 
 import dataclasses
+import functools
+
+import numpy as np
 
 from mmrec.data import builders
 from mmrec.data import pipelines
@@ -33,24 +41,53 @@ class CtrData:
   users: dict
   sizes: dict
   first_test_day: int
+  validation: bool = False
 
   @classmethod
-  def load(cls, data_dir):
+  def load(cls, data_dir, validation=False):
     return cls(data_dir,
                builders.load_table(data_dir, 'mmrec_items', 'catalogue'),
                builders.load_table(data_dir, 'mmrec_users', 'catalogue'),
                world_sizes(data_dir),
-               builders.first_test_day(builders.load_world_config(data_dir)))
+               builders.first_test_day(builders.load_world_config(data_dir)),
+               validation)
+
+  def _stored(self, split):
+    """(stored split, row indices or None) of a split name."""
+    if split == 'test' or (split == 'train' and not self.validation):
+      return split, None
+    if not self.validation or split not in ('train', 'validation'):
+      raise ValueError(f'unknown split {split!r} (validation='
+                       f'{self.validation}): expected train, test'
+                       f'{", validation" if self.validation else ""}')
+    day = train_columns(self.data_dir)['day']
+    held = self.first_test_day - 1
+    if not (day < held).any():
+      raise ValueError(f'{self.data_dir}: a validation day needs at least two '
+                       f'training days; the only one is day {held}')
+    rows = np.flatnonzero(day == held if split == 'validation' else day < held)
+    return 'train', rows
 
   def dataset(self, split, batch_size, *, seed=0, shuffle=False,
               num_epochs=1, **kwargs):
+    stored, rows = self._stored(split)
     return pipelines.ctr_dataset(
-        self.data_dir, split, batch_size=batch_size, seed=seed,
+        self.data_dir, stored, batch_size=batch_size, seed=seed,
         shuffle=shuffle, num_epochs=num_epochs, items=self.items,
-        users=self.users, **kwargs)
+        users=self.users, rows=rows, **kwargs)
 
   def num_rows(self, split):
-    return len(builders.data_source(self.data_dir, 'mmrec_impressions', split))
+    stored, rows = self._stored(split)
+    if rows is not None:
+      return len(rows)
+    return len(builders.data_source(self.data_dir, 'mmrec_impressions',
+                                    stored))
+
+  def train_item_ids(self):
+    """Item ids of the impressions trained on (for the exposure groups)."""
+    _, rows = self._stored('train')
+    ids = train_columns(self.data_dir)['item_id']
+    return ids if rows is None else ids[rows]
 
   def steps_per_epoch(self, batch_size):
     """Steps of one epoch: full global batches (the same on every process)."""
@@ -60,3 +97,20 @@ class CtrData:
       raise ValueError(f'batch_size {batch_size} is larger than the {n} '
                        'training impressions')
     return steps
+
+
+@functools.lru_cache(maxsize=4)
+def train_columns(data_dir):
+  """{'item_id', 'day'} of every stored training impression.
+
+  Cached: reading every training row costs ~10 s per 200k rows, and a sweep
+  asks once per run for the same world.
+  """
+  source = builders.data_source(data_dir, 'mmrec_impressions', 'train')
+  chunk = 16384
+  parts = [builders.read_rows(source, range(i, min(i + chunk, len(source))))
+           for i in range(0, len(source), chunk)]
+  out = {k: np.concatenate([p[k] for p in parts]) for k in ('item_id', 'day')}
+  for v in out.values():
+    v.flags.writeable = False  # shared by every caller of the cache
+  return out

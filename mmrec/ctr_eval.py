@@ -3,7 +3,6 @@ training exposure and new items, evaluation points of multi-epoch runs, and
 the result file.
 """
 
-import functools
 import math
 import os
 
@@ -11,11 +10,11 @@ from absl import logging
 import jax
 import numpy as np
 
+from mmrec import ctr_data
 from mmrec import files
 from mmrec import metrics as metrics_lib
 from mmrec import sharding
 from mmrec import train_lib
-from mmrec.data import builders
 from mmrec.data import pipelines
 
 EVAL_FILE = 'ctr_eval.json'
@@ -23,24 +22,8 @@ EVAL_FILE = 'ctr_eval.json'
 EVAL_FIELDS = ('label', 'user_id', 'item_id')
 
 
-@functools.lru_cache(maxsize=4)
-def train_item_ids(data_dir):
-  """Item id of every training impression (for the exposure groups).
-
-  Cached: reading every training row costs ~10 s per 200k rows, and a sweep
-  asks once per run for the same world.
-  """
-  source = builders.data_source(data_dir, 'mmrec_impressions', 'train')
-  chunk = 16384
-  ids = np.concatenate([
-      builders.read_rows(source, range(i, min(i + chunk, len(source))))[
-          'item_id'] for i in range(0, len(source), chunk)])
-  ids.flags.writeable = False  # shared by every caller of the cache
-  return ids
-
-
-def predict(eval_fn, state, vectors, data, batch_size, mesh):
-  """One ordered pass over the test split -> host arrays (logit + fields).
+def predict(eval_fn, state, vectors, data, batch_size, mesh, split='test'):
+  """One ordered pass over a split -> host arrays (logit + fields).
 
   Each global batch is split over the processes (see pipelines); every
   process pads its slice to `batch_size / P` rows (one compiled shape), and
@@ -51,8 +34,8 @@ def predict(eval_fn, state, vectors, data, batch_size, mesh):
   """
   count = jax.process_count()
   local = batch_size // count
-  num_batches = math.ceil(data.num_rows('test') / batch_size)
-  it = pipelines.iterator(data.dataset('test', batch_size),
+  num_batches = math.ceil(data.num_rows(split) / batch_size)
+  it = pipelines.iterator(data.dataset(split, batch_size),
                           prefetch_threads=1)
   outs, template = [], None
   for _ in range(num_batches):
@@ -60,7 +43,7 @@ def predict(eval_fn, state, vectors, data, batch_size, mesh):
     if b is None:  # No rows of the last global batch for this process.
       if template is None:  # ... nor of any: pad with the split's first rows.
         template, _ = train_lib.pad_batch(data.dataset(
-            'test', local, process_index=0, process_count=1)[0], local)
+            split, local, process_index=0, process_count=1)[0], local)
       b, rows = template, 0
     else:
       b, rows = train_lib.pad_batch(b, local)
@@ -86,11 +69,11 @@ def ctr_metrics(pred):
 def slice_metrics(pred, data_dir, train_ids=None):
   """{'group_0'...'group_8', 'new': {count, auc, gauc}} by training exposure.
 
-  `train_ids`: the training impressions' item ids if the caller has them
-  (else read from `data_dir`).
+  `train_ids`: the item ids of the impressions trained on, if the caller has
+  them (default: every stored training impression of `data_dir`).
   """
   if train_ids is None:
-    train_ids = train_item_ids(data_dir)
+    train_ids = ctr_data.train_columns(data_dir)['item_id']
   groups = metrics_lib.exposure_groups(train_ids, pred['item_id'])
   flat = metrics_lib.sliced(pred['label'], pred['logit'], groups,
                             users=pred['user_id'])

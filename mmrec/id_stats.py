@@ -157,7 +157,9 @@ def fit(x, y, seed=0):
 
 
 def run(config, workdir):
-  """The CTR variant 'id_stats': fit, score the test split, ctr_eval.json."""
+  """The CTR variant 'id_stats': fit, score the test split (with
+  `config.validation`: the last training day, fit on the days before it),
+  ctr_eval.json."""
   os.makedirs(workdir, exist_ok=True)
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
   sizes = ctr_data.world_sizes(data_dir)
@@ -166,6 +168,11 @@ def run(config, workdir):
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   train = builders.load_table(data_dir, 'mmrec_impressions', 'train')
   test = builders.load_table(data_dir, 'mmrec_impressions', 'test')
+  split = 'test'
+  if config.get('validation'):  # the last training day plays the test day
+    split, first_test_day = 'validation', first_test_day - 1
+    test = _take(train, train['day'] == first_test_day)
+    train = _take(train, train['day'] < first_test_day)
   (x_fit, y_fit), x_test = fit_and_test_features(
       train, test, items, first_test_day, sizes['num_items'],
       sizes['num_users'])
@@ -175,7 +182,7 @@ def run(config, workdir):
   pred = {'logit': model.logit(x_test), 'label': test['label'],
           'user_id': test['user_id'], 'item_id': test['item_id']}
   result = {'variant': config.variant, 'seed': config.seed,
-            'data_dir': data_dir, 'split': 'test', 'step': 0,
+            'data_dir': data_dir, 'split': split, 'step': 0,
             'total_steps': 0, 'complete': True, 'epoch_fraction': 0.0,
             'num_test': int(len(pred['label'])),
             **ctr_eval.ctr_metrics(pred),

@@ -288,18 +288,19 @@ def programs(model, spec, mesh, example_key, vectors_key):
 def _fit(name, workdir, model, stage_a, config, data, vectors, mesh, example,
          *, num_epochs, eval_steps, stop_at=0, resume='', init_from='',
          on_start=None, final_eval=True):
-  """`train_lib.fit` of one stage, evaluated on the test day."""
+  """`train_lib.fit` of one stage, evaluated on `eval_split(config)`."""
   progs = programs(model, opt_spec(config, model, stage_a), mesh,
                    shape_key(example), shape_key(vectors))
   spe = data.steps_per_epoch(config.batch_size)
 
   def evaluate(state, step):
+    split = eval_split(config)
     pred = ctr_eval.predict(progs.eval_step, state, vectors, data,
-                            config.eval_batch_size, mesh)
+                            config.eval_batch_size, mesh, split)
     m = ctr_eval.ctr_metrics(pred)
-    logging.info('%s step %d (epoch %.2f): test auc %.4f gauc %.4f '
-                 'logloss %.4f', name, step, step / spe, m['auc'], m['gauc'],
-                 m['logloss'])
+    logging.info('%s step %d (epoch %.2f): %s auc %.4f gauc %.4f '
+                 'logloss %.4f', name, step, step / spe, split, m['auc'],
+                 m['gauc'], m['logloss'])
     return dict(m, epoch_fraction=step / spe), pred
 
   loop = train_lib.Loop(
@@ -354,6 +355,11 @@ def _load_make(stage_a_state):
   return on_start
 
 
+def eval_split(config):
+  """'validation' (the last training day, held out) or 'test'."""
+  return 'validation' if config.validation else 'test'
+
+
 def _validate(config):
   if config.variant not in ctr_model.VARIANTS:
     raise ValueError(f'config.variant = {config.variant!r}, expected one of '
@@ -373,12 +379,15 @@ def _validate(config):
 
 
 def run(config, workdir):
-  """Trains one variant (MAKE: both stages) and evaluates it on the test day."""
+  """Trains one variant (MAKE: both stages) and evaluates it on the test day
+  (with `config.validation`: trains without the last training day and
+  evaluates on it)."""
   if config.variant == 'id_stats':  # the LR baseline: no model, no steps
     return id_stats.run(config, workdir)
   _validate(config)
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
-  data = ctr_data.CtrData.load(data_dir)
+  data = ctr_data.CtrData.load(data_dir, validation=config.validation)
+  split = eval_split(config)
   model = build_model(config, data.sizes)
   host_vectors = load_vectors(config, data.sizes['num_items'])
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
@@ -386,18 +395,18 @@ def run(config, workdir):
   # Bad input fails here, before anything compiles.
   first_train = data.dataset('train', config.batch_size, seed=config.seed,
                              shuffle=True)[0]
-  first_test = data.dataset('test', config.eval_batch_size)[0]
+  first_test = data.dataset(split, config.eval_batch_size)[0]
   check_batch(first_train, model, f'first train batch of {data_dir}',
               data.first_test_day, test=False)
-  check_batch(first_test, model, f'first test batch of {data_dir}',
-              data.first_test_day, test=True)
+  check_batch(first_test, model, f'first {split} batch of {data_dir}',
+              data.first_test_day, test=split == 'test')
   example = {k: v[:2] for k, v in first_test.items()}
   vectors = vector_table.put(host_vectors, mesh)
   del host_vectors
 
   result = {'variant': config.variant, 'seed': config.seed,
             'data_dir': data_dir, 'vectors_path': config.vectors_path,
-            'vectors_dtype': config.vectors_dtype, 'split': 'test'}
+            'vectors_dtype': config.vectors_dtype, 'split': split}
   on_start = None
   if model.config.uses_make:
     stage_a_state, result['stage_a_history'] = _stage_a(
@@ -418,7 +427,8 @@ def run(config, workdir):
                 epoch_fraction=res.step / spe,
                 num_test=int(len(pred['label'])),
                 **{k: overall[k] for k in ('auc', 'gauc', 'logloss')},
-                slices=ctr_eval.slice_metrics(pred, data_dir))
+                slices=ctr_eval.slice_metrics(pred, data_dir,
+                                              data.train_item_ids()))
   history = _history(h for h in res.history if h['step'] in points)
   if len(history) > 1:
     result['history'] = history

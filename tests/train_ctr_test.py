@@ -245,6 +245,33 @@ class RunTest(absltest.TestCase):
                      self.make_result['stage_a_history'])
 
 
+class ValidationTest(absltest.TestCase):
+  """config.validation holds out the last training day for tuning."""
+
+  def test_splits_and_runs_evaluate_on_the_held_out_day(self):
+    full = ctr_data.CtrData.load(_world_dir())
+    data = ctr_data.CtrData.load(_world_dir(), validation=True)
+    day = ctr_data.train_columns(_world_dir())['day']
+    held = full.first_test_day - 1
+    n_held = int((day == held).sum())
+    self.assertGreater(n_held, 0)
+    self.assertEqual(data.num_rows('validation'), n_held)
+    self.assertEqual(data.num_rows('train') + n_held, full.num_rows('train'))
+    self.assertEqual(data.num_rows('test'), full.num_rows('test'))
+    self.assertTrue((data.dataset('validation', 64)[0]['day'] == held).all())
+    self.assertTrue((data.dataset('train', 64, shuffle=True)[0]['day']
+                     < held).all())
+    self.assertLen(data.train_item_ids(), full.num_rows('train') - n_held)
+    with self.assertRaisesRegex(ValueError, 'unknown split'):
+      full.dataset('validation', 64)
+    for variant in ('id', 'id_stats'):
+      res = train_ctr.run(_config(variant, validation=True, max_steps=3),
+                          tempfile.mkdtemp())
+      self.assertEqual(res['split'], 'validation', variant)
+      self.assertEqual(res['num_test'], n_held, variant)
+      self.assertTrue(np.isfinite(res['auc']), variant)
+
+
 class BadInputTest(absltest.TestCase):
 
   @classmethod

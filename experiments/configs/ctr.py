@@ -109,6 +109,10 @@ def get_config(arg=None):
   c.make_lr = 1e-3  # stage A, AdamW on MAKE's dense weights (ours)
 
   # Evaluation, checkpoints, logging.
+  # True: hold out the last training day, train on the days before it and
+  # evaluate there ('split': 'validation' in ctr_eval.json). Every tuning
+  # decision is made this way; the test day is for final numbers only.
+  c.validation = False
   c.eval_batch_size = 4000
   # With num_epochs > 1: also evaluate at these fractions of epochs 1 and 2
   # (and after every epoch), so the one-epoch phenomenon is visible.

@@ -184,16 +184,32 @@ def index_batches(num_rows, batch_size, *, seed, shuffle, num_epochs,
   return ds if num_epochs == 1 else ds.repeat(num_epochs)
 
 
+@dataclasses.dataclass(frozen=True)
+class TakeRows(grain.transforms.Map):
+  """Batch of positions -> the row indices at those positions of `rows`."""
+  rows: np.ndarray
+
+  def map(self, positions):
+    return self.rows[positions]
+
+
 def table_dataset(data_dir, name, split, *, batch_size, seed=0, shuffle=True,
                   num_epochs=1, drop_remainder=None, process_index=None,
-                  process_count=None):
-  """Raw batches of any stored table (e.g. items for CLIP-E, captions)."""
+                  process_count=None, rows=None):
+  """Raw batches of any stored table (e.g. items for CLIP-E, captions).
+
+  `rows`: only these row indices of the split (in this order before any
+  shuffle), e.g. the days of a split held out for validation.
+  """
   source = builders.data_source(data_dir, name, split)
   if drop_remainder is None:
     drop_remainder = shuffle  # evaluation passes keep every row
-  ds = index_batches(len(source), batch_size, seed=seed, shuffle=shuffle,
+  n = len(source) if rows is None else len(rows)
+  ds = index_batches(n, batch_size, seed=seed, shuffle=shuffle,
                      num_epochs=num_epochs, drop_remainder=drop_remainder,
                      process_index=process_index, process_count=process_count)
+  if rows is not None:
+    ds = ds.map(TakeRows(np.asarray(rows)))
   return ds.map(ReadRows(source))
 
 
