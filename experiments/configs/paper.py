@@ -20,7 +20,7 @@ Three sizes:
   (default)  what `make demo` runs: a 4,000-user / 3,000-item world over 4
              days (~112k impressions), every pre-training method for 120
              steps (one seed), every CTR variant with 2 seeds, MAKE stage A
-             for 2 epochs, the ID model for 2 epochs. Measured: 13 min 19 s
+             for 2 epochs, the ID model for 2 epochs. Measured: 16 min 31 s
              on a 2-core CPU (README.md has the run and its results); big
              enough that the CTR comparison says something, too small for the
              pre-training comparison to (120 steps: SCL's image retrieval is
@@ -70,7 +70,7 @@ def get_config(arg=None):
       retrieval_queries=6, retrieval_k=5, grid_methods=('scl', 'clip_o')))
 
   if demo:
-    # Sized for `make demo`: ~13 minutes on a 2-core CPU. CTR cost scales
+    # Sized for `make demo`: ~16.5 minutes on a 2-core CPU. CTR cost scales
     # with impressions (users), pre-training with steps.
     # 4 days (test on the 4th): as many training impressions as 7 days of
     # 2,000 users, but twice the test impressions, so deltas are less noisy.
