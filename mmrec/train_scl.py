@@ -67,13 +67,17 @@ class Clip:
     return pretrain_pipelines.catalogue(data_dir, items,
                                         batch_size=c.batch_size, seed=c.seed)
 
+  def pair(self, apply, batch):
+    """The two sides of each positive pair: (image, text) vectors."""
+    return (apply(batch['image'], method='encode_image'),
+            apply(batch['text'], method='encode_text'))
+
   def loss(self, params, extra, batch, model):
+    """Symmetric in-batch InfoNCE of the pairs; (loss, (metrics, None))."""
     del extra
     apply = functools.partial(model.apply, {'params': params})
     temp = apply(method='temperature')
-    img = apply(batch['image'], method='encode_image')
-    txt = apply(batch['text'], method='encode_text')
-    loss = jnp.mean(contrastive.clip_loss(img, txt, temp))
+    loss = jnp.mean(contrastive.clip_loss(*self.pair(apply, batch), temp))
     return loss, ({'temperature': temp, 'loss': loss}, None)
 
   def update_extra(self, extra, params, aux, batch):
@@ -90,14 +94,9 @@ class I2i(Clip):
         data_dir, items, batch_size=c.batch_size, seed=c.seed,
         num_pairs=c.num_i2i_pairs)
 
-  def loss(self, params, extra, batch, model):
-    del extra
-    apply = functools.partial(model.apply, {'params': params})
-    temp = apply(method='temperature')
-    a = apply(batch['a_image'], batch['a_title'], method='encode_item')
-    b = apply(batch['b_image'], batch['b_title'], method='encode_item')
-    loss = jnp.mean(contrastive.clip_loss(a, b, temp))
-    return loss, ({'temperature': temp, 'loss': loss}, None)
+  def pair(self, apply, batch):
+    return (apply(batch['a_image'], batch['a_title'], method='encode_item'),
+            apply(batch['b_image'], batch['b_title'], method='encode_item'))
 
 
 class Scl:
