@@ -184,14 +184,14 @@ def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
   """`count` different host batches shaped as the CTR pipeline's.
 
   Behaviour histories are left-padded with random lengths in [0, H], H =
-  max(seq_len, long_len); categories and shops come from per-item arrays as
-  `pipelines.JoinCtrFields` joins them. With `long_len` the batch also has the
+  max(seq_len, long_len); item features (the world: category, shop) come
+  from per-item arrays as `pipelines.JoinCtrFields` joins them. With `long_len` the batch also has the
   long history (long_seq_item / _category / _mask) and, as in the official
   code, the short one is its `seq_len` most recent behaviours.
   """
   n_items = sizes['num_items']
-  item_category = rng.integers(0, sizes['num_categories'], n_items)
-  item_shop = rng.integers(0, sizes['num_shops'], n_items)
+  item_fields = {name: rng.integers(0, size, n_items)
+                 for name, size in sizes['item_features']}
 
   def ids(n, *shape):
     return rng.integers(0, n, shape).astype(np.int32)
@@ -202,21 +202,21 @@ def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
     lengths = rng.integers(0, h + 1, b)
     mask = np.arange(h)[None] >= h - lengths[:, None]
     items = np.where(mask, ids(n_items, b, h), 0).astype(np.int32)
-    cats = np.where(mask, item_category[items], 0).astype(np.int32)
+    seq = {f'seq_{name}': np.where(mask, item_fields[name][items],
+                                   0).astype(np.int32)
+           for name in sizes['seq_features']}
     item = ids(n_items, b)
-    batch = {
-        'user_id': ids(sizes['num_users'], b), 'age': ids(sizes['num_ages'], b),
-        'gender': ids(sizes['num_genders'], b),
-        'city': ids(sizes['num_cities'], b), 'item_id': item,
-        'category': item_category[item].astype(np.int32),
-        'shop': item_shop[item].astype(np.int32),
-        'seq_item': items[:, -seq_len:], 'seq_category': cats[:, -seq_len:],
-        'seq_mask': mask[:, -seq_len:],
-        'label': (rng.random(b) < 0.05).astype(np.int32),
-        'day': np.zeros(b, np.int32)}
+    batch = {'user_id': ids(sizes['num_users'], b), 'item_id': item,
+             'seq_item': items[:, -seq_len:], 'seq_mask': mask[:, -seq_len:],
+             'label': (rng.random(b) < 0.05).astype(np.int32),
+             'day': np.zeros(b, np.int32)}
+    batch.update({name: ids(size, b) for name, size in sizes['user_features']})
+    batch.update({name: v[item].astype(np.int32)
+                  for name, v in item_fields.items()})
+    batch.update({k: v[:, -seq_len:] for k, v in seq.items()})
     if long_len:
-      batch.update(long_seq_item=items, long_seq_category=cats,
-                   long_seq_mask=mask)
+      batch.update(long_seq_item=items, long_seq_mask=mask,
+                   **{f'long_{k}': v for k, v in seq.items()})
     batches.append(batch)
   return batches
 

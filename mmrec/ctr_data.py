@@ -1,5 +1,6 @@
 """The CTR job's data: a dataset's lookup tables, id-vocabulary sizes and
-impression pipelines, read once per run.
+impression pipelines, read once per run. Sizes, declared fields and days come
+from the dataset's manifest (mmrec/data/manifest.py), whoever produced it.
 
 Splits: 'train' (the training days) and 'test' (the test days), as stored.
 With `validation=True` the last training day is held out: 'train' is the
@@ -13,24 +14,32 @@ import functools
 import numpy as np
 
 from mmrec.data import builders
+from mmrec.data import manifest
 from mmrec.data import pipelines
 
-NUM_GENDERS = 2  # The world generates a binary gender field.
+def embedding_sizes(m):
+  """EmbeddingConfig kwargs (sizes and declared fields) of a manifest."""
+  cat = m.categorical
+  ctr = m.ctr
+  return dict(
+      num_users=m.num_users, num_items=m.num_items,
+      user_features=tuple((f, cat[manifest.USERS][f])
+                          for f in ctr.get('user_features', ())),
+      item_features=tuple((f, cat[manifest.ITEMS][f])
+                          for f in ctr.get('item_features', ())),
+      seq_features=tuple(ctr.get('seq_features', ())),
+      item_bags=tuple((f, m.bags[manifest.ITEMS][f])
+                      for f in ctr.get('item_bags', ())))
 
 
 def world_sizes(data_dir):
-  """Vocabulary sizes of a dataset's id fields (EmbeddingConfig kwargs)."""
-  return sizes(builders.load_world_config(data_dir))
+  """`embedding_sizes` of a dataset directory's manifest."""
+  return embedding_sizes(manifest.load(data_dir))
 
 
 def sizes(wc):
   """`world_sizes` of a world config dict (built or not)."""
-  return dict(
-      num_users=wc['num_users'], num_ages=wc['num_age_buckets'],
-      num_genders=NUM_GENDERS, num_cities=wc['num_cities'],
-      num_items=wc['num_items'],
-      num_categories=wc['num_top_categories'] * wc['leaves_per_top'],
-      num_shops=wc['num_shops'])
+  return embedding_sizes(manifest.from_world_config(wc))
 
 
 @dataclasses.dataclass
@@ -45,12 +54,11 @@ class CtrData:
 
   @classmethod
   def load(cls, data_dir, validation=False):
+    m = manifest.load(data_dir)
     return cls(data_dir,
-               builders.load_table(data_dir, 'mmrec_items', 'catalogue'),
-               builders.load_table(data_dir, 'mmrec_users', 'catalogue'),
-               world_sizes(data_dir),
-               builders.first_test_day(builders.load_world_config(data_dir)),
-               validation)
+               builders.load_table(data_dir, manifest.ITEMS, 'catalogue'),
+               builders.load_table(data_dir, manifest.USERS, 'catalogue'),
+               embedding_sizes(m), m.first_test_day, validation)
 
   def _stored(self, split):
     """(stored split, row indices or None) of a split name."""

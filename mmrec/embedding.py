@@ -1,7 +1,8 @@
 """ID embedding tables for the CTR model, and lookups of frozen item vectors.
 
-One table per ID field. The item, category and shop tables are shared by the
-target item and the behaviour sequence, so a behaviour and the target that is
+One table per ID field the dataset declares (`EmbeddingConfig`). The item
+table and those of the behaviours' features (the world: category) are shared
+by the target item and the behaviour sequence, so a behaviour and the target that is
 the same item get the same embedding. Tables carry logical axes
 ('vocab', 'embed'): `sharding.py` splits their rows over the 'model' mesh axis.
 
@@ -19,61 +20,92 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Batch field -> (table, EmbeddingConfig attribute holding its vocabulary size).
-FIELD_TABLES = {
-    'user_id': ('user', 'num_users'),
-    'age': ('age', 'num_ages'),
-    'gender': ('gender', 'num_genders'),
-    'city': ('city', 'num_cities'),
-    'item_id': ('item', 'num_items'),
-    'category': ('category', 'num_categories'),
-    'shop': ('shop', 'num_shops'),
-    'seq_item': ('item', 'num_items'),
-    'seq_category': ('category', 'num_categories'),
-    'seq_shop': ('shop', 'num_shops'),
-}
-USER_FIELDS = ('user_id', 'age', 'gender', 'city')
-TARGET_FIELDS = ('item_id', 'category', 'shop')
-
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingConfig:
   """Vocabulary sizes (ids run over [0, size)) and the embedding width.
 
-  `seq_shop`: whether batches carry `seq_shop` (B, L). `JoinCtrFields` does not
-  today, so behaviours are (item, category) only and the sequence features are
-  2·D wide; with it they are (item, category, shop), 3·D, like the target.
+  Which fields exist is the dataset's declaration (its manifest's `ctr`
+  section, see mmrec/data/manifest.py), not fixed here:
+  user_features: ((batch field, vocabulary size), ...) of the user.
+  item_features: the same of the target item (category, shop, ...).
+  seq_features: names of a prefix of item_features that the behaviours carry
+    too (batch field `seq_<name>` (B, L)), e.g. ('category',).
+  item_bags: ((field, size), ...) multi-valued item fields (genres, tags):
+    (B, K) ids, 0 = empty slot, embedded as the mean over the filled slots
+    (the target only).
+  The world's schema is `world(...)`.
   """
   num_users: int
-  num_ages: int
-  num_genders: int
-  num_cities: int
   num_items: int
-  num_categories: int
-  num_shops: int
+  user_features: tuple[tuple[str, int], ...] = ()
+  item_features: tuple[tuple[str, int], ...] = ()
+  seq_features: tuple[str, ...] = ()
+  item_bags: tuple[tuple[str, int], ...] = ()
   dim: int = 16
-  seq_shop: bool = False
+
+  def __post_init__(self):
+    names = [n for n, _ in self.item_features]
+    if list(self.seq_features) != names[:len(self.seq_features)]:
+      raise ValueError(f'EmbeddingConfig.seq_features {self.seq_features} '
+                       f'must be a prefix of the item features {names}: the '
+                       "behaviours' features are the attention's keys, the "
+                       "target's first ones its query.")
+    taken = ['user', 'item'] + [n for n, _ in self.user_features] + names + [
+        n for n, _ in self.item_bags]
+    if len(set(taken)) != len(taken):
+      raise ValueError(f'EmbeddingConfig: feature names collide: {taken}')
+
+  @classmethod
+  def world(cls, num_users, num_ages, num_genders, num_cities, num_items,
+            num_categories, num_shops, dim=16, seq_shop=False):
+    """The synthetic world's fields; `seq_shop`: behaviours carry the shop."""
+    return cls(num_users, num_items,
+               (('age', num_ages), ('gender', num_genders),
+                ('city', num_cities)),
+               (('category', num_categories), ('shop', num_shops)),
+               ('category', 'shop') if seq_shop else ('category',), (), dim)
 
   @property
   def seq_fields(self) -> tuple[str, ...]:
-    base = ('seq_item', 'seq_category')
-    return base + ('seq_shop',) if self.seq_shop else base
+    return ('seq_item',) + tuple(f'seq_{f}' for f in self.seq_features)
+
+  @property
+  def user_fields(self) -> tuple[str, ...]:
+    return ('user_id',) + tuple(n for n, _ in self.user_features)
+
+  @property
+  def target_fields(self) -> tuple[str, ...]:
+    return ('item_id',) + tuple(n for n, _ in self.item_features)
+
+  def field_tables(self) -> dict[str, tuple[str, int]]:
+    """Batch field -> (table name, vocabulary size), bags included."""
+    out = {'user_id': ('user', self.num_users),
+           'item_id': ('item', self.num_items),
+           'seq_item': ('item', self.num_items)}
+    for name, size in self.user_features + self.item_features + self.item_bags:
+      out[name] = (name, size)
+    for name in self.seq_features:
+      out[f'seq_{name}'] = out[name]
+    return out
 
 
 def _table_sizes(config: EmbeddingConfig) -> dict[str, int]:
-  return {table: getattr(config, attr) for table, attr in FIELD_TABLES.values()}
+  return dict(config.field_tables().values())
 
 
 class IdEmbeddings(nn.Module):
   """All ID tables of the CTR model.
 
-  Returns user features (B, 4·D) [user, age, gender, city], target features
-  (B, 3·D) [item, category, shop] and sequence features (B, L, S·D) with S = 2
-  [item, category] or 3 (+ shop, `config.seq_shop`), zero at padded positions.
-  The first S·D columns of the target features line up with the sequence
-  features, so they can serve as the attention query.
+  Returns user features (B, U·D) [user, user_features...], target features
+  (B, T·D) [item, item_features..., item_bags...] and sequence features
+  (B, L, S·D) [item, seq_features...], zero at padded positions. The first
+  S·D columns of the target features line up with the sequence features, so
+  they can serve as the attention query. The world: U = 4 (user, age,
+  gender, city), T = 3 (item, category, shop), S = 2 (item, category).
 
-  Params: one `nn.Embed` per table, {table: {'embedding': (V, D)}}.
+  Params: one `nn.Embed` per table, {table: {'embedding': (V, D)}}; the item
+  table is shared by target and behaviours, and so is each seq feature's.
   """
   config: EmbeddingConfig
 
@@ -85,13 +117,20 @@ class IdEmbeddings(nn.Module):
     tables = {
         name: nn.Embed(size, cfg.dim, embedding_init=init, name=name)
         for name, size in _table_sizes(cfg).items()}
+    field_tables = cfg.field_tables()
 
     def look(fields):
       return jnp.concatenate(
-          [tables[FIELD_TABLES[f][0]](batch[f]) for f in fields], axis=-1)
+          [tables[field_tables[f][0]](batch[f]) for f in fields], axis=-1)
 
-    user = look(USER_FIELDS)
-    target = look(TARGET_FIELDS)
+    user = look(cfg.user_fields)
+    target = [look(cfg.target_fields)]
+    for name, _ in cfg.item_bags:
+      ids = batch[name]  # (B, K)
+      filled = (ids > 0)[..., None]
+      summed = jnp.where(filled, tables[name](ids), 0.0).sum(-2)
+      target.append(summed / jnp.maximum(filled.sum(-2), 1))
+    target = jnp.concatenate(target, axis=-1)
     seq = look(cfg.seq_fields)
     # Padded slots hold id 0, a real item: zero them so nothing downstream
     # (mean pooling, unmasked sums) can pick up that item by accident.
@@ -106,22 +145,26 @@ def check_ids(batch, config: EmbeddingConfig) -> None:
   [0, vocabulary size). Cheap enough to run on the first batches of a job; the
   device lookup itself would silently give NaN.
   """
-  sizes = _table_sizes(config)
+  tables = config.field_tables()
   if 'seq_mask' not in batch:
     raise ValueError(f"Batch has no field 'seq_mask' (has {sorted(batch)}).")
-  for field in USER_FIELDS + TARGET_FIELDS + config.seq_fields:
+  fields = (config.user_fields + config.target_fields + config.seq_fields +
+            tuple(n for n, _ in config.item_bags))
+  for field in fields:
     if field not in batch:
       raise ValueError(f'Batch has no field {field!r} (has {sorted(batch)}).')
     ids = np.asarray(batch[field])
     if not np.issubdtype(ids.dtype, np.integer):
       raise ValueError(f'Field {field!r} must hold integer ids, got '
                        f'{ids.dtype}.')
-    size = sizes[FIELD_TABLES[field][0]]
+    table, size = tables[field]
     bad = (ids < 0) | (ids >= size)
     if bad.any():
+      attr = {'user': 'num_users', 'item': 'num_items'}.get(
+          table, f'vocabulary of {table!r}')
       raise ValueError(
           f'Field {field!r} has id {int(ids[bad].flat[0])} outside the allowed '
-          f'range [0, {size - 1}] ({FIELD_TABLES[field][1]} = {size}); '
+          f'range [0, {size - 1}] ({attr} = {size}); '
           f'{int(bad.sum())} bad value(s).')
 
 

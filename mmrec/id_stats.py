@@ -11,7 +11,8 @@ days *before* d (the row's own behaviour sequence is history before d too):
                         item never shown (a new item) gets p0
   user_ctr              the same for the user
   leaf_share            share of the behaviour sequence in the target's leaf
-                        category (0 without history)
+                        category (0 without history); leaf and top are the
+                        manifest's ctr.category_fields (`category_tables`)
   top_share             the same for its top category
   log_item_impressions  log(1 + the item's impressions)
   log_history_length    log(1 + seq_len)
@@ -36,6 +37,7 @@ from sklearn import linear_model
 from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec.data import builders
+from mmrec.data import manifest
 from mmrec.data import resolver
 
 FEATURES = ('item_ctr', 'user_ctr', 'leaf_share', 'top_share',
@@ -91,6 +93,20 @@ def category_shares(rows, category, top_category):
     same = (table[seq] == table[rows['item_id']][:, None]) & valid
     out.append(same.sum(1) / denom)
   return tuple(out)
+
+
+def category_tables(items, fields, num_items):
+  """{'category', 'top_category'} of the dataset's declared [leaf, top] fields.
+
+  A dataset declaring one category field uses it for both shares; one
+  declaring none gets a single constant category, so both shares are 1 for
+  every row with a history (the features then carry no category signal).
+  """
+  fields = list(fields)
+  if not fields:
+    zero = np.zeros(num_items, np.int32)
+    return {'category': zero, 'top_category': zero}
+  return {'category': items[fields[0]], 'top_category': items[fields[-1]]}
 
 
 def features(rows, stats, items):
@@ -162,10 +178,12 @@ def run(config, workdir):
   ctr_eval.json."""
   os.makedirs(workdir, exist_ok=True)
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
-  sizes = ctr_data.world_sizes(data_dir)
-  first_test_day = builders.first_test_day(
-      builders.load_world_config(data_dir))
-  items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+  m = manifest.load(data_dir)
+  sizes = ctr_data.embedding_sizes(m)
+  first_test_day = m.first_test_day
+  items = category_tables(
+      builders.load_table(data_dir, 'mmrec_items', 'catalogue'),
+      m.ctr.get('category_fields', ()), m.num_items)
   train = builders.load_table(data_dir, 'mmrec_impressions', 'train')
   test = builders.load_table(data_dir, 'mmrec_impressions', 'test')
   split = 'test'

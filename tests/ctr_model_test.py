@@ -23,7 +23,7 @@ from mmrec import train_ctr
 import retrieval_test
 
 B, L, DV = 4, 5, 8
-EMB = embedding.EmbeddingConfig(
+EMB = embedding.EmbeddingConfig.world(
     num_users=10, num_ages=3, num_genders=2, num_cities=4, num_items=20,
     num_categories=5, num_shops=6, dim=4)
 
@@ -373,7 +373,7 @@ class CheckIdsTest(parameterized.TestCase):
 
   def test_seq_shop(self):
     """With seq_shop behaviours carry all three item fields, like the target."""
-    cfg = dataclasses.replace(EMB, seq_shop=True)
+    cfg = dataclasses.replace(EMB, seq_features=('category', 'shop'))
     batch = dict(tiny_data()[0])
     with self.assertRaisesRegex(ValueError, "'seq_shop'"):
       embedding.check_ids(batch, cfg)

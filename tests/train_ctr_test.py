@@ -28,6 +28,7 @@ from mmrec import train_ctr
 from mmrec import train_lib
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import manifest
 
 
 _world_dir = fixtures.small_ctr_world_dir
@@ -305,11 +306,11 @@ class BadInputTest(absltest.TestCase):
     # A world whose config claims fewer items than its impressions use.
     data_dir = os.path.join(tempfile.mkdtemp(), 'world')
     shutil.copytree(_world_dir(), data_dir)
-    path = os.path.join(data_dir, builders.CONFIG_FILE)
+    path = os.path.join(data_dir, manifest.FILE)
     with open(path) as f:
-      wc = json.load(f)
+      m = json.load(f)
     with open(path, 'w') as f:
-      json.dump(dict(wc, num_items=10), f)
+      json.dump(dict(m, num_items=10), f)
     with self.assertRaisesRegex(
         ValueError, r"first train batch of .*'item_id'.*num_items = 10"):
       train_ctr.run(_config('id', data_dir=data_dir), tempfile.mkdtemp())

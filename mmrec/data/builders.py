@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
 from mmrec import files
+from mmrec.data import manifest as manifest_lib
 
 VERSION = '1.0.0'
 ORACLE_FILE = 'oracle.npz'
@@ -62,15 +63,21 @@ def _feature(name, column):
 
 
 class TableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Writes {split: {field: array}} tables; subclasses set `name`."""
+  """Writes {split: table} tables; subclasses set `name`.
+
+  A table is {field: array}, or (to stream a table larger than memory) a
+  zero-argument callable returning an iterator of such chunks; then
+  `example` ({field: array} with any number of rows) gives the features.
+  """
   VERSION = tfds.core.Version(VERSION)
 
-  def __init__(self, *, splits=None, **kwargs):
+  def __init__(self, *, splits=None, example=None, **kwargs):
     self._splits = splits
+    self._example = example
     super().__init__(file_format='array_record', **kwargs)
 
   def _info(self):
-    first = next(iter(self._splits.values()))
+    first = self._example or next(iter(self._splits.values()))
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.__doc__,
@@ -92,9 +99,12 @@ class TableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for name, table in self._splits.items()}
 
   def _generate_examples(self, table):
-    n = len(next(iter(table.values())))
-    for i in range(n):
-      yield i, {k: v[i] for k, v in table.items()}
+    chunks = table() if callable(table) else [table]
+    i = 0
+    for chunk in chunks:
+      for j in range(len(next(iter(chunk.values())))):
+        yield i, {k: v[j] for k, v in chunk.items()}
+        i += 1
 
 
 class Items(TableBuilder, skip_registration=True):
@@ -145,6 +155,26 @@ def _split_rows(table, mask):
   return {k: v[mask] for k, v in table.items()}
 
 
+def write_tables(data_dir, tables):
+  """Writes [(builder class, splits, example or None)] into `data_dir`.
+
+  See `TableBuilder` for splits and example (streamed tables).
+  """
+  tfds.disable_progress_bar()  # our own logging reports progress
+  with _deterministic_serialization():
+    for cls, splits, example in tables:
+      logging.info('writing %s (%s)', cls.name, {
+          k: 'streamed' if callable(v) else f'{len(next(iter(v.values())))} rows'
+          for k, v in splits.items()})
+      cls(splits=splits, example=example,
+          data_dir=data_dir).download_and_prepare()
+  # TFDS leaves an empty downloads/ tree: nothing is downloaded, don't say so.
+  downloads = os.path.join(data_dir, 'downloads')
+  if os.path.isdir(downloads) and not any(
+      names for _, _, names in os.walk(downloads)):
+    shutil.rmtree(downloads)
+
+
 def world_config_dict(cfg):
   return json.loads(cfg.to_json_best_effort(sort_keys=True))
 
@@ -152,8 +182,8 @@ def world_config_dict(cfg):
 def write(world, data_dir):
   """Writes every table of `world` into the new directory `data_dir`.
 
-  Plus oracle and vocabulary; the config file is written last, so its
-  presence marks a finished world. Jobs call this only through
+  Plus oracle, vocabulary and manifest; the config file is written last, so
+  its presence marks a finished world. Jobs call this only through
   `resolver.build_world`, which builds aside and renames into place.
   """
   os.makedirs(data_dir, exist_ok=True)
@@ -171,20 +201,16 @@ def write(world, data_dir):
           'test': _split_rows(world.impressions, day >= world.first_test_day)}),
       (Captions, {'train': world.captions}),
   ]
-  tfds.disable_progress_bar()  # our own logging reports progress
-  with _deterministic_serialization():
-    for cls, splits in builders:
-      logging.info('writing %s (%s rows)', cls.name, {
-          k: len(next(iter(v.values()))) for k, v in splits.items()})
-      cls(splits=splits, data_dir=data_dir).download_and_prepare()
-  # TFDS leaves an empty downloads/ tree: nothing is downloaded, don't say so.
-  downloads = os.path.join(data_dir, 'downloads')
-  if os.path.isdir(downloads) and not any(
-      names for _, _, names in os.walk(downloads)):
-    shutil.rmtree(downloads)
+  write_tables(data_dir, [(cls, splits, None) for cls, splits in builders])
   files.write_npz(os.path.join(data_dir, ORACLE_FILE), world.oracle)
   files.write_json(os.path.join(data_dir, VOCAB_FILE),
                    {'words': list(world.vocab.words)})
+  rows = {cls.name: {k: len(next(iter(v.values()))) for k, v in splits.items()}
+          for cls, splits in builders}
+  fields = {cls.name: list(next(iter(splits.values())))
+            for cls, splits in builders}
+  manifest_lib.write(data_dir, manifest_lib.from_world_config(
+      wanted, rows, len(world.vocab.words), fields))
   files.write_json(config_path, wanted, sort_keys=True)
 
 
@@ -211,6 +237,11 @@ def vocab_size(data_dir):
 
 
 def is_complete(data_dir):
+  """A finished dataset: a world (its config) or any producer's manifest."""
+  return manifest_lib.exists(data_dir)
+
+
+def is_world(data_dir):
   return os.path.exists(os.path.join(data_dir, CONFIG_FILE))
 
 

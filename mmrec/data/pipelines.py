@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from mmrec.data import builders
+from mmrec.data import manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,26 +39,27 @@ class ReadRows(grain.transforms.Map):
 class JoinCtrFields(grain.transforms.Map):
   """Adds item and user fields by id: the CTR model's input.
 
-  Output (B batch, L sequence length): user_id, age, gender, city, item_id,
-  category, shop, seq_item (B, L), seq_category (B, L), seq_mask (B, L) bool,
-  label, day. Padded sequence slots hold id 0 and mask False.
+  Output (B batch, L sequence length): user_id, the `user_fields`, item_id,
+  the `item_fields` (bags (B, K)), seq_item (B, L), seq_<f> (B, L) for each
+  of `seq_fields`, seq_mask (B, L) bool, label, day. Padded sequence slots
+  hold id 0 and mask False. The world: user_id, age, gender, city, item_id,
+  category, shop, seq_item, seq_category, seq_mask, label, day.
   """
-  item_category: np.ndarray
-  item_shop: np.ndarray
-  user_fields: dict
+  item_fields: dict  # name -> (num_items,) or (num_items, K) ids
+  user_fields: dict  # name -> (num_users,) ids
+  seq_fields: tuple = ()  # names of item_fields the behaviours carry
 
   def map(self, b):
     seq = b['seq_item']
     length = seq.shape[1]
     mask = np.arange(length)[None] >= length - b['seq_len'][:, None]
     out = {k: v[b['user_id']] for k, v in self.user_fields.items()}
-    out.update(
-        user_id=b['user_id'], item_id=b['item_id'],
-        category=self.item_category[b['item_id']],
-        shop=self.item_shop[b['item_id']],
-        seq_item=np.where(mask, seq, 0),
-        seq_category=np.where(mask, self.item_category[seq], 0),
-        seq_mask=mask, label=b['label'], day=b['day'])
+    out.update(user_id=b['user_id'], item_id=b['item_id'])
+    out.update({k: v[b['item_id']] for k, v in self.item_fields.items()})
+    out.update(seq_item=np.where(mask, seq, 0), seq_mask=mask,
+               label=b['label'], day=b['day'])
+    for k in self.seq_fields:
+      out[f'seq_{k}'] = np.where(mask, self.item_fields[k][seq], 0)
     return out
 
 
@@ -217,16 +219,22 @@ def ctr_dataset(data_dir, split, *, batch_size, seed=0, shuffle=True,
                 num_epochs=1, items=None, users=None, **kwargs):
   """CTR batches (see `JoinCtrFields`) of the impressions split.
 
-  `items` / `users` are the loaded lookup tables; pass them when building
-  several pipelines to read them once.
+  The joined fields are those the dataset's manifest declares for the CTR
+  model (`ctr` section). `items` / `users` are the loaded lookup tables;
+  pass them when building several pipelines to read them once.
   """
-  items = items or builders.load_table(data_dir, 'mmrec_items', 'catalogue')
-  users = users or builders.load_table(data_dir, 'mmrec_users', 'catalogue')
-  ds = table_dataset(data_dir, 'mmrec_impressions', split,
+  ctr = manifest.load(data_dir).ctr
+  items = items or builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+  users = users or builders.load_table(data_dir, manifest.USERS, 'catalogue')
+  ds = table_dataset(data_dir, manifest.IMPRESSIONS, split,
                      batch_size=batch_size, seed=seed, shuffle=shuffle,
                      num_epochs=num_epochs, **kwargs)
-  user_fields = {k: v for k, v in users.items() if k != 'user_id'}
-  return ds.map(JoinCtrFields(items['category'], items['shop'], user_fields))
+  item_names = list(ctr.get('item_features', ())) + list(
+      ctr.get('item_bags', ()))
+  return ds.map(JoinCtrFields(
+      {k: items[k] for k in item_names},
+      {k: users[k] for k in ctr.get('user_features', ())},
+      tuple(ctr.get('seq_features', ()))))
 
 
 def pretrain_dataset(data_dir, split='train', *, batch_size, seed=0,

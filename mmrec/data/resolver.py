@@ -2,7 +2,7 @@
 
 Two cases, nothing in between:
   * `config.data_dir` names a directory: it must already hold a complete
-    dataset; it is only ever read (mmrec never writes into a directory a
+    dataset (a world or any producer's, see manifest.py); it is only ever read (mmrec never writes into a directory a
     user named for data).
   * `config.data_dir` is empty: the job's own `<workdir>/world`, built there
     from `config.world` if missing.
@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 
 from mmrec.data import builders
+from mmrec.data import manifest
 
 WORLD_SUBDIR = 'world'
 
@@ -40,11 +41,13 @@ def data_dir(named, world_config, workdir):
     if not builders.is_complete(path):
       raise FileNotFoundError(
           f'config.data_dir={named}: no complete dataset there '
-          f'(missing {builders.CONFIG_FILE}). mmrec never writes into a data '
+          f'(missing {manifest.FILE}). mmrec never writes into a data '
           'directory you name: build a world into a new directory with '
           '`python -m experiments.main --config=experiments/configs/world.py '
-          '--workdir=NEW_DIR`, or leave config.data_dir empty to build one in '
-          f'<workdir>/{WORLD_SUBDIR}.')
+          '--workdir=NEW_DIR`, convert real data with '
+          '`--config=experiments/configs/data.py:SOURCE '
+          '--config.source_dir=YOUR_COPY --workdir=NEW_DIR`, or leave '
+          f'config.data_dir empty to build a world in <workdir>/{WORLD_SUBDIR}.')
     return path
   path = os.path.join(os.path.abspath(workdir), WORLD_SUBDIR)
   # With several processes, process 0 builds and the others wait for it.
@@ -66,6 +69,11 @@ def build_world(world_config, target, write_extra=None):
   from mmrec.data import world as world_lib  # pylint: disable=g-import-not-at-top
   wanted = builders.world_config_dict(ml_collections.ConfigDict(
       world_config))
+  if builders.is_complete(target) and not builders.is_world(target):
+    raise FileExistsError(
+        f'{target} holds a dataset that is not a synthetic world '
+        f'({manifest.load(target).name!r}); refusing to build a world there. '
+        'Point config.data_dir at it, or choose another --workdir.')
   if builders.is_complete(target):
     with open(os.path.join(target, builders.CONFIG_FILE)) as f:
       found = json.load(f)
