@@ -2,6 +2,7 @@ r"""The one entry point: `python -m experiments.main --config=... --workdir=...`
 
 The config's `job` field picks what runs (see experiments/README.md):
   world  build the synthetic marketplace (experiments/configs/world.py)
+  data   convert a local copy of real data (experiments/configs/data.py)
   scl    pre-train an item encoder: SCL or a baseline (configs/scl.py)
   embed  encoder checkpoint -> item-vector table (configs/embed.py)
   pretrain_sweep  every pre-training method x seeds -> table
@@ -41,6 +42,7 @@ COMPILATION_CACHE = 'jax_cache'  # in the workdir
 # job -> module with `run(config, workdir)`.
 JOBS = {
     'world': 'mmrec.data.build',
+    'data': 'mmrec.data.dataset_job',
     'bench': 'experiments.bench',
     'scl': 'mmrec.train_scl',
     'embed': 'mmrec.embed',
@@ -80,9 +82,10 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.devices())
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   os.makedirs(workdir, exist_ok=True)
-  # The world job's workdir is the world itself (built aside, renamed in):
-  # it compiles nothing, so no cache there.
-  if config.job != 'world' and not jax.config.jax_compilation_cache_dir:
+  # The world and data jobs' workdir is the dataset itself (built aside,
+  # renamed in): they compile nothing, so no cache there.
+  if (config.job not in ('world', 'data') and
+      not jax.config.jax_compilation_cache_dir):
     # Seeds and variants of a sweep compile the same programs: on a 2-core
     # CPU the persistent cache saves ~5 s per run. JAX_COMPILATION_CACHE_DIR
     # in the environment takes precedence.

@@ -93,21 +93,34 @@ def build_world(world_config, target, write_extra=None):
         f'{", ..." if len(found) > 8 else ""}); refusing to write a world into '
         'it. Remove it, or choose another --workdir.')
   world_lib.validate(world_config)
-  parent = os.path.dirname(os.path.abspath(target))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent,
-                         prefix=f'.{os.path.basename(target)}.building-')
-  try:
+
+  def fill(tmp):
     world = world_lib.generate(world_config)
     logging.info('writing the world (array_record) to %s', tmp)
     builders.write(world, tmp)
     if write_extra:
       write_extra(world, tmp)
+
+  build_aside(target, fill)
+  logging.info('world written to %s', target)
+  return True
+
+
+def build_aside(target, fill):
+  """`fill(tmp)` a new directory beside `target`, then rename it to `target`.
+
+  `target` must be absent or empty. On any failure the half-built directory
+  is removed: a reader sees no dataset or a complete one.
+  """
+  parent = os.path.dirname(os.path.abspath(target))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent,
+                         prefix=f'.{os.path.basename(target)}.building-')
+  try:
+    fill(tmp)
     if os.path.isdir(target):
-      os.rmdir(target)  # empty (checked above)
+      os.rmdir(target)  # empty (checked by the caller)
     os.rename(tmp, target)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  logging.info('world written to %s', target)
-  return True

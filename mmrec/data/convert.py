@@ -1,0 +1,533 @@
+"""Bring your own data: Parquet tables -> a dataset in mmrec's format.
+
+Input, one directory (docs/data_format.md, "Your own data"):
+  impressions.parquet, or impressions/*.parquet shards (read in name order):
+    user, item   ids: integers or strings, any values (remapped)
+    label        0 / 1 (1 = click)
+    time         epoch seconds, a timestamp or date, or an ISO-8601 string;
+                 or instead `split` ('train' / 'test') for data shipped split
+    history      optional list of item ids, oldest first: the behaviours
+                 before this impression (else built from earlier clicks)
+  items.parquet (optional): item, optional `title` (text) and `image` (a
+    path relative to the directory); every other column is a categorical
+    field (integer or string) or, when a list, a bag (genres, tags)
+  users.parquet (optional): user + categorical fields / bags
+  vectors.parquet (optional): item, vector (list of numbers): shipped item
+    vectors, written as the dataset's item_vectors.npz
+
+What the conversion does:
+  * days: day = whole days since midnight (UTC) of the first impression; the
+    last `test_days` days are the test split, the `validation_days` before
+    them the validation day(s) (held out of training by the CTR job's
+    `--config.validation`). With `split` instead of time: train = day 0,
+    test = day 1, no validation day.
+  * ids: 0 is reserved for "rare or unknown" (users and items), real ids run
+    1..N in sorted order of the raw ids. A user or item with fewer than
+    `min_count` occurrences in the training days (impressions, and history
+    entries for items) maps to 0, except items never shown in training but
+    shown on a later day: the new items, kept for the content route.
+  * histories: right-aligned `seq_item` (L = seq_len) + `seq_len` as the
+    world's; built when not given from the user's clicks on days before the
+    impression's day (oldest first), as the world's behaviour sequences.
+  * items: launch_day = the first day an item was shown (new items:
+    launch_day >= first test day); categorical values remapped to 1..V-1 by
+    sorted value (0 = missing); bags to fixed width `max_bag`; titles
+    tokenised by a WordPiece tokenizer trained on the titles of the items of
+    the training days (titles.py); images read, converted to RGB and resized
+    to `image_size`.
+  * streaming: impressions are read in chunks of `chunk_rows`, three times
+    (days, counts and clicks, then writing), never whole; items and users
+    (catalogue-sized) are read whole.
+The dataset is built aside and renamed into place (`dataset_job.py`).
+"""
+
+import dataclasses
+import os
+
+from absl import logging
+import numpy as np
+from PIL import Image
+import pyarrow as pa
+
+from mmrec import vector_table
+from mmrec.data import builders
+from mmrec.data import columns
+from mmrec.data import manifest as manifest_lib
+from mmrec.data import titles
+
+DAY = 86400
+ITEM_RESERVED = ('item', 'title', 'image')
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Conversion settings (config.convert of experiments/configs/data.py)."""
+  name: str = 'parquet'
+  source: str = ''
+  test_days: int = 1
+  validation_days: int = 1
+  min_count: int = 1
+  seq_len: int = 50
+  image_size: int = 32
+  title_length: int = 16
+  vocab_size: int = 8000
+  max_bag: int = 8
+  chunk_rows: int = 65536
+  # Item categorical fields the behaviours carry too (a prefix of the item
+  # fields in column order); None = the first item field, if any.
+  seq_features: tuple | None = None
+  # [leaf, top] fields for id_stats' category shares; None = the first.
+  category_fields: tuple | None = None
+
+  @classmethod
+  def from_config(cls, c):
+    d = {f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c}
+    for k in ('seq_features', 'category_fields'):
+      if d.get(k) is not None:
+        d[k] = tuple(d[k])
+    return cls(**d)
+
+
+class IdMap:
+  """Raw id -> dense id: kept raw ids (sorted) get 1..N, the rest 0."""
+
+  def __init__(self, kept):
+    self.keys = np.asarray(kept)
+
+  def __len__(self):
+    return len(self.keys) + 1
+
+  def __call__(self, raw):
+    if not len(self.keys) or not len(raw):
+      return np.zeros(len(raw), np.int32)
+    idx = np.searchsorted(self.keys, raw)
+    found = idx < len(self.keys)
+    found[found] = self.keys[idx[found]] == raw[found]
+    return np.where(found, idx + 1, 0).astype(np.int32)
+
+
+class _Counter:
+  """Occurrences per raw key, merged chunk by chunk (bounded parts)."""
+
+  def __init__(self, reduce=np.add):
+    self.parts, self.reduce = [], reduce
+
+  def add(self, keys, values=None):
+    if not len(keys):
+      return
+    values = np.ones(len(keys), np.int64) if values is None else values
+    self.parts.append(self._unique(keys, values))
+    if len(self.parts) > 16:
+      self.parts = [self.result()]
+
+  def _unique(self, keys, values):
+    order = np.argsort(keys, kind='stable')
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], self.reduce.reduceat(values, starts)
+
+  def result(self):
+    if not self.parts:
+      return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return self._unique(np.concatenate([p[0] for p in self.parts]),
+                        np.concatenate([p[1] for p in self.parts]))
+
+
+def _spans(start, end):
+  """Concatenated aranges [start_i, end_i) (vectorised)."""
+  lengths = end - start
+  total = int(lengths.sum())
+  if not total:
+    return np.zeros(0, np.int64)
+  shift = np.repeat(np.cumsum(lengths) - lengths - start, lengths)
+  return np.arange(total, dtype=np.int64) - shift
+
+
+def _lookup(keys, values, raw, default):
+  """values[keys == raw] per raw key (default when absent)."""
+  if not len(keys):
+    return np.full(len(raw), default, values.dtype)
+  idx = np.minimum(np.searchsorted(keys, raw), len(keys) - 1)
+  return np.where(keys[idx] == raw, values[idx], default)
+
+
+class _Kinds:
+  """Keeps one id kind (int / str) per id space across files and columns."""
+
+  def __init__(self):
+    self.kinds = {}
+
+  def check(self, space, arr, path, column):
+    kind = 'str' if arr.dtype == object else 'int'
+    first = self.kinds.setdefault(space, (kind, path, column))
+    if first[0] != kind:
+      raise columns.InputError(
+          f'{path}, column {column!r}: {kind} {space} ids, but {first[1]} '
+          f'column {first[2]!r} has {first[0]} ones; one kind per id space')
+    return arr
+
+
+class Converter:
+  """One conversion of `source_dir` (see the module docstring)."""
+
+  def __init__(self, source_dir, options):
+    self.src = source_dir
+    self.opt = options
+    self.paths = columns.table_files(source_dir, 'impressions')
+    first = columns.open_file(self.paths[0]).schema_arrow
+    self.by_split = 'time' not in first.names and 'split' in first.names
+    self.has_history = 'history' in first.names
+    self.kinds = _Kinds()
+
+  # --- Reading impressions ----------------------------------------------
+
+  def _chunks(self, extra=()):
+    when = 'split' if self.by_split else 'time'
+    return columns.chunks(self.paths, ['user', 'item', 'label', when],
+                          extra, self.opt.chunk_rows)
+
+  def _days(self, path, row0, batch):
+    """(day, time) of every row of a chunk."""
+    col = batch.column(batch.schema.get_field_index(
+        'split' if self.by_split else 'time'))
+    if self.by_split:
+      s = np.asarray(col.to_pylist(), dtype=object)
+      bad = (s != 'train') & (s != 'test')
+      if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise columns.InputError(f"{path}, column 'split', row {row0 + i}: "
+                                 f"{s[i]!r}, expected 'train' or 'test'")
+      # Rows of one split keep file order (the time of shipped-split data).
+      return (s == 'test').astype(np.int32), row0 + np.arange(len(s))
+    t = columns.times(col, path, 'time', row0)
+    return ((t - self.t0) // DAY).astype(np.int32), t
+
+  def _row(self, batch, path, row0, name):
+    col = batch.column(batch.schema.get_field_index(name))
+    space = 'user' if name == 'user' else 'item'
+    return self.kinds.check(space, columns.ids(col, path, name, row0), path,
+                            name)
+
+  def _histories(self, batch, path, row0):
+    col = batch.column(batch.schema.get_field_index('history'))
+    offsets, flat = columns.id_lists(col, path, 'history', row0)
+    if len(flat):
+      self.kinds.check('item', flat, path, 'history')
+    # Only the last seq_len behaviours are kept: count only those.
+    end = offsets[1:]
+    start = np.maximum(offsets[:-1], end - self.opt.seq_len)
+    return start, end, flat
+
+  def scan_days(self):
+    """Pass 1: the time range -> day 0, the number of days, the test days."""
+    if self.by_split:
+      self.t0, self.num_days, self.first_test_day = 0, 2, 1
+      self.validation_days = 0
+      return
+    lo, hi = None, None
+    for path, row0, batch in columns.chunks(self.paths, ['time'], (),
+                                            self.opt.chunk_rows):
+      t = columns.times(batch.column(0), path, 'time', row0)
+      if len(t):
+        lo = t.min() if lo is None else min(lo, t.min())
+        hi = t.max() if hi is None else max(hi, t.max())
+    if lo is None:
+      raise columns.InputError(f'{self.paths[0]}: no impressions')
+    self.t0 = int(lo - lo % DAY)
+    self.num_days = int((hi - self.t0) // DAY) + 1
+    self.first_test_day = self.num_days - self.opt.test_days
+    self.validation_days = self.opt.validation_days
+    if self.first_test_day - self.validation_days < 1:
+      raise columns.InputError(
+          f'{self.src}: the impressions span {self.num_days} day(s) '
+          f'(from {np.datetime64(int(lo), "s")} to {np.datetime64(int(hi), "s")}'
+          f'); test_days={self.opt.test_days} + validation_days='
+          f'{self.validation_days} leave no training day')
+
+  def scan_ids(self):
+    """Pass 2: id counts over the training days, launch days, clicks."""
+    users, items, shown = _Counter(), _Counter(), _Counter()
+    launch = _Counter(np.minimum)
+    clicks = []  # (user, day, time, item) of every click (histories)
+    rows = {'train': 0, 'test': 0}
+    extra = ('history',) if self.has_history else ()
+    for path, row0, batch in self._chunks(extra):
+      day, t = self._days(path, row0, batch)
+      user = self._row(batch, path, row0, 'user')
+      item = self._row(batch, path, row0, 'item')
+      label = columns.labels(batch.column(batch.schema.get_field_index(
+          'label')), path, 'label', row0)
+      train = day < self.first_test_day
+      rows['train'] += int(train.sum())
+      rows['test'] += int((~train).sum())
+      users.add(user[train])
+      items.add(item[train])
+      shown.add(item)
+      launch.add(item, day.astype(np.int64))
+      if self.has_history:
+        start, end, flat = self._histories(batch, path, row0)
+        if len(flat):
+          items.add(flat[_spans(start[train], end[train])])
+      else:
+        c = label == 1
+        clicks.append((user[c], day[c], t[c], item[c]))
+    for split, n in rows.items():
+      if not n:
+        raise columns.InputError(
+            f'{self.src}: the {split} split is empty (first test day '
+            f'{self.first_test_day} of {self.num_days}); check time / split')
+    self.rows = rows
+    m = self.opt.min_count
+    ukeys, ucount = users.result()
+    self.users = IdMap(ukeys[ucount >= m])
+    ikeys, icount = items.result()
+    skeys, _ = shown.result()
+    new = skeys[_lookup(ikeys, icount, skeys, 0) == 0]
+    self.items = IdMap(np.union1d(ikeys[icount >= m], new))
+    self.trained_items = ikeys[icount > 0]
+    lkeys, lday = launch.result()
+    self.launch_day = np.zeros(len(self.items), np.int32)
+    self.launch_day[self.items(lkeys)] = lday
+    self.launch_day[0] = 0
+    if not self.has_history:
+      self._index_clicks(clicks)
+    logging.info('converted ids: %d users, %d items (min_count %d); rows %s',
+                 len(self.users), len(self.items), m, rows)
+
+  def _index_clicks(self, clicks):
+    """Clicks sorted by (user, day) with a searchable key (histories)."""
+    user, day, t, item = (np.concatenate([c[k] for c in clicks])
+                          for k in range(4))
+    # Every raw user (kept or not): histories are per person, not per id.
+    self.click_users = np.unique(user)
+    u = np.searchsorted(self.click_users, user)
+    order = np.lexsort((t, u))  # oldest first; ties keep file order
+    self.click_key = u[order] * (self.num_days + 1) + day[order].astype(
+        np.int64)
+    self.click_item = self.items(item[order])
+
+  def _built_history(self, user, day):
+    """(start, end) into the sorted clicks: the user's clicks before day."""
+    u = np.searchsorted(self.click_users, user)
+    known = (u < len(self.click_users))
+    known[known] = self.click_users[u[known]] == user[known]
+    base = u.astype(np.int64) * (self.num_days + 1)
+    start = np.searchsorted(self.click_key, base)
+    end = np.searchsorted(self.click_key, base + day)
+    end = np.where(known, end, start)
+    return start, end, self.click_item
+
+  def _sequences(self, start, end, values):
+    """Right-aligned (N, L) seq_item and seq_len from [start, end) spans."""
+    L = self.opt.seq_len
+    n = np.minimum(end - start, L)
+    pos = end[:, None] - L + np.arange(L)[None]
+    valid = np.arange(L)[None] >= L - n[:, None]
+    seq = np.where(valid, values[np.clip(pos, 0, max(len(values) - 1, 0))]
+                   if len(values) else 0, 0)
+    return seq.astype(np.int32), n.astype(np.int32)
+
+  def impressions(self, split):
+    """Pass 3 (one per split): chunks of the stored impression rows."""
+    extra = ('history',) if self.has_history else ()
+    for path, row0, batch in self._chunks(extra):
+      day, _ = self._days(path, row0, batch)
+      mine = day < self.first_test_day
+      if split == 'test':
+        mine = ~mine
+      if not mine.any():
+        continue
+      user = self._row(batch, path, row0, 'user')
+      item = self._row(batch, path, row0, 'item')
+      label = columns.labels(batch.column(batch.schema.get_field_index(
+          'label')), path, 'label', row0)
+      if self.has_history:
+        start, end, flat = self._histories(batch, path, row0)
+        values = self.items(flat)
+      else:
+        start, end, values = self._built_history(user, day)
+      seq, n = self._sequences(start[mine], end[mine], values)
+      yield {'user_id': self.users(user[mine]),
+             'item_id': self.items(item[mine]), 'day': day[mine],
+             'label': label[mine], 'seq_item': seq, 'seq_len': n}
+
+  def impression_example(self):
+    L = self.opt.seq_len
+    return {'user_id': np.zeros(0, np.int32), 'item_id': np.zeros(0, np.int32),
+            'day': np.zeros(0, np.int32), 'label': np.zeros(0, np.int8),
+            'seq_item': np.zeros((0, L), np.int32),
+            'seq_len': np.zeros(0, np.int32)}
+
+  # --- Catalogue tables -------------------------------------------------
+
+  def _catalogue(self, table, key, id_map, reserved):
+    """{field: (len(id_map),) or (.., K) array}, categorical and bag sizes."""
+    paths = columns.table_files(self.src, table, required=False)
+    out = {f'{key}_id': np.arange(len(id_map), dtype=np.int32)}
+    cats, bags, raw = {}, {}, {}
+    if not paths:
+      return out, cats, bags, raw, None
+    path = paths[0]
+    names = columns.open_file(path).schema_arrow.names
+    t = columns.read_all(path, [key], [n for n in names if n != key])
+    keys = self.kinds.check(key, columns.ids(t.column(key), path, key), path,
+                            key)
+    uniq, first, counts = np.unique(keys, return_index=True,
+                                    return_counts=True)
+    if (counts > 1).any():
+      k = uniq[counts > 1][0]
+      rows = np.flatnonzero(keys == k)[:2].tolist()
+      raise columns.InputError(f'{path}, column {key!r}: id {k!r} appears '
+                               f'twice (rows {rows})')
+    ids = id_map(keys)
+    keep = ids > 0
+    for name in t.column_names:
+      if name == key:
+        continue
+      col = t.column(name).combine_chunks()
+      if name in reserved:
+        raw[name] = (np.asarray(col.to_pylist(), dtype=object), ids, keep)
+        continue
+      out[name], size, is_bag = self._field(col, path, name, ids, keep,
+                                            len(id_map))
+      (bags if is_bag else cats)[name] = size
+    return out, cats, bags, raw, path
+
+  def _field(self, col, path, name, ids, keep, n):
+    """One categorical (or bag) column -> (table, vocabulary size, is_bag)."""
+    is_bag = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+    if is_bag:
+      offsets, values = columns.id_lists(col, path, name)
+    elif columns.id_kind(col.type) is None:
+      raise columns.InputError(
+          f'{path}, column {name!r}: a categorical field must hold integers '
+          f'or strings (or lists of them for a bag), got {col.type}; drop '
+          'the column or convert it')
+    else:
+      present = ~col.is_null().to_numpy(zero_copy_only=False)
+      values = columns.ids(col.filter(pa.array(present)), path, name)
+    vocab = np.unique(values)
+    coded = (np.searchsorted(vocab, values) + 1).astype(np.int32)
+    size = len(vocab) + 1  # 0 = missing / empty slot
+    if not is_bag:
+      full = np.zeros(len(col), np.int32)
+      full[present] = coded
+      table = np.zeros(n, np.int32)
+      table[ids[keep]] = full[keep]
+      return table, size, False
+    K = self.opt.max_bag
+    table = np.zeros((n, K), np.int32)
+    lengths = np.minimum(np.diff(offsets), K)
+    for r in np.flatnonzero(keep):
+      table[ids[r], :lengths[r]] = coded[offsets[r]:offsets[r] + lengths[r]]
+    return table, size, True
+
+  def _titles(self, raw_titles, ids, keep, num_items, directory):
+    text = np.full(num_items, '', dtype=object)
+    v = raw_titles
+    text[ids[keep]] = [s if isinstance(s, str) else '' for s in v[keep]]
+    trained = self.items(self.trained_items)
+    corpus = [t for t in text[np.unique(trained[trained > 0])] if t]
+    if not corpus:
+      raise columns.InputError(f'{self.src}: items.parquet has a title column '
+                               'but no item of the training days has a title')
+    tok = titles.train(corpus, self.opt.vocab_size)
+    titles.save(tok, directory)
+    return titles.encode(tok, list(text), self.opt.title_length), (
+        tok.get_vocab_size())
+
+  def _images(self, raw_paths, ids, keep, num_items, path):
+    s = self.opt.image_size
+    out = np.zeros((num_items, s, s, 3), np.uint8)
+    for r in np.flatnonzero(keep):
+      rel = raw_paths[r]
+      if rel is None or rel == '':
+        continue  # no image: zeros, as the world's text-only queries
+      full = os.path.join(self.src, rel)
+      try:
+        with Image.open(full) as im:
+          out[ids[r]] = np.asarray(im.convert('RGB').resize(
+              (s, s), Image.Resampling.BILINEAR))
+      except FileNotFoundError:
+        raise columns.InputError(f"{path}, column 'image', row {r}: image "
+                                 f'{rel!r} not found (looked for {full})'
+                                 ) from None
+      except (OSError, ValueError) as e:
+        raise columns.InputError(f"{path}, column 'image', row {r}: cannot "
+                                 f'read image {full} ({e})') from None
+    return out
+
+  def _vectors(self, directory):
+    paths = columns.table_files(self.src, 'vectors', required=False)
+    if not paths:
+      return None
+    path = paths[0]
+    t = columns.read_all(path, ['item', 'vector'])
+    keys = self.kinds.check('item', columns.ids(t.column('item'), path,
+                                                'item'), path, 'item')
+    v = columns.vectors(t.column('vector').combine_chunks(), path, 'vector')
+    table = np.zeros((len(self.items), v.shape[1]), np.float32)
+    ids = self.items(keys)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    table[ids[ids > 0]] = (v / np.maximum(norm, 1e-12))[ids > 0]
+    covered = float((ids > 0).sum()) / max(len(self.items) - 1, 1)
+    vector_table.save(os.path.join(directory, vector_table.FILE), table,
+                      {'method': 'imported', 'source': path,
+                       'item_coverage': covered})
+    return vector_table.FILE
+
+  # --- Everything ---------------------------------------------------------
+
+  def write(self, directory):
+    """Writes the dataset (tables, tokenizer, vectors, manifest last)."""
+    self.scan_days()
+    self.scan_ids()
+    items, icats, ibags, iraw, ipath = self._catalogue(
+        'items', 'item', self.items, ITEM_RESERVED)
+    users, ucats, ubags, _, _ = self._catalogue('users', 'user', self.users,
+                                                ())
+    items['launch_day'] = self.launch_day
+    text = image_size = None
+    if 'title' in iraw:
+      items['title'], vocab = self._titles(*iraw['title'], len(self.items),
+                                           directory)
+      text = {'tokenizer': titles.FILE, 'vocab_size': vocab,
+              'length': self.opt.title_length}
+    if 'image' in iraw:
+      items['image'] = self._images(*iraw['image'], len(self.items), ipath)
+      image_size = self.opt.image_size
+    vectors = self._vectors(directory)
+    builders.write_tables(directory, [
+        (builders.Items, {'catalogue': items}, None),
+        (builders.Users, {'catalogue': users}, None),
+        (builders.Impressions,
+         {s: (lambda s=s: self.impressions(s)) for s in ('train', 'test')},
+         self.impression_example()),
+    ])
+    names = list(icats)
+    seq = (self.opt.seq_features if self.opt.seq_features is not None
+           else names[:1])
+    cat_fields = (self.opt.category_fields
+                  if self.opt.category_fields is not None else names[:1])
+    m = manifest_lib.Manifest(
+        name=self.opt.name, source=self.opt.source or self.src,
+        num_users=len(self.users), num_items=len(self.items),
+        num_days=self.num_days, first_test_day=self.first_test_day,
+        validation_days=self.validation_days,
+        tables={
+            manifest_lib.ITEMS: {'fields': list(items),
+                                 'splits': {'catalogue': len(self.items)}},
+            manifest_lib.USERS: {'fields': list(users),
+                                 'splits': {'catalogue': len(self.users)}},
+            manifest_lib.IMPRESSIONS: {
+                'fields': list(self.impression_example()),
+                'splits': dict(self.rows)}},
+        categorical={manifest_lib.ITEMS: icats, manifest_lib.USERS: ucats},
+        bags={manifest_lib.ITEMS: ibags, manifest_lib.USERS: ubags},
+        ctr={'user_features': list(ucats), 'item_features': names,
+             'seq_features': list(seq), 'item_bags': list(ibags),
+             'category_fields': list(cat_fields)},
+        image_size=image_size, text=text, vectors=vectors,
+        seq_len=self.opt.seq_len)
+    manifest_lib.write(directory, m)
+    return m

@@ -1,0 +1,111 @@
+"""The data job: a local copy of real data -> a dataset in mmrec's format.
+
+  python -m experiments.main --config=experiments/configs/data.py:SOURCE \\
+      --config.source_dir=YOUR_COPY --workdir=NEW_DIR
+
+SOURCE picks a reader (mmrec/data/readers/): each maps its dataset's files
+onto the Parquet schema of convert.py (staged in the build directory, never
+in the source directory), then `convert.Converter` writes the dataset. The
+dataset is built beside NEW_DIR and renamed into place; NEW_DIR must be new
+or empty, or already hold this very conversion (then it is reused).
+"""
+
+import importlib
+import json
+import os
+import shutil
+import time
+
+from absl import logging
+
+from mmrec import files
+from mmrec.data import convert
+from mmrec.data import manifest
+from mmrec.data import resolver
+
+CONVERSION_FILE = 'conversion.json'  # the config a dataset was built from
+STAGING = '_staging'  # the reader's Parquet tables, removed when done
+# config.source -> reader module (a `stage(source_dir, out_dir, config)`
+# returning the directory holding the Parquet schema of convert.py).
+READERS = {
+    'parquet': None,  # already the schema: read in place
+    'movielens': 'mmrec.data.readers.movielens',
+    'taobao_mm': 'mmrec.data.readers.taobao_mm',
+    'microlens': 'mmrec.data.readers.microlens',
+}
+
+
+def _conversion(config):
+  return {'source': config.source,
+          'source_dir': os.path.abspath(os.path.expanduser(config.source_dir)),
+          'convert': json.loads(config.convert.to_json_best_effort())}
+
+
+def _inside(path, parent):
+  path, parent = os.path.realpath(path), os.path.realpath(parent)
+  return path == parent or path.startswith(parent + os.sep)
+
+
+def check_target(source_dir, target, wanted):
+  """True if `target` already holds this conversion; raises if unusable."""
+  if _inside(target, source_dir):
+    raise ValueError(f'--workdir={target} is inside config.source_dir='
+                     f'{source_dir}: mmrec never writes into the directory of '
+                     'your source data; choose a workdir elsewhere')
+  if manifest.exists(target):
+    path = os.path.join(target, CONVERSION_FILE)
+    found = None
+    if os.path.exists(path):
+      with open(path) as f:
+        found = json.load(f)
+    if found != wanted:
+      raise FileExistsError(
+          f'{target} already holds a dataset built from another source or '
+          'config; use another --workdir, or point config.data_dir at it')
+    return True
+  if os.path.isdir(target) and os.listdir(target):
+    raise FileExistsError(
+        f'{target} holds files but no complete dataset '
+        f'({", ".join(sorted(os.listdir(target))[:8])}); refusing to write '
+        'into it. Remove it, or choose another --workdir.')
+  return False
+
+
+def run(config, workdir):
+  """Converts `config.source_dir` into `workdir`; returns its manifest."""
+  if config.source not in READERS:
+    raise ValueError(f'config.source = {config.source!r}; known sources: '
+                     f'{sorted(READERS)}')
+  if not config.source_dir:
+    raise ValueError('config.source_dir is empty: set it to your local copy '
+                     f'of the {config.source} data')
+  source_dir = os.path.abspath(os.path.expanduser(config.source_dir))
+  if not os.path.isdir(source_dir):
+    raise FileNotFoundError(f'config.source_dir={config.source_dir}: no such '
+                            'directory')
+  wanted = _conversion(config)
+  if check_target(source_dir, workdir, wanted):
+    logging.info('%s already holds this dataset; reusing it', workdir)
+    return manifest.load(workdir)
+  t0 = time.time()
+  options = convert.Options.from_config(config.convert)
+
+  def fill(tmp):
+    staged = source_dir
+    if READERS[config.source]:
+      reader = importlib.import_module(READERS[config.source])
+      staged = os.path.join(tmp, STAGING)
+      os.makedirs(staged)
+      reader.stage(source_dir, staged, config)
+    m = convert.Converter(staged, options).write(tmp)
+    shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)
+    files.write_json(os.path.join(tmp, CONVERSION_FILE), wanted)
+    fill.manifest = m
+
+  resolver.build_aside(workdir, fill)
+  m = fill.manifest
+  print(f'{m.name}: {m.num_users} users, {m.num_items} items, '
+        f'{m.num_days} days (test from day {m.first_test_day}), impressions '
+        f'{m.tables[manifest.IMPRESSIONS]["splits"]}; written in '
+        f'{time.time() - t0:.1f}s to {workdir}')
+  return m

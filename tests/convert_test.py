@@ -1,0 +1,214 @@
+"""The Parquet converter and the data job on generated own-data fixtures."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+from PIL import Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from experiments.configs import ctr as ctr_config
+from experiments.configs import data as data_config
+from mmrec import ctr_data
+from mmrec import id_stats
+from mmrec import train_ctr
+from mmrec import vector_table
+from mmrec.data import builders
+from mmrec.data import dataset_job
+from mmrec.data import manifest
+from mmrec.data import titles
+
+DAY = 86400
+T0 = 1_700_000_000 - 1_700_000_000 % DAY + 3600  # 01:00 UTC of some day
+NUM_DAYS = 6
+WORDS = ['red', 'blue', 'cotton', 'shirt', 'jeans', 'dress', 'wool', 'hat']
+ZH = ['红色', '棉', '衬衫', '连衣裙', '帽子']
+
+
+def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
+                   with_vectors=True):
+  """Own data in the documented schema; returns the raw impressions."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(os.path.join(directory, 'img'), exist_ok=True)
+  # Raw ids are sparse strings / large ints, as real logs have.
+  users = np.array([f'u{i * 7 + 3}' for i in range(num_users)], dtype=object)
+  items = (np.arange(num_items) * 1_000_003 + 17).astype(np.int64)
+  # The last 4 items are only shown on the test day: the new items.
+  old, new = items[:-4], items[-4:]
+  day = rng.integers(0, NUM_DAYS, rows)
+  item = np.where(day == NUM_DAYS - 1, rng.choice(items, rows),
+                  rng.choice(old, rows))
+  imp = {'user': users[rng.integers(0, num_users, rows)], 'item': item,
+         'time': T0 + day * DAY + rng.integers(0, DAY - 7200, rows),
+         'label': (rng.random(rows) < 0.3).astype(np.int64)}
+  pq.write_table(pa.table(imp), os.path.join(directory, 'impressions.parquet'))
+  titles_ = [' '.join(rng.choice(WORDS if i % 3 else ZH, 3))
+             for i in range(num_items)]
+  paths = []
+  for i in range(num_items):
+    px = np.full((12, 10, 3), (i * 6) % 256, np.uint8)
+    name = f'img/{i}.png'
+    Image.fromarray(px).save(os.path.join(directory, name))
+    paths.append(name)
+  pq.write_table(pa.table({
+      'item': items, 'title': titles_, 'image': paths,
+      'genre': [['drama', 'comedy', 'action'][i % 3] for i in range(num_items)],
+      'brand': (np.arange(num_items) % 5 * 100).astype(np.int64),
+      'tags': [['a', 'b', 'c', 'd'][:i % 4 + 1] for i in range(num_items)],
+  }), os.path.join(directory, 'items.parquet'))
+  pq.write_table(pa.table({
+      'user': users, 'gender': ['f', 'm'] * (num_users // 2),
+      'age': (np.arange(num_users) % 4).astype(np.int64)}),
+                 os.path.join(directory, 'users.parquet'))
+  if with_vectors:
+    v = rng.normal(size=(num_items, 8)).astype(np.float32)
+    pq.write_table(pa.table({'item': items, 'vector': list(v)}),
+                   os.path.join(directory, 'vectors.parquet'))
+  return imp
+
+
+def _config(source_dir, **convert):
+  c = data_config.get_config('parquet,tiny')
+  c.source_dir = source_dir
+  c.convert.update(convert)
+  return c
+
+
+class ConvertTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.src = tempfile.mkdtemp(prefix='own_data_')
+    cls.raw = write_own_data(cls.src)
+    cls.out = os.path.join(tempfile.mkdtemp(), 'data')
+    cls.m = dataset_job.run(_config(cls.src), cls.out)
+
+  def test_manifest_counts_days_and_fields(self):
+    m = manifest.load(self.out)
+    self.assertEqual(m, self.m)
+    self.assertEqual((m.num_users, m.num_items), (61, 41))  # + id 0
+    self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
+                     (NUM_DAYS, NUM_DAYS - 1, 1))
+    test = int((self.raw['time'] >= T0 - 3600 + (NUM_DAYS - 1) * DAY).sum())
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': 1500 - test, 'test': test})
+    self.assertEqual(m.categorical[manifest.ITEMS],
+                     {'genre': 4, 'brand': 6})  # + 0 = missing
+    self.assertEqual(m.bags[manifest.ITEMS], {'tags': 5})
+    self.assertEqual(m.categorical[manifest.USERS], {'gender': 3, 'age': 5})
+    self.assertEqual(m.ctr['seq_features'], ['genre'])
+    self.assertEqual((m.image_size, m.text['length']), (16, 8))
+    self.assertEqual(m.vectors, vector_table.FILE)
+    self.assertIsNone(m.oracle)
+    self.assertFalse(os.path.exists(os.path.join(self.out, '_staging')))
+    self.assertEqual(sorted(os.listdir(os.path.dirname(self.out))), ['data'])
+
+  def test_id_remapping_and_catalogue(self):
+    items = builders.load_table(self.out, manifest.ITEMS, 'catalogue')
+    raw = np.unique(self.raw['item'])
+    # Raw ids in sorted order get 1..N; the brand is remapped by value.
+    brand = (np.arange(40) % 5 * 100)
+    np.testing.assert_array_equal(
+        items['brand'][1:], np.searchsorted(np.unique(brand), brand) + 1)
+    self.assertEqual(items['tags'].shape, (41, 8))
+    np.testing.assert_array_equal(items['tags'][4, :5], [1, 2, 3, 4, 0])
+    self.assertEqual(items['image'].shape, (41, 16, 16, 3))
+    self.assertEqual(int(items['image'][5, 0, 0, 0]), (4 * 6) % 256)
+    self.assertTrue((items['title'][1:, 0] > 1).all())  # tokenised, known
+    self.assertEqual(len(raw), 40)
+    tok = titles.load(self.out)
+    self.assertGreater(tok.get_vocab_size(), 10)
+
+  def test_histories_new_items_and_split_days(self):
+    imp = builders.load_table(self.out, manifest.IMPRESSIONS, 'train')
+    test = builders.load_table(self.out, manifest.IMPRESSIONS, 'test')
+    self.assertTrue((imp['day'] < NUM_DAYS - 1).all())
+    self.assertTrue((test['day'] == NUM_DAYS - 1).all())
+    raw = self.raw
+    users = np.unique(raw['user'])
+    item_ids = np.unique(raw['item'])
+    rday = (raw['time'] - (T0 - 3600)) // DAY
+    order = np.lexsort((raw['time'], np.searchsorted(users, raw['user'])))
+    # Reference: a row's history = the user's clicks on earlier days, by time.
+    for split, table in (('train', imp), ('test', test)):
+      for r in range(0, len(table['label']), 37):
+        u = users[table['user_id'][r] - 1]
+        d = table['day'][r]
+        want = [np.searchsorted(item_ids, raw['item'][i]) + 1 for i in order
+                if raw['user'][i] == u and rday[i] < d and raw['label'][i]]
+        want = want[-10:]
+        n = table['seq_len'][r]
+        self.assertEqual(n, len(want), (split, r))
+        np.testing.assert_array_equal(table['seq_item'][r, 10 - n:], want)
+        self.assertTrue((table['seq_item'][r, :10 - n] == 0).all())
+    items = builders.load_table(self.out, manifest.ITEMS, 'catalogue')
+    new = np.searchsorted(item_ids, raw['item'][rday < NUM_DAYS - 1])
+    trained = np.zeros(41, bool)
+    trained[new + 1] = True
+    np.testing.assert_array_equal(
+        items['launch_day'][1:] >= NUM_DAYS - 1, ~trained[1:])
+    self.assertEqual(int((~trained[1:]).sum()), 4)
+
+  def test_imported_vectors(self):
+    table, meta = vector_table.load(os.path.join(self.out, self.m.vectors),
+                                    num_items=41)
+    np.testing.assert_allclose(np.linalg.norm(table[1:], axis=1), 1,
+                               atol=1e-5)
+    self.assertEqual(float(np.abs(table[0]).sum()), 0.0)
+    self.assertEqual(meta['method'], 'imported')
+
+  def test_ctr_data_id_stats_and_a_tiny_ctr_run(self):
+    data = ctr_data.CtrData.load(self.out, validation=True)
+    self.assertEqual(data.sizes['item_bags'], (('tags', 5),))
+    batch = data.dataset('train', 16)[0]
+    self.assertEqual(batch['tags'].shape, (16, 8))
+    self.assertEqual(batch['seq_genre'].shape, (16, 10))
+    self.assertTrue((batch['day'] < NUM_DAYS - 2).all())
+    c = ctr_config.get_config('id_stats,tiny')
+    c.data_dir = self.out
+    res = id_stats.run(c, tempfile.mkdtemp())
+    self.assertEqual(res['num_test'], self.m.tables[manifest.IMPRESSIONS][
+        'splits']['test'])
+    c = ctr_config.get_config('simtier_paper,tiny')
+    c.update(data_dir=self.out, batch_size=64, eval_batch_size=256,
+             max_steps=5, vectors_path=os.path.join(self.out, self.m.vectors))
+    res = train_ctr.run(c, tempfile.mkdtemp())
+    self.assertEqual(res['step'], 5)
+    self.assertBetween(res['auc'], 0.0, 1.0)
+    self.assertIn('new', res['slices'])
+
+  def test_rerun_reuses_and_foreign_target_is_refused(self):
+    before = os.path.getmtime(os.path.join(self.out, manifest.FILE))
+    dataset_job.run(_config(self.src), self.out)
+    self.assertEqual(os.path.getmtime(os.path.join(self.out, manifest.FILE)),
+                     before)
+    with self.assertRaisesRegex(FileExistsError, 'another source or config'):
+      dataset_job.run(_config(self.src, seq_len=7), self.out)
+    with self.assertRaisesRegex(ValueError, 'never writes into the directory'):
+      dataset_job.run(_config(self.src), os.path.join(self.src, 'out'))
+
+
+class MinCountTest(absltest.TestCase):
+
+  def test_rare_ids_map_to_zero_but_new_items_stay(self):
+    src = tempfile.mkdtemp()
+    raw = write_own_data(src, rows=300, with_vectors=False)
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    m = dataset_job.run(_config(src, min_count=8), out)
+    rday = (raw['time'] - (T0 - 3600)) // DAY
+    train = rday < NUM_DAYS - 1
+    u, uc = np.unique(raw['user'][train], return_counts=True)
+    self.assertEqual(m.num_users, int((uc >= 8).sum()) + 1)
+    it, ic = np.unique(raw['item'][train], return_counts=True)
+    new = np.setdiff1d(raw['item'][~train], it)
+    self.assertEqual(m.num_items, int((ic >= 8).sum()) + len(new) + 1)
+    imp = builders.load_table(out, manifest.IMPRESSIONS, 'train')
+    self.assertEqual(int((imp['user_id'] == 0).sum()),
+                     int(uc[uc < 8].sum()))
+
+
+if __name__ == '__main__':
+  absltest.main()
