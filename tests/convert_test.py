@@ -89,6 +89,7 @@ class ConvertTest(absltest.TestCase):
   def test_manifest_counts_days_and_fields(self):
     m = manifest.load(self.out)
     self.assertEqual(m, self.m)
+    self.assertEqual(m.source, f'parquet:{self.src}')
     self.assertEqual((m.num_users, m.num_items), (61, 41))  # + id 0
     self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
                      (NUM_DAYS, NUM_DAYS - 1, 1))

@@ -5,7 +5,8 @@ Input, one directory (docs/data_format.md, "Your own data"):
     user, item   ids: integers or strings, any values (remapped)
     label        0 / 1 (1 = click)
     time         epoch seconds, a timestamp or date, or an ISO-8601 string;
-                 or instead `split` ('train' / 'test') for data shipped split
+                 or instead `split` ('train' / 'validation' / 'test') for
+                 data shipped split
     history      optional list of item ids, oldest first: the behaviours
                  before this impression (else built from earlier clicks)
   items.parquet (optional): item, optional `title` (text) and `image` (a
@@ -20,7 +21,7 @@ What the conversion does:
     last `test_days` days are the test split, the `validation_days` before
     them the validation day(s) (held out of training by the CTR job's
     `--config.validation`). With `split` instead of time: train = day 0,
-    test = day 1, no validation day.
+    validation (if any) = day 1, test = the day after.
   * ids: 0 is reserved for "rare or unknown" (users and items), real ids run
     1..N in sorted order of the raw ids. A user or item with fewer than
     `min_count` occurrences in the training days (impressions, and history
@@ -56,6 +57,7 @@ from mmrec.data import manifest as manifest_lib
 from mmrec.data import titles
 
 DAY = 86400
+SPLITS = ('train', 'validation', 'test')  # values of a `split` column
 ITEM_RESERVED = ('item', 'title', 'image')
 
 
@@ -192,13 +194,15 @@ class Converter:
         'split' if self.by_split else 'time'))
     if self.by_split:
       s = np.asarray(col.to_pylist(), dtype=object)
-      bad = (s != 'train') & (s != 'test')
+      bad = ~np.isin(s, SPLITS)
       if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise columns.InputError(f"{path}, column 'split', row {row0 + i}: "
-                                 f"{s[i]!r}, expected 'train' or 'test'")
+                                 f'{s[i]!r}, expected one of {SPLITS}')
+      day = np.where(s == 'test', self.first_test_day,
+                     np.where(s == 'validation', self.first_test_day - 1, 0))
       # Rows of one split keep file order (the time of shipped-split data).
-      return (s == 'test').astype(np.int32), row0 + np.arange(len(s))
+      return day.astype(np.int32), row0 + np.arange(len(s))
     t = columns.times(col, path, 'time', row0)
     return ((t - self.t0) // DAY).astype(np.int32), t
 
@@ -221,8 +225,14 @@ class Converter:
   def scan_days(self):
     """Pass 1: the time range -> day 0, the number of days, the test days."""
     if self.by_split:
-      self.t0, self.num_days, self.first_test_day = 0, 2, 1
-      self.validation_days = 0
+      found = set()
+      for _, _, batch in columns.chunks(self.paths, ['split'], (),
+                                        self.opt.chunk_rows):
+        found.update(batch.column(0).unique().to_pylist())
+      # train = day 0, [validation = day 1,] test = the last day.
+      self.validation_days = int('validation' in found)
+      self.t0, self.num_days = 0, 2 + self.validation_days
+      self.first_test_day = self.num_days - 1
       return
     lo, hi = None, None
     for path, row0, batch in columns.chunks(self.paths, ['time'], (),

@@ -10,6 +10,7 @@ dataset is built beside NEW_DIR and renamed into place; NEW_DIR must be new
 or empty, or already hold this very conversion (then it is reused).
 """
 
+import dataclasses
 import importlib
 import json
 import os
@@ -88,7 +89,8 @@ def run(config, workdir):
     logging.info('%s already holds this dataset; reusing it', workdir)
     return manifest.load(workdir)
   t0 = time.time()
-  options = convert.Options.from_config(config.convert)
+  options = dataclasses.replace(convert.Options.from_config(config.convert),
+                                source=f'{config.source}:{source_dir}')
 
   def fill(tmp):
     staged = source_dir

@@ -1,0 +1,1 @@
+"""Readers: real datasets mapped onto the Parquet schema of convert.py."""

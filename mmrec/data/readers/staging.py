@@ -1,0 +1,144 @@
+"""Staging: what readers share to map a release onto convert.py's schema.
+
+Delimited text files (CSV, TSV, '::'-separated) -> checked Arrow batches,
+streamed in blocks (pyarrow.csv for one-character delimiters, a line reader
+for MovieLens-1M's '::'), so memory is bounded by a block, and a malformed
+line fails naming the file and line; staged Parquet shards; first-seen
+per-id fields of row-level data; padding removal from id lists.
+"""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mmrec.data import columns
+
+BLOCK_BYTES = 1 << 22
+
+
+def require(directory, *names):
+  """Paths of `names` in `directory`; a clear error for the first missing."""
+  out = []
+  for name in names:
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      raise columns.InputError(f'{directory}: missing {name} (found '
+                               f'{sorted(os.listdir(directory))[:12]})')
+    out.append(path)
+  return out
+
+
+def batches(path, names, types, *, delimiter=',', header=False,
+            encoding='utf8', quoted=True, chunk_rows=65536):
+  """Yields pyarrow.RecordBatch of columns `names` typed as `types`.
+
+  `header`: the file's first line names its columns (they must include
+  `names`); else the columns are `names` in order.
+  """
+  if len(delimiter) > 1:
+    yield from _split_lines(path, names, types, delimiter, header, encoding,
+                            chunk_rows)
+    return
+  read = pacsv.ReadOptions(
+      column_names=None if header else names, encoding=encoding,
+      block_size=BLOCK_BYTES)
+  parse = pacsv.ParseOptions(delimiter=delimiter,
+                             quote_char='"' if quoted else False)
+  convert = pacsv.ConvertOptions(column_types=dict(zip(names, types)),
+                                 include_columns=names)
+  try:
+    reader = pacsv.open_csv(path, read_options=read, parse_options=parse,
+                            convert_options=convert)
+    for batch in reader:
+      yield batch
+  except (pa.ArrowInvalid, KeyError) as e:
+    raise columns.InputError(f'{path}: {e} (expected columns {names} as '
+                             f'{[str(t) for t in types]}, separated by '
+                             f'{delimiter!r})') from None
+
+
+def _split_lines(path, names, types, delimiter, header, encoding,
+                 chunk_rows):
+  rows, first_line = [], 1
+  with open(path, encoding=encoding, newline='') as f:
+    if header:
+      f.readline()
+      first_line = 2
+    for n, line in enumerate(f, first_line):
+      line = line.rstrip('\r\n')
+      if not line:
+        continue
+      parts = line.split(delimiter)
+      if len(parts) != len(names):
+        raise columns.InputError(
+            f'{path}, line {n}: {len(parts)} fields, expected {len(names)} '
+            f'({", ".join(names)}) separated by {delimiter!r}: {line[:80]!r}')
+      rows.append(parts)
+      if len(rows) == chunk_rows:
+        yield _typed(path, n, rows, names, types)
+        rows = []
+  if rows:
+    yield _typed(path, n, rows, names, types)
+
+
+def _typed(path, last_line, rows, names, types):
+  cols = list(zip(*rows))
+  arrays = []
+  for name, col, t in zip(names, cols, types):
+    try:
+      arrays.append(pa.array(col, pa.string()).cast(t))
+    except (pa.ArrowInvalid, ValueError) as e:
+      raise columns.InputError(
+          f'{path}, column {name!r} (lines up to {last_line}): {e}; expected '
+          f'{t}') from None
+  return pa.RecordBatch.from_arrays(arrays, names)
+
+
+class Staged:
+  """Writes one staged table as Parquet shards of chunk-sized batches."""
+
+  def __init__(self, directory, table):
+    self.dir = os.path.join(directory, table)
+    os.makedirs(self.dir, exist_ok=True)
+    self.n = 0
+
+  def write(self, table):
+    if not isinstance(table, pa.Table):
+      table = pa.Table.from_batches([table])
+    pq.write_table(table, os.path.join(self.dir, f'part-{self.n:05d}.parquet'))
+    self.n += 1
+
+
+class FirstSeen:
+  """The first row's `fields` per `key` id, over chunks (a staged table)."""
+
+  def __init__(self, key, fields):
+    self.key, self.fields = key, list(fields)
+    self.parts, self.seen = [], np.zeros(0, np.int64)
+
+  def add(self, table):
+    ids = table.column(self.key).to_numpy()
+    _, first = np.unique(ids, return_index=True)
+    new = first[~np.isin(ids[first], self.seen)]
+    if len(new):
+      self.parts.append(table.select([self.key] + self.fields).take(
+          pa.array(new)))
+      self.seen = np.union1d(self.seen, ids[new])
+
+  def table(self, names):
+    """The collected rows with columns renamed to `names`."""
+    return pa.concat_tables(self.parts).rename_columns(list(names))
+
+
+def drop_padding(col, pad=0):
+  """A list<id> column without its `pad` entries (nulls become [])."""
+  col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+  off = col.offsets.to_numpy()
+  vals = col.values.to_numpy()[off[0]:off[-1]]
+  keep = vals != pad
+  cum = np.concatenate([[0], np.cumsum(keep)])
+  return pa.ListArray.from_arrays(pa.array(cum[off - off[0]].astype(np.int32)),
+                                  pa.array(vals[keep]))

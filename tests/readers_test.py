@@ -1,0 +1,286 @@
+"""Readers of real releases, on fixtures written in their exact on-disk formats
+(and the Taobao-MM demo files of the release, where shared/ has them)."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from experiments.configs import ctr as ctr_config
+from experiments.configs import data as data_config
+from mmrec import id_stats
+from mmrec import train_ctr
+from mmrec import vector_table
+from mmrec.data import builders
+from mmrec.data import columns
+from mmrec.data import dataset_job
+from mmrec.data import manifest
+
+# shared/ lies beside the checkout (never copied into the repository).
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'shared', 'fixtures', 'taobao_mm_demo')
+DAY = 86400
+T0 = 978_307_200  # 2001-01-01 00:00 UTC
+
+
+def _config(source, src, **convert):
+  c = data_config.get_config(f'{source},tiny')
+  c.source_dir = src
+  c.convert.update(convert)
+  return c
+
+
+def _run(config):
+  """(manifest, dataset directory) of the data job on `config`."""
+  out = os.path.join(tempfile.mkdtemp(), 'data')
+  return dataset_job.run(config, out), out
+
+
+def _ratings(rng, n=600, users=30, items=25, days=30):
+  return (rng.integers(1, users + 1, n), rng.integers(1, items + 1, n),
+          rng.integers(1, 6, n), T0 + rng.integers(0, days * DAY, n))
+
+
+def write_movielens(directory, release, seed=0):
+  """A MovieLens copy of `release`; returns (user, item, rating, time)."""
+  rng = np.random.default_rng(seed)
+  r = _ratings(rng)
+  genres = ['Action', 'Comedy', 'Drama', "Children's"]
+  titles = [f'Movie {i} ({1990 + i % 9})' for i in range(1, 26)]
+  titles[1] = 'Café, The (1995)'  # latin-1 in 100k / 1m, a comma for csv
+
+  def write(name, lines, encoding='latin-1'):
+    with open(os.path.join(directory, name), 'w', encoding=encoding) as f:
+      f.write(''.join(line + '\n' for line in lines))
+
+  if release == 'ml-100k':
+    write('u.data', [f'{u}\t{i}\t{x}\t{t}' for u, i, x, t in zip(*r)])
+    write('u.item', [f'{i}|{titles[i - 1]}|01-Jan-1995||http://x|' +
+                     '|'.join('1' if g == i % 19 or g == 5 else '0'
+                              for g in range(19)) for i in range(1, 26)])
+    write('u.user', [f'{u}|{20 + u}|{"MF"[u % 2]}|writer|{10000 + u}'
+                     for u in range(1, 31)])
+  elif release == 'ml-1m':
+    write('ratings.dat', [f'{u}::{i}::{x}::{t}' for u, i, x, t in zip(*r)])
+    write('movies.dat', [f'{i}::{titles[i - 1]}::{genres[i % 4]}|Drama'
+                         for i in range(1, 26)])
+    write('users.dat', [f'{u}::{"MF"[u % 2]}::{[1, 18, 25][u % 3]}::{u % 7}'
+                        f'::{10000 + u}' for u in range(1, 31)])
+  else:
+    write('ratings.csv', ['userId,movieId,rating,timestamp'] + [
+        f'{u},{i},{x}.0,{t}' for u, i, x, t in zip(*r)], 'utf8')
+    write('movies.csv', ['movieId,title,genres'] + [
+        f'{i},"{titles[i - 1]}",{genres[i % 4] if i % 5 else "(no genres listed)"}'
+        for i in range(1, 26)], 'utf8')
+  return r
+
+
+class MovieLensTest(parameterized.TestCase):
+
+  @parameterized.parameters('ml-100k', 'ml-1m', 'ml-latest')
+  def test_converts(self, release):
+    src = tempfile.mkdtemp()
+    user, item, rating, time = write_movielens(src, release)
+    m, d = _run(_config('movielens', src))
+    self.assertEqual(m.source, f'movielens:{src}')
+    self.assertEqual(m.num_days, 30)
+    self.assertEqual((m.first_test_day, m.validation_days), (23, 7))
+    day = (time - T0) // DAY
+    train = day < 23
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': int(train.sum()), 'test': int((~train).sum())})
+    self.assertEqual(m.num_users, len(np.unique(user[train])) + 1)
+    self.assertIn('genres', m.bags[manifest.ITEMS])
+    self.assertEqual(m.ctr['item_bags'], ['genres'])
+    self.assertEqual(m.text['tokenizer'], 'tokenizer.json')
+    imp = builders.load_table(d, manifest.IMPRESSIONS, 'train')
+    self.assertEqual(int(imp['label'].sum()), int((rating[train] >= 4).sum()))
+    users = sorted(m.categorical[manifest.USERS])
+    self.assertEqual(users, [] if release == 'ml-latest' else
+                     sorted(['age', 'gender', 'occupation', 'zip']))
+    items = builders.load_table(d, manifest.ITEMS, 'catalogue')
+    # Item 2 (id 2: raw ids 1..25 all rated) has the latin-1 / comma title.
+    if 2 in item[train]:
+      self.assertGreater(int((items['title'][2] > 0).sum()), 2)
+
+  def test_ml1m_runs_ctr_and_id_stats(self):
+    src = tempfile.mkdtemp()
+    write_movielens(src, 'ml-1m', seed=1)
+    m, d = _run(_config('movielens', src, test_days=5, validation_days=5))
+    c = ctr_config.get_config('id,tiny')
+    c.update(data_dir=d, batch_size=32, eval_batch_size=128,
+             max_steps=3, validation=True)
+    res = train_ctr.run(c, tempfile.mkdtemp())
+    self.assertEqual((res['step'], res['split']), (3, 'validation'))
+    c = ctr_config.get_config('id_stats,tiny')
+    c.data_dir = d
+    self.assertBetween(id_stats.run(c, tempfile.mkdtemp())['auc'], 0, 1)
+
+  def test_bad_ratings_line_names_file_and_line(self):
+    src = tempfile.mkdtemp()
+    write_movielens(src, 'ml-1m')
+    with open(os.path.join(src, 'ratings.dat'), 'a', encoding='latin-1') as f:
+      f.write('7::3::5\n')
+    with self.assertRaisesRegex(columns.InputError,
+                                r'ratings.dat, line 601: 3 fields, expected 4'):
+      _run(_config('movielens', src))
+
+  def test_not_movielens(self):
+    with self.assertRaisesRegex(columns.InputError, 'not a MovieLens copy'):
+      _run(_config('movielens', tempfile.mkdtemp()))
+
+
+def write_taobao_shards(directory, seed=0, rows=400, users=40, items=30):
+  """The full release's layout: train/ and test/ shards (samples joined with
+  user features), item_features.parquet, the SCL int8 table."""
+  rng = np.random.default_rng(seed)
+  uid = rng.integers(-2**62, 2**62, users)
+  iid = rng.integers(-2**62, 2**62, items)
+  cat = rng.integers(-2**62, 2**62, 5)
+  for split, shards in (('train', 3), ('test', 1)):
+    os.makedirs(os.path.join(directory, split))
+    for s in range(shards):
+      n = rows // 4
+      y = (rng.random(n) < 0.3).astype(np.int8)
+      hist = [list(rng.choice(iid, rng.integers(0, 1000))) + [0] * 3
+              for _ in range(n)]
+      t = {'label_0': [[1 - v, v] for v in y],
+           '129_1': rng.choice(uid, n), '205': rng.choice(iid, n)}
+      t.update({f'130_{k}': rng.integers(0, 3, n).astype(np.int64)
+                for k in range(1, 6)})
+      t['150_2_180'] = hist
+      t['151_2_180'] = [[1] * len(h) for h in hist]
+      tab = pa.table(t).cast(pa.schema(
+          [('label_0', pa.list_(pa.int8()))] + [
+              (k, pa.int64()) for k in t if k.startswith(('129', '205',
+                                                          '130'))] +
+          [('150_2_180', pa.list_(pa.int64())),
+           ('151_2_180', pa.list_(pa.int64()))]))
+      pq.write_table(tab, os.path.join(directory, split,
+                                       f'{split}-shard-{s:05d}.parquet'))
+  pq.write_table(pa.table({'205': iid, '206': rng.choice(cat, items),
+                           '213': rng.integers(0, 4, items),
+                           '214': rng.integers(0, 4, items)}),
+                 os.path.join(directory, 'item_features.parquet'))
+  vec = rng.integers(-60, 60, (items, 128)).astype(np.int8)
+  pq.write_table(pa.table({'205': iid, '205_c': pa.array(
+      list(vec), pa.list_(pa.int8()))}),
+                 os.path.join(directory, 'scl_embedding_int8_p90.parquet'))
+  return iid, vec
+
+
+class TaobaoMMTest(absltest.TestCase):
+
+  @absltest.skipUnless(os.path.isdir(DEMO), 'no Taobao-MM demo files')
+  def test_demo_files_read(self):
+    m, d = _run(_config('taobao_mm', DEMO))
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': 10, 'test': 10})
+    self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
+                     (2, 1, 0))
+    self.assertEqual(m.ctr['item_features'], ['category', 'i213', 'i214'])
+    self.assertEqual(m.vectors, vector_table.FILE)
+    test = builders.load_table(d, manifest.IMPRESSIONS, 'test')
+    labels = pq.read_table(os.path.join(DEMO, 'test_samples.parquet'))
+    np.testing.assert_array_equal(
+        test['label'], [v[1] for v in labels['label_0'].to_pylist()])
+
+  def test_shards_histories_vectors_and_ctr(self):
+    src = tempfile.mkdtemp()
+    iid, vec = write_taobao_shards(src)
+    m, d = _run(_config('taobao_mm', src))
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': 300, 'test': 100})
+    self.assertEqual(m.categorical[manifest.ITEMS]['category'], 6)
+    raw = pq.read_table(os.path.join(src, 'train',
+                                     'train-shard-00000.parquet'))
+    imp = builders.load_table(d, manifest.IMPRESSIONS, 'train')
+    keys = np.unique(iid)
+    # Row 0's history: the last 10 non-padding entries, remapped.
+    h = [x for x in raw['150_2_180'][0].as_py() if x][-10:]
+    n = imp['seq_len'][0]
+    self.assertEqual(n, len(h))
+    np.testing.assert_array_equal(imp['seq_item'][0, 10 - n:],
+                                  np.searchsorted(keys, h) + 1)
+    table, _ = vector_table.load(os.path.join(d, m.vectors),
+                                 num_items=m.num_items)
+    k = np.searchsorted(keys, iid[3]) + 1
+    want = vec[3] / np.linalg.norm(vec[3].astype(np.float32))
+    np.testing.assert_allclose(table[k], want, atol=1e-5)
+    cc = ctr_config.get_config('vector,tiny')
+    cc.update(data_dir=d, batch_size=32, eval_batch_size=128,
+              max_steps=3, vectors_path=os.path.join(d, m.vectors))
+    res = train_ctr.run(cc, tempfile.mkdtemp())
+    self.assertEqual(res['step'], 3)
+
+  def test_bad_label_pair(self):
+    src = tempfile.mkdtemp()
+    write_taobao_shards(src)
+    path = os.path.join(src, 'test', 'test-shard-00000.parquet')
+    t = pq.read_table(path)
+    bad = t['label_0'].to_pylist()
+    bad[4] = [1, 1]
+    t = t.set_column(0, 'label_0', pa.array(bad, pa.list_(pa.int8())))
+    pq.write_table(t, path)
+    c = _config('taobao_mm', src)
+    with self.assertRaisesRegex(columns.InputError,
+                                r"test-shard-00000.parquet, column 'label_0', "
+                                r'row 4: \[1, 1\], expected'):
+      _run(c)
+
+
+def write_microlens(directory, seed=0, with_test_labels=True):
+  rng = np.random.default_rng(seed)
+  for split, n in (('train', 300), ('valid', 60), ('test', 60)):
+    t = {'user_id': rng.integers(1, 40, n),
+         'item_seq': [list(rng.integers(1, 31, 5)) + [0] * 3 for _ in range(n)],
+         'likes_level': rng.integers(0, 5, n),
+         'views_level': rng.integers(0, 5, n),
+         'item_id': rng.integers(1, 31, n),
+         'label': rng.integers(0, 2, n)}
+    if split == 'test' and not with_test_labels:
+      del t['label']
+    pq.write_table(pa.table(t), os.path.join(directory, f'{split}.parquet'))
+  emb = rng.normal(size=(31, 128)).astype(np.float32)
+  pq.write_table(pa.table({
+      'item_id': np.arange(31),
+      'item_tags': [[int(i % 7) + 1, 0, 0] for i in range(31)],
+      'item_emb_d128': list(emb)}),
+                 os.path.join(directory, 'item_info.parquet'))
+  return emb
+
+
+class MicroLensTest(absltest.TestCase):
+
+  def test_splits_levels_tags_and_vectors(self):
+    src = tempfile.mkdtemp()
+    emb = write_microlens(src)
+    m, d = _run(_config('microlens', src))
+    self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
+                     (3, 2, 1))
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': 360, 'test': 60})
+    self.assertEqual(m.bags[manifest.ITEMS], {'tags': 8})
+    self.assertEqual(sorted(m.categorical[manifest.ITEMS]),
+                     ['likes_level', 'views_level'])
+    table, _ = vector_table.load(os.path.join(d, m.vectors),
+                                 num_items=m.num_items)
+    # Raw item ids 1..30 all appear in training: id k = raw k.
+    np.testing.assert_allclose(table[5], emb[5] / np.linalg.norm(emb[5]),
+                               atol=1e-5)
+
+  def test_without_test_labels_valid_is_the_test_split(self):
+    src = tempfile.mkdtemp()
+    write_microlens(src, with_test_labels=False)
+    m, d = _run(_config('microlens', src))
+    self.assertEqual((m.num_days, m.validation_days), (2, 0))
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': 300, 'test': 60})
+
+
+if __name__ == '__main__':
+  absltest.main()
