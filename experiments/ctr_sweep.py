@@ -11,6 +11,7 @@ from mmrec import metrics
 from mmrec import train_ctr
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import manifest
 from mmrec.data import resolver
 
 TABLE_FILE = 'ctr_table'
@@ -45,7 +46,10 @@ def run_one(config, variant, seed, data_dir, workdir):
 
 
 def oracle_ceiling(data_dir):
-  """AUC / GAUC / logloss of the true click probabilities on the test day."""
+  """AUC / GAUC / logloss of the true click probabilities on the test day;
+  None for a dataset without an oracle (every real one)."""
+  if not manifest.load(data_dir).oracle:
+    return None
   test = builders.load_table(data_dir, 'mmrec_impressions', 'test')
   p = builders.load_oracle(data_dir)['impression_p']
   # Impressions are stored in day order: the test split is the tail.

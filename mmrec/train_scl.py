@@ -42,6 +42,7 @@ from mmrec import sharding
 from mmrec import train_lib
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import manifest
 from mmrec.data import pretrain_pipelines
 from mmrec.data import resolver
 
@@ -187,6 +188,39 @@ OBJECTIVES = {'scl': Scl, 'scl_no_queue': Scl, 'scl_no_hard_neg': Scl,
               'clip_o': Clip, 'clip_e': Clip, 'i2i': I2i}
 
 
+# What each method reads, as (table, fields, why) (manifest.require): its
+# training data, plus the held-out search sessions that every method's
+# evaluation (embed.evaluate_encoder) ranks the catalogue for.
+_ITEMS = (manifest.ITEMS, ('image', 'title'), 'needs item images and titles')
+_EVAL = (manifest.SEARCH, ('query_text', 'purchased_item'),
+         'evaluation needs held-out query -> purchase sessions')
+NEEDS = {
+    **{m: (_ITEMS, (manifest.SEARCH, ('query_image', 'purchased_item',
+                                      'hard_negatives'),
+                    'needs query -> purchase pairs'))
+       for m in ('scl', 'scl_no_queue', 'scl_no_hard_neg')},
+    'clip_o': (_ITEMS, (manifest.CAPTIONS, ('image', 'caption'),
+                        'needs generic (image, caption) pairs')),
+    'clip_e': (_ITEMS,),
+    'i2i': (_ITEMS, (manifest.IMPRESSIONS, ('user_id', 'item_id', 'label'),
+                     'needs co-clicks from impressions')),
+    'raw_pixels': ((manifest.ITEMS, ('image',), 'needs item images'),),
+    'bag_of_tokens': ((manifest.ITEMS, ('title',), 'needs item titles'),),
+}
+
+
+def check_dataset(method, m):
+  """Raises manifest.DatasetError if dataset `m` cannot serve `method`,
+  naming what is missing and the methods that can run on it."""
+  def missing(name):
+    return [n for n in NEEDS[name] + (_EVAL,) if not m.has(n[0], *n[1])]
+  lacking = missing(method)
+  if lacking:
+    table, fields, why = lacking[0]
+    m.require(method, table, fields, why=f'{method} {why}',
+              can_run=[k for k in NEEDS if not missing(k)])
+
+
 def objective(config):
   if config.method not in OBJECTIVES:
     raise ValueError(f'config.method {config.method!r} has no training '
@@ -244,6 +278,7 @@ def run(config, workdir):
   """Trains (or, for untrained references, only evaluates) one method."""
   os.makedirs(workdir, exist_ok=True)
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
+  check_dataset(config.method, manifest.load(data_dir))
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   if config.method in embed.REFERENCE_METHODS:
     encoder = embed.ReferenceEncoder(config.method, config.encoder.embed_dim,

@@ -4,16 +4,19 @@ import os
 import tempfile
 
 from absl.testing import absltest
+import fixtures
 import numpy as np
 from PIL import Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
 from experiments.configs import data as data_config
 from mmrec import ctr_data
 from mmrec import id_stats
 from mmrec import train_ctr
+from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import dataset_job
@@ -69,7 +72,7 @@ def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
   return imp
 
 
-def _config(source_dir, **convert):
+def config(source_dir, **convert):
   c = data_config.get_config('parquet,tiny')
   c.source_dir = source_dir
   c.convert.update(convert)
@@ -84,7 +87,7 @@ class ConvertTest(absltest.TestCase):
     cls.src = tempfile.mkdtemp(prefix='own_data_')
     cls.raw = write_own_data(cls.src)
     cls.out = os.path.join(tempfile.mkdtemp(), 'data')
-    cls.m = dataset_job.run(_config(cls.src), cls.out)
+    cls.m = dataset_job.run(config(cls.src), cls.out)
 
   def test_manifest_counts_days_and_fields(self):
     m = manifest.load(self.out)
@@ -181,15 +184,26 @@ class ConvertTest(absltest.TestCase):
     self.assertBetween(res['auc'], 0.0, 1.0)
     self.assertIn('new', res['slices'])
 
+  def test_jobs_say_what_the_dataset_lacks(self):
+    with self.assertRaisesRegex(
+        manifest.DatasetError,
+        "dataset 'parquet' has no mmrec_search table: scl needs query -> "
+        'purchase pairs; methods that can run: none'):
+      train_scl.check_dataset('scl', self.m)
+    world = manifest.from_world_config(fixtures.tiny_config().to_dict())
+    for method in train_scl.NEEDS:
+      train_scl.check_dataset(method, world)
+    self.assertIsNone(ctr_sweep.oracle_ceiling(self.out))
+
   def test_rerun_reuses_and_foreign_target_is_refused(self):
     before = os.path.getmtime(os.path.join(self.out, manifest.FILE))
-    dataset_job.run(_config(self.src), self.out)
+    dataset_job.run(config(self.src), self.out)
     self.assertEqual(os.path.getmtime(os.path.join(self.out, manifest.FILE)),
                      before)
     with self.assertRaisesRegex(FileExistsError, 'another source or config'):
-      dataset_job.run(_config(self.src, seq_len=7), self.out)
+      dataset_job.run(config(self.src, seq_len=7), self.out)
     with self.assertRaisesRegex(ValueError, 'never writes into the directory'):
-      dataset_job.run(_config(self.src), os.path.join(self.src, 'out'))
+      dataset_job.run(config(self.src), os.path.join(self.src, 'out'))
 
 
 class MinCountTest(absltest.TestCase):
@@ -198,7 +212,7 @@ class MinCountTest(absltest.TestCase):
     src = tempfile.mkdtemp()
     raw = write_own_data(src, rows=300, with_vectors=False)
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    m = dataset_job.run(_config(src, min_count=8), out)
+    m = dataset_job.run(config(src, min_count=8), out)
     rday = (raw['time'] - (T0 - 3600)) // DAY
     train = rday < NUM_DAYS - 1
     u, uc = np.unique(raw['user'][train], return_counts=True)

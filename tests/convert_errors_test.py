@@ -1,0 +1,173 @@
+"""Bad own-data input: each case stops the data job with a message naming the
+file, column (and row), value and what was expected, and leaves nothing
+behind that could pass for a dataset."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import convert_test
+from mmrec.data import columns
+from mmrec.data import dataset_job
+
+
+def _edit(directory, table, fn):
+  path = os.path.join(directory, f'{table}.parquet')
+  pq.write_table(fn(pq.read_table(path)), path)
+
+
+def _set(t, name, values, type_=None):
+  i = t.column_names.index(name)
+  return t.set_column(i, name, pa.array(values, type_))
+
+
+def _missing_file(d):
+  os.remove(os.path.join(d, 'impressions.parquet'))
+
+
+def _renamed_column(d):
+  _edit(d, 'impressions', lambda t: t.rename_columns(
+      ['user', 'item', 'time', 'clicked']))
+
+
+def _float_labels(d):
+  _edit(d, 'impressions', lambda t: _set(
+      t, 'label', t['label'].to_numpy().astype(np.float64)))
+
+
+def _label_two(d):
+  def fn(t):
+    y = t['label'].to_numpy().copy()
+    y[7] = 2
+    return _set(t, 'label', y)
+  _edit(d, 'impressions', fn)
+
+
+def _null_user(d):
+  def fn(t):
+    u = t['user'].to_pylist()
+    u[11] = None
+    return _set(t, 'user', u, pa.string())
+  _edit(d, 'impressions', fn)
+
+
+def _bad_time(d):
+  def fn(t):
+    s = [str(np.datetime64(int(x), 's')) for x in t['time'].to_numpy()]
+    s[5] = 'yesterday'
+    return _set(t, 'time', s)
+  _edit(d, 'impressions', fn)
+
+
+def _empty_test_split(d):
+  _edit(d, 'impressions', lambda t: t.drop_columns(['time']).append_column(
+      'split', pa.array(['train'] * len(t))))
+
+
+def _truncated(d):
+  path = os.path.join(d, 'impressions.parquet')
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) // 2])
+
+
+def _missing_image(d):
+  os.remove(os.path.join(d, 'img', '3.png'))
+
+
+def _unreadable_image(d):
+  with open(os.path.join(d, 'img', '3.png'), 'wb') as f:
+    f.write(b'not a png')
+
+
+def _short_vector(d):
+  def fn(t):
+    v = t['vector'].to_pylist()
+    v[2] = v[2][:7]
+    return _set(t, 'vector', v)
+  _edit(d, 'vectors', fn)
+
+
+def _nan_vector(d):
+  def fn(t):
+    v = t['vector'].to_pylist()
+    v[4][0] = float('nan')
+    return _set(t, 'vector', v)
+  _edit(d, 'vectors', fn)
+
+
+def _duplicate_item(d):
+  def fn(t):
+    ids = t['item'].to_numpy().copy()
+    ids[6] = ids[5]
+    return _set(t, 'item', ids)
+  _edit(d, 'items', fn)
+
+
+def _float_category(d):
+  _edit(d, 'items', lambda t: t.append_column(
+      'price', pa.array(np.linspace(1, 9, len(t)))))
+
+
+def _mixed_id_kinds(d):
+  _edit(d, 'users', lambda t: _set(t, 'user', np.arange(len(t))))
+
+
+CASES = (
+    ('missing_file', _missing_file, r'missing impressions.parquet'),
+    ('renamed_column', _renamed_column,
+     r"impressions.parquet: missing column\(s\) \['label'\]; found "
+     r"\['user', 'item', 'time', 'clicked'\]"),
+    ('float_labels', _float_labels,
+     r"impressions.parquet, column 'label'.*expected 0/1 labels.*got double"),
+    ('label_two', _label_two,
+     r"impressions.parquet, column 'label', row 7: label 2, expected 0 or 1"),
+    ('null_user', _null_user,
+     r"impressions.parquet, column 'user', row 11: missing value"),
+    ('unparseable_time', _bad_time,
+     r"impressions.parquet, column 'time', row 5: unparseable time "
+     r"'yesterday'; expected"),
+    ('empty_test_split', _empty_test_split, r'the test split is empty'),
+    ('truncated_parquet', _truncated,
+     r'impressions.parquet: not a readable Parquet file'),
+    ('missing_image', _missing_image,
+     r"items.parquet, column 'image', row 3: image 'img/3.png' not found"),
+    ('unreadable_image', _unreadable_image,
+     r"items.parquet, column 'image', row 3: cannot read image .*3.png"),
+    ('short_vector', _short_vector,
+     r"vectors.parquet, column 'vector', row 2: vector of length 7, "
+     r'expected 8'),
+    ('nan_vector', _nan_vector,
+     r"vectors.parquet, column 'vector', row 4: vector holds NaN"),
+    ('duplicate_item', _duplicate_item,
+     r"items.parquet, column 'item': id .* appears twice \(rows \[5, 6\]\)"),
+    ('float_category', _float_category,
+     r"items.parquet, column 'price': a categorical field must hold "
+     r'integers or strings'),
+    ('mixed_id_kinds', _mixed_id_kinds,
+     r"users.parquet, column 'user': int user ids, but .*impressions.parquet "
+     r"column 'user' has str ones"),
+)
+
+
+class BadInputTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*CASES)
+  def test_clear_error_and_nothing_left(self, corrupt, message):
+    src = tempfile.mkdtemp()
+    convert_test.write_own_data(src, num_users=20, num_items=12, rows=200)
+    corrupt(src)
+    parent = tempfile.mkdtemp()
+    with self.assertRaisesRegex(columns.InputError, message):
+      dataset_job.run(convert_test.config(src), os.path.join(parent, 'd'))
+    self.assertEqual(os.listdir(parent), [])  # no half-written dataset
+
+
+if __name__ == '__main__':
+  absltest.main()
