@@ -5,8 +5,10 @@ measurements; the host is recorded with them so numbers stay comparable.
 """
 
 import functools
+import multiprocessing
 import os
 import platform
+import resource
 import tempfile
 import time
 
@@ -15,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from experiments.configs import ctr as ctr_config
 from experiments.configs import scl as scl_config
@@ -28,6 +32,7 @@ from mmrec import train_lib
 from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import convert
 from mmrec.data import taxonomy
 from mmrec.data import text
 from mmrec.data import world as world_lib
@@ -339,8 +344,73 @@ def bench_gauc(config, workdir):
   }
 
 
+def write_history_fixture(directory, rows, history, num_users, num_items,
+                          shard_rows=50_000, seed=0):
+  """Own-data Parquet shards: `rows` impressions, each with a `history`-long
+  list of hashed int64 item ids (as Taobao-MM's), over 10 days."""
+  rng = np.random.default_rng(seed)
+  users = rng.integers(-2**62, 2**62, num_users)
+  items = rng.integers(-2**62, 2**62, num_items)
+  os.makedirs(os.path.join(directory, 'impressions'))
+  for s, lo in enumerate(range(0, rows, shard_rows)):
+    n = min(shard_rows, rows - lo)
+    hist = items[rng.integers(0, num_items, n * history)]
+    offsets = np.arange(n + 1, dtype=np.int32) * history
+    table = pa.table({
+        'user': users[rng.integers(0, num_users, n)],
+        'item': items[rng.integers(0, num_items, n)],
+        'label': (rng.random(n) < 0.05).astype(np.int8),
+        'time': 1_700_000_000 + rng.integers(0, 10 * 86400, n),
+        'history': pa.ListArray.from_arrays(offsets, hist)})
+    pq.write_table(table, os.path.join(directory, 'impressions',
+                                       f'part-{s:05d}.parquet'))
+
+
+def _convert_in_child(source, target, options, queue):
+  t0 = time.perf_counter()
+  m = convert.Converter(source, options).write(target)
+  queue.put((time.perf_counter() - t0, m.tables))
+
+
+def bench_convert(config, workdir):
+  """The own-data converter on impressions with long histories: wall time
+  and peak memory of the conversion alone (run in a child process)."""
+  del workdir
+  with tempfile.TemporaryDirectory() as tmp:
+    src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+    t0 = time.perf_counter()
+    write_history_fixture(src, config.convert_rows, config.convert_history,
+                          config.convert_users, config.convert_items)
+    fixture_s = time.perf_counter() - t0
+    size = sum(os.path.getsize(os.path.join(src, 'impressions', f))
+               for f in os.listdir(os.path.join(src, 'impressions')))
+    os.makedirs(out)
+    options = convert.Options(seq_len=config.convert_seq_len,
+                              chunk_rows=config.convert_chunk_rows)
+    ctx = multiprocessing.get_context('fork')
+    queue = ctx.Queue()
+    child = ctx.Process(target=_convert_in_child,
+                        args=(src, out, options, queue))
+    child.start()
+    seconds, tables = queue.get()
+    child.join()
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+  return {
+      'impressions': config.convert_rows,
+      'history_length': config.convert_history,
+      'seq_len_kept': config.convert_seq_len,
+      'parquet_mib': round(size / 2**20, 1),
+      'fixture_seconds': round(fixture_s, 1),
+      'convert_seconds': round(seconds, 1),
+      'impressions_per_second': round(config.convert_rows / seconds),
+      'peak_rss_mib': round(peak_kib / 1024),
+      'splits': tables['mmrec_impressions']['splits'],
+  }
+
+
 BENCHMARKS = {
     'world': bench_world,
+    'convert': bench_convert,
     'scl_train': bench_scl_train,
     'embed': bench_embed,
     'ctr_train': bench_ctr_train,

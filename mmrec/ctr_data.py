@@ -3,8 +3,9 @@ impression pipelines, read once per run. Sizes, declared fields and days come
 from the dataset's manifest (mmrec/data/manifest.py), whoever produced it.
 
 Splits: 'train' (the training days) and 'test' (the test days), as stored.
-With `validation=True` the last training day is held out: 'train' is the
-days before it and 'validation' that day, so every tuning decision can be
+With `validation=True` the dataset's validation day(s) (the manifest's last
+`validation_days` training days; the world: one) are held out: 'train' is the
+days before them and 'validation' those days, so every tuning decision can be
 made without touching the test day.
 """
 
@@ -51,6 +52,7 @@ class CtrData:
   sizes: dict
   first_test_day: int
   validation: bool = False
+  validation_days: int = 1
 
   @classmethod
   def load(cls, data_dir, validation=False):
@@ -58,7 +60,8 @@ class CtrData:
     return cls(data_dir,
                builders.load_table(data_dir, manifest.ITEMS, 'catalogue'),
                builders.load_table(data_dir, manifest.USERS, 'catalogue'),
-               embedding_sizes(m), m.first_test_day, validation)
+               embedding_sizes(m), m.first_test_day, validation,
+               m.validation_days)
 
   def _stored(self, split):
     """(stored split, row indices or None) of a split name."""
@@ -69,11 +72,15 @@ class CtrData:
                        f'{self.validation}): expected train, test'
                        f'{", validation" if self.validation else ""}')
     day = train_columns(self.data_dir)['day']
-    held = self.first_test_day - 1
+    if not self.validation_days:
+      raise ValueError(f'{self.data_dir}: the dataset declares no validation '
+                       'split (manifest validation_days = 0); evaluate on its '
+                       'test split (config.validation=False)')
+    held = self.first_test_day - self.validation_days
     if not (day < held).any():
       raise ValueError(f'{self.data_dir}: a validation day needs at least two '
                        f'training days; the only one is day {held}')
-    rows = np.flatnonzero(day == held if split == 'validation' else day < held)
+    rows = np.flatnonzero(day >= held if split == 'validation' else day < held)
     return 'train', rows
 
   def dataset(self, split, batch_size, *, seed=0, shuffle=False,

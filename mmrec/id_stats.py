@@ -174,8 +174,8 @@ def fit(x, y, seed=0):
 
 def run(config, workdir):
   """The CTR variant 'id_stats': fit, score the test split (with
-  `config.validation`: the last training day, fit on the days before it),
-  ctr_eval.json."""
+  `config.validation`: the dataset's validation day(s), fit on the days
+  before them), ctr_eval.json."""
   os.makedirs(workdir, exist_ok=True)
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
   m = manifest.load(data_dir)
@@ -187,9 +187,12 @@ def run(config, workdir):
   train = builders.load_table(data_dir, 'mmrec_impressions', 'train')
   test = builders.load_table(data_dir, 'mmrec_impressions', 'test')
   split = 'test'
-  if config.get('validation'):  # the last training day plays the test day
-    split, first_test_day = 'validation', first_test_day - 1
-    test = _take(train, train['day'] == first_test_day)
+  if config.get('validation'):  # the validation day(s) play the test day
+    if not m.validation_days:
+      raise ValueError(f'{data_dir}: the dataset declares no validation split '
+                       '(manifest validation_days = 0)')
+    split, first_test_day = 'validation', m.first_validation_day
+    test = _take(train, train['day'] >= first_test_day)
     train = _take(train, train['day'] < first_test_day)
   (x_fit, y_fit), x_test = fit_and_test_features(
       train, test, items, first_test_day, sizes['num_items'],

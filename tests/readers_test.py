@@ -116,6 +116,9 @@ class MovieLensTest(parameterized.TestCase):
              max_steps=3, validation=True)
     res = train_ctr.run(c, tempfile.mkdtemp())
     self.assertEqual((res['step'], res['split']), (3, 'validation'))
+    # 30 days, test from day 25: the validation split is days 20..24.
+    day = builders.load_table(d, manifest.IMPRESSIONS, 'train')['day']
+    self.assertEqual(res['num_test'], int((day >= 20).sum()))
     c = ctr_config.get_config('id_stats,tiny')
     c.data_dir = d
     self.assertBetween(id_stats.run(c, tempfile.mkdtemp())['auc'], 0, 1)

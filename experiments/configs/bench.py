@@ -32,6 +32,14 @@ def get_config(arg=None):
   config.ctr_tiny = False  # True: the ctr.py:VARIANT,tiny models
   config.long_history = 1000  # the official code's lifelong history
   config.gsu_top_k = 50  # behaviours retrieved from it (official keep_top)
+  # The own-data converter (issue 11): 1M impressions with 1000-long
+  # histories (Taobao-MM's), of which the last seq_len are kept.
+  config.convert_rows = 1_000_000
+  config.convert_history = 1000
+  config.convert_seq_len = 50
+  config.convert_users = 100_000
+  config.convert_items = 200_000
+  config.convert_chunk_rows = 8192
   config.gauc_rows = 10_000_000
   config.gauc_reference_fraction = 0.01  # of users, for the slow reference
   if arg == 'tiny':
@@ -46,6 +54,12 @@ def get_config(arg=None):
     config.ctr_tiny = True
     config.long_history = 40
     config.gsu_top_k = 8
+    config.convert_rows = 2000
+    config.convert_history = 40
+    config.convert_seq_len = 10
+    config.convert_users = 100
+    config.convert_items = 300
+    config.convert_chunk_rows = 500
     config.gauc_rows = 20_000
     config.gauc_reference_fraction = 0.1
   return config

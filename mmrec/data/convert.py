@@ -353,10 +353,15 @@ class Converter:
           'label')), path, 'label', row0)
       if self.has_history:
         start, end, flat = self._histories(batch, path, row0)
-        values = self.items(flat)
+        # Map only the kept behaviours: histories may be 20x longer.
+        start, end = start[mine], end[mine]
+        lengths = end - start
+        values = self.items(flat[_spans(start, end)])
+        end = np.cumsum(lengths)  # the kept spans, now back to back
+        seq, n = self._sequences(end - lengths, end, values)
       else:
-        start, end, values = self._built_history(user, day)
-      seq, n = self._sequences(start[mine], end[mine], values)
+        start, end, values = self._built_history(user[mine], day[mine])
+        seq, n = self._sequences(start, end, values)
       yield {'user_id': self.users(user[mine]),
              'item_id': self.items(item[mine]), 'day': day[mine],
              'label': label[mine], 'seq_item': seq, 'seq_len': n}
