@@ -7,6 +7,7 @@ from absl import logging
 import numpy as np
 
 from mmrec import files
+from mmrec import id_stats
 from mmrec import metrics
 from mmrec import train_ctr
 from mmrec import vector_table
@@ -154,12 +155,29 @@ def markdown(summary):
     o = summary['oracle']
     lines.append(f'| oracle (ceiling) | {o["auc"]:.4f} | {o["gauc"]:.4f} | '
                  f'{o["logloss"]:.4f} | | | | | |')
+  for name, why in summary.get('skipped', {}).items():
+    lines.append(f'\n{name}: not run ({why})')
   return '\n'.join(lines)
 
 
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.ctr.world, workdir)
+  m = manifest.load(data_dir)
+  shipped = m.vectors
+  if not config.vectors_path and shipped:
+    # Real data may come with item vectors: every variant runs on them
+    # without our pre-training.
+    with config.unlocked():
+      config.vectors_path = os.path.join(data_dir, shipped)
+    logging.info('vectors_path: the dataset\'s own %s', config.vectors_path)
   variants = [v for v in config.variants.split(',') if v]
+  skipped = {}
+  if 'id_stats' in variants:
+    need = id_stats.unmet_need(m, config.ctr.get('validation'))
+    if need:
+      logging.warning('skipping id_stats: %s', need)
+      skipped['id_stats'] = need
+      variants.remove('id_stats')
   if any(v not in NO_VECTORS for v in variants) and not config.vectors_path:
     raise ValueError('config.vectors_path must name an item-vector table '
                      '(item_vectors.npz) for the variants other than '
@@ -173,6 +191,8 @@ def run(config, workdir):
       results[variant].append(run_one(config, variant, seed, data_dir,
                                       workdir))
   summary = summarise(results, oracle_ceiling(data_dir))
+  if skipped:
+    summary['skipped'] = skipped
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), summary)
   files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), markdown(summary))
   if config.vectors_path:

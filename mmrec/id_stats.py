@@ -172,6 +172,21 @@ def fit(x, y, seed=0):
   return Model(mean, std, lr)
 
 
+def unmet_need(m, validation=False):
+  """Why id_stats cannot run on the dataset of manifest `m`, or None.
+
+  It fits on the last training day with features from the days before it,
+  so it needs two training days (Taobao-MM, shipped as train / test, has
+  one).
+  """
+  first = m.first_validation_day if validation else m.first_test_day
+  if first >= 2:
+    return None
+  return (f'dataset {m.name!r} has {first} training day(s) before its '
+          f'{"validation" if validation else "test"} split: id_stats fits on '
+          'the last training day with features from the days before it')
+
+
 def run(config, workdir):
   """The CTR variant 'id_stats': fit, score the test split (with
   `config.validation`: the dataset's validation day(s), fit on the days
@@ -179,6 +194,9 @@ def run(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
   m = manifest.load(data_dir)
+  need = unmet_need(m, config.get('validation'))
+  if need:
+    raise manifest.DatasetError(need)
   sizes = ctr_data.embedding_sizes(m)
   first_test_day = m.first_test_day
   items = category_tables(
