@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from experiments.configs import ctr as ctr_config
 from experiments.configs import data as data_config
+from mmrec import ctr_data
 from mmrec import id_stats
 from mmrec import train_ctr
 from mmrec import vector_table
@@ -195,9 +196,10 @@ class TaobaoMMTest(absltest.TestCase):
   def test_shards_histories_vectors_and_ctr(self):
     src = tempfile.mkdtemp()
     iid, vec = write_taobao_shards(src)
-    m, d = _run(_config('taobao_mm', src))
+    m, d = _run(_config('taobao_mm', src, long_seq_len=30))
     self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
                      {'train': 300, 'test': 100})
+    self.assertEqual(m.long_seq_len, 30)
     self.assertEqual(m.categorical[manifest.ITEMS]['category'], 6)
     raw = pq.read_table(os.path.join(src, 'train',
                                      'train-shard-00000.parquet'))
@@ -209,14 +211,23 @@ class TaobaoMMTest(absltest.TestCase):
     self.assertEqual(n, len(h))
     np.testing.assert_array_equal(imp['seq_item'][0, 10 - n:],
                                   np.searchsorted(keys, h) + 1)
+    h = [x for x in raw['150_2_180'][0].as_py() if x][-30:]
+    n = imp['long_seq_len'][0]
+    self.assertEqual(n, len(h))
+    np.testing.assert_array_equal(imp['long_seq_item'][0, 30 - n:],
+                                  np.searchsorted(keys, h) + 1)
     table, _ = vector_table.load(os.path.join(d, m.vectors),
                                  num_items=m.num_items)
     k = np.searchsorted(keys, iid[3]) + 1
     want = vec[3] / np.linalg.norm(vec[3].astype(np.float32))
     np.testing.assert_allclose(table[k], want, atol=1e-5)
     cc = ctr_config.get_config('vector,tiny')
+    # Attention over the top 8 of the long history (GSU), as MUSE's code.
     cc.update(data_dir=d, batch_size=32, eval_batch_size=128,
-              max_steps=3, vectors_path=os.path.join(d, m.vectors))
+              max_steps=3, vectors_path=os.path.join(d, m.vectors),
+              retrieve_top_k=8)
+    batch = ctr_data.CtrData.load(d).dataset('train', 32)[0]
+    self.assertEqual(batch['long_seq_category'].shape, (32, 30))
     res = train_ctr.run(cc, tempfile.mkdtemp())
     self.assertEqual(res['step'], 3)
 

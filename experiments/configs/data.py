@@ -47,6 +47,10 @@ def get_config(arg=None):
   # Ids seen fewer times in the training days map to 0 ("rare"): 1 keeps all.
   v.min_count = 1
   v.seq_len = 50  # behaviour sequence length L (as the world)
+  # > 0: also keep this many behaviours as the long history (SimTier over
+  # it, GSU retrieval with the CTR config's retrieve_top_k); 1000 = the
+  # MUSE code's Taobao-MM setting (4 KB per impression).
+  v.long_seq_len = 0
   v.image_size = 32  # images resized to this (as the world)
   v.title_length = 16
   v.vocab_size = 8000  # WordPiece vocabulary of the titles

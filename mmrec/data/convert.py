@@ -70,6 +70,10 @@ class Options:
   validation_days: int = 1
   min_count: int = 1
   seq_len: int = 50
+  # > 0: also store the last `long_seq_len` behaviours (`long_seq_item`,
+  # `long_seq_len`): SimTier over a long history and GSU retrieval
+  # (config.retrieve_top_k), the MUSE code's 1000-long setting.
+  long_seq_len: int = 0
   image_size: int = 32
   title_length: int = 16
   vocab_size: int = 8000
@@ -217,9 +221,10 @@ class Converter:
     offsets, flat = columns.id_lists(col, path, 'history', row0)
     if len(flat):
       self.kinds.check('item', flat, path, 'history')
-    # Only the last seq_len behaviours are kept: count only those.
+    # Only the last seq_len (long_seq_len) behaviours are kept: count only
+    # those.
     end = offsets[1:]
-    start = np.maximum(offsets[:-1], end - self.opt.seq_len)
+    start = np.maximum(offsets[:-1], end - self._kept)
     return start, end, flat
 
   def scan_days(self):
@@ -327,9 +332,12 @@ class Converter:
     end = np.where(known, end, start)
     return start, end, self.click_item
 
-  def _sequences(self, start, end, values):
-    """Right-aligned (N, L) seq_item and seq_len from [start, end) spans."""
-    L = self.opt.seq_len
+  @property
+  def _kept(self):
+    return max(self.opt.seq_len, self.opt.long_seq_len)
+
+  def _sequences(self, start, end, values, L):
+    """Right-aligned (N, L) ids and lengths of the last L of [start, end)."""
     n = np.minimum(end - start, L)
     pos = end[:, None] - L + np.arange(L)[None]
     valid = np.arange(L)[None] >= L - n[:, None]
@@ -358,20 +366,28 @@ class Converter:
         lengths = end - start
         values = self.items(flat[_spans(start, end)])
         end = np.cumsum(lengths)  # the kept spans, now back to back
-        seq, n = self._sequences(end - lengths, end, values)
+        start = end - lengths
       else:
         start, end, values = self._built_history(user[mine], day[mine])
-        seq, n = self._sequences(start, end, values)
-      yield {'user_id': self.users(user[mine]),
+      seq, n = self._sequences(start, end, values, self.opt.seq_len)
+      out = {'user_id': self.users(user[mine]),
              'item_id': self.items(item[mine]), 'day': day[mine],
              'label': label[mine], 'seq_item': seq, 'seq_len': n}
+      if self.opt.long_seq_len:
+        out['long_seq_item'], out['long_seq_len'] = self._sequences(
+            start, end, values, self.opt.long_seq_len)
+      yield out
 
   def impression_example(self):
-    L = self.opt.seq_len
-    return {'user_id': np.zeros(0, np.int32), 'item_id': np.zeros(0, np.int32),
-            'day': np.zeros(0, np.int32), 'label': np.zeros(0, np.int8),
-            'seq_item': np.zeros((0, L), np.int32),
-            'seq_len': np.zeros(0, np.int32)}
+    L, Lh = self.opt.seq_len, self.opt.long_seq_len
+    out = {'user_id': np.zeros(0, np.int32), 'item_id': np.zeros(0, np.int32),
+           'day': np.zeros(0, np.int32), 'label': np.zeros(0, np.int8),
+           'seq_item': np.zeros((0, L), np.int32),
+           'seq_len': np.zeros(0, np.int32)}
+    if Lh:
+      out.update(long_seq_item=np.zeros((0, Lh), np.int32),
+                 long_seq_len=np.zeros(0, np.int32))
+    return out
 
   # --- Catalogue tables -------------------------------------------------
 
@@ -543,6 +559,6 @@ class Converter:
              'seq_features': list(seq), 'item_bags': list(ibags),
              'category_fields': list(cat_fields)},
         image_size=image_size, text=text, vectors=vectors,
-        seq_len=self.opt.seq_len)
+        seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)
     manifest_lib.write(directory, m)
     return m

@@ -59,6 +59,7 @@ class Manifest:
   vectors: str | None = None  # an item_vectors.npz shipped with the data
   oracle: str | None = None  # world only: true click probabilities
   seq_len: int = 0
+  long_seq_len: int = 0  # > 0: impressions also hold long_seq_item
   format_version: int = FORMAT_VERSION
 
   def to_dict(self):

@@ -41,7 +41,8 @@ class JoinCtrFields(grain.transforms.Map):
 
   Output (B batch, L sequence length): user_id, the `user_fields`, item_id,
   the `item_fields` (bags (B, K)), seq_item (B, L), seq_<f> (B, L) for each
-  of `seq_fields`, seq_mask (B, L) bool, label, day. Padded sequence slots
+  of `seq_fields`, seq_mask (B, L) bool, label, day; with a stored long
+  history (B, Lh) also long_seq_item, long_seq_<f> and long_seq_mask. Padded sequence slots
   hold id 0 and mask False. The world: user_id, age, gender, city, item_id,
   category, shop, seq_item, seq_category, seq_mask, label, day.
   """
@@ -60,6 +61,13 @@ class JoinCtrFields(grain.transforms.Map):
                label=b['label'], day=b['day'])
     for k in self.seq_fields:
       out[f'seq_{k}'] = np.where(mask, self.item_fields[k][seq], 0)
+    if 'long_seq_item' in b:  # a long history (converted real data)
+      long = b['long_seq_item']
+      n = long.shape[1]
+      lmask = np.arange(n)[None] >= n - b['long_seq_len'][:, None]
+      out.update(long_seq_item=np.where(lmask, long, 0), long_seq_mask=lmask)
+      for k in self.seq_fields:
+        out[f'long_seq_{k}'] = np.where(lmask, self.item_fields[k][long], 0)
     return out
 
 
