@@ -30,6 +30,7 @@ from mmrec import sharding
 from mmrec import train_lib
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import manifest
 
 REFERENCE_METHODS = ('raw_pixels', 'bag_of_tokens')
 
@@ -44,16 +45,25 @@ def build_encoder(config, vocab_size, max_len):
       multimodal_encoder.MultimodalConfig.from_dict(enc))
 
 
+def item_shapes(data_dir):
+  """(vocabulary size, title length, image size) from a dataset's manifest;
+  a dataset without item images and titles cannot feed an encoder."""
+  m = manifest.load(data_dir)
+  m.require('pre-training', manifest.ITEMS, ('image', 'title'),
+            why='the item encoder needs item images and titles')
+  vocab = m.text.get('vocab_size') or builders.vocab_size(data_dir)
+  return vocab, m.text['length'], m.image_size
+
+
 def encoder_model(config, data_dir):
   """`build_encoder` for the vocabulary and title length of a dataset."""
-  return build_encoder(config, builders.vocab_size(data_dir),
-                       builders.load_world_config(data_dir)['title_length'])
+  vocab, length, _ = item_shapes(data_dir)
+  return build_encoder(config, vocab, length)
 
 
 def example_inputs(data_dir):
   """Dummy (image, text) inputs with the dataset's shapes, for `init`."""
-  wc = builders.load_world_config(data_dir)
-  s, t = wc['image_size'], wc['title_length']
+  _, t, s = item_shapes(data_dir)
   return {'image': np.zeros((1, s, s, 3), np.uint8),
           'text': np.ones((1, t), np.int32)}
 
@@ -120,10 +130,8 @@ class ReferenceEncoder:
     if method not in REFERENCE_METHODS:
       raise ValueError(f'unknown reference method {method!r}')
     self.method = method
-    wc = builders.load_world_config(data_dir)
-    self.vocab_size = builders.vocab_size(data_dir)
-    width = (wc['image_size']**2 * 3 if method == 'raw_pixels'
-             else self.vocab_size)
+    self.vocab_size, _, image_size = item_shapes(data_dir)
+    width = image_size**2 * 3 if method == 'raw_pixels' else self.vocab_size
     rng = np.random.default_rng(seed)
     self.proj = (rng.normal(size=(width, dim)) / np.sqrt(dim)).astype(
         np.float32)
@@ -158,8 +166,7 @@ def _unit(x):
 
 
 def _new_items(data_dir, items):
-  return items['launch_day'] >= builders.first_test_day(
-      builders.load_world_config(data_dir))
+  return items['launch_day'] >= manifest.load(data_dir).first_test_day
 
 
 def evaluate_encoder(encoder, data_dir, items):

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
 from experiments.configs import data as data_config
+from experiments.configs import scl as scl_config
 from mmrec import ctr_data
 from mmrec import id_stats
 from mmrec import train_ctr
@@ -31,7 +32,7 @@ ZH = ['红色', '棉', '衬衫', '连衣裙', '帽子']
 
 
 def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
-                   with_vectors=True):
+                   with_vectors=True, sessions=0):
   """Own data in the documented schema; returns the raw impressions."""
   rng = np.random.default_rng(seed)
   os.makedirs(os.path.join(directory, 'img'), exist_ok=True)
@@ -65,6 +66,21 @@ def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
       'user': users, 'gender': ['f', 'm'] * (num_users // 2),
       'age': (np.arange(num_users) % 4).astype(np.int64)}),
                  os.path.join(directory, 'users.parquet'))
+  if sessions:
+    # Search sessions: image queries (photos of the bought item) and text
+    # queries (words of its title); 0-2 hard negatives; over all days.
+    bought = rng.integers(0, num_items, sessions)
+    image = np.arange(sessions) % 2 == 0
+    pq.write_table(pa.table({
+        'item': items[bought],
+        'query_image': [paths[b] if q else None
+                        for b, q in zip(bought, image)],
+        'query_text': [None if q else titles_[b].split()[0]
+                       for b, q in zip(bought, image)],
+        'hard_negatives': [list(rng.choice(old, k)) for k in
+                           rng.integers(0, 3, sessions)],
+        'time': T0 + rng.integers(0, NUM_DAYS * DAY - 7200, sessions),
+    }), os.path.join(directory, 'search.parquet'))
   if with_vectors:
     v = rng.normal(size=(num_items, 8)).astype(np.float32)
     pq.write_table(pa.table({'item': items, 'vector': list(v)}),
@@ -204,6 +220,37 @@ class ConvertTest(absltest.TestCase):
       dataset_job.run(config(self.src, seq_len=7), self.out)
     with self.assertRaisesRegex(ValueError, 'never writes into the directory'):
       dataset_job.run(config(self.src), os.path.join(self.src, 'out'))
+
+
+class SearchTest(absltest.TestCase):
+
+  def test_search_sessions_and_a_tiny_scl_run(self):
+    src = tempfile.mkdtemp()
+    write_own_data(src, rows=600, with_vectors=False, sessions=200)
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    m = dataset_job.run(config(src), out)
+    splits = m.tables[manifest.SEARCH]['splits']
+    self.assertEqual(sum(splits.values()), 200)
+    test = builders.load_table(out, manifest.SEARCH, 'test')
+    items = builders.load_table(out, manifest.ITEMS, 'catalogue')
+    self.assertTrue(test['held_out'].all())
+    # Sessions buying a new item are held out (never pre-trained on).
+    train = builders.load_table(out, manifest.SEARCH, 'train')
+    self.assertTrue((items['launch_day'][train['purchased_item']] <
+                     m.first_test_day).all())
+    img = train['query_is_image']
+    np.testing.assert_array_equal(train['query_image'][img],
+                                  items['image'][train['purchased_item'][img]])
+    self.assertTrue((train['query_text'][~img, 0] > 1).all())
+    self.assertTrue((train['hard_negatives'][~train['hard_negative_mask']]
+                     == 0).all())
+    for method in train_scl.NEEDS:
+      if method not in ('clip_o',):  # no captions
+        train_scl.check_dataset(method, m)
+    c = scl_config.get_config('scl,tiny')
+    c.update(data_dir=out, num_steps=3, batch_size=32, checkpoint_every=3)
+    res = train_scl.run(c, tempfile.mkdtemp())
+    self.assertIsNotNone(res['metrics']['image'])
 
 
 class MinCountTest(absltest.TestCase):

@@ -15,6 +15,8 @@ Input, one directory (docs/data_format.md, "Your own data"):
   users.parquet (optional): user + categorical fields / bags
   vectors.parquet (optional): item, vector (list of numbers): shipped item
     vectors, written as the dataset's item_vectors.npz
+  search.parquet (optional): search -> purchase sessions for pre-training
+    (search_sessions.py)
 
 What the conversion does:
   * days: day = whole days since midnight (UTC) of the first impression; the
@@ -47,13 +49,14 @@ import os
 
 from absl import logging
 import numpy as np
-from PIL import Image
 import pyarrow as pa
 
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import columns
+from mmrec.data import images
 from mmrec.data import manifest as manifest_lib
+from mmrec.data import search_sessions
 from mmrec.data import titles
 
 DAY = 86400
@@ -78,6 +81,7 @@ class Options:
   title_length: int = 16
   vocab_size: int = 8000
   max_bag: int = 8
+  max_hard_negatives: int = 3  # slots per search session (search.parquet)
   chunk_rows: int = 65536
   # Item categorical fields the behaviours carry too (a prefix of the item
   # fields in column order); None = the first item field, if any.
@@ -464,28 +468,14 @@ class Converter:
                                'but no item of the training days has a title')
     tok = titles.train(corpus, self.opt.vocab_size)
     titles.save(tok, directory)
-    return titles.encode(tok, list(text), self.opt.title_length), (
-        tok.get_vocab_size())
+    return titles.encode(tok, list(text), self.opt.title_length), tok
 
   def _images(self, raw_paths, ids, keep, num_items, path):
-    s = self.opt.image_size
-    out = np.zeros((num_items, s, s, 3), np.uint8)
-    for r in np.flatnonzero(keep):
-      rel = raw_paths[r]
-      if rel is None or rel == '':
-        continue  # no image: zeros, as the world's text-only queries
-      full = os.path.join(self.src, rel)
-      try:
-        with Image.open(full) as im:
-          out[ids[r]] = np.asarray(im.convert('RGB').resize(
-              (s, s), Image.Resampling.BILINEAR))
-      except FileNotFoundError:
-        raise columns.InputError(f"{path}, column 'image', row {r}: image "
-                                 f'{rel!r} not found (looked for {full})'
-                                 ) from None
-      except (OSError, ValueError) as e:
-        raise columns.InputError(f"{path}, column 'image', row {r}: cannot "
-                                 f'read image {full} ({e})') from None
+    out = np.zeros((num_items, self.opt.image_size, self.opt.image_size, 3),
+                   np.uint8)
+    rows = np.flatnonzero(keep)
+    out[ids[rows]] = images.read_many(self.src, raw_paths[rows],
+                                      self.opt.image_size, path, 'image', rows)
     return out
 
   def _vectors(self, directory):
@@ -518,23 +508,27 @@ class Converter:
     users, ucats, ubags, _, _ = self._catalogue('users', 'user', self.users,
                                                 ())
     items['launch_day'] = self.launch_day
-    text = image_size = None
+    text = image_size = tok = None
     if 'title' in iraw:
-      items['title'], vocab = self._titles(*iraw['title'], len(self.items),
-                                           directory)
-      text = {'tokenizer': titles.FILE, 'vocab_size': vocab,
+      items['title'], tok = self._titles(*iraw['title'], len(self.items),
+                                         directory)
+      text = {'tokenizer': titles.FILE, 'vocab_size': tok.get_vocab_size(),
               'length': self.opt.title_length}
     if 'image' in iraw:
       items['image'] = self._images(*iraw['image'], len(self.items), ipath)
       image_size = self.opt.image_size
     vectors = self._vectors(directory)
-    builders.write_tables(directory, [
+    search = search_sessions.convert(self, tok)
+    tables = [
         (builders.Items, {'catalogue': items}, None),
         (builders.Users, {'catalogue': users}, None),
         (builders.Impressions,
          {s: (lambda s=s: self.impressions(s)) for s in ('train', 'test')},
          self.impression_example()),
-    ])
+    ]
+    if search:
+      tables.append((builders.Search, search, None))
+    builders.write_tables(directory, tables)
     names = list(icats)
     seq = (self.opt.seq_features if self.opt.seq_features is not None
            else names[:1])
@@ -552,7 +546,11 @@ class Converter:
                                  'splits': {'catalogue': len(self.users)}},
             manifest_lib.IMPRESSIONS: {
                 'fields': list(self.impression_example()),
-                'splits': dict(self.rows)}},
+                'splits': dict(self.rows)},
+            **({manifest_lib.SEARCH: {
+                'fields': list(search['train']),
+                'splits': {k: len(v['session_id'])
+                           for k, v in search.items()}}} if search else {})},
         categorical={manifest_lib.ITEMS: icats, manifest_lib.USERS: ucats},
         bags={manifest_lib.ITEMS: ibags, manifest_lib.USERS: ubags},
         ctr={'user_features': list(ucats), 'item_features': names,

@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from mmrec.data import builders
+from mmrec.data import manifest
 from mmrec.data import pipelines
 
 
@@ -52,7 +53,7 @@ def captions(data_dir, *, batch_size, seed):
 
 def old_items(data_dir, items):
   """Ids of the items launched before the first test day."""
-  first = builders.first_test_day(builders.load_world_config(data_dir))
+  first = manifest.load(data_dir).first_test_day
   return np.flatnonzero(items['launch_day'] < first)
 
 
