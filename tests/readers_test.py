@@ -108,21 +108,22 @@ class MovieLensTest(parameterized.TestCase):
     if 2 in item[train]:
       self.assertGreater(int((items['title'][2] > 0).sum()), 2)
 
-  def test_ml1m_runs_ctr_and_id_stats(self):
+  def test_ml1m_validation_week_and_id_stats(self):
     src = tempfile.mkdtemp()
     write_movielens(src, 'ml-1m', seed=1)
     m, d = _run(_config('movielens', src, test_days=5, validation_days=5))
-    c = ctr_config.get_config('id,tiny')
-    c.update(data_dir=d, batch_size=32, eval_batch_size=128,
-             max_steps=3, validation=True)
-    res = train_ctr.run(c, tempfile.mkdtemp())
-    self.assertEqual((res['step'], res['split']), (3, 'validation'))
     # 30 days, test from day 25: the validation split is days 20..24.
+    data = ctr_data.CtrData.load(d, validation=True)
     day = builders.load_table(d, manifest.IMPRESSIONS, 'train')['day']
-    self.assertEqual(res['num_test'], int((day >= 20).sum()))
+    self.assertEqual(data.num_rows('validation'), int((day >= 20).sum()))
+    batch = data.dataset('validation', 64)[0]
+    self.assertTrue(((batch['day'] >= 20) & (batch['day'] < 25)).all())
+    self.assertEqual(batch['genres'].shape, (64, 8))
     c = ctr_config.get_config('id_stats,tiny')
-    c.data_dir = d
-    self.assertBetween(id_stats.run(c, tempfile.mkdtemp())['auc'], 0, 1)
+    c.update(data_dir=d, validation=True)
+    res = id_stats.run(c, tempfile.mkdtemp())
+    self.assertEqual((res['split'], res['num_test']),
+                     ('validation', int((day >= 20).sum())))
 
   def test_bad_ratings_line_names_file_and_line(self):
     src = tempfile.mkdtemp()
