@@ -7,6 +7,7 @@ from absl import logging
 import numpy as np
 
 from mmrec import files
+from mmrec import id_vectors
 from mmrec import metrics
 from mmrec import train_ctr
 from mmrec import vector_table
@@ -21,13 +22,40 @@ NO_VECTORS = ('id', 'id_stats')
 # Variants without randomness (a deterministic LR fit): run once, reused for
 # every seed so that deltas stay paired by seed.
 DETERMINISTIC = ('id_stats',)
+# `<variant>@ids` runs the variant on the ID-similarity control table
+# (mmrec/id_vectors.py: cosine = matching category / shop IDs) instead of
+# `vectors_path`, written once into <workdir>/ID_VECTORS_DIR.
+ID_SOURCE = 'ids'
+ID_VECTORS_DIR = 'id_similarity'
 
 
-def variant_config(config, variant, seed, data_dir, workdir):
+def split_variant(name):
+  """'simtier_official@ids' -> ('simtier_official', 'ids'); 'id' -> ('id', '')."""
+  variant, _, source = name.partition('@')
+  if source not in ('', ID_SOURCE):
+    raise ValueError(f'variant {name!r}: the part after "@" names the vector '
+                     f'source and must be {ID_SOURCE!r} (the ID-similarity '
+                     'control)')
+  if source and variant in NO_VECTORS:
+    raise ValueError(f'variant {name!r}: {variant!r} reads no vectors')
+  return variant, source
+
+
+def id_vectors_path(workdir):
+  return os.path.join(workdir, ID_VECTORS_DIR, vector_table.FILE)
+
+
+def variant_config(config, name, seed, data_dir, workdir):
+  variant, source = split_variant(name)
   c = config.ctr.copy_and_resolve_references()
   c.variant, c.seed, c.data_dir = variant, seed, data_dir
-  c.vectors_path = '' if variant in NO_VECTORS else config.vectors_path
-  c.make.stage_a_dir = os.path.join(workdir, 'make_stage_a', f'seed_{seed}')
+  if variant in NO_VECTORS:
+    c.vectors_path = ''
+  else:
+    c.vectors_path = (id_vectors_path(workdir) if source else
+                      config.vectors_path)
+  stage_a = 'make_stage_a' + (f'_{source}' if source else '')
+  c.make.stage_a_dir = os.path.join(workdir, stage_a, f'seed_{seed}')
   return c
 
 
@@ -156,14 +184,20 @@ def markdown(summary):
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.ctr.world, workdir)
   variants = [v for v in config.variants.split(',') if v]
-  if any(v not in NO_VECTORS for v in variants) and not config.vectors_path:
+  parsed = [split_variant(v) for v in variants]
+  if (any(v not in NO_VECTORS and not src for v, src in parsed) and
+      not config.vectors_path):
     raise ValueError('config.vectors_path must name an item-vector table '
                      '(item_vectors.npz) for the variants other than '
                      f'{", ".join(NO_VECTORS)}')
+  if any(src for _, src in parsed) and not os.path.exists(
+      id_vectors_path(workdir)):
+    id_vectors.write(id_vectors_path(workdir), builders.load_table(
+        data_dir, 'mmrec_items', 'catalogue'))
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:
-      if variant in DETERMINISTIC and seed > 0:  # the same fit every seed
+      if split_variant(variant)[0] in DETERMINISTIC and seed > 0:  # the same fit every seed
         results[variant].append(dict(results[variant][0], seed=seed))
         continue
       results[variant].append(run_one(config, variant, seed, data_dir,

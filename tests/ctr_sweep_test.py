@@ -54,6 +54,20 @@ class CtrSweepTest(absltest.TestCase):
     with open(os.path.join(workdir, 'ctr_table.md')) as f:
       self.assertIn('oracle (ceiling)', f.read())
 
+  def test_id_similarity_control_runs_on_its_own_table(self):
+    workdir = tempfile.mkdtemp()
+    summary = ctr_sweep.run(_config('id,simtier_official@ids'), workdir)
+    self.assertIn('simtier_official@ids', summary['variants'])
+    with open(os.path.join(workdir, 'simtier_official@ids', 'seed_0',
+                           'ctr_eval.json')) as f:
+      used = json.load(f)
+    table = ctr_sweep.id_vectors_path(workdir)
+    self.assertTrue(os.path.exists(table))
+    self.assertEqual(used['vectors_path'], table)
+    for bad in ('simtier_official@pixels', 'id@ids'):
+      with self.assertRaisesRegex(ValueError, bad):
+        ctr_sweep.split_variant(bad)
+
   def test_vectors_path_required(self):
     c = _config('id,simscore')
     c.vectors_path = ''

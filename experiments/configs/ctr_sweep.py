@@ -25,7 +25,10 @@ def get_config(arg=None):
   tiny = arg == 'tiny'
   c = ml_collections.ConfigDict()
   c.job = 'ctr_sweep'
-  c.variants = ','.join(ctr.VARIANTS)
+  # `simtier_official@ids`: SimTier over the ID-similarity control table
+  # (mmrec/id_vectors.py), so a multimodal gain is read against "similarity
+  # structure from IDs" too.
+  c.variants = ','.join(ctr.VARIANTS + ('simtier_official@ids',))
   c.seeds = 1 if tiny else 3
   c.data_dir = ''  # '' = <workdir>/world, built if missing
   c.vectors_path = ''
