@@ -70,6 +70,7 @@ def build_model(config, sizes):
       simtier_mask_padding=bool(config.simtier_mask_padding),
       simtier_official_dim=config.simtier_official_dim,
       retrieve_top_k=config.retrieve_top_k,
+      match_features=bool(config.match_features),
       make=make_module_config(config)))
 
 

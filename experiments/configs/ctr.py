@@ -78,6 +78,10 @@ def get_config(arg=None):
   # vs 0.642, one seed): learning to attend is not yet learning to predict.
   c.attention = 'mlp_softmax'
   c.attention_mlp = (64, 32)  # the scorer's hidden widths (not 'dot')
+  # The share / log count of behaviours in the target's category (and shop,
+  # where behaviours carry it) and the log history length as tower inputs
+  # (mmrec/ctr_model.py: match_features explains why).
+  c.match_features = True
   c.tower = (256, 128, 64)
   c.simtier_bins = 20  # paper SimTier tiers over [-1, 1]
   c.simtier_mask_padding = True  # False = count padding as the official code
