@@ -20,7 +20,8 @@ from mmrec import train_scl
 
 REPORT_FILE = 'report.md'
 PLOTS = ('gauc_delta.png', 'slice_deltas.png', 'one_epoch.png',
-         'make_epochs.png', 'retrieval_grid.png', 'simtier_histogram.png')
+         'make_epochs.png', 'retrieval_grid.png', 'simtier_histogram.png',
+         'content_curve.png')
 _PAPER_GAUC_GAIN = 1.25  # % SimTier + MAKE over ID (paper.md)
 
 
@@ -100,6 +101,44 @@ def one_epoch_plot(path, one_epoch):
                '(the one-epoch phenomenon)')
   _save(fig, path)
   return True
+
+
+def content_curve_plot(path, points):
+  """The multimodal gain vs. the world's content knob (>= 2 points)."""
+  points = [p for p in points if 'gain_gauc_pct' in p]
+  if len(points) < 2:
+    return False
+  x = [p['content_weight'] for p in points]
+  fig = figure.Figure(figsize=(5, 3.5))
+  ax = fig.subplots()
+  for m, marker in (('auc', 'o'), ('gauc', 's')):
+    ax.plot(x, [_nan(p.get(f'gain_{m}_pct')) for p in points], marker=marker,
+            label=f'{m.upper()} gain %')
+  ax.axhline(0, color='k', lw=0.8)
+  ax.set_xlabel('world.content_weight (taste logits per category logit)')
+  ax.set_ylabel('SimTier + MAKE over best ID baseline, %')
+  ax.legend()
+  _save(fig, path)
+  return True
+
+
+def _content_curve_md(points):
+  lines = ['| content_weight | best ID baseline (AUC / GAUC) | ID AUC | '
+           'id_stats AUC | SimTier+MAKE AUC | AUC gain % | ID GAUC | '
+           'id_stats GAUC | SimTier+MAKE GAUC | GAUC gain % |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for p in points:
+    v = p['variants']
+    cell = lambda k, m: _f((v.get(k) or {}).get(m))
+    gain = lambda m: ('n/a' if p.get(f'gain_{m}_pct') is None else
+                      f'{p[f"gain_{m}_pct"]:+.2f}')
+    lines.append(
+        f'| {p["content_weight"]:g} | {p.get("best_id_auc", "n/a")} / '
+        f'{p.get("best_id_gauc", "n/a")} | {cell("id", "auc")} | '
+        f'{cell("id_stats", "auc")} | {cell("simtier_make", "auc")} | '
+        f'{gain("auc")} | {cell("id", "gauc")} | {cell("id_stats", "gauc")} '
+        f'| {cell("simtier_make", "gauc")} | {gain("gauc")} |')
+  return '\n'.join(lines)
 
 
 def make_epochs_plot(path, make_epochs, id_gauc):
@@ -283,6 +322,9 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
     made[PLOTS[5]] = (f'SimTier cosines ({config.vectors_method} vectors): '
                       f'mean {hist["clicked_mean"]:.3f} clicked vs. '
                       f'{hist["not_clicked_mean"]:.3f} not clicked.')
+  if content_curve_plot(p(PLOTS[6]), results['content_curve']):
+    made[PLOTS[6]] = ('The multimodal gain (SimTier + MAKE over the best ID '
+                      'baseline) vs. how much content matters in the world.')
   oracle = results['world']['oracle_ceiling']
   ctr_table = {'variants': ctr}
   if oracle and all(v is not None for v in oracle.values()):
@@ -309,6 +351,8 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       'new items', _slices_md(ctr),
       '### One-epoch curve and MAKE stage-A epochs (seed 0)',
       _curves_md(curves),
+      '### The content knob: multimodal gain vs. world.content_weight',
+      _content_curve_md(results['content_curve']),
       '## Plots', '\n\n'.join(f'![{c}]({f})\n\n*{c}*' for f, c in
                               made.items()) +
       (f'\n\nNot drawn (inputs missing): {", ".join(missing)}.'

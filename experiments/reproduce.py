@@ -8,14 +8,23 @@ produced the stage and the hashes of the stages it reads:
   ctr       ctr_sweep over the seed-0 vectors of config.vectors_method
   extra     seed 0: the multi-epoch ID run (one-epoch curve) and a 'make' run
             per stage-A epoch count (curves.json)
+  world_cw<c>, ctr_cw<c>  the content-knob curve: for each
+            config.content_curve.weights value c other than the world's own,
+            the same world with `content_weight` = c and a CTR sweep of
+            content_curve.variants over the same item vectors (items,
+            images, titles and the search log do not depend on the knob,
+            only the clicks do), summarised with the main sweep's point in
+            content_curve.json
   report    results.json, report.md and PNG plots in the workdir
 A stage whose `stage.json` marker exists is skipped (an interrupted sweep
 resumes run by run). `progress.json` lists what this invocation ran or skipped.
 
-results.json has exactly four top-level keys: world (statistics, honesty
+results.json has exactly five top-level keys: world (statistics, honesty
 table, oracle ceiling), pretraining ({method: {image|text|image_new|text_new:
 {accuracy@1|recall@10: {mean, std, runs}} or null}}), ctr ({variant: {auc,
-gauc, logloss, delta_*_pct: {mean, std, runs}, slices: {...}}}) and claims
+gauc, logloss, delta_*_pct: {mean, std, runs}, slices: {...}}}),
+content_curve (a list by content_weight of {variants: {auc, gauc},
+gain_{auc,gauc}_pct, best_id_{auc,gauc}}: see `curve_point`) and claims
 (a list of {id, claim, metric, measured, paper, criterion, reproduced,
 testable}). Non-finite numbers are written as null.
 """
@@ -41,6 +50,7 @@ PROGRESS_FILE = 'progress.json'
 RESULTS_FILE = 'results.json'
 REPORT_MARKER = 'report_stage.json'
 CURVES_FILE = 'curves.json'
+CONTENT_CURVE_FILE = 'content_curve.json'
 # Set by the pipeline (paths) or shared (the world): not part of a stage key.
 _UNHASHED = frozenset({'world', 'data_dir', 'vectors_path', 'job'})
 
@@ -155,6 +165,53 @@ def _extra(config, variants, world_dir, ctr_cfg, ctr_dir, path):
   files.write_json(os.path.join(path, CURVES_FILE), files.json_safe(curves))
 
 
+def curve_point(content_weight, summary):
+  """The multimodal gain at one knob value: SimTier + MAKE over the best ID
+  baseline (the ID model or the ID-statistics LR, whichever is higher on
+  the metric), relative %, from a ctr_sweep summary."""
+  v = summary['variants']
+  point = {'content_weight': content_weight,
+           'variants': {k: {m: _mean(row.get(m)) for m in ('auc', 'gauc')}
+                        for k, row in v.items()}}
+  for m in ('auc', 'gauc'):
+    base = [(_mean(v[k].get(m)), k) for k in ('id', 'id_stats') if k in v]
+    base = [b for b in base if b[0] is not None]
+    mm = _mean((v.get('simtier_make') or {}).get(m))
+    if base and mm is not None:
+      ref, name = max(base)
+      point[f'best_id_{m}'] = name
+      point[f'gain_{m}_pct'] = 100.0 * (mm - ref) / ref
+  return point
+
+
+def _content_curve(config, pipe, vec_h, vectors, ctr_dir):
+  """The content-knob curve's stages; returns (hash, sorted points)."""
+  own = config.world.content_weight
+  points = [curve_point(own, _read_json(
+      os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json')))]
+  hashes = []
+  for w in config.content_curve.weights:
+    if w == own:
+      continue
+    world = _sub(config.world, content_weight=float(w))
+    wh = config_hash(world)
+    wdir = pipe.stage(
+        f'world_cw{w:g}', wh, world,
+        lambda p, world=world: build.run(
+            ml_collections.ConfigDict({'world': world}), p))
+    cfg = _sub(config.ctr, data_dir=wdir, vectors_path=vectors,
+               variants=config.content_curve.variants,
+               seeds=config.content_curve.seeds)
+    h = config_hash(vec_h, wh, config.ctr, config.content_curve)
+    cdir = pipe.stage(f'ctr_cw{w:g}', h, config.content_curve,
+                      lambda p, cfg=cfg: ctr_sweep.run(cfg, p))
+    hashes.append(h)
+    points.append(curve_point(float(w), _read_json(
+        os.path.join(cdir, f'{ctr_sweep.TABLE_FILE}.json'))))
+  points.sort(key=lambda p: p['content_weight'])
+  return config_hash(*hashes), points
+
+
 def run(config, workdir):
   """The whole pipeline; returns the results dict (as in results.json)."""
   methods, variants = _validate(config)
@@ -191,8 +248,10 @@ def run(config, workdir):
       'extra', extra_h, extra_cfg,
       lambda p: _extra(config, variants, world_dir, ctr_cfg, ctr_dir, p))
 
-  report_h = config_hash(world_h, pre_h, ctr_h, extra_h, config.report,
-                         config.vectors_method)
+  curve_h, curve = _content_curve(config, pipe, vec_h, vectors, ctr_dir)
+
+  report_h = config_hash(world_h, pre_h, ctr_h, extra_h, curve_h,
+                         config.report, config.vectors_method)
   marker = os.path.join(workdir, REPORT_MARKER)
   results_path = os.path.join(workdir, RESULTS_FILE)
   if (os.path.exists(marker) and _read_json(marker)['hash'] == report_h and
@@ -209,7 +268,7 @@ def run(config, workdir):
         _read_json(os.path.join(pre_dir,
                                 f'{pretrain_sweep.TABLE_FILE}.json')),
         _read_json(os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json')),
-        methods, variants)
+        methods, variants, curve)
     files.write_json(results_path, results, allow_nan=False)
     curves = _read_json(os.path.join(extra_dir, CURVES_FILE))
     report.write(workdir, config, results, curves, pipe.progress,
@@ -232,7 +291,7 @@ def run(config, workdir):
 
 
 def build_results(world_summary, pretrain_table, ctr_summary, methods,
-                  variants):
+                  variants, content_curve=()):
   world = {'statistics': world_summary['statistics'],
            'honesty_auc': world_summary['honesty_auc'],
            'honesty_ok': not world_summary['honesty_problems'],
@@ -241,7 +300,8 @@ def build_results(world_summary, pretrain_table, ctr_summary, methods,
   pretraining = {m: pretrain_table.get(m) for m in methods}
   ctr = {v: ctr_summary['variants'].get(v) for v in variants}
   return files.json_safe({'world': world, 'pretraining': pretraining,
-                          'ctr': ctr, 'claims': claims(pretraining, ctr)})
+                          'ctr': ctr, 'content_curve': list(content_curve),
+                          'claims': claims(pretraining, ctr)})
 
 
 def _mean(cell):

@@ -184,6 +184,18 @@ class HonestyTest(absltest.TestCase):
     self.assertLess(gain[0.0], 0.01)
     self.assertGreater(gain[1.5], gain[0.0] + 0.015)
 
+  def test_content_weight_changes_only_the_clicks(self):
+    # The content-knob curve reuses one encoder's item vectors for every
+    # value: items, users, search and captions must not depend on it.
+    a = world_lib.generate(fixtures.tiny_config(content_weight=0.0))
+    b = fixtures.tiny_world()
+    self.assertNotEqual(a.config.content_weight, b.config.content_weight)
+    for table in ('items', 'users', 'search', 'captions'):
+      for k, v in getattr(a, table).items():
+        np.testing.assert_array_equal(v, getattr(b, table)[k], f'{table}.{k}')
+    self.assertFalse(np.array_equal(a.impressions['label'],
+                                    b.impressions['label']))
+
   def test_check_reports_violations(self):
     good = {'oracle': 0.8, 'id_only': 0.65, 'category_only': 0.7,
             'random': 0.5, 'id_stats': 0.72, 'id_stats_content': 0.74}
