@@ -73,7 +73,7 @@ class CtrConfig:
   """
   embedding: embedding.EmbeddingConfig
   variant: str = 'id'
-  attention: str = 'mlp_softmax'
+  attention: str = 'din'
   attention_mlp: Sequence[int] = (64, 32)
   tower: Sequence[int] = (256, 128, 64)
   simtier_bins: int = 20

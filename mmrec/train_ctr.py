@@ -162,25 +162,45 @@ def train_step(state, batch, rng, vectors, *, model, tx):
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
              'label_mean': jnp.mean(batch['label'].astype(jnp.float32)),
              'prediction_mean': jnp.mean(jax.nn.sigmoid(logits)),
-             **attention_metrics(intermediates)}
+             **attention_metrics(intermediates, batch)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state, extra=extra), metrics
 
 
-def attention_metrics(intermediates):
-  """{'attention_entropy': mean normalised entropy} of the top attention.
+def attention_metrics(intermediates, batch=None):
+  """Statistics of the top attention's weights, from what the model's
+  top-level 'attention' sowed (stage B: the CTR model's, not MAKE's); {} if
+  it sowed nothing.
 
-  The mean over the batch rows with >= 2 valid behaviours of
-  `layers.attention_entropy` (1.0 = uniform weights), from what the model's
-  top-level 'attention' sowed (stage B: the CTR model's, not MAKE's);
-  {} if it sowed nothing.
+  attention_entropy: the mean over the batch rows with >= 2 valid
+  behaviours of `layers.attention_entropy` (1.0 = uniform weights).
+  attention_category_excess (given the batch, when the attention read its
+  behaviours, i.e. no retrieval): the share of |weight| on behaviours of the
+  target's category minus the share of such behaviours, averaged over rows
+  that have behaviours of both kinds. 0 = blind to category; > 0 = attends to
+  what matches the target. Entropy alone cannot tell relevance from a
+  randomly initialised scorer's uneven weights.
   """
-  sown = intermediates.get('attention', {}).get('entropy')
-  if not sown:
+  sown = intermediates.get('attention', {})
+  if not sown.get('entropy'):
     return {}
-  entropy, counted = sown[0]
-  return {'attention_entropy':
-          jnp.sum(entropy) / jnp.maximum(jnp.sum(counted), 1)}
+  entropy, counted = sown['entropy'][0]
+  out = {'attention_entropy':
+         jnp.sum(entropy) / jnp.maximum(jnp.sum(counted), 1)}
+  weights = sown.get('weights')
+  if (batch is not None and weights and
+      weights[0].shape == batch['seq_category'].shape):
+    w = jnp.abs(weights[0])
+    mask = batch['seq_mask'].astype(bool)
+    same = (batch['seq_category'] == batch['category'][:, None]) & mask
+    rows = same.any(-1) & (mask & ~same).any(-1)
+    w_share = jnp.sum(w * same, -1) / jnp.maximum(
+        jnp.sum(w * mask, -1), 1e-9)
+    n_share = jnp.sum(same, -1) / jnp.maximum(jnp.sum(mask, -1), 1)
+    out['attention_category_excess'] = jnp.sum(
+        jnp.where(rows, w_share - n_share, 0.0)) / jnp.maximum(
+            jnp.sum(rows), 1)
+  return out
 
 
 def eval_step(state, batch, vectors, *, model):
