@@ -223,6 +223,31 @@ def gauc(labels, scores, groups) -> float:
   return float(weighted.sum() / n_u.sum())
 
 
+def group_auc_terms(labels, scores, groups):
+  """Per-group AUC terms, the pieces GAUC (and its bootstrap) is made of.
+
+  Args:
+    labels: (N,) 0/1 or bool.
+    scores: (N,) finite scores.
+    groups: (N,) group (user) ids of any sortable dtype.
+
+  Returns:
+    (group, pos, neg, num), each (G,) over the distinct groups in ascending
+    order: the group id, its positives, its negatives and Σ over positives of
+    (#negatives scored lower + ½ #negatives tied), so that a group's AUC is
+    num / (pos·neg) where pos and neg are > 0.
+  """
+  y = _check_labels(labels)
+  s = _check_scores(scores, len(y))
+  g = _check_groups(groups, len(y))
+  if len(y) == 0:
+    empty = np.zeros(0, np.int64)
+    return g[:0], empty, empty, np.zeros(0)
+  pos, neg, num = _segment_aucs(*_sort_by_group_and_score(y, s, g))
+  # The sort key orders groups as np.unique does (order-preserving codes).
+  return np.unique(g), pos, neg, num
+
+
 def logloss(labels, probs, eps: float = 1e-7) -> float:
   """Mean binary cross-entropy with probs clipped to [eps, 1 - eps].
 
