@@ -17,10 +17,12 @@ Exact and fast, without materialising a single resampled table:
   GAUC of a resample = Σ_u k_u n_u AUC_u / Σ_u k_u n_u over users with both
   classes: one matrix-vector product per resample.
 - AUC: the AUC of the resampled rows is the AUC with row weight k_u of the
-  row's user. With the negatives sorted once by score, the negatives' weight
-  below each positive is a cumulative sum of weights read at two positions
-  (strictly below and tied, counted as half): one cumulative sum over the
-  negatives per resample, in exact integer arithmetic.
+  row's user. With the negatives sorted once by score, what each positive
+  needs is the negatives' weight strictly below it and tied with it (counted
+  as half): cumulative sums of the negatives' weight at the positives' cut
+  points, i.e. per-(bin between cuts, user) counts, fixed, times the
+  resample's user weights: one sparse product for a chunk of resamples.
+  Every sum is of integers below 2^53 in float64, so the result is exact.
 
 Shape letters: N rows, U users, R resamples, S seeds.
 """
@@ -50,10 +52,11 @@ _DRAW_CHUNK = 64
 
 
 def user_weights(num_users, resamples=RESAMPLES, seed=0):
-  """(R, U) multiplicities: how often each user is drawn in each resample.
+  """(U, R) multiplicities: how often each user is drawn in each resample.
 
-  Each row is a draw of num_users users with replacement (a row sums to
-  num_users). Deterministic given (num_users, resamples, seed).
+  Each column is a draw of num_users users with replacement (a column sums
+  to num_users). Deterministic given (num_users, resamples, seed). Users
+  along rows: every use reads a user's weights in all resamples at once.
   """
   if num_users < 1 or resamples < 1:
     raise ValueError(f'need users and resamples, got {num_users} users and '
@@ -61,13 +64,13 @@ def user_weights(num_users, resamples=RESAMPLES, seed=0):
   rng = np.random.default_rng(seed)
   # A multiplicity is at most num_users: the smallest dtype holding that.
   dtype = np.min_scalar_type(num_users)
-  out = np.empty((resamples, num_users), dtype)
+  out = np.empty((num_users, resamples), dtype)
   for lo in range(0, resamples, _DRAW_CHUNK):
     r = min(_DRAW_CHUNK, resamples - lo)
     draw = rng.integers(0, num_users, (r, num_users))
     draw += np.arange(r)[:, None] * num_users
-    out[lo:lo + r] = np.bincount(draw.ravel(),
-                                 minlength=r * num_users).reshape(r, num_users)
+    out[:, lo:lo + r] = np.bincount(
+        draw.ravel(), minlength=r * num_users).reshape(r, num_users).T
   return out
 
 
@@ -84,7 +87,7 @@ def resampled_auc(labels, scores, row_user, weights):
     labels: (N,) 0/1.
     scores: (N,) finite scores.
     row_user: (N,) int user index in [0, U) of each row.
-    weights: (R, U) multiplicities (user_weights).
+    weights: (U, R) multiplicities (user_weights).
 
   Returns:
     (R,) float64, ties counted as half a correctly ordered pair; nan for a
@@ -94,7 +97,7 @@ def resampled_auc(labels, scores, row_user, weights):
   y = np.asarray(labels).astype(bool)
   s = np.asarray(scores)
   u = np.asarray(row_user)
-  num_users = weights.shape[1]
+  num_users, resamples = weights.shape
   neg_order = np.argsort(s[~y], kind='stable')
   neg_scores, neg_user = s[~y][neg_order], u[~y][neg_order]
   pos_scores, pos_user = s[y], u[y]
@@ -114,9 +117,9 @@ def resampled_auc(labels, scores, row_user, weights):
   lo, hi = np.searchsorted(cuts, below), np.searchsorted(cuts, at_or_below)
   pos_per_user = np.bincount(pos_user, minlength=num_users)
   neg_per_user = np.bincount(neg_user, minlength=num_users)
-  out = np.full(len(weights), np.nan)
-  for sl in _chunks(len(weights), max(len(cuts), len(pos_user), num_users)):
-    w = weights[sl].T.astype(np.float64)  # (U, r)
+  out = np.full(resamples, np.nan)
+  for sl in _chunks(resamples, max(len(cuts), len(pos_user), num_users)):
+    w = weights[:, sl].astype(np.float64)  # (U, r)
     per_bin = bins @ w  # (K, r)
     cum = np.zeros_like(per_bin)
     np.cumsum(per_bin[:-1], axis=0, out=cum[1:])  # weight below each cut
@@ -136,12 +139,13 @@ def resampled_gauc(labels, scores, row_user, weights):
   users, pos, neg, num = users[valid], pos[valid], neg[valid], num[valid]
   n = (pos + neg).astype(np.float64)
   n_auc = n * num / (pos.astype(np.float64) * neg)
-  out = np.full(len(weights), np.nan)
-  for sl in _chunks(len(weights), len(users)):
-    w = weights[sl][:, users].astype(np.float64)  # (r, users with both)
-    den = w @ n
+  resamples = weights.shape[1]
+  out = np.full(resamples, np.nan)
+  for sl in _chunks(resamples, len(users)):
+    w = weights[users, sl].astype(np.float64)  # (users with both, r)
+    den = n @ w
     with np.errstate(invalid='ignore', divide='ignore'):
-      out[sl] = np.where(den > 0, (w @ n_auc) / den, np.nan)
+      out[sl] = np.where(den > 0, (n_auc @ w) / den, np.nan)
   return out
 
 
@@ -179,7 +183,7 @@ class Resampler:
 
   @property
   def resamples(self):
-    return len(self.weights)
+    return self.weights.shape[1]
 
   def resample(self, logit, mask=None):
     y, s, u = self.labels, np.asarray(logit), self.row_user

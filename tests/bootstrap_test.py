@@ -32,8 +32,8 @@ class WeightsTest(absltest.TestCase):
 
   def test_draws_users_with_replacement(self):
     w = bootstrap.user_weights(50, 130, seed=1)
-    self.assertEqual(w.shape, (130, 50))
-    np.testing.assert_array_equal(w.sum(1), 50)
+    self.assertEqual(w.shape, (50, 130))
+    np.testing.assert_array_equal(w.sum(0), 50)
     self.assertGreater((w == 0).mean(), 0.3)  # ~1/e of users left out
     np.testing.assert_array_equal(w, bootstrap.user_weights(50, 130, seed=1))
     self.assertFalse(np.array_equal(w, bootstrap.user_weights(50, 130, 2)))
@@ -51,9 +51,9 @@ class ResampledMetricsTest(absltest.TestCase):
   def test_auc_is_sklearn_with_user_weights(self):
     got = bootstrap.resampled_auc(self.label, self.score, self.row_user,
                                   self.w)
-    for r in range(len(self.w)):
+    for r in range(self.w.shape[1]):
       want = sk_metrics.roc_auc_score(self.label, self.score,
-                                      sample_weight=self.w[r][self.row_user])
+                                      sample_weight=self.w[self.row_user, r])
       self.assertAlmostEqual(got[r], want, places=12)
 
   def test_auc_and_gauc_are_those_of_the_resampled_table(self):
@@ -61,14 +61,14 @@ class ResampledMetricsTest(absltest.TestCase):
                                   self.w)
     gauc = bootstrap.resampled_gauc(self.label, self.score, self.row_user,
                                     self.w)
-    for r in range(len(self.w)):
+    for r in range(self.w.shape[1]):
       y, s, u = _explicit(self.label, self.score, self.user, self.row_user,
-                          self.w[r])
+                          self.w[:, r])
       self.assertAlmostEqual(auc[r], metrics.auc(y, s), places=12)
       self.assertAlmostEqual(gauc[r], metrics.gauc(y, s, u), places=12)
 
   def test_unit_weights_give_the_metrics(self):
-    ones = np.ones((1, len(self.users)), np.uint8)
+    ones = np.ones((len(self.users), 1), np.uint8)
     self.assertAlmostEqual(
         bootstrap.resampled_auc(self.label, self.score, self.row_user,
                                 ones)[0],
@@ -81,7 +81,7 @@ class ResampledMetricsTest(absltest.TestCase):
   def test_resample_without_both_classes_is_nan(self):
     label = np.array([1, 0, 1, 1])
     row_user = np.array([0, 0, 1, 1])  # user 1 has clicks only
-    w = np.array([[0, 2], [1, 1]])
+    w = np.array([[0, 1], [2, 1]])  # resample 0: user 1 twice
     self.assertTrue(np.isnan(bootstrap.resampled_auc(
         label, np.arange(4.0), row_user, w)[0]))
     self.assertTrue(np.isnan(bootstrap.resampled_gauc(
@@ -97,7 +97,7 @@ class ResampledMetricsTest(absltest.TestCase):
     for k in range(5):
       want = sk_metrics.roc_auc_score(
           self.label[mask], self.score[mask],
-          sample_weight=r.weights[k][r.row_user[mask]])
+          sample_weight=r.weights[r.row_user[mask], k])
       self.assertAlmostEqual(got.samples['auc'][k], want, places=12)
 
 
