@@ -4,7 +4,8 @@
 `<workdir>/<stage>-<hash>/` where the hash covers the config subtree that
 produced the stage and the hashes of the stages it reads:
   world     the marketplace (mmrec.data.build)
-  pretrain  pretrain_sweep: methods x seeds -> pretrain_table.json
+  pretrain  pretrain_sweep: methods x seeds -> pretrain_table.json and
+            pretrain_comparisons.json (intervals of the claimed orderings)
   ctr       ctr_sweep over the seed-0 vectors of config.vectors_method
   extra     seed 0: the multi-epoch ID run (one-epoch curve) and a 'make' run
             per stage-A epoch count (curves.json)
@@ -205,12 +206,14 @@ def run(config, workdir):
   else:
     logging.info('stage report: writing results.json, report.md and plots')
     t0 = time.time()
+    comparisons = os.path.join(pre_dir, pretrain_sweep.COMPARISONS_FILE)
     results = build_results(
         _read_json(os.path.join(world_dir, build.SUMMARY_FILE)),
         _read_json(os.path.join(pre_dir,
                                 f'{pretrain_sweep.TABLE_FILE}.json')),
         _read_json(os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json')),
-        methods, variants)
+        methods, variants,
+        _read_json(comparisons) if os.path.exists(comparisons) else None)
     files.write_json(results_path, results, allow_nan=False)
     curves = _read_json(os.path.join(extra_dir, CURVES_FILE))
     report.write(workdir, config, results, curves, pipe.progress,

@@ -198,7 +198,7 @@ class Resampler:
     return Resampled(point, samples, users_with_both_classes(y, u), len(y))
 
 
-def _interval(samples):
+def interval(samples):
   """The percentile interval at CONFIDENCE (nan resamples left out)."""
   tail = 100 * (1 - CONFIDENCE) / 2
   samples = samples[np.isfinite(samples)]
@@ -292,8 +292,8 @@ def _record(run, seeds):
 def _cell(record, point, dist, point_pct, dist_pct, samples, **extra):
   bad = record['insufficient']
   cell = dict(extra, delta=float(point), delta_pct=float(point_pct),
-              ci=None if bad else _interval(dist),
-              ci_pct=None if bad else _interval(dist_pct))
+              ci=None if bad else interval(dist),
+              ci_pct=None if bad else interval(dist_pct))
   if samples:
     cell['samples'], cell['samples_pct'] = dist, dist_pct
   return cell

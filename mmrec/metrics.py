@@ -416,12 +416,33 @@ def retrieval_accuracy(similarity, target_index,
   # Masked entries may hold anything (e.g. -inf or NaN padding).
   if not np.isfinite(np.where(mask, sim, 0)).all():
     raise ValueError('similarity must be finite on unmasked candidates.')
-  target_score = sim[rows, target][:, None]
-  ahead = (sim >= target_score) & mask
-  ahead[rows, target] = False  # The target does not outrank itself.
-  rank = ahead.sum(axis=1)  # 0-based.
+  rank = _target_ranks(sim, target, mask)
   out = {}
   for x in ks:
     key = 'accuracy@1' if x == 1 else f'recall@{x}'
     out[key] = float(np.mean(rank < x)) if q else float('nan')
   return out
+
+
+def _target_ranks(sim, target, mask):
+  """(Q,) 0-based rank of each query's target (pessimistic ties)."""
+  rows = np.arange(sim.shape[0])
+  target_score = sim[rows, target][:, None]
+  ahead = (sim >= target_score) & mask
+  ahead[rows, target] = False  # The target does not outrank itself.
+  return ahead.sum(axis=1)
+
+
+def retrieval_ranks(similarity, target_index, candidate_mask=None):
+  """(Q,) int 0-based rank of each query's target, as retrieval_accuracy
+  counts it (the number of unmasked other candidates scoring >= the target):
+  per-query hits (rank < k) for paired comparisons of encoders."""
+  sim = np.asarray(similarity)
+  target = np.asarray(target_index)
+  mask = (np.ones(sim.shape, bool) if candidate_mask is None else
+          np.asarray(candidate_mask, bool))
+  if sim.ndim != 2 or target.shape != sim.shape[:1] or mask.shape != sim.shape:
+    raise ValueError(f'similarity (Q, C), target_index (Q,) and '
+                     f'candidate_mask (Q, C) expected, got {sim.shape}, '
+                     f'{target.shape} and {mask.shape}.')
+  return _target_ranks(sim, target, mask)
