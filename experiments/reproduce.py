@@ -34,6 +34,7 @@ import numpy as np
 from experiments import ctr_sweep
 from experiments import pretrain_sweep
 from experiments import report
+from mmrec import bootstrap
 from mmrec import files
 from mmrec import vector_table
 from mmrec.data import build
@@ -293,8 +294,9 @@ def gain_verdict(cell, paper):
   """
   if not cell or cell.get('ci_pct') is None:
     return INSUFFICIENT, None, (
-        f'{INSUFFICIENT}: no bootstrap interval (fewer than the minimum of '
-        'users with both classes, or no predictions)')
+        f'{INSUFFICIENT}: no 95% interval (fewer than '
+        f'{bootstrap.MIN_USERS} test users with both classes, or no '
+        'predictions to bootstrap)')
   d, ci = cell['delta_pct'], cell['ci_pct']
   ratio = d / paper
   size = (f'{_pct(d)} {_ci_text(ci)} is {ratio:.1f}x the paper\'s '
