@@ -8,8 +8,9 @@ and each drawn user brings all of their rows. The draw is *paired*: one draw
 is shared by both models and by every seed, so the resampled difference sees
 only the noise of the test population, not that of a second draw. Seeds are
 combined inside each resample (the mean over seeds of the per-seed
-difference), so the interval covers both the test population and the
-training seeds the sweep ran.
+difference). The interval is over test users only: training seeds are
+averaged, not resampled (two or three seeds are too few to resample), so
+the seed spread is reported beside it (std over seeds in ctr_table).
 
 Exact and fast, without materialising a single resampled table:
 - GAUC: a user's AUC does not change when their rows are copied k times
@@ -37,11 +38,10 @@ from mmrec import metrics
 RESAMPLES = 1000
 CONFIDENCE = 0.95
 # A slice (or a whole test day) where fewer users than this have both a
-# click and a non-click is 'insufficient data': GAUC averages over those
-# users only and the bootstrap resamples users, so with a few dozen of them
-# the interval rests on a handful of draws' worth of distinct values and its
-# 95% coverage no longer holds (a percentile bootstrap needs the statistic to
-# be roughly normal, which an average over < ~30 units is not).
+# click and a non-click is 'insufficient data' (no interval): GAUC averages
+# over those users only, and a percentile bootstrap of a mean over fewer
+# than ~30 resampled units has unreliable 95% coverage (the statistic is far
+# from normal; the usual n >= 30 rule of thumb).
 MIN_USERS = 30
 # Elements of the (resamples x users) work arrays held at once (~128 MB of
 # float64): bounds memory for any test day.
