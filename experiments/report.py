@@ -238,14 +238,16 @@ def _ms(cell, digits=2):
 
 
 def _claims_md(claims):
-  lines = ['| claim | measured | criterion | reproduced |', '|---|---|---|---|']
+  """Verdict and statement of each claim, quoted from results.json."""
+  lines = ['| claim | verdict | measured: delta [95% interval] | criterion |',
+           '|---|---|---|---|']
   for c in claims:
-    measured = 'n/a' if c['measured'] is None else ', '.join(
-        f'{k} {_f(v)}' for k, v in c['measured'].items())
-    verdict = ('yes' if c['reproduced'] else 'no') if c['testable'] else (
-        'not testable')
-    lines.append(f'| {c["claim"]} | {measured} | {c["criterion"]} | '
-                 f'{verdict} |')
+    statement = c['statement']
+    prefix = f'{c["verdict"]}: '
+    if statement.startswith(prefix):  # the verdict has its own column
+      statement = statement[len(prefix):]
+    lines.append(f'| {c["claim"]} | **{c["verdict"]}** | {statement} | '
+                 f'{c["criterion"]} |')
   return '\n'.join(lines)
 
 
@@ -342,6 +344,12 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       f'{config.ctr.seeds} seed(s); CTR item vectors: '
       f'{config.vectors_method} (seed 0). Numbers: `results.json`.',
       '## Claims', _claims_md(results['claims']),
+      'Intervals: paired user-level bootstrap of the test day '
+      '(mmrec/bootstrap.py; CTR seeds combined) or, for pre-training, of '
+      'the held-out queries. A claim is reproduced only when its 95% '
+      'interval excludes 0 in the paper\'s direction and, where the paper '
+      'gives a number, the measured delta is 0.5x to 2x of it (else '
+      '"direction only").',
       '## World', _world_md(results['world']),
       '## Pre-training (held-out search sessions)',
       pretrain_sweep.markdown(results['pretraining']),

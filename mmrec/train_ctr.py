@@ -4,7 +4,8 @@
 `config.variant`) on the impressions' train split (the training days) and
 evaluates it on the test split (the following day): AUC, GAUC by user,
 logloss, AUC/GAUC per training-exposure group and on new items. Writes
-checkpoints, metrics.jsonl, TensorBoard events and `ctr_eval.json`.
+checkpoints, metrics.jsonl, TensorBoard events, `ctr_eval.json` and
+`predictions.npz` (the test rows' logits, for paired comparisons).
 
 - The frozen item-vector table (`config.vectors_path`, every variant but
   'id') is put on the mesh once and passed to the jitted steps as an
@@ -443,14 +444,14 @@ def run(config, workdir):
       stop_at=config.max_steps, resume=config.resume,
       init_from=config.init_from, on_start=on_start)
   _, overall, pred = res.last_eval
+  groups = ctr_eval.exposure_groups(pred, data_dir, data.train_item_ids())
   result.update(step=res.step, total_steps=loop.num_steps,
                 complete=res.step == loop.num_steps,
                 epoch_fraction=res.step / spe,
                 num_test=int(len(pred['label'])),
                 **{k: overall[k] for k in ('auc', 'gauc', 'logloss')},
-                slices=ctr_eval.slice_metrics(pred, data_dir,
-                                              data.train_item_ids()))
+                slices=ctr_eval.slice_metrics(pred, groups))
   history = _history(h for h in res.history if h['step'] in points)
   if len(history) > 1:
     result['history'] = history
-  return ctr_eval.write_result(workdir, result)
+  return ctr_eval.write_result(workdir, result, pred, groups)

@@ -121,6 +121,10 @@ class ReproduceTest(absltest.TestCase):
     for c in r['claims']:
       self.assertIsInstance(c['reproduced'], bool)
       self.assertIsInstance(c['claim'], str)
+      self.assertIn(c['verdict'], reproduce.VERDICTS)
+      self.assertEqual(c['reproduced'], c['verdict'] == reproduce.REPRODUCED)
+      self.assertTrue(c['statement'].startswith(c['verdict']))
+    self.assertIn('bootstrap', r['ctr']['simtier_make'])
     gain = r['claims'][ids.index('simtier_make_gauc_gain')]
     self.assertAlmostEqual(gain['measured']['delta_gauc_pct'],
                            r['ctr']['simtier_make']['delta_gauc_pct']['mean'])
@@ -135,8 +139,10 @@ class ReproduceTest(absltest.TestCase):
     with open(os.path.join(self.workdir, report.REPORT_FILE)) as f:
       text = f.read()
     for section in ('## Claims', '## World', '## Pre-training', '## CTR',
-                    'oracle (ceiling)', 'Wall time'):
+                    'oracle (ceiling)', 'Wall time', '95% CI'):
       self.assertIn(section, text)
+    for c in self.results['claims']:  # wording follows results.json
+      self.assertIn(f'**{c["verdict"]}**', text)
     for name in report.PLOTS:
       path = os.path.join(self.workdir, name)
       self.assertTrue(os.path.exists(path), name)
