@@ -45,8 +45,13 @@ ID_VECTORS_DIR = 'id_similarity'
 TAIL_GROUPS = 3
 # The pairwise comparisons reproduce.claims tests: (better, worse) as paper.md
 # says "SimTier and MAKE each clearly beat Vector and SimScore".
+# Then the baselines a multimodal gain is also read against: the ID-statistics
+# LR (the content curve's best ID baseline may be it) and the ID-similarity
+# control (SimTier over vectors of category / shop IDs).
 PAIRS = tuple((b, w) for b in ('simtier_paper', 'simtier_official', 'make')
-              for w in ('vector', 'simscore'))
+              for w in ('vector', 'simscore')) + (
+                  ('simtier_make', 'id_stats'),
+                  ('simtier_official', 'simtier_official@' + 'ids'))
 
 
 def split_variant(name):

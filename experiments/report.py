@@ -124,14 +124,18 @@ def content_curve_plot(path, points):
 
 def _content_curve_md(points):
   lines = ['| content_weight | best ID baseline (AUC / GAUC) | ID AUC | '
-           'id_stats AUC | SimTier+MAKE AUC | AUC gain % | ID GAUC | '
-           'id_stats GAUC | SimTier+MAKE GAUC | GAUC gain % |',
+           'id_stats AUC | SimTier+MAKE AUC | AUC gain % [95% CI] | ID GAUC '
+           '| id_stats GAUC | SimTier+MAKE GAUC | GAUC gain % [95% CI] |',
            '|---|---|---|---|---|---|---|---|---|---|']
   for p in points:
     v = p['variants']
     cell = lambda k, m: _f((v.get(k) or {}).get(m))
-    gain = lambda m: ('n/a' if p.get(f'gain_{m}_pct') is None else
-                      f'{p[f"gain_{m}_pct"]:+.2f}')
+    def gain(m):
+      if p.get(f'gain_{m}_pct') is None:
+        return 'n/a'
+      ci = p.get(f'gain_{m}_ci_pct')
+      return f'{p[f"gain_{m}_pct"]:+.2f}' + (
+          f' [{ci[0]:+.2f}, {ci[1]:+.2f}]' if ci else '')
     lines.append(
         f'| {p["content_weight"]:g} | {p.get("best_id_auc", "n/a")} / '
         f'{p.get("best_id_gauc", "n/a")} | {cell("id", "auc")} | '

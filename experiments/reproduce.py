@@ -171,11 +171,13 @@ def _extra(config, variants, world_dir, ctr_cfg, ctr_dir, path):
 def curve_point(content_weight, summary):
   """The multimodal gain at one knob value: SimTier + MAKE over the best ID
   baseline (the ID model or the ID-statistics LR, whichever is higher on
-  the metric), relative %, from a ctr_sweep summary."""
+  the metric), relative %, from a ctr_sweep summary, with the paired
+  bootstrap's 95% interval where the sweep has it."""
   v = summary['variants']
   point = {'content_weight': content_weight,
            'variants': {k: {m: _mean(row.get(m)) for m in ('auc', 'gauc')}
                         for k, row in v.items()}}
+  boot = (v.get('simtier_make') or {}).get('bootstrap') or {}
   for m in ('auc', 'gauc'):
     base = [(_mean(v[k].get(m)), k) for k in ('id', 'id_stats') if k in v]
     base = [b for b in base if b[0] is not None]
@@ -184,6 +186,8 @@ def curve_point(content_weight, summary):
       ref, name = max(base)
       point[f'best_id_{m}'] = name
       point[f'gain_{m}_pct'] = 100.0 * (mm - ref) / ref
+      cell = ((boot.get(f'vs_{name}') or {}).get('all') or {}).get(m) or {}
+      point[f'gain_{m}_ci_pct'] = cell.get('ci_pct')
   return point
 
 
