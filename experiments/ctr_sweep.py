@@ -1,13 +1,25 @@
-"""The CTR comparison: variants x seeds -> ctr_table.{json,md}."""
+"""The CTR comparison: variants x seeds -> ctr_table.{json,md}.
+
+Besides mean and std over seeds, every variant gets paired user-level
+bootstrap intervals (mmrec/bootstrap.py, from the runs' predictions.npz, one
+draw of test users shared by every variant and seed, seeds combined) under
+`bootstrap`: vs. the ID model on all rows, on the exposure tail and on new
+items, the tail's and new items' delta minus the overall one, and the
+pairwise comparisons the paper's claims need (PAIRS).
+"""
 
 import json
 import os
+import time
 
 from absl import logging
 import numpy as np
 
+from mmrec import bootstrap
+from mmrec import ctr_eval
 from mmrec import files
 from mmrec import id_stats
+from mmrec import id_vectors
 from mmrec import metrics
 from mmrec import train_ctr
 from mmrec import vector_table
@@ -23,20 +35,64 @@ NO_VECTORS = ('id', 'id_stats')
 # Variants without randomness (a deterministic LR fit): run once, reused for
 # every seed so that deltas stay paired by seed.
 DETERMINISTIC = ('id_stats',)
+# `<variant>@ids` runs the variant on the ID-similarity control table
+# (mmrec/id_vectors.py: cosine = matching category / shop IDs) instead of
+# `vectors_path`, written once into <workdir>/ID_VECTORS_DIR.
+ID_SOURCE = 'ids'
+ID_VECTORS_DIR = 'id_similarity'
+# The exposure tail: the TAIL_GROUPS lowest of the 9 training-exposure
+# groups (metrics.exposure_groups), a third of the test rows of known items.
+# Not group 0 alone, and never compared with the head: a group of a few heavy
+# items can hold a couple of items with identical inputs in every variant.
+TAIL_GROUPS = 3
+# The pairwise comparisons reproduce.claims tests: (better, worse) as paper.md
+# says "SimTier and MAKE each clearly beat Vector and SimScore".
+# Then the baselines a multimodal gain is also read against: the ID-statistics
+# LR (the content curve's best ID baseline may be it) and the ID-similarity
+# control (SimTier over vectors of category / shop IDs).
+PAIRS = tuple((b, w) for b in ('simtier_paper', 'simtier_official', 'make')
+              for w in ('vector', 'simscore')) + (
+                  ('simtier_make', 'id_stats'),
+                  ('simtier_official', 'simtier_official@' + 'ids'))
 
 
-def variant_config(config, variant, seed, data_dir, workdir):
+def split_variant(name):
+  """'simtier_official@ids' -> ('simtier_official', 'ids'); 'id' -> ('id', '')."""
+  variant, _, source = name.partition('@')
+  if source not in ('', ID_SOURCE):
+    raise ValueError(f'variant {name!r}: the part after "@" names the vector '
+                     f'source and must be {ID_SOURCE!r} (the ID-similarity '
+                     'control)')
+  if source and variant in NO_VECTORS:
+    raise ValueError(f'variant {name!r}: {variant!r} reads no vectors')
+  return variant, source
+
+
+def id_vectors_path(workdir):
+  return os.path.join(workdir, ID_VECTORS_DIR, vector_table.FILE)
+
+
+def variant_config(config, name, seed, data_dir, workdir):
+  variant, source = split_variant(name)
   c = config.ctr.copy_and_resolve_references()
   c.variant, c.seed, c.data_dir = variant, seed, data_dir
-  c.vectors_path = '' if variant in NO_VECTORS else config.vectors_path
-  c.make.stage_a_dir = os.path.join(workdir, 'make_stage_a', f'seed_{seed}')
+  if variant in NO_VECTORS:
+    c.vectors_path = ''
+  else:
+    c.vectors_path = (id_vectors_path(workdir) if source else
+                      config.vectors_path)
+  stage_a = 'make_stage_a' + (f'_{source}' if source else '')
+  c.make.stage_a_dir = os.path.join(workdir, stage_a, f'seed_{seed}')
   return c
 
 
 def run_one(config, variant, seed, data_dir, workdir):
   out = os.path.join(workdir, variant, f'seed_{seed}')
   done = os.path.join(out, train_ctr.EVAL_FILE)
-  if os.path.exists(done):
+  # A run from before predictions.npz existed is run again: the bootstrap
+  # needs its predictions.
+  if os.path.exists(done) and os.path.exists(
+      os.path.join(out, ctr_eval.PREDICTIONS_FILE)):
     with open(done) as f:
       result = json.load(f)
     if result.get('complete'):
@@ -103,8 +159,57 @@ def _rel(x, ref):
   return 100.0 * (x - ref) / ref
 
 
-def summarise(results, oracle=None):
-  """{variant: {metric: stats, delta_<metric>_pct: stats, slices: ...}}."""
+def slice_masks(groups):
+  """The bootstrap's slices of the test rows from their exposure groups."""
+  return {'all': None, 'tail': (groups >= 0) & (groups < TAIL_GROUPS),
+          'new': groups == -1}
+
+
+def intervals(predictions, resamples, seed=0):
+  """Paired bootstrap comparisons of every variant's predictions.
+
+  Args:
+    predictions: {variant: [predictions.npz arrays per seed]}, 'id' included;
+      every run on the same test rows in the same order.
+    resamples: the number of user draws.
+
+  Returns:
+    {variant: {'vs_id': {'all'|'tail'|'new': bootstrap.difference,
+    'tail_minus_all'|'new_minus_all': bootstrap.difference_of_differences},
+    'vs_<worse>': {'all': ...} for the PAIRS the variant wins}}.
+  """
+  ref = predictions['id'][0]
+  for variant, runs in predictions.items():
+    for i, p in enumerate(runs):
+      for k in ('label', 'user_id', 'item_id'):
+        if not np.array_equal(p[k], ref[k]):
+          raise ValueError(f'{variant} seed {i} predicted other test rows '
+                           f'than id seed 0 ({k} differs): not paired')
+  r = bootstrap.Resampler(ref['label'], ref['user_id'], resamples, seed)
+  masks = slice_masks(ref['exposure_group'])
+  runs = {v: {name: [r.resample(p['logit'], m) for p in preds]
+              for name, m in masks.items()}
+          for v, preds in predictions.items()}
+  out = {}
+  for v in runs:
+    if v == 'id':
+      continue
+    c = {name: bootstrap.difference(runs['id'][name], runs[v][name])
+         for name in masks}
+    for name in ('tail', 'new'):
+      c[f'{name}_minus_all'] = bootstrap.difference_of_differences(
+          runs['id'][name], runs[v][name], runs['id']['all'], runs[v]['all'])
+    out[v] = {'vs_id': c}
+  for better, worse in PAIRS:
+    if better in runs and worse in runs:
+      out[better][f'vs_{worse}'] = {'all': bootstrap.difference(
+          runs[worse]['all'], runs[better]['all'])}
+  return out
+
+
+def summarise(results, oracle=None, boot=None):
+  """{variant: {metric: stats, delta_<metric>_pct: stats, slices: ...,
+  bootstrap: ...}} (`boot`: from intervals)."""
   ids = {r['seed']: r for r in results.get('id', [])}
   table = {}
   for variant, runs in results.items():
@@ -126,6 +231,8 @@ def summarise(results, oracle=None):
                        m)) for r in runs])
       slices[name] = cell
     row['slices'] = slices
+    if boot and variant in boot:
+      row['bootstrap'] = boot[variant]
     table[variant] = row
   out = {'variants': table}
   if oracle:
@@ -137,27 +244,50 @@ def _fmt(s, digits=4):
   return 'n/a' if s is None else f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
 
 
+def _ci(row, name, metric):
+  """'+x.xx [+lo, +hi]' of the bootstrap's relative delta on a slice."""
+  cell = (((row.get('bootstrap') or {}).get('vs_id') or {}).get(name) or {})
+  if not cell:
+    return 'n/a'
+  d = cell[metric]
+  if d['ci_pct'] is None:
+    return f'{d["delta_pct"]:+.2f} (insufficient data)'
+  lo, hi = d['ci_pct']
+  return f'{d["delta_pct"]:+.2f} [{lo:+.2f}, {hi:+.2f}]'
+
+
 def markdown(summary):
   v = summary['variants']
-  lines = ['| variant | AUC | GAUC | logloss | ΔAUC % | ΔGAUC % | new-item GAUC | '
-           'Δ new-item GAUC % | tail (group_0) ΔGAUC % |',
-           '|---|---|---|---|---|---|---|---|---|']
+  lines = ['| variant | AUC | GAUC | logloss | ΔAUC % | ΔAUC % 95% CI | '
+           'ΔGAUC % | ΔGAUC % 95% CI | new-item GAUC | Δ new-item GAUC % | '
+           f'tail (groups 0-{TAIL_GROUPS - 1}) ΔGAUC % 95% CI |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
   for name, row in v.items():
     new = row['slices'].get('new', {})
-    tail = row['slices'].get('group_0', {})
     lines.append(
         f'| {name} | {_fmt(row["auc"])} | {_fmt(row["gauc"])} | '
         f'{_fmt(row["logloss"])} | {_fmt(row.get("delta_auc_pct"), 2)} | '
-        f'{_fmt(row.get("delta_gauc_pct"), 2)} | {_fmt(new.get("gauc"))} | '
+        f'{_ci(row, "all", "auc")} | '
+        f'{_fmt(row.get("delta_gauc_pct"), 2)} | '
+        f'{_ci(row, "all", "gauc")} | {_fmt(new.get("gauc"))} | '
         f'{_fmt(new.get("delta_gauc_pct"), 2)} | '
-        f'{_fmt(tail.get("delta_gauc_pct"), 2)} |')
+        f'{_ci(row, "tail", "gauc")} |')
   if 'oracle' in summary:
     o = summary['oracle']
     lines.append(f'| oracle (ceiling) | {o["auc"]:.4f} | {o["gauc"]:.4f} | '
-                 f'{o["logloss"]:.4f} | | | | | |')
+                 f'{o["logloss"]:.4f} | | | | | | | |')
+  lines += ['', 'CI: paired user-level bootstrap vs. the ID model '
+            '(mmrec/bootstrap.py), seeds combined, 95% percentile interval.']
   for name, why in summary.get('skipped', {}).items():
     lines.append(f'\n{name}: not run ({why})')
   return '\n'.join(lines)
+
+
+def load_predictions(workdir, variants, seeds):
+  """{variant: [predictions.npz arrays per seed]} of a sweep's runs."""
+  return {v: [ctr_eval.load_predictions(os.path.join(
+      workdir, v, f'seed_{0 if v in DETERMINISTIC else s}'))
+              for s in range(seeds)] for v in variants}
 
 
 def run(config, workdir):
@@ -178,19 +308,42 @@ def run(config, workdir):
       logging.warning('skipping id_stats: %s', need)
       skipped['id_stats'] = need
       variants.remove('id_stats')
-  if any(v not in NO_VECTORS for v in variants) and not config.vectors_path:
+  parsed = [split_variant(v) for v in variants]
+  if any(src for _, src in parsed):
+    items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+    weights = {f: w for f, w in id_vectors.WEIGHTS.items() if f in items}
+    if not weights:
+      why = (f'the items table has none of the ID fields '
+             f'{sorted(id_vectors.WEIGHTS)} the ID-similarity control is made of')
+      for name in [v for v in variants if split_variant(v)[1]]:
+        logging.warning('skipping %s: %s', name, why)
+        skipped[name] = why
+        variants.remove(name)
+    elif not os.path.exists(id_vectors_path(workdir)):
+      id_vectors.write(id_vectors_path(workdir), items, weights)
+    parsed = [split_variant(v) for v in variants]
+  if (any(v not in NO_VECTORS and not src for v, src in parsed) and
+      not config.vectors_path):
     raise ValueError('config.vectors_path must name an item-vector table '
                      '(item_vectors.npz) for the variants other than '
                      f'{", ".join(NO_VECTORS)}')
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:
-      if variant in DETERMINISTIC and seed > 0:  # the same fit every seed
+      if split_variant(variant)[0] in DETERMINISTIC and seed > 0:
         results[variant].append(dict(results[variant][0], seed=seed))
         continue
       results[variant].append(run_one(config, variant, seed, data_dir,
                                       workdir))
-  summary = summarise(results, oracle_ceiling(data_dir))
+  boot = None
+  if 'id' in variants:  # every interval is relative to the ID model
+    t0 = time.time()
+    boot = intervals(load_predictions(workdir, variants, config.seeds),
+                     config.bootstrap_resamples)
+    logging.info('bootstrap: %d resamples x %d variants x %d seeds in %.1fs',
+                 config.bootstrap_resamples, len(variants), config.seeds,
+                 time.time() - t0)
+  summary = summarise(results, oracle_ceiling(data_dir), boot)
   if skipped:
     summary['skipped'] = skipped
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), summary)

@@ -20,7 +20,8 @@ from mmrec import train_scl
 
 REPORT_FILE = 'report.md'
 PLOTS = ('gauc_delta.png', 'slice_deltas.png', 'one_epoch.png',
-         'make_epochs.png', 'retrieval_grid.png', 'simtier_histogram.png')
+         'make_epochs.png', 'retrieval_grid.png', 'simtier_histogram.png',
+         'content_curve.png')
 _PAPER_GAUC_GAIN = 1.25  # % SimTier + MAKE over ID (paper.md)
 
 
@@ -100,6 +101,48 @@ def one_epoch_plot(path, one_epoch):
                '(the one-epoch phenomenon)')
   _save(fig, path)
   return True
+
+
+def content_curve_plot(path, points):
+  """The multimodal gain vs. the world's content knob (>= 2 points)."""
+  points = [p for p in points if 'gain_gauc_pct' in p]
+  if len(points) < 2:
+    return False
+  x = [p['content_weight'] for p in points]
+  fig = figure.Figure(figsize=(5, 3.5))
+  ax = fig.subplots()
+  for m, marker in (('auc', 'o'), ('gauc', 's')):
+    ax.plot(x, [_nan(p.get(f'gain_{m}_pct')) for p in points], marker=marker,
+            label=f'{m.upper()} gain %')
+  ax.axhline(0, color='k', lw=0.8)
+  ax.set_xlabel('world.content_weight (taste logits per category logit)')
+  ax.set_ylabel('SimTier + MAKE over best ID baseline, %')
+  ax.legend()
+  _save(fig, path)
+  return True
+
+
+def _content_curve_md(points):
+  lines = ['| content_weight | best ID baseline (AUC / GAUC) | ID AUC | '
+           'id_stats AUC | SimTier+MAKE AUC | AUC gain % [95% CI] | ID GAUC '
+           '| id_stats GAUC | SimTier+MAKE GAUC | GAUC gain % [95% CI] |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for p in points:
+    v = p['variants']
+    cell = lambda k, m: _f((v.get(k) or {}).get(m))
+    def gain(m):
+      if p.get(f'gain_{m}_pct') is None:
+        return 'n/a'
+      ci = p.get(f'gain_{m}_ci_pct')
+      return f'{p[f"gain_{m}_pct"]:+.2f}' + (
+          f' [{ci[0]:+.2f}, {ci[1]:+.2f}]' if ci else '')
+    lines.append(
+        f'| {p["content_weight"]:g} | {p.get("best_id_auc", "n/a")} / '
+        f'{p.get("best_id_gauc", "n/a")} | {cell("id", "auc")} | '
+        f'{cell("id_stats", "auc")} | {cell("simtier_make", "auc")} | '
+        f'{gain("auc")} | {cell("id", "gauc")} | {cell("id_stats", "gauc")} '
+        f'| {cell("simtier_make", "gauc")} | {gain("gauc")} |')
+  return '\n'.join(lines)
 
 
 def make_epochs_plot(path, make_epochs, id_gauc):
@@ -199,14 +242,16 @@ def _ms(cell, digits=2):
 
 
 def _claims_md(claims):
-  lines = ['| claim | measured | criterion | reproduced |', '|---|---|---|---|']
+  """Verdict and statement of each claim, quoted from results.json."""
+  lines = ['| claim | verdict | measured: delta [95% interval] | criterion |',
+           '|---|---|---|---|']
   for c in claims:
-    measured = 'n/a' if c['measured'] is None else ', '.join(
-        f'{k} {_f(v)}' for k, v in c['measured'].items())
-    verdict = ('yes' if c['reproduced'] else 'no') if c['testable'] else (
-        'not testable')
-    lines.append(f'| {c["claim"]} | {measured} | {c["criterion"]} | '
-                 f'{verdict} |')
+    statement = c['statement']
+    prefix = f'{c["verdict"]}: '
+    if statement.startswith(prefix):  # the verdict has its own column
+      statement = statement[len(prefix):]
+    lines.append(f'| {c["claim"]} | **{c["verdict"]}** | {statement} | '
+                 f'{c["criterion"]} |')
   return '\n'.join(lines)
 
 
@@ -283,6 +328,9 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
     made[PLOTS[5]] = (f'SimTier cosines ({config.vectors_method} vectors): '
                       f'mean {hist["clicked_mean"]:.3f} clicked vs. '
                       f'{hist["not_clicked_mean"]:.3f} not clicked.')
+  if content_curve_plot(p(PLOTS[6]), results['content_curve']):
+    made[PLOTS[6]] = ('The multimodal gain (SimTier + MAKE over the best ID '
+                      'baseline) vs. how much content matters in the world.')
   oracle = results['world']['oracle_ceiling']
   ctr_table = {'variants': ctr}
   if oracle and all(v is not None for v in oracle.values()):
@@ -300,6 +348,12 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       f'{config.ctr.seeds} seed(s); CTR item vectors: '
       f'{config.vectors_method} (seed 0). Numbers: `results.json`.',
       '## Claims', _claims_md(results['claims']),
+      'Intervals: paired user-level bootstrap of the test day '
+      '(mmrec/bootstrap.py; CTR seeds combined) or, for pre-training, of '
+      'the held-out queries. A claim is reproduced only when its 95% '
+      'interval excludes 0 in the paper\'s direction and, where the paper '
+      'gives a number, the measured delta is 0.5x to 2x of it (else '
+      '"direction only").',
       '## World', _world_md(results['world']),
       '## Pre-training (held-out search sessions)',
       pretrain_sweep.markdown(results['pretraining']),
@@ -309,6 +363,8 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       'new items', _slices_md(ctr),
       '### One-epoch curve and MAKE stage-A epochs (seed 0)',
       _curves_md(curves),
+      '### The content knob: multimodal gain vs. world.content_weight',
+      _content_curve_md(results['content_curve']),
       '## Plots', '\n\n'.join(f'![{c}]({f})\n\n*{c}*' for f, c in
                               made.items()) +
       (f'\n\nNot drawn (inputs missing): {", ".join(missing)}.'

@@ -1,6 +1,9 @@
 """CTR evaluation: the ordered test pass, AUC / GAUC / logloss, slices by
 training exposure and new items, evaluation points of multi-epoch runs, and
-the result file.
+the result files: ctr_eval.json (the metrics) and predictions.npz (every test
+row's logit, label, user, item and exposure group, in the split's order, so
+that two runs on the same split can be compared row by row: see
+mmrec/bootstrap.py).
 """
 
 import math
@@ -18,6 +21,7 @@ from mmrec import train_lib
 from mmrec.data import pipelines
 
 EVAL_FILE = 'ctr_eval.json'
+PREDICTIONS_FILE = 'predictions.npz'
 # Batch fields the test pass brings back to the host for the metrics.
 EVAL_FIELDS = ('label', 'user_id', 'item_id')
 
@@ -66,15 +70,21 @@ def ctr_metrics(pred):
           'logloss': metrics_lib.logloss(pred['label'], prob)}
 
 
-def slice_metrics(pred, data_dir, train_ids=None):
-  """{'group_0'...'group_8', 'new': {count, auc, gauc}} by training exposure.
+def exposure_groups(pred, data_dir, train_ids=None):
+  """(N,) exposure group of each predicted row (-1: new item), see
+  metrics.exposure_groups.
 
   `train_ids`: the item ids of the impressions trained on, if the caller has
   them (default: every stored training impression of `data_dir`).
   """
   if train_ids is None:
     train_ids = ctr_data.train_columns(data_dir)['item_id']
-  groups = metrics_lib.exposure_groups(train_ids, pred['item_id'])
+  return metrics_lib.exposure_groups(train_ids, pred['item_id'])
+
+
+def slice_metrics(pred, groups):
+  """{'group_0'...'group_8', 'new': {count, auc, gauc}} by training exposure
+  (`groups` from exposure_groups)."""
   flat = metrics_lib.sliced(pred['label'], pred['logit'], groups,
                             users=pred['user_id'])
   out = {}
@@ -102,10 +112,30 @@ def eval_points(num_epochs, steps_per_epoch, fractions):
   return dict(sorted(points.items()))
 
 
-def write_result(workdir, result):
-  """ctr_eval.json (atomic, process 0) and a log summary of `result`."""
+def write_predictions(path, pred, groups):
+  """predictions.npz: logit (float32), label, user_id, item_id and
+  exposure_group (-1: new item) of every row, in the split's order."""
+  files.write_npz(path, {
+      'logit': np.asarray(pred['logit'], np.float32),
+      'label': np.asarray(pred['label']),
+      'user_id': np.asarray(pred['user_id']),
+      'item_id': np.asarray(pred['item_id']),
+      'exposure_group': np.asarray(groups, np.int8)})
+
+
+def load_predictions(workdir):
+  """The arrays of `workdir`'s predictions.npz (see write_predictions)."""
+  with np.load(os.path.join(workdir, PREDICTIONS_FILE)) as z:
+    return dict(z)
+
+
+def write_result(workdir, result, pred, groups):
+  """predictions.npz, then ctr_eval.json (both atomic, process 0: the
+  json last, since a complete ctr_eval.json marks a finished run), and a log
+  summary of `result`."""
   result = files.json_safe(result)
   if jax.process_index() == 0:
+    write_predictions(os.path.join(workdir, PREDICTIONS_FILE), pred, groups)
     files.write_json(os.path.join(workdir, EVAL_FILE), result)
   logging.info('%s step %d/%d: test auc %s gauc %s logloss %s (%d '
                'impressions)', result['variant'], result['step'],

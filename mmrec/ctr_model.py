@@ -66,10 +66,14 @@ class CtrConfig:
   softmax; 'dot': the team's open code, projected dot product, softmax;
   'mlp_softmax': sigmoid MLP scorer, softmax). `attention_mlp` is the
   scorer's hidden widths (unused by 'dot').
+  match_features: the tower also gets, per ID field the behaviours share
+  with the target (category [, shop]), the share and log count of attended
+  behaviours equal to the target's value, and the log history length
+  (`match_features`).
   """
   embedding: embedding.EmbeddingConfig
   variant: str = 'id'
-  attention: str = 'mlp_softmax'
+  attention: str = 'din'
   attention_mlp: Sequence[int] = (64, 32)
   tower: Sequence[int] = (256, 128, 64)
   simtier_bins: int = 20
@@ -77,6 +81,7 @@ class CtrConfig:
   simtier_official_dim: int = 1
   simtier_make_tier: str = 'official'
   retrieve_top_k: int = 0
+  match_features: bool = True
   make: make_lib.MakeConfig = dataclasses.field(
       default_factory=make_lib.MakeConfig)
 
@@ -141,6 +146,32 @@ def retrieve_behaviours(batch, vectors, k: int, seq_fields):
   return out, got
 
 
+def match_features(batch, seq_fields):
+  """(B, 2 F + 1) ID-match features of the target against its behaviours.
+
+  For each field F the behaviours carry besides the item (seq_category
+  [, seq_shop]): the share of real behaviours whose value equals the target's
+  and log(1 + their count); then log(1 + the history length). Why inputs and
+  not left to attention: DIN's attention can count matches only once the ID
+  embeddings of equal and unequal categories have moved apart, and from a
+  0.05-scale init one epoch of a small log does not get there -- on the demo
+  world's validation day the share of the history in the target's category
+  alone scores AUC 0.72 in a logistic regression, the ID model without these
+  inputs 0.65.
+  """
+  mask = batch['seq_mask'].astype(bool)
+  length = mask.sum(-1).astype(jnp.float32)
+  out = []
+  for f in seq_fields:
+    if f == 'seq_item':
+      continue
+    same = (batch[f] == batch[f[len('seq_'):]][:, None]) & mask
+    count = same.sum(-1).astype(jnp.float32)
+    out += [count / jnp.maximum(length, 1.0), jnp.log1p(count)]
+  out.append(jnp.log1p(length))
+  return jnp.stack(out, axis=-1)
+
+
 class CtrModel(nn.Module):
   """ID model + integration variant.
 
@@ -168,6 +199,9 @@ class CtrModel(nn.Module):
   weights and their entropy under intermediates['attention'] (see
   `layers.TargetAttention`).
 
+  With `match_features` the tower input also holds `match_features` of the
+  attended behaviours.
+
   Params: embed (IdEmbeddings), attention, [simtier], tower_{i}, dice_{i},
   head, [make].
   """
@@ -188,6 +222,8 @@ class CtrModel(nn.Module):
     query = target[:, :seq.shape[-1]]  # The fields the behaviours also have.
     keys = seq
     tower_in = [user, target]
+    if cfg.match_features:
+      tower_in.append(match_features(attended, cfg.embedding.seq_fields))
     extra = None
 
     if cfg.uses_vectors:

@@ -170,7 +170,8 @@ def _new_items(data_dir, items):
 
 
 def evaluate_encoder(encoder, data_dir, items):
-  """(retrieval metrics on held-out sessions, (N, D) catalogue vectors)."""
+  """(retrieval metrics on held-out sessions, (N, D) catalogue vectors,
+  per-session ranks: retrieval_eval.query_ranks)."""
   t0 = time.time()
   vectors = encoder.items(items['image'], items['title'])
   logging.info('encoded %d items in %.1fs', len(vectors), time.time() - t0)
@@ -186,12 +187,13 @@ def evaluate_encoder(encoder, data_dir, items):
     full[idx] = got
     return full
 
-  metrics = retrieval_eval.evaluate(
+  ranks = retrieval_eval.query_ranks(
       sessions, vectors,
       queries(encoder.image_queries, sessions['query_image'], is_image),
-      queries(encoder.text_queries, sessions['query_text'], ~is_image),
-      new_items=_new_items(data_dir, items))
-  return metrics, vectors
+      queries(encoder.text_queries, sessions['query_text'], ~is_image))
+  metrics = retrieval_eval.summarise(ranks, sessions,
+                                     _new_items(data_dir, items))
+  return metrics, vectors, ranks
 
 
 def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8):

@@ -21,8 +21,8 @@ Protocol (no leakage): the LR is fit on the last training day F with
 features from days < F, and scores the test split with features from all
 training days (< first test day; test labels are never counted). Features
 are standardised with the fit day's mean and std. `run(config, workdir)` is
-the CTR variant 'id_stats': it writes the same `ctr_eval.json` as the neural
-variants (step = total_steps = 0: nothing is trained by steps).
+the CTR variant 'id_stats': it writes the same `ctr_eval.json` and
+`predictions.npz` as the neural variants (step = total_steps = 0: nothing is trained by steps).
 
 Shape letters: N impressions, L behaviour-sequence length, F features.
 """
@@ -220,14 +220,15 @@ def run(config, workdir):
                first_test_day - 1, len(y_fit), model.coefficients())
   pred = {'logit': model.logit(x_test), 'label': test['label'],
           'user_id': test['user_id'], 'item_id': test['item_id']}
+  groups = ctr_eval.exposure_groups(pred, data_dir,
+                                    train_ids=train['item_id'])
   result = {'variant': config.variant, 'seed': config.seed,
             'data_dir': data_dir, 'split': split, 'step': 0,
             'total_steps': 0, 'complete': True, 'epoch_fraction': 0.0,
             'num_test': int(len(pred['label'])),
             **ctr_eval.ctr_metrics(pred),
-            'slices': ctr_eval.slice_metrics(pred, data_dir,
-                                             train_ids=train['item_id']),
+            'slices': ctr_eval.slice_metrics(pred, groups),
             'fit_day': first_test_day - 1, 'num_fit': int(len(y_fit)),
             'prior_impressions': PRIOR_IMPRESSIONS,
             'coefficients': model.coefficients()}
-  return ctr_eval.write_result(workdir, result)
+  return ctr_eval.write_result(workdir, result, pred, groups)

@@ -223,6 +223,31 @@ def gauc(labels, scores, groups) -> float:
   return float(weighted.sum() / n_u.sum())
 
 
+def group_auc_terms(labels, scores, groups):
+  """Per-group AUC terms, the pieces GAUC (and its bootstrap) is made of.
+
+  Args:
+    labels: (N,) 0/1 or bool.
+    scores: (N,) finite scores.
+    groups: (N,) group (user) ids of any sortable dtype.
+
+  Returns:
+    (group, pos, neg, num), each (G,) over the distinct groups in ascending
+    order: the group id, its positives, its negatives and Σ over positives of
+    (#negatives scored lower + ½ #negatives tied), so that a group's AUC is
+    num / (pos·neg) where pos and neg are > 0.
+  """
+  y = _check_labels(labels)
+  s = _check_scores(scores, len(y))
+  g = _check_groups(groups, len(y))
+  if len(y) == 0:
+    empty = np.zeros(0, np.int64)
+    return g[:0], empty, empty, np.zeros(0)
+  pos, neg, num = _segment_aucs(*_sort_by_group_and_score(y, s, g))
+  # The sort key orders groups as np.unique does (order-preserving codes).
+  return np.unique(g), pos, neg, num
+
+
 def logloss(labels, probs, eps: float = 1e-7) -> float:
   """Mean binary cross-entropy with probs clipped to [eps, 1 - eps].
 
@@ -391,12 +416,33 @@ def retrieval_accuracy(similarity, target_index,
   # Masked entries may hold anything (e.g. -inf or NaN padding).
   if not np.isfinite(np.where(mask, sim, 0)).all():
     raise ValueError('similarity must be finite on unmasked candidates.')
-  target_score = sim[rows, target][:, None]
-  ahead = (sim >= target_score) & mask
-  ahead[rows, target] = False  # The target does not outrank itself.
-  rank = ahead.sum(axis=1)  # 0-based.
+  rank = _target_ranks(sim, target, mask)
   out = {}
   for x in ks:
     key = 'accuracy@1' if x == 1 else f'recall@{x}'
     out[key] = float(np.mean(rank < x)) if q else float('nan')
   return out
+
+
+def _target_ranks(sim, target, mask):
+  """(Q,) 0-based rank of each query's target (pessimistic ties)."""
+  rows = np.arange(sim.shape[0])
+  target_score = sim[rows, target][:, None]
+  ahead = (sim >= target_score) & mask
+  ahead[rows, target] = False  # The target does not outrank itself.
+  return ahead.sum(axis=1)
+
+
+def retrieval_ranks(similarity, target_index, candidate_mask=None):
+  """(Q,) int 0-based rank of each query's target, as retrieval_accuracy
+  counts it (the number of unmasked other candidates scoring >= the target):
+  per-query hits (rank < k) for paired comparisons of encoders."""
+  sim = np.asarray(similarity)
+  target = np.asarray(target_index)
+  mask = (np.ones(sim.shape, bool) if candidate_mask is None else
+          np.asarray(candidate_mask, bool))
+  if sim.ndim != 2 or target.shape != sim.shape[:1] or mask.shape != sim.shape:
+    raise ValueError(f'similarity (Q, C), target_index (Q,) and '
+                     f'candidate_mask (Q, C) expected, got {sim.shape}, '
+                     f'{target.shape} and {mask.shape}.')
+  return _target_ranks(sim, target, mask)

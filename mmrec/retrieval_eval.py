@@ -5,7 +5,8 @@ by cosine similarity against a fixed candidate set: the purchased items of the
 whole held-out set plus the session's own hard negatives (clicked, not
 bought). Reported: accuracy@1 and recall@10, separately for image and text
 queries, on all held-out sessions and on those that bought a new item (never
-seen in pre-training).
+seen in pre-training); and each session's rank (query_ranks), for paired
+bootstraps of two encoders over the same queries.
 """
 
 import numpy as np
@@ -16,6 +17,64 @@ from mmrec import metrics
 def _unit(x):
   x = np.asarray(x, np.float32)
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def query_ranks(sessions, item_vectors, image_query_vectors=None,
+                text_query_vectors=None):
+  """Each held-out session's 0-based rank of its purchased item.
+
+  Args: as `evaluate`.
+
+  Returns:
+    {'image': (S,), 'text': (S,)} int64: the rank (metrics.retrieval_ranks:
+    ties pessimistic) for the sessions of that query modality, -1 for the
+    others and everywhere when the encoder has no such side. Session i is
+    row i of the held-out split: the same query for every encoder, so ranks
+    of two encoders pair by row.
+  """
+  items = _unit(item_vectors)
+  purchased = sessions['purchased_item']
+  pool = np.unique(purchased)
+  pos = np.searchsorted(pool, purchased)
+  hard = sessions['hard_negatives']
+  hard_mask = sessions['hard_negative_mask'].astype(bool)
+  out = {}
+  for modality, queries in (('image', image_query_vectors),
+                            ('text', text_query_vectors)):
+    rank = np.full(len(purchased), -1, np.int64)
+    rows = np.flatnonzero(sessions['query_is_image'] == (modality == 'image'))
+    if queries is not None and len(rows):
+      q = _unit(np.asarray(queries)[rows])
+      sim = np.concatenate([q @ items[pool].T,
+                            np.einsum('qd,qhd->qh', q, items[hard[rows]])], 1)
+      mask = np.concatenate([np.ones((len(rows), len(pool)), bool),
+                             hard_mask[rows]], 1)
+      rank[rows] = metrics.retrieval_ranks(sim, pos[rows], mask)
+    out[modality] = rank
+  return out
+
+
+def summarise(ranks, sessions, new_items=None, k=(1, 10)):
+  """{'image'|'text'|'image_new'|'text_new': {'accuracy@1', 'recall@10',
+  'queries'} or None} from `query_ranks`."""
+  out = {}
+  purchased = sessions['purchased_item']
+  for modality in ('image', 'text'):
+    rank = ranks[modality]
+    want = sessions['query_is_image'] == (modality == 'image')
+    subsets = {modality: want}
+    if new_items is not None:
+      subsets[f'{modality}_new'] = want & new_items[purchased]
+    for name, rows in subsets.items():
+      r = rank[rows]
+      if not len(r) or (r < 0).any():
+        out[name] = None
+        continue
+      res = {('accuracy@1' if x == 1 else f'recall@{x}'): float(np.mean(
+          r < x)) for x in k}
+      res['queries'] = int(len(r))
+      out[name] = res
+  return out
 
 
 def evaluate(sessions, item_vectors, image_query_vectors=None,
@@ -36,31 +95,5 @@ def evaluate(sessions, item_vectors, image_query_vectors=None,
     {'image': {...}, 'text': {...}, 'image_new': ..., 'text_new': ...}, each
     {'accuracy@1', 'recall@10', 'queries'}; None where not applicable.
   """
-  items = _unit(item_vectors)
-  purchased = sessions['purchased_item']
-  pool = np.unique(purchased)
-  pos = np.searchsorted(pool, purchased)
-  hard = sessions['hard_negatives']
-  hard_mask = sessions['hard_negative_mask'].astype(bool)
-  out = {}
-  for modality, queries in (('image', image_query_vectors),
-                            ('text', text_query_vectors)):
-    want = sessions['query_is_image'] == (modality == 'image')
-    subsets = {modality: want}
-    if new_items is not None:
-      subsets[f'{modality}_new'] = want & new_items[purchased]
-    for name, rows in subsets.items():
-      rows = np.flatnonzero(rows)
-      if queries is None or not len(rows):
-        out[name] = None
-        continue
-      q = _unit(np.asarray(queries)[rows])
-      sim = np.concatenate([q @ items[pool].T,
-                            np.einsum('qd,qhd->qh', q, items[hard[rows]])], 1)
-      mask = np.concatenate([np.ones((len(rows), len(pool)), bool),
-                             hard_mask[rows]], 1)
-      res = metrics.retrieval_accuracy(sim, pos[rows], k=k,
-                                       candidate_mask=mask)
-      res['queries'] = int(len(rows))
-      out[name] = res
-  return out
+  return summarise(query_ranks(sessions, item_vectors, image_query_vectors,
+                               text_query_vectors), sessions, new_items, k)

@@ -4,7 +4,8 @@
 `config.variant`) on the impressions' train split (the training days) and
 evaluates it on the test split (the following day): AUC, GAUC by user,
 logloss, AUC/GAUC per training-exposure group and on new items. Writes
-checkpoints, metrics.jsonl, TensorBoard events and `ctr_eval.json`.
+checkpoints, metrics.jsonl, TensorBoard events, `ctr_eval.json` and
+`predictions.npz` (the test rows' logits, for paired comparisons).
 
 - The frozen item-vector table (`config.vectors_path`, every variant but
   'id') is put on the mesh once and passed to the jitted steps as an
@@ -70,6 +71,7 @@ def build_model(config, sizes):
       simtier_mask_padding=bool(config.simtier_mask_padding),
       simtier_official_dim=config.simtier_official_dim,
       retrieve_top_k=config.retrieve_top_k,
+      match_features=bool(config.match_features),
       make=make_module_config(config)))
 
 
@@ -161,25 +163,45 @@ def train_step(state, batch, rng, vectors, *, model, tx):
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
              'label_mean': jnp.mean(batch['label'].astype(jnp.float32)),
              'prediction_mean': jnp.mean(jax.nn.sigmoid(logits)),
-             **attention_metrics(intermediates)}
+             **attention_metrics(intermediates, batch)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state, extra=extra), metrics
 
 
-def attention_metrics(intermediates):
-  """{'attention_entropy': mean normalised entropy} of the top attention.
+def attention_metrics(intermediates, batch=None):
+  """Statistics of the top attention's weights, from what the model's
+  top-level 'attention' sowed (stage B: the CTR model's, not MAKE's); {} if
+  it sowed nothing.
 
-  The mean over the batch rows with >= 2 valid behaviours of
-  `layers.attention_entropy` (1.0 = uniform weights), from what the model's
-  top-level 'attention' sowed (stage B: the CTR model's, not MAKE's);
-  {} if it sowed nothing.
+  attention_entropy: the mean over the batch rows with >= 2 valid
+  behaviours of `layers.attention_entropy` (1.0 = uniform weights).
+  attention_category_excess (given the batch, when the attention read its
+  behaviours, i.e. no retrieval): the share of |weight| on behaviours of the
+  target's category minus the share of such behaviours, averaged over rows
+  that have behaviours of both kinds. 0 = blind to category; > 0 = attends to
+  what matches the target. Entropy alone cannot tell relevance from a
+  randomly initialised scorer's uneven weights.
   """
-  sown = intermediates.get('attention', {}).get('entropy')
-  if not sown:
+  sown = intermediates.get('attention', {})
+  if not sown.get('entropy'):
     return {}
-  entropy, counted = sown[0]
-  return {'attention_entropy':
-          jnp.sum(entropy) / jnp.maximum(jnp.sum(counted), 1)}
+  entropy, counted = sown['entropy'][0]
+  out = {'attention_entropy':
+         jnp.sum(entropy) / jnp.maximum(jnp.sum(counted), 1)}
+  weights = sown.get('weights')
+  if (batch is not None and weights and
+      weights[0].shape == batch['seq_category'].shape):
+    w = jnp.abs(weights[0])
+    mask = batch['seq_mask'].astype(bool)
+    same = (batch['seq_category'] == batch['category'][:, None]) & mask
+    rows = same.any(-1) & (mask & ~same).any(-1)
+    w_share = jnp.sum(w * same, -1) / jnp.maximum(
+        jnp.sum(w * mask, -1), 1e-9)
+    n_share = jnp.sum(same, -1) / jnp.maximum(jnp.sum(mask, -1), 1)
+    out['attention_category_excess'] = jnp.sum(
+        jnp.where(rows, w_share - n_share, 0.0)) / jnp.maximum(
+            jnp.sum(rows), 1)
+  return out
 
 
 def eval_step(state, batch, vectors, *, model):
@@ -422,14 +444,14 @@ def run(config, workdir):
       stop_at=config.max_steps, resume=config.resume,
       init_from=config.init_from, on_start=on_start)
   _, overall, pred = res.last_eval
+  groups = ctr_eval.exposure_groups(pred, data_dir, data.train_item_ids())
   result.update(step=res.step, total_steps=loop.num_steps,
                 complete=res.step == loop.num_steps,
                 epoch_fraction=res.step / spe,
                 num_test=int(len(pred['label'])),
                 **{k: overall[k] for k in ('auc', 'gauc', 'logloss')},
-                slices=ctr_eval.slice_metrics(pred, data_dir,
-                                              data.train_item_ids()))
+                slices=ctr_eval.slice_metrics(pred, groups))
   history = _history(h for h in res.history if h['step'] in points)
   if len(history) > 1:
     result['history'] = history
-  return ctr_eval.write_result(workdir, result)
+  return ctr_eval.write_result(workdir, result, pred, groups)

@@ -48,6 +48,10 @@ from mmrec.data import resolver
 
 EVAL_FILE = 'pretrain_eval.json'
 EXAMPLES_FILE = 'retrieval_examples.npz'  # a few queries' top-k, for reports
+# Every held-out session's rank of its purchased item (image_rank,
+# text_rank: -1 where not that modality), by session row: paired bootstraps
+# of two methods (pretrain_sweep.comparisons).
+QUERIES_FILE = 'pretrain_eval_queries.npz'
 
 
 class Clip:
@@ -316,7 +320,7 @@ def run(config, workdir):
 
 def _finish(config, workdir, data_dir, encoder, items, step):
   """Held-out evaluation + the catalogue's vector table."""
-  metrics, vectors = embed.evaluate_encoder(encoder, data_dir, items)
+  metrics, vectors, ranks = embed.evaluate_encoder(encoder, data_dir, items)
   vector_table.save(os.path.join(workdir, vector_table.FILE), vectors, {
       'method': config.method, 'seed': config.seed, 'step': step,
       'encoder_workdir': workdir, 'data_dir': data_dir})
@@ -325,6 +329,8 @@ def _finish(config, workdir, data_dir, encoder, items, step):
   examples = embed.retrieval_examples(encoder, data_dir, items, vectors)
   if examples is not None:
     files.write_npz(os.path.join(workdir, EXAMPLES_FILE), examples)
+  files.write_npz(os.path.join(workdir, QUERIES_FILE),
+                  {f'{m}_rank': r for m, r in ranks.items()})
   files.write_json(os.path.join(workdir, EVAL_FILE), result)
   writer = train_lib.MetricWriter(workdir)
   writer.write(step, {f'{name}/{k}': v for name, r in metrics.items() if r

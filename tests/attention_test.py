@@ -158,6 +158,36 @@ class AttentionEntropyTest(absltest.TestCase):
     np.testing.assert_allclose(got['attention_entropy'], 0.7, rtol=1e-6)
     self.assertEqual(train_ctr.attention_metrics({}), {})
 
+  def test_category_excess_matches_numpy(self):
+    rng = np.random.default_rng(0)
+    b, length = 6, 5
+    mask = np.arange(length)[None] >= length - np.array(
+        [5, 0, 3, 5, 2, 4])[:, None]
+    cat = rng.integers(0, 3, b)
+    seq_cat = rng.integers(0, 3, (b, length))
+    w = np.where(mask, rng.normal(size=(b, length)), 0).astype(np.float32)
+    batch = {'category': cat, 'seq_category': seq_cat, 'seq_mask': mask}
+    ent = np.zeros(b, np.float32), np.ones(b, bool)
+    got = train_ctr.attention_metrics(
+        {'attention': {'entropy': (ent,), 'weights': (w,)}}, batch)
+    want = []
+    for i in range(b):
+      same = (seq_cat[i] == cat[i]) & mask[i]
+      other = ~same & mask[i]
+      if same.any() and other.any():
+        a = np.abs(w[i])
+        want.append(a[same].sum() / a[mask[i]].sum() -
+                    same.sum() / mask[i].sum())
+    self.assertNotEmpty(want)
+    np.testing.assert_allclose(got['attention_category_excess'],
+                               np.mean(want), rtol=1e-5)
+    # Uniform weights are blind to category: excess 0.
+    got = train_ctr.attention_metrics(
+        {'attention': {'entropy': (ent,),
+                       'weights': (mask.astype(np.float32),)}}, batch)
+    self.assertAlmostEqual(float(got['attention_category_excess']), 0.0,
+                           places=6)
+
 
 class VariantsTest(parameterized.TestCase):
   """Every form with the variants that change the attention's inputs."""

@@ -69,6 +69,31 @@ def tiny_model(variant, freeze=True):
   return tiny_model_and_logits(variant, freeze)[:2]
 
 
+
+class MatchFeaturesTest(absltest.TestCase):
+
+  def test_matches_numpy(self):
+    batch, _ = tiny_data()
+    got = np.asarray(ctr_model.match_features(
+        batch, ('seq_item', 'seq_category')))
+    mask = batch['seq_mask']
+    same = (batch['seq_category'] == batch['category'][:, None]) & mask
+    n, length = same.sum(1), mask.sum(1)
+    want = np.stack([n / np.maximum(length, 1), np.log1p(n),
+                     np.log1p(length)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    self.assertEqual(got[1].tolist(), [0.0, 0.0, 0.0])  # the empty history
+
+  def test_tower_input_grows_only_with_the_option(self):
+    batch, _ = tiny_data()
+    widths = {}
+    for on in (True, False):
+      cfg = dataclasses.replace(tiny_config('id'), match_features=on)
+      params = ctr_model.CtrModel(cfg).init(jax.random.key(0), batch)[
+          'params']
+      widths[on] = nn.unbox(params)['tower_0']['kernel'].shape[0]
+    self.assertEqual(widths[True] - widths[False], 3)
+
 class VariantsTest(parameterized.TestCase):
 
   @parameterized.parameters(*ctr_model.VARIANTS)

@@ -49,10 +49,71 @@ class CtrSweepTest(absltest.TestCase):
                      ['seed_0'])
     self.assertFalse(os.path.exists(os.path.join(
         workdir, 'make', 'seed_0', 'make_stage_a')))
+    # Bootstrap intervals vs. the ID model, paired with the seed means.
+    for name in ('simtier_official', 'make', 'simtier_make'):
+      vs_id = v[name]['bootstrap']['vs_id']
+      self.assertEqual(set(vs_id), {'all', 'tail', 'new', 'tail_minus_all',
+                                    'new_minus_all'})
+      cell = vs_id['all']['gauc']
+      self.assertEqual(vs_id['all']['resamples'], 200)
+      self.assertAlmostEqual(cell['delta_pct'],
+                             v[name]['delta_gauc_pct']['mean'], places=6)
+      lo, hi = cell['ci_pct']
+      self.assertLessEqual(lo, hi)
+    self.assertEqual(set(v['make']['bootstrap']), {'vs_id'})  # no pairs here
+    self.assertNotIn('bootstrap', v['id'])
     with open(os.path.join(workdir, 'ctr_table.json')) as f:
       self.assertEqual(json.load(f), json.loads(json.dumps(summary)))
     with open(os.path.join(workdir, 'ctr_table.md')) as f:
-      self.assertIn('oracle (ceiling)', f.read())
+      text = f.read()
+    self.assertIn('oracle (ceiling)', text)
+    self.assertIn('95% CI', text)
+
+  def test_intervals_pair_variants_and_slices(self):
+    rng = np.random.default_rng(0)
+    n, users = 3000, 150
+    groups = np.arange(n) % 10 - 1  # -1 new, 0..8 exposure groups
+    rows = {'label': (rng.random(n) < 0.3).astype(np.int32),
+            'user_id': rng.integers(0, users, n),
+            'item_id': np.arange(n), 'exposure_group': groups}
+    tail = (groups >= 0) & (groups < ctr_sweep.TAIL_GROUPS)
+    run = lambda logit: dict(rows, logit=logit.astype(np.float32))
+    noise = lambda: rng.normal(size=n)
+    # vector = id; make is better than both, on the tail only.
+    base = [rows['label'] + 2 * noise() for _ in range(2)]
+    better = [np.where(tail, rows['label'] + 0.5 * noise(), b) for b in base]
+    preds = {'id': [run(b) for b in base], 'vector': [run(b) for b in base],
+             'make': [run(b) for b in better]}
+    out = ctr_sweep.intervals(preds, resamples=100)
+    self.assertEqual(set(out), {'vector', 'make'})
+    self.assertEqual(set(out['make']), {'vs_id', 'vs_vector'})
+    self.assertEqual(out['vector']['vs_id']['all']['gauc']['ci'], [0.0, 0.0])
+    make = out['make']['vs_id']
+    self.assertGreater(make['tail_minus_all']['auc']['ci_pct'][0], 0)
+    self.assertEqual(make['new']['auc']['ci'], [0.0, 0.0])
+    self.assertEqual(out['make']['vs_vector']['all'], make['all'])
+    self.assertEqual(make['tail']['users_both'],
+                     len({u for u, l, t in zip(rows['user_id'], rows['label'],
+                                              tail) if t and l} &
+                         {u for u, l, t in zip(rows['user_id'], rows['label'],
+                                              tail) if t and not l}))
+    preds['make'][1] = dict(preds['make'][1], user_id=rows['user_id'] + 1)
+    with self.assertRaisesRegex(ValueError, 'not paired'):
+      ctr_sweep.intervals(preds, resamples=10)
+
+  def test_id_similarity_control_runs_on_its_own_table(self):
+    workdir = tempfile.mkdtemp()
+    summary = ctr_sweep.run(_config('id,simtier_official@ids'), workdir)
+    self.assertIn('simtier_official@ids', summary['variants'])
+    with open(os.path.join(workdir, 'simtier_official@ids', 'seed_0',
+                           'ctr_eval.json')) as f:
+      used = json.load(f)
+    table = ctr_sweep.id_vectors_path(workdir)
+    self.assertTrue(os.path.exists(table))
+    self.assertEqual(used['vectors_path'], table)
+    for bad in ('simtier_official@pixels', 'id@ids'):
+      with self.assertRaisesRegex(ValueError, bad):
+        ctr_sweep.split_variant(bad)
 
   def test_vectors_path_required(self):
     c = _config('id,simscore')

@@ -12,7 +12,9 @@ import numpy as np
 from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
 from experiments.configs import ctr_sweep as sweep_config
+from mmrec import ctr_eval
 from mmrec import id_stats
+from mmrec import metrics
 from mmrec import train_ctr
 
 L = 4  # behaviour-sequence length of the hand-made table
@@ -172,6 +174,10 @@ class RunTest(absltest.TestCase):
     self.assertGreater(written['gauc'], 0.55)
     self.assertTrue(np.isfinite(written['logloss']))
     self.assertContainsSubset({'new', 'group_0'}, set(written['slices']))
+    pred = ctr_eval.load_predictions(workdir)
+    self.assertLen(pred['logit'], written['num_test'])
+    self.assertAlmostEqual(metrics.auc(pred['label'], pred['logit']),
+                           written['auc'], places=4)  # float32 logits
 
     # The sweep runs it like any variant, without item vectors.
     s = sweep_config.get_config('tiny')

@@ -163,6 +163,21 @@ class GaucTest(parameterized.TestCase):
       metrics.gauc([0, 1], [0.1, 0.2], [1])
 
 
+class GroupAucTermsTest(absltest.TestCase):
+
+  def test_per_group_auc_is_sklearn(self):
+    labels, scores = _tied_data(500, seed=8)
+    users = np.random.default_rng(8).integers(0, 30, 500) * 5 - 40
+    group, pos, neg, num = metrics.group_auc_terms(labels, scores, users)
+    np.testing.assert_array_equal(group, np.unique(users))
+    for g, p, n, x in zip(group, pos, neg, num):
+      m = users == g
+      self.assertEqual((p, n), (labels[m].sum(), (1 - labels[m]).sum()))
+      if p and n:
+        self.assertAlmostEqual(x / (p * n), sk_metrics.roc_auc_score(
+            labels[m], scores[m]))
+
+
 class LoglossTest(parameterized.TestCase):
 
   @parameterized.parameters(0, 1, 2)

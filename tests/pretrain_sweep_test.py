@@ -6,6 +6,7 @@ import tempfile
 
 from absl.testing import absltest
 import fixtures
+import numpy as np
 
 from experiments import pretrain_sweep
 from experiments.configs import pretrain_sweep as sweep_config
@@ -28,6 +29,19 @@ class SweepTest(absltest.TestCase):
       self.assertEqual(json.load(f), table)
     with open(os.path.join(workdir, 'pretrain_table.md')) as f:
       self.assertIn('| raw_pixels |', f.read())
+    # The per-query ranks give back the table's accuracy.
+    queries = pretrain_sweep.load_queries(workdir, ['bag_of_tokens'], 2)
+    ranks = queries['bag_of_tokens'][0]
+    self.assertTrue((ranks['image_rank'] == -1).all())  # no image side
+    with open(os.path.join(workdir, 'bag_of_tokens', 'seed_0',
+                           'pretrain_eval.json')) as f:
+      text = json.load(f)['metrics']['text']
+    asked = ranks['text_rank'] >= 0
+    self.assertEqual(asked.sum(), text['queries'])
+    self.assertAlmostEqual((ranks['text_rank'][asked] < 10).mean(),
+                           text['recall@10'])
+    with open(os.path.join(workdir, pretrain_sweep.COMPARISONS_FILE)) as f:
+      self.assertEqual(json.load(f), {})  # no claimed pair among these
     # A finished run is read back, not recomputed.
     path = os.path.join(workdir, 'raw_pixels', 'seed_0', 'pretrain_eval.json')
     with open(path) as f:
@@ -40,6 +54,38 @@ class SweepTest(absltest.TestCase):
     again = pretrain_sweep.run(c, workdir)
     self.assertAlmostEqual(again['raw_pixels']['image']['recall@10']['mean'],
                            (0.5 + seed1) / 2)
+
+  def test_comparisons_pair_queries_and_seeds(self):
+    rng = np.random.default_rng(0)
+    sessions = 400
+    is_image = rng.random(sessions) < 0.5
+
+    def ranks(p_hit):
+      rank = np.where(rng.random(sessions) < p_hit, 0, 5)
+      return {'image_rank': np.where(is_image, rank, -1),
+              'text_rank': np.where(is_image, -1, rank)}
+
+    queries = {'scl': [ranks(0.5), ranks(0.5)],
+               'scl_no_queue': [ranks(0.2), ranks(0.2)],
+               'scl_no_hard_neg': [ranks(0.5), ranks(0.5)]}
+    out = pretrain_sweep.comparisons(queries, resamples=300)
+    self.assertEqual(set(out), {'scl-scl_no_queue', 'scl-scl_no_hard_neg'})
+    queue = out['scl-scl_no_queue']
+    acc = lambda r: np.mean([(r[f'{m}_rank'][r[f'{m}_rank'] >= 0] == 0).mean()
+                             for m in ('image', 'text')])
+    self.assertAlmostEqual(queue['delta'], np.mean(
+        [acc(b) - acc(a) for a, b in zip(queries['scl_no_queue'],
+                                         queries['scl'])]))
+    self.assertGreater(queue['ci'][0], 0)  # 0.5 vs. 0.2 on 400 queries
+    lo, hi = out['scl-scl_no_hard_neg']['ci']  # the same hit rate
+    self.assertLess(lo, 0)
+    self.assertGreater(hi, 0)
+    self.assertEqual((queue['queries'], queue['seeds']), (sessions, 2))
+    # Too few held-out queries: no interval.
+    few = {m: [{k: v[:20] for k, v in r.items()} for r in runs]
+           for m, runs in queries.items()}
+    self.assertIsNone(pretrain_sweep.comparisons(few, 50)[
+        'scl-scl_no_queue']['ci'])
 
   def test_clip_e_needs_clip_o(self):
     c = sweep_config.get_config('tiny')

@@ -21,8 +21,9 @@ from experiments.configs import paper
 METHODS = {'raw_pixels', 'bag_of_tokens', 'clip_o', 'clip_e', 'scl',
            'scl_no_queue', 'scl_no_hard_neg', 'i2i'}
 VARIANTS = {'id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
-            'make', 'simtier_make', 'id_stats'}
-STAGES = {'world', 'pretrain', 'ctr', 'extra', 'report'}
+            'make', 'simtier_make', 'id_stats', 'simtier_official@ids'}
+STAGES = {'world', 'pretrain', 'ctr', 'extra', 'world_cw0', 'ctr_cw0',
+          'report'}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'colab', 'quickstart.ipynb')
 
@@ -81,7 +82,17 @@ class ReproduceTest(absltest.TestCase):
 
   def test_results_structure(self):
     r = self.results
-    self.assertEqual(set(r), {'world', 'pretraining', 'ctr', 'claims'})
+    self.assertEqual(set(r), {'world', 'pretraining', 'ctr', 'content_curve',
+                              'claims'})
+    # The tiny curve: the world's own content_weight and 0.
+    curve = r['content_curve']
+    self.assertEqual([p['content_weight'] for p in curve],
+                     [0.0, paper.get_config('tiny').world.content_weight])
+    for p in curve:
+      best = max(p['variants'][k]['gauc'] for k in ('id', 'id_stats'))
+      self.assertAlmostEqual(
+          p['gain_gauc_pct'],
+          100 * (p['variants']['simtier_make']['gauc'] - best) / best)
     self.assertEqual(r['world']['statistics']['users'], 500)
     self.assertEqual(set(r['world']['oracle_ceiling']),
                      {'auc', 'gauc', 'logloss'})
@@ -110,6 +121,10 @@ class ReproduceTest(absltest.TestCase):
     for c in r['claims']:
       self.assertIsInstance(c['reproduced'], bool)
       self.assertIsInstance(c['claim'], str)
+      self.assertIn(c['verdict'], reproduce.VERDICTS)
+      self.assertEqual(c['reproduced'], c['verdict'] == reproduce.REPRODUCED)
+      self.assertTrue(c['statement'].startswith(c['verdict']))
+    self.assertIn('bootstrap', r['ctr']['simtier_make'])
     gain = r['claims'][ids.index('simtier_make_gauc_gain')]
     self.assertAlmostEqual(gain['measured']['delta_gauc_pct'],
                            r['ctr']['simtier_make']['delta_gauc_pct']['mean'])
@@ -124,8 +139,10 @@ class ReproduceTest(absltest.TestCase):
     with open(os.path.join(self.workdir, report.REPORT_FILE)) as f:
       text = f.read()
     for section in ('## Claims', '## World', '## Pre-training', '## CTR',
-                    'oracle (ceiling)', 'Wall time'):
+                    'oracle (ceiling)', 'Wall time', '95% CI'):
       self.assertIn(section, text)
+    for c in self.results['claims']:  # wording follows results.json
+      self.assertIn(f'**{c["verdict"]}**', text)
     for name in report.PLOTS:
       path = os.path.join(self.workdir, name)
       self.assertTrue(os.path.exists(path), name)
@@ -153,7 +170,8 @@ class ReproduceTest(absltest.TestCase):
     progress = _strict_json(os.path.join(workdir, reproduce.PROGRESS_FILE))
     self.assertEqual({k: v['status'] for k, v in progress['stages'].items()},
                      {'world': 'skipped', 'pretrain': 'skipped',
-                      'ctr': 'skipped', 'extra': 'ran', 'report': 'ran'})
+                      'ctr': 'skipped', 'extra': 'ran', 'world_cw0': 'skipped',
+                      'ctr_cw0': 'skipped', 'report': 'ran'})
     with open(os.path.join(progress['stages']['extra']['dir'],
                            reproduce.CURVES_FILE)) as f:
       curves = json.load(f)

@@ -23,6 +23,7 @@ from experiments.configs import ctr as ctr_config
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import ctr_eval
+from mmrec import metrics
 from mmrec import sharding
 from mmrec import train_ctr
 from mmrec import train_lib
@@ -184,6 +185,15 @@ class RunTest(absltest.TestCase):
                      res['num_test'])
     for s in slices.values():
       self.assertTrue(np.isfinite(s['auc']))
+    # predictions.npz: the same test rows, row by row, as the metrics saw.
+    pred = ctr_eval.load_predictions(workdir)
+    self.assertEqual(pred['logit'].dtype, np.float32)
+    self.assertLen(pred['label'], res['num_test'])
+    self.assertAlmostEqual(metrics.gauc(pred['label'], pred['logit'],
+                                        pred['user_id']), res['gauc'],
+                           places=6)
+    self.assertEqual(int((pred['exposure_group'] == -1).sum()),
+                     slices['new']['count'])
     return res
 
   def world_test_rows(self):

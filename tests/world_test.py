@@ -10,7 +10,7 @@ from mmrec.data import honesty
 from mmrec.data import world as world_lib
 
 # Model-visible tables must not carry any hidden quantity.
-_HIDDEN = ('concept', 'quality', 'affinity', 'propensity', 'interest', 'p',
+_HIDDEN = ('concept', 'quality', 'taste', 'propensity', 'interest', 'p',
            'impression_p', 'activity')
 
 
@@ -166,30 +166,57 @@ class HonestyTest(absltest.TestCase):
     self.assertEqual(honesty.check(aucs), [])
     # Clear margins, not just orderings.
     self.assertGreater(aucs['oracle']['all'] - aucs['id_only']['all'], 0.05)
-    self.assertGreater(aucs['oracle']['all'] - aucs['content_only']['all'],
+    self.assertGreater(aucs['oracle']['all'] - aucs['category_only']['all'],
                        0.05)
     self.assertGreater(aucs['id_only']['all'], 0.58)
-    self.assertGreater(aucs['content_only']['all'], 0.58)
+    self.assertGreater(aucs['category_only']['all'], 0.58)
     self.assertEqual(aucs['id_only']['new_items'], 0.5)
-    self.assertGreater(aucs['content_only']['new_items'], 0.58)
+    self.assertGreater(aucs['category_only']['new_items'], 0.58)
+
+  def test_content_weight_sets_what_content_adds(self):
+    # The knob: with content_weight = 0 the true concepts add (almost)
+    # nothing to the ID statistics; with 1.5 they add clearly more.
+    gain = {}
+    for cw in (0.0, 1.5):
+      aucs = honesty.baseline_aucs(
+          world_lib.generate(fixtures.tiny_config(content_weight=cw)))
+      gain[cw] = aucs['id_stats_content']['all'] - aucs['id_stats']['all']
+    self.assertLess(gain[0.0], 0.01)
+    self.assertGreater(gain[1.5], gain[0.0] + 0.015)
+
+  def test_content_weight_changes_only_the_clicks(self):
+    # The content-knob curve reuses one encoder's item vectors for every
+    # value: items, users, search and captions must not depend on it.
+    a = world_lib.generate(fixtures.tiny_config(content_weight=0.0))
+    b = fixtures.tiny_world()
+    self.assertNotEqual(a.config.content_weight, b.config.content_weight)
+    for table in ('items', 'users', 'search', 'captions'):
+      for k, v in getattr(a, table).items():
+        np.testing.assert_array_equal(v, getattr(b, table)[k], f'{table}.{k}')
+    self.assertFalse(np.array_equal(a.impressions['label'],
+                                    b.impressions['label']))
 
   def test_check_reports_violations(self):
-    good = {'oracle': 0.8, 'id_only': 0.65, 'content_only': 0.7,
-            'random': 0.5}
-    aucs = {k: {'all': v, 'new_items': 0.5 if k != 'content_only' else 0.6}
+    good = {'oracle': 0.8, 'id_only': 0.65, 'category_only': 0.7,
+            'random': 0.5, 'id_stats': 0.72, 'id_stats_content': 0.74}
+    aucs = {k: {'all': v, 'new_items': 0.5 if k != 'category_only' else 0.6}
             for k, v in good.items()}
     self.assertEqual(honesty.check(aucs), [])
     aucs['id_only']['new_items'] = 0.6
-    aucs['content_only']['all'] = 0.9
+    aucs['category_only']['all'] = 0.9
+    aucs['id_stats_content']['all'] = 0.71  # content adds nothing
     problems = honesty.check(aucs)
-    self.assertLen(problems, 2)
+    self.assertLen(problems, 3)
     self.assertIn('new items', ' '.join(problems))
+    self.assertIn('id_stats 0.7200 is not below id_stats_content',
+                  ' '.join(problems))
 
   def test_format_report(self):
     w = fixtures.tiny_world()
     text = honesty.format_report(honesty.statistics(w),
                                  honesty.baseline_aucs(w))
-    self.assertIn('(iii) content-only', text)
+    self.assertIn('(iii) category share', text)
+    self.assertIn('(vi) (v) + true concepts', text)
     self.assertIn('orderings: OK', text)
 
 

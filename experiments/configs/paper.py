@@ -64,6 +64,13 @@ def get_config(arg=None):
   # MAKE stage-A epochs E whose final (stage-B) GAUC the report plots (seed
   # 0; E = ctr.ctr.make.stage_a_epochs reuses the sweep's 'make' run).
   c.make_epochs = (1, 2, 3)
+  # The content-knob curve: the multimodal gain (SimTier + MAKE over the best
+  # ID baseline) at these world.content_weight values (the world's own value
+  # comes from the main sweep; the others rerun only the clicks and these
+  # variants, over the same item vectors). Empty = the main point only.
+  c.content_curve = ml_collections.ConfigDict(dict(
+      weights=(0.0, 0.5, 1.0), variants='id,id_stats,simtier_make',
+      seeds=c.ctr.seeds))
   # Report: retrieval grid (held-out image queries, top-k; at most the 8 x 8
   # each pre-training run stores).
   c.report = ml_collections.ConfigDict(dict(
@@ -84,9 +91,15 @@ def get_config(arg=None):
     c.ctr.ctr.make.stage_a_epochs = 2
     c.one_epoch.num_epochs = 2
     c.make_epochs = (1, 2)
+    # The curve costs a world and three CTR runs per value: `make demo`
+    # has only its own point; `--config.content_curve.weights=0,0.5,1`
+    # draws it (README: the measured curve).
+    c.content_curve.weights = ()
+    c.content_curve.seeds = c.ctr.seeds
 
   if tiny:
     c.world.update(num_users=500, num_items=800)
+    c.content_curve.update(weights=(0.0,), seeds=1)
     c.ctr.ctr.update(tower=(16, 8), attention_mlp=(8,), embed_dim=8)
     c.ctr.ctr.make.update(attention_mlp=(8,), mlp=(8,), stage_a_epochs=1)
   return c

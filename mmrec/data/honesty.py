@@ -1,16 +1,25 @@
 """Statistics of a world and its honesty checks (world.md).
 
-The checks score the test days four ways: (i) the oracle's true p, (ii) an
-ID-only estimate (each item's smoothed training CTR), (iii) a content-only
-estimate from observable content (how often the target's leaf category occurs
-in the user's behaviour sequence), (iv) random scores. A sound world has
-(iv) < (ii) < (i) and (iv) < (iii) < (i), and on new items (ii) is no better
-than random (no ID history) while (iii) is.
+The checks score the test days six ways: (i) the oracle's true p, (ii) an
+ID-only estimate (each item's smoothed training CTR), (iii) a category-only
+estimate (how often the target's leaf category occurs in the user's
+behaviour sequence), (iv) random scores, (v) the ID-statistics floor
+(`mmrec.id_stats`: a logistic regression on six ID statistics) and (vi) the
+same LR with five features of the true concepts added (the mean and max
+cosine of the target's hidden concept vector to the history's, and the
+history's shares of the target's colour, pattern and style): what perfect
+content vectors could add to the floor at most. A sound world has
+(iv) < (ii) < (i), (iv) < (iii) < (i) and (iv) < (v) < (vi) < (i), and on new
+items (ii) is no better than random (no ID history) while (iii) is.
 """
 
 import numpy as np
 
+from mmrec import id_stats
 from mmrec import metrics
+
+CONCEPT_FEATURES = ('concept_cos_mean', 'concept_cos_max', 'colour_share',
+                    'pattern_share', 'style_share')
 
 PRIOR_STRENGTH = 20.0  # impressions' worth of the global CTR in (ii)
 
@@ -63,7 +72,7 @@ def id_only_scores(world):
   return ctr[imp['item_id'][test]]
 
 
-def content_only_scores(world):
+def category_only_scores(world):
   """(iii) Share of the user's behaviour sequence in the target's leaf."""
   imp = world.impressions
   _, test = _split(world)
@@ -76,17 +85,54 @@ def content_only_scores(world):
   return same.sum(1) / np.maximum(seq_len, 1)
 
 
+def concept_features(world, rows):
+  """(N, 5) features of the true concepts (CONCEPT_FEATURES order)."""
+  tax, concept = world.taxonomy, world.oracle['item_concept']
+  seq, seq_len = rows['seq_item'], rows['seq_len']
+  valid = np.arange(seq.shape[1])[None] >= seq.shape[1] - seq_len[:, None]
+  denom = np.maximum(seq_len, 1)
+  target, hist = concept[rows['item_id']], concept[seq]
+  cos = np.einsum('nd,nld->nl', tax.concept_vec[target], tax.concept_vec[hist])
+  out = [np.where(valid, cos, 0).sum(1) / denom,
+         np.where(valid, cos, -1).max(1) * (seq_len > 0)]
+  for attr in (tax.concept_colour, tax.concept_pattern, tax.concept_style):
+    out.append(((attr[hist] == attr[target][:, None]) & valid).sum(1) / denom)
+  return np.stack(out, 1)
+
+
+def id_stats_scores(world, seed=0):
+  """(v) and (vi): the ID-statistics LR without and with concept features,
+  fit on the last training day (id_stats' protocol), scores of the test
+  days."""
+  imp = world.impressions
+  train, test = _split(world)
+  rows = {k: imp[k][train] for k in imp}
+  test_rows = {k: imp[k][test] for k in imp}
+  (x_fit, y_fit), x_test = id_stats.fit_and_test_features(
+      rows, test_rows, world.items, world.first_test_day,
+      len(world.items['item_id']), len(world.users['user_id']))
+  fit_rows = {k: v[rows['day'] == world.first_test_day - 1]
+              for k, v in rows.items()}
+  floor = id_stats.fit(x_fit, y_fit, seed).logit(x_test)
+  x_fit = np.concatenate([x_fit, concept_features(world, fit_rows)], 1)
+  x_test = np.concatenate([x_test, concept_features(world, test_rows)], 1)
+  return floor, id_stats.fit(x_fit, y_fit, seed).logit(x_test)
+
+
 def baseline_aucs(world, seed=0):
-  """AUC of the four scorers on the test days, overall and on new items."""
+  """AUC of the six scorers on the test days, overall and on new items."""
   imp = world.impressions
   _, test = _split(world)
   labels = imp['label'][test]
   new = world.items['launch_day'][imp['item_id'][test]] >= world.first_test_day
+  floor, with_content = id_stats_scores(world, seed)
   scores = {
       'oracle': world.oracle['impression_p'][test],
       'id_only': id_only_scores(world),
-      'content_only': content_only_scores(world),
+      'category_only': category_only_scores(world),
       'random': np.random.default_rng(seed).random(len(labels)),
+      'id_stats': floor,
+      'id_stats_content': with_content,
   }
   return {
       name: {'all': metrics.auc(labels, s),
@@ -101,14 +147,16 @@ def check(aucs):
   nw = {k: v['new_items'] for k, v in aucs.items()}
   problems = []
   for lo, hi in (('random', 'id_only'), ('id_only', 'oracle'),
-                 ('random', 'content_only'), ('content_only', 'oracle')):
+                 ('random', 'category_only'), ('category_only', 'oracle'),
+                 ('random', 'id_stats'), ('id_stats', 'id_stats_content'),
+                 ('id_stats_content', 'oracle')):
     if not a[lo] < a[hi]:
       problems.append(f'AUC {lo} {a[lo]:.4f} is not below {hi} {a[hi]:.4f}')
   if not nw['id_only'] <= 0.5 + 1e-9:
     problems.append(f'new items: ID-only AUC {nw["id_only"]:.4f} beats random')
-  if not nw['content_only'] > nw['random']:
+  if not nw['category_only'] > nw['random']:
     problems.append('new items: content-only AUC '
-                    f'{nw["content_only"]:.4f} does not beat random')
+                    f'{nw["category_only"]:.4f} does not beat random')
   return problems
 
 
@@ -119,11 +167,13 @@ def format_report(stats, aucs):
     lines.append(f'  {k:38s} {v:.4f}' if isinstance(v, float) else
                  f'  {k:38s} {v}')
   lines += ['', 'Honesty check: test-day AUC by scorer',
-            f'  {"scorer":24s} {"all":>8s} {"new items":>10s}']
+            f'  {"scorer":26s} {"all":>8s} {"new items":>10s}']
   names = {'oracle': '(i) oracle p', 'id_only': '(ii) ID-only (item CTR)',
-           'content_only': '(iii) content-only', 'random': '(iv) random'}
+           'category_only': '(iii) category share', 'random': '(iv) random',
+           'id_stats': '(v) ID statistics LR',
+           'id_stats_content': '(vi) (v) + true concepts'}
   for k, label in names.items():
-    lines.append(f'  {label:24s} {aucs[k]["all"]:8.4f} '
+    lines.append(f'  {label:26s} {aucs[k]["all"]:8.4f} '
                  f'{aucs[k]["new_items"]:10.4f}')
   problems = check(aucs)
   lines.append('  orderings: ' + ('OK' if not problems else

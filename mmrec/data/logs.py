@@ -4,11 +4,24 @@ Impressions, day by day: each user sees Poisson(activity x rate) items, drawn
 from a Zipf popularity over launched items or matched to one of the user's
 interests, and clicks with
 
-  p = sigmoid(b0 + a * affinity(user, item) + q_item + u_user + noise),
+  p = sigmoid(b0 + a * (category + c * taste) + q_item + u_user + noise),
 
-affinity = w * max_k sim(item, interest_k) + (1 - w) * mean_h sim(item, h)
-over the hidden concept vectors of the user's interests and of the clicked
-items h in the behaviour sequence. b0 is solved on day 0 for the target CTR.
+  category = max over the user's interests k of
+             [leaf(item) == leaf(k)] + 0.5 [top(item) == top(k)]
+  taste    = mean over colour, pattern, style of the user's preference for
+             the item's value of that attribute
+
+each of `category` and `taste` standardised over day 0's impressions, so a
+(`affinity_scale`) and c (`content_weight`) are in logits of spread. The
+category term is what category IDs see (the history's category shares
+estimate it); the taste term varies *within* a leaf category and shows only in
+images and titles, or in each item's own clicks: c is how much content matters
+beyond category. Neither term reads the behaviour sequence: tastes are
+properties of the user, and the history is evidence of them (interest-matched
+impressions carry the interests' attributes, and clicks favour the preferred
+ones). So no statistic of the history -- SimTier's cosine histogram, a mean or
+max similarity -- is the click model's own; each is an estimator of a hidden
+taste. b0 is solved on day 0 for the target CTR.
 Clicks of day d enter the sequences of day d + 1. Sequences hold item ids,
 right-aligned (oldest first, newest at index L - 1), padded on the left with
 0; `seq_len` says how many are real.
@@ -51,18 +64,23 @@ def _sibling(concept, concept_leaf, per_leaf, rng):
                                                          len(concept))
 
 
-def _affinity(cfg, sim, oracle, user, item, hist):
-  """Hidden affinity of each (user, item) impression; hist is (N, L), -1 pad."""
-  concept = oracle['item_concept']
-  c = concept[item]
+def _category_affinity(tax, oracle, user, item):
+  """(N,) max over the user's interests of leaf match + 0.5 top match."""
+  leaf = tax.concept_leaf[oracle['item_concept'][item]]
   ints = oracle['user_interests'][user]
   has = oracle['user_interest_weights'][user] > 0
-  s_int = np.where(has, sim[c[:, None], ints], -np.inf).max(1)
-  valid = hist >= 0
-  s_hist = (sim[c[:, None], concept[np.maximum(hist, 0)]] * valid).sum(1)
-  s_hist = s_hist / np.maximum(valid.sum(1), 1)
-  w = cfg.affinity_interest_weight
-  return (w * s_int + (1 - w) * s_hist).astype(np.float32)
+  int_leaf = tax.concept_leaf[ints]
+  match = ((int_leaf == leaf[:, None]) +
+           0.5 * (tax.leaf_top[int_leaf] == tax.leaf_top[leaf][:, None]))
+  return np.where(has, match, 0.0).max(1)
+
+
+def _taste(tax, oracle, user, item):
+  """(N,) mean preference of each user for the item's attribute values."""
+  c = oracle['item_concept'][item]
+  return (oracle['user_taste_colour'][user, tax.concept_colour[c]] +
+          oracle['user_taste_pattern'][user, tax.concept_pattern[c]] +
+          oracle['user_taste_style'][user, tax.concept_style[c]]) / 3
 
 
 def _solve_bias(z, target):
@@ -97,7 +115,6 @@ def impressions(cfg, tax, items, oracle, rng):
   """The display impression log and its hidden click probabilities."""
   num_users, num_items = cfg.num_users, cfg.num_items
   k, per_leaf, seq_len = tax.num_concepts, cfg.concepts_per_leaf, cfg.seq_len
-  sim = tax.similarity()
   concept = oracle['item_concept']
   interests = oracle['user_interests']
   weights = oracle['user_interest_weights']
@@ -129,7 +146,8 @@ def impressions(cfg, tax, items, oracle, rng):
 
   out = {k_: [] for k_ in ('user_id', 'item_id', 'day', 'label', 'seq_item',
                            'seq_len')}
-  hidden = {'impression_p': [], 'impression_affinity': []}
+  hidden = {'impression_p': [], 'impression_category': [],
+            'impression_taste': []}
   b0 = None
   for day in range(cfg.num_days):
     available = launch <= day
@@ -141,9 +159,14 @@ def impressions(cfg, tax, items, oracle, rng):
     item = np.where(route_pop, popular_items(len(user), available),
                     interest_items(user, index, available))
     h = hist[user]
-    aff = _affinity(cfg, sim, oracle, user, item, h)
-    z = (cfg.affinity_scale * aff + oracle['item_quality'][item] +
-         oracle['user_propensity'][user] +
+    cat = _category_affinity(tax, oracle, user, item)
+    taste = _taste(tax, oracle, user, item)
+    if b0 is None:
+      norm = [(x.mean(), max(x.std(), 1e-6)) for x in (cat, taste)]
+    cat = ((cat - norm[0][0]) / norm[0][1]).astype(np.float32)
+    taste = ((taste - norm[1][0]) / norm[1][1]).astype(np.float32)
+    z = (cfg.affinity_scale * (cat + cfg.content_weight * taste) +
+         oracle['item_quality'][item] + oracle['user_propensity'][user] +
          rng.normal(0, cfg.click_noise_std, len(user)))
     if b0 is None:
       b0 = _solve_bias(z, cfg.target_ctr)
@@ -156,7 +179,8 @@ def impressions(cfg, tax, items, oracle, rng):
     out['seq_item'].append(np.maximum(h, 0))
     out['seq_len'].append((h >= 0).sum(1).astype(np.int32))
     hidden['impression_p'].append(p)
-    hidden['impression_affinity'].append(aff)
+    hidden['impression_category'].append(cat)
+    hidden['impression_taste'].append(taste)
     clicked = label == 1
     hist = _append_clicks(hist, user[clicked], item[clicked].astype(np.int32),
                           num_users)

@@ -59,7 +59,8 @@ _RANGES = {
     'zipf_exponent': (0.0, None, 'float'),
     'explore_near_rate': (0.0, 1.0, 'float'),
     'affinity_scale': (0.0, None, 'float'),
-    'affinity_interest_weight': (0.0, 1.0, 'float'),
+    'content_weight': (0.0, None, 'float'),
+    'taste_noise': (0.0, None, 'float'),
     'user_propensity_std': (0.0, None, 'float'),
     'click_noise_std': (0.0, None, 'float'),
     'target_ctr': (1e-4, 0.5, 'float'),
@@ -179,8 +180,29 @@ def _items(cfg, tax, vocab, rng):
   }
 
 
+def _tastes(cfg, tax, interests, weights, rng):
+  """Per-user preferences over each attribute's values (hidden).
+
+  A user's preference for a value is the weight of their interests that
+  have it plus taste_noise x N(0, 1): interests make the taste visible in the
+  history (interest-matched impressions), the noise makes part of it
+  idiosyncratic (shown only by which items the user clicks).
+  """
+  out = {}
+  for name, attr, size in (('colour', tax.concept_colour, cfg.num_colours),
+                           ('pattern', tax.concept_pattern, cfg.num_patterns),
+                           ('style', tax.concept_style, cfg.num_styles)):
+    base = np.zeros((len(interests), size))
+    np.add.at(base, (np.arange(len(interests))[:, None], attr[interests]),
+              weights)
+    out[f'user_taste_{name}'] = (
+        base + cfg.taste_noise * rng.normal(size=base.shape)).astype(
+            np.float32)
+  return out
+
+
 def _users(cfg, tax, rng):
-  """Users: profile fields, activity, interests (hidden)."""
+  """Users: profile fields, activity, interests and tastes (hidden)."""
   n = cfg.num_users
   gender = rng.integers(0, 2, n)
   age = rng.integers(0, cfg.num_age_buckets, n)
@@ -215,7 +237,7 @@ def _users(cfg, tax, rng):
       'user_propensity': rng.normal(0, cfg.user_propensity_std, n).astype(
           np.float32),
   }
-  del tax
+  hidden.update(_tastes(cfg, tax, interests, weights, rng))
   return users, hidden
 
 
