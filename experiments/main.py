@@ -4,6 +4,8 @@ The config's `job` field picks what runs (see experiments/README.md):
   world  build the synthetic marketplace (experiments/configs/world.py)
   scl    pre-train an item encoder: SCL or a baseline (configs/scl.py)
   embed  encoder checkpoint -> item-vector table (configs/embed.py)
+  export  CTR checkpoint -> servable model version + vector store + index
+          (configs/export.py)
   pretrain_sweep  every pre-training method x seeds -> table
   ctr    train + evaluate a CTR model / integration variant (configs/ctr.py)
   ctr_sweep  every CTR variant x seeds -> table vs. the ID model
@@ -44,6 +46,7 @@ JOBS = {
     'bench': 'experiments.bench',
     'scl': 'mmrec.train_scl',
     'embed': 'mmrec.embed',
+    'export': 'mmrec.export',
     'ctr': 'mmrec.train_ctr',
     'pretrain_sweep': 'experiments.pretrain_sweep',
     'ctr_sweep': 'experiments.ctr_sweep',

@@ -1,0 +1,278 @@
+"""The export job: a trained CTR checkpoint -> a servable model version, and
+the serving directory's vector store (+ index) it expects.
+
+Serving directory (`config.serving_dir`):
+
+  vectors/      vector_store.py: v{k}/ int8 rows + item attributes
+                (category, shop) + delta; built here from the CTR run's
+                item_vectors.npz unless the current version already holds
+                that table (same sha256)
+  index/        ann_index.py: HNSW over the store (built here if missing)
+  models/v{step}/
+    model.jaxexport  `jax.export` of `(variables, batch, vectors) ->
+                     {'logit', 'probability'}` with a symbolic batch size
+    variables.npz    params + batch_stats, flattened by '/'-joined path
+    manifest.json    variant, step, input fields (shape, dtype), vocabulary
+                     sizes, bucket sizes, the item capacity, the vector store
+                     it expects (table sha256, dim), sha256 of both files
+  models/CURRENT     'v{step}': the version servers load (atomic rename)
+
+The exported function takes the parameters as arguments (unboxed arrays),
+so serving_model.py needs jax and numpy only: no flax, no training code.
+Items added after training (ids >= the model's vocabulary) need an ID
+embedding and a vector row: the item table is padded with zero rows (a
+cold-start item: no ID information, which is what a never-trained item
+has) up to `config.item_capacity`, and the vector table passed at serving
+time has that many rows too. One compiled program per bucket size, whatever
+the store's growth, until the capacity is reached.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmrec import ann_index
+from mmrec import checkpointing
+from mmrec import ctr_data
+from mmrec import embedding
+from mmrec import files
+from mmrec import train_ctr
+from mmrec import vector_store
+from mmrec import vector_table
+from mmrec.data import builders
+
+MODELS, VECTORS, INDEX = 'models', 'vectors', 'index'
+MODEL_FILE, VARIABLES_FILE, MANIFEST = (
+    'model.jaxexport', 'variables.npz', 'manifest.json')
+CURRENT = 'CURRENT'
+ITEM_ATTRIBUTES = ('category', 'shop')  # what a request's ids are joined with
+ITEM_TABLE = ('params', 'embed', 'item', 'embedding')
+
+
+def sha256_file(path):
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def flatten(tree, prefix=''):
+  """Nested dict of arrays -> {'a/b/c': array}."""
+  out = {}
+  for k, v in tree.items():
+    key = f'{prefix}/{k}' if prefix else k
+    out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+  return out
+
+
+def model_fields(model):
+  """Batch fields the CTR model reads: name -> (per-row shape, dtype)."""
+  emb = model.config.embedding
+  return ({f: ((), 'int32') for f in embedding.USER_FIELDS +
+           embedding.TARGET_FIELDS},
+          {f: (('L',), 'int32') for f in emb.seq_fields + ('seq_mask',)})
+
+
+def restore(ctr_workdir, step=None):
+  """(model, variables {'params', 'batch_stats'} as numpy, config, step)."""
+  ckpt_dir = os.path.join(ctr_workdir, checkpointing.SUBDIR)
+  with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
+    step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {ckpt_dir}: train the CTR '
+                            'model first (config.job = "ctr")')
+  source = os.path.join(ckpt_dir, str(step))
+  with warnings.catch_warnings():  # the state, restored only for the config
+    warnings.filterwarnings('ignore', 'Sharding info not provided')
+    _, saved = checkpointing.restore_from(source, None)
+  config = ml_collections.ConfigDict(saved)
+  # '' = the world the run built in its own workdir (resolver.py).
+  data = ctr_data.CtrData.load(config.data_dir or
+                               os.path.join(ctr_workdir, 'world'))
+  model = train_ctr.build_model(config, data.sizes)
+  example = {k: v[:2] for k, v in data.dataset('test', 2)[0].items()}
+  vec_spec = None
+  if train_ctr.reads_vectors(config):
+    vec_spec = jax.ShapeDtypeStruct(
+        (data.sizes['num_items'], _table_dim(config)),
+        jnp.dtype(config.vectors_dtype))
+  abstract = jax.eval_shape(
+      lambda r, v: nn.unbox(model.init(r, example, v)), jax.random.key(0),
+      vec_spec)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract)
+  target = {'params': abstract['params'],
+            'extra': {k: v for k, v in abstract.items() if k != 'params'}}
+  restored, _ = checkpointing.restore_from(source, target, partial=True)
+  variables = {'params': restored['params'], **restored['extra']}
+  return model, jax.tree.map(np.asarray, variables), config, step, data
+
+
+def _table_dim(config):
+  _, meta = vector_table.load_from(config.vectors_path,
+                                   field='config.vectors_path', dtype='int8')
+  return meta['dim']
+
+
+def serving_model(model, capacity):
+  """The same model with an item vocabulary of `capacity`."""
+  cfg = model.config
+  emb = cfg.embedding.__class__(**{**cfg.embedding.__dict__,
+                                   'num_items': capacity})
+  return model.clone(config=cfg.__class__(**{**cfg.__dict__,
+                                             'embedding': emb}))
+
+
+def pad_item_table(variables, capacity):
+  """variables with the item ID table padded by zero rows to `capacity`."""
+  table = variables['params']['embed']['item']['embedding']
+  if capacity < len(table):
+    raise ValueError(f'config.item_capacity = {capacity} is below the '
+                     f"model's {len(table)} items")
+  padded = np.zeros((capacity, table.shape[1]), table.dtype)
+  padded[:len(table)] = table
+  out = jax.tree.map(lambda x: x, variables)  # a copy of the dict structure
+  out['params']['embed']['item']['embedding'] = padded
+  return out
+
+
+def export_function(model, variables, seq_len, vectors_shape):
+  """jax.export of `(variables, batch, vectors) -> {'logit', 'probability'}`
+  with a symbolic batch size; returns (exported, field specs)."""
+  (b,) = jax.export.symbolic_shape('b')
+  scalar, seq = model_fields(model)
+  specs = {f: jax.ShapeDtypeStruct((b,), jnp.int32) for f in scalar}
+  specs.update({f: jax.ShapeDtypeStruct(
+      (b, seq_len), jnp.bool_ if f == 'seq_mask' else jnp.int32) for f in seq})
+
+  def serve(variables, batch, vectors):
+    logit = model.apply(variables, batch, vectors, train=False)
+    return {'logit': logit, 'probability': jax.nn.sigmoid(logit)}
+
+  var_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                           variables)
+  vec_spec = (None if vectors_shape is None else
+              jax.ShapeDtypeStruct(vectors_shape, jnp.int8))
+  exported = jax.export.export(jax.jit(serve))(var_specs, specs, vec_spec)
+  fields = {f: {'shape': list(s.shape[1:]), 'dtype': str(s.dtype)}
+            for f, s in specs.items()}
+  return exported, fields
+
+
+def ensure_store(serving_dir, table_path, data_dir):
+  """The serving store holding `table_path`'s vectors (built if needed) and
+  its index; returns the store's manifest."""
+  table, meta = vector_table.load(table_path, dtype='int8')
+  root = os.path.join(serving_dir, VECTORS)
+  try:
+    with vector_store.VectorStore(root, verify=False) as store:
+      if store.manifest['source'].get('table_sha256') == meta['sha256']:
+        return store.manifest
+  except vector_store.StoreError:
+    pass
+  items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+  if len(items['category']) != len(table):
+    raise ValueError(f'{table_path} has {len(table)} vectors, the catalogue '
+                     f'of {data_dir} {len(items["category"])} items')
+  attrs = np.stack([items[a] for a in ITEM_ATTRIBUTES], 1)
+  vector_store.create(root, table, attrs, ITEM_ATTRIBUTES, {
+      'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
+      'method': meta.get('method'), 'encoder_workdir':
+          meta.get('encoder_workdir'), 'encoder_step': meta.get(
+              'encoder_step'), 'data_dir': os.path.abspath(data_dir)})
+  with vector_store.VectorStore(root) as store:
+    index = ann_index.AnnIndex.build(store.dense())
+    index.save(os.path.join(serving_dir, INDEX), store.version, store.count)
+    logging.info('vector store %s v%d: %d items; index %s', root,
+                 store.version, store.count, index.kind)
+    return store.manifest
+
+
+def write_pointer(directory, name):
+  files.write_text(os.path.join(directory, CURRENT), name + '\n')
+
+
+def export(config, ctr_workdir, serving_dir, make_current=True):
+  """Exports the CTR run's latest checkpoint; returns the version's dir."""
+  model, variables, ctr_config, step, data = restore(ctr_workdir)
+  models = os.path.join(serving_dir, MODELS)
+  final = os.path.join(models, f'v{step}')
+  if os.path.exists(os.path.join(final, MANIFEST)):
+    logging.info('model version %s exists; not exported again', final)
+  else:
+    table_path = config.vectors_path or ctr_config.vectors_path
+    if not table_path:
+      raise ValueError('config.vectors_path is empty and the CTR run read no '
+                       'vectors: the serving store needs the item-vector '
+                       'table (item_vectors.npz)')
+    if os.path.isdir(table_path):
+      table_path = os.path.join(table_path, vector_table.FILE)
+    store = ensure_store(serving_dir, table_path, data.data_dir)
+    uses_vectors = train_ctr.reads_vectors(ctr_config)
+    if uses_vectors and ctr_config.vectors_dtype != 'int8':
+      raise ValueError('the serving store holds int8 vectors; a model '
+                       f'trained on {ctr_config.vectors_dtype} vectors would '
+                       'score differently (train with vectors_dtype=int8)')
+    if uses_vectors and store['source']['table_sha256'] != (
+        vector_table.load(table_path)[1]['sha256']):
+      raise ValueError('store and model vectors differ')
+    capacity = max(config.item_capacity, data.sizes['num_items'])
+    seq_len = builders.load_world_config(data.data_dir)['seq_len']
+    padded = pad_item_table(variables, capacity)
+    served = serving_model(model, capacity)
+    vec_shape = (capacity, store['dim']) if uses_vectors else None
+    t0 = time.time()
+    exported, fields = export_function(served, padded, seq_len, vec_shape)
+    os.makedirs(models, exist_ok=True)
+    tmp = os.path.join(models, f'.v{step}.tmp-{os.getpid()}')
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+      with open(os.path.join(tmp, MODEL_FILE), 'wb') as f:
+        f.write(exported.serialize())
+      np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(padded))
+      sizes = dict(data.sizes, num_items=capacity)
+      manifest = {
+          'format_version': 1, 'step': int(step), 'variant':
+              ctr_config.variant, 'created': time.time(),
+          'checkpoint': os.path.abspath(os.path.join(
+              ctr_workdir, checkpointing.SUBDIR, str(step))),
+          'fields': fields, 'seq_len': seq_len, 'sizes': sizes,
+          'trained_items': data.sizes['num_items'],
+          'item_capacity': capacity, 'buckets': sorted(config.buckets),
+          'item_attributes': list(ITEM_ATTRIBUTES),
+          'vectors': ({'dim': store['dim'], 'dtype': 'int8'}
+                      if uses_vectors else None),
+          'vector_store': {'version': store['version'],
+                           'table_sha256': store['source']['table_sha256']},
+          'sha256': {n: sha256_file(os.path.join(tmp, n))
+                     for n in (MODEL_FILE, VARIABLES_FILE)},
+          'jax_version': jax.__version__}
+      files.write_json(os.path.join(tmp, MANIFEST), manifest)
+      os.rename(tmp, final)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    logging.info('exported %s step %d -> %s (%.1fs)', ctr_config.variant,
+                 step, final, time.time() - t0)
+  if make_current:
+    write_pointer(models, f'v{step}')
+  return final
+
+
+def run(config, workdir):
+  """The export job (experiments/configs/export.py)."""
+  if not config.ctr_workdir:
+    raise ValueError('config.ctr_workdir must name a CTR run\'s workdir')
+  return export(config, config.ctr_workdir, config.serving_dir or workdir)
