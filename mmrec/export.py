@@ -27,7 +27,6 @@ time has that many rows too. One compiled program per bucket size, whatever
 the store's growth, until the capacity is reached.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -46,25 +45,19 @@ from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import embedding
 from mmrec import files
+from mmrec import serving_model
 from mmrec import train_ctr
 from mmrec import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 
 MODELS, VECTORS, INDEX = 'models', 'vectors', 'index'
-MODEL_FILE, VARIABLES_FILE, MANIFEST = (
-    'model.jaxexport', 'variables.npz', 'manifest.json')
-CURRENT = 'CURRENT'
+# The version's files, as the loader reads them.
+MODEL_FILE, VARIABLES_FILE, MANIFEST, CURRENT = (
+    serving_model.MODEL_FILE, serving_model.VARIABLES_FILE,
+    serving_model.MANIFEST, serving_model.CURRENT)
 ITEM_ATTRIBUTES = ('category', 'shop')  # what a request's ids are joined with
 ITEM_TABLE = ('params', 'embed', 'item', 'embedding')
-
-
-def sha256_file(path):
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def flatten(tree, prefix=''):
@@ -126,7 +119,7 @@ def _table_dim(config):
   return meta['dim']
 
 
-def serving_model(model, capacity):
+def with_item_capacity(model, capacity):
   """The same model with an item vocabulary of `capacity`."""
   cfg = model.config
   emb = cfg.embedding.__class__(**{**cfg.embedding.__dict__,
@@ -231,7 +224,7 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
     capacity = max(config.item_capacity, data.sizes['num_items'])
     seq_len = builders.load_world_config(data.data_dir)['seq_len']
     padded = pad_item_table(variables, capacity)
-    served = serving_model(model, capacity)
+    served = with_item_capacity(model, capacity)
     vec_shape = (capacity, store['dim']) if uses_vectors else None
     t0 = time.time()
     exported, fields = export_function(served, padded, seq_len, vec_shape)
@@ -257,7 +250,7 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
                       if uses_vectors else None),
           'vector_store': {'version': store['version'],
                            'table_sha256': store['source']['table_sha256']},
-          'sha256': {n: sha256_file(os.path.join(tmp, n))
+          'sha256': {n: serving_model.sha256_file(os.path.join(tmp, n))
                      for n in (MODEL_FILE, VARIABLES_FILE)},
           'jax_version': jax.__version__}
       files.write_json(os.path.join(tmp, MANIFEST), manifest)

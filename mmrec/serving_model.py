@@ -30,7 +30,7 @@ class ModelError(ValueError):
   """A model version is missing, corrupt, or does not fit its inputs."""
 
 
-def _sha256(path):
+def sha256_file(path):
   h = hashlib.sha256()
   with open(path, 'rb') as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -70,7 +70,7 @@ class ServingModel:
     except (OSError, ValueError) as e:
       raise ModelError(f'model {directory}: cannot read {MANIFEST} ({e})') from e
     for name, digest in self.manifest['sha256'].items():
-      if _sha256(os.path.join(directory, name)) != digest:
+      if sha256_file(os.path.join(directory, name)) != digest:
         raise ModelError(f'model {directory}: checksum mismatch in {name}')
     with open(os.path.join(directory, MODEL_FILE), 'rb') as f:
       self._exported = jax.export.deserialize(bytearray(f.read()))
