@@ -3,8 +3,9 @@ served scores equal the offline evaluation's, in this process and in a fresh
 one that imports no training code; versions, pointer and input checks.
 
 One short 'id' and one 'simtier_official' run on the small CTR world are
-trained once (setUpClass) and exported; their compiled steps are shared
-with the offline pass (train_ctr.programs is cached).
+trained and exported once per process (fixtures.exported_ctr); their
+compiled steps are shared with the offline pass (train_ctr.programs is
+cached).
 """
 
 import json
@@ -19,7 +20,6 @@ import fixtures
 import jax
 import numpy as np
 
-from experiments.configs import ctr as ctr_config
 from experiments.configs import export as export_config
 from mmrec import checkpointing
 from mmrec import ctr_data
@@ -32,17 +32,6 @@ from mmrec import vector_store
 from mmrec import vector_table
 
 VARIANTS = ('id', 'simtier_official')
-
-
-def ctr_run(variant, workdir, max_steps=10):
-  """A short CTR run (plumbing, not learning); returns its config."""
-  c = ctr_config.get_config(f'{variant},tiny')
-  c.data_dir = fixtures.small_ctr_world_dir()
-  c.vectors_path = fixtures.oracle_vectors_path()
-  c.tower, c.attention_mlp, c.embed_dim = (16, 8), (8,), 8
-  c.max_steps = max_steps
-  train_ctr.run(c, workdir)
-  return c
 
 
 def offline_predictions(c, workdir):
@@ -84,13 +73,7 @@ class ExportTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
-    cls.runs = {}
-    for variant in VARIANTS:
-      wd = os.path.join(cls.root, variant)
-      c = ctr_run(variant, wd)
-      serving = os.path.join(cls.root, f'serving_{variant}')
-      cls.runs[variant] = (c, wd, serving, export.export(
-          export_config.get_config('tiny'), wd, serving))
+    cls.runs = {v: fixtures.exported_ctr(v) for v in VARIANTS}
     cls.rows = _test_rows(fixtures.small_ctr_world_dir())
 
   def _model(self, variant):

@@ -54,3 +54,26 @@ def oracle_vectors_path():
   v /= np.linalg.norm(v, axis=1, keepdims=True)
   vector_table.save(path, v.astype(np.float32), {'method': 'oracle_noise'})
   return path
+
+
+@functools.lru_cache(maxsize=None)
+def exported_ctr(variant):
+  """A short CTR run (plumbing, not learning) of `variant` on the small CTR
+  world, exported with export.py:tiny: (config, ctr workdir, serving dir,
+  model version dir). Read-only for tests: copy the serving dir to change it.
+  """
+  # Imported here: most test files never train a CTR model.
+  from experiments.configs import ctr as ctr_config  # pylint: disable=g-import-not-at-top
+  from experiments.configs import export as export_config  # pylint: disable=g-import-not-at-top
+  from mmrec import export  # pylint: disable=g-import-not-at-top
+  from mmrec import train_ctr  # pylint: disable=g-import-not-at-top
+  c = ctr_config.get_config(f'{variant},tiny')
+  c.data_dir = small_ctr_world_dir()
+  c.vectors_path = oracle_vectors_path()
+  c.tower, c.attention_mlp, c.embed_dim = (16, 8), (8,), 8
+  c.max_steps = 10
+  root = tempfile.mkdtemp(prefix=f'mmrec_export_{variant}_')
+  workdir, serving = os.path.join(root, 'ctr'), os.path.join(root, 'serving')
+  train_ctr.run(c, workdir)
+  return c, workdir, serving, export.export(export_config.get_config('tiny'),
+                                            workdir, serving)

@@ -1,0 +1,298 @@
+"""Tests for the scoring service (mmrec.service): scores equal the exported
+model's on the same rows, new items, similar items, restarts, hot reload
+under load, and a table of malformed requests that must each get a 4xx
+naming the field.
+
+Runs on a copy of the 'simtier_official' serving directory that
+fixtures.exported_ctr trains and exports once per process.
+"""
+
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+from absl.testing import absltest
+from absl.testing import parameterized
+from fastapi import testclient
+import fixtures
+import httpx
+import numpy as np
+import uvicorn
+
+from mmrec import ctr_data
+from mmrec import serving_model
+from mmrec import service
+
+VARIANT = 'simtier_official'
+
+
+def _serving_copy():
+  _, _, serving, _ = fixtures.exported_ctr(VARIANT)
+  path = os.path.join(tempfile.mkdtemp(), 'serving')
+  shutil.copytree(serving, path)
+  return path
+
+
+def _request(rows, i):
+  """The /score request of test row i: its user, history and target."""
+  mask = rows['seq_mask'][i]
+  return {'user': {k: int(rows[k][i]) for k in ('user_id', 'age', 'gender',
+                                                'city')},
+          'history': rows['seq_item'][i][mask].tolist(),
+          'candidates': [int(rows['item_id'][i])]}
+
+
+def _new_version(serving, step):
+  """A copy of the live version as v{step} (a new version to reload)."""
+  models = os.path.join(serving, 'models')
+  src = serving_model.current(models)
+  dst = os.path.join(models, f'v{step}')
+  shutil.copytree(src, dst)
+  with open(os.path.join(dst, 'manifest.json')) as f:
+    m = json.load(f)
+  m['step'] = step
+  with open(os.path.join(dst, 'manifest.json'), 'w') as f:
+    json.dump(m, f)
+  return dst
+
+
+def _point(serving, step):
+  with open(os.path.join(serving, 'models', 'CURRENT.tmp'), 'w') as f:
+    f.write(f'v{step}\n')
+  os.replace(os.path.join(serving, 'models', 'CURRENT.tmp'),
+             os.path.join(serving, 'models', 'CURRENT'))
+
+
+USER = {'user_id': 1, 'age': 1, 'gender': 0, 'city': 1}
+GOOD = {'user': USER, 'history': [1, 2, 3], 'candidates': [4, 5]}
+BIG = 10**6
+DIM = 32  # the oracle vectors' width (the tiny world's concept_dim)
+
+
+def _with(**changes):
+  return dict(GOOD, **changes)
+
+
+# (name, method, path, body or raw bytes, expected status, field in `loc`)
+MALFORMED = [
+    ('no_body', 'post', '/score', None, 422, 'body'),
+    ('not_json', 'post', '/score', b'{"user": ', 422, 'body'),
+    ('json_list', 'post', '/score', [1, 2], 422, 'body'),
+    ('missing_user', 'post', '/score', {'candidates': [1]}, 422, 'user'),
+    ('missing_candidates', 'post', '/score', {'user': USER}, 422,
+     'candidates'),
+    ('empty_candidates', 'post', '/score', _with(candidates=[]), 422,
+     'candidates'),
+    ('too_many_candidates', 'post', '/score',
+     _with(candidates=[1] * (service.MAX_CANDIDATES + 1)), 422, 'candidates'),
+    ('too_long_history', 'post', '/score',
+     _with(history=[1] * (service.MAX_HISTORY + 1)), 422, 'history'),
+    ('candidate_string', 'post', '/score', _with(candidates=['4']), 422,
+     'candidates'),
+    ('candidate_float', 'post', '/score', _with(candidates=[4.5]), 422,
+     'candidates'),
+    ('candidate_negative', 'post', '/score', _with(candidates=[-1]), 422,
+     'candidates'),
+    ('candidate_unknown', 'post', '/score', _with(candidates=[4, BIG]), 422,
+     'candidates'),
+    ('candidate_huge', 'post', '/score', _with(candidates=[2**63]), 422,
+     'candidates'),
+    ('history_unknown', 'post', '/score', _with(history=[BIG]), 422,
+     'history'),
+    ('history_null', 'post', '/score', _with(history=None), 422, 'history'),
+    ('user_unknown', 'post', '/score',
+     _with(user=dict(USER, user_id=BIG)), 422, 'user_id'),
+    ('age_unknown', 'post', '/score', _with(user=dict(USER, age=BIG)), 422,
+     'age'),
+    ('gender_bool', 'post', '/score', _with(user=dict(USER, gender=True)),
+     422, 'gender'),
+    ('city_missing', 'post', '/score',
+     _with(user={k: v for k, v in USER.items() if k != 'city'}), 422, 'city'),
+    ('extra_field', 'post', '/score', _with(labels=[1]), 422, 'labels'),
+    ('too_large_body', 'post', '/score', b' ' * (service.MAX_BODY_BYTES + 1),
+     413, 'body'),
+    ('item_no_vector', 'post', '/items', {'category': 1, 'shop': 1}, 422,
+     'vector'),
+    ('item_wrong_dim', 'post', '/items',
+     {'vector': [0.5] * 3, 'category': 1, 'shop': 1}, 422, 'vector'),
+    ('item_zero_vector', 'post', '/items',
+     {'vector': [0.0] * DIM, 'category': 1, 'shop': 1}, 422, 'vector'),
+    ('item_category_unknown', 'post', '/items',
+     {'vector': [0.25] * DIM, 'category': BIG, 'shop': 1}, 422, 'category'),
+    ('item_shop_negative', 'post', '/items',
+     {'vector': [0.25] * DIM, 'category': 1, 'shop': -2}, 422, 'shop'),
+    ('similar_not_int', 'get', '/items/abc/similar', None, 422, 'item_id'),
+    ('similar_unknown', 'get', f'/items/{BIG}/similar', None, 422, 'item_id'),
+    ('similar_k_zero', 'get', '/items/3/similar?k=0', None, 422, 'k'),
+    ('similar_k_huge', 'get', '/items/3/similar?k=100000', None, 422, 'k'),
+    ('wrong_method', 'get', '/score', None, 405, None),
+]
+
+
+class ServiceTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.serving = _serving_copy()
+    cls.app = service.create_app(cls.serving, reload_interval_s=0)
+    cls.client = testclient.TestClient(cls.app)
+    cls.state = cls.app.state.serving
+    ds = ctr_data.CtrData.load(fixtures.small_ctr_world_dir()).dataset(
+        'test', 64)
+    cls.rows = ds[0]
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.state.close()
+    super().tearDownClass()
+
+  def test_scores_equal_the_exported_model(self):
+    live = self.state.live
+    want = live.model.score(self.rows, live.table)
+    for i in range(0, 64, 7):
+      r = self.client.post('/score', json=_request(self.rows, i))
+      self.assertEqual(r.status_code, 200, r.text)
+      np.testing.assert_allclose(r.json()['probabilities'], [want[i]],
+                                 rtol=0, atol=1e-6)
+    # One user, several candidates: one row each, same scores.
+    req = _request(self.rows, 0)
+    req['candidates'] = self.rows['item_id'][:10].tolist()
+    got = self.client.post('/score', json=req).json()['probabilities']
+    batch = {k: v[:10].copy() for k, v in self.rows.items()}
+    for k in ('user_id', 'age', 'gender', 'city', 'seq_item', 'seq_category',
+              'seq_mask'):
+      batch[k][:] = self.rows[k][0]
+    np.testing.assert_allclose(got, live.model.score(batch, live.table),
+                               atol=1e-6)
+
+  @parameterized.named_parameters(*[(m[0],) + m[1:] for m in MALFORMED])
+  def test_malformed_request(self, method, path, body, status, field):
+    if isinstance(body, bytes):
+      r = self.client.request(method, path, content=body,
+                              headers={'content-type': 'application/json'})
+    elif body is None:
+      r = self.client.request(method, path)
+    else:
+      r = self.client.request(method, path, json=body)
+    self.assertEqual(r.status_code, status, r.text)
+    if field is not None:
+      locs = [d['loc'] for d in r.json()['detail']]
+      self.assertTrue(any(field in map(str, loc) for loc in locs),
+                      f'{field!r} not named in {locs}')
+
+  def test_new_item_is_scorable_similar_and_survives_restart(self):
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=DIM)
+    before = self.client.get('/health').json()
+    r = self.client.post('/items', json={'vector': v.tolist(), 'category': 3,
+                                         'shop': 2})
+    self.assertEqual(r.status_code, 200, r.text)
+    item = r.json()['item_id']
+    self.assertEqual(item, before['items'])
+    # Scorable, as a candidate and in a history; its row is in the table.
+    req = _with(candidates=[item, 4], history=[1, item])
+    r = self.client.post('/score', json=req)
+    self.assertEqual(r.status_code, 200, r.text)
+    live = self.state.live
+    np.testing.assert_array_equal(np.asarray(live.table[item]),
+                                  self.state.store.lookup([item])[0])
+    # Retrievable: a near-copy's nearest neighbour is the new item.
+    twin = self.client.post('/items', json={
+        'vector': (v + 0.01 * rng.normal(size=DIM)).tolist(), 'category': 3,
+        'shop': 2}).json()['item_id']
+    r = self.client.get(f'/items/{twin}/similar?k=3').json()
+    self.assertEqual(r['similar'][0], item)
+    # Restart: a new service over the same directory sees both items (the
+    # index catches up from the store's delta).
+    self.state.store.close()
+    again = service.Serving(self.serving, reload_interval_s=0)
+    try:
+      self.assertEqual(again.store.count, twin + 1)
+      self.assertEqual(again.index.count, twin + 1)
+      self.assertEqual(again.similar(twin, 1)['similar'], [item])
+      np.testing.assert_allclose(
+          again.score(service.ScoreRequest(**req))['probabilities'],
+          self.client.post('/score', json=req).json()['probabilities'],
+          atol=1e-6)
+    finally:
+      again.close()
+      self.state.store = service.vector_store.VectorStore(
+          os.path.join(self.serving, 'vectors'), writable=True)
+    m = self.client.get('/metrics').json()
+    self.assertGreaterEqual(m['requests']['/items 200'], 2)
+    self.assertIn('/score', m['latency'])
+
+  def test_hot_reload_under_load_loses_no_request(self):
+    serving = _serving_copy()
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    app = service.create_app(serving, reload_interval_s=0.05)
+    server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port,
+                                           log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f'http://127.0.0.1:{port}'
+    for _ in range(200):
+      if server.started:
+        break
+      time.sleep(0.05)
+    versions, statuses = [], []
+    done = threading.Event()
+
+    def client_loop():
+      # Until the reloads are over (and at least 20 requests, at most 2000).
+      with httpx.Client(base_url=url, timeout=30) as c:
+        for i in range(2000):
+          if i >= 20 and done.is_set():
+            break
+          r = c.post('/score', json=_request(self.rows, i % 64))
+          statuses.append(r.status_code)
+          if r.status_code == 200:
+            versions.append(r.json()['model_version'])
+
+    try:
+      with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client_loop) for _ in range(4)]
+        time.sleep(0.3)
+        _new_version(serving, 11)
+        bad = _new_version(serving, 12)
+        with open(os.path.join(bad, 'variables.npz'), 'ab') as f:
+          f.write(b'corrupt')
+        _point(serving, 11)
+        for _ in range(100):  # reload, while the clients keep going
+          if app.state.serving.live.model.version == 'v11':
+            break
+          time.sleep(0.05)
+        _point(serving, 12)  # a corrupt version never goes live
+        for _ in range(100):
+          if app.state.serving.reload_errors:
+            break
+          time.sleep(0.05)
+        time.sleep(0.2)
+        done.set()
+        for f in futures:
+          f.result()
+      self.assertGreaterEqual(len(statuses), 80)
+      self.assertEqual(statuses, [200] * len(statuses))
+      self.assertEqual(set(versions), {'v10', 'v11'})
+      self.assertEqual(versions[-1], 'v11')
+      with httpx.Client(base_url=url) as c:
+        health = c.get('/health').json()
+        metrics = c.get('/metrics').json()
+      self.assertEqual(health['model_version'], 'v11')
+      self.assertGreaterEqual(metrics['reloads'], 1)
+      self.assertGreaterEqual(metrics['reload_errors'], 1)
+    finally:
+      server.should_exit = True
+      thread.join(timeout=10)
+
+
+if __name__ == '__main__':
+  absltest.main()
