@@ -7,7 +7,7 @@ Serving directory (`config.serving_dir`):
                 (category, shop) + delta; built here from the CTR run's
                 item_vectors.npz unless the current version already holds
                 that table (same sha256)
-  index/        ann_index.py: HNSW over the store (built here if missing)
+  index/        ann_index.py: IVF index over the store (built with it)
   models/v{step}/
     model.jaxexport  `jax.export` of `(variables, batch, vectors) ->
                      {'logit', 'probability'}` with a symbolic batch size

@@ -65,8 +65,8 @@ class AnnIndexTest(parameterized.TestCase):
   def test_errors(self):
     with self.assertRaisesRegex(ann_index.AnnIndexError, 'kind'):
       ann_index.AnnIndex.build(_clustered(10, 4), kind='lsh')
-    with self.assertRaisesRegex(ann_index.AnnIndexError, 'unknown hnsw'):
-      ann_index.AnnIndex.build(_clustered(10, 4), nprobe=3)
+    with self.assertRaisesRegex(ann_index.AnnIndexError, 'unknown ivf'):
+      ann_index.AnnIndex.build(_clustered(10, 4), ef_search=3)
     index = ann_index.AnnIndex.build(_clustered(10, 4), kind='flat')
     with self.assertRaisesRegex(ann_index.AnnIndexError, '3-d'):
       index.search(np.ones((1, 3)), 2)

@@ -6,7 +6,7 @@ r"""Export a trained CTR model for serving (and build the store it reads).
 Reads the CTR run's latest checkpoint and writes, under `serving_dir`
 (default: the workdir), `models/v{step}/` (jax.export program, variables,
 manifest) and points `models/CURRENT` at it; builds `vectors/` (the int8
-vector store with item attributes) and `index/` (HNSW) from the run's
+vector store with item attributes) and `index/` (faiss IVF) from the run's
 `item_vectors.npz` unless the store already holds that table. Seconds on a
 2-core CPU for the demo world. `:tiny` shrinks the item capacity and buckets.
 """
