@@ -180,13 +180,21 @@ def ensure_store(serving_dir, table_path, data_dir):
     raise ValueError(f'{table_path} has {len(table)} vectors, the catalogue '
                      f'of {data_dir} {len(items["category"])} items')
   attrs = np.stack([items[a] for a in ITEM_ATTRIBUTES], 1)
-  vector_store.create(root, table, attrs, ITEM_ATTRIBUTES, {
+  return build_store(serving_dir, table, attrs, {
       'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
       'method': meta.get('method'), 'encoder_workdir':
           meta.get('encoder_workdir'), 'encoder_step': meta.get(
               'encoder_step'), 'data_dir': os.path.abspath(data_dir)})
+
+
+def build_store(serving_dir, table, attrs, source, **index_params):
+  """A new store version of (N, D) vectors + (N, 2) attributes and its
+  index; `source` must hold 'table_sha256' (what models are checked
+  against). Returns the store's manifest."""
+  root = os.path.join(serving_dir, VECTORS)
+  vector_store.create(root, table, attrs, ITEM_ATTRIBUTES, source)
   with vector_store.VectorStore(root) as store:
-    index = ann_index.AnnIndex.build(store.dense())
+    index = ann_index.AnnIndex.build(store.dense(), **index_params)
     index.save(os.path.join(serving_dir, INDEX), store.version, store.count)
     logging.info('vector store %s v%d: %d items; index %s', root,
                  store.version, store.count, index.kind)
@@ -197,6 +205,52 @@ def write_pointer(directory, name):
   files.write_text(os.path.join(directory, CURRENT), name + '\n')
 
 
+def write_version(models_dir, step, model, variables, *, variant, sizes,
+                  seq_len, store, uses_vectors, capacity, buckets,
+                  checkpoint=''):
+  """Exports (model, variables) as `models_dir/v{step}`; returns its path.
+
+  `variables` are the trained model's ({'params', 'batch_stats'}, numpy);
+  `sizes` its vocabularies; `store` the manifest of the vector store it is
+  served with.
+  """
+  final = os.path.join(models_dir, f'v{step}')
+  padded = pad_item_table(variables, capacity)
+  served = with_item_capacity(model, capacity)
+  vec_shape = (capacity, store['dim']) if uses_vectors else None
+  t0 = time.time()
+  exported, fields = export_function(served, padded, seq_len, vec_shape)
+  os.makedirs(models_dir, exist_ok=True)
+  tmp = os.path.join(models_dir, f'.v{step}.tmp-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    with open(os.path.join(tmp, MODEL_FILE), 'wb') as f:
+      f.write(exported.serialize())
+    np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(padded))
+    manifest = {
+        'format_version': 1, 'step': int(step), 'variant': variant,
+        'created': time.time(), 'checkpoint': checkpoint,
+        'fields': fields, 'seq_len': seq_len,
+        'sizes': dict(sizes, num_items=capacity),
+        'trained_items': sizes['num_items'], 'item_capacity': capacity,
+        'buckets': sorted(buckets), 'item_attributes': list(ITEM_ATTRIBUTES),
+        'vectors': ({'dim': store['dim'], 'dtype': 'int8'}
+                    if uses_vectors else None),
+        'vector_store': {'version': store['version'],
+                         'table_sha256': store['source']['table_sha256']},
+        'sha256': {n: serving_model.sha256_file(os.path.join(tmp, n))
+                   for n in (MODEL_FILE, VARIABLES_FILE)},
+        'jax_version': jax.__version__}
+    files.write_json(os.path.join(tmp, MANIFEST), manifest)
+    os.rename(tmp, final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  logging.info('exported %s step %d -> %s (%.1fs)', variant, step, final,
+               time.time() - t0)
+  return final
+
+
 def export(config, ctr_workdir, serving_dir, make_current=True):
   """Exports the CTR run's latest checkpoint; returns the version's dir."""
   model, variables, ctr_config, step, data = restore(ctr_workdir)
@@ -205,7 +259,14 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
   if os.path.exists(os.path.join(final, MANIFEST)):
     logging.info('model version %s exists; not exported again', final)
   else:
-    table_path = config.vectors_path or ctr_config.vectors_path
+    uses_vectors = train_ctr.reads_vectors(ctr_config)
+    if uses_vectors and ctr_config.vectors_dtype != 'int8':
+      raise ValueError('the serving store holds int8 vectors; a model '
+                       f'trained on {ctr_config.vectors_dtype} vectors would '
+                       'score differently (train with vectors_dtype=int8)')
+    # A model reading vectors is served with the table it was trained on.
+    table_path = (ctr_config.vectors_path if uses_vectors else
+                  config.vectors_path or ctr_config.vectors_path)
     if not table_path:
       raise ValueError('config.vectors_path is empty and the CTR run read no '
                        'vectors: the serving store needs the item-vector '
@@ -213,52 +274,14 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
     if os.path.isdir(table_path):
       table_path = os.path.join(table_path, vector_table.FILE)
     store = ensure_store(serving_dir, table_path, data.data_dir)
-    uses_vectors = train_ctr.reads_vectors(ctr_config)
-    if uses_vectors and ctr_config.vectors_dtype != 'int8':
-      raise ValueError('the serving store holds int8 vectors; a model '
-                       f'trained on {ctr_config.vectors_dtype} vectors would '
-                       'score differently (train with vectors_dtype=int8)')
-    if uses_vectors and store['source']['table_sha256'] != (
-        vector_table.load(table_path)[1]['sha256']):
-      raise ValueError('store and model vectors differ')
-    capacity = max(config.item_capacity, data.sizes['num_items'])
-    seq_len = builders.load_world_config(data.data_dir)['seq_len']
-    padded = pad_item_table(variables, capacity)
-    served = with_item_capacity(model, capacity)
-    vec_shape = (capacity, store['dim']) if uses_vectors else None
-    t0 = time.time()
-    exported, fields = export_function(served, padded, seq_len, vec_shape)
-    os.makedirs(models, exist_ok=True)
-    tmp = os.path.join(models, f'.v{step}.tmp-{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-      with open(os.path.join(tmp, MODEL_FILE), 'wb') as f:
-        f.write(exported.serialize())
-      np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(padded))
-      sizes = dict(data.sizes, num_items=capacity)
-      manifest = {
-          'format_version': 1, 'step': int(step), 'variant':
-              ctr_config.variant, 'created': time.time(),
-          'checkpoint': os.path.abspath(os.path.join(
-              ctr_workdir, checkpointing.SUBDIR, str(step))),
-          'fields': fields, 'seq_len': seq_len, 'sizes': sizes,
-          'trained_items': data.sizes['num_items'],
-          'item_capacity': capacity, 'buckets': sorted(config.buckets),
-          'item_attributes': list(ITEM_ATTRIBUTES),
-          'vectors': ({'dim': store['dim'], 'dtype': 'int8'}
-                      if uses_vectors else None),
-          'vector_store': {'version': store['version'],
-                           'table_sha256': store['source']['table_sha256']},
-          'sha256': {n: serving_model.sha256_file(os.path.join(tmp, n))
-                     for n in (MODEL_FILE, VARIABLES_FILE)},
-          'jax_version': jax.__version__}
-      files.write_json(os.path.join(tmp, MANIFEST), manifest)
-      os.rename(tmp, final)
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
-    logging.info('exported %s step %d -> %s (%.1fs)', ctr_config.variant,
-                 step, final, time.time() - t0)
+    write_version(
+        models, step, model, variables, variant=ctr_config.variant,
+        sizes=data.sizes,
+        seq_len=builders.load_world_config(data.data_dir)['seq_len'],
+        store=store, uses_vectors=uses_vectors,
+        capacity=max(config.item_capacity, data.sizes['num_items']),
+        buckets=config.buckets, checkpoint=os.path.abspath(os.path.join(
+            ctr_workdir, checkpointing.SUBDIR, str(step))))
   if make_current:
     write_pointer(models, f'v{step}')
   return final

@@ -19,7 +19,9 @@ def get_config(arg=None):
   c.job = 'export'
   c.ctr_workdir = ''
   c.serving_dir = ''  # '' = the workdir
-  c.vectors_path = ''  # '' = the CTR run's config.vectors_path
+  # The store's table for a model that reads no vectors ('id'); '' = the
+  # CTR run's config.vectors_path (always used for models reading vectors).
+  c.vectors_path = ''
   # Rows of the served item tables: room for items added after training
   # (new items get a zero ID embedding). Past it, export again, larger.
   c.item_capacity = 65536
