@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import bench_serving
 from experiments.configs import ctr as ctr_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
@@ -345,6 +346,8 @@ BENCHMARKS = {
     'embed': bench_embed,
     'ctr_train': bench_ctr_train,
     'gauc': bench_gauc,
+    'ann': bench_serving.bench_ann,
+    'serving': bench_serving.bench_serving,
 }
 
 

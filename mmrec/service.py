@@ -103,6 +103,7 @@ class Serving:
     self.index_dir = os.path.join(serving_dir, 'index')
     self.store = vector_store.VectorStore(
         os.path.join(serving_dir, 'vectors'), writable=True)
+    ann_index.set_threads(1)  # requests run in parallel, not their insides
     self.index = ann_index.AnnIndex.load(self.index_dir)
     added = self.index.catch_up(self.store)
     if added:
