@@ -8,6 +8,9 @@ Serving directory (`config.serving_dir`):
                 item_vectors.npz unless the current version already holds
                 that table (same sha256)
   index/        ann_index.py: IVF index over the store (built with it)
+  encoder/      the item encoder that made the store's table (jax.export,
+                variables, manifest), for items added by image + title;
+                absent for the untrained reference methods
   models/v{step}/
     model.jaxexport  `jax.export` of `(variables, batch, vectors) ->
                      {'logit', 'probability'}` with a symbolic batch size
@@ -43,6 +46,7 @@ import numpy as np
 from mmrec import ann_index
 from mmrec import checkpointing
 from mmrec import ctr_data
+from mmrec import embed
 from mmrec import embedding
 from mmrec import files
 from mmrec import serving_model
@@ -51,7 +55,7 @@ from mmrec import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 
-MODELS, VECTORS, INDEX = 'models', 'vectors', 'index'
+MODELS, VECTORS, INDEX, ENCODER = 'models', 'vectors', 'index', 'encoder'
 # The version's files, as the loader reads them.
 MODEL_FILE, VARIABLES_FILE, MANIFEST, CURRENT = (
     serving_model.MODEL_FILE, serving_model.VARIABLES_FILE,
@@ -164,6 +168,81 @@ def export_function(model, variables, seq_len, vectors_shape):
   return exported, fields
 
 
+def write_exported(final, exported, variables, manifest):
+  """model.jaxexport + variables.npz + manifest.json (with their sha256) in
+  a temporary directory renamed to `final`; a `final` already there is
+  replaced only after the new one is whole."""
+  parent = os.path.dirname(final)
+  os.makedirs(parent, exist_ok=True)
+  base = os.path.basename(final)
+  tmp = os.path.join(parent, f'.{base}.tmp-{os.getpid()}')
+  old = os.path.join(parent, f'.{base}.old-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    with open(os.path.join(tmp, MODEL_FILE), 'wb') as f:
+      f.write(exported.serialize())
+    np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(variables))
+    manifest = dict(manifest, jax_version=jax.__version__, sha256={
+        n: serving_model.sha256_file(os.path.join(tmp, n))
+        for n in (MODEL_FILE, VARIABLES_FILE)})
+    files.write_json(os.path.join(tmp, MANIFEST), manifest)
+    if os.path.exists(final):
+      os.rename(final, old)
+    os.rename(tmp, final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_encoder(serving_dir, model, params, *, image_size, title_length,
+                  vocab_size, table_sha256, source=None):
+  """The item encoder for new items: `jax.export` of `(params, image (1, S,
+  S, 3) uint8, title (1, T) int32) -> (1, D)` unit vector, in
+  `serving_dir/encoder/`. Returns the directory."""
+  fn = jax.jit(lambda p, i, t: model.apply({'params': p}, i, t,
+                                           method='encode_item'))
+  specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                       params)
+  image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
+  title = jax.ShapeDtypeStruct((1, title_length), jnp.int32)
+  exported = jax.export.export(fn)(specs, image, title)
+  final = os.path.join(serving_dir, ENCODER)
+  write_exported(final, exported, jax.tree.map(np.asarray, params), {
+      'format_version': 1, 'created': time.time(), 'image_size': image_size,
+      'title_length': title_length, 'vocab_size': vocab_size,
+      'dim': int(exported.out_avals[0].shape[-1]),
+      'table_sha256': table_sha256, 'source': source or {}})
+  return final
+
+
+def ensure_encoder(serving_dir, store):
+  """Exports the encoder that made the store's table, if it has a
+  checkpoint (trained methods; the untrained references have none) and
+  `encoder/` does not hold it yet."""
+  source = store['source']
+  sha = source['table_sha256']
+  manifest = os.path.join(serving_dir, ENCODER, MANIFEST)
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      if json.load(f).get('table_sha256') == sha:
+        return
+  workdir = source.get('encoder_workdir')
+  if not workdir or not os.path.isdir(os.path.join(workdir,
+                                                   checkpointing.SUBDIR)):
+    logging.info('no encoder checkpoint for the store\'s table (%s): the '
+                 'service adds items by vector only', source.get('method'))
+    return
+  encoder, enc_config, step, data_dir = embed.load_encoder(workdir)
+  wc = builders.load_world_config(data_dir)
+  write_encoder(serving_dir, encoder.model, jax.tree.map(
+      np.asarray, encoder.params), image_size=wc['image_size'],
+                title_length=wc['title_length'],
+                vocab_size=builders.vocab_size(data_dir), table_sha256=sha,
+                source={'encoder_workdir': workdir, 'step': step,
+                        'method': enc_config.method})
+
+
 def ensure_store(serving_dir, table_path, data_dir):
   """The serving store holding `table_path`'s vectors (built if needed) and
   its index; returns the store's manifest."""
@@ -220,32 +299,18 @@ def write_version(models_dir, step, model, variables, *, variant, sizes,
   vec_shape = (capacity, store['dim']) if uses_vectors else None
   t0 = time.time()
   exported, fields = export_function(served, padded, seq_len, vec_shape)
-  os.makedirs(models_dir, exist_ok=True)
-  tmp = os.path.join(models_dir, f'.v{step}.tmp-{os.getpid()}')
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
-    with open(os.path.join(tmp, MODEL_FILE), 'wb') as f:
-      f.write(exported.serialize())
-    np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(padded))
-    manifest = {
-        'format_version': 1, 'step': int(step), 'variant': variant,
-        'created': time.time(), 'checkpoint': checkpoint,
-        'fields': fields, 'seq_len': seq_len,
-        'sizes': dict(sizes, num_items=capacity),
-        'trained_items': sizes['num_items'], 'item_capacity': capacity,
-        'buckets': sorted(buckets), 'item_attributes': list(ITEM_ATTRIBUTES),
-        'vectors': ({'dim': store['dim'], 'dtype': 'int8'}
-                    if uses_vectors else None),
-        'vector_store': {'version': store['version'],
-                         'table_sha256': store['source']['table_sha256']},
-        'sha256': {n: serving_model.sha256_file(os.path.join(tmp, n))
-                   for n in (MODEL_FILE, VARIABLES_FILE)},
-        'jax_version': jax.__version__}
-    files.write_json(os.path.join(tmp, MANIFEST), manifest)
-    os.rename(tmp, final)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  manifest = {
+      'format_version': 1, 'step': int(step), 'variant': variant,
+      'created': time.time(), 'checkpoint': checkpoint,
+      'fields': fields, 'seq_len': seq_len,
+      'sizes': dict(sizes, num_items=capacity),
+      'trained_items': sizes['num_items'], 'item_capacity': capacity,
+      'buckets': sorted(buckets), 'item_attributes': list(ITEM_ATTRIBUTES),
+      'vectors': ({'dim': store['dim'], 'dtype': 'int8'}
+                  if uses_vectors else None),
+      'vector_store': {'version': store['version'],
+                       'table_sha256': store['source']['table_sha256']}}
+  write_exported(final, exported, padded, manifest)
   logging.info('exported %s step %d -> %s (%.1fs)', variant, step, final,
                time.time() - t0)
   return final
@@ -274,6 +339,7 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
     if os.path.isdir(table_path):
       table_path = os.path.join(table_path, vector_table.FILE)
     store = ensure_store(serving_dir, table_path, data.data_dir)
+    ensure_encoder(serving_dir, store)
     write_version(
         models, step, model, variables, variant=ctr_config.variant,
         sizes=data.sizes,

@@ -3,9 +3,11 @@
   POST /score                 user profile + history + candidate item ids ->
                               click probabilities (vectors and item
                               attributes looked up server-side)
-  POST /items                 a new item (its vector, category, shop) ->
-                              its id; written to the store's delta (fsynced)
-                              and the index, scorable by the next request
+  POST /items                 a new item (its vector, or its image + title
+                              encoded by the warm exported encoder; its
+                              category, shop) -> its id; written to the
+                              store's delta (fsynced), the index and the
+                              live vector table before the response
   GET  /items/{id}/similar    nearest items by vector cosine (the index)
   GET  /health, GET /metrics  status; request counts and latency percentiles
 
@@ -25,6 +27,8 @@ the training code. Run it with `make serve`, or
 `MMREC_SERVING_DIR=<dir> uvicorn --factory mmrec.service:app_from_env`.
 """
 
+import base64
+import binascii
 import collections
 import logging
 import math
@@ -73,7 +77,11 @@ class ScoreRequest(Strict):
 
 
 class ItemRequest(Strict):
-  vector: list[float] = pydantic.Field(min_length=1, max_length=4096)
+  """A new item: its vector, or its image and title (encoded here)."""
+  vector: list[float] | None = pydantic.Field(None, min_length=1,
+                                              max_length=4096)
+  image: str | None = pydantic.Field(None, max_length=1 << 19)  # base64
+  title: list[Id] | None = pydantic.Field(None, max_length=1024)
   category: Id
   shop: Id
 
@@ -105,6 +113,15 @@ class Serving:
         os.path.join(serving_dir, 'vectors'), writable=True)
     ann_index.set_threads(1)  # requests run in parallel, not their insides
     self.index = ann_index.AnnIndex.load(self.index_dir)
+    self.encoder = None
+    encoder_dir = os.path.join(serving_dir, 'encoder')
+    if os.path.exists(os.path.join(encoder_dir, serving_model.MANIFEST)):
+      self.encoder = serving_model.ServingEncoder(encoder_dir)
+      if self.encoder.manifest['table_sha256'] != self.store.manifest[
+          'source'].get('table_sha256'):
+        raise serving_model.ModelError(
+            f'{encoder_dir} did not make the store\'s vectors (other table)')
+      self.encoder.warm()
     added = self.index.catch_up(self.store)
     if added:
       log.info('index: added %d store items it did not hold', added)
@@ -231,9 +248,45 @@ class Serving:
 
   # ------------------------------------------------------------------ items
 
+  def _encode(self, req: ItemRequest):
+    """The request's image + title -> vector (the warm encoder)."""
+    enc = self.encoder
+    if req.image is None and req.title is None:
+      raise _bad(['body', 'vector'], 'a new item needs a vector, or an '
+                 'image and a title')
+    if enc is None:
+      raise _bad(['body', 'image'], 'this service has no item encoder (its '
+                 'store was made by an untrained reference): send a vector')
+    if req.image is None or req.title is None:
+      missing = 'image' if req.image is None else 'title'
+      raise _bad(['body', missing], 'an item without a vector needs both an '
+                 'image and a title')
+    try:
+      raw = base64.b64decode(req.image, validate=True)
+    except (binascii.Error, ValueError) as e:
+      raise _bad(['body', 'image'], f'is not base64 ({e})') from e
+    want = int(np.prod(enc.image_shape))
+    if len(raw) != want:
+      raise _bad(['body', 'image'], f'decodes to {len(raw)} bytes; images '
+                 f'are {enc.image_shape} uint8 = {want} bytes')
+    if len(req.title) > enc.title_length:
+      raise _bad(['body', 'title'], f'has {len(req.title)} tokens, at most '
+                 f'{enc.title_length}')
+    self._check_ids(req.title, ['body', 'title'], enc.vocab_size,
+                    'token id')
+    title = np.zeros(enc.title_length, np.int32)
+    title[:len(req.title)] = req.title
+    image = np.frombuffer(raw, np.uint8).reshape(enc.image_shape)
+    return enc.encode(image, title)
+
   def add_item(self, req: ItemRequest):
     sizes = self.live.model.manifest['sizes']
-    v = np.asarray(req.vector, np.float32)
+    if req.vector is not None and (req.image is not None or
+                                   req.title is not None):
+      raise _bad(['body', 'vector'], 'send a vector or an image + title, '
+                 'not both')
+    v = np.asarray(req.vector if req.vector is not None else
+                   self._encode(req), np.float32)
     if len(v) != self.store.dim:
       raise _bad(['body', 'vector'], f'has {len(v)} values, items are '
                  f'{self.store.dim}-d vectors')
@@ -280,6 +333,7 @@ class Serving:
             'store_version': self.store.version, 'items': self.store.count,
             'new_items': self.store.delta_count,
             'index_items': self.index.count,
+            'encoder': self.encoder is not None,
             'item_capacity': live.manifest['item_capacity']}
 
   def observe(self, path, status, seconds):

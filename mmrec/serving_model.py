@@ -59,26 +59,31 @@ def current(models_dir):
     return os.path.join(models_dir, f.read().strip())
 
 
+def read_exported(directory):
+  """(manifest, jitted call, variables on the device) of an exported dir,
+  its files checked against the manifest's sha256."""
+  try:
+    with open(os.path.join(directory, MANIFEST)) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ModelError(f'{directory}: cannot read {MANIFEST} ({e})') from e
+  for name, digest in manifest['sha256'].items():
+    if sha256_file(os.path.join(directory, name)) != digest:
+      raise ModelError(f'{directory}: checksum mismatch in {name}')
+  with open(os.path.join(directory, MODEL_FILE), 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  with np.load(os.path.join(directory, VARIABLES_FILE)) as f:
+    variables = _unflatten({k: f[k] for k in f.files})
+  return (manifest, jax.jit(exported.call),
+          jax.device_put(variables, jax.devices()[0]))
+
+
 class ServingModel:
   """One model version: `score(batch, vectors)` -> probabilities (B,)."""
 
   def __init__(self, directory):
     self.directory = directory
-    try:
-      with open(os.path.join(directory, MANIFEST)) as f:
-        self.manifest = json.load(f)
-    except (OSError, ValueError) as e:
-      raise ModelError(f'model {directory}: cannot read {MANIFEST} ({e})') from e
-    for name, digest in self.manifest['sha256'].items():
-      if sha256_file(os.path.join(directory, name)) != digest:
-        raise ModelError(f'model {directory}: checksum mismatch in {name}')
-    with open(os.path.join(directory, MODEL_FILE), 'rb') as f:
-      self._exported = jax.export.deserialize(bytearray(f.read()))
-    with np.load(os.path.join(directory, VARIABLES_FILE)) as f:
-      variables = _unflatten({k: f[k] for k in f.files})
-    device = jax.devices()[0]
-    self._variables = jax.device_put(variables, device)
-    self._call = jax.jit(self._exported.call)
+    self.manifest, self._call, self._variables = read_exported(directory)
     m = self.manifest
     self.version = f'v{m["step"]}'
     self.buckets = tuple(sorted(m['buckets']))
@@ -147,3 +152,29 @@ class ServingModel:
            for name, spec in self.fields.items()}
     for b in self.buckets:
       self.score({k: np.repeat(v, b, 0) for k, v in one.items()}, vectors)
+
+
+class ServingEncoder:
+  """The exported item encoder: (image, title) -> (D,) unit vector."""
+
+  def __init__(self, directory):
+    self.directory = directory
+    self.manifest, self._call, self._params = read_exported(directory)
+    m = self.manifest
+    self.image_shape = (m['image_size'], m['image_size'], 3)
+    self.title_length, self.vocab_size = m['title_length'], m['vocab_size']
+    self.dim = m['dim']
+
+  def encode(self, image, title):
+    """uint8 (S, S, 3) image, int (T,) title token ids -> float32 (D,)."""
+    image = np.asarray(image, np.uint8)
+    title = np.asarray(title, np.int32)
+    if image.shape != self.image_shape or title.shape != (self.title_length,):
+      raise ModelError(f'image {image.shape} / title {title.shape}: the '
+                       f'encoder takes {self.image_shape} / '
+                       f'({self.title_length},)')
+    return np.asarray(self._call(self._params, image[None], title[None]))[0]
+
+  def warm(self):
+    self.encode(np.zeros(self.image_shape, np.uint8),
+                np.zeros(self.title_length, np.int32))

@@ -10,6 +10,7 @@ cached).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from mmrec import sharding
 from mmrec import train_ctr
 from mmrec import vector_store
 from mmrec import vector_table
+from mmrec.data import builders
 
 VARIANTS = ('id', 'simtier_official')
 
@@ -141,6 +143,24 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
     with vector_store.VectorStore(os.path.join(serving, 'vectors')) as s:
       self.assertEqual(s.version, 1)
       self.assertEqual(s.attr_names, export.ITEM_ATTRIBUTES)
+
+  def test_exported_encoder_equals_the_model(self):
+    model, params = fixtures.untrained_encoder()
+    serving = tempfile.mkdtemp()
+    shutil.copytree(os.path.join(self.runs['id'][2], export.VECTORS),
+                    os.path.join(serving, export.VECTORS))
+    directory = fixtures.export_untrained_encoder(serving)
+    encoder = serving_model.ServingEncoder(directory)
+    items = builders.load_table(fixtures.small_ctr_world_dir(), 'mmrec_items',
+                                'catalogue')
+    want = model.apply({'params': params}, items['image'][:5],
+                       items['title'][:5], method='encode_item')
+    got = np.stack([encoder.encode(items['image'][i], items['title'][i])
+                    for i in range(5)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    self.assertEqual(encoder.dim, 32)
+    with self.assertRaisesRegex(serving_model.ModelError, 'image'):
+      encoder.encode(items['image'][0][:4], items['title'][0])
 
   def test_bad_inputs(self):
     model, table = self._model('simtier_official')

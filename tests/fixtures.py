@@ -77,3 +77,36 @@ def exported_ctr(variant):
   train_ctr.run(c, workdir)
   return c, workdir, serving, export.export(export_config.get_config('tiny'),
                                             workdir, serving)
+
+
+@functools.lru_cache(maxsize=None)
+def untrained_encoder():
+  """(model, params) of scl.py:scl,tiny's item encoder for the small CTR
+  world, untrained (the export path does not care about the weights)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments.configs import scl as scl_config  # pylint: disable=g-import-not-at-top
+  from mmrec import embed  # pylint: disable=g-import-not-at-top
+  data_dir = small_ctr_world_dir()
+  model = embed.encoder_model(scl_config.get_config('scl,tiny'), data_dir)
+  ex = embed.example_inputs(data_dir)
+  params = nn.unbox(model.init(jax.random.key(0), ex['image'],
+                               ex['text'])['params'])
+  return model, jax.tree.map(np.asarray, params)
+
+
+def export_untrained_encoder(serving_dir):
+  """`untrained_encoder` exported into a serving dir, as if it had made the
+  store's table (so the service accepts it)."""
+  from mmrec import export  # pylint: disable=g-import-not-at-top
+  from mmrec import vector_store  # pylint: disable=g-import-not-at-top
+  model, params = untrained_encoder()
+  wc = builders.load_world_config(small_ctr_world_dir())
+  with vector_store.VectorStore(os.path.join(serving_dir, export.VECTORS),
+                                verify=False) as store:
+    sha = store.manifest['source']['table_sha256']
+  return export.write_encoder(
+      serving_dir, model, params, image_size=wc['image_size'],
+      title_length=wc['title_length'],
+      vocab_size=builders.vocab_size(small_ctr_world_dir()),
+      table_sha256=sha)

@@ -7,6 +7,7 @@ Runs on a copy of the 'simtier_official' serving directory that
 fixtures.exported_ctr trains and exports once per process.
 """
 
+import base64
 import concurrent.futures
 import json
 import os
@@ -74,6 +75,10 @@ BIG = 10**6
 DIM = 32  # the oracle vectors' width (the tiny world's concept_dim)
 
 
+IMAGE = base64.b64encode(bytes(16 * 16 * 3)).decode()  # the tiny world's
+ITEM = {'image': IMAGE, 'title': [5, 6, 7], 'category': 1, 'shop': 1}
+
+
 def _with(**changes):
   return dict(GOOD, **changes)
 
@@ -126,6 +131,18 @@ MALFORMED = [
      {'vector': [0.25] * DIM, 'category': BIG, 'shop': 1}, 422, 'category'),
     ('item_shop_negative', 'post', '/items',
      {'vector': [0.25] * DIM, 'category': 1, 'shop': -2}, 422, 'shop'),
+    ('item_bad_base64', 'post', '/items', dict(ITEM, image='%%%'), 422,
+     'image'),
+    ('item_image_size', 'post', '/items',
+     dict(ITEM, image=base64.b64encode(b'abc').decode()), 422, 'image'),
+    ('item_title_missing', 'post', '/items',
+     {k: v for k, v in ITEM.items() if k != 'title'}, 422, 'title'),
+    ('item_title_token_unknown', 'post', '/items', dict(ITEM, title=[BIG]),
+     422, 'title'),
+    ('item_title_too_long', 'post', '/items', dict(ITEM, title=[1] * 100),
+     422, 'title'),
+    ('item_vector_and_image', 'post', '/items',
+     dict(ITEM, vector=[0.25] * DIM), 422, 'vector'),
     ('similar_not_int', 'get', '/items/abc/similar', None, 422, 'item_id'),
     ('similar_unknown', 'get', f'/items/{BIG}/similar', None, 422, 'item_id'),
     ('similar_k_zero', 'get', '/items/3/similar?k=0', None, 422, 'k'),
@@ -140,6 +157,7 @@ class ServiceTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.serving = _serving_copy()
+    fixtures.export_untrained_encoder(cls.serving)
     cls.app = service.create_app(cls.serving, reload_interval_s=0)
     cls.client = testclient.TestClient(cls.app)
     cls.state = cls.app.state.serving
@@ -224,6 +242,17 @@ class ServiceTest(parameterized.TestCase):
       again.close()
       self.state.store = service.vector_store.VectorStore(
           os.path.join(self.serving, 'vectors'), writable=True)
+    # By image + title: encoded by the exported encoder, then as above.
+    r = self.client.post('/items', json=ITEM)
+    self.assertEqual(r.status_code, 200, r.text)
+    by_image = r.json()['item_id']
+    v = self.state.encoder.encode(np.zeros((16, 16, 3), np.uint8),
+                                  np.array([5, 6, 7] + [0] * 9))
+    np.testing.assert_array_equal(
+        self.state.store.lookup([by_image])[0],
+        service.vector_store.quantize(v / np.linalg.norm(v)))
+    self.assertEqual(self.client.post('/score', json=_with(
+        candidates=[by_image])).status_code, 200)
     m = self.client.get('/metrics').json()
     self.assertGreaterEqual(m['requests']['/items 200'], 2)
     self.assertIn('/score', m['latency'])
