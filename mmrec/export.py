@@ -318,6 +318,7 @@ def write_version(models_dir, step, model, variables, *, variant, sizes,
 
 def export(config, ctr_workdir, serving_dir, make_current=True):
   """Exports the CTR run's latest checkpoint; returns the version's dir."""
+  ctr_workdir = os.path.abspath(ctr_workdir)  # orbax wants absolute paths
   model, variables, ctr_config, step, data = restore(ctr_workdir)
   models = os.path.join(serving_dir, MODELS)
   final = os.path.join(models, f'v{step}')
