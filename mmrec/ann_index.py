@@ -32,8 +32,12 @@ import numpy as np
 INDEX = 'index.faiss'
 META = 'index.json'
 KINDS = ('hnsw', 'ivf', 'flat')
+# ivf: nlist 0 = 4·sqrt(N) lists (faiss's guideline is 4-16·sqrt(N)), at
+# most N/40 (k-means wants ~40 points a list); trained on 40 points a list.
+# nprobe 128: recall@10 0.969 on 1M generated 128-d catalogue vectors (4,000
+# lists; 0.937 at 64, 0.896 at 32), p50 1.5 ms a query (make bench: ann).
 DEFAULTS = {'hnsw': {'m': 32, 'ef_construction': 80, 'ef_search': 96},
-            'ivf': {'nlist': 1024, 'nprobe': 32, 'train_size': 65536},
+            'ivf': {'nlist': 0, 'nprobe': 128},
             'flat': {}}
 
 
@@ -86,13 +90,12 @@ class AnnIndex:
     elif kind == 'flat':
       index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:
-      # A list per ~40 items at least, so small catalogues still train.
-      nlist = max(1, min(params['nlist'], n // 40))
+      nlist = params['nlist'] or int(4 * np.sqrt(n))
+      nlist = max(1, min(nlist, n // 40))
       params['nlist'] = nlist
       index = faiss.index_factory(dim, f'IVF{nlist},Flat', ip)
       rng = np.random.default_rng(seed)
-      sample = x[rng.permutation(n)[:params['train_size']]]
-      index.train(sample)
+      index.train(x[rng.permutation(n)[:40 * nlist]])
     out = cls(index, kind, dim, params)
     out.add(x, np.arange(n) if ids is None else ids)
     return out

@@ -41,6 +41,7 @@ def get_config(arg=None):
   config.ann_queries = 1000
   config.ann_adds = 1000
   config.ann_kinds = 'ivf'  # 'ivf,hnsw' also builds HNSW (~10x slower)
+  config.ann_search_values = (16, 32, 64, 128)  # ivf nprobe / hnsw ef
   # The service under load (loopback, its own process): the default world's
   # model (simtier_official, untrained), 100 candidates per request.
   config.serving_dim = 128
