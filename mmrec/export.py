@@ -81,6 +81,14 @@ def model_fields(model):
           {f: (('L',), 'int32') for f in emb.seq_fields + ('seq_mask',)})
 
 
+def saved_config(step_dir):
+  """The config saved with a checkpoint step, as a ConfigDict."""
+  with warnings.catch_warnings():  # the state, restored only for the config
+    warnings.filterwarnings('ignore', 'Sharding info not provided')
+    _, saved = checkpointing.restore_from(step_dir, None)
+  return ml_collections.ConfigDict(saved)
+
+
 def restore(ctr_workdir, step=None):
   """(model, variables {'params', 'batch_stats'} as numpy, config, step)."""
   ckpt_dir = os.path.join(ctr_workdir, checkpointing.SUBDIR)
@@ -90,10 +98,7 @@ def restore(ctr_workdir, step=None):
     raise FileNotFoundError(f'no checkpoint in {ckpt_dir}: train the CTR '
                             'model first (config.job = "ctr")')
   source = os.path.join(ckpt_dir, str(step))
-  with warnings.catch_warnings():  # the state, restored only for the config
-    warnings.filterwarnings('ignore', 'Sharding info not provided')
-    _, saved = checkpointing.restore_from(source, None)
-  config = ml_collections.ConfigDict(saved)
+  config = saved_config(source)
   # '' = the world the run built in its own workdir (resolver.py).
   data = ctr_data.CtrData.load(config.data_dir or
                                os.path.join(ctr_workdir, 'world'))
