@@ -85,8 +85,11 @@ class Trainer:
     if config.batch_size:
       c.batch_size = config.batch_size
     self.ctr = c
+    # As the batch run saw it: with `validation`, its last training day is
+    # the 'validation' split (what a near-line replay of that day reads).
     self.data = ctr_data.CtrData.load(
-        c.data_dir or os.path.join(config.ctr_workdir, 'world'))
+        c.data_dir or os.path.join(config.ctr_workdir, 'world'),
+        validation=bool(c.validation))
     self.model = train_ctr.build_model(c, self.data.sizes)
     host = train_ctr.load_vectors(c, self.data.sizes['num_items'])
     self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)

@@ -355,6 +355,17 @@ class Serving:
             'items': self.store.count, 'new_items': self.store.delta_count}
 
 
+def use_compilation_cache(serving_dir):
+  """Compiled programs persist in `serving_dir/jax_cache` (unless the
+  environment names a cache): versions differ only in their parameters,
+  which are arguments, so a reload or a restart loads its programs instead
+  of compiling them while requests wait for the CPU."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.join(serving_dir, 'jax_cache'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+
+
 def create_app(serving_dir, reload_interval_s=1.0):
   """The FastAPI app over a serving directory (state in app.state.serving)."""
   serving = Serving(serving_dir, reload_interval_s)
@@ -413,4 +424,5 @@ def app_from_env():
   if ENV_DIR not in os.environ:
     raise RuntimeError(f'set {ENV_DIR} to a serving directory (export job)')
   logging.basicConfig(level=logging.INFO)
+  use_compilation_cache(os.environ[ENV_DIR])
   return create_app(os.environ[ENV_DIR])
