@@ -210,12 +210,14 @@ def run(config, workdir):
       previous, steps = trainer.segment(n, path, previous)
       total += steps
       done.add(n)
+      # Wall-clock times, so a watcher of the service can line them up with
+      # when each version went live (segment close -> serving).
       entry = {'segment': n, 'steps': steps, 'global_step': total,
-               'train_seconds': round(time.time() - t0, 2)}
+               'closed_at': os.path.getmtime(path), 'started_at': t0,
+               'committed_at': time.time()}
       if config.serving_dir and steps:
-        t1 = time.time()
         trainer.export(previous, total)
-        entry['export_seconds'] = round(time.time() - t1, 2)
+        entry['exported_at'] = time.time()
       history.append(entry)
       logging.info('near-line segment %d: %s', n, entry)
     if not config.follow or (config.max_segments and
