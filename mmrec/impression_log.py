@@ -13,11 +13,11 @@ never changes. A crash loses the open segment (its `.open` file is removed
 when a writer next opens the directory): logging is at most once, training
 on what was logged exactly once (nearline.py).
 
-Producers: the service's impression logger, or `replay` of a stored world
-day (what the near-line experiments and tests use).
+Producers: the service's impression logger (POST /impressions), or
+`replay` of a stored world day. Reading needs array_record only (the
+service imports this module; nearline.py wraps `read_rows` in grain).
 """
 
-import dataclasses
 import json
 import os
 import threading
@@ -25,7 +25,6 @@ import time
 
 from array_record.python import array_record_data_source
 from array_record.python import array_record_module
-import grain
 import numpy as np
 
 PREFIX, SUFFIX, OPEN = 'seg-', '.array_record', '.open'
@@ -122,32 +121,13 @@ def num_records(path):
     reader.close()
 
 
-@dataclasses.dataclass(frozen=True)
-class ReadSegmentRows(grain.transforms.Map):
-  """Batch of record indices -> a batch dict of the segment's fields."""
-  path: str
-
-  def map(self, indices):
-    source = array_record_data_source.ArrayRecordDataSource([self.path])
-    rows = [json.loads(r) for r in source.__getitems__(indices.tolist())]
-    out = {f: np.asarray([r[f] for r in rows]) for f in FIELDS}
-    out['seq_mask'] = out['seq_mask'].astype(bool)
-    for f in FIELDS:
-      if f != 'seq_mask':
-        out[f] = out[f].astype(np.int32)
-    return out
-
-
-def segment_dataset(path, batch_size, *, seed=0, shuffle=True):
-  """grain batches of one closed segment (full batches when shuffled).
-
-  One process: the near-line trainer runs on one host.
-  """
-  ds = grain.MapDataset.range(num_records(path))
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  return ds.batch(batch_size, drop_remainder=shuffle).map(
-      ReadSegmentRows(path))
+def read_rows(path, indices):
+  """Records `indices` of a closed segment -> a batch dict of FIELDS."""
+  source = array_record_data_source.ArrayRecordDataSource([path])
+  rows = [json.loads(r) for r in source.__getitems__(list(indices))]
+  out = {f: np.asarray([r[f] for r in rows], np.int32) for f in FIELDS}
+  out['seq_mask'] = out['seq_mask'].astype(bool)
+  return out
 
 
 def replay(batches, log_dir, max_records):

@@ -27,10 +27,12 @@ it: the service hot-reloads it. The export is idempotent, so a kill between
 commit and export only delays it to the restart.
 """
 
+import dataclasses
 import os
 import time
 
 from absl import logging
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +60,25 @@ def _latest_step_dir(workdir):
   with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
     step = ckpt.latest_step()
   return step, (None if step is None else os.path.join(ckpt_dir, str(step)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadSegmentRows(grain.transforms.Map):
+  """Batch of record indices -> a batch of the segment's rows."""
+  path: str
+
+  def map(self, indices):
+    return impression_log.read_rows(self.path, indices.tolist())
+
+
+def segment_dataset(path, batch_size, *, seed=0, shuffle=True):
+  """grain batches of one closed segment (full batches when shuffled); one
+  process: the near-line trainer runs on one host."""
+  ds = grain.MapDataset.range(impression_log.num_records(path))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  return ds.batch(batch_size, drop_remainder=shuffle).map(
+      _ReadSegmentRows(path))
 
 
 def _warm_start(source):
@@ -115,7 +136,7 @@ class Trainer:
             'records': impression_log.num_records(path),
             'batch_size': c.batch_size})
       return previous, 0
-    ds = impression_log.segment_dataset(path, c.batch_size, seed=c.seed + n)
+    ds = segment_dataset(path, c.batch_size, seed=c.seed + n)
     first = ds[0]
     example = {k: v[:2] for k, v in first.items()}
     train_ctr.check_batch(first, self.model, f'segment {path}')

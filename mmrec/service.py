@@ -9,6 +9,9 @@
                               store's delta (fsynced), the index and the
                               live vector table before the response
   GET  /items/{id}/similar    nearest items by vector cosine (the index)
+  POST /impressions           items shown to a user and their clicks ->
+                              the near-line log (impression_log.py; with
+                              MMREC_IMPRESSION_LOG set), as the model's rows
   GET  /health, GET /metrics  status; request counts and latency percentiles
 
 Every input is validated (pydantic types and size limits, then the model's
@@ -44,6 +47,7 @@ import numpy as np
 import pydantic
 
 from mmrec import ann_index
+from mmrec import impression_log
 from mmrec import serving_model
 from mmrec import vector_store
 
@@ -52,6 +56,7 @@ MAX_CANDIDATES = 1000
 MAX_HISTORY = 1000
 MAX_SIMILAR = 100
 ENV_DIR = 'MMREC_SERVING_DIR'
+ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
 log = logging.getLogger('mmrec.service')
 
 Id = Annotated[int, pydantic.Field(strict=True, ge=0, le=2**31 - 1)]
@@ -74,6 +79,17 @@ class ScoreRequest(Strict):
                                      max_length=MAX_HISTORY)
   candidates: list[Id] = pydantic.Field(min_length=1,
                                         max_length=MAX_CANDIDATES)
+
+
+class ImpressionRequest(Strict):
+  """Items shown to a user (with the history they were scored with) and
+  whether each was clicked: near-line training data."""
+  user: User
+  history: list[Id] = pydantic.Field(default_factory=list,
+                                     max_length=MAX_HISTORY)
+  items: list[Id] = pydantic.Field(min_length=1, max_length=MAX_CANDIDATES)
+  labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
+      pydantic.Field(min_length=1, max_length=MAX_CANDIDATES))
 
 
 class ItemRequest(Strict):
@@ -105,7 +121,8 @@ class Live:
 class Serving:
   """The service's state: store (writable), index, live model, metrics."""
 
-  def __init__(self, serving_dir, reload_interval_s=1.0):
+  def __init__(self, serving_dir, reload_interval_s=1.0, log_dir=None,
+               segment_records=10000, segment_seconds=60.0):
     self.dir = serving_dir
     self.models_dir = os.path.join(serving_dir, 'models')
     self.index_dir = os.path.join(serving_dir, 'index')
@@ -138,6 +155,8 @@ class Serving:
     self.requests = collections.Counter()
     self.latency = collections.defaultdict(lambda: collections.deque(
         maxlen=10000))
+    self.logger = (None if not log_dir else impression_log.SegmentWriter(
+        log_dir, segment_records, segment_seconds))
     self._stop = threading.Event()
     self._poller = None
     if reload_interval_s:
@@ -184,6 +203,8 @@ class Serving:
 
   def _poll(self, interval):
     while not self._stop.wait(interval):
+      if self.logger is not None:
+        self.logger.maybe_close()  # a quiet log still closes its segment
       try:
         self.reload()
       except Exception:  # pylint: disable=broad-except
@@ -197,6 +218,8 @@ class Serving:
     self._stop.set()
     if self._poller is not None:
       self._poller.join()
+    if self.logger is not None:
+      self.logger.close()
     self.store.close()
 
   # ---------------------------------------------------------------- scoring
@@ -211,24 +234,22 @@ class Serving:
                  f'{size - 1})', int(arr.flat[i]))
     return arr
 
-  def score(self, req: ScoreRequest):
-    live = self.live
+  def _batch(self, live, user, history, items, loc):
+    """The model's input rows for one user's (history, items), checked
+    against the live model's vocabularies and the items its table holds."""
     model = live.model
     sizes = model.manifest['sizes']
-    user = req.user
     for field, key in (('user_id', 'num_users'), ('age', 'num_ages'),
                        ('gender', 'num_genders'), ('city', 'num_cities')):
       self._check_ids(getattr(user, field), ['body', 'user', field],
                       sizes[key], field)
     count = live.count  # items this table holds (not one added meanwhile)
-    cand = self._check_ids(req.candidates, ['body', 'candidates'], count,
-                           'item id')
-    hist = self._check_ids(req.history, ['body', 'history'], count,
-                           'item id')
+    items = self._check_ids(items, ['body', loc], count, 'item id')
+    hist = self._check_ids(history, ['body', 'history'], count, 'item id')
     seq_len = model.seq_len
     hist = hist[-seq_len:]
-    n, h = len(cand), len(hist)
-    attrs = self.store.attributes(np.concatenate([cand, hist]))
+    n, h = len(items), len(hist)
+    attrs = self.store.attributes(np.concatenate([items, hist]))
     names = model.manifest['item_attributes']
     cat, shop = attrs[:, names.index('category')], attrs[:, names.index('shop')]
     seq_item = np.zeros(seq_len, np.int64)
@@ -236,15 +257,35 @@ class Serving:
     mask = np.zeros(seq_len, bool)
     if h:  # right-aligned, most recent last, as the training batches
       seq_item[-h:], seq_cat[-h:], mask[-h:] = hist, cat[n:], True
-    batch = {'user_id': np.full(n, user.user_id), 'age': np.full(n, user.age),
-             'gender': np.full(n, user.gender), 'city': np.full(n, user.city),
-             'item_id': cand, 'category': cat[:n], 'shop': shop[:n],
-             'seq_item': np.tile(seq_item, (n, 1)),
-             'seq_category': np.tile(seq_cat, (n, 1)),
-             'seq_mask': np.tile(mask, (n, 1))}
-    probs = model.score(batch, live.table)
-    return {'model_version': model.version, 'item_ids': cand.tolist(),
+    return {'user_id': np.full(n, user.user_id), 'age': np.full(n, user.age),
+            'gender': np.full(n, user.gender), 'city': np.full(n, user.city),
+            'item_id': items, 'category': cat[:n], 'shop': shop[:n],
+            'seq_item': np.tile(seq_item, (n, 1)),
+            'seq_category': np.tile(seq_cat, (n, 1)),
+            'seq_mask': np.tile(mask, (n, 1))}
+
+  def score(self, req: ScoreRequest):
+    live = self.live
+    batch = self._batch(live, req.user, req.history, req.candidates,
+                        'candidates')
+    probs = live.model.score(batch, live.table)
+    return {'model_version': live.model.version,
+            'item_ids': batch['item_id'].tolist(),
             'probabilities': [float(p) for p in probs]}
+
+  def log_impressions(self, req: ImpressionRequest):
+    """Shown items and their clicks -> the near-line log, as model rows."""
+    if self.logger is None:
+      raise _bad(['body'], 'this service logs no impressions (start it with '
+                 f'{ENV_LOG_DIR} set)', status=409)
+    if len(req.labels) != len(req.items):
+      raise _bad(['body', 'labels'], f'{len(req.labels)} labels for '
+                 f'{len(req.items)} items')
+    batch = self._batch(self.live, req.user, req.history, req.items,
+                        'items')
+    batch['label'] = np.asarray(req.labels)
+    self.logger.write_batch(batch)
+    return {'logged': len(req.items)}
 
   # ------------------------------------------------------------------ items
 
@@ -366,9 +407,10 @@ def use_compilation_cache(serving_dir):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
-def create_app(serving_dir, reload_interval_s=1.0):
-  """The FastAPI app over a serving directory (state in app.state.serving)."""
-  serving = Serving(serving_dir, reload_interval_s)
+def create_app(serving_dir, reload_interval_s=1.0, **logging_kwargs):
+  """The FastAPI app over a serving directory (state in app.state.serving);
+  `logging_kwargs`: Serving's log_dir, segment_records, segment_seconds."""
+  serving = Serving(serving_dir, reload_interval_s, **logging_kwargs)
   app = fastapi.FastAPI(title='mmrec scoring service')
   app.state.serving = serving
   app.router.add_event_handler('shutdown', serving.close)
@@ -399,6 +441,10 @@ def create_app(serving_dir, reload_interval_s=1.0):
   def score(req: ScoreRequest):
     return serving.score(req)
 
+  @app.post('/impressions')
+  def impressions(req: ImpressionRequest):
+    return serving.log_impressions(req)
+
   @app.post('/items')
   def add_item(req: ItemRequest):
     return serving.add_item(req)
@@ -425,4 +471,5 @@ def app_from_env():
     raise RuntimeError(f'set {ENV_DIR} to a serving directory (export job)')
   logging.basicConfig(level=logging.INFO)
   use_compilation_cache(os.environ[ENV_DIR])
-  return create_app(os.environ[ENV_DIR])
+  return create_app(os.environ[ENV_DIR],
+                    log_dir=os.environ.get(ENV_LOG_DIR) or None)

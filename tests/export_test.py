@@ -107,7 +107,7 @@ class ExportTest(parameterized.TestCase):
     script = f"""
 import json, sys
 import numpy as np
-from mmrec import serving_model, vector_store
+from mmrec import service, serving_model, vector_store  # the whole server
 m = serving_model.ServingModel({directory!r})
 with vector_store.VectorStore({os.path.join(serving, 'vectors')!r}) as s:
   table = m.device_table(s.dense())

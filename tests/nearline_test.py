@@ -47,7 +47,7 @@ class ImpressionLogTest(absltest.TestCase):
     segs = impression_log.closed_segments(log)
     self.assertEqual([impression_log.num_records(p) for _, p in segs],
                      [20, 20, 10])
-    back = impression_log.segment_dataset(segs[1][1], 10, shuffle=False)
+    back = nearline.segment_dataset(segs[1][1], 10, shuffle=False)
     got = {k: np.concatenate([back[0][k], back[1][k]]) for k in back[0]}
     for f in impression_log.FIELDS:
       np.testing.assert_array_equal(got[f], rows[f][20:40], err_msg=f)

@@ -26,6 +26,7 @@ import numpy as np
 import uvicorn
 
 from mmrec import ctr_data
+from mmrec import impression_log
 from mmrec import serving_model
 from mmrec import service
 
@@ -143,6 +144,12 @@ MALFORMED = [
      422, 'title'),
     ('item_vector_and_image', 'post', '/items',
      dict(ITEM, vector=[0.25] * DIM), 422, 'vector'),
+    ('impression_labels_short', 'post', '/impressions',
+     {'user': USER, 'items': [1, 2], 'labels': [1]}, 422, 'labels'),
+    ('impression_label_two', 'post', '/impressions',
+     {'user': USER, 'items': [1], 'labels': [2]}, 422, 'labels'),
+    ('impression_item_unknown', 'post', '/impressions',
+     {'user': USER, 'items': [BIG], 'labels': [0]}, 422, 'items'),
     ('similar_not_int', 'get', '/items/abc/similar', None, 422, 'item_id'),
     ('similar_unknown', 'get', f'/items/{BIG}/similar', None, 422, 'item_id'),
     ('similar_k_zero', 'get', '/items/3/similar?k=0', None, 422, 'k'),
@@ -158,7 +165,9 @@ class ServiceTest(parameterized.TestCase):
     super().setUpClass()
     cls.serving = _serving_copy()
     fixtures.export_untrained_encoder(cls.serving)
-    cls.app = service.create_app(cls.serving, reload_interval_s=0)
+    cls.log_dir = tempfile.mkdtemp()
+    cls.app = service.create_app(cls.serving, reload_interval_s=0,
+                                 log_dir=cls.log_dir, segment_records=1000)
     cls.client = testclient.TestClient(cls.app)
     cls.state = cls.app.state.serving
     ds = ctr_data.CtrData.load(fixtures.small_ctr_world_dir()).dataset(
@@ -203,6 +212,19 @@ class ServiceTest(parameterized.TestCase):
       locs = [d['loc'] for d in r.json()['detail']]
       self.assertTrue(any(field in map(str, loc) for loc in locs),
                       f'{field!r} not named in {locs}')
+
+  def test_impressions_are_logged_as_model_rows(self):
+    reqs = [_request(self.rows, i) for i in (3, 4)]
+    for r, i in zip(reqs, (3, 4)):
+      body = {'user': r['user'], 'history': r['history'],
+              'items': r['candidates'], 'labels': [int(self.rows['label'][i])]}
+      got = self.client.post('/impressions', json=body)
+      self.assertEqual(got.status_code, 200, got.text)
+    self.state.logger.close()  # closes the open segment
+    (_, path), = impression_log.closed_segments(self.log_dir)
+    logged = impression_log.read_rows(path, range(2))
+    for f in impression_log.FIELDS:
+      np.testing.assert_array_equal(logged[f], self.rows[f][3:5], err_msg=f)
 
   def test_new_item_is_scorable_similar_and_survives_restart(self):
     rng = np.random.default_rng(0)
