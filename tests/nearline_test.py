@@ -95,7 +95,8 @@ def _steps(workdir, segment):
 class NearlineTest(absltest.TestCase):
 
   def test_warm_start_export_and_kills(self):
-    _, batch_wd, serving, _ = fixtures.exported_ctr('id')
+    # The vector model the service tests also use: one training per process.
+    _, batch_wd, _, _ = fixtures.exported_ctr('simtier_official')
     root = tempfile.mkdtemp()
     # Uninterrupted, in this process.
     ref = nearline.run(_config(batch_wd, os.path.join(root, 'serving_ref'),
