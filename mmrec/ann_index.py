@@ -77,8 +77,8 @@ class AnnIndex:
       raise AnnIndexError(f'index kind {kind!r}, expected one of {KINDS}')
     unknown = set(params) - set(DEFAULTS[kind])
     if unknown:
-      raise AnnIndexError(f'unknown {kind} parameters {sorted(unknown)}; known: '
-                        f'{sorted(DEFAULTS[kind])}')
+      raise AnnIndexError(f'unknown {kind} parameters {sorted(unknown)}; '
+                          f'known: {sorted(DEFAULTS[kind])}')
     params = dict(DEFAULTS[kind], **params)
     x = normalise(vectors)
     n, dim = x.shape

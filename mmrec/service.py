@@ -184,7 +184,9 @@ class Serving:
       new = self.store.count
       if table is not None and new > count:  # items added while warming
         table = self._set_rows(table, count, self.store.dense(count, new))
-      self.live = Live(model, table, new)
+      # An 'id' model has no table, but its ID tables end at the capacity.
+      self.live = Live(model, table,
+                       min(new, model.manifest['item_capacity']))
 
   def reload(self):
     """Loads CURRENT if it changed; True if a new version went live."""

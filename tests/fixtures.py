@@ -4,9 +4,18 @@ import functools
 import os
 import tempfile
 
+import flax.linen as nn
+import jax
 import numpy as np
 
+from experiments.configs import ctr as ctr_config
+from experiments.configs import export as export_config
+from experiments.configs import scl as scl_config
 from experiments.configs import world as world_config
+from mmrec import embed
+from mmrec import export
+from mmrec import train_ctr
+from mmrec import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import world as world_lib
@@ -62,11 +71,6 @@ def exported_ctr(variant):
   world, exported with export.py:tiny: (config, ctr workdir, serving dir,
   model version dir). Read-only for tests: copy the serving dir to change it.
   """
-  # Imported here: most test files never train a CTR model.
-  from experiments.configs import ctr as ctr_config  # pylint: disable=g-import-not-at-top
-  from experiments.configs import export as export_config  # pylint: disable=g-import-not-at-top
-  from mmrec import export  # pylint: disable=g-import-not-at-top
-  from mmrec import train_ctr  # pylint: disable=g-import-not-at-top
   c = ctr_config.get_config(f'{variant},tiny')
   c.data_dir = small_ctr_world_dir()
   c.vectors_path = oracle_vectors_path()
@@ -83,10 +87,6 @@ def exported_ctr(variant):
 def untrained_encoder():
   """(model, params) of scl.py:scl,tiny's item encoder for the small CTR
   world, untrained (the export path does not care about the weights)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from experiments.configs import scl as scl_config  # pylint: disable=g-import-not-at-top
-  from mmrec import embed  # pylint: disable=g-import-not-at-top
   data_dir = small_ctr_world_dir()
   model = embed.encoder_model(scl_config.get_config('scl,tiny'), data_dir)
   ex = embed.example_inputs(data_dir)
@@ -98,8 +98,6 @@ def untrained_encoder():
 def export_untrained_encoder(serving_dir):
   """`untrained_encoder` exported into a serving dir, as if it had made the
   store's table (so the service accepts it)."""
-  from mmrec import export  # pylint: disable=g-import-not-at-top
-  from mmrec import vector_store  # pylint: disable=g-import-not-at-top
   model, params = untrained_encoder()
   wc = builders.load_world_config(small_ctr_world_dir())
   with vector_store.VectorStore(os.path.join(serving_dir, export.VECTORS),
