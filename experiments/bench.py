@@ -348,6 +348,7 @@ BENCHMARKS = {
     'gauc': bench_gauc,
     'ann': bench_serving.bench_ann,
     'serving': bench_serving.bench_serving,
+    'nearline': bench_serving.bench_nearline,
 }
 
 

@@ -3,6 +3,11 @@
 - `ann`: the nearest-neighbour index on generated catalogue vectors (items
   around concepts, ~20 per concept, as the world's): build time, recall@10
   against exact search, single-query search and add-one latency, size.
+- `nearline`: a batch CTR model trained without the last training day, the
+  service started on its export, and the near-line trainer replaying that
+  day as segments: each segment's time from the trainer taking it to the
+  service serving its version (a client polls /health), and the test-day
+  AUC / GAUC of the frozen and the near-line model.
 - `serving`: the scoring service in its own process on loopback, under a
   fixed-concurrency load of /score requests (100 candidates, 50 behaviours)
   while new items arrive (/items, each then scored: time-to-servable) and a
@@ -24,15 +29,24 @@ import faiss
 import flax.linen as nn
 import httpx
 import jax
+import ml_collections
 import numpy as np
 
 from experiments.configs import ctr as ctr_config
+from experiments.configs import export as export_config
+from experiments.configs import nearline as nearline_config
+from experiments.configs import scl as scl_config
+from experiments.configs import world as world_config
 from mmrec import ann_index
 from mmrec import ctr_data
 from mmrec import export
+from mmrec import nearline
 from mmrec import service
 from mmrec import train_ctr
+from mmrec import train_scl
 from mmrec import vector_store
+from mmrec import vector_table
+from mmrec.data import build
 
 
 def catalogue(n, dim, seed=0, per_concept=20, noise=0.6, chunk=100_000):
@@ -115,6 +129,94 @@ def bench_ann(config, workdir):
 # The service under load.
 
 
+def _start_service(directory):
+  """uvicorn in its own process on a free loopback port; returns (process,
+  url) once /health answers."""
+  port = _free_port()
+  env = dict(os.environ, **{service.ENV_DIR: directory})
+  server = subprocess.Popen(
+      [sys.executable, '-m', 'uvicorn', '--factory',
+       'mmrec.service:app_from_env', '--host', '127.0.0.1', '--port',
+       str(port), '--log-level', 'warning'], env=env)
+  url = f'http://127.0.0.1:{port}'
+  t0 = time.perf_counter()
+  while True:
+    try:
+      if httpx.get(f'{url}/health').status_code == 200:
+        return server, url
+    except httpx.TransportError:
+      pass
+    if server.poll() is not None or time.perf_counter() - t0 > 300:
+      server.terminate()
+      raise RuntimeError('the service did not start')
+    time.sleep(0.2)
+
+
+def bench_nearline(config, workdir):
+  root = os.path.join(workdir, 'nearline_bench')
+  shutil.rmtree(root, ignore_errors=True)
+  tiny = 'tiny' if config.ctr_tiny else None
+  world_dir = os.path.join(root, 'world')
+  wc = world_config.get_world_config(tiny)
+  wc.update(dict(config.nearline_world))
+  build.run(ml_collections.ConfigDict({'world': wc}), world_dir)
+  raw = scl_config.get_config('raw_pixels' + (',tiny' if tiny else ''))
+  raw.data_dir = world_dir
+  train_scl.run(raw, os.path.join(root, 'raw'))
+  batch = ctr_config.get_config('id' + (',tiny' if tiny else ''))
+  batch.update(data_dir=world_dir, validation=True, vectors_path=os.path.join(
+      root, 'raw', vector_table.FILE))
+  batch_dir, serving = os.path.join(root, 'batch'), os.path.join(root,
+                                                                 'serving')
+  train_ctr.run(batch, batch_dir)
+  export.export(export_config.get_config(tiny), batch_dir, serving)
+  server, url = _start_service(serving)
+  live, stop = [], threading.Event()
+
+  def watch():  # when each version went live
+    with httpx.Client(base_url=url, timeout=10) as c:
+      while not stop.is_set():
+        v = c.get('/health').json()['model_version']
+        if not live or live[-1][1] != v:
+          live.append((time.time(), v))
+        time.sleep(0.05)
+
+  watcher = threading.Thread(target=watch)
+  watcher.start()
+  try:
+    nl = nearline_config.get_config(tiny)
+    nl.update(ctr_workdir=batch_dir, serving_dir=serving,
+              replay_split='validation', evaluate=True,
+              segment_records=config.nearline_segment_records)
+    result = nearline.run(nl, os.path.join(root, 'nearline'))
+    deadline = time.time() + 30
+    last = f'v{result["final_step"]}'
+    while time.time() < deadline and live[-1][1] != last:
+      time.sleep(0.1)
+  finally:
+    stop.set()
+    watcher.join()
+    server.terminate()
+    server.wait(timeout=30)
+  went = {v: t for t, v in reversed(live)}
+  to_live = [went[f'v{e["global_step"]}'] - e['started_at']
+             for e in result['segments']
+             if e['steps'] and f'v{e["global_step"]}' in went]
+  out = {'segments': len(result['segments']),
+         'segment_records': config.nearline_segment_records,
+         'versions_served': ','.join(v for _, v in live)}
+  if to_live:  # the first segment also compiles the train step
+    out.update(first_segment_to_serving_seconds=round(to_live[0], 2),
+               segment_to_serving_p50_seconds=round(float(np.median(
+                   to_live[1:] or to_live)), 2),
+               segment_to_serving_max_seconds=round(max(to_live[1:] or
+                                                        to_live), 2))
+  for which in ('frozen', 'nearline'):
+    for m in ('auc', 'gauc'):
+      out[f'{which}_test_{m}'] = round(result[which][m], 4)
+  return out
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -160,24 +262,9 @@ def bench_serving(config, workdir):
   directory = os.path.join(workdir, 'serving_bench')
   shutil.rmtree(directory, ignore_errors=True)
   sizes = build_serving_dir(directory, config)
-  port = _free_port()
-  env = dict(os.environ, **{service.ENV_DIR: directory})
-  server = subprocess.Popen(
-      [sys.executable, '-m', 'uvicorn', '--factory',
-       'mmrec.service:app_from_env', '--host', '127.0.0.1', '--port',
-       str(port), '--log-level', 'warning'], env=env)
-  url = f'http://127.0.0.1:{port}'
+  t0 = time.perf_counter()
+  server, url = _start_service(directory)
   try:
-    t0 = time.perf_counter()
-    while True:
-      try:
-        if httpx.get(f'{url}/health').status_code == 200:
-          break
-      except httpx.TransportError:
-        pass
-      if server.poll() is not None or time.perf_counter() - t0 > 300:
-        raise RuntimeError('the service did not start')
-      time.sleep(0.2)
     start_s = time.perf_counter() - t0
     return dict(_load(config, url, directory, sizes),
                 service_start_seconds=round(start_s, 1))

@@ -17,7 +17,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = 'bench'
   config.benchmarks = ('world,scl_train,embed,ctr_train,gauc,ann,'
-                       'serving')  # see bench.py, bench_serving.py
+                       'serving,nearline')  # see bench.py, bench_serving.py
   config.world = world.get_world_config(arg)
   config.scl_batch_size = 256
   config.timed_steps = 10
@@ -52,6 +52,11 @@ def get_config(arg=None):
   config.serving_new_items = 200  # at most, one every add_interval_s
   config.serving_add_interval_s = 0.05
   config.serving_reload_after_s = 3.0  # then CURRENT -> v2 (hot reload)
+  # Near-line: make demo's world (overrides of world.py), the 'id' model
+  # trained without its last training day, which is then replayed.
+  config.nearline_world = dict(num_users=4000, num_items=3000, num_shops=150,
+                               num_days=4)
+  config.nearline_segment_records = 20_000
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
@@ -78,4 +83,6 @@ def get_config(arg=None):
     config.serving_buckets = (8, 32)
     config.serving_new_items = 5
     config.serving_reload_after_s = 0.5
+    config.nearline_world = {}
+    config.nearline_segment_records = 1024
   return config
