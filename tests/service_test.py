@@ -279,7 +279,10 @@ class ServiceTest(parameterized.TestCase):
     self.assertGreaterEqual(m['requests']['/items 200'], 2)
     self.assertIn('/score', m['latency'])
 
-  def test_hot_reload_under_load_loses_no_request(self):
+  def test_load_with_new_items_and_hot_reload_loses_no_request(self):
+    """Bounded loopback load: 4 clients score while items arrive and new
+    versions are published (one corrupt); every request succeeds and every
+    item added during the load is retrievable and scorable."""
     serving = _serving_copy()
     with socket.socket() as s:
       s.bind(('127.0.0.1', 0))
@@ -308,9 +311,22 @@ class ServiceTest(parameterized.TestCase):
           if r.status_code == 200:
             versions.append(r.json()['model_version'])
 
+    added = []
+
+    def add_items():
+      rng = np.random.default_rng(1)
+      with httpx.Client(base_url=url, timeout=30) as c:
+        while not done.is_set():
+          r = c.post('/items', json={'vector': rng.normal(size=DIM).tolist(),
+                                     'category': 2, 'shop': 3})
+          statuses.append(r.status_code)
+          added.append(r.json()['item_id'])
+          time.sleep(0.02)
+
     try:
-      with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      with concurrent.futures.ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(client_loop) for _ in range(4)]
+        futures.append(pool.submit(add_items))
         time.sleep(0.3)
         _new_version(serving, 11)
         bad = _new_version(serving, 12)
@@ -340,6 +356,22 @@ class ServiceTest(parameterized.TestCase):
       self.assertEqual(health['model_version'], 'v11')
       self.assertGreaterEqual(metrics['reloads'], 1)
       self.assertGreaterEqual(metrics['reload_errors'], 1)
+      self.assertNotEmpty(added)
+      self.assertEqual(health['items'], added[-1] + 1)
+      with httpx.Client(base_url=url) as c:
+        for item in added:
+          self.assertEqual(c.get(f'/items/{item}/similar?k=1').status_code,
+                           200)
+        r = c.post('/score', json=_with(candidates=added[:100]))
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()['model_version'], 'v11')
+        # Retrievable: a new item's own vector finds it first.
+        v = app.state.serving.store.vectors([added[-1]])[0]
+        r = c.post('/items', json={'vector': v.tolist(), 'category': 2,
+                                   'shop': 3})
+        twin = r.json()['item_id']
+        self.assertEqual(c.get(f'/items/{twin}/similar?k=1').json()[
+            'similar'], [added[-1]])
     finally:
       server.should_exit = True
       thread.join(timeout=10)
