@@ -2,6 +2,7 @@
 #   make demo   create .venv, install, reproduce the paper on the embedded world
 #               (experiments/configs/paper.py; report in workdir/demo/report.md)
 #   make test   create .venv, install, run the whole suite
+#   make serve  export the demo's CTR model and serve it on 127.0.0.1:$(PORT)
 # Set PYTHON=python3.12 (etc.) to pick the interpreter that creates .venv.
 
 PYTHON ?= python3
@@ -9,8 +10,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdir/demo
+# make serve: the demo's CTR run to export (newest ctr-<hash> stage) and port.
+SERVE_VARIANT ?= simtier_make
+CTR_RUN ?= $(shell ls -td $(WORKDIR)/ctr-*/$(SERVE_VARIANT)/seed_0 2>/dev/null | head -1)
+SERVING ?= $(WORKDIR)/serving
+PORT ?= 8000
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench serve clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -31,6 +37,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m experiments.main --config=experiments/configs/bench.py \
 	  --workdir=bench_results
+
+serve: $(STAMP)
+	@test -n "$(CTR_RUN)" || { echo "no $(SERVE_VARIANT) CTR run under $(WORKDIR): run make demo first, or set CTR_RUN=<ctr workdir>"; exit 1; }
+	$(BIN)/python -m experiments.main --config=experiments/configs/export.py \
+	  --config.ctr_workdir=$(CTR_RUN) --workdir=$(SERVING)
+	MMREC_SERVING_DIR=$(SERVING) $(BIN)/uvicorn --factory \
+	  mmrec.service:app_from_env --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf $(VENV) workdir bench_results

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from experiments import bench_serving
 from experiments.configs import ctr as ctr_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
@@ -415,6 +416,9 @@ BENCHMARKS = {
     'embed': bench_embed,
     'ctr_train': bench_ctr_train,
     'gauc': bench_gauc,
+    'ann': bench_serving.bench_ann,
+    'serving': bench_serving.bench_serving,
+    'nearline': bench_serving.bench_nearline,
 }
 
 

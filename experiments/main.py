@@ -5,6 +5,10 @@ The config's `job` field picks what runs (see experiments/README.md):
   data   convert a local copy of real data (experiments/configs/data.py)
   scl    pre-train an item encoder: SCL or a baseline (configs/scl.py)
   embed  encoder checkpoint -> item-vector table (configs/embed.py)
+  export  CTR checkpoint -> servable model version + vector store + index
+          (configs/export.py)
+  nearline  the batch CTR model trained on logged impression segments, each
+            result exported for the service (configs/nearline.py)
   pretrain_sweep  every pre-training method x seeds -> table
   ctr    train + evaluate a CTR model / integration variant (configs/ctr.py)
   ctr_sweep  every CTR variant x seeds -> table vs. the ID model
@@ -46,6 +50,8 @@ JOBS = {
     'bench': 'experiments.bench',
     'scl': 'mmrec.train_scl',
     'embed': 'mmrec.embed',
+    'export': 'mmrec.export',
+    'nearline': 'mmrec.nearline',
     'ctr': 'mmrec.train_ctr',
     'pretrain_sweep': 'experiments.pretrain_sweep',
     'ctr_sweep': 'experiments.ctr_sweep',

@@ -4,9 +4,18 @@ import functools
 import os
 import tempfile
 
+import flax.linen as nn
+import jax
 import numpy as np
 
+from experiments.configs import ctr as ctr_config
+from experiments.configs import export as export_config
+from experiments.configs import scl as scl_config
 from experiments.configs import world as world_config
+from mmrec import embed
+from mmrec import export
+from mmrec import train_ctr
+from mmrec import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import world as world_lib
@@ -54,3 +63,48 @@ def oracle_vectors_path():
   v /= np.linalg.norm(v, axis=1, keepdims=True)
   vector_table.save(path, v.astype(np.float32), {'method': 'oracle_noise'})
   return path
+
+
+@functools.lru_cache(maxsize=None)
+def exported_ctr(variant):
+  """A short CTR run (plumbing, not learning) of `variant` on the small CTR
+  world, exported with export.py:tiny: (config, ctr workdir, serving dir,
+  model version dir). Read-only for tests: copy the serving dir to change it.
+  """
+  c = ctr_config.get_config(f'{variant},tiny')
+  c.data_dir = small_ctr_world_dir()
+  c.vectors_path = oracle_vectors_path()
+  c.tower, c.attention_mlp, c.embed_dim = (16, 8), (8,), 8
+  c.max_steps = 10
+  root = tempfile.mkdtemp(prefix=f'mmrec_export_{variant}_')
+  workdir, serving = os.path.join(root, 'ctr'), os.path.join(root, 'serving')
+  train_ctr.run(c, workdir)
+  return c, workdir, serving, export.export(export_config.get_config('tiny'),
+                                            workdir, serving)
+
+
+@functools.lru_cache(maxsize=None)
+def untrained_encoder():
+  """(model, params) of scl.py:scl,tiny's item encoder for the small CTR
+  world, untrained (the export path does not care about the weights)."""
+  data_dir = small_ctr_world_dir()
+  model = embed.encoder_model(scl_config.get_config('scl,tiny'), data_dir)
+  ex = embed.example_inputs(data_dir)
+  params = nn.unbox(model.init(jax.random.key(0), ex['image'],
+                               ex['text'])['params'])
+  return model, jax.tree.map(np.asarray, params)
+
+
+def export_untrained_encoder(serving_dir):
+  """`untrained_encoder` exported into a serving dir, as if it had made the
+  store's table (so the service accepts it)."""
+  model, params = untrained_encoder()
+  wc = builders.load_world_config(small_ctr_world_dir())
+  with vector_store.VectorStore(os.path.join(serving_dir, export.VECTORS),
+                                verify=False) as store:
+    sha = store.manifest['source']['table_sha256']
+  return export.write_encoder(
+      serving_dir, model, params, image_size=wc['image_size'],
+      title_length=wc['title_length'],
+      vocab_size=builders.vocab_size(small_ctr_world_dir()),
+      table_sha256=sha)

@@ -16,7 +16,8 @@ from experiments.configs import world
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = 'bench'
-  config.benchmarks = 'world,scl_train,embed,ctr_train,gauc'  # see bench.py
+  config.benchmarks = ('world,scl_train,embed,ctr_train,gauc,ann,'
+                       'serving,nearline')  # see bench.py, bench_serving.py
   config.world = world.get_world_config(arg)
   config.scl_batch_size = 256
   config.timed_steps = 10
@@ -42,6 +43,28 @@ def get_config(arg=None):
   config.convert_chunk_rows = 8192
   config.gauc_rows = 10_000_000
   config.gauc_reference_fraction = 0.01  # of users, for the slow reference
+  # Nearest-neighbour index: generated catalogue (~20 items per concept).
+  config.ann_items = 1_000_000
+  config.ann_dim = 128
+  config.ann_queries = 1000
+  config.ann_adds = 1000
+  config.ann_kinds = 'ivf'  # 'ivf,hnsw' also builds HNSW (~10x slower)
+  config.ann_search_values = (16, 32, 64, 128)  # ivf nprobe / hnsw ef
+  # The service under load (loopback, its own process): the default world's
+  # model (simtier_official, untrained), 100 candidates per request.
+  config.serving_dim = 128
+  config.serving_requests = 2000
+  config.serving_concurrency = 4
+  config.serving_candidates = 100
+  config.serving_buckets = (8, 32, 128, 512)
+  config.serving_new_items = 200  # at most, one every add_interval_s
+  config.serving_add_interval_s = 0.05
+  config.serving_reload_after_s = 3.0  # then CURRENT -> v2 (hot reload)
+  # Near-line: make demo's world (overrides of world.py), the 'id' model
+  # trained without its last training day, which is then replayed.
+  config.nearline_world = dict(num_users=4000, num_items=3000, num_shops=150,
+                               num_days=4)
+  config.nearline_segment_records = 20_000
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
@@ -62,4 +85,18 @@ def get_config(arg=None):
     config.convert_chunk_rows = 500
     config.gauc_rows = 20_000
     config.gauc_reference_fraction = 0.1
+    config.ann_items = 5000
+    config.ann_dim = 32
+    config.ann_queries = 50
+    config.ann_adds = 20
+    config.ann_kinds = 'ivf,hnsw'
+    config.serving_dim = 32
+    config.serving_requests = 60
+    config.serving_concurrency = 2
+    config.serving_candidates = 20
+    config.serving_buckets = (8, 32)
+    config.serving_new_items = 5
+    config.serving_reload_after_s = 0.5
+    config.nearline_world = {}
+    config.nearline_segment_records = 1024
   return config

@@ -1,0 +1,363 @@
+"""Serving benchmarks (part of `make bench`, see bench.py).
+
+- `ann`: the nearest-neighbour index on generated catalogue vectors (items
+  around concepts, ~20 per concept, as the world's): build time, recall@10
+  against exact search, single-query search and add-one latency, size.
+- `nearline`: a batch CTR model trained without the last training day, the
+  service started on its export, and the near-line trainer replaying that
+  day as segments: each segment's time from the trainer taking it to the
+  service serving its version (a client polls /health), and the test-day
+  AUC / GAUC of the frozen and the near-line model.
+- `serving`: the scoring service in its own process on loopback, under a
+  fixed-concurrency load of /score requests (100 candidates, 50 behaviours)
+  while new items arrive (/items, each then scored: time-to-servable) and a
+  new model version is published mid-load (hot reload; every request must
+  succeed). The model is the real-size CTR model of the default world,
+  untrained (latency does not depend on the weights' values).
+"""
+
+import concurrent.futures
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import faiss
+import flax.linen as nn
+import httpx
+import jax
+import ml_collections
+import numpy as np
+
+from experiments.configs import ctr as ctr_config
+from experiments.configs import export as export_config
+from experiments.configs import nearline as nearline_config
+from experiments.configs import scl as scl_config
+from experiments.configs import world as world_config
+from mmrec import ann_index
+from mmrec import ctr_data
+from mmrec import export
+from mmrec import nearline
+from mmrec import service
+from mmrec import train_ctr
+from mmrec import train_scl
+from mmrec import vector_store
+from mmrec import vector_table
+from mmrec.data import build
+
+
+def catalogue(n, dim, seed=0, per_concept=20, noise=0.6, chunk=100_000):
+  """(n, dim) int8 unit vectors: concept centre + noise, as the store holds."""
+  rng = np.random.default_rng(seed)
+  concepts = max(1, n // per_concept)
+  centres = rng.normal(size=(concepts, dim)).astype(np.float32)
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  out = np.empty((n, dim), np.int8)
+  for lo in range(0, n, chunk):
+    m = min(chunk, n - lo)
+    e = rng.normal(size=(m, dim)).astype(np.float32)
+    x = centres[rng.integers(0, concepts, m)] + noise * e / np.linalg.norm(
+        e, axis=1, keepdims=True)
+    out[lo:lo + m] = vector_store.quantize(ann_index.normalise(x))
+  return out
+
+
+def _ms(values, q):
+  return round(float(np.percentile(np.asarray(values) * 1e3, q)), 3)
+
+
+def bench_ann(config, workdir):
+  del workdir
+  n, dim = config.ann_items, config.ann_dim
+  t0 = time.perf_counter()
+  x = catalogue(n, dim)
+  gen_s = time.perf_counter() - t0
+  rng = np.random.default_rng(1)
+  queries = x[rng.integers(0, n, config.ann_queries)]  # similar items
+  flat = faiss.IndexFlatIP(dim)
+  flat.add(ann_index.normalise(x))
+  _, exact = flat.search(ann_index.normalise(queries), 10)
+  del flat
+  out = {'items': n, 'dim': dim, 'generate_seconds': round(gen_s, 1)}
+  for kind in [k for k in config.ann_kinds.split(',') if k]:
+    t0 = time.perf_counter()
+    index = ann_index.AnnIndex.build(x, kind=kind)
+    build_s = time.perf_counter() - t0
+    ann_index.set_threads(1)  # single queries and adds, as the service
+    knob = {'ivf': 'nprobe', 'hnsw': 'ef_search'}.get(kind)
+    default = index.params.get(knob)
+    for value in (config.ann_search_values if knob else [None]):
+      if knob:
+        index.params[knob] = value
+        index._apply_search_params()  # pylint: disable=protected-access
+      _, found = index.search(queries, 10)
+      search = []
+      for q in queries[:200]:
+        t0 = time.perf_counter()
+        index.search(q, 10)
+        search.append(time.perf_counter() - t0)
+      tag = f'{kind}_{knob}_{value}' if knob else kind
+      out.update({
+          f'{tag}_recall_at_10': round(ann_index.recall_at_k(found, exact),
+                                       4),
+          f'{tag}_search_p50_ms': _ms(search, 50),
+          f'{tag}_search_p99_ms': _ms(search, 99)})
+    if knob:
+      index.params[knob] = default
+      index._apply_search_params()  # pylint: disable=protected-access
+    new = catalogue(config.ann_adds, dim, seed=2)
+    adds = []
+    for i, v in enumerate(new):
+      t0 = time.perf_counter()
+      index.add(v[None], [n + i])
+      adds.append(time.perf_counter() - t0)
+    out.update({
+        f'{kind}_params': str(index.params),
+        f'{kind}_build_seconds': round(build_s, 1),
+        f'{kind}_add_one_p50_ms': _ms(adds, 50),
+        f'{kind}_add_one_p99_ms': _ms(adds, 99),
+        f'{kind}_size_mb': round(len(faiss.serialize_index(index.index)) /
+                                 2**20, 1)})
+    ann_index.set_threads(os.cpu_count())
+  return out
+
+
+# --------------------------------------------------------------------------
+# The service under load.
+
+
+def _start_service(directory):
+  """uvicorn in its own process on a free loopback port; returns (process,
+  url) once /health answers."""
+  port = _free_port()
+  env = dict(os.environ, **{service.ENV_DIR: directory})
+  server = subprocess.Popen(
+      [sys.executable, '-m', 'uvicorn', '--factory',
+       'mmrec.service:app_from_env', '--host', '127.0.0.1', '--port',
+       str(port), '--log-level', 'warning'], env=env)
+  url = f'http://127.0.0.1:{port}'
+  t0 = time.perf_counter()
+  while True:
+    try:
+      if httpx.get(f'{url}/health').status_code == 200:
+        return server, url
+    except httpx.TransportError:
+      pass
+    if server.poll() is not None or time.perf_counter() - t0 > 300:
+      server.terminate()
+      raise RuntimeError('the service did not start')
+    time.sleep(0.2)
+
+
+def bench_nearline(config, workdir):
+  root = os.path.join(workdir, 'nearline_bench')
+  shutil.rmtree(root, ignore_errors=True)
+  tiny = 'tiny' if config.ctr_tiny else None
+  world_dir = os.path.join(root, 'world')
+  wc = world_config.get_world_config(tiny)
+  wc.update(dict(config.nearline_world))
+  build.run(ml_collections.ConfigDict({'world': wc}), world_dir)
+  raw = scl_config.get_config('raw_pixels' + (',tiny' if tiny else ''))
+  raw.data_dir = world_dir
+  train_scl.run(raw, os.path.join(root, 'raw'))
+  batch = ctr_config.get_config('id' + (',tiny' if tiny else ''))
+  batch.update(data_dir=world_dir, validation=True, vectors_path=os.path.join(
+      root, 'raw', vector_table.FILE))
+  batch_dir, serving = os.path.join(root, 'batch'), os.path.join(root,
+                                                                 'serving')
+  train_ctr.run(batch, batch_dir)
+  export.export(export_config.get_config(tiny), batch_dir, serving)
+  server, url = _start_service(serving)
+  live, stop = [], threading.Event()
+
+  def watch():  # when each version went live
+    with httpx.Client(base_url=url, timeout=10) as c:
+      while not stop.is_set():
+        v = c.get('/health').json()['model_version']
+        if not live or live[-1][1] != v:
+          live.append((time.time(), v))
+        time.sleep(0.05)
+
+  watcher = threading.Thread(target=watch)
+  watcher.start()
+  try:
+    nl = nearline_config.get_config(tiny)
+    nl.update(ctr_workdir=batch_dir, serving_dir=serving,
+              replay_split='validation', evaluate=True,
+              segment_records=config.nearline_segment_records)
+    result = nearline.run(nl, os.path.join(root, 'nearline'))
+    deadline = time.time() + 30
+    last = f'v{result["final_step"]}'
+    while time.time() < deadline and live[-1][1] != last:
+      time.sleep(0.1)
+  finally:
+    stop.set()
+    watcher.join()
+    server.terminate()
+    server.wait(timeout=30)
+  went = {v: t for t, v in reversed(live)}
+  to_live = [went[f'v{e["global_step"]}'] - e['started_at']
+             for e in result['segments']
+             if e['steps'] and f'v{e["global_step"]}' in went]
+  out = {'segments': len(result['segments']),
+         'segment_records': config.nearline_segment_records,
+         'versions_served': ','.join(v for _, v in live)}
+  if to_live:  # the first segment also compiles the train step
+    out.update(first_segment_to_serving_seconds=round(to_live[0], 2),
+               segment_to_serving_p50_seconds=round(float(np.median(
+                   to_live[1:] or to_live)), 2),
+               segment_to_serving_max_seconds=round(max(to_live[1:] or
+                                                        to_live), 2))
+  for which in ('frozen', 'nearline'):
+    for m in ('auc', 'gauc'):
+      out[f'{which}_test_{m}'] = round(result[which][m], 4)
+  return out
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def build_serving_dir(directory, config):
+  """An untrained real-size model (v1, and v2 to reload) + store + index."""
+  wc = config.world
+  sizes = ctr_data.sizes(wc)
+  c = ctr_config.get_config('simtier_official' +
+                            (',tiny' if config.ctr_tiny else ''))
+  model = train_ctr.build_model(c, sizes)
+  rng = np.random.default_rng(0)
+  dim = config.serving_dim
+  table = catalogue(sizes['num_items'], dim)
+  attrs = np.stack([rng.integers(0, sizes['num_categories'],
+                                 sizes['num_items']),
+                    rng.integers(0, sizes['num_shops'], sizes['num_items'])],
+                   1)
+  store = export.build_store(directory, table, attrs,
+                             {'table_sha256': 'bench', 'method': 'generated'})
+  L = wc.seq_len
+  example = {f: np.zeros((2,), np.int32) for f in (
+      'user_id', 'age', 'gender', 'city', 'item_id', 'category', 'shop')}
+  example.update(seq_item=np.zeros((2, L), np.int32),
+                 seq_category=np.zeros((2, L), np.int32),
+                 seq_mask=np.ones((2, L), bool))
+  variables = jax.tree.map(np.asarray, nn.unbox(model.init(
+      jax.random.key(0), example, table)))
+  models = os.path.join(directory, export.MODELS)
+  for step in (1, 2):
+    export.write_version(
+        models, step, model, variables, variant=c.variant, sizes=sizes,
+        seq_len=L, store=store, uses_vectors=True,
+        capacity=sizes['num_items'] + config.serving_new_items + 1024,
+        buckets=config.serving_buckets)
+  export.write_pointer(models, 'v1')
+  return sizes
+
+
+def bench_serving(config, workdir):
+  directory = os.path.join(workdir, 'serving_bench')
+  shutil.rmtree(directory, ignore_errors=True)
+  sizes = build_serving_dir(directory, config)
+  t0 = time.perf_counter()
+  server, url = _start_service(directory)
+  try:
+    start_s = time.perf_counter() - t0
+    return dict(_load(config, url, directory, sizes),
+                service_start_seconds=round(start_s, 1))
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _load(config, url, directory, sizes):
+  rng = np.random.default_rng(0)
+  n_items, L = sizes['num_items'], config.world.seq_len
+  cands = config.serving_candidates
+
+  def request():
+    return {'user': {'user_id': int(rng.integers(sizes['num_users'])),
+                     'age': int(rng.integers(sizes['num_ages'])),
+                     'gender': int(rng.integers(sizes['num_genders'])),
+                     'city': int(rng.integers(sizes['num_cities']))},
+            'history': rng.integers(0, n_items, L).tolist(),
+            'candidates': rng.integers(0, n_items, cands).tolist()}
+
+  bodies = [request() for _ in range(min(config.serving_requests, 256))]
+  with httpx.Client(base_url=url, timeout=60) as c:  # warm the path
+    for b in bodies[:20]:
+      c.post('/score', json=b).raise_for_status()
+  latencies, statuses, versions = [], [], set()
+  lock = threading.Lock()
+  counter = iter(range(config.serving_requests))
+  done = threading.Event()
+
+  def client():
+    with httpx.Client(base_url=url, timeout=60) as c:
+      for i in counter:
+        t0 = time.perf_counter()
+        r = c.post('/score', json=bodies[i % len(bodies)])
+        dt = time.perf_counter() - t0
+        with lock:
+          statuses.append(r.status_code)
+          if r.status_code == 200:
+            latencies.append(dt)
+            versions.add(r.json()['model_version'])
+
+  servable, new_ids = [], []
+
+  def new_items():
+    vecs = catalogue(config.serving_new_items, config.serving_dim, seed=3)
+    with httpx.Client(base_url=url, timeout=60) as c:
+      for v in vecs:
+        if done.is_set():
+          break
+        t0 = time.perf_counter()
+        r = c.post('/items', json={
+            'vector': (v.astype(np.float32) / 127).tolist(),
+            'category': int(rng.integers(sizes['num_categories'])),
+            'shop': int(rng.integers(sizes['num_shops']))})
+        item = r.json()['item_id']
+        body = dict(bodies[0], candidates=[item])
+        s = c.post('/score', json=body)
+        if s.status_code == 200:
+          servable.append(time.perf_counter() - t0)
+          new_ids.append(item)
+        time.sleep(config.serving_add_interval_s)
+
+  t0 = time.perf_counter()
+  adder = threading.Thread(target=new_items)
+  adder.start()
+  with concurrent.futures.ThreadPoolExecutor(
+      config.serving_concurrency) as pool:
+    futures = [pool.submit(client) for _ in range(config.serving_concurrency)]
+    time.sleep(config.serving_reload_after_s)
+    export.write_pointer(os.path.join(directory, export.MODELS), 'v2')
+    for f in futures:
+      f.result()
+  wall = time.perf_counter() - t0
+  done.set()
+  adder.join()
+  with httpx.Client(base_url=url, timeout=60) as c:
+    metrics = c.get('/metrics').json()
+    similar = c.get(f'/items/{new_ids[-1]}/similar?k=5').status_code if (
+        new_ids) else None
+  return {
+      'requests': len(statuses), 'concurrency': config.serving_concurrency,
+      'candidates_per_request': cands, 'history_length': L,
+      'failed_requests': sum(s != 200 for s in statuses),
+      'qps': round(len(statuses) / wall, 1),
+      'candidates_scored_per_second': round(len(statuses) * cands / wall),
+      'score_p50_ms': _ms(latencies, 50), 'score_p90_ms': _ms(latencies, 90),
+      'score_p99_ms': _ms(latencies, 99),
+      'server_score_p99_ms': round(metrics['latency']['/score']['p99_ms'], 3),
+      'model_versions_seen': ','.join(sorted(versions)),
+      'reloads': metrics['reloads'],
+      'new_items': len(servable),
+      'new_item_to_servable_p50_ms': _ms(servable, 50) if servable else None,
+      'new_item_to_servable_p99_ms': _ms(servable, 99) if servable else None,
+      'new_item_similar_status': similar,
+  }

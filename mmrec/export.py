@@ -1,0 +1,366 @@
+"""The export job: a trained CTR checkpoint -> a servable model version, and
+the serving directory's vector store (+ index) it expects.
+
+Serving directory (`config.serving_dir`):
+
+  vectors/      vector_store.py: v{k}/ int8 rows + item attributes
+                (category, shop) + delta; built here from the CTR run's
+                item_vectors.npz unless the current version already holds
+                that table (same sha256)
+  index/        ann_index.py: IVF index over the store (built with it)
+  encoder/      the item encoder that made the store's table (jax.export,
+                variables, manifest), for items added by image + title;
+                absent for the untrained reference methods
+  models/v{step}/
+    model.jaxexport  `jax.export` of `(variables, batch, vectors) ->
+                     {'logit', 'probability'}` with a symbolic batch size
+    variables.npz    params + batch_stats, flattened by '/'-joined path
+    manifest.json    variant, step, input fields (shape, dtype), vocabulary
+                     sizes, bucket sizes, the item capacity, the vector store
+                     it expects (table sha256, dim), sha256 of both files
+  models/CURRENT     'v{step}': the version servers load (atomic rename)
+
+The exported function takes the parameters as arguments (unboxed arrays),
+so serving_model.py needs jax and numpy only: no flax, no training code.
+Items added after training (ids >= the model's vocabulary) need an ID
+embedding and a vector row: the item table is padded with zero rows (a
+cold-start item: no ID information, which is what a never-trained item
+has) up to `config.item_capacity`, and the vector table passed at serving
+time has that many rows too. One compiled program per bucket size, whatever
+the store's growth, until the capacity is reached.
+"""
+
+import json
+import os
+import shutil
+import time
+import warnings
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmrec import ann_index
+from mmrec import checkpointing
+from mmrec import ctr_data
+from mmrec import embed
+from mmrec import embedding
+from mmrec import files
+from mmrec import serving_model
+from mmrec import train_ctr
+from mmrec import vector_store
+from mmrec import vector_table
+from mmrec.data import builders
+
+MODELS, VECTORS, INDEX, ENCODER = 'models', 'vectors', 'index', 'encoder'
+# The version's files, as the loader reads them.
+MODEL_FILE, VARIABLES_FILE, MANIFEST, CURRENT = (
+    serving_model.MODEL_FILE, serving_model.VARIABLES_FILE,
+    serving_model.MANIFEST, serving_model.CURRENT)
+ITEM_ATTRIBUTES = ('category', 'shop')  # what a request's ids are joined with
+ITEM_TABLE = ('params', 'embed', 'item', 'embedding')
+
+
+def flatten(tree, prefix=''):
+  """Nested dict of arrays -> {'a/b/c': array}."""
+  out = {}
+  for k, v in tree.items():
+    key = f'{prefix}/{k}' if prefix else k
+    out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+  return out
+
+
+def model_fields(model):
+  """Batch fields the CTR model reads: name -> (per-row shape, dtype)."""
+  emb = model.config.embedding
+  return ({f: ((), 'int32') for f in embedding.USER_FIELDS +
+           embedding.TARGET_FIELDS},
+          {f: (('L',), 'int32') for f in emb.seq_fields + ('seq_mask',)})
+
+
+def saved_config(step_dir):
+  """The config saved with a checkpoint step, as a ConfigDict."""
+  with warnings.catch_warnings():  # the state, restored only for the config
+    warnings.filterwarnings('ignore', 'Sharding info not provided')
+    _, saved = checkpointing.restore_from(step_dir, None)
+  return ml_collections.ConfigDict(saved)
+
+
+def restore(ctr_workdir, step=None):
+  """(model, variables {'params', 'batch_stats'} as numpy, config, step)."""
+  ckpt_dir = os.path.join(ctr_workdir, checkpointing.SUBDIR)
+  with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
+    step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {ckpt_dir}: train the CTR '
+                            'model first (config.job = "ctr")')
+  source = os.path.join(ckpt_dir, str(step))
+  config = saved_config(source)
+  # '' = the world the run built in its own workdir (resolver.py).
+  data = ctr_data.CtrData.load(config.data_dir or
+                               os.path.join(ctr_workdir, 'world'))
+  model = train_ctr.build_model(config, data.sizes)
+  example = {k: v[:2] for k, v in data.dataset('test', 2)[0].items()}
+  vec_spec = None
+  if train_ctr.reads_vectors(config):
+    vec_spec = jax.ShapeDtypeStruct(
+        (data.sizes['num_items'], _table_dim(config)),
+        jnp.dtype(config.vectors_dtype))
+  abstract = jax.eval_shape(
+      lambda r, v: nn.unbox(model.init(r, example, v)), jax.random.key(0),
+      vec_spec)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract)
+  target = {'params': abstract['params'],
+            'extra': {k: v for k, v in abstract.items() if k != 'params'}}
+  restored, _ = checkpointing.restore_from(source, target, partial=True)
+  variables = {'params': restored['params'], **restored['extra']}
+  return model, jax.tree.map(np.asarray, variables), config, step, data
+
+
+def _table_dim(config):
+  _, meta = vector_table.load_from(config.vectors_path,
+                                   field='config.vectors_path', dtype='int8')
+  return meta['dim']
+
+
+def with_item_capacity(model, capacity):
+  """The same model with an item vocabulary of `capacity`."""
+  cfg = model.config
+  emb = cfg.embedding.__class__(**{**cfg.embedding.__dict__,
+                                   'num_items': capacity})
+  return model.clone(config=cfg.__class__(**{**cfg.__dict__,
+                                             'embedding': emb}))
+
+
+def pad_item_table(variables, capacity):
+  """variables with the item ID table padded by zero rows to `capacity`."""
+  table = variables['params']['embed']['item']['embedding']
+  if capacity < len(table):
+    raise ValueError(f'config.item_capacity = {capacity} is below the '
+                     f"model's {len(table)} items")
+  padded = np.zeros((capacity, table.shape[1]), table.dtype)
+  padded[:len(table)] = table
+  out = jax.tree.map(lambda x: x, variables)  # a copy of the dict structure
+  out['params']['embed']['item']['embedding'] = padded
+  return out
+
+
+def export_function(model, variables, seq_len, vectors_shape):
+  """jax.export of `(variables, batch, vectors) -> {'logit', 'probability'}`
+  with a symbolic batch size; returns (exported, field specs)."""
+  (b,) = jax.export.symbolic_shape('b')
+  scalar, seq = model_fields(model)
+  specs = {f: jax.ShapeDtypeStruct((b,), jnp.int32) for f in scalar}
+  specs.update({f: jax.ShapeDtypeStruct(
+      (b, seq_len), jnp.bool_ if f == 'seq_mask' else jnp.int32) for f in seq})
+
+  def serve(variables, batch, vectors):
+    logit = model.apply(variables, batch, vectors, train=False)
+    return {'logit': logit, 'probability': jax.nn.sigmoid(logit)}
+
+  var_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                           variables)
+  vec_spec = (None if vectors_shape is None else
+              jax.ShapeDtypeStruct(vectors_shape, jnp.int8))
+  exported = jax.export.export(jax.jit(serve))(var_specs, specs, vec_spec)
+  fields = {f: {'shape': list(s.shape[1:]), 'dtype': str(s.dtype)}
+            for f, s in specs.items()}
+  return exported, fields
+
+
+def write_exported(final, exported, variables, manifest):
+  """model.jaxexport + variables.npz + manifest.json (with their sha256) in
+  a temporary directory renamed to `final`; a `final` already there is
+  replaced only after the new one is whole."""
+  parent = os.path.dirname(final)
+  os.makedirs(parent, exist_ok=True)
+  base = os.path.basename(final)
+  tmp = os.path.join(parent, f'.{base}.tmp-{os.getpid()}')
+  old = os.path.join(parent, f'.{base}.old-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    with open(os.path.join(tmp, MODEL_FILE), 'wb') as f:
+      f.write(exported.serialize())
+    np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(variables))
+    manifest = dict(manifest, jax_version=jax.__version__, sha256={
+        n: serving_model.sha256_file(os.path.join(tmp, n))
+        for n in (MODEL_FILE, VARIABLES_FILE)})
+    files.write_json(os.path.join(tmp, MANIFEST), manifest)
+    if os.path.exists(final):
+      os.rename(final, old)
+    os.rename(tmp, final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_encoder(serving_dir, model, params, *, image_size, title_length,
+                  vocab_size, table_sha256, source=None):
+  """The item encoder for new items: `jax.export` of `(params, image (1, S,
+  S, 3) uint8, title (1, T) int32) -> (1, D)` unit vector, in
+  `serving_dir/encoder/`. Returns the directory."""
+  fn = jax.jit(lambda p, i, t: model.apply({'params': p}, i, t,
+                                           method='encode_item'))
+  specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                       params)
+  image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
+  title = jax.ShapeDtypeStruct((1, title_length), jnp.int32)
+  exported = jax.export.export(fn)(specs, image, title)
+  final = os.path.join(serving_dir, ENCODER)
+  write_exported(final, exported, jax.tree.map(np.asarray, params), {
+      'format_version': 1, 'created': time.time(), 'image_size': image_size,
+      'title_length': title_length, 'vocab_size': vocab_size,
+      'dim': int(exported.out_avals[0].shape[-1]),
+      'table_sha256': table_sha256, 'source': source or {}})
+  return final
+
+
+def ensure_encoder(serving_dir, store):
+  """Exports the encoder that made the store's table, if it has a
+  checkpoint (trained methods; the untrained references have none) and
+  `encoder/` does not hold it yet."""
+  source = store['source']
+  sha = source['table_sha256']
+  manifest = os.path.join(serving_dir, ENCODER, MANIFEST)
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      if json.load(f).get('table_sha256') == sha:
+        return
+  workdir = source.get('encoder_workdir')
+  if not workdir or not os.path.isdir(os.path.join(workdir,
+                                                   checkpointing.SUBDIR)):
+    logging.info('no encoder checkpoint for the store\'s table (%s): the '
+                 'service adds items by vector only', source.get('method'))
+    return
+  encoder, enc_config, step, data_dir = embed.load_encoder(workdir)
+  wc = builders.load_world_config(data_dir)
+  write_encoder(serving_dir, encoder.model, jax.tree.map(
+      np.asarray, encoder.params), image_size=wc['image_size'],
+                title_length=wc['title_length'],
+                vocab_size=builders.vocab_size(data_dir), table_sha256=sha,
+                source={'encoder_workdir': workdir, 'step': step,
+                        'method': enc_config.method})
+
+
+def ensure_store(serving_dir, table_path, data_dir):
+  """The serving store holding `table_path`'s vectors (built if needed) and
+  its index; returns the store's manifest."""
+  table, meta = vector_table.load(table_path, dtype='int8')
+  root = os.path.join(serving_dir, VECTORS)
+  try:
+    with vector_store.VectorStore(root, verify=False) as store:
+      if store.manifest['source'].get('table_sha256') == meta['sha256']:
+        return store.manifest
+  except vector_store.StoreError:
+    pass
+  items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+  if len(items['category']) != len(table):
+    raise ValueError(f'{table_path} has {len(table)} vectors, the catalogue '
+                     f'of {data_dir} {len(items["category"])} items')
+  attrs = np.stack([items[a] for a in ITEM_ATTRIBUTES], 1)
+  return build_store(serving_dir, table, attrs, {
+      'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
+      'method': meta.get('method'), 'encoder_workdir':
+          meta.get('encoder_workdir'), 'encoder_step': meta.get(
+              'encoder_step'), 'data_dir': os.path.abspath(data_dir)})
+
+
+def build_store(serving_dir, table, attrs, source, **index_params):
+  """A new store version of (N, D) vectors + (N, 2) attributes and its
+  index; `source` must hold 'table_sha256' (what models are checked
+  against). Returns the store's manifest."""
+  root = os.path.join(serving_dir, VECTORS)
+  vector_store.create(root, table, attrs, ITEM_ATTRIBUTES, source)
+  with vector_store.VectorStore(root) as store:
+    index = ann_index.AnnIndex.build(store.dense(), **index_params)
+    index.save(os.path.join(serving_dir, INDEX), store.version, store.count)
+    logging.info('vector store %s v%d: %d items; index %s', root,
+                 store.version, store.count, index.kind)
+    return store.manifest
+
+
+def write_pointer(directory, name):
+  files.write_text(os.path.join(directory, CURRENT), name + '\n')
+
+
+def write_version(models_dir, step, model, variables, *, variant, sizes,
+                  seq_len, store, uses_vectors, capacity, buckets,
+                  checkpoint=''):
+  """Exports (model, variables) as `models_dir/v{step}`; returns its path.
+
+  `variables` are the trained model's ({'params', 'batch_stats'}, numpy);
+  `sizes` its vocabularies; `store` the manifest of the vector store it is
+  served with.
+  """
+  final = os.path.join(models_dir, f'v{step}')
+  padded = pad_item_table(variables, capacity)
+  served = with_item_capacity(model, capacity)
+  vec_shape = (capacity, store['dim']) if uses_vectors else None
+  t0 = time.time()
+  exported, fields = export_function(served, padded, seq_len, vec_shape)
+  manifest = {
+      'format_version': 1, 'step': int(step), 'variant': variant,
+      'created': time.time(), 'checkpoint': checkpoint,
+      'fields': fields, 'seq_len': seq_len,
+      'sizes': dict(sizes, num_items=capacity),
+      'trained_items': sizes['num_items'], 'item_capacity': capacity,
+      'buckets': sorted(buckets), 'item_attributes': list(ITEM_ATTRIBUTES),
+      'vectors': ({'dim': store['dim'], 'dtype': 'int8'}
+                  if uses_vectors else None),
+      'vector_store': {'version': store['version'],
+                       'table_sha256': store['source']['table_sha256']}}
+  write_exported(final, exported, padded, manifest)
+  logging.info('exported %s step %d -> %s (%.1fs)', variant, step, final,
+               time.time() - t0)
+  return final
+
+
+def export(config, ctr_workdir, serving_dir, make_current=True):
+  """Exports the CTR run's latest checkpoint; returns the version's dir."""
+  ctr_workdir = os.path.abspath(ctr_workdir)  # orbax wants absolute paths
+  model, variables, ctr_config, step, data = restore(ctr_workdir)
+  models = os.path.join(serving_dir, MODELS)
+  final = os.path.join(models, f'v{step}')
+  if os.path.exists(os.path.join(final, MANIFEST)):
+    logging.info('model version %s exists; not exported again', final)
+  else:
+    uses_vectors = train_ctr.reads_vectors(ctr_config)
+    if uses_vectors and ctr_config.vectors_dtype != 'int8':
+      raise ValueError('the serving store holds int8 vectors; a model '
+                       f'trained on {ctr_config.vectors_dtype} vectors would '
+                       'score differently (train with vectors_dtype=int8)')
+    # A model reading vectors is served with the table it was trained on.
+    table_path = (ctr_config.vectors_path if uses_vectors else
+                  config.vectors_path or ctr_config.vectors_path)
+    if not table_path:
+      raise ValueError('config.vectors_path is empty and the CTR run read no '
+                       'vectors: the serving store needs the item-vector '
+                       'table (item_vectors.npz)')
+    if os.path.isdir(table_path):
+      table_path = os.path.join(table_path, vector_table.FILE)
+    store = ensure_store(serving_dir, table_path, data.data_dir)
+    ensure_encoder(serving_dir, store)
+    write_version(
+        models, step, model, variables, variant=ctr_config.variant,
+        sizes=data.sizes,
+        seq_len=builders.load_world_config(data.data_dir)['seq_len'],
+        store=store, uses_vectors=uses_vectors,
+        capacity=max(config.item_capacity, data.sizes['num_items']),
+        buckets=config.buckets, checkpoint=os.path.abspath(os.path.join(
+            ctr_workdir, checkpointing.SUBDIR, str(step))))
+  if make_current:
+    write_pointer(models, f'v{step}')
+  return final
+
+
+def run(config, workdir):
+  """The export job (experiments/configs/export.py)."""
+  if not config.ctr_workdir:
+    raise ValueError('config.ctr_workdir must name a CTR run\'s workdir')
+  return export(config, config.ctr_workdir, config.serving_dir or workdir)

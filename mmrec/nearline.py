@@ -1,0 +1,259 @@
+"""Near-line training: the batch CTR model keeps learning from the logged
+impressions, segment by segment, and each step forward is served.
+
+`run(config, workdir)` (experiments/configs/nearline.py) warm-starts from the
+batch run's latest checkpoint (`config.ctr_workdir`: its model, optimizer
+state and config), then for every closed segment of `config.log_dir`
+(impression_log.py), in order:
+
+  workdir/seg-{n}/   a `train_lib.fit` run over segment n (the same loop as
+                     offline training: checkpoints with the data position,
+                     metrics), starting from the state segment n-1 ended with
+
+Segment n is committed when its run's final checkpoint is complete: orbax
+renames a step directory into place whole, so the trained state and the log
+position (which segment it finished, implied by the directory) are
+committed by one rename. Killed anywhere, the trainer restarts at the first
+uncommitted segment, from that segment's own latest checkpoint (state and
+data position, as any resumed `fit`) or else from the previous segment's
+final state: no segment is trained twice or skipped, and the result equals
+the uninterrupted run's. A segment with fewer impressions than a batch is
+committed by a marker file (`EMPTY`); a segment's last (records mod batch)
+impressions are not trained, so the compiled step keeps one shape.
+
+After committing segment n the model is exported into `config.serving_dir`
+as version v{batch step + steps through n}, and `models/CURRENT` points at
+it: the service hot-reloads it. The export is idempotent, so a kill between
+commit and export only delays it to the restart.
+"""
+
+import dataclasses
+import os
+import time
+
+from absl import logging
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmrec import checkpointing
+from mmrec import ctr_data
+from mmrec import ctr_eval
+from mmrec import export
+from mmrec import files
+from mmrec import impression_log
+from mmrec import sharding
+from mmrec import train_ctr
+from mmrec import train_lib
+from mmrec import vector_table
+from mmrec.data import builders
+
+EMPTY = 'EMPTY'
+RESULT_FILE = 'nearline.json'
+
+
+def _latest_step_dir(workdir):
+  ckpt_dir = os.path.join(workdir, checkpointing.SUBDIR)
+  if not os.path.isdir(ckpt_dir):
+    return None, None
+  with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
+    step = ckpt.latest_step()
+  return step, (None if step is None else os.path.join(ckpt_dir, str(step)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadSegmentRows(grain.transforms.Map):
+  """Batch of record indices -> a batch of the segment's rows."""
+  path: str
+
+  def map(self, indices):
+    return impression_log.read_rows(self.path, indices.tolist())
+
+
+def segment_dataset(path, batch_size, *, seed=0, shuffle=True):
+  """grain batches of one closed segment (full batches when shuffled); one
+  process: the near-line trainer runs on one host."""
+  ds = grain.MapDataset.range(impression_log.num_records(path))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  return ds.batch(batch_size, drop_remainder=shuffle).map(
+      _ReadSegmentRows(path))
+
+
+def _warm_start(source):
+  """on_start: the whole state (params, optimizer, batch stats) of a step
+  directory, with the step counter back at 0 (a segment's own steps)."""
+
+  def on_start(state):
+    restored, _ = checkpointing.restore_from(source, state)
+    return restored.replace(step=jnp.zeros_like(restored.step))
+  return on_start
+
+
+class Trainer:
+  """The batch run's model and programs, and the segments' runs."""
+
+  def __init__(self, config, workdir):
+    self.config, self.workdir = config, workdir
+    self.base_step, self.base_dir = _latest_step_dir(config.ctr_workdir)
+    if self.base_dir is None:
+      raise FileNotFoundError(f'config.ctr_workdir={config.ctr_workdir} holds '
+                              'no checkpoint: train the batch model first')
+    c = export.saved_config(self.base_dir)
+    if c.retrieve_top_k:
+      raise ValueError('near-line training of a GSU model is not supported')
+    if config.batch_size:
+      c.batch_size = config.batch_size
+    self.ctr = c
+    # As the batch run saw it: with `validation`, its last training day is
+    # the 'validation' split (what a near-line replay of that day reads).
+    self.data = ctr_data.CtrData.load(
+        c.data_dir or os.path.join(config.ctr_workdir, 'world'),
+        validation=bool(c.validation))
+    self.model = train_ctr.build_model(c, self.data.sizes)
+    host = train_ctr.load_vectors(c, self.data.sizes['num_items'])
+    self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
+    self.vectors = vector_table.put(host, self.mesh)
+    self.vectors_key = train_ctr.shape_key(host)
+
+  def programs(self, example):
+    return train_ctr.programs(self.model, train_ctr.opt_spec(self.ctr,
+                                                             self.model),
+                              self.mesh, train_ctr.shape_key(example),
+                              self.vectors_key)
+
+  def segment(self, n, path, previous):
+    """Trains segment n (or finds it committed); returns (its final step
+    directory or the `previous` one if it had no full batch, steps)."""
+    c = self.ctr
+    seg_dir = os.path.join(self.workdir, f'seg-{n:06d}')
+    steps = impression_log.num_records(path) // c.batch_size
+    if steps == 0:
+      if not os.path.exists(os.path.join(seg_dir, EMPTY)):
+        os.makedirs(seg_dir, exist_ok=True)
+        files.write_json(os.path.join(seg_dir, EMPTY), {
+            'records': impression_log.num_records(path),
+            'batch_size': c.batch_size})
+      return previous, 0
+    ds = segment_dataset(path, c.batch_size, seed=c.seed + n)
+    first = ds[0]
+    example = {k: v[:2] for k, v in first.items()}
+    train_ctr.check_batch(first, self.model, f'segment {path}')
+    progs = self.programs(example)
+    loop = train_lib.Loop(
+        name=f'nearline/seg-{n:06d}', workdir=seg_dir, num_steps=steps,
+        batch_size=c.batch_size, seed=c.seed + n, config=c,
+        checkpoint_every=self.config.checkpoint_every,
+        log_every=max(1, min(c.log_every, steps)),
+        on_start=_warm_start(previous))
+    res = train_lib.fit(loop, progs.train, ds, self.mesh, (self.vectors,))
+    if res.step != steps:
+      raise RuntimeError(f'segment {n} stopped at step {res.step} of {steps}')
+    return os.path.join(seg_dir, checkpointing.SUBDIR, str(steps)), steps
+
+  def state(self, step_dir):
+    """The TrainState saved in a step directory (for evaluation)."""
+    example = {k: v[:2] for k, v in self.data.dataset(
+        'test', self.ctr.eval_batch_size)[0].items()}
+    progs = self.programs(example)
+    state, _ = checkpointing.restore_from(
+        step_dir, progs.train.init_state(jax.random.key(0)))
+    return state, progs
+
+  def evaluate(self, step_dir, split='test'):
+    state, progs = self.state(step_dir)
+    pred = ctr_eval.predict(progs.eval_step, state, self.vectors, self.data,
+                            self.ctr.eval_batch_size, self.mesh, split)
+    return ctr_eval.ctr_metrics(pred)
+
+  def export(self, step_dir, version_step):
+    """models/v{version_step} of the state in `step_dir` (once)."""
+    cfg = self.config
+    models = os.path.join(cfg.serving_dir, export.MODELS)
+    final = os.path.join(models, f'v{version_step}')
+    if not os.path.exists(os.path.join(final, export.MANIFEST)):
+      state, _ = self.state(step_dir)
+      variables = jax.tree.map(np.asarray, {'params': state.params,
+                                            **state.extra})
+      table = self.ctr.vectors_path or ''
+      if os.path.isdir(table):
+        table = os.path.join(table, vector_table.FILE)
+      store = export.ensure_store(cfg.serving_dir, table, self.data.data_dir)
+      export.write_version(
+          models, version_step, self.model, variables,
+          variant=self.ctr.variant, sizes=self.data.sizes,
+          seq_len=builders.load_world_config(self.data.data_dir)['seq_len'],
+          store=store,
+          uses_vectors=train_ctr.reads_vectors(self.ctr),
+          capacity=max(cfg.item_capacity, self.data.sizes['num_items']),
+          buckets=cfg.buckets, checkpoint=step_dir)
+    export.write_pointer(models, f'v{version_step}')
+    return final
+
+
+def replay_day(config, trainer):
+  """Writes `config.replay_split`'s impressions as segments into the log
+  (once: a log that has segments is left as it is)."""
+  if impression_log.closed_segments(config.log_dir):
+    return
+  ds = trainer.data.dataset(config.replay_split, 1024)
+  rows = config.replay_rows or trainer.data.num_rows(config.replay_split)
+  batches, seen = [], 0
+  for i in range(len(ds)):
+    if seen >= rows:
+      break
+    b = {k: v[:rows - seen] for k, v in ds[i].items()}
+    batches.append(b)
+    seen += len(b['label'])
+  impression_log.replay(batches, config.log_dir, config.segment_records)
+
+
+def run(config, workdir):
+  """The near-line job: every closed segment, in order (then, with
+  `config.follow`, new ones as they close)."""
+  if not config.ctr_workdir:
+    raise ValueError('config.ctr_workdir must name the batch CTR run')
+  config.log_dir = config.log_dir or os.path.join(workdir, 'log')
+  trainer = Trainer(config, workdir)
+  if config.replay_split:
+    replay_day(config, trainer)
+  previous, total = trainer.base_dir, trainer.base_step
+  done = set()
+  history = []
+  while True:
+    pending = [(n, p) for n, p in impression_log.closed_segments(
+        config.log_dir) if n not in done]
+    if config.max_segments:
+      pending = pending[:max(0, config.max_segments - len(done))]
+    for n, path in pending:
+      t0 = time.time()
+      previous, steps = trainer.segment(n, path, previous)
+      total += steps
+      done.add(n)
+      # Wall-clock times, so a watcher of the service can line them up with
+      # when each version went live (segment close -> serving).
+      entry = {'segment': n, 'steps': steps, 'global_step': total,
+               'closed_at': os.path.getmtime(path), 'started_at': t0,
+               'committed_at': time.time()}
+      if config.serving_dir and steps:
+        trainer.export(previous, total)
+        entry['exported_at'] = time.time()
+      history.append(entry)
+      logging.info('near-line segment %d: %s', n, entry)
+    if not config.follow or (config.max_segments and
+                             len(done) >= config.max_segments):
+      break
+    time.sleep(config.poll_s)
+  result = {'batch_step': trainer.base_step, 'final_step': total,
+            'segments': history}
+  if config.evaluate:
+    result['frozen'] = trainer.evaluate(trainer.base_dir)
+    result['nearline'] = trainer.evaluate(previous)
+    logging.info('test day: frozen auc %.4f gauc %.4f; near-line auc %.4f '
+                 'gauc %.4f', result['frozen']['auc'],
+                 result['frozen']['gauc'], result['nearline']['auc'],
+                 result['nearline']['gauc'])
+  files.write_json(os.path.join(workdir, RESULT_FILE),
+                   files.json_safe(result))
+  return result

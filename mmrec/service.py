@@ -1,0 +1,477 @@
+"""The scoring service: FastAPI over a serving directory (export.py).
+
+  POST /score                 user profile + history + candidate item ids ->
+                              click probabilities (vectors and item
+                              attributes looked up server-side)
+  POST /items                 a new item (its vector, or its image + title
+                              encoded by the warm exported encoder; its
+                              category, shop) -> its id; written to the
+                              store's delta (fsynced), the index and the
+                              live vector table before the response
+  GET  /items/{id}/similar    nearest items by vector cosine (the index)
+  POST /impressions           items shown to a user and their clicks ->
+                              the near-line log (impression_log.py; with
+                              MMREC_IMPRESSION_LOG set), as the model's rows
+  GET  /health, GET /metrics  status; request counts and latency percentiles
+
+Every input is validated (pydantic types and size limits, then the model's
+vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
+names the field (`loc`), as FastAPI's own validation errors do; bodies over
+`MAX_BODY_BYTES` get a 413 before they are read.
+
+Hot reload: a thread polls `models/CURRENT`; a new version is loaded, checked
+against the store (same base vector table), given its vector table and
+warmed (every bucket compiled) before one reference swap makes it live.
+Requests in flight keep the (model, table) pair they started with, so none
+is dropped or sees half a swap.
+
+Process: this module imports jax, numpy, faiss and FastAPI, never flax or
+the training code. Run it with `make serve`, or
+`MMREC_SERVING_DIR=<dir> uvicorn --factory mmrec.service:app_from_env`.
+"""
+
+import base64
+import binascii
+import collections
+import logging
+import math
+import os
+import threading
+import time
+from typing import Annotated
+
+import fastapi
+from fastapi import responses
+import jax
+import numpy as np
+import pydantic
+
+from mmrec import ann_index
+from mmrec import impression_log
+from mmrec import serving_model
+from mmrec import vector_store
+
+MAX_BODY_BYTES = 1 << 20
+MAX_CANDIDATES = 1000
+MAX_HISTORY = 1000
+MAX_SIMILAR = 100
+ENV_DIR = 'MMREC_SERVING_DIR'
+ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
+log = logging.getLogger('mmrec.service')
+
+Id = Annotated[int, pydantic.Field(strict=True, ge=0, le=2**31 - 1)]
+
+
+class Strict(pydantic.BaseModel):
+  model_config = pydantic.ConfigDict(extra='forbid', strict=True)
+
+
+class User(Strict):
+  user_id: Id
+  age: Id
+  gender: Id
+  city: Id
+
+
+class ScoreRequest(Strict):
+  user: User
+  history: list[Id] = pydantic.Field(default_factory=list,
+                                     max_length=MAX_HISTORY)
+  candidates: list[Id] = pydantic.Field(min_length=1,
+                                        max_length=MAX_CANDIDATES)
+
+
+class ImpressionRequest(Strict):
+  """Items shown to a user (with the history they were scored with) and
+  whether each was clicked: near-line training data."""
+  user: User
+  history: list[Id] = pydantic.Field(default_factory=list,
+                                     max_length=MAX_HISTORY)
+  items: list[Id] = pydantic.Field(min_length=1, max_length=MAX_CANDIDATES)
+  labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
+      pydantic.Field(min_length=1, max_length=MAX_CANDIDATES))
+
+
+class ItemRequest(Strict):
+  """A new item: its vector, or its image and title (encoded here)."""
+  vector: list[float] | None = pydantic.Field(None, min_length=1,
+                                              max_length=4096)
+  image: str | None = pydantic.Field(None, max_length=1 << 19)  # base64
+  title: list[Id] | None = pydantic.Field(None, max_length=1024)
+  category: Id
+  shop: Id
+
+
+def _bad(loc, msg, value=None, status=422):
+  """A 4xx in FastAPI's validation-error shape, naming the field."""
+  detail = {'loc': list(loc), 'msg': msg, 'type': 'value_error'}
+  if value is not None:
+    detail['input'] = value
+  return fastapi.HTTPException(status_code=status, detail=[detail])
+
+
+class Live:
+  """What one request uses: a model version, its vector table and how many
+  items (ids 0..count-1) that table holds."""
+
+  def __init__(self, model, table, count):
+    self.model, self.table, self.count = model, table, count
+
+
+class Serving:
+  """The service's state: store (writable), index, live model, metrics."""
+
+  def __init__(self, serving_dir, reload_interval_s=1.0, log_dir=None,
+               segment_records=10000, segment_seconds=60.0):
+    self.dir = serving_dir
+    self.models_dir = os.path.join(serving_dir, 'models')
+    self.index_dir = os.path.join(serving_dir, 'index')
+    self.store = vector_store.VectorStore(
+        os.path.join(serving_dir, 'vectors'), writable=True)
+    ann_index.set_threads(1)  # requests run in parallel, not their insides
+    self.index = ann_index.AnnIndex.load(self.index_dir)
+    self.encoder = None
+    encoder_dir = os.path.join(serving_dir, 'encoder')
+    if os.path.exists(os.path.join(encoder_dir, serving_model.MANIFEST)):
+      self.encoder = serving_model.ServingEncoder(encoder_dir)
+      if self.encoder.manifest['table_sha256'] != self.store.manifest[
+          'source'].get('table_sha256'):
+        raise serving_model.ModelError(
+            f'{encoder_dir} did not make the store\'s vectors (other table)')
+      self.encoder.warm()
+    added = self.index.catch_up(self.store)
+    if added:
+      log.info('index: added %d store items it did not hold', added)
+    self._write = threading.Lock()  # store + index + table, in one order
+    self._index_lock = threading.Lock()
+    self._set_rows = jax.jit(
+        lambda t, start, rows: jax.lax.dynamic_update_slice(t, rows,
+                                                            (start, 0)))
+    self.reloads, self.reload_errors = 0, 0
+    self._failed = None
+    self.live = None
+    self._load(serving_model.current(self.models_dir))
+    self.started = time.time()
+    self.requests = collections.Counter()
+    self.latency = collections.defaultdict(lambda: collections.deque(
+        maxlen=10000))
+    self.logger = (None if not log_dir else impression_log.SegmentWriter(
+        log_dir, segment_records, segment_seconds))
+    self._stop = threading.Event()
+    self._poller = None
+    if reload_interval_s:
+      self._poller = threading.Thread(target=self._poll, daemon=True,
+                                      args=(reload_interval_s,))
+      self._poller.start()
+
+  # ---------------------------------------------------------------- models
+
+  def _load(self, directory):
+    """Loads, checks and warms a version, then makes it live."""
+    model = serving_model.ServingModel(directory)
+    want = model.manifest['vector_store']['table_sha256']
+    have = self.store.manifest['source'].get('table_sha256')
+    if want != have:
+      raise serving_model.ModelError(
+          f'model {directory} expects the vector table {want[:12]}..., the '
+          f'store v{self.store.version} holds {str(have)[:12]}...')
+    count = self.store.count
+    table = model.device_table(self.store.dense(0, count))
+    model.warm(table)  # seconds: outside the lock, adds go on meanwhile
+    if table is not None:  # and the one-row update, for the first new item
+      jax.block_until_ready(self._set_rows(table, 0, np.asarray(table[:1])))
+    with self._write:
+      new = self.store.count
+      if table is not None and new > count:  # items added while warming
+        table = self._set_rows(table, count, self.store.dense(count, new))
+      # An 'id' model has no table, but its ID tables end at the capacity.
+      self.live = Live(model, table,
+                       min(new, model.manifest['item_capacity']))
+
+  def reload(self):
+    """Loads CURRENT if it changed; True if a new version went live."""
+    directory = serving_model.current(self.models_dir)
+    old = self.live.model
+    if directory in (old.directory, self._failed):
+      return False
+    try:
+      self._load(directory)
+    except Exception:
+      self._failed = directory  # not retried until CURRENT moves on
+      raise
+    self.reloads += 1
+    log.info('model %s -> %s', old.version, self.live.model.version)
+    return True
+
+  def _poll(self, interval):
+    while not self._stop.wait(interval):
+      if self.logger is not None:
+        self.logger.maybe_close()  # a quiet log still closes its segment
+      try:
+        self.reload()
+      except Exception:  # pylint: disable=broad-except
+        # A bad version must not take the service down: keep serving the
+        # live one, count it, say why.
+        self.reload_errors += 1
+        log.exception('reload failed; still serving %s',
+                      self.live.model.version)
+
+  def close(self):
+    self._stop.set()
+    if self._poller is not None:
+      self._poller.join()
+    if self.logger is not None:
+      self.logger.close()
+    self.store.close()
+
+  # ---------------------------------------------------------------- scoring
+
+  def _check_ids(self, values, loc, size, what):
+    arr = np.asarray(values, np.int64)
+    bad = np.flatnonzero(arr >= size)
+    if len(bad):
+      i = int(bad[0])
+      raise _bad(loc + ([i] if arr.ndim else []),
+                 f'{what} {int(arr.flat[i])} is unknown (valid: 0..'
+                 f'{size - 1})', int(arr.flat[i]))
+    return arr
+
+  def _batch(self, live, user, history, items, loc):
+    """The model's input rows for one user's (history, items), checked
+    against the live model's vocabularies and the items its table holds."""
+    model = live.model
+    sizes = model.manifest['sizes']
+    for field, key in (('user_id', 'num_users'), ('age', 'num_ages'),
+                       ('gender', 'num_genders'), ('city', 'num_cities')):
+      self._check_ids(getattr(user, field), ['body', 'user', field],
+                      sizes[key], field)
+    count = live.count  # items this table holds (not one added meanwhile)
+    items = self._check_ids(items, ['body', loc], count, 'item id')
+    hist = self._check_ids(history, ['body', 'history'], count, 'item id')
+    seq_len = model.seq_len
+    hist = hist[-seq_len:]
+    n, h = len(items), len(hist)
+    attrs = self.store.attributes(np.concatenate([items, hist]))
+    names = model.manifest['item_attributes']
+    cat, shop = attrs[:, names.index('category')], attrs[:, names.index('shop')]
+    seq_item = np.zeros(seq_len, np.int64)
+    seq_cat = np.zeros(seq_len, np.int64)
+    mask = np.zeros(seq_len, bool)
+    if h:  # right-aligned, most recent last, as the training batches
+      seq_item[-h:], seq_cat[-h:], mask[-h:] = hist, cat[n:], True
+    return {'user_id': np.full(n, user.user_id), 'age': np.full(n, user.age),
+            'gender': np.full(n, user.gender), 'city': np.full(n, user.city),
+            'item_id': items, 'category': cat[:n], 'shop': shop[:n],
+            'seq_item': np.tile(seq_item, (n, 1)),
+            'seq_category': np.tile(seq_cat, (n, 1)),
+            'seq_mask': np.tile(mask, (n, 1))}
+
+  def score(self, req: ScoreRequest):
+    live = self.live
+    batch = self._batch(live, req.user, req.history, req.candidates,
+                        'candidates')
+    probs = live.model.score(batch, live.table)
+    return {'model_version': live.model.version,
+            'item_ids': batch['item_id'].tolist(),
+            'probabilities': [float(p) for p in probs]}
+
+  def log_impressions(self, req: ImpressionRequest):
+    """Shown items and their clicks -> the near-line log, as model rows."""
+    if self.logger is None:
+      raise _bad(['body'], 'this service logs no impressions (start it with '
+                 f'{ENV_LOG_DIR} set)', status=409)
+    if len(req.labels) != len(req.items):
+      raise _bad(['body', 'labels'], f'{len(req.labels)} labels for '
+                 f'{len(req.items)} items')
+    batch = self._batch(self.live, req.user, req.history, req.items,
+                        'items')
+    batch['label'] = np.asarray(req.labels)
+    self.logger.write_batch(batch)
+    return {'logged': len(req.items)}
+
+  # ------------------------------------------------------------------ items
+
+  def _encode(self, req: ItemRequest):
+    """The request's image + title -> vector (the warm encoder)."""
+    enc = self.encoder
+    if req.image is None and req.title is None:
+      raise _bad(['body', 'vector'], 'a new item needs a vector, or an '
+                 'image and a title')
+    if enc is None:
+      raise _bad(['body', 'image'], 'this service has no item encoder (its '
+                 'store was made by an untrained reference): send a vector')
+    if req.image is None or req.title is None:
+      missing = 'image' if req.image is None else 'title'
+      raise _bad(['body', missing], 'an item without a vector needs both an '
+                 'image and a title')
+    try:
+      raw = base64.b64decode(req.image, validate=True)
+    except (binascii.Error, ValueError) as e:
+      raise _bad(['body', 'image'], f'is not base64 ({e})') from e
+    want = int(np.prod(enc.image_shape))
+    if len(raw) != want:
+      raise _bad(['body', 'image'], f'decodes to {len(raw)} bytes; images '
+                 f'are {enc.image_shape} uint8 = {want} bytes')
+    if len(req.title) > enc.title_length:
+      raise _bad(['body', 'title'], f'has {len(req.title)} tokens, at most '
+                 f'{enc.title_length}')
+    self._check_ids(req.title, ['body', 'title'], enc.vocab_size,
+                    'token id')
+    title = np.zeros(enc.title_length, np.int32)
+    title[:len(req.title)] = req.title
+    image = np.frombuffer(raw, np.uint8).reshape(enc.image_shape)
+    return enc.encode(image, title)
+
+  def add_item(self, req: ItemRequest):
+    sizes = self.live.model.manifest['sizes']
+    if req.vector is not None and (req.image is not None or
+                                   req.title is not None):
+      raise _bad(['body', 'vector'], 'send a vector or an image + title, '
+                 'not both')
+    v = np.asarray(req.vector if req.vector is not None else
+                   self._encode(req), np.float32)
+    if len(v) != self.store.dim:
+      raise _bad(['body', 'vector'], f'has {len(v)} values, items are '
+                 f'{self.store.dim}-d vectors')
+    norm = float(np.linalg.norm(v)) if np.isfinite(v).all() else math.nan
+    if not norm > 1e-6 or not math.isfinite(norm):
+      raise _bad(['body', 'vector'], 'must be finite and non-zero')
+    self._check_ids(req.category, ['body', 'category'],
+                    sizes['num_categories'], 'category')
+    self._check_ids(req.shop, ['body', 'shop'], sizes['num_shops'], 'shop')
+    v = v / norm
+    with self._write:
+      live = self.live
+      if self.store.count >= live.model.manifest['item_capacity']:
+        raise _bad(['body'], f'the model {live.model.version} holds at most '
+                   f'{live.model.manifest["item_capacity"]} items; export '
+                   'it with a larger config.item_capacity', status=507)
+      item = self.store.add(v, (req.category, req.shop))
+      with self._index_lock:
+        self.index.add(v[None], [item])
+      table = live.table
+      if table is not None:
+        # A new array (no donation): requests in flight keep the old one.
+        table = self._set_rows(table, item, vector_store.quantize(v)[None])
+      self.live = Live(live.model, table, item + 1)
+    return {'item_id': item}
+
+  def similar(self, item_id, k):
+    self._check_ids(item_id, ['path', 'item_id'], self.store.count,
+                    'item id')
+    query = self.store.vectors([item_id])
+    with self._index_lock:
+      scores, ids = self.index.search(query, k + 1)
+    out = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
+           if i >= 0 and i != item_id][:k]
+    return {'item_id': item_id, 'similar': [i for i, _ in out],
+            'scores': [s for _, s in out]}
+
+  # ---------------------------------------------------------------- status
+
+  def health(self):
+    live = self.live.model
+    return {'status': 'ok', 'model_version': live.version,
+            'variant': live.manifest['variant'],
+            'store_version': self.store.version, 'items': self.store.count,
+            'new_items': self.store.delta_count,
+            'index_items': self.index.count,
+            'encoder': self.encoder is not None,
+            'item_capacity': live.manifest['item_capacity']}
+
+  def observe(self, path, status, seconds):
+    self.requests[f'{path} {status}'] += 1
+    if status < 400:
+      self.latency[path].append(seconds)
+
+  def metrics(self):
+    lat = {}
+    for path, values in self.latency.items():
+      if values:
+        ms = np.asarray(values) * 1e3
+        lat[path] = {'count': len(ms), 'p50_ms': float(np.percentile(ms, 50)),
+                     'p99_ms': float(np.percentile(ms, 99))}
+    return {'uptime_s': time.time() - self.started,
+            'requests': dict(self.requests), 'latency': lat,
+            'model_version': self.live.model.version,
+            'reloads': self.reloads, 'reload_errors': self.reload_errors,
+            'items': self.store.count, 'new_items': self.store.delta_count}
+
+
+def use_compilation_cache(serving_dir):
+  """Compiled programs persist in `serving_dir/jax_cache` (unless the
+  environment names a cache): versions differ only in their parameters,
+  which are arguments, so a reload or a restart loads its programs instead
+  of compiling them while requests wait for the CPU."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.join(serving_dir, 'jax_cache'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+
+
+def create_app(serving_dir, reload_interval_s=1.0, **logging_kwargs):
+  """The FastAPI app over a serving directory (state in app.state.serving);
+  `logging_kwargs`: Serving's log_dir, segment_records, segment_seconds."""
+  serving = Serving(serving_dir, reload_interval_s, **logging_kwargs)
+  app = fastapi.FastAPI(title='mmrec scoring service')
+  app.state.serving = serving
+  app.router.add_event_handler('shutdown', serving.close)
+
+  @app.middleware('http')
+  async def limit_and_time(request: fastapi.Request, call_next):
+    t0 = time.perf_counter()
+    length = request.headers.get('content-length')
+    if length is not None and (not length.isdigit() or
+                               int(length) > MAX_BODY_BYTES):
+      response = responses.JSONResponse(status_code=413, content={
+          'detail': [{'loc': ['body'], 'msg': f'body larger than '
+                      f'{MAX_BODY_BYTES} bytes', 'type': 'too_large'}]})
+    else:
+      response = await call_next(request)
+    route = request.scope.get('route')
+    serving.observe(route.path if route else 'other', response.status_code,
+                    time.perf_counter() - t0)
+    return response
+
+  @app.exception_handler(vector_store.StoreError)
+  async def store_error(request, exc):  # e.g. an id the store lost
+    del request
+    return responses.JSONResponse(status_code=422, content={
+        'detail': [{'loc': ['body'], 'msg': str(exc), 'type': 'value_error'}]})
+
+  @app.post('/score')
+  def score(req: ScoreRequest):
+    return serving.score(req)
+
+  @app.post('/impressions')
+  def impressions(req: ImpressionRequest):
+    return serving.log_impressions(req)
+
+  @app.post('/items')
+  def add_item(req: ItemRequest):
+    return serving.add_item(req)
+
+  @app.get('/items/{item_id}/similar')
+  def similar(item_id: Annotated[int, fastapi.Path(ge=0, le=2**31 - 1)],
+              k: Annotated[int, fastapi.Query(ge=1, le=MAX_SIMILAR)] = 10):
+    return serving.similar(item_id, k)
+
+  @app.get('/health')
+  def health():
+    return serving.health()
+
+  @app.get('/metrics')
+  def metrics():
+    return serving.metrics()
+
+  return app
+
+
+def app_from_env():
+  """`uvicorn --factory mmrec.service:app_from_env` (make serve)."""
+  if ENV_DIR not in os.environ:
+    raise RuntimeError(f'set {ENV_DIR} to a serving directory (export job)')
+  logging.basicConfig(level=logging.INFO)
+  use_compilation_cache(os.environ[ENV_DIR])
+  return create_app(os.environ[ENV_DIR],
+                    log_dir=os.environ.get(ENV_LOG_DIR) or None)

@@ -1,0 +1,344 @@
+"""The serving side's item store: versioned int8 vectors + item attributes,
+looked up by item id, with a delta log for items added since the batch job.
+
+Layout under a store root:
+
+  CURRENT            'v{k}': the version servers open (replaced atomically)
+  v{k}/manifest.json version, count, dim, scale, attribute names, sha256 of
+                     rows.int8 and attrs.int32, where the vectors came from
+                     (encoder checkpoint, method, source table)
+  v{k}/rows.int8     (count, dim) int8 = round(127 v), row i = item id i
+  v{k}/attrs.int32   (count, A) int32 item attributes (e.g. category, shop)
+  v{k}/delta.log     items added since: fixed-size records
+                     [item id int64 | attrs int32 x A | vector int8 x dim |
+                      crc32 of the preceding bytes]
+
+A version is written into a temporary directory and renamed into place, and
+CURRENT is rewritten by rename, so a reader never sees half a version. The
+base rows are memory-mapped (read-only, shared by every process that opens
+the store); only the delta lives in memory. Delta records are appended,
+flushed and fsynced before `add` returns, so an acknowledged item survives a
+crash; a torn last record (crash mid-write) fails its CRC and is cut off when
+the log is next opened for writing. New items take the next free id: ids stay
+dense, so a model's table can be indexed by them.
+
+Numpy only: the scoring process reads the store without jax or the training
+code. `create` takes arrays; reading the embedding job's table is the
+exporter's business (export.py).
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+
+CURRENT = 'CURRENT'
+MANIFEST = 'manifest.json'
+ROWS = 'rows.int8'
+ATTRS = 'attrs.int32'
+DELTA = 'delta.log'
+SCALE = 127  # int8 = round(127 v) for unit vectors, as vector_table.py
+FORMAT_VERSION = 1
+
+
+class StoreError(ValueError):
+  """A store is missing, corrupt, or asked for something it does not hold."""
+
+
+def quantize(vectors):
+  return np.round(np.clip(np.asarray(vectors, np.float32), -1, 1) *
+                  SCALE).astype(np.int8)
+
+
+def _as_int8(vectors):
+  """Stored int8 rows as they are; float unit vectors quantised."""
+  if vectors.dtype == np.int8:
+    return vectors
+  if not np.isfinite(vectors).all():
+    raise StoreError('vectors hold NaN or infinite values')
+  return quantize(vectors)
+
+
+def _sha256(array):
+  return hashlib.sha256(np.ascontiguousarray(array)).hexdigest()
+
+
+def versions(root):
+  """Sorted version numbers present under `root` (complete ones only)."""
+  if not os.path.isdir(root):
+    return []
+  out = []
+  for name in os.listdir(root):
+    if (name.startswith('v') and name[1:].isdigit() and
+        os.path.exists(os.path.join(root, name, MANIFEST))):
+      out.append(int(name[1:]))
+  return sorted(out)
+
+
+def current_version(root):
+  path = os.path.join(root, CURRENT)
+  if not os.path.exists(path):
+    raise StoreError(f'no vector store at {root} (no {CURRENT} file): build '
+                     'one with the export job (config.job = "export")')
+  with open(path) as f:
+    name = f.read().strip()
+  if not (name.startswith('v') and name[1:].isdigit()):
+    raise StoreError(f'{path} holds {name!r}, expected v<number>')
+  return int(name[1:])
+
+
+def _write_pointer(root, name):
+  tmp = os.path.join(root, f'.{CURRENT}.tmp-{os.getpid()}')
+  with open(tmp, 'w') as f:
+    f.write(name + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(root, CURRENT))
+
+
+def create(root, vectors, attrs=None, attr_names=(), metadata=None,
+           make_current=True):
+  """Writes a new version v{max+1} (int8 or float vectors); returns it.
+
+  Args:
+    root: the store directory (created if missing).
+    vectors: (N, D) int8 (as stored) or float (unit vectors, quantised).
+    attrs: (N, A) integer attributes, columns named by `attr_names`.
+    metadata: JSON-able provenance (encoder checkpoint, method, source).
+    make_current: point CURRENT at the new version.
+  """
+  vectors = np.asarray(vectors)
+  if vectors.ndim != 2 or not vectors.size:
+    raise StoreError(f'vectors must be a non-empty (num_items, dim) array, '
+                     f'got shape {vectors.shape}')
+  vectors = _as_int8(vectors)
+  n, dim = vectors.shape
+  attr_names = tuple(attr_names)
+  attrs = (np.zeros((n, 0), np.int32) if attrs is None
+           else np.asarray(attrs).astype(np.int32).reshape(n, -1))
+  if attrs.shape[1] != len(attr_names):
+    raise StoreError(f'attrs has {attrs.shape[1]} columns but attr_names '
+                     f'names {len(attr_names)}: {attr_names}')
+  os.makedirs(root, exist_ok=True)
+  version = (versions(root) or [0])[-1] + 1
+  final = os.path.join(root, f'v{version}')
+  tmp = os.path.join(root, f'.v{version}.tmp-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    np.ascontiguousarray(vectors).tofile(os.path.join(tmp, ROWS))
+    np.ascontiguousarray(attrs).tofile(os.path.join(tmp, ATTRS))
+    manifest = {
+        'format_version': FORMAT_VERSION, 'version': version, 'count': n,
+        'dim': dim, 'scale': SCALE, 'attributes': list(attr_names),
+        'sha256_rows': _sha256(vectors), 'sha256_attrs': _sha256(attrs),
+        'created': time.time(), 'source': metadata or {}}
+    with open(os.path.join(tmp, MANIFEST), 'w') as f:
+      json.dump(manifest, f, indent=1, sort_keys=True)
+    os.rename(tmp, final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  if make_current:
+    _write_pointer(root, f'v{version}')
+  return version
+
+
+class VectorStore:
+  """One version of a store, opened for lookups (and appends, if writable).
+
+  `lookup(ids)` -> (n, dim) int8 rows; `attributes(ids)` -> (n, A) int32;
+  `add(vector, attrs)` -> the new item's id. Thread-safe for one writer and
+  many readers in one process.
+  """
+
+  def __init__(self, root, version=None, writable=False, verify=True):
+    self.root = root
+    self.version = current_version(root) if version is None else version
+    self.path = os.path.join(root, f'v{self.version}')
+    where = f'vector store {self.path}'
+    try:
+      with open(os.path.join(self.path, MANIFEST)) as f:
+        self.manifest = json.load(f)
+    except (OSError, ValueError) as e:
+      raise StoreError(f'{where}: cannot read {MANIFEST} ({e})') from e
+    m = self.manifest
+    self.dim, self.base_count = int(m['dim']), int(m['count'])
+    self.attr_names = tuple(m['attributes'])
+    a = len(self.attr_names)
+    for name, dtype, cols in ((ROWS, np.int8, self.dim), (ATTRS, np.int32, a)):
+      size = os.path.getsize(os.path.join(self.path, name))
+      want = self.base_count * cols * np.dtype(dtype).itemsize
+      if size != want:
+        raise StoreError(f'{where}: {name} has {size} bytes, the manifest '
+                         f'({self.base_count} items x {cols}) needs {want}')
+    self._rows = np.memmap(os.path.join(self.path, ROWS), np.int8, 'r',
+                           shape=(self.base_count, self.dim))
+    self._attrs = (np.memmap(os.path.join(self.path, ATTRS), np.int32, 'r',
+                             shape=(self.base_count, a)) if a else
+                   np.zeros((self.base_count, 0), np.int32))
+    if verify:
+      for name, arr, key in ((ROWS, self._rows, 'sha256_rows'),
+                             (ATTRS, self._attrs, 'sha256_attrs')):
+        if _sha256(arr) != m[key]:
+          raise StoreError(f'{where}: checksum mismatch in {name}; the file '
+                           'is corrupt (rebuild the version)')
+    self._record = struct.Struct(f'<q{a}i{self.dim}bI')
+    self._lock = threading.Lock()
+    # The delta in growable arrays: rows [0, _n) are valid. A reader takes
+    # _n first, so a concurrent append (which fills a row, then bumps _n)
+    # never shows it a half-written row.
+    self._dv = np.zeros((16, self.dim), np.int8)
+    self._da = np.zeros((16, a), np.int32)
+    self._n = 0
+    self._offset = 0  # bytes of delta.log read so far
+    self._log = None
+    if writable:
+      self._log = open(os.path.join(self.path, DELTA), 'ab')
+      try:
+        fcntl.flock(self._log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        self._log.close()
+        raise StoreError(f'{where}: another process has it open for '
+                         'writing (one writer per store)') from e
+    self.refresh(truncate=writable)
+
+  # ------------------------------------------------------------------ delta
+
+  def _append(self, item, attrs, vector):
+    if item != self.count:
+      raise StoreError(f'{self.path}/{DELTA}: record for item {item}, '
+                       f'expected {self.count}')
+    if self._n == len(self._dv):
+      self._dv = np.concatenate([self._dv, np.zeros_like(self._dv)])
+      self._da = np.concatenate([self._da, np.zeros_like(self._da)])
+    self._dv[self._n], self._da[self._n] = vector, attrs
+    self._n += 1
+
+  def refresh(self, truncate=False):
+    """Reads delta records appended since the last call (by this or another
+    process); returns how many. With `truncate`, cuts off a torn tail."""
+    path = os.path.join(self.path, DELTA)
+    if not os.path.exists(path):
+      return 0
+    with open(path, 'rb') as f:
+      f.seek(self._offset)
+      data = f.read()
+    size, a, added = self._record.size, len(self.attr_names), 0
+    for off in range(0, len(data) - size + 1, size):
+      rec = data[off:off + size]
+      fields = self._record.unpack(rec)
+      if zlib.crc32(rec[:-4]) != fields[-1]:
+        break
+      self._append(fields[0], fields[1:1 + a], fields[1 + a:-1])
+      self._offset += size
+      added += 1
+    if truncate and os.path.getsize(path) != self._offset:
+      # A crash mid-append leaves a torn record: it was never acknowledged.
+      with open(path, 'r+b') as f:
+        f.truncate(self._offset)
+    return added
+
+  def add(self, vector, attrs=()):
+    """Appends one item (unit float vector or int8 row); returns its id.
+
+    Durable (fsynced) when it returns."""
+    if self._log is None:
+      raise StoreError(f'vector store {self.path} is open read-only')
+    vector = np.asarray(vector)
+    if vector.shape != (self.dim,):
+      raise StoreError(f'vector has shape {vector.shape}, the store holds '
+                       f'({self.dim},) vectors')
+    vector = _as_int8(vector)
+    attrs = np.asarray(attrs).reshape(-1)
+    if len(attrs) != len(self.attr_names):
+      raise StoreError(f'attrs has {len(attrs)} values, the store needs '
+                       f'{self.attr_names}')
+    attrs = attrs.astype(np.int32)
+    with self._lock:
+      item = self.count
+      head = struct.pack(f'<q{len(attrs)}i{self.dim}b', item, *attrs.tolist(),
+                         *vector.tolist())
+      self._log.write(head + struct.pack('<I', zlib.crc32(head)))
+      self._log.flush()
+      os.fsync(self._log.fileno())
+      self._offset += self._record.size
+      self._append(item, attrs, vector)
+    return item
+
+  # ---------------------------------------------------------------- lookups
+
+  @property
+  def count(self):
+    return self.base_count + self._n
+
+  @property
+  def delta_count(self):
+    return self._n
+
+  def _gather(self, ids, base, delta, width, dtype):
+    n = self._n  # before `delta`: see __init__
+    delta = delta()
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+      raise StoreError(f'item ids must be integers, got {ids.dtype}')
+    count = self.base_count + n
+    bad = (ids < 0) | (ids >= count)
+    if bad.any():
+      raise StoreError(f'unknown item id {int(ids[bad].flat[0])} (the store '
+                       f'holds ids 0..{count - 1})')
+    flat = ids.reshape(-1)
+    out = np.empty((len(flat), width), dtype)
+    old = flat < self.base_count
+    out[old] = base[flat[old]]
+    out[~old] = delta[flat[~old] - self.base_count]
+    return out.reshape(ids.shape + (width,))
+
+  def lookup(self, ids):
+    """int8 rows of item ids (any shape) -> ids.shape + (dim,)."""
+    return self._gather(ids, self._rows, lambda: self._dv, self.dim, np.int8)
+
+  def attributes(self, ids):
+    """int32 attributes of item ids -> ids.shape + (A,)."""
+    return self._gather(ids, self._attrs, lambda: self._da,
+                        len(self.attr_names), np.int32)
+
+  def vectors(self, ids):
+    """Dequantised float32 vectors (int8 / 127)."""
+    return self.lookup(ids).astype(np.float32) / SCALE
+
+  def dense(self, start=0, stop=None):
+    """int8 rows [start, stop) in one array (an index build, a model table)."""
+    stop = self.count if stop is None else stop
+    return self.lookup(np.arange(start, stop))
+
+  def dense_attributes(self):
+    return self.attributes(np.arange(self.count))
+
+  def close(self):
+    if self._log is not None:
+      self._log.close()
+      self._log = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def merge(root, metadata=None):
+  """Folds the current version's delta into a new version (the next batch
+  job's starting point); returns the new version number."""
+  with VectorStore(root) as store:
+    rows, attrs = store.dense(), store.dense_attributes()
+    meta = dict(store.manifest['source'], merged_from=store.version,
+                **(metadata or {}))
+    names = store.attr_names
+  return create(root, rows, attrs, names, meta)

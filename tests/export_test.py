@@ -1,0 +1,183 @@
+"""Tests for the exported CTR model (mmrec.export + mmrec.serving_model):
+served scores equal the offline evaluation's, in this process and in a fresh
+one that imports no training code; versions, pointer and input checks.
+
+One short 'id' and one 'simtier_official' run on the small CTR world are
+trained and exported once per process (fixtures.exported_ctr); their
+compiled steps are shared with the offline pass (train_ctr.programs is
+cached).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import fixtures
+import jax
+import numpy as np
+
+from experiments.configs import export as export_config
+from mmrec import checkpointing
+from mmrec import ctr_data
+from mmrec import ctr_eval
+from mmrec import export
+from mmrec import serving_model
+from mmrec import sharding
+from mmrec import train_ctr
+from mmrec import vector_store
+from mmrec import vector_table
+from mmrec.data import builders
+
+VARIANTS = ('id', 'simtier_official')
+
+
+def offline_predictions(c, workdir):
+  """`ctr_eval.predict` of the run's latest checkpoint on the test day."""
+  data = ctr_data.CtrData.load(c.data_dir)
+  model = train_ctr.build_model(c, data.sizes)
+  host_vectors = train_ctr.load_vectors(c, data.sizes['num_items'])
+  mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
+  first = data.dataset('test', c.eval_batch_size)[0]
+  example = {k: v[:2] for k, v in first.items()}
+  progs = train_ctr.programs(model, train_ctr.opt_spec(c, model), mesh,
+                             train_ctr.shape_key(example),
+                             train_ctr.shape_key(host_vectors))
+  ckpt = os.path.join(workdir, checkpointing.SUBDIR)
+  with checkpointing.Checkpointer(ckpt, read_only=True) as cp:
+    step = cp.latest_step()
+  state, _ = checkpointing.restore_from(
+      os.path.join(ckpt, str(step)), progs.train.init_state(jax.random.key(0)))
+  vectors = vector_table.put(host_vectors, mesh)
+  return ctr_eval.predict(progs.eval_step, state, vectors, data,
+                          c.eval_batch_size, mesh, 'test')
+
+
+def _test_rows(data_dir):
+  """Every test-day row, in order, as one host batch."""
+  ds = ctr_data.CtrData.load(data_dir).dataset('test', 1024)
+  parts = [ds[i] for i in range(len(ds))]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def store_table(serving_dir, model):
+  with vector_store.VectorStore(os.path.join(serving_dir, export.VECTORS)) as s:
+    return model.device_table(s.dense())
+
+
+class ExportTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    cls.runs = {v: fixtures.exported_ctr(v) for v in VARIANTS}
+    cls.rows = _test_rows(fixtures.small_ctr_world_dir())
+
+  def _model(self, variant):
+    """(ServingModel of the CURRENT version, its device vector table)."""
+    serving = self.runs[variant][2]
+    model = serving_model.ServingModel(serving_model.current(
+        os.path.join(serving, export.MODELS)))
+    return model, store_table(serving, model)
+
+  @parameterized.parameters(*VARIANTS)
+  def test_served_scores_equal_offline_evaluation(self, variant):
+    c, wd, _, _ = self.runs[variant]
+    pred = offline_predictions(c, wd)
+    model, table = self._model(variant)
+    self.assertEqual(model.needs_vectors, variant != 'id')
+    probs, logits = model.score(self.rows, table, with_logits=True)
+    np.testing.assert_array_equal(pred['item_id'], self.rows['item_id'])
+    offline = 1 / (1 + np.exp(-pred['logit'].astype(np.float64)))
+    np.testing.assert_allclose(probs, offline, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(logits, pred['logit'], rtol=0, atol=1e-5)
+
+  def test_fresh_process_without_training_code(self):
+    _, _, serving, directory = self.runs['simtier_official']
+    rows = {k: v[:37] for k, v in self.rows.items()}
+    inputs = os.path.join(self.root, 'rows.npz')
+    np.savez(inputs, **rows)
+    model, table = self._model('simtier_official')
+    want = model.score(rows, table)
+    script = f"""
+import json, sys
+import numpy as np
+from mmrec import service, serving_model, vector_store  # the whole server
+m = serving_model.ServingModel({directory!r})
+with vector_store.VectorStore({os.path.join(serving, 'vectors')!r}) as s:
+  table = m.device_table(s.dense())
+rows = dict(np.load({inputs!r}))
+p = m.score(rows, table)
+bad = sorted(k for k in sys.modules if k == 'flax' or k.startswith(
+    ('flax.', 'optax', 'orbax', 'grain', 'mmrec.train', 'mmrec.ctr_model',
+     'mmrec.export', 'tensorflow_datasets')))
+print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
+"""
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+    out = subprocess.run([sys.executable, '-c', script], env=env, check=True,
+                         capture_output=True, text=True, timeout=300)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    self.assertEqual(got['bad'], [])
+    np.testing.assert_allclose(got['p'], want, rtol=0, atol=1e-6)
+
+  def test_manifest_pointer_and_reexport(self):
+    _, wd, serving, directory = self.runs['id']
+    self.assertEqual(serving_model.current(os.path.join(serving, 'models')),
+                     directory)
+    with open(os.path.join(directory, export.MANIFEST)) as f:
+      m = json.load(f)
+    self.assertEqual((m['step'], m['variant'], m['item_capacity']),
+                     (10, 'id', 4096))
+    self.assertIsNone(m['vectors'])
+    self.assertEqual(m['vector_store']['version'], 1)
+    # Exporting again keeps the version and the store as they are.
+    self.assertEqual(export.export(export_config.get_config('tiny'), wd,
+                                   serving), directory)
+    self.assertEqual(sorted(os.listdir(os.path.join(serving, 'models'))),
+                     ['CURRENT', 'v10'])
+    with vector_store.VectorStore(os.path.join(serving, 'vectors')) as s:
+      self.assertEqual(s.version, 1)
+      self.assertEqual(s.attr_names, export.ITEM_ATTRIBUTES)
+
+  def test_exported_encoder_equals_the_model(self):
+    model, params = fixtures.untrained_encoder()
+    serving = tempfile.mkdtemp()
+    shutil.copytree(os.path.join(self.runs['id'][2], export.VECTORS),
+                    os.path.join(serving, export.VECTORS))
+    directory = fixtures.export_untrained_encoder(serving)
+    encoder = serving_model.ServingEncoder(directory)
+    items = builders.load_table(fixtures.small_ctr_world_dir(), 'mmrec_items',
+                                'catalogue')
+    want = model.apply({'params': params}, items['image'][:5],
+                       items['title'][:5], method='encode_item')
+    got = np.stack([encoder.encode(items['image'][i], items['title'][i])
+                    for i in range(5)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    self.assertEqual(encoder.dim, 32)
+    with self.assertRaisesRegex(serving_model.ModelError, 'image'):
+      encoder.encode(items['image'][0][:4], items['title'][0])
+
+  def test_bad_inputs(self):
+    model, table = self._model('simtier_official')
+    rows = {k: v[:3] for k, v in self.rows.items()}
+    with self.assertRaisesRegex(serving_model.ModelError, 'needs the item'):
+      model.score(rows)
+    with self.assertRaisesRegex(serving_model.ModelError, "'seq_item'"):
+      model.score(dict(rows, seq_item=rows['seq_item'][:, :4]), table)
+    with self.assertRaisesRegex(serving_model.ModelError, r"\['shop'\]"):
+      model.score({k: v for k, v in rows.items() if k != 'shop'}, table)
+    with self.assertRaisesRegex(serving_model.ModelError, 'capacity'):
+      model.device_table(np.zeros((5000, 16), np.int8))
+    # 70 rows: a chunk of the largest bucket (64) + one of 8, same scores.
+    many = {k: np.concatenate([v] * 24)[:70] for k, v in rows.items()}
+    np.testing.assert_allclose(model.score(many, table)[:3],
+                               model.score(rows, table), atol=1e-6)
+
+
+if __name__ == '__main__':
+  absltest.main()

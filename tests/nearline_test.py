@@ -1,0 +1,155 @@
+"""Tests for near-line training (mmrec.impression_log + mmrec.nearline):
+segments rotate and read back whole; the trainer warm-starts from the batch
+run, exports a version per segment, and killed mid-segment (or between a
+commit and its export), then restarted, ends exactly where an uninterrupted
+run does, having trained every segment once."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+from absl.testing import absltest
+import fixtures
+import jax
+import numpy as np
+
+from experiments.configs import nearline as nearline_config
+from mmrec import checkpointing
+from mmrec import ctr_data
+from mmrec import impression_log
+from mmrec import nearline
+from mmrec import serving_model
+
+
+def _rows(n):
+  ds = ctr_data.CtrData.load(fixtures.small_ctr_world_dir()).dataset(
+      'test', n)
+  return ds[0]
+
+
+class ImpressionLogTest(absltest.TestCase):
+
+  def test_rotation_and_read_back(self):
+    log = tempfile.mkdtemp()
+    rows = _rows(50)
+    writer = impression_log.SegmentWriter(log, max_records=20,
+                                          max_seconds=3600)
+    writer.write_batch(rows)
+    # Two full segments closed; the open one is invisible to readers.
+    self.assertEqual([n for n, _ in impression_log.closed_segments(log)],
+                     [0, 1])
+    writer.close()
+    segs = impression_log.closed_segments(log)
+    self.assertEqual([impression_log.num_records(p) for _, p in segs],
+                     [20, 20, 10])
+    back = nearline.segment_dataset(segs[1][1], 10, shuffle=False)
+    got = {k: np.concatenate([back[0][k], back[1][k]]) for k in back[0]}
+    for f in impression_log.FIELDS:
+      np.testing.assert_array_equal(got[f], rows[f][20:40], err_msg=f)
+    # Age-based closing, and a crashed writer's open segment is dropped.
+    writer = impression_log.SegmentWriter(log, max_records=100,
+                                          max_seconds=0.05)
+    writer.write_batch({k: v[:3] for k, v in rows.items()})
+    time.sleep(0.06)
+    writer.maybe_close()
+    self.assertLen(impression_log.closed_segments(log), 4)
+    writer.write_batch({k: v[:2] for k, v in rows.items()})
+    del writer  # crash: never closed
+    impression_log.SegmentWriter(log)
+    self.assertEqual(sorted(os.listdir(log))[-1], 'seg-000003.array_record')
+    with self.assertRaisesRegex(ValueError, 'lacks'):
+      impression_log.SegmentWriter(log).write({'label': 1})
+
+
+def _config(batch_workdir, serving, log_dir):
+  c = nearline_config.get_config('tiny')
+  c.ctr_workdir = batch_workdir
+  c.serving_dir = serving
+  c.log_dir = log_dir
+  c.replay_split = 'test'  # the day after the batch model's training days
+  c.replay_rows = 3 * 256 + 100
+  c.segment_records = 256  # 2 steps of 128 each; the last segment has 100
+  return c
+
+
+def _final_params(workdir, segment, steps):
+  path = os.path.join(workdir, f'seg-{segment:06d}', checkpointing.SUBDIR,
+                      str(steps))
+  with warnings.catch_warnings():  # restored as saved, without a target
+    warnings.filterwarnings('ignore', 'Sharding info not provided')
+    state, _ = checkpointing.restore_from(path, None)
+  return state['params']
+
+
+def _steps(workdir, segment):
+  ckpt = os.path.join(workdir, f'seg-{segment:06d}', checkpointing.SUBDIR)
+  with checkpointing.Checkpointer(ckpt, read_only=True) as c:
+    return c.all_steps()
+
+
+class NearlineTest(absltest.TestCase):
+
+  def test_warm_start_export_and_kills(self):
+    # The vector model the service tests also use: one training per process.
+    _, batch_wd, _, _ = fixtures.exported_ctr('simtier_official')
+    root = tempfile.mkdtemp()
+    # Uninterrupted, in this process.
+    ref = nearline.run(_config(batch_wd, os.path.join(root, 'serving_ref'),
+                               os.path.join(root, 'log')),
+                       os.path.join(root, 'ref'))
+    self.assertEqual([s['steps'] for s in ref['segments']], [2, 2, 2, 0])
+    self.assertEqual(ref['final_step'], 10 + 6)
+    models = os.path.join(root, 'serving_ref', 'models')
+    self.assertEqual(sorted(os.listdir(models)),
+                     ['CURRENT', 'v12', 'v14', 'v16'])
+    self.assertEqual(serving_model.current(models),
+                     os.path.join(models, 'v16'))
+    self.assertTrue(os.path.exists(os.path.join(root, 'ref', 'seg-000003',
+                                                nearline.EMPTY)))
+    # Killed before saving step 2 of segment 0 (its commit; a checkpoint
+    # every step, so step 1's is on disk), then restarted: the same state.
+    wd, serv = os.path.join(root, 'killed'), os.path.join(root, 'serving')
+    args = [f'--config.{k}={v}' for k, v in (
+        ('ctr_workdir', batch_wd), ('serving_dir', serv),
+        ('log_dir', os.path.join(root, 'log')), ('checkpoint_every', 1))]
+    r = subprocess.run(
+        [sys.executable, '-m', 'experiments.main',
+         '--config=experiments/configs/nearline.py:tiny', f'--workdir={wd}',
+         *args], env=dict(os.environ, **{checkpointing.KILL_AT_SAVE: '0:2'}),
+        capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    self.assertEqual(r.returncode, -9, r.stderr[-3000:])
+    self.assertEqual(_steps(wd, 0), [1])
+    got = nearline.run(_config(batch_wd, serv, os.path.join(root, 'log')),
+                       wd)
+    self.assertEqual(got['final_step'], ref['final_step'])
+    for seg in range(3):
+      self.assertEqual(_steps(wd, seg)[-1], 2)
+      a, b = (_final_params(os.path.join(root, 'ref'), seg, 2),
+              _final_params(wd, seg, 2))
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    self.assertEqual(sorted(os.listdir(os.path.join(serv, 'models'))),
+                     ['CURRENT', 'v12', 'v14', 'v16'])
+    # Killed between segment 2's commit and its export: a restart trains
+    # nothing and exports the missing version.
+    shutil.rmtree(os.path.join(serv, 'models', 'v16'))
+    before = [_steps(wd, seg) for seg in range(3)]
+    again = nearline.run(_config(batch_wd, serv, os.path.join(root, 'log')),
+                         wd)
+    self.assertEqual(again['final_step'], 16)
+    self.assertEqual(serving_model.current(os.path.join(serv, 'models')),
+                     os.path.join(serv, 'models', 'v16'))
+    # No new checkpoint anywhere: nothing was trained again.
+    self.assertEqual([_steps(wd, seg) for seg in range(3)], before)
+    with open(os.path.join(wd, nearline.RESULT_FILE)) as f:
+      self.assertEqual(json.load(f)['final_step'], 16)
+
+
+if __name__ == '__main__':
+  absltest.main()

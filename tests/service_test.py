@@ -1,0 +1,381 @@
+"""Tests for the scoring service (mmrec.service): scores equal the exported
+model's on the same rows, new items, similar items, restarts, hot reload
+under load, and a table of malformed requests that must each get a 4xx
+naming the field.
+
+Runs on a copy of the 'simtier_official' serving directory that
+fixtures.exported_ctr trains and exports once per process.
+"""
+
+import base64
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+from absl.testing import absltest
+from absl.testing import parameterized
+from fastapi import testclient
+import fixtures
+import httpx
+import numpy as np
+import uvicorn
+
+from mmrec import ctr_data
+from mmrec import impression_log
+from mmrec import serving_model
+from mmrec import service
+
+VARIANT = 'simtier_official'
+
+
+def _serving_copy():
+  _, _, serving, _ = fixtures.exported_ctr(VARIANT)
+  path = os.path.join(tempfile.mkdtemp(), 'serving')
+  shutil.copytree(serving, path)
+  return path
+
+
+def _request(rows, i):
+  """The /score request of test row i: its user, history and target."""
+  mask = rows['seq_mask'][i]
+  return {'user': {k: int(rows[k][i]) for k in ('user_id', 'age', 'gender',
+                                                'city')},
+          'history': rows['seq_item'][i][mask].tolist(),
+          'candidates': [int(rows['item_id'][i])]}
+
+
+def _new_version(serving, step):
+  """A copy of the live version as v{step} (a new version to reload)."""
+  models = os.path.join(serving, 'models')
+  src = serving_model.current(models)
+  dst = os.path.join(models, f'v{step}')
+  shutil.copytree(src, dst)
+  with open(os.path.join(dst, 'manifest.json')) as f:
+    m = json.load(f)
+  m['step'] = step
+  with open(os.path.join(dst, 'manifest.json'), 'w') as f:
+    json.dump(m, f)
+  return dst
+
+
+def _point(serving, step):
+  with open(os.path.join(serving, 'models', 'CURRENT.tmp'), 'w') as f:
+    f.write(f'v{step}\n')
+  os.replace(os.path.join(serving, 'models', 'CURRENT.tmp'),
+             os.path.join(serving, 'models', 'CURRENT'))
+
+
+USER = {'user_id': 1, 'age': 1, 'gender': 0, 'city': 1}
+GOOD = {'user': USER, 'history': [1, 2, 3], 'candidates': [4, 5]}
+BIG = 10**6
+DIM = 32  # the oracle vectors' width (the tiny world's concept_dim)
+
+
+IMAGE = base64.b64encode(bytes(16 * 16 * 3)).decode()  # the tiny world's
+ITEM = {'image': IMAGE, 'title': [5, 6, 7], 'category': 1, 'shop': 1}
+
+
+def _with(**changes):
+  return dict(GOOD, **changes)
+
+
+# (name, method, path, body or raw bytes, expected status, field in `loc`)
+MALFORMED = [
+    ('no_body', 'post', '/score', None, 422, 'body'),
+    ('not_json', 'post', '/score', b'{"user": ', 422, 'body'),
+    ('json_list', 'post', '/score', [1, 2], 422, 'body'),
+    ('missing_user', 'post', '/score', {'candidates': [1]}, 422, 'user'),
+    ('missing_candidates', 'post', '/score', {'user': USER}, 422,
+     'candidates'),
+    ('empty_candidates', 'post', '/score', _with(candidates=[]), 422,
+     'candidates'),
+    ('too_many_candidates', 'post', '/score',
+     _with(candidates=[1] * (service.MAX_CANDIDATES + 1)), 422, 'candidates'),
+    ('too_long_history', 'post', '/score',
+     _with(history=[1] * (service.MAX_HISTORY + 1)), 422, 'history'),
+    ('candidate_string', 'post', '/score', _with(candidates=['4']), 422,
+     'candidates'),
+    ('candidate_float', 'post', '/score', _with(candidates=[4.5]), 422,
+     'candidates'),
+    ('candidate_negative', 'post', '/score', _with(candidates=[-1]), 422,
+     'candidates'),
+    ('candidate_unknown', 'post', '/score', _with(candidates=[4, BIG]), 422,
+     'candidates'),
+    ('candidate_huge', 'post', '/score', _with(candidates=[2**63]), 422,
+     'candidates'),
+    ('history_unknown', 'post', '/score', _with(history=[BIG]), 422,
+     'history'),
+    ('history_null', 'post', '/score', _with(history=None), 422, 'history'),
+    ('user_unknown', 'post', '/score',
+     _with(user=dict(USER, user_id=BIG)), 422, 'user_id'),
+    ('age_unknown', 'post', '/score', _with(user=dict(USER, age=BIG)), 422,
+     'age'),
+    ('gender_bool', 'post', '/score', _with(user=dict(USER, gender=True)),
+     422, 'gender'),
+    ('city_missing', 'post', '/score',
+     _with(user={k: v for k, v in USER.items() if k != 'city'}), 422, 'city'),
+    ('extra_field', 'post', '/score', _with(labels=[1]), 422, 'labels'),
+    ('too_large_body', 'post', '/score', b' ' * (service.MAX_BODY_BYTES + 1),
+     413, 'body'),
+    ('item_no_vector', 'post', '/items', {'category': 1, 'shop': 1}, 422,
+     'vector'),
+    ('item_wrong_dim', 'post', '/items',
+     {'vector': [0.5] * 3, 'category': 1, 'shop': 1}, 422, 'vector'),
+    ('item_zero_vector', 'post', '/items',
+     {'vector': [0.0] * DIM, 'category': 1, 'shop': 1}, 422, 'vector'),
+    ('item_category_unknown', 'post', '/items',
+     {'vector': [0.25] * DIM, 'category': BIG, 'shop': 1}, 422, 'category'),
+    ('item_shop_negative', 'post', '/items',
+     {'vector': [0.25] * DIM, 'category': 1, 'shop': -2}, 422, 'shop'),
+    ('item_bad_base64', 'post', '/items', dict(ITEM, image='%%%'), 422,
+     'image'),
+    ('item_image_size', 'post', '/items',
+     dict(ITEM, image=base64.b64encode(b'abc').decode()), 422, 'image'),
+    ('item_title_missing', 'post', '/items',
+     {k: v for k, v in ITEM.items() if k != 'title'}, 422, 'title'),
+    ('item_title_token_unknown', 'post', '/items', dict(ITEM, title=[BIG]),
+     422, 'title'),
+    ('item_title_too_long', 'post', '/items', dict(ITEM, title=[1] * 100),
+     422, 'title'),
+    ('item_vector_and_image', 'post', '/items',
+     dict(ITEM, vector=[0.25] * DIM), 422, 'vector'),
+    ('impression_labels_short', 'post', '/impressions',
+     {'user': USER, 'items': [1, 2], 'labels': [1]}, 422, 'labels'),
+    ('impression_label_two', 'post', '/impressions',
+     {'user': USER, 'items': [1], 'labels': [2]}, 422, 'labels'),
+    ('impression_item_unknown', 'post', '/impressions',
+     {'user': USER, 'items': [BIG], 'labels': [0]}, 422, 'items'),
+    ('similar_not_int', 'get', '/items/abc/similar', None, 422, 'item_id'),
+    ('similar_unknown', 'get', f'/items/{BIG}/similar', None, 422, 'item_id'),
+    ('similar_k_zero', 'get', '/items/3/similar?k=0', None, 422, 'k'),
+    ('similar_k_huge', 'get', '/items/3/similar?k=100000', None, 422, 'k'),
+    ('wrong_method', 'get', '/score', None, 405, None),
+]
+
+
+class ServiceTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.serving = _serving_copy()
+    fixtures.export_untrained_encoder(cls.serving)
+    cls.log_dir = tempfile.mkdtemp()
+    cls.app = service.create_app(cls.serving, reload_interval_s=0,
+                                 log_dir=cls.log_dir, segment_records=1000)
+    cls.client = testclient.TestClient(cls.app)
+    cls.state = cls.app.state.serving
+    ds = ctr_data.CtrData.load(fixtures.small_ctr_world_dir()).dataset(
+        'test', 64)
+    cls.rows = ds[0]
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.state.close()
+    super().tearDownClass()
+
+  def test_scores_equal_the_exported_model(self):
+    live = self.state.live
+    want = live.model.score(self.rows, live.table)
+    for i in range(0, 64, 7):
+      r = self.client.post('/score', json=_request(self.rows, i))
+      self.assertEqual(r.status_code, 200, r.text)
+      np.testing.assert_allclose(r.json()['probabilities'], [want[i]],
+                                 rtol=0, atol=1e-6)
+    # One user, several candidates: one row each, same scores.
+    req = _request(self.rows, 0)
+    req['candidates'] = self.rows['item_id'][:10].tolist()
+    got = self.client.post('/score', json=req).json()['probabilities']
+    batch = {k: v[:10].copy() for k, v in self.rows.items()}
+    for k in ('user_id', 'age', 'gender', 'city', 'seq_item', 'seq_category',
+              'seq_mask'):
+      batch[k][:] = self.rows[k][0]
+    np.testing.assert_allclose(got, live.model.score(batch, live.table),
+                               atol=1e-6)
+
+  @parameterized.named_parameters(*[(m[0],) + m[1:] for m in MALFORMED])
+  def test_malformed_request(self, method, path, body, status, field):
+    if isinstance(body, bytes):
+      r = self.client.request(method, path, content=body,
+                              headers={'content-type': 'application/json'})
+    elif body is None:
+      r = self.client.request(method, path)
+    else:
+      r = self.client.request(method, path, json=body)
+    self.assertEqual(r.status_code, status, r.text)
+    if field is not None:
+      locs = [d['loc'] for d in r.json()['detail']]
+      self.assertTrue(any(field in map(str, loc) for loc in locs),
+                      f'{field!r} not named in {locs}')
+
+  def test_impressions_are_logged_as_model_rows(self):
+    reqs = [_request(self.rows, i) for i in (3, 4)]
+    for r, i in zip(reqs, (3, 4)):
+      body = {'user': r['user'], 'history': r['history'],
+              'items': r['candidates'], 'labels': [int(self.rows['label'][i])]}
+      got = self.client.post('/impressions', json=body)
+      self.assertEqual(got.status_code, 200, got.text)
+    self.state.logger.close()  # closes the open segment
+    (_, path), = impression_log.closed_segments(self.log_dir)
+    logged = impression_log.read_rows(path, range(2))
+    for f in impression_log.FIELDS:
+      np.testing.assert_array_equal(logged[f], self.rows[f][3:5], err_msg=f)
+
+  def test_new_item_is_scorable_similar_and_survives_restart(self):
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=DIM)
+    before = self.client.get('/health').json()
+    r = self.client.post('/items', json={'vector': v.tolist(), 'category': 3,
+                                         'shop': 2})
+    self.assertEqual(r.status_code, 200, r.text)
+    item = r.json()['item_id']
+    self.assertEqual(item, before['items'])
+    # Scorable, as a candidate and in a history; its row is in the table.
+    req = _with(candidates=[item, 4], history=[1, item])
+    r = self.client.post('/score', json=req)
+    self.assertEqual(r.status_code, 200, r.text)
+    live = self.state.live
+    np.testing.assert_array_equal(np.asarray(live.table[item]),
+                                  self.state.store.lookup([item])[0])
+    # Retrievable: a near-copy's nearest neighbour is the new item.
+    twin = self.client.post('/items', json={
+        'vector': (v + 0.01 * rng.normal(size=DIM)).tolist(), 'category': 3,
+        'shop': 2}).json()['item_id']
+    r = self.client.get(f'/items/{twin}/similar?k=3').json()
+    self.assertEqual(r['similar'][0], item)
+    # Restart: a new service over the same directory sees both items (the
+    # index catches up from the store's delta).
+    self.state.store.close()
+    again = service.Serving(self.serving, reload_interval_s=0)
+    try:
+      self.assertEqual(again.store.count, twin + 1)
+      self.assertEqual(again.index.count, twin + 1)
+      self.assertEqual(again.similar(twin, 1)['similar'], [item])
+      np.testing.assert_allclose(
+          again.score(service.ScoreRequest(**req))['probabilities'],
+          self.client.post('/score', json=req).json()['probabilities'],
+          atol=1e-6)
+    finally:
+      again.close()
+      self.state.store = service.vector_store.VectorStore(
+          os.path.join(self.serving, 'vectors'), writable=True)
+    # By image + title: encoded by the exported encoder, then as above.
+    r = self.client.post('/items', json=ITEM)
+    self.assertEqual(r.status_code, 200, r.text)
+    by_image = r.json()['item_id']
+    v = self.state.encoder.encode(np.zeros((16, 16, 3), np.uint8),
+                                  np.array([5, 6, 7] + [0] * 9))
+    np.testing.assert_array_equal(
+        self.state.store.lookup([by_image])[0],
+        service.vector_store.quantize(v / np.linalg.norm(v)))
+    self.assertEqual(self.client.post('/score', json=_with(
+        candidates=[by_image])).status_code, 200)
+    m = self.client.get('/metrics').json()
+    self.assertGreaterEqual(m['requests']['/items 200'], 2)
+    self.assertIn('/score', m['latency'])
+
+  def test_load_with_new_items_and_hot_reload_loses_no_request(self):
+    """Bounded loopback load: 4 clients score while items arrive and new
+    versions are published (one corrupt); every request succeeds and every
+    item added during the load is retrievable and scorable."""
+    serving = _serving_copy()
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    app = service.create_app(serving, reload_interval_s=0.05)
+    server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port,
+                                           log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f'http://127.0.0.1:{port}'
+    for _ in range(200):
+      if server.started:
+        break
+      time.sleep(0.05)
+    versions, statuses = [], []
+    done = threading.Event()
+
+    def client_loop():
+      # Until the reloads are over (and at least 20 requests, at most 2000).
+      with httpx.Client(base_url=url, timeout=30) as c:
+        for i in range(2000):
+          if i >= 20 and done.is_set():
+            break
+          r = c.post('/score', json=_request(self.rows, i % 64))
+          statuses.append(r.status_code)
+          if r.status_code == 200:
+            versions.append(r.json()['model_version'])
+
+    added = []
+
+    def add_items():
+      rng = np.random.default_rng(1)
+      with httpx.Client(base_url=url, timeout=30) as c:
+        while not done.is_set():
+          r = c.post('/items', json={'vector': rng.normal(size=DIM).tolist(),
+                                     'category': 2, 'shop': 3})
+          statuses.append(r.status_code)
+          added.append(r.json()['item_id'])
+          time.sleep(0.02)
+
+    try:
+      with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        futures = [pool.submit(client_loop) for _ in range(4)]
+        futures.append(pool.submit(add_items))
+        time.sleep(0.3)
+        _new_version(serving, 11)
+        bad = _new_version(serving, 12)
+        with open(os.path.join(bad, 'variables.npz'), 'ab') as f:
+          f.write(b'corrupt')
+        _point(serving, 11)
+        for _ in range(100):  # reload, while the clients keep going
+          if app.state.serving.live.model.version == 'v11':
+            break
+          time.sleep(0.05)
+        _point(serving, 12)  # a corrupt version never goes live
+        for _ in range(100):
+          if app.state.serving.reload_errors:
+            break
+          time.sleep(0.05)
+        time.sleep(0.2)
+        done.set()
+        for f in futures:
+          f.result()
+      self.assertGreaterEqual(len(statuses), 80)
+      self.assertEqual(statuses, [200] * len(statuses))
+      self.assertEqual(set(versions), {'v10', 'v11'})
+      self.assertEqual(versions[-1], 'v11')
+      with httpx.Client(base_url=url) as c:
+        health = c.get('/health').json()
+        metrics = c.get('/metrics').json()
+      self.assertEqual(health['model_version'], 'v11')
+      self.assertGreaterEqual(metrics['reloads'], 1)
+      self.assertGreaterEqual(metrics['reload_errors'], 1)
+      self.assertNotEmpty(added)
+      self.assertEqual(health['items'], added[-1] + 1)
+      with httpx.Client(base_url=url) as c:
+        for item in added:
+          self.assertEqual(c.get(f'/items/{item}/similar?k=1').status_code,
+                           200)
+        r = c.post('/score', json=_with(candidates=added[:100]))
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()['model_version'], 'v11')
+        # Retrievable: a new item's own vector finds it first.
+        v = app.state.serving.store.vectors([added[-1]])[0]
+        r = c.post('/items', json={'vector': v.tolist(), 'category': 2,
+                                   'shop': 3})
+        twin = r.json()['item_id']
+        self.assertEqual(c.get(f'/items/{twin}/similar?k=1').json()[
+            'similar'], [added[-1]])
+    finally:
+      server.should_exit = True
+      thread.join(timeout=10)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,104 @@
+"""Tests for the serving store (mmrec.vector_store): lookups against the
+arrays it was built from, the delta log, restarts, torn records, versions."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+
+from mmrec import vector_store
+
+
+def _unit(n, d, seed=0):
+  x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+class VectorStoreTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.root = tempfile.mkdtemp()
+    self.vecs = _unit(50, 8)
+    self.attrs = np.stack([np.arange(50) % 7, np.arange(50) % 3], 1)
+    self.version = vector_store.create(self.root, self.vecs, self.attrs,
+                                       ('category', 'shop'), {'method': 't'})
+
+  def test_lookup_matches_quantised_input(self):
+    with vector_store.VectorStore(self.root) as s:
+      self.assertEqual((s.version, s.count, s.dim), (1, 50, 8))
+      ids = np.array([[3, 0], [49, 3]])
+      np.testing.assert_array_equal(s.lookup(ids),
+                                    vector_store.quantize(self.vecs)[ids])
+      np.testing.assert_array_equal(s.attributes(ids), self.attrs[ids])
+      np.testing.assert_allclose(s.vectors([5])[0], self.vecs[5],
+                                 atol=0.5 / 127)
+      self.assertEqual(s.manifest['source'], {'method': 't'})
+
+  def test_unknown_ids_and_read_only_are_errors(self):
+    with vector_store.VectorStore(self.root) as s:
+      with self.assertRaisesRegex(vector_store.StoreError, 'unknown item id 5'):
+        s.lookup([1, 50])
+      with self.assertRaisesRegex(vector_store.StoreError, 'unknown item id -'):
+        s.lookup([-1])
+      with self.assertRaisesRegex(vector_store.StoreError, 'read-only'):
+        s.add(self.vecs[0], (1, 1))
+
+  def test_delta_survives_restart_and_torn_record(self):
+    new = _unit(3, 8, seed=1)
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      ids = [s.add(v, (9, i)) for i, v in enumerate(new)]
+      self.assertEqual(ids, [50, 51, 52])
+      with self.assertRaisesRegex(vector_store.StoreError, 'shape'):
+        s.add(np.zeros(4), (1, 1))
+      with self.assertRaisesRegex(vector_store.StoreError, 'attrs'):
+        s.add(new[0], (1,))
+    # A crash mid-append: half a record at the end of the log.
+    with open(os.path.join(self.root, 'v1', vector_store.DELTA), 'ab') as f:
+      f.write(b'\x07' * 11)
+    reader = vector_store.VectorStore(self.root)  # read-only: ignores it
+    self.assertEqual(reader.count, 53)
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      self.assertEqual(s.count, 53)
+      np.testing.assert_array_equal(s.lookup([52, 1]), np.stack(
+          [vector_store.quantize(new[2]), vector_store.quantize(self.vecs[1])]))
+      np.testing.assert_array_equal(s.attributes([51]), [[9, 1]])
+      self.assertEqual(s.add(new[0], (0, 0)), 53)  # after the cut-off tail
+    self.assertEqual(reader.refresh(), 1)  # another process's appends
+    self.assertEqual(reader.count, 54)
+
+  def test_one_writer(self):
+    with vector_store.VectorStore(self.root, writable=True):
+      with self.assertRaisesRegex(vector_store.StoreError, 'one writer'):
+        vector_store.VectorStore(self.root, writable=True)
+
+  def test_corruption_is_detected(self):
+    path = os.path.join(self.root, 'v1', vector_store.ROWS)
+    with open(path, 'r+b') as f:
+      f.seek(17)
+      f.write(b'\x55')
+    with self.assertRaisesRegex(vector_store.StoreError, 'checksum'):
+      vector_store.VectorStore(self.root)
+    with open(path, 'ab') as f:
+      f.write(b'\x00')
+    with self.assertRaisesRegex(vector_store.StoreError, 'rows.int8 has 401'):
+      vector_store.VectorStore(self.root)
+
+  def test_versions_and_merge(self):
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      s.add(self.vecs[0], (1, 2))
+    self.assertEqual(vector_store.merge(self.root), 2)
+    self.assertEqual(vector_store.versions(self.root), [1, 2])
+    with vector_store.VectorStore(self.root) as s:
+      self.assertEqual((s.version, s.base_count, s.delta_count), (2, 51, 0))
+      self.assertEqual(s.manifest['source']['merged_from'], 1)
+      np.testing.assert_array_equal(s.attributes([50]), [[1, 2]])
+    with vector_store.VectorStore(self.root, version=1) as s:  # still there
+      self.assertEqual(s.count, 51)
+    with self.assertRaisesRegex(vector_store.StoreError, 'no vector store'):
+      vector_store.VectorStore(os.path.join(self.root, 'nope'))
+
+
+if __name__ == '__main__':
+  absltest.main()
