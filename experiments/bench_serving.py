@@ -233,29 +233,29 @@ def build_serving_dir(directory, config):
   rng = np.random.default_rng(0)
   dim = config.serving_dim
   table = catalogue(sizes['num_items'], dim)
-  attrs = np.stack([rng.integers(0, sizes['num_categories'],
-                                 sizes['num_items']),
-                    rng.integers(0, sizes['num_shops'], sizes['num_items'])],
-                   1)
+  schema = export.serving_schema(sizes, {})  # the world declares no bags
+  attrs = np.stack([rng.integers(0, size, sizes['num_items'])
+                    for size in schema['item'].values()], 1)
   store = export.build_store(directory, table, attrs,
+                             export.item_attributes(schema),
                              {'table_sha256': 'bench', 'method': 'generated'})
   L = wc.seq_len
-  example = {f: np.zeros((2,), np.int32) for f in (
-      'user_id', 'age', 'gender', 'city', 'item_id', 'category', 'shop')}
-  example.update(seq_item=np.zeros((2, L), np.int32),
-                 seq_category=np.zeros((2, L), np.int32),
-                 seq_mask=np.ones((2, L), bool))
+  emb = model.config.embedding
+  example = {f: np.zeros((2,), np.int32)
+             for f in emb.user_fields + emb.target_fields}
+  example.update({f: np.zeros((2, L), np.int32) for f in emb.seq_fields})
+  example['seq_mask'] = np.ones((2, L), bool)
   variables = jax.tree.map(np.asarray, nn.unbox(model.init(
       jax.random.key(0), example, table)))
   models = os.path.join(directory, export.MODELS)
   for step in (1, 2):
     export.write_version(
         models, step, model, variables, variant=c.variant, sizes=sizes,
-        seq_len=L, store=store, uses_vectors=True,
+        schema=schema, seq_len=L, store=store, uses_vectors=True,
         capacity=sizes['num_items'] + config.serving_new_items + 1024,
         buckets=config.serving_buckets)
   export.write_pointer(models, 'v1')
-  return sizes
+  return dict(sizes, schema=schema)
 
 
 def bench_serving(config, workdir):
@@ -279,10 +279,10 @@ def _load(config, url, directory, sizes):
   cands = config.serving_candidates
 
   def request():
-    return {'user': {'user_id': int(rng.integers(sizes['num_users'])),
-                     'age': int(rng.integers(sizes['num_ages'])),
-                     'gender': int(rng.integers(sizes['num_genders'])),
-                     'city': int(rng.integers(sizes['num_cities']))},
+    user = {f: int(rng.integers(size))
+            for f, size in sizes['schema']['user'].items()}
+    return {'user': dict(user_id=int(rng.integers(sizes['num_users'])),
+                         **user),
             'history': rng.integers(0, n_items, L).tolist(),
             'candidates': rng.integers(0, n_items, cands).tolist()}
 
@@ -318,8 +318,8 @@ def _load(config, url, directory, sizes):
         t0 = time.perf_counter()
         r = c.post('/items', json={
             'vector': (v.astype(np.float32) / 127).tolist(),
-            'category': int(rng.integers(sizes['num_categories'])),
-            'shop': int(rng.integers(sizes['num_shops']))})
+            **{f: int(rng.integers(size))
+               for f, size in sizes['schema']['item'].items()}})
         item = r.json()['item_id']
         body = dict(bodies[0], candidates=[item])
         s = c.post('/score', json=body)

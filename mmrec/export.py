@@ -4,7 +4,8 @@ the serving directory's vector store (+ index) it expects.
 Serving directory (`config.serving_dir`):
 
   vectors/      vector_store.py: v{k}/ int8 rows + item attributes
-                (category, shop) + delta; built here from the CTR run's
+                (the dataset's declared item features; the world: category,
+                shop; a bag of width K as K columns 'name/k') + delta; built here from the CTR run's
                 item_vectors.npz unless the current version already holds
                 that table (same sha256)
   index/        ann_index.py: IVF index over the store (built with it)
@@ -16,7 +17,8 @@ Serving directory (`config.serving_dir`):
                      {'logit', 'probability'}` with a symbolic batch size
     variables.npz    params + batch_stats, flattened by '/'-joined path
     manifest.json    variant, step, input fields (shape, dtype), vocabulary
-                     sizes, bucket sizes, the item capacity, the vector store
+                     sizes, the schema (declared user and item features,
+                     bags), bucket sizes, the item capacity, the vector store
                      it expects (table sha256, dim), sha256 of both files
   models/CURRENT     'v{step}': the version servers load (atomic rename)
 
@@ -47,20 +49,19 @@ from mmrec import ann_index
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import embed
-from mmrec import embedding
 from mmrec import files
 from mmrec import serving_model
 from mmrec import train_ctr
 from mmrec import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import manifest as manifest_lib
 
 MODELS, VECTORS, INDEX, ENCODER = 'models', 'vectors', 'index', 'encoder'
 # The version's files, as the loader reads them.
 MODEL_FILE, VARIABLES_FILE, MANIFEST, CURRENT = (
     serving_model.MODEL_FILE, serving_model.VARIABLES_FILE,
     serving_model.MANIFEST, serving_model.CURRENT)
-ITEM_ATTRIBUTES = ('category', 'shop')  # what a request's ids are joined with
 ITEM_TABLE = ('params', 'embed', 'item', 'embedding')
 
 
@@ -73,12 +74,43 @@ def flatten(tree, prefix=''):
   return out
 
 
-def model_fields(model):
+def serving_schema(sizes, items):
+  """The request-facing schema of a model trained on a dataset: its
+  declared user features, item features (joined server-side from the
+  store), the behaviours' features and item bags (with their width K, from
+  the catalogue `items`), as JSON-able dicts of vocabulary sizes.
+  `sizes`: ctr_data's EmbeddingConfig kwargs."""
+  return {'user': dict(sizes['user_features']),
+          'item': dict(sizes['item_features']),
+          'seq': list(sizes['seq_features']),
+          'bags': {n: {'size': s, 'width': int(np.shape(items[n])[1])}
+                   for n, s in sizes['item_bags']}}
+
+
+def item_attributes(schema):
+  """The store's attribute columns of a schema: the item features, then
+  each bag's K slots as 'name/k' (the store holds int32 scalars)."""
+  return tuple(schema['item']) + tuple(
+      f'{n}/{k}' for n, b in schema['bags'].items()
+      for k in range(b['width']))
+
+
+def attribute_rows(schema, items, n):
+  """(n, A) int32 store attributes of the catalogue `items` (n items), in
+  `item_attributes` order."""
+  cols = [np.asarray(items[f]).reshape(n, -1)
+          for f in list(schema['item']) + list(schema['bags'])]
+  return np.concatenate(cols + [np.zeros((n, 0))], 1).astype(np.int32)
+
+
+def model_fields(model, schema):
   """Batch fields the CTR model reads: name -> (per-row shape, dtype)."""
   emb = model.config.embedding
-  return ({f: ((), 'int32') for f in embedding.USER_FIELDS +
-           embedding.TARGET_FIELDS},
-          {f: (('L',), 'int32') for f in emb.seq_fields + ('seq_mask',)})
+  scalar = {f: ((), 'int32') for f in emb.user_fields + emb.target_fields}
+  scalar.update({n: ((b['width'],), 'int32')
+                 for n, b in schema['bags'].items()})
+  return scalar, {f: (('L',), 'int32') for f in emb.seq_fields +
+                  ('seq_mask',)}
 
 
 def saved_config(step_dir):
@@ -150,12 +182,13 @@ def pad_item_table(variables, capacity):
   return out
 
 
-def export_function(model, variables, seq_len, vectors_shape):
+def export_function(model, variables, seq_len, vectors_shape, schema):
   """jax.export of `(variables, batch, vectors) -> {'logit', 'probability'}`
   with a symbolic batch size; returns (exported, field specs)."""
   (b,) = jax.export.symbolic_shape('b')
-  scalar, seq = model_fields(model)
-  specs = {f: jax.ShapeDtypeStruct((b,), jnp.int32) for f in scalar}
+  scalar, seq = model_fields(model, schema)
+  specs = {f: jax.ShapeDtypeStruct((b,) + shape, jnp.int32)
+           for f, (shape, _) in scalar.items()}
   specs.update({f: jax.ShapeDtypeStruct(
       (b, seq_len), jnp.bool_ if f == 'seq_mask' else jnp.int32) for f in seq})
 
@@ -239,11 +272,11 @@ def ensure_encoder(serving_dir, store):
                  'service adds items by vector only', source.get('method'))
     return
   encoder, enc_config, step, data_dir = embed.load_encoder(workdir)
-  wc = builders.load_world_config(data_dir)
+  m = manifest_lib.load(data_dir)
   write_encoder(serving_dir, encoder.model, jax.tree.map(
-      np.asarray, encoder.params), image_size=wc['image_size'],
-                title_length=wc['title_length'],
-                vocab_size=builders.vocab_size(data_dir), table_sha256=sha,
+      np.asarray, encoder.params), image_size=m.image_size,
+                title_length=m.text['length'],
+                vocab_size=m.text['vocab_size'], table_sha256=sha,
                 source={'encoder_workdir': workdir, 'step': step,
                         'method': enc_config.method})
 
@@ -259,24 +292,28 @@ def ensure_store(serving_dir, table_path, data_dir):
         return store.manifest
   except vector_store.StoreError:
     pass
-  items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
-  if len(items['category']) != len(table):
+  items = builders.load_table(data_dir, manifest_lib.ITEMS, 'catalogue')
+  num_items = manifest_lib.load(data_dir).num_items
+  if num_items != len(table):
     raise ValueError(f'{table_path} has {len(table)} vectors, the catalogue '
-                     f'of {data_dir} {len(items["category"])} items')
-  attrs = np.stack([items[a] for a in ITEM_ATTRIBUTES], 1)
-  return build_store(serving_dir, table, attrs, {
+                     f'of {data_dir} {num_items} items')
+  # The dataset's declared item features: what /score joins by item id.
+  schema = serving_schema(ctr_data.world_sizes(data_dir), items)
+  attrs = attribute_rows(schema, items, num_items)
+  return build_store(serving_dir, table, attrs, item_attributes(schema), {
       'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
       'method': meta.get('method'), 'encoder_workdir':
           meta.get('encoder_workdir'), 'encoder_step': meta.get(
               'encoder_step'), 'data_dir': os.path.abspath(data_dir)})
 
 
-def build_store(serving_dir, table, attrs, source, **index_params):
-  """A new store version of (N, D) vectors + (N, 2) attributes and its
-  index; `source` must hold 'table_sha256' (what models are checked
-  against). Returns the store's manifest."""
+def build_store(serving_dir, table, attrs, names, source, **index_params):
+  """A new store version of (N, D) vectors + (N, A) attributes (columns
+  `names`, see `item_attributes`) and its index; `source` must hold
+  'table_sha256' (what models are checked against). Returns the store's
+  manifest."""
   root = os.path.join(serving_dir, VECTORS)
-  vector_store.create(root, table, attrs, ITEM_ATTRIBUTES, source)
+  vector_store.create(root, table, attrs, names, source)
   with vector_store.VectorStore(root) as store:
     index = ann_index.AnnIndex.build(store.dense(), **index_params)
     index.save(os.path.join(serving_dir, INDEX), store.version, store.count)
@@ -290,27 +327,30 @@ def write_pointer(directory, name):
 
 
 def write_version(models_dir, step, model, variables, *, variant, sizes,
-                  seq_len, store, uses_vectors, capacity, buckets,
+                  schema, seq_len, store, uses_vectors, capacity, buckets,
                   checkpoint=''):
   """Exports (model, variables) as `models_dir/v{step}`; returns its path.
 
   `variables` are the trained model's ({'params', 'batch_stats'}, numpy);
-  `sizes` its vocabularies; `store` the manifest of the vector store it is
-  served with.
+  `sizes` its vocabularies (EmbeddingConfig kwargs), `schema` its
+  dataset's (`serving_schema`); `store` the manifest of the vector store it
+  is served with.
   """
   final = os.path.join(models_dir, f'v{step}')
   padded = pad_item_table(variables, capacity)
   served = with_item_capacity(model, capacity)
   vec_shape = (capacity, store['dim']) if uses_vectors else None
   t0 = time.time()
-  exported, fields = export_function(served, padded, seq_len, vec_shape)
+  exported, fields = export_function(served, padded, seq_len, vec_shape,
+                                     schema)
   manifest = {
       'format_version': 1, 'step': int(step), 'variant': variant,
       'created': time.time(), 'checkpoint': checkpoint,
       'fields': fields, 'seq_len': seq_len,
       'sizes': dict(sizes, num_items=capacity),
       'trained_items': sizes['num_items'], 'item_capacity': capacity,
-      'buckets': sorted(buckets), 'item_attributes': list(ITEM_ATTRIBUTES),
+      'buckets': sorted(buckets), 'schema': schema,
+      'item_attributes': list(item_attributes(schema)),
       'vectors': ({'dim': store['dim'], 'dtype': 'int8'}
                   if uses_vectors else None),
       'vector_store': {'version': store['version'],
@@ -348,8 +388,8 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
     ensure_encoder(serving_dir, store)
     write_version(
         models, step, model, variables, variant=ctr_config.variant,
-        sizes=data.sizes,
-        seq_len=builders.load_world_config(data.data_dir)['seq_len'],
+        sizes=data.sizes, schema=serving_schema(data.sizes, data.items),
+        seq_len=manifest_lib.load(data.data_dir).seq_len,
         store=store, uses_vectors=uses_vectors,
         capacity=max(config.item_capacity, data.sizes['num_items']),
         buckets=config.buckets, checkpoint=os.path.abspath(os.path.join(

@@ -5,7 +5,8 @@
 
 A record is one impression with the CTR model's input fields as they were
 served (user profile, target item and its attributes, the right-aligned
-behaviour sequence) and its click label, as JSON. The writer closes a
+behaviour sequence: whichever fields the dataset declares) and its click
+label, as JSON. One writer's records all carry the same fields. The writer closes a
 segment after `max_records` records or `max_seconds` after its first one,
 whichever comes first: the open file is finished and renamed to its final
 name, so a reader lists only whole segments, in order, and a closed segment
@@ -28,8 +29,9 @@ from array_record.python import array_record_module
 import numpy as np
 
 PREFIX, SUFFIX, OPEN = 'seg-', '.array_record', '.open'
-FIELDS = ('user_id', 'age', 'gender', 'city', 'item_id', 'category', 'shop',
-          'seq_item', 'seq_category', 'seq_mask', 'label')
+# Every record has these; the dataset's declared features come on top.
+REQUIRED = ('user_id', 'item_id', 'seq_item', 'seq_mask', 'label')
+NOT_LOGGED = ('day',)  # a stored day's batches carry it; the model does not
 
 
 def segment_path(log_dir, n):
@@ -66,17 +68,26 @@ class SegmentWriter:
     self._next = segments[-1][0] + 1 if segments else 0
     self._lock = threading.Lock()
     self._writer, self._count, self._opened = None, 0, 0.0
+    self.fields = None  # of the first record: the model's input + label
 
   def _open_path(self):
     return os.path.join(self.log_dir, f'.{PREFIX}{self._next:06d}{OPEN}')
 
   def write(self, record):
-    """Appends one impression (a dict with FIELDS)."""
-    missing = [f for f in FIELDS if f not in record]
+    """Appends one impression (a dict with REQUIRED and the features of
+    the writer's first record)."""
+    fields = tuple(f for f in record if f not in NOT_LOGGED)
+    missing = [f for f in REQUIRED if f not in record]
     if missing:
       raise ValueError(f'impression lacks fields {missing}')
-    data = json.dumps({f: np.asarray(record[f]).tolist() for f in FIELDS})
+    data = json.dumps({f: np.asarray(record[f]).tolist() for f in fields})
     with self._lock:
+      # A segment must read back as one batch layout (nearline.py).
+      if self.fields is None:
+        self.fields = fields
+      elif set(fields) != set(self.fields):
+        raise ValueError(f'impression has fields {sorted(fields)}, this log '
+                         f'{sorted(self.fields)}')
       if self._writer is None:
         self._writer = array_record_module.ArrayRecordWriter(
             self._open_path(), 'group_size:1')
@@ -88,9 +99,9 @@ class SegmentWriter:
         self._close()
 
   def write_batch(self, batch):
-    """Appends every row of a batch (dict of arrays with FIELDS)."""
+    """Appends every row of a batch (dict of arrays, as `write`)."""
     for i in range(len(batch['label'])):
-      self.write({f: batch[f][i] for f in FIELDS})
+      self.write({f: v[i] for f, v in batch.items()})
 
   def maybe_close(self):
     """Closes the open segment if it is older than max_seconds (call it
@@ -122,12 +133,15 @@ def num_records(path):
 
 
 def read_rows(path, indices):
-  """Records `indices` of a closed segment -> a batch dict of FIELDS."""
+  """Records `indices` of a closed segment -> a batch dict of their
+  fields: int32 ids, bool masks (`*_mask`)."""
   source = array_record_data_source.ArrayRecordDataSource([path])
   rows = [json.loads(r) for r in source.__getitems__(list(indices))]
-  out = {f: np.asarray([r[f] for r in rows], np.int32) for f in FIELDS}
-  out['seq_mask'] = out['seq_mask'].astype(bool)
-  return out
+  if not rows:
+    raise ValueError(f'{path}: no records at {list(indices)}')
+  return {f: np.asarray([r[f] for r in rows],
+                        bool if f.endswith('_mask') else np.int32)
+          for f in rows[0]}
 
 
 def replay(batches, log_dir, max_records):

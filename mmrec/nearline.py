@@ -47,7 +47,7 @@ from mmrec import sharding
 from mmrec import train_ctr
 from mmrec import train_lib
 from mmrec import vector_table
-from mmrec.data import builders
+from mmrec.data import manifest
 
 EMPTY = 'EMPTY'
 RESULT_FILE = 'nearline.json'
@@ -183,7 +183,8 @@ class Trainer:
       export.write_version(
           models, version_step, self.model, variables,
           variant=self.ctr.variant, sizes=self.data.sizes,
-          seq_len=builders.load_world_config(self.data.data_dir)['seq_len'],
+          schema=export.serving_schema(self.data.sizes, self.data.items),
+          seq_len=manifest.load(self.data.data_dir).seq_len,
           store=store,
           uses_vectors=train_ctr.reads_vectors(self.ctr),
           capacity=max(cfg.item_capacity, self.data.sizes['num_items']),

@@ -5,7 +5,7 @@
                               attributes looked up server-side)
   POST /items                 a new item (its vector, or its image + title
                               encoded by the warm exported encoder; its
-                              category, shop) -> its id; written to the
+                              item features) -> its id; written to the
                               store's delta (fsynced), the index and the
                               live vector table before the response
   GET  /items/{id}/similar    nearest items by vector cosine (the index)
@@ -13,6 +13,13 @@
                               the near-line log (impression_log.py; with
                               MMREC_IMPRESSION_LOG set), as the model's rows
   GET  /health, GET /metrics  status; request counts and latency percentiles
+
+The request schema is the dataset's: `user` holds user_id and the declared
+user features, a new item the declared item features (bags as id lists),
+as the model's manifest names them (export.serving_schema). The world: a
+user's age, gender, city; an item's category, shop. A version whose schema
+differs from the one the service started with is not loaded (its requests'
+shape would change under the clients).
 
 Every input is validated (pydantic types and size limits, then the model's
 vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
@@ -66,40 +73,55 @@ class Strict(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra='forbid', strict=True)
 
 
-class User(Strict):
-  user_id: Id
-  age: Id
-  gender: Id
-  city: Id
-
-
-class ScoreRequest(Strict):
-  user: User
-  history: list[Id] = pydantic.Field(default_factory=list,
-                                     max_length=MAX_HISTORY)
-  candidates: list[Id] = pydantic.Field(min_length=1,
-                                        max_length=MAX_CANDIDATES)
-
-
-class ImpressionRequest(Strict):
-  """Items shown to a user (with the history they were scored with) and
-  whether each was clicked: near-line training data."""
-  user: User
-  history: list[Id] = pydantic.Field(default_factory=list,
-                                     max_length=MAX_HISTORY)
-  items: list[Id] = pydantic.Field(min_length=1, max_length=MAX_CANDIDATES)
-  labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
-      pydantic.Field(min_length=1, max_length=MAX_CANDIDATES))
-
-
-class ItemRequest(Strict):
-  """A new item: its vector, or its image and title (encoded here)."""
+class ItemBase(Strict):
+  """A new item: its vector, or its image and title (encoded here); the
+  declared item features come from `request_models`."""
   vector: list[float] | None = pydantic.Field(None, min_length=1,
                                               max_length=4096)
   image: str | None = pydantic.Field(None, max_length=1 << 19)  # base64
   title: list[Id] | None = pydantic.Field(None, max_length=1024)
-  category: Id
-  shop: Id
+
+
+def request_models(schema):
+  """(ScoreRequest, ImpressionRequest, ItemRequest) pydantic models of a
+  model manifest's `schema`: every declared feature a required field, so a
+  missing or extra one is FastAPI's own 422 naming it. Vocabulary sizes
+  are checked per request, against the live model (`Serving._batch`)."""
+  clash = sorted((set(schema['item']) | set(schema['bags']))
+                 & set(ItemBase.model_fields))
+  if clash:
+    raise serving_model.ModelError(f'item features {clash} collide with the '
+                                   "/items request's own fields")
+  user_model = pydantic.create_model(
+      'User', __base__=Strict, user_id=(Id, ...),
+      **{f: (Id, ...) for f in schema['user']})
+
+  class ScoreRequest(Strict):
+    user: user_model
+    history: list[Id] = pydantic.Field(default_factory=list,
+                                       max_length=MAX_HISTORY)
+    candidates: list[Id] = pydantic.Field(min_length=1,
+                                          max_length=MAX_CANDIDATES)
+
+  class ImpressionRequest(Strict):
+    """Items shown to a user (with the history they were scored with) and
+    whether each was clicked: near-line training data."""
+    user: user_model
+    history: list[Id] = pydantic.Field(default_factory=list,
+                                       max_length=MAX_HISTORY)
+    items: list[Id] = pydantic.Field(min_length=1,
+                                     max_length=MAX_CANDIDATES)
+    labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
+        pydantic.Field(min_length=1, max_length=MAX_CANDIDATES))
+
+  # A bag is its ids (at most its width; 0 = empty slot, as stored).
+  item = pydantic.create_model(
+      'ItemRequest', __base__=ItemBase,
+      **{f: (Id, ...) for f in schema['item']},
+      **{f: (list[Id], pydantic.Field(default_factory=list,
+                                      max_length=b['width']))
+         for f, b in schema['bags'].items()})
+  return ScoreRequest, ImpressionRequest, item
 
 
 def _bad(loc, msg, value=None, status=422):
@@ -150,7 +172,11 @@ class Serving:
     self.reloads, self.reload_errors = 0, 0
     self._failed = None
     self.live = None
+    self.schema = None  # the first version's: the requests' shape
     self._load(serving_model.current(self.models_dir))
+    # The requests' pydantic models (FastAPI validates bodies with them).
+    self.score_request, self.impression_request, self.item_request = (
+        request_models(self.schema))
     self.started = time.time()
     self.requests = collections.Counter()
     self.latency = collections.defaultdict(lambda: collections.deque(
@@ -169,6 +195,17 @@ class Serving:
   def _load(self, directory):
     """Loads, checks and warms a version, then makes it live."""
     model = serving_model.ServingModel(directory)
+    schema = model.manifest['schema']
+    if self.schema is not None and schema != self.schema:
+      raise serving_model.ModelError(
+          f'model {directory} has the schema {schema}, the service serves '
+          f'{self.schema}: start a service for it')
+    missing = sorted(set(model.manifest['item_attributes']) -
+                     set(self.store.attr_names))
+    if missing:
+      raise serving_model.ModelError(
+          f'model {directory} reads item attributes {missing} that the store '
+          f'v{self.store.version} lacks (it has {list(self.store.attr_names)})')
     want = model.manifest['vector_store']['table_sha256']
     have = self.store.manifest['source'].get('table_sha256')
     if want != have:
@@ -187,6 +224,7 @@ class Serving:
       # An 'id' model has no table, but its ID tables end at the capacity.
       self.live = Live(model, table,
                        min(new, model.manifest['item_capacity']))
+      self.schema = schema
 
   def reload(self):
     """Loads CURRENT if it changed; True if a new version went live."""
@@ -240,11 +278,12 @@ class Serving:
     """The model's input rows for one user's (history, items), checked
     against the live model's vocabularies and the items its table holds."""
     model = live.model
-    sizes = model.manifest['sizes']
-    for field, key in (('user_id', 'num_users'), ('age', 'num_ages'),
-                       ('gender', 'num_genders'), ('city', 'num_cities')):
-      self._check_ids(getattr(user, field), ['body', 'user', field],
-                      sizes[key], field)
+    schema = model.manifest['schema']
+    users = {'user_id': model.manifest['sizes']['num_users'],
+             **schema['user']}
+    for field, size in users.items():
+      self._check_ids(getattr(user, field), ['body', 'user', field], size,
+                      field)
     count = live.count  # items this table holds (not one added meanwhile)
     items = self._check_ids(items, ['body', loc], count, 'item id')
     hist = self._check_ids(history, ['body', 'history'], count, 'item id')
@@ -252,21 +291,28 @@ class Serving:
     hist = hist[-seq_len:]
     n, h = len(items), len(hist)
     attrs = self.store.attributes(np.concatenate([items, hist]))
-    names = model.manifest['item_attributes']
-    cat, shop = attrs[:, names.index('category')], attrs[:, names.index('shop')]
-    seq_item = np.zeros(seq_len, np.int64)
-    seq_cat = np.zeros(seq_len, np.int64)
+    names = self.store.attr_names
+    batch = {f: np.full(n, getattr(user, f)) for f in users}
+    batch['item_id'] = items
+    for f in schema['item']:
+      batch[f] = attrs[:n, names.index(f)]
+    for f, bag in schema['bags'].items():
+      batch[f] = attrs[:n, [names.index(f'{f}/{k}')
+                            for k in range(bag['width'])]]
     mask = np.zeros(seq_len, bool)
+    seq = {'seq_item': np.zeros(seq_len, np.int64)}
+    seq.update({f'seq_{f}': np.zeros(seq_len, np.int64)
+                for f in schema['seq']})
     if h:  # right-aligned, most recent last, as the training batches
-      seq_item[-h:], seq_cat[-h:], mask[-h:] = hist, cat[n:], True
-    return {'user_id': np.full(n, user.user_id), 'age': np.full(n, user.age),
-            'gender': np.full(n, user.gender), 'city': np.full(n, user.city),
-            'item_id': items, 'category': cat[:n], 'shop': shop[:n],
-            'seq_item': np.tile(seq_item, (n, 1)),
-            'seq_category': np.tile(seq_cat, (n, 1)),
-            'seq_mask': np.tile(mask, (n, 1))}
+      mask[-h:] = True
+      seq['seq_item'][-h:] = hist
+      for f in schema['seq']:
+        seq[f'seq_{f}'][-h:] = attrs[n:, names.index(f)]
+    seq['seq_mask'] = mask
+    batch.update({k: np.tile(v, (n, 1)) for k, v in seq.items()})
+    return batch
 
-  def score(self, req: ScoreRequest):
+  def score(self, req):
     live = self.live
     batch = self._batch(live, req.user, req.history, req.candidates,
                         'candidates')
@@ -275,7 +321,7 @@ class Serving:
             'item_ids': batch['item_id'].tolist(),
             'probabilities': [float(p) for p in probs]}
 
-  def log_impressions(self, req: ImpressionRequest):
+  def log_impressions(self, req):
     """Shown items and their clicks -> the near-line log, as model rows."""
     if self.logger is None:
       raise _bad(['body'], 'this service logs no impressions (start it with '
@@ -291,7 +337,7 @@ class Serving:
 
   # ------------------------------------------------------------------ items
 
-  def _encode(self, req: ItemRequest):
+  def _encode(self, req):
     """The request's image + title -> vector (the warm encoder)."""
     enc = self.encoder
     if req.image is None and req.title is None:
@@ -322,8 +368,8 @@ class Serving:
     image = np.frombuffer(raw, np.uint8).reshape(enc.image_shape)
     return enc.encode(image, title)
 
-  def add_item(self, req: ItemRequest):
-    sizes = self.live.model.manifest['sizes']
+  def add_item(self, req):
+    schema = self.live.model.manifest['schema']
     if req.vector is not None and (req.image is not None or
                                    req.title is not None):
       raise _bad(['body', 'vector'], 'send a vector or an image + title, '
@@ -336,9 +382,15 @@ class Serving:
     norm = float(np.linalg.norm(v)) if np.isfinite(v).all() else math.nan
     if not norm > 1e-6 or not math.isfinite(norm):
       raise _bad(['body', 'vector'], 'must be finite and non-zero')
-    self._check_ids(req.category, ['body', 'category'],
-                    sizes['num_categories'], 'category')
-    self._check_ids(req.shop, ['body', 'shop'], sizes['num_shops'], 'shop')
+    values = {}
+    for f, size in schema['item'].items():
+      values[f] = self._check_ids(getattr(req, f), ['body', f], size, f)
+    for f, bag in schema['bags'].items():
+      ids = self._check_ids(getattr(req, f), ['body', f], bag['size'], f)
+      for k in range(bag['width']):  # empty slots hold 0, as stored
+        values[f'{f}/{k}'] = ids[k] if k < len(ids) else 0
+    # The store's columns, in its order (an unread column: 0).
+    attrs = [values.get(name, 0) for name in self.store.attr_names]
     v = v / norm
     with self._write:
       live = self.live
@@ -346,7 +398,7 @@ class Serving:
         raise _bad(['body'], f'the model {live.model.version} holds at most '
                    f'{live.model.manifest["item_capacity"]} items; export '
                    'it with a larger config.item_capacity', status=507)
-      item = self.store.add(v, (req.category, req.shop))
+      item = self.store.add(v, attrs)
       with self._index_lock:
         self.index.add(v[None], [item])
       table = live.table
@@ -413,6 +465,9 @@ def create_app(serving_dir, reload_interval_s=1.0, **logging_kwargs):
   """The FastAPI app over a serving directory (state in app.state.serving);
   `logging_kwargs`: Serving's log_dir, segment_records, segment_seconds."""
   serving = Serving(serving_dir, reload_interval_s, **logging_kwargs)
+  # pylint: disable-next=invalid-name
+  ScoreRequest, ImpressionRequest, ItemRequest = (
+      serving.score_request, serving.impression_request, serving.item_request)
   app = fastapi.FastAPI(title='mmrec scoring service')
   app.state.serving = serving
   app.router.add_event_handler('shutdown', serving.close)

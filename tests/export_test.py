@@ -142,7 +142,13 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
                      ['CURRENT', 'v10'])
     with vector_store.VectorStore(os.path.join(serving, 'vectors')) as s:
       self.assertEqual(s.version, 1)
-      self.assertEqual(s.attr_names, export.ITEM_ATTRIBUTES)
+      # The world's declared item features, joined by /score.
+      self.assertEqual(s.attr_names, ('category', 'shop'))
+    self.assertEqual(m['schema'], {
+        'user': {'age': 7, 'gender': 2, 'city': 40},
+        'item': {'category': 16, 'shop': 60}, 'seq': ['category'],
+        'bags': {}})
+    self.assertEqual(m['item_attributes'], ['category', 'shop'])
 
   def test_exported_encoder_equals_the_model(self):
     model, params = fixtures.untrained_encoder()

@@ -49,7 +49,8 @@ class ImpressionLogTest(absltest.TestCase):
                      [20, 20, 10])
     back = nearline.segment_dataset(segs[1][1], 10, shuffle=False)
     got = {k: np.concatenate([back[0][k], back[1][k]]) for k in back[0]}
-    for f in impression_log.FIELDS:
+    self.assertEqual(set(got), set(rows) - set(impression_log.NOT_LOGGED))
+    for f in got:
       np.testing.assert_array_equal(got[f], rows[f][20:40], err_msg=f)
     # Age-based closing, and a crashed writer's open segment is dropped.
     writer = impression_log.SegmentWriter(log, max_records=100,

@@ -223,7 +223,10 @@ class ServiceTest(parameterized.TestCase):
     self.state.logger.close()  # closes the open segment
     (_, path), = impression_log.closed_segments(self.log_dir)
     logged = impression_log.read_rows(path, range(2))
-    for f in impression_log.FIELDS:
+    # The model's input fields as served, and the label.
+    self.assertEqual(set(logged),
+                     set(self.state.live.model.fields) | {'label'})
+    for f in logged:
       np.testing.assert_array_equal(logged[f], self.rows[f][3:5], err_msg=f)
 
   def test_new_item_is_scorable_similar_and_survives_restart(self):
@@ -257,7 +260,7 @@ class ServiceTest(parameterized.TestCase):
       self.assertEqual(again.index.count, twin + 1)
       self.assertEqual(again.similar(twin, 1)['similar'], [item])
       np.testing.assert_allclose(
-          again.score(service.ScoreRequest(**req))['probabilities'],
+          again.score(again.score_request(**req))['probabilities'],
           self.client.post('/score', json=req).json()['probabilities'],
           atol=1e-6)
     finally:
