@@ -176,7 +176,7 @@ def attention_metrics(intermediates, batch=None):
   attention_entropy: the mean over the batch rows with >= 2 valid
   behaviours of `layers.attention_entropy` (1.0 = uniform weights).
   attention_category_excess (given the batch, when the attention read its
-  behaviours, i.e. no retrieval): the share of |weight| on behaviours of the
+  behaviours, i.e. no retrieval, and they carry a category): the share of |weight| on behaviours of the
   target's category minus the share of such behaviours, averaged over rows
   that have behaviours of both kinds. 0 = blind to category; > 0 = attends to
   what matches the target. Entropy alone cannot tell relevance from a
@@ -189,7 +189,10 @@ def attention_metrics(intermediates, batch=None):
   out = {'attention_entropy':
          jnp.sum(entropy) / jnp.maximum(jnp.sum(counted), 1)}
   weights = sown.get('weights')
-  if (batch is not None and weights and
+  # Only where the behaviours carry a category (the world's do; a dataset
+  # declaring no 'category' seq feature gets the entropy alone).
+  if (batch is not None and weights and 'seq_category' in batch and
+      'category' in batch and
       weights[0].shape == batch['seq_category'].shape):
     w = jnp.abs(weights[0])
     mask = batch['seq_mask'].astype(bool)
