@@ -4,6 +4,7 @@ import os
 import tempfile
 
 from absl.testing import absltest
+from fastapi import testclient
 import fixtures
 import numpy as np
 from PIL import Image
@@ -13,9 +14,12 @@ import pyarrow.parquet as pq
 from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
 from experiments.configs import data as data_config
+from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
+from mmrec import export
 from mmrec import id_stats
+from mmrec import service
 from mmrec import train_ctr
 from mmrec import train_scl
 from mmrec import vector_table
@@ -199,6 +203,67 @@ class ConvertTest(absltest.TestCase):
     self.assertEqual(res['step'], 5)
     self.assertBetween(res['auc'], 0.0, 1.0)
     self.assertIn('new', res['slices'])
+
+  def test_serving_own_data(self):
+    """Export + service on the dataset's own schema: users (gender, age),
+    items (genre, brand, the tags bag), behaviours carrying genre."""
+    c = ctr_config.get_config('simtier_paper,tiny')
+    c.update(data_dir=self.out, batch_size=64, eval_batch_size=256,
+             max_steps=5, vectors_path=os.path.join(self.out, self.m.vectors))
+    workdir = tempfile.mkdtemp()
+    train_ctr.run(c, workdir)
+    serving = os.path.join(workdir, 'serving')
+    export.export(export_config.get_config('tiny'), workdir, serving)
+    app = service.create_app(serving, reload_interval_s=0)
+    state = app.state.serving
+    self.addCleanup(state.close)
+    m = state.live.model.manifest
+    self.assertEqual(m['schema'], {
+        'user': {'gender': 3, 'age': 5},
+        'item': {'genre': 4, 'brand': 6}, 'seq': ['genre'],
+        'bags': {'tags': {'size': 5, 'width': 8}}})
+    self.assertEqual(state.store.attr_names,
+                     ('genre', 'brand') + tuple(f'tags/{k}' for k in range(8)))
+    self.assertEqual(m['fields']['tags'], {'shape': [8], 'dtype': 'int32'})
+    client = testclient.TestClient(app)
+    rows = ctr_data.CtrData.load(self.out).dataset('test', 8)[0]
+    want = state.live.model.score(rows, state.live.table)
+    for i in range(4):
+      mask = rows['seq_mask'][i]
+      r = client.post('/score', json={
+          'user': {k: int(rows[k][i]) for k in ('user_id', 'gender', 'age')},
+          'history': rows['seq_item'][i][mask].tolist(),
+          'candidates': [int(rows['item_id'][i])]})
+      self.assertEqual(r.status_code, 200, r.text)
+      np.testing.assert_allclose(r.json()['probabilities'], [want[i]],
+                                 atol=1e-6)
+    user = {'user_id': 1, 'gender': 1, 'age': 2}
+    for body, field in (
+        ({'user': dict(user, age=5), 'candidates': [1]}, 'age'),
+        ({'user': {'user_id': 1, 'age': 2}, 'candidates': [1]}, 'gender'),
+        ({'user': dict(user, city=1), 'candidates': [1]}, 'city')):
+      r = client.post('/score', json=body)
+      self.assertEqual(r.status_code, 422, r.text)
+      self.assertIn(field, str(r.json()['detail']))
+    vec = [0.1] * state.store.dim
+    for item, field in (({'genre': 4, 'brand': 1}, 'genre'),
+                        ({'genre': 1, 'brand': 1, 'tags': [5]}, 'tags'),
+                        ({'genre': 1, 'brand': 1, 'tags': [1] * 9}, 'tags'),
+                        ({'genre': 1}, 'brand')):
+      r = client.post('/items', json=dict(item, vector=vec))
+      self.assertEqual(r.status_code, 422, r.text)
+      self.assertIn(field, str(r.json()['detail']))
+    r = client.post('/items', json={'vector': vec, 'genre': 2, 'brand': 3,
+                                    'tags': [1, 4]})
+    self.assertEqual(r.status_code, 200, r.text)
+    new = r.json()['item_id']
+    self.assertEqual(new, 41)
+    np.testing.assert_array_equal(state.store.attributes([new])[0],
+                                  [2, 3, 1, 4, 0, 0, 0, 0, 0, 0])
+    r = client.post('/score', json={'user': user, 'history': [new, 3],
+                                    'candidates': [new, 5]})
+    self.assertEqual(r.status_code, 200, r.text)
+    self.assertLen(r.json()['probabilities'], 2)
 
   def test_jobs_say_what_the_dataset_lacks(self):
     with self.assertRaisesRegex(
