@@ -53,7 +53,7 @@ TAIL_GROUPS = 3
 PAIRS = tuple((b, w) for b in ('simtier_paper', 'simtier_official', 'make')
               for w in ('vector', 'simscore')) + (
                   ('simtier_make', 'id_stats'),
-                  ('simtier_official', 'simtier_official@' + 'ids'))
+                  ('simtier_official', 'simtier_official@ids'))
 
 
 def split_variant(name):
