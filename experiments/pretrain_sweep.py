@@ -28,7 +28,8 @@ def method_config(config, method, seed, data_dir, workdir):
   """The scl config of one run: the sweep's shared settings + the method's."""
   c = scl_config.get_config(method)
   base = config.scl.to_dict()
-  for k in ('method', 'encoder', 'use_queue', 'triplet_weight'):
+  for k in ('method', 'encoder', 'negatives', 'key_encoder',
+            'triplet_weight'):
     base.pop(k)  # method-specific: keep the method's own values
   c.update(base)
   c.encoder.update({k: v for k, v in config.scl.encoder.to_dict().items()

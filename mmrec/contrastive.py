@@ -95,10 +95,19 @@ def in_batch_info_nce(q: jax.Array, k: jax.Array, temperature: jax.Array,
 
 
 def clip_loss(a: jax.Array, b: jax.Array, temperature: jax.Array,
-              ids: jax.Array | None = None) -> jax.Array:
-  """Symmetric CLIP loss (B,): mean of the a->b and b->a in-batch InfoNCE."""
-  return 0.5 * (in_batch_info_nce(a, b, temperature, ids)
-                + in_batch_info_nce(b, a, temperature, ids))
+              ids: jax.Array | None = None, a_keys: jax.Array | None = None,
+              b_keys: jax.Array | None = None) -> jax.Array:
+  """Symmetric CLIP loss (B,): mean of the a->b and b->a in-batch InfoNCE.
+
+  a_keys / b_keys (default: a / b themselves) are what the other side is
+  scored against: a_i against b_keys, b_i against a_keys. MoCo-style
+  in-batch training passes momentum-encoder keys here, so that each side's
+  gradient flows through its queries only.
+  """
+  a_keys = a if a_keys is None else a_keys
+  b_keys = b if b_keys is None else b_keys
+  return 0.5 * (in_batch_info_nce(a, b_keys, temperature, ids)
+                + in_batch_info_nce(b, a_keys, temperature, ids))
 
 
 def triplet_loss(q: jax.Array, k_pos: jax.Array, k_neg: jax.Array,

@@ -2,18 +2,24 @@
 
 One objective object per family; `train_lib.fit` runs the loop. Objectives
 (B batch, H hard negatives, K queue size, E embedding width):
-  Scl    scl              InfoNCE of each online query against [momentum key
-                          of the purchased item, item queue], plus the reverse
-                          direction (online purchased item against [momentum
-                          query key, query queue]) so that the item head,
-                          which makes the vectors we ship, gets gradient;
+  Scl    scl              InfoNCE of each online query against [key of the
+                          purchased item, negatives], plus the reverse
+                          direction (online purchased item against [key of
+                          the query, negatives]) so that the item head, which
+                          makes the vectors we ship, gets gradient;
                           + lambda * triplet(online query, momentum keys of the
                           purchased and the clicked-not-bought items: both
                           keys from one encoder, so the margin compares like
-                          with like). Queue keys of the query's own purchased
-                          item are masked (not negatives).
-         scl_no_queue     the same with in-batch negatives (symmetric, online
-                          keys) instead of the queues.
+                          with like). Two independent choices:
+                          `negatives` 'queue' (MoCo: FIFO queues of past item
+                          / query keys) or 'in_batch' (the batch's other
+                          keys); `key_encoder` 'momentum' (EMA encoder, no
+                          gradient) or 'online' (the trained encoder,
+                          gradient on both sides). Keys of the query's own
+                          purchased item are masked (not negatives). The
+                          momentum is constant or rises on a cosine to 1
+                          (`momentum_schedule`).
+         scl_no_queue     in-batch negatives, online keys (CLIP-style).
          scl_no_hard_neg  lambda = 0.
   Clip   clip_o / clip_e  symmetric in-batch InfoNCE of image vs text on
                           generic captions / on catalogue image vs title (old
@@ -85,8 +91,8 @@ class Clip:
     loss = jnp.mean(contrastive.clip_loss(*self.pair(apply, batch), temp))
     return loss, ({'temperature': temp, 'loss': loss}, None)
 
-  def update_extra(self, extra, params, aux, batch):
-    del params, aux, batch
+  def update_extra(self, extra, params, aux, batch, step):
+    del params, aux, batch, step
     return extra
 
 
@@ -104,15 +110,41 @@ class I2i(Clip):
             apply(batch['b_image'], batch['b_title'], method='encode_item'))
 
 
+def momentum_at(step, base, num_steps, schedule):
+  """The EMA momentum after training step `step` (0-based).
+
+  'constant': base. 'cosine' (BYOL, MoCo v3): 1 - (1 - base) *
+  (1 + cos(pi * step / num_steps)) / 2, from base at step 0 up to 1 at the
+  end: fast-moving keys while the encoder changes fast, frozen-ish keys (a
+  consistent queue) once it settles. A function of the step alone, so a
+  resumed run continues the same schedule.
+  """
+  if schedule == 'constant':
+    return jnp.asarray(base, jnp.float32)
+  if schedule != 'cosine':
+    raise ValueError(f'momentum_schedule must be "constant" or "cosine", got '
+                     f'{schedule!r}')
+  frac = jnp.minimum(jnp.asarray(step, jnp.float32) / num_steps, 1.0)
+  return 1.0 - (1.0 - base) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
 class Scl:
   """Semantic-aware contrastive learning and its two ablations."""
 
   def __init__(self, config):
+    if config.negatives not in ('queue', 'in_batch'):
+      raise ValueError(f'config.negatives must be "queue" or "in_batch", got '
+                       f'{config.negatives!r}')
+    if config.key_encoder not in ('momentum', 'online'):
+      raise ValueError(f'config.key_encoder must be "momentum" or "online", '
+                       f'got {config.key_encoder!r}')
     self.config = config
 
   def init_extra(self, params, embed_dim):
+    # The momentum encoder exists with online keys too: the triplet term
+    # always reads momentum keys of the hard negatives.
     extra = {'momentum': params}
-    if self.config.use_queue:
+    if self.config.negatives == 'queue':
       size = self.config.queue_size
       extra.update(queue_items=contrastive.init_queue(size, embed_dim),
                    queue_queries=contrastive.init_queue(size, embed_dim))
@@ -125,9 +157,9 @@ class Scl:
         augment=c.augment)
 
   def loss(self, params, extra, batch, model):
-    # The momentum encoder (no gradient) embeds the keys: the purchased item
-    # and query for the queues, and the hard negatives, which are 3x the
-    # batch and would triple the backward pass if encoded online.
+    # The momentum encoder (no gradient) embeds the momentum keys of the
+    # purchased item and query, and always the hard negatives, which are 3x
+    # the batch and would triple the backward pass if encoded online.
     c = self.config
     apply = functools.partial(model.apply, {'params': params})
     temp = apply(method='temperature')
@@ -146,19 +178,26 @@ class Scl:
         batch['query_image'], batch['query_text'], m_image, m_title,
         method='encode_batch'))
     m_pos = m_items[:, 0]
+    # The InfoNCE keys: the item key scores the query, the query key the
+    # item. Online keys carry gradient, so both towers learn from both sides.
+    if c.key_encoder == 'momentum':
+      k_query, k_item = m_query, m_pos
+    else:
+      k_query, k_item = query, pos
     aux = None
-    if c.use_queue:
+    if c.negatives == 'queue':
       pos_id = batch['pos_item'][:, None]
       qi, qq = extra['queue_items'], extra['queue_queries']
-      l_q2i = contrastive.info_nce(query, m_pos, qi['keys'], temp,
+      l_q2i = contrastive.info_nce(query, k_item, qi['keys'], temp,
                                    qi['valid'] & (qi['ids'] != pos_id))
-      l_i2q = contrastive.info_nce(pos, m_query, qq['keys'], temp,
+      l_i2q = contrastive.info_nce(pos, k_query, qq['keys'], temp,
                                    qq['valid'] & (qq['ids'] != pos_id))
       nce = 0.5 * jnp.mean(l_q2i + l_i2q)
-      aux = (m_query, m_pos)
+      aux = jax.lax.stop_gradient((k_query, k_item))
     else:
-      nce = jnp.mean(contrastive.clip_loss(query, pos, temp,
-                                           ids=batch['pos_item']))
+      nce = jnp.mean(contrastive.clip_loss(
+          query, pos, temp, ids=batch['pos_item'], a_keys=k_query,
+          b_keys=k_item))
     loss = nce
     metrics['nce'] = nce
     if use_triplet:
@@ -173,17 +212,19 @@ class Scl:
         sim.shape[0]))
     return loss, (dict(metrics, loss=loss), aux)
 
-  def update_extra(self, extra, params, aux, batch):
+  def update_extra(self, extra, params, aux, batch, step):
     # EMA of the online params: step size 1 - m.
+    c = self.config
+    m = momentum_at(step, c.momentum, c.num_steps, c.momentum_schedule)
     extra = dict(extra, momentum=optax.incremental_update(
-        params, extra['momentum'], 1.0 - self.config.momentum))
+        params, extra['momentum'], 1.0 - m))
     if aux is not None:
-      m_query, m_pos = aux
+      k_query, k_item = aux
       ids = batch['pos_item']
       extra.update(
-          queue_items=contrastive.enqueue(extra['queue_items'], m_pos,
+          queue_items=contrastive.enqueue(extra['queue_items'], k_item,
                                           ids=ids),
-          queue_queries=contrastive.enqueue(extra['queue_queries'], m_query,
+          queue_queries=contrastive.enqueue(extra['queue_queries'], k_query,
                                             ids=ids))
     return extra
 
@@ -256,7 +297,7 @@ def train_step(state, batch, rng, *, model, objective, tx):
                                        model)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  extra = objective.update_extra(state.extra, params, aux, batch)
+  extra = objective.update_extra(state.extra, params, aux, batch, state.step)
   metrics['grad_norm'] = optax.tree.norm(grads)
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state, extra=extra), metrics

@@ -58,6 +58,19 @@ def _loss(params, extra, batch, model, config):
   return train_scl.objective(config).loss(params, extra, batch, model)[0]
 
 
+def _np_in_batch(q, k, t, ids):
+  """Per-row in-batch InfoNCE in float64, same-item keys skipped."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  out = []
+  for i in range(len(q)):
+    logits = np.array([q[i] @ k[j] / t for j in range(len(k))
+                       if j == i or ids[j] != ids[i]])
+    pos = q[i] @ k[i] / t
+    out.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max()
+               - pos)
+  return np.array(out)
+
+
 def _step(model, config, tx):
   return jax.jit(functools.partial(
       train_scl.train_step, model=model,
@@ -105,15 +118,14 @@ class LossOnMeshesTest(parameterized.TestCase):
 class MethodsTest(parameterized.TestCase):
   """Every training objective gives a finite loss with gradients."""
 
-  @parameterized.parameters('scl_no_queue', 'scl_no_hard_neg', 'clip_o',
-                            'clip_e', 'i2i')
+  @parameterized.parameters('scl_no_hard_neg', 'clip_o', 'clip_e', 'i2i')
   def test_loss_is_finite_and_trains_the_item_side(self, method):
     config = _config(method)
     model = embed.encoder_model(config, config.data_dir)
     tx = train_scl.build_optimizer(config)
     state = jax.jit(lambda r: nn.unbox(_init(config, model, tx)(r)))(
         jax.random.key(0))
-    if config.use_queue and method.startswith('scl'):
+    if method.startswith('scl') and config.negatives == 'queue':
       # An empty queue leaves InfoNCE with no negatives: fill it once.
       state, _ = _step(model, config, tx)(state, _batch(config),
                                           jax.random.key(1))
@@ -128,20 +140,110 @@ class MethodsTest(parameterized.TestCase):
     self.assertGreater(norms['log_temperature'], 0)
 
 
-class MomentumTest(absltest.TestCase):
+class NegativesAndKeysTest(parameterized.TestCase):
+  """The two factors of the no-queue ablation, alone and together."""
 
-  def test_momentum_encoder_is_an_ema_of_the_online_params(self):
+  @parameterized.parameters(('queue', 'momentum'), ('queue', 'online'),
+                            ('in_batch', 'momentum'), ('in_batch', 'online'))
+  def test_trains_a_few_steps(self, negatives, key_encoder):
+    config = _config('scl', negatives=negatives, key_encoder=key_encoder,
+                     momentum_schedule='cosine')
+    model = embed.encoder_model(config, config.data_dir)
+    tx = train_scl.build_optimizer(config)
+    state = jax.jit(lambda r: nn.unbox(_init(config, model, tx)(r)))(
+        jax.random.key(0))
+    self.assertEqual('queue_items' in state.extra, negatives == 'queue')
+    step = _step(model, config, tx)
+    for seed in (0, 1):
+      state, metrics = step(state, _batch(_config(seed=seed)),
+                            jax.random.key(seed))
+      self.assertTrue(np.isfinite(metrics['loss']))
+      self.assertGreater(metrics['grad_norm'], 0)
+    # The momentum encoder trails the online one (and moved off its init).
+    self.assertEqual(int(state.step), 2)
+    diff = optax.tree.norm(jax.tree.map(lambda a, b: a - b, state.params,
+                                        state.extra['momentum']))
+    self.assertGreater(diff, 0)
+    if negatives == 'queue':
+      q = state.extra['queue_items']
+      self.assertEqual(int(q['valid'].sum()), 2 * config.batch_size)
+
+
+class InBatchMomentumLossTest(absltest.TestCase):
+
+  def test_matches_numpy(self):
+    # Online queries against the momentum keys of the batch's items (and
+    # online items against momentum query keys), same items masked.
+    config = _config('scl', negatives='in_batch', key_encoder='momentum',
+                     triplet_weight=0.0)
+    model = embed.encoder_model(config, config.data_dir)
+    tx = train_scl.build_optimizer(config)
+    params = jax.jit(lambda r: nn.unbox(_init(config, model, tx)(r)))(
+        jax.random.key(0)).params
+    rng = np.random.default_rng(0)
+    # A momentum encoder that differs from the online one, so that using the
+    # wrong keys changes the loss.
+    momentum = jax.tree.map(
+        lambda x: x + 0.1 * rng.normal(size=x.shape).astype(x.dtype), params)
+    batch = _batch(config)
+    # Hand-made duplicates: rows that bought the same item are not negatives
+    # of each other (the mask reads only the ids).
+    ids = np.array(batch['pos_item'])
+    ids[[1, 5, 9]] = ids[[0, 0, 4]]
+    batch = dict(batch, pos_item=ids)
+
+    def encode(p):
+      return model.apply({'params': p}, batch['query_is_image'],
+                         batch['query_image'], batch['query_text'],
+                         batch['pos_image'][:, None],
+                         batch['pos_title'][:, None], method='encode_batch')
+    query, items = encode(params)
+    m_query, m_items = encode(momentum)
+    t = float(model.apply({'params': params}, method='temperature'))
+    want = 0.5 * np.mean(_np_in_batch(query, m_items[:, 0], t, ids)
+                         + _np_in_batch(items[:, 0], m_query, t, ids))
+    got = _loss(params, {'momentum': momentum}, batch, model, config)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    online = _loss(params, {'momentum': momentum}, batch, model,
+                   _config('scl_no_queue', triplet_weight=0.0))
+    self.assertGreater(abs(float(online) - want), 1e-3)
+
+
+class MomentumTest(parameterized.TestCase):
+
+  @parameterized.parameters(('constant', 0), ('constant', 5), ('cosine', 0),
+                            ('cosine', 3), ('cosine', 7))
+  def test_momentum_encoder_is_an_ema_of_the_online_params(self, schedule,
+                                                           step):
     rng = np.random.default_rng(6)
     f32 = lambda *s: rng.normal(size=s).astype(np.float32)
     online = {'a': f32(3, 2), 'b': [f32(4)]}
     target = {'a': f32(3, 2), 'b': [f32(4)]}
-    config = _config('scl_no_queue', momentum=0.9)
-    got = jax.jit(lambda o, t: train_scl.objective(config).update_extra(
-        {'momentum': t}, o, None, None))(online, target)['momentum']
+    config = _config('scl_no_queue', momentum=0.9, momentum_schedule=schedule)
+    m = 0.9 if schedule == 'constant' else (
+        1 - 0.1 * (1 + np.cos(np.pi * step / config.num_steps)) / 2)
+    got = jax.jit(lambda o, t, s: train_scl.objective(config).update_extra(
+        {'momentum': t}, o, None, None, s))(
+            online, target, np.int32(step))['momentum']
     np.testing.assert_allclose(
-        got['a'], 0.9 * target['a'] + 0.1 * online['a'], rtol=1e-5)
+        got['a'], m * target['a'] + (1 - m) * online['a'], rtol=1e-5)
     np.testing.assert_allclose(
-        got['b'][0], 0.9 * target['b'][0] + 0.1 * online['b'][0], rtol=1e-5)
+        got['b'][0], m * target['b'][0] + (1 - m) * online['b'][0],
+        rtol=1e-5)
+
+  def test_cosine_schedule_matches_numpy(self):
+    steps = np.arange(0, 601, 7)
+    got = jax.jit(jax.vmap(lambda s: train_scl.momentum_at(
+        s, 0.99, 600, 'cosine')))(steps)
+    want = 1 - (1 - 0.99) * (np.cos(np.pi * steps / 600) + 1) / 2
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    self.assertAlmostEqual(float(got[0]), 0.99, places=6)
+    self.assertAlmostEqual(float(train_scl.momentum_at(600, 0.99, 600,
+                                                       'cosine')), 1.0)
+    np.testing.assert_array_equal(
+        train_scl.momentum_at(steps, 0.99, 600, 'constant'), np.float32(0.99))
+    with self.assertRaisesRegex(ValueError, 'momentum_schedule'):
+      train_scl.momentum_at(0, 0.99, 600, 'linear')
 
 
 class TrainAndResumeTest(absltest.TestCase):

@@ -7,7 +7,8 @@ METHOD (default `scl`) is one of
   scl              semantic-aware contrastive learning: search -> purchase
                    positives, MoCo momentum encoder + queues, learnable
                    temperature, triplet loss on clicked-not-bought items
-  scl_no_queue     SCL with in-batch negatives only
+  scl_no_queue     SCL with in-batch negatives and online keys on both
+                   sides (`negatives` and `key_encoder` below set each alone)
   scl_no_hard_neg  SCL without the triplet loss
   clip_o           CLIP on generic (image, appearance caption) pairs
   clip_e           CLIP-O fine-tuned on item image <-> title
@@ -52,10 +53,15 @@ def get_config(arg=None):
       text=dict(width=64, depth=2, num_heads=4, mlp_dim=128),
   ))
 
-  # Objective.
+  # Objective (SCL family; the CLIP / i2i methods read none of these four).
+  # negatives: 'queue' (MoCo) or 'in_batch'; key_encoder: 'momentum' (EMA
+  # encoder) or 'online'. scl_no_queue: in-batch with online keys (CLIP-like).
+  no_queue = method == 'scl_no_queue'
+  c.negatives = 'in_batch' if no_queue else 'queue'
+  c.key_encoder = 'online' if no_queue else 'momentum'
   c.queue_size = 4096  # paper: 196,800 on a far larger log
-  c.use_queue = method not in ('scl_no_queue', 'clip_o', 'clip_e', 'i2i')
   c.momentum = 0.995  # paper: 0.999 (ours); shorter runs need faster keys
+  c.momentum_schedule = 'constant'  # or 'cosine': momentum -> 1 (BYOL)
   c.triplet_weight = 0.0 if method in ('scl_no_hard_neg', 'clip_o', 'clip_e',
                                        'i2i') else 0.5  # lambda (ours)
   c.triplet_margin = 0.2  # (ours)
