@@ -10,6 +10,8 @@ The config's `job` field picks what runs (see experiments/README.md):
   nearline  the batch CTR model trained on logged impression segments, each
             result exported for the service (configs/nearline.py)
   pretrain_sweep  every pre-training method x seeds -> table
+  queue_study  SCL negatives x keys, queue size, momentum -> table
+               (configs/queue_study.py)
   ctr    train + evaluate a CTR model / integration variant (configs/ctr.py)
   ctr_sweep  every CTR variant x seeds -> table vs. the ID model
   bench  benchmarks, results as JSON + markdown (experiments/configs/bench.py)
@@ -54,6 +56,7 @@ JOBS = {
     'nearline': 'mmrec.nearline',
     'ctr': 'mmrec.train_ctr',
     'pretrain_sweep': 'experiments.pretrain_sweep',
+    'queue_study': 'experiments.queue_study',
     'ctr_sweep': 'experiments.ctr_sweep',
     'reproduce': 'experiments.reproduce',
 }
