@@ -83,8 +83,9 @@ def get_config(arg=None):
     # 2,000 users, but twice the test impressions, so deltas are less noisy.
     c.world.update(num_users=4000, num_items=3000, num_shops=150, num_days=4)
     c.pretrain.seeds = 1
-    # (A faster key encoder does not help short runs: momentum 0.95 dropped
-    # SCL's text recall@10 from 0.21 to 0.06, as MoCo reports for m = 0.9.)
+    # (Momentum: 0.99, scl.py's default, is even with 0.995 at 120 steps, text
+    # recall@10 0.213 vs 0.208 (queue study); 0.95 dropped it to 0.06, as
+    # MoCo reports for m = 0.9.)
     c.pretrain.scl.update(num_steps=120, warmup_steps=20, queue_size=2048,
                           checkpoint_every=60)
     # One CTR seed: the paired user-level bootstrap gives each delta its
