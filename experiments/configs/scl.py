@@ -59,6 +59,10 @@ def get_config(arg=None):
   c.triplet_weight = 0.0 if method in ('scl_no_hard_neg', 'clip_o', 'clip_e',
                                        'i2i') else 0.5  # lambda (ours)
   c.triplet_margin = 0.2  # (ours)
+  # In-batch rows that are duplicates (same caption / title tokens, pairs
+  # sharing an item, same text query) are not negatives of each other; False
+  # gives the unmasked baselines (README: Pre-training, duplicate masking).
+  c.mask_duplicates = True
   c.min_temperature = 0.01
   c.max_temperature = 1.0
 
