@@ -72,7 +72,23 @@ def get_config(arg=None):
   c.learning_rate = 1e-3
   c.warmup_steps = 100
   c.weight_decay = 1e-4
-  c.augment = True
+  # Image augmentations of the search sessions' images (query, purchased,
+  # hard negatives), each off (0 / False) or on: mmrec/data/augment.py.
+  # flip / max_shift / brightness are generic; the rest imitate the
+  # catalogue -> user-photo gap (crop, rotation, background clutter, colour
+  # cast, blur, noise).
+  c.augment = ml_collections.ConfigDict(dict(
+      flip=True,
+      max_shift=2,
+      brightness=0.2,
+      crop_min_scale=1.0,
+      rotate=0.0,
+      clutter=0.0,
+      colour=0.0,
+      saturation=0.0,
+      blur=0.0,
+      noise=0.0,
+  ))
 
   # Checkpoints, logging (evaluation batches are the embedding batches).
   c.checkpoint_every = 200
