@@ -24,6 +24,7 @@ from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import pipelines
+from mmrec.data import world as world_lib
 
 
 def _config(method='scl', **overrides):
@@ -341,6 +342,30 @@ class ReferenceAndChainTest(absltest.TestCase):
         _config('clip_e', num_steps=2, init_from=clip_o), clip_e)
     self.assertEqual(result['step'], 2)
     self.assertIsNotNone(result['metrics']['text'])
+
+
+
+class ImageSizeTest(absltest.TestCase):
+  """Nothing in pre-training assumes the default image side (real data
+  arrives larger): a 24 px world trains SCL, with every augmentation on, and
+  embeds its catalogue."""
+
+  def test_scl_on_a_24_px_world(self):
+    data_dir = tempfile.mkdtemp(prefix='mmrec_24px_world_')
+    world = world_lib.generate(fixtures.tiny_config(
+        image_size=24, num_items=600, num_users=300))
+    builders.write(world, data_dir)
+    c = _config(num_steps=2, data_dir=data_dir)
+    c.augment.update(crop_min_scale=0.7, rotate=0.3, clutter=0.5, colour=0.1,
+                     saturation=0.3, blur=0.5, noise=0.03)
+    items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+    batch = next(pipelines.iterator(
+        train_scl.objective(c).dataset(data_dir, items)))
+    for k in ('query_image', 'pos_image'):
+      self.assertEqual(batch[k].shape[1:], (24, 24, 3))
+    result = train_scl.run(c, tempfile.mkdtemp())
+    self.assertEqual(result['step'], 2)
+    self.assertGreater(result['metrics']['image']['queries'], 0)
 
 
 if __name__ == '__main__':
