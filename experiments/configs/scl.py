@@ -48,7 +48,9 @@ def get_config(arg=None):
       # image queries go through the same tower and head as items.
       item_mode='image' if method in ('clip_o', 'clip_e', 'i2i') else 'fused',
       init_temperature=0.07,
-      image=dict(patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128),
+      image=dict(kind='vit', patch_size=8, width=64, depth=2, num_heads=4,
+                 mlp_dim=128, pool='gap', conv_widths=(32, 64, 128),
+                 blocks_per_stage=1, stem_stride=2),
       text=dict(width=64, depth=2, num_heads=4, mlp_dim=128),
   ))
 
