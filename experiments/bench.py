@@ -82,6 +82,8 @@ def _scl_setup(config, width=None, kind=None):
   if width:
     for tower in (scl.encoder.image, scl.encoder.text):
       tower.update(width=width, mlp_dim=2 * width)
+    # The conv tower's stages keep their 1 : 2 : 4 ratio, ending at `width`.
+    scl.encoder.image.conv_widths = (width // 4, width // 2, width)
   if kind:
     scl.encoder.image.kind = kind
   model = embed.build_encoder(scl, vocab.size, wc.title_length)
@@ -131,8 +133,9 @@ def bench_scl_train(config, workdir):
   """SCL train-step throughput of the default encoder; FLOP/s vs a matmul.
 
   Also the same step with both towers widened (config.scl_widths): on a CPU
-  the default 64-wide, 16-token towers spend most of their time outside
-  large matmuls, and the sweep shows how the fraction grows with width.
+  the default 64-wide towers spend much of their time outside large
+  matmuls, and the sweep shows how the fraction grows with width; and each
+  image-tower kind (config.scl_kinds) at the default widths.
   """
   del workdir
   scl, seconds, flops = _scl_step_throughput(config)

@@ -18,13 +18,13 @@ from experiments.configs import scl as scl_config
 from mmrec import train_scl
 
 
-def _run(method, workdir, **overrides):
+def _run(method, workdir):
   c = scl_config.get_config(f'{method},tiny')
   c.data_dir = fixtures.tiny_world_dir()
   c.update(num_steps=100, learning_rate=2e-3, checkpoint_every=1000,
            log_every=50)
-  c.encoder.image.update(kind='conv', conv_widths=(16, 32, 64))
-  c.update(overrides)
+  # The default tower at its default widths (':tiny' narrows it).
+  c.encoder.image = scl_config.get_config(method).encoder.image
   return train_scl.run(c, workdir)['metrics']
 
 
