@@ -46,7 +46,6 @@ from mmrec import embed
 from mmrec import files
 from mmrec import sharding
 from mmrec import train_lib
-from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import manifest
 from mmrec.data import pretrain_pipelines
@@ -360,10 +359,11 @@ def run(config, workdir):
 
 def _finish(config, workdir, data_dir, encoder, items, step):
   """Held-out evaluation + the catalogue's vector table."""
-  metrics, vectors, ranks = embed.evaluate_encoder(encoder, data_dir, items)
-  vector_table.save(os.path.join(workdir, vector_table.FILE), vectors, {
+  metrics, tables, ranks = embed.evaluate_encoder(encoder, data_dir, items)
+  embed.save_tables(workdir, tables, {
       'method': config.method, 'seed': config.seed, 'step': step,
       'encoder_workdir': workdir, 'data_dir': data_dir})
+  vectors = tables['item']
   result = {'method': config.method, 'seed': config.seed, 'step': step,
             'data_dir': data_dir, 'metrics': metrics}
   examples = embed.retrieval_examples(encoder, data_dir, items, vectors)

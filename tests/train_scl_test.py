@@ -278,6 +278,25 @@ class TrainAndResumeTest(absltest.TestCase):
     self.assertEqual(vectors.shape, (2000, 32))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     self.assertEqual(meta['method'], 'scl')
+    self.assertEqual(meta['modality'], 'item')
+    # Per-modality tables: the towers' own vectors of item image and title,
+    # and retrieval of each query modality on its own table.
+    encoder, _, _, data_dir = embed.load_encoder(self.full)
+    items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+    for m, fn, inputs in (('image', encoder.image_queries, items['image']),
+                          ('text', encoder.text_queries, items['title'])):
+      table, meta = vector_table.load(os.path.join(
+          self.full, vector_table.file_name(m)))
+      self.assertEqual(meta['modality'], m)
+      np.testing.assert_allclose(table, fn(inputs), atol=1e-5)
+      self.assertGreater(np.abs(table - vectors).max(), 1e-3)  # not fused
+      self.assertBetween(res['metrics'][f'{m}_on_{m}']['recall@10'], 0, 1)
+    with np.load(os.path.join(self.full, train_scl.QUERIES_FILE)) as z:
+      ranks = dict(z)
+    self.assertEqual(set(ranks), {'image_rank', 'text_rank',
+                                  'image_on_image_rank', 'text_on_text_rank'})
+    np.testing.assert_array_equal(ranks['image_on_image_rank'] >= 0,
+                                  ranks['image_rank'] >= 0)
     rows = train_lib.read_metrics(self.full)
     self.assertTrue(any('train/loss' in r for r in rows))
     self.assertTrue(any('eval/image/recall@10' in r for r in rows))
@@ -295,10 +314,12 @@ class TrainAndResumeTest(absltest.TestCase):
     cfg_embed = embed_config.get_config()
     cfg_embed.encoder_workdir = self.full
     embed.run(cfg_embed, out)
-    table, meta = vector_table.load(os.path.join(out, vector_table.FILE))
-    ref, _ = vector_table.load(os.path.join(self.full, vector_table.FILE))
-    np.testing.assert_allclose(table, ref, atol=1e-5)
-    self.assertEqual(meta['encoder_step'], 7)
+    for name in (vector_table.file_name('image'),
+                 vector_table.file_name('text'), vector_table.FILE):
+      table, meta = vector_table.load(os.path.join(out, name))
+      ref, _ = vector_table.load(os.path.join(self.full, name))
+      np.testing.assert_allclose(table, ref, atol=1e-5)
+      self.assertEqual(meta['encoder_step'], 7)
     q, _ = vector_table.load(os.path.join(out, vector_table.FILE),
                              dtype='int8')
     self.assertLessEqual(np.abs(vector_table.dequantize(q) - table).max(),
