@@ -116,6 +116,27 @@ class ExportTest(parameterized.TestCase):
       np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
       np.testing.assert_allclose(logits, want_logits, rtol=0, atol=1e-5)
 
+  def test_version_without_request_program_still_serves_requests(self):
+    """A version exported before request.jaxexport existed: score_request
+    scores the repeated rows with the row program."""
+    _, _, _, directory = self.runs['id']
+    old = os.path.join(self.root, 'v_old')
+    shutil.copytree(directory, old)
+    os.remove(os.path.join(old, serving_model.REQUEST_FILE))
+    with open(os.path.join(old, export.MANIFEST)) as f:
+      m = json.load(f)
+    del m['request'], m['sha256'][serving_model.REQUEST_FILE]
+    with open(os.path.join(old, export.MANIFEST), 'w') as f:
+      json.dump(m, f)
+    model = serving_model.ServingModel(old)
+    self.assertIsNone(model.request_fields)
+    spec = self._model('id')[0].request_fields
+    user = {k: self.rows[k][3:4] for k in spec['user']}
+    cands = {k: self.rows[k][3:12] for k in spec['candidates']}
+    rows = dict({k: np.repeat(v, 9, 0) for k, v in user.items()}, **cands)
+    np.testing.assert_allclose(model.score_request(user, cands),
+                               model.score(rows), rtol=0, atol=0)
+
   def test_fresh_process_without_training_code(self):
     _, _, serving, directory = self.runs['simtier_official']
     rows = {k: v[:37] for k, v in self.rows.items()}
