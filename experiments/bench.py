@@ -71,8 +71,9 @@ def _matmul_flops_per_s(n=2048, repeats=10):
   return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
-def _scl_setup(config, width=None):
-  """SCL model (default, or both towers at `width`), synthetic batch."""
+def _scl_setup(config, width=None, kind=None):
+  """SCL model (default, or both towers at `width`, or the image tower of
+  `kind`), synthetic batch."""
   wc = config.world
   tax = taxonomy.build(wc, np.random.default_rng(0))
   vocab = text.build_vocab(wc, tax)
@@ -81,6 +82,10 @@ def _scl_setup(config, width=None):
   if width:
     for tower in (scl.encoder.image, scl.encoder.text):
       tower.update(width=width, mlp_dim=2 * width)
+    # The conv tower's stages keep their 1 : 2 : 4 ratio, ending at `width`.
+    scl.encoder.image.conv_widths = (width // 4, width // 2, width)
+  if kind:
+    scl.encoder.image.kind = kind
   model = embed.build_encoder(scl, vocab.size, wc.title_length)
   rng = np.random.default_rng(0)
   b, h, s, t = scl.batch_size, wc.max_hard_negatives, wc.image_size, (
@@ -97,9 +102,9 @@ def _scl_setup(config, width=None):
   return scl, model, batch, vocab
 
 
-def _scl_step_throughput(config, width=None):
+def _scl_step_throughput(config, width=None, kind=None):
   """Seconds per SCL train step and its FLOPs (XLA's cost analysis)."""
-  scl, model, batch, _ = _scl_setup(config, width)
+  scl, model, batch, _ = _scl_setup(config, width, kind)
   mesh = sharding.make_mesh()
   tx = train_scl.build_optimizer(scl)
   objective = train_scl.objective(scl)
@@ -128,8 +133,9 @@ def bench_scl_train(config, workdir):
   """SCL train-step throughput of the default encoder; FLOP/s vs a matmul.
 
   Also the same step with both towers widened (config.scl_widths): on a CPU
-  the default 64-wide, 16-token towers spend most of their time outside
-  large matmuls, and the sweep shows how the fraction grows with width.
+  the default 64-wide towers spend much of their time outside large
+  matmuls, and the sweep shows how the fraction grows with width; and each
+  image-tower kind (config.scl_kinds) at the default widths.
   """
   del workdir
   scl, seconds, flops = _scl_step_throughput(config)
@@ -145,10 +151,18 @@ def bench_scl_train(config, workdir):
       'matmul_gflop_per_second': round(peak / 1e9, 2),
       'fraction_of_matmul': round(flops / seconds / peak, 3),
   }
+  out['image_tower'] = scl.encoder.image.kind
   for width in config.scl_widths:
     _, seconds, flops = _scl_step_throughput(config, width)
     out[f'width_{width}_images_per_second'] = round(images / seconds, 1)
     out[f'width_{width}_fraction_of_matmul'] = round(flops / seconds / peak, 3)
+  # Per image-tower kind at the default widths: what a tower costs per
+  # image, and how much of the CPU's matmul rate its step reaches.
+  for kind in config.scl_kinds:
+    _, seconds, flops = _scl_step_throughput(config, kind=kind)
+    out[f'{kind}_images_per_second'] = round(images / seconds, 1)
+    out[f'{kind}_step_gflop'] = round(flops / 1e9, 3)
+    out[f'{kind}_fraction_of_matmul'] = round(flops / seconds / peak, 3)
   return out
 
 

@@ -37,7 +37,9 @@ NO_VECTORS = ('id', 'id_stats')
 DETERMINISTIC = ('id_stats',)
 # `<variant>@ids` runs the variant on the ID-similarity control table
 # (mmrec/id_vectors.py: cosine = matching category / shop IDs) instead of
-# `vectors_path`, written once into <workdir>/ID_VECTORS_DIR.
+# `vectors_path`, written once into <workdir>/ID_VECTORS_DIR;
+# `<variant>@image` / `@text` on that modality's table beside `vectors_path`
+# (vector_table.modality_path).
 ID_SOURCE = 'ids'
 ID_VECTORS_DIR = 'id_similarity'
 # The exposure tail: the TAIL_GROUPS lowest of the 9 training-exposure
@@ -59,10 +61,12 @@ PAIRS = tuple((b, w) for b in ('simtier_paper', 'simtier_official', 'make')
 def split_variant(name):
   """'simtier_official@ids' -> ('simtier_official', 'ids'); 'id' -> ('id', '')."""
   variant, _, source = name.partition('@')
-  if source not in ('', ID_SOURCE):
+  sources = ('', ID_SOURCE) + vector_table.MODALITIES
+  if source not in sources:
     raise ValueError(f'variant {name!r}: the part after "@" names the vector '
-                     f'source and must be {ID_SOURCE!r} (the ID-similarity '
-                     'control)')
+                     f'source and must be one of {sources[1:]} ({ID_SOURCE!r}: '
+                     'the ID-similarity control; a modality: that table '
+                     'beside vectors_path)')
   if source and variant in NO_VECTORS:
     raise ValueError(f'variant {name!r}: {variant!r} reads no vectors')
   return variant, source
@@ -78,9 +82,12 @@ def variant_config(config, name, seed, data_dir, workdir):
   c.variant, c.seed, c.data_dir = variant, seed, data_dir
   if variant in NO_VECTORS:
     c.vectors_path = ''
+  elif source == ID_SOURCE:
+    c.vectors_path = id_vectors_path(workdir)
+  elif source:
+    c.vectors_path = vector_table.modality_path(config.vectors_path, source)
   else:
-    c.vectors_path = (id_vectors_path(workdir) if source else
-                      config.vectors_path)
+    c.vectors_path = config.vectors_path
   stage_a = 'make_stage_a' + (f'_{source}' if source else '')
   c.make.stage_a_dir = os.path.join(workdir, stage_a, f'seed_{seed}')
   return c
@@ -308,21 +315,33 @@ def run(config, workdir):
       logging.warning('skipping id_stats: %s', need)
       skipped['id_stats'] = need
       variants.remove('id_stats')
+  def skip(source, why):
+    for name in [v for v in variants if split_variant(v)[1] == source]:
+      logging.warning('skipping %s: %s', name, why)
+      skipped[name] = why
+      variants.remove(name)
+
   parsed = [split_variant(v) for v in variants]
-  if any(src for _, src in parsed):
+  if any(src == ID_SOURCE for _, src in parsed):
     items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
     weights = {f: w for f, w in id_vectors.WEIGHTS.items() if f in items}
     if not weights:
-      why = (f'the items table has none of the ID fields '
-             f'{sorted(id_vectors.WEIGHTS)} the ID-similarity control is made of')
-      for name in [v for v in variants if split_variant(v)[1]]:
-        logging.warning('skipping %s: %s', name, why)
-        skipped[name] = why
-        variants.remove(name)
+      skip(ID_SOURCE, f'the items table has none of the ID fields '
+           f'{sorted(id_vectors.WEIGHTS)} the ID-similarity control is made '
+           'of')
     elif not os.path.exists(id_vectors_path(workdir)):
       id_vectors.write(id_vectors_path(workdir), items, weights)
-    parsed = [split_variant(v) for v in variants]
-  if (any(v not in NO_VECTORS and not src for v, src in parsed) and
+  for modality in vector_table.MODALITIES:
+    if any(src == modality for _, src in parsed):
+      path = (vector_table.modality_path(config.vectors_path, modality)
+              if config.vectors_path else '')
+      if not path or not os.path.exists(path):
+        skip(modality, f'no {modality} table beside config.vectors_path='
+             f'{config.vectors_path!r} (pre-training runs and the embedding '
+             f'job write {vector_table.file_name(modality)}; shipped vectors '
+             'have none)')
+  parsed = [split_variant(v) for v in variants]
+  if (any(v not in NO_VECTORS and src != ID_SOURCE for v, src in parsed) and
       not config.vectors_path):
     raise ValueError('config.vectors_path must name an item-vector table '
                      '(item_vectors.npz) for the variants other than '

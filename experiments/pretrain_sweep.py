@@ -15,7 +15,9 @@ from mmrec import files
 from mmrec import train_scl
 from mmrec.data import resolver
 
-SLICES = ('image', 'text', 'image_new', 'text_new')
+# '<m>_on_<m>': queries of modality m ranked by m's own item table.
+SLICES = ('image', 'text', 'image_new', 'text_new', 'image_on_image',
+          'text_on_text')
 METRICS = ('accuracy@1', 'recall@10')
 TABLE_FILE = 'pretrain_table'
 COMPARISONS_FILE = 'pretrain_comparisons.json'

@@ -69,17 +69,41 @@ def info_nce(q: jax.Array, k_pos: jax.Array, negatives: jax.Array,
   return _cross_entropy_first(logits)
 
 
+def same_rows(x: jax.Array) -> jax.Array:
+  """(B, B) bool: rows i and j of x (B, ...) are equal in every element.
+
+  In-jit and exact: a (B, T) token comparison costs B^2 T, nothing next to
+  the towers, and needs no id from the pipeline (a hash could collide).
+  """
+  x = x.reshape(x.shape[0], -1)
+  return jnp.all(x[:, None] == x[None], axis=-1)
+
+
+def shares_any(*ids: jax.Array) -> jax.Array:
+  """(B, B) bool: rows i and j have any id in common, over all (B,) `ids`.
+
+  For pairs of items (i2i): pairs (a_i, b_i) and (a_j, b_j) that share an
+  item, in either position, are not negatives of each other.
+  """
+  ids = jnp.stack(ids, axis=1)  # (B, N)
+  return jnp.any(ids[:, None, :, None] == ids[None, :, None, :], axis=(2, 3))
+
+
 def in_batch_info_nce(q: jax.Array, k: jax.Array, temperature: jax.Array,
-                      ids: jax.Array | None = None) -> jax.Array:
+                      ids: jax.Array | None = None,
+                      same: jax.Array | None = None) -> jax.Array:
   """InfoNCE with the other rows' keys as negatives: q_i's positive is k_i.
 
   Args:
     q: (B, D) queries.
     k: (B, D) keys.
     temperature: scalar.
-    ids: optional (B,) ints; k_j with ids[j] == ids[i], j != i, is not a
-      negative for q_i (two queries that bought the same item are not
-      negatives of each other).
+    ids: optional (B,) or (B, ...) ids; k_j with ids[j] == ids[i] (the whole
+      row equal), j != i, is not a negative for q_i (two queries that bought
+      the same item, two images with the same caption tokens).
+    same: optional (B, B) bool, True where k_j is not a negative for q_i
+      (a duplicate of q_i's positive); combined with `ids`; the diagonal is
+      ignored.
 
   Returns:
     (B,) loss.
@@ -88,17 +112,23 @@ def in_batch_info_nce(q: jax.Array, k: jax.Array, temperature: jax.Array,
   b = logits.shape[0]
   eye = jnp.eye(b, dtype=bool)
   if ids is not None:
-    same = (ids[:, None] == ids[None, :]) & ~eye
-    logits = jnp.where(same, -jnp.inf, logits)
+    same = same_rows(ids) if same is None else same | same_rows(ids)
+  if same is not None:
+    # Masked after the division, as in info_nce; the diagonal (the positive)
+    # stays finite, so no row is all -inf.
+    logits = jnp.where(same & ~eye, -jnp.inf, logits)
   pos = jnp.diagonal(logits)
   return jax.nn.logsumexp(logits, axis=-1) - pos
 
 
 def clip_loss(a: jax.Array, b: jax.Array, temperature: jax.Array,
-              ids: jax.Array | None = None, a_keys: jax.Array | None = None,
+              ids: jax.Array | None = None,
+              same: jax.Array | None = None, a_keys: jax.Array | None = None,
               b_keys: jax.Array | None = None) -> jax.Array:
   """Symmetric CLIP loss (B,): mean of the a->b and b->a in-batch InfoNCE.
 
+  `ids` / `same` as in `in_batch_info_nce`, for the a->b direction; b->a
+  uses same.T (a_j is not a negative of b_i when b_i is not one of a_j).
   a_keys / b_keys (default: a / b themselves) are what the other side is
   scored against: a_i against b_keys, b_i against a_keys. MoCo-style
   in-batch training passes momentum-encoder keys here, so that each side's
@@ -106,8 +136,9 @@ def clip_loss(a: jax.Array, b: jax.Array, temperature: jax.Array,
   """
   a_keys = a if a_keys is None else a_keys
   b_keys = b if b_keys is None else b_keys
-  return 0.5 * (in_batch_info_nce(a, b_keys, temperature, ids)
-                + in_batch_info_nce(b, a_keys, temperature, ids))
+  return 0.5 * (in_batch_info_nce(a, b_keys, temperature, ids, same)
+                + in_batch_info_nce(b, a_keys, temperature, ids,
+                                    None if same is None else same.T))
 
 
 def triplet_loss(q: jax.Array, k_pos: jax.Array, k_neg: jax.Array,

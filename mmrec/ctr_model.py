@@ -146,6 +146,22 @@ def retrieve_behaviours(batch, vectors, k: int, seq_fields):
   return out, got
 
 
+def shares_history(batch):
+  """Whether the batch's behaviour fields are one row (one user's history)
+  shared by all its target rows: serving's request-level call (export.py),
+  which scores one user's candidates."""
+  return batch['seq_mask'].shape[0] == 1 and batch['item_id'].shape[0] != 1
+
+
+def broadcast_history(batch):
+  """The batch with a shared one-row history repeated for every row (the
+  per-row batch it stands for)."""
+  b = batch['item_id'].shape[0]
+  return {k: (jnp.broadcast_to(v, (b,) + v.shape[1:])
+              if k.startswith(('seq_', 'long_seq_')) else v)
+          for k, v in batch.items()}
+
+
 def match_features(batch, seq_fields):
   """(B, 2 F + 1) ID-match features of the target against its behaviours.
 
@@ -159,7 +175,8 @@ def match_features(batch, seq_fields):
   alone scores AUC 0.72 in a logistic regression, the ID model without these
   inputs 0.65.
   """
-  mask = batch['seq_mask'].astype(bool)
+  mask = batch['seq_mask'].astype(bool)  # (1, L) if shared: (B, L)
+  mask = jnp.broadcast_to(mask, (batch['item_id'].shape[0], mask.shape[1]))
   length = mask.sum(-1).astype(jnp.float32)
   out = []
   for f in seq_fields:
@@ -185,7 +202,11 @@ class CtrModel(nn.Module):
   attention reads the retrieved top k of it (which also needs
   long_seq_category [+ long_seq_shop]) and SimTier the L-long one. MAKE
   always reads the L-long history (as in its stage A). label/day are not
-  read.
+  read. The behaviour fields may have one row shared by all B targets
+  (`shares_history`: one user's candidates at serving); with train=False
+  the 'id' and SimTier variants then embed that history, take its vectors
+  and its attention key side once (same scores up to float rounding); other
+  variants and training broadcast it to B rows.
   vectors: the frozen (V, Dv) item-vector table, float32 or int8 (= 127·v);
   needed by every variant but 'id' (and 'make' given `make_taps`), and by
   every variant retrieving from a long history (`retrieve_top_k`).
@@ -210,6 +231,12 @@ class CtrModel(nn.Module):
   @nn.compact
   def __call__(self, batch, vectors=None, make_taps=None, train: bool = False):
     cfg = self.config
+    if shares_history(batch) and (
+        train or cfg.variant not in ('id', 'simtier_paper', 'simtier_official')
+        or cfg.retrieve_top_k or 'long_seq_item' in batch):
+      # The history-once path covers what serving runs (the ID model and
+      # SimTier); anything else sees the per-row batch it stands for.
+      batch = broadcast_history(batch)
     # `attended`: the batch whose behaviours the target attention reads.
     attended, retrieved = batch, None
     if cfg.retrieve_top_k and 'long_seq_item' in batch:
@@ -241,7 +268,7 @@ class CtrModel(nn.Module):
       elif cfg.variant == 'simscore':
         extra = simtier.simscore_features(sims, mask)
       elif cfg.simtier_kind:
-        tier_sims, tier_mask = sims, mask
+        tier_sims, tier_mask = sims, jnp.broadcast_to(mask, sims.shape)
         if retrieved is not None:
           # Attention over the retrieved, SimTier over the short recent
           # history (the official code's SimTier over its recent 50).

@@ -96,6 +96,18 @@ class Encoder:
   def items(self, images, titles):
     return self._batched(self._items, images, titles)
 
+  def item_tables(self, images, titles):
+    """{'item': the item vector, 'image': the image tower's vector of the
+    item image, 'text': the text tower's of the title}: each (N, E).
+
+    Queries and items share the towers and heads, so an item's image vector
+    is what an image query of that picture would get.
+    """
+    tables = {'item': self.items(images, titles),
+              'image': self.image_queries(images),
+              'text': self.text_queries(titles)}
+    return {k: v for k, v in tables.items() if v is not None}
+
   def image_queries(self, images):
     return self._batched(self._images, images)
 
@@ -151,6 +163,12 @@ class ReferenceEncoder:
     return (self._pixels(images) if self.method == 'raw_pixels'
             else self._tokens(titles))
 
+  def item_tables(self, images, titles):
+    """As Encoder.item_tables: the item vector and its one modality's."""
+    vectors = self.items(images, titles)
+    modality = 'image' if self.method == 'raw_pixels' else 'text'
+    return {'item': vectors, modality: vectors}
+
   def image_queries(self, images):
     return self._pixels(images) if self.method == 'raw_pixels' else None
 
@@ -170,11 +188,18 @@ def _new_items(data_dir, items):
 
 
 def evaluate_encoder(encoder, data_dir, items):
-  """(retrieval metrics on held-out sessions, (N, D) catalogue vectors,
-  per-session ranks: retrieval_eval.query_ranks)."""
+  """Retrieval on held-out sessions with every vector table of the encoder.
+
+  Returns (metrics, tables, ranks): retrieval_eval.summarise slices of the
+  item vector ('image', 'text', 'image_new', 'text_new') plus 'image_on_image'
+  and 'text_on_text' (queries of a modality ranked by that modality's item
+  table, where the encoder has it); `encoder.item_tables`; and the
+  per-session ranks of retrieval_eval.query_ranks under the same slice names.
+  """
   t0 = time.time()
-  vectors = encoder.items(items['image'], items['title'])
-  logging.info('encoded %d items in %.1fs', len(vectors), time.time() - t0)
+  tables = encoder.item_tables(items['image'], items['title'])
+  logging.info('encoded %d items (%s) in %.1fs', len(tables['item']),
+               ', '.join(tables), time.time() - t0)
   sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
   is_image = sessions['query_is_image']
 
@@ -187,13 +212,32 @@ def evaluate_encoder(encoder, data_dir, items):
     full[idx] = got
     return full
 
-  ranks = retrieval_eval.query_ranks(
-      sessions, vectors,
-      queries(encoder.image_queries, sessions['query_image'], is_image),
-      queries(encoder.text_queries, sessions['query_text'], ~is_image))
-  metrics = retrieval_eval.summarise(ranks, sessions,
-                                     _new_items(data_dir, items))
-  return metrics, vectors, ranks
+  q = {'image': queries(encoder.image_queries, sessions['query_image'],
+                        is_image),
+       'text': queries(encoder.text_queries, sessions['query_text'],
+                       ~is_image)}
+  new = _new_items(data_dir, items)
+  ranks = retrieval_eval.query_ranks(sessions, tables['item'], q['image'],
+                                     q['text'])
+  metrics = retrieval_eval.summarise(ranks, sessions, new)
+  for m in vector_table.MODALITIES:
+    if m in tables and q[m] is not None:
+      own = retrieval_eval.query_ranks(sessions, tables[m],
+                                       **{f'{m}_query_vectors': q[m]})
+      ranks[f'{m}_on_{m}'] = own[m]
+      metrics[f'{m}_on_{m}'] = retrieval_eval.summarise(own, sessions)[m]
+  return metrics, tables, ranks
+
+
+def save_tables(workdir, tables, metadata):
+  """Writes each table of `item_tables` (vector_table.file_name) to
+  `workdir`; returns the item table's metadata."""
+  for m in vector_table.MODALITIES:
+    if m in tables:
+      vector_table.save(os.path.join(workdir, vector_table.file_name(m)),
+                        tables[m], dict(metadata, modality=m))
+  return vector_table.save(os.path.join(workdir, vector_table.FILE),
+                           tables['item'], dict(metadata, modality='item'))
 
 
 def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8):
@@ -252,13 +296,13 @@ def run(config, workdir):
       batch_size=config.batch_size)
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   t0 = time.time()
-  vectors = encoder.items(items['image'], items['title'])
+  tables = encoder.item_tables(items['image'], items['title'])
   seconds = time.time() - t0
-  meta = vector_table.save(os.path.join(workdir, vector_table.FILE), vectors, {
+  meta = save_tables(workdir, tables, {
       'encoder_workdir': os.path.abspath(config.encoder_workdir),
       'encoder_step': step, 'encoder_config': enc_config.to_dict(),
       'method': enc_config.method})
-  logging.info('embedded %d items in %.1fs (%.0f items/s) -> %s',
-               len(vectors), seconds, len(vectors) / seconds,
-               os.path.join(workdir, vector_table.FILE))
+  n = len(tables['item'])
+  logging.info('embedded %d items (%s) in %.1fs (%.0f items/s) -> %s', n,
+               ', '.join(tables), seconds, n / seconds, workdir)
   return meta

@@ -15,6 +15,11 @@ Serving directory (`config.serving_dir`):
   models/v{step}/
     model.jaxexport  `jax.export` of `(variables, batch, vectors) ->
                      {'logit', 'probability'}` with a symbolic batch size
+    request.jaxexport  the same model as one user's request: `(variables,
+                     user, candidates, vectors)`, the user's fields and
+                     history one row, the candidates' fields a symbolic
+                     number of rows; the history side is computed once
+                     (ctr_model.shares_history), not once per candidate
     variables.npz    params + batch_stats, flattened by '/'-joined path
     manifest.json    variant, step, input fields (shape, dtype), vocabulary
                      sizes, the schema (declared user and item features,
@@ -62,6 +67,7 @@ MODELS, VECTORS, INDEX, ENCODER = 'models', 'vectors', 'index', 'encoder'
 MODEL_FILE, VARIABLES_FILE, MANIFEST, CURRENT = (
     serving_model.MODEL_FILE, serving_model.VARIABLES_FILE,
     serving_model.MANIFEST, serving_model.CURRENT)
+REQUEST_FILE = serving_model.REQUEST_FILE
 ITEM_TABLE = ('params', 'embed', 'item', 'embedding')
 
 
@@ -206,10 +212,46 @@ def export_function(model, variables, seq_len, vectors_shape, schema):
   return exported, fields
 
 
-def write_exported(final, exported, variables, manifest):
-  """model.jaxexport + variables.npz + manifest.json (with their sha256) in
-  a temporary directory renamed to `final`; a `final` already there is
-  replaced only after the new one is whole."""
+def request_function(model, variables, seq_len, vectors_shape, schema):
+  """jax.export of `(variables, user, candidates, vectors) -> {'logit',
+  'probability'}` (C,): `user` the user's fields (1,) and history (1, L),
+  `candidates` the target fields with a symbolic C rows; returns
+  (exported, {'user': field specs, 'candidates': field specs})."""
+  (c,) = jax.export.symbolic_shape('c')
+  scalar, seq = model_fields(model, schema)
+  emb = model.config.embedding
+  user = {f: jax.ShapeDtypeStruct((1,), jnp.int32) for f in emb.user_fields}
+  user.update({f: jax.ShapeDtypeStruct(
+      (1, seq_len), jnp.bool_ if f == 'seq_mask' else jnp.int32) for f in seq})
+  cands = {f: jax.ShapeDtypeStruct((c,) + shape, jnp.int32)
+           for f, (shape, _) in scalar.items() if f not in user}
+
+  def serve(variables, user, candidates, vectors):
+    n = candidates['item_id'].shape[0]
+    # User fields are per row (cheap lookups); the history stays one row.
+    batch = {k: (v if k in seq else jnp.broadcast_to(v, (n,)))
+             for k, v in user.items()}
+    logit = model.apply(variables, dict(batch, **candidates), vectors,
+                        train=False)
+    return {'logit': logit, 'probability': jax.nn.sigmoid(logit)}
+
+  var_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                           variables)
+  vec_spec = (None if vectors_shape is None else
+              jax.ShapeDtypeStruct(vectors_shape, jnp.int8))
+  exported = jax.export.export(jax.jit(serve))(var_specs, user, cands,
+                                               vec_spec)
+  fields = {part: {f: {'shape': list(s.shape[1:]), 'dtype': str(s.dtype)}
+                   for f, s in specs.items()}
+            for part, specs in (('user', user), ('candidates', cands))}
+  return exported, fields
+
+
+def write_exported(final, exported, variables, manifest, extra=None):
+  """model.jaxexport + variables.npz + manifest.json (with their sha256),
+  and `extra` {file name: exported} if given, in a temporary directory
+  renamed to `final`; a `final` already there is replaced only after the
+  new one is whole."""
   parent = os.path.dirname(final)
   os.makedirs(parent, exist_ok=True)
   base = os.path.basename(final)
@@ -218,12 +260,14 @@ def write_exported(final, exported, variables, manifest):
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
-    with open(os.path.join(tmp, MODEL_FILE), 'wb') as f:
-      f.write(exported.serialize())
+    programs = dict(extra or {}, **{MODEL_FILE: exported})
+    for name, program in programs.items():
+      with open(os.path.join(tmp, name), 'wb') as f:
+        f.write(program.serialize())
     np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(variables))
     manifest = dict(manifest, jax_version=jax.__version__, sha256={
         n: serving_model.sha256_file(os.path.join(tmp, n))
-        for n in (MODEL_FILE, VARIABLES_FILE)})
+        for n in (*programs, VARIABLES_FILE)})
     files.write_json(os.path.join(tmp, MANIFEST), manifest)
     if os.path.exists(final):
       os.rename(final, old)
@@ -343,10 +387,13 @@ def write_version(models_dir, step, model, variables, *, variant, sizes,
   t0 = time.time()
   exported, fields = export_function(served, padded, seq_len, vec_shape,
                                      schema)
+  request, request_fields = request_function(served, padded, seq_len,
+                                             vec_shape, schema)
   manifest = {
       'format_version': 1, 'step': int(step), 'variant': variant,
       'created': time.time(), 'checkpoint': checkpoint,
       'fields': fields, 'seq_len': seq_len,
+      'request': dict(request_fields, file=REQUEST_FILE),
       'sizes': dict(sizes, num_items=capacity),
       'trained_items': sizes['num_items'], 'item_capacity': capacity,
       'buckets': sorted(buckets), 'schema': schema,
@@ -355,7 +402,8 @@ def write_version(models_dir, step, model, variables, *, variant, sizes,
                   if uses_vectors else None),
       'vector_store': {'version': store['version'],
                        'table_sha256': store['source']['table_sha256']}}
-  write_exported(final, exported, padded, manifest)
+  write_exported(final, exported, padded, manifest,
+                 extra={REQUEST_FILE: request})
   logging.info('exported %s step %d -> %s (%.1fs)', variant, step, final,
                time.time() - t0)
   return final

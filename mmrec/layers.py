@@ -165,7 +165,11 @@ class TargetAttention(nn.Module):
   `weights` (B, T) and `entropy` = `attention_entropy(weights, mask)`.
 
   Shapes: query (B, D), keys (B, T, D), values (B, T, E) (default: keys),
-  mask (B, T) bool True = real, extra (B, T, F) -> (B, E).
+  mask (B, T) bool True = real, extra (B, T, F) -> (B, E). Keys, values and
+  mask may have one row, a history shared by the B queries (serving scores
+  one user's candidates): the key side is then computed once, not B times
+  (`_shared_first_layer`); without `extra`, and for every form but
+  'mlp_softmax' (broadcast to B rows, as before).
   `train`: Dice uses batch statistics (apply with `mutable=['batch_stats']`).
   """
   hidden: Sequence[int] = (64, 32)
@@ -182,26 +186,38 @@ class TargetAttention(nn.Module):
       mask = jnp.ones(keys.shape[:2], bool)
     if extra is not None:
       extra = extra.astype(keys.dtype)
+    b, t = query.shape[0], keys.shape[1]
+    shared = keys.shape[0] == 1 and b != 1
+    if shared and (extra is not None or self.form == 'mlp_softmax'):
+      keys, values = (jnp.broadcast_to(x, (b,) + x.shape[1:])
+                      for x in (keys, values))
+      shared = False
+    mask = jnp.broadcast_to(mask, (b, t))  # cheap; (B, T) from here on
     if self.form == 'dot':
       d = query.shape[-1]
       q = dense(d, name='query')(query)
       k = dense(d, name='key')(keys)
-      scores = jnp.einsum('bd,btd->bt', q, k) / jnp.sqrt(jnp.float32(d))
+      scores = (jnp.einsum('bd,td->bt', q, k[0]) if shared else
+                jnp.einsum('bd,btd->bt', q, k)) / jnp.sqrt(jnp.float32(d))
       if extra is not None:
         scores += dense(1, ('mlp', None), name='extra', use_bias=False)(
             extra)[..., 0]
     else:
-      q = jnp.broadcast_to(query[:, None, :], keys.shape)
-      feats = [q, keys, q - keys, q * keys]
-      if extra is not None:
-        feats.append(extra)
-      h = jnp.concatenate(feats, axis=-1)
+      h = None  # shared: the first layer is computed in parts
+      if not shared:
+        q = jnp.broadcast_to(query[:, None, :], keys.shape)
+        feats = [q, keys, q - keys, q * keys]
+        if extra is not None:
+          feats.append(extra)
+        h = jnp.concatenate(feats, axis=-1)
       if self.form == 'mlp_softmax':
         h = MLP(self.hidden, activation=nn.sigmoid, final_activation=True,
                 name='mlp')(h)
       else:
         for i, f in enumerate(self.hidden):
-          h = dense(f, name=f'dense_{i}')(h)
+          layer = dense(f, name=f'dense_{i}')
+          h = (_shared_first_layer(layer, query, keys[0]) if shared and i == 0
+               else layer(h))
           h = (Dice(name=f'dice_{i}')(h, train=train, mask=mask)
                if self.form == 'din' else PReLU(name=f'prelu_{i}')(h))
       scores = dense(1, ('mlp', None), name='score')(h)[..., 0]  # (B, T)
@@ -214,4 +230,27 @@ class TargetAttention(nn.Module):
     if not self.is_initializing():  # Keeps 'intermediates' out of init.
       self.sow('intermediates', 'weights', weights)
       self.sow('intermediates', 'entropy', attention_entropy(weights, mask))
+    if shared:
+      return jnp.einsum('bt,te->be', weights, values[0])
     return jnp.einsum('bt,bte->be', weights, values)
+
+
+def _shared_first_layer(layer, query, keys):
+  """`layer([q, k, q - k, q * k])` for B queries (B, D) against one
+  history's T keys (T, D) -> (B, T, F), without the (B, T, 4 D) input.
+
+  The layer is affine, so with its kernel's row blocks Wq, Wk, Wd, Wm:
+  q (Wq + Wd) + b per query (B rows), k (Wk - Wd) per key (T rows, once per
+  history), and only the product term (q * k) Wm per (query, key) pair: a
+  quarter of the per-pair multiply-adds. Equal to the concatenated form up
+  to float rounding (the sums are reassociated).
+  """
+  d = query.shape[-1]
+  zeros = jnp.zeros_like(query)
+  # Calling the layer binds its params; q's side is this call's output.
+  q_side = layer(jnp.concatenate([query, zeros, query, zeros], -1))
+  w = nn.unbox(layer.variables['params']['kernel'])
+  w_k, w_d, w_m = w[d:2 * d], w[2 * d:3 * d], w[3 * d:4 * d]
+  k_side = keys @ (w_k - w_d)
+  pair = (query[:, None, :] * keys[None]) @ w_m
+  return q_side[:, None, :] + k_side[None] + pair

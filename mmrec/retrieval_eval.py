@@ -3,10 +3,10 @@
 For each held-out (query, purchased item) pair the purchased item is ranked
 by cosine similarity against a fixed candidate set: the purchased items of the
 whole held-out set plus the session's own hard negatives (clicked, not
-bought). Reported: accuracy@1 and recall@10, separately for image and text
-queries, on all held-out sessions and on those that bought a new item (never
-seen in pre-training); and each session's rank (query_ranks), for paired
-bootstraps of two encoders over the same queries.
+bought), each item once. Reported: accuracy@1 and recall@10, separately for
+image and text queries, on all held-out sessions and on those that bought a
+new item (never seen in pre-training); and each session's rank
+(query_ranks), for paired bootstraps of two encoders over the same queries.
 """
 
 import numpy as np
@@ -17,6 +17,17 @@ from mmrec import metrics
 def _unit(x):
   x = np.asarray(x, np.float32)
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _distinct_outside(hard, mask, pool):
+  """(S, H) mask of the hard negatives that add a candidate: real, not
+  already in `pool` and not an earlier column's item of the same session.
+  A duplicate scored twice would count one wrong item twice against the
+  purchased one."""
+  keep = mask.astype(bool) & ~np.isin(hard, pool)
+  for j in range(1, hard.shape[1]):
+    keep[:, j] &= ~(hard[:, :j] == hard[:, j:j + 1]).any(1)
+  return keep
 
 
 def query_ranks(sessions, item_vectors, image_query_vectors=None,
@@ -37,7 +48,7 @@ def query_ranks(sessions, item_vectors, image_query_vectors=None,
   pool = np.unique(purchased)
   pos = np.searchsorted(pool, purchased)
   hard = sessions['hard_negatives']
-  hard_mask = sessions['hard_negative_mask'].astype(bool)
+  hard_mask = _distinct_outside(hard, sessions['hard_negative_mask'], pool)
   out = {}
   for modality, queries in (('image', image_query_vectors),
                             ('text', text_query_vectors)):

@@ -10,6 +10,12 @@ largest bucket, so only `len(buckets)` programs are ever compiled; `warm()`
 compiles them all before a version takes traffic (hot reload swaps in a
 warmed model).
 
+Two entries: `score(batch)` takes model rows (each with its own history),
+`score_request(user, candidates)` one user's fields and history once and
+its candidates' fields: the service's path, whose program computes the
+history side once per request instead of once per candidate (versions
+exported before it existed fall back to `score` on the repeated rows).
+
 Shape letters: B rows, L behaviour-sequence length, C item capacity, Dv
 vector width.
 """
@@ -23,6 +29,7 @@ import numpy as np
 
 MODEL_FILE, VARIABLES_FILE, MANIFEST = (
     'model.jaxexport', 'variables.npz', 'manifest.json')
+REQUEST_FILE = 'request.jaxexport'  # one user's candidates (export.py)
 CURRENT = 'CURRENT'
 
 
@@ -59,6 +66,11 @@ def current(models_dir):
     return os.path.join(models_dir, f.read().strip())
 
 
+def _program(directory, name):
+  with open(os.path.join(directory, name), 'rb') as f:
+    return jax.jit(jax.export.deserialize(bytearray(f.read())).call)
+
+
 def read_exported(directory):
   """(manifest, jitted call, variables on the device) of an exported dir,
   its files checked against the manifest's sha256."""
@@ -70,11 +82,9 @@ def read_exported(directory):
   for name, digest in manifest['sha256'].items():
     if sha256_file(os.path.join(directory, name)) != digest:
       raise ModelError(f'{directory}: checksum mismatch in {name}')
-  with open(os.path.join(directory, MODEL_FILE), 'rb') as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
   with np.load(os.path.join(directory, VARIABLES_FILE)) as f:
     variables = _unflatten({k: f[k] for k in f.files})
-  return (manifest, jax.jit(exported.call),
+  return (manifest, _program(directory, MODEL_FILE),
           jax.device_put(variables, jax.devices()[0]))
 
 
@@ -90,6 +100,9 @@ class ServingModel:
     self.seq_len = m['seq_len']
     self.fields = m['fields']
     self.needs_vectors = m['vectors'] is not None
+    self.request_fields = m.get('request')  # None: exported before it
+    self._request = (None if self.request_fields is None else
+                     _program(directory, self.request_fields['file']))
 
   def _padded(self, batch, size):
     out = {}
@@ -133,6 +146,54 @@ class ServingModel:
     p = np.concatenate(probs)
     return (p, np.concatenate(logits)) if with_logits else p
 
+  def score_request(self, user, candidates, vectors=None, with_logits=False):
+    """Probabilities (C,) of one user's candidates: `user` its fields and
+    history (the model's user and seq_* fields, one row), `candidates` the
+    target fields (C rows, C >= 1). Equal to `score` of the C rows that
+    repeat the user's, up to float rounding."""
+    if self._request is None:  # an older version: the rows it stands for
+      n = len(candidates['item_id'])
+      rows = dict({k: np.repeat(np.asarray(v), n, 0)
+                   for k, v in user.items()}, **candidates)
+      return self.score(rows, vectors, with_logits)
+    spec = self.request_fields
+    missing = sorted((set(spec['user']) - set(user)) |
+                     (set(spec['candidates']) - set(candidates)))
+    if missing:
+      raise ModelError(f'request lacks fields {missing}')
+    if self.needs_vectors and vectors is None:
+      raise ModelError(f'model {self.version} ({self.manifest["variant"]}) '
+                       'needs the item-vector table')
+    one = {}
+    for name, f in spec['user'].items():
+      one[name] = np.asarray(user[name]).astype(f['dtype']).reshape(
+          [1] + f['shape'])
+    cands = {name: np.asarray(candidates[name]).astype(f['dtype'])
+             for name, f in spec['candidates'].items()}
+    n = len(cands['item_id'])
+    if n == 0:
+      raise ModelError('no candidates')
+    for name, f in spec['candidates'].items():
+      if cands[name].shape != (n, *f['shape']):
+        raise ModelError(f'candidate field {name!r} has shape '
+                         f'{cands[name].shape}, the model expects '
+                         f'({n}, {", ".join(map(str, f["shape"]))})')
+    top = self.buckets[-1]
+    probs, logits = [], []
+    for lo in range(0, n, top):
+      rows = min(top, n - lo)
+      size = next(b for b in self.buckets if b >= rows)
+      # Padded with copies of the chunk's first candidate, dropped below.
+      idx = np.concatenate([np.arange(lo, lo + rows),
+                            np.full(size - rows, lo)])
+      out = self._request(self._variables, one,
+                          {k: v[idx] for k, v in cands.items()},
+                          vectors if self.needs_vectors else None)
+      probs.append(np.asarray(out['probability'])[:rows])
+      logits.append(np.asarray(out['logit'])[:rows])
+    p = np.concatenate(probs)
+    return (p, np.concatenate(logits)) if with_logits else p
+
   def device_table(self, rows):
     """(n, Dv) int8 rows -> the (C, Dv) device table the model expects."""
     if not self.needs_vectors:
@@ -146,12 +207,20 @@ class ServingModel:
     table[:len(rows)] = rows
     return jax.device_put(table, jax.devices()[0])
 
-  def warm(self, vectors=None):
-    """Compiles every bucket's program (before the version takes traffic)."""
+  def warm(self, vectors=None, rows=True):
+    """Compiles every bucket's programs (before the version takes traffic):
+    `score_request`'s, and `score`'s if `rows` (the service, which scores
+    requests only, skips them: half the compiling at a reload)."""
     one = {name: np.zeros([1] + spec['shape'], spec['dtype'])
            for name, spec in self.fields.items()}
     for b in self.buckets:
-      self.score({k: np.repeat(v, b, 0) for k, v in one.items()}, vectors)
+      if rows or self._request is None:
+        self.score({k: np.repeat(v, b, 0) for k, v in one.items()}, vectors)
+      if self._request is not None:
+        spec = self.request_fields
+        self.score_request({k: one[k] for k in spec['user']},
+                           {k: np.repeat(one[k], b, 0)
+                            for k in spec['candidates']}, vectors)
 
 
 class ServingEncoder:

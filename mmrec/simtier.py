@@ -30,22 +30,46 @@ def table_cosine(vectors, target_ids, seq_ids, seq_mask):
   mask -> (B, T), 0 at padding, clipped to [-1, 1]: an item's cosine to
   itself comes out as 1 +- rounding, and 1.0000001 would land in another
   SimTier bin than 1.0 (ceil(10 cos)), so different compilations (meshes,
-  devices) would disagree. Equals the cosine of the gathered (dequantised,
-  padding-zeroed) vectors, but never materialises a
-  normalised (B, T, Dv) copy: the behaviours' inverse norms are computed on
-  the table (V x Dv, small) and gathered, and int8 values need no
-  dequantising since the 1/127 scale cancels in a cosine. With a 1000-long
-  history the (B, T, Dv) tensor is the step's largest, so each pass over it
-  saved is time saved.
+  devices) would disagree. For the same reason the dot products are taken
+  on the raw rows and scaled by both inverse norms afterwards: on an int8
+  table they are exact integers (|dot| <= Dv 127^2 < 2^24) whatever the
+  summation order, so an exactly orthogonal pair (dot 0, about 3 in 10,000
+  pairs of 128-d int8 vectors) gives cosine 0 (bin 10), not +-1e-8 (bin 11
+  or 10 depending on how a compilation orders the sum). Equals the cosine
+  of the gathered (dequantised, padding-zeroed) vectors, but never
+  materialises a normalised (B, T, Dv) copy: the behaviours' inverse norms
+  are computed on the table (V x Dv, small) and gathered, and int8 values
+  need no dequantising since the 1/127 scale cancels in a cosine. With a
+  1000-long history the (B, T, Dv) tensor is the step's largest, so each
+  pass over it saved is time saved.
+
+  The ids and mask may also be (1, T): one history shared by the B targets
+  (serving's request-level call); the result is the same, bit for bit on
+  an int8 table, as for the history repeated B times.
   """
-  table = jax.lax.stop_gradient(vectors).astype(jnp.float32)
-  inv_norm = 1.0 / jnp.maximum(jnp.linalg.norm(table, axis=-1), 1e-8)
-  t = jnp.take(table, target_ids, axis=0) * jnp.take(inv_norm, target_ids)[
-      :, None]
-  dots = jnp.einsum('bd,btd->bt', t, jnp.take(vectors, seq_ids, axis=0),
-                    preferred_element_type=jnp.float32)
-  cos = dots * jnp.take(inv_norm, seq_ids)
+  vectors = jax.lax.stop_gradient(vectors)
+  if seq_ids.shape[0] == 1 and target_ids.shape[0] != 1:
+    # Norms of the B + T gathered rows, not of the whole table (at serving
+    # V is the item capacity, tens of thousands of rows, and B + T ~150),
+    # and the history's vectors gathered once.
+    tv = jnp.take(vectors, target_ids, axis=0).astype(jnp.float32)
+    sv = jnp.take(vectors, seq_ids[0], axis=0)  # (T, Dv)
+    dots = jnp.einsum('bd,td->bt', tv, sv, preferred_element_type=jnp.float32)
+    inv_s = _inv_norm(sv)[None]
+  else:
+    table = vectors.astype(jnp.float32)
+    inv_norm = _inv_norm(table)
+    tv = jnp.take(table, target_ids, axis=0)
+    dots = jnp.einsum('bd,btd->bt', tv, jnp.take(vectors, seq_ids, axis=0),
+                      preferred_element_type=jnp.float32)
+    inv_s = jnp.take(inv_norm, seq_ids)
+  cos = dots * _inv_norm(tv)[:, None] * inv_s
   return jnp.where(seq_mask.astype(bool), jnp.clip(cos, -1.0, 1.0), 0.0)
+
+
+def _inv_norm(rows):
+  return 1.0 / jnp.maximum(
+      jnp.linalg.norm(rows.astype(jnp.float32), axis=-1), 1e-8)
 
 
 def _counted(sims, mask, mask_padding: bool):

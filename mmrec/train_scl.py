@@ -19,12 +19,18 @@ One objective object per family; `train_lib.fit` runs the loop. Objectives
                           purchased item are masked (not negatives). The
                           momentum is constant or rises on a cosine to 1
                           (`momentum_schedule`).
+                          In-batch, sessions with the same purchased item or
+                          text query are not negatives of each other.
          scl_no_queue     in-batch negatives, online keys (CLIP-style).
          scl_no_hard_neg  lambda = 0.
   Clip   clip_o / clip_e  symmetric in-batch InfoNCE of image vs text on
                           generic captions / on catalogue image vs title (old
-                          items only).
-  I2i    i2i              symmetric in-batch InfoNCE of co-clicked item pairs.
+                          items only); rows with identical caption / title
+                          tokens are not negatives of each other.
+  I2i    i2i              symmetric in-batch InfoNCE of co-clicked item pairs;
+                          pairs sharing an item are not negatives.
+The duplicate masks beyond the same purchased item follow
+config.mask_duplicates (off: the unmasked baselines, for comparison).
 The temperature is learned (clipped) in every case. The reference methods
 (raw pixels, bag of tokens) train nothing: `run` only evaluates them.
 
@@ -46,7 +52,6 @@ from mmrec import embed
 from mmrec import files
 from mmrec import sharding
 from mmrec import train_lib
-from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import manifest
 from mmrec.data import pretrain_pipelines
@@ -83,12 +88,23 @@ class Clip:
     return (apply(batch['image'], method='encode_image'),
             apply(batch['text'], method='encode_text'))
 
+  def duplicates(self, batch):
+    """(B, B) bool: rows whose pairs are not negatives of each other.
+
+    Identical caption (CLIP-O) or title (CLIP-E) tokens: the other row's
+    image is as much a positive of the text as the row's own. The same item
+    twice has the same title, so CLIP-E's rule covers it too.
+    """
+    return contrastive.same_rows(batch['text'])
+
   def loss(self, params, extra, batch, model):
     """Symmetric in-batch InfoNCE of the pairs; (loss, (metrics, None))."""
     del extra
     apply = functools.partial(model.apply, {'params': params})
     temp = apply(method='temperature')
-    loss = jnp.mean(contrastive.clip_loss(*self.pair(apply, batch), temp))
+    same = self.duplicates(batch) if self.config.mask_duplicates else None
+    loss = jnp.mean(contrastive.clip_loss(*self.pair(apply, batch), temp,
+                                          same=same))
     return loss, ({'temperature': temp, 'loss': loss}, None)
 
   def update_extra(self, extra, params, aux, batch, step):
@@ -108,6 +124,11 @@ class I2i(Clip):
   def pair(self, apply, batch):
     return (apply(batch['a_image'], batch['a_title'], method='encode_item'),
             apply(batch['b_image'], batch['b_title'], method='encode_item'))
+
+  def duplicates(self, batch):
+    # Pairs sharing an item, in either position: a_i's partner b_j is then
+    # the same item as b_i or a co-click of a_i itself.
+    return contrastive.shares_any(batch['a_item'], batch['b_item'])
 
 
 def momentum_at(step, base, num_steps, schedule):
@@ -196,7 +217,7 @@ class Scl:
       aux = jax.lax.stop_gradient((k_query, k_item))
     else:
       nce = jnp.mean(contrastive.clip_loss(
-          query, pos, temp, ids=batch['pos_item'], a_keys=k_query,
+          query, pos, temp, same=scl_duplicates(batch, c), a_keys=k_query,
           b_keys=k_item))
     loss = nce
     metrics['nce'] = nce
@@ -227,6 +248,24 @@ class Scl:
           queue_queries=contrastive.enqueue(extra['queue_queries'], k_query,
                                             ids=ids))
     return extra
+
+
+def scl_duplicates(batch, config):
+  """(B, B) bool: sessions that are not in-batch negatives of each other.
+
+  The same purchased item (always: it is the same key), and, with
+  config.mask_duplicates, the same text query: identical queries embed
+  identically, so each one's item is a positive of the other, in both
+  directions. Image queries are not compared: rendered user photos carry
+  noise and are never pixel-identical here (a real log with repeated photos
+  would need an id from the pipeline).
+  """
+  same = contrastive.same_rows(batch['pos_item'])
+  if config.mask_duplicates:
+    text = ~batch['query_is_image']
+    same |= (contrastive.same_rows(batch['query_text'])
+             & text[:, None] & text[None])
+  return same
 
 
 OBJECTIVES = {'scl': Scl, 'scl_no_queue': Scl, 'scl_no_hard_neg': Scl,
@@ -361,10 +400,11 @@ def run(config, workdir):
 
 def _finish(config, workdir, data_dir, encoder, items, step):
   """Held-out evaluation + the catalogue's vector table."""
-  metrics, vectors, ranks = embed.evaluate_encoder(encoder, data_dir, items)
-  vector_table.save(os.path.join(workdir, vector_table.FILE), vectors, {
+  metrics, tables, ranks = embed.evaluate_encoder(encoder, data_dir, items)
+  embed.save_tables(workdir, tables, {
       'method': config.method, 'seed': config.seed, 'step': step,
       'encoder_workdir': workdir, 'data_dir': data_dir})
+  vectors = tables['item']
   result = {'method': config.method, 'seed': config.seed, 'step': step,
             'data_dir': data_dir, 'metrics': metrics}
   examples = embed.retrieval_examples(encoder, data_dir, items, vectors)

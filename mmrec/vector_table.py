@@ -25,10 +25,32 @@ from mmrec import files
 from mmrec import sharding
 
 FILE = 'item_vectors.npz'  # in the embedding / pre-training job's workdir
+# Beside FILE (the encoder's item vector: fused, or its item_mode's tower),
+# the encoders write one table per modality: the image tower's vector of the
+# item image and the text tower's vector of the title. The paper's positives
+# are per modality and its online result is for image representations, so
+# the CTR side can read either (ctr_sweep's `<variant>@image`).
+MODALITIES = ('image', 'text')
 
 
 class VectorTableError(ValueError):
   """A vector table is missing, corrupt, or does not fit its consumer."""
+
+
+def file_name(modality=None):
+  """FILE for the item vector (modality None), else the modality's table."""
+  if modality is None:
+    return FILE
+  if modality not in MODALITIES:
+    raise VectorTableError(f'modality must be one of {MODALITIES} or None, '
+                           f'got {modality!r}')
+  return f'item_vectors_{modality}.npz'
+
+
+def modality_path(path, modality):
+  """The `modality` table beside a table (or in a job's workdir) `path`."""
+  directory = path if os.path.isdir(path) else os.path.dirname(path)
+  return os.path.join(directory, file_name(modality))
 
 
 def quantize(vectors):

@@ -34,12 +34,14 @@ def _np_info_nce(q, k_pos, neg, t, mask):
   return _np_xent_first(np.array(logits))
 
 
-def _np_in_batch(q, k, t, ids):
+def _np_in_batch(q, k, t, ids=None, same=None):
+  """Row by row; k_j is dropped where ids match or same[i, j] (j != i)."""
   logits = []
   for i in range(q.shape[0]):
-    row = [q[i] @ k[i]] + [
-        q[i] @ k[j] if ids[j] != ids[i] else -np.inf
-        for j in range(k.shape[0]) if j != i]
+    drop = lambda j: ((ids is not None and np.array_equal(ids[j], ids[i]))
+                      or (same is not None and same[i, j]))
+    row = [q[i] @ k[i]] + [q[i] @ k[j] if not drop(j) else -np.inf
+                           for j in range(k.shape[0]) if j != i]
     logits.append(np.array(row, np.float64) / t)
   return _np_xent_first(np.array(logits))
 
@@ -152,6 +154,49 @@ class InBatchTest(parameterized.TestCase):
     g_b_full = jax.grad(lambda b: 2 * contrastive.clip_loss(
         a, b, t, ids, ka, kb).sum())(b)
     np.testing.assert_allclose(g_b_full, g_b, rtol=1e-5, atol=1e-6)
+
+
+class DuplicateMaskTest(parameterized.TestCase):
+  """Duplicate rows of a hand-made batch are not negatives of each other."""
+
+  def test_same_rows_matches_numpy(self):
+    tokens = np.array([[5, 6, 0], [5, 6, 0], [5, 7, 0], [6, 5, 0], [5, 6, 0]])
+    got = np.asarray(jax.jit(contrastive.same_rows)(tokens))
+    want = np.array([[np.array_equal(a, b) for b in tokens] for a in tokens])
+    np.testing.assert_array_equal(got, want)
+    self.assertTrue(got[0, 4] and got[1, 4] and not got[0, 3])
+
+  def test_shares_any_matches_numpy(self):
+    a, b = np.array([0, 1, 2, 3, 4]), np.array([9, 8, 0, 8, 5])
+    got = np.asarray(jax.jit(contrastive.shares_any)(a, b))
+    want = np.array([[bool({a[i], b[i]} & {a[j], b[j]}) for j in range(5)]
+                     for i in range(5)])
+    np.testing.assert_array_equal(got, want)
+    # (0, 9) ~ (2, 0) through item 0 in different positions; (1, 8) ~ (3, 8).
+    self.assertTrue(got[0, 2] and got[1, 3] and not got[0, 1])
+
+  def test_token_rows_as_ids(self):
+    # Captions 0, 2 and 4 are identical: their images are positives of each
+    # other's caption, so neither direction may count them as negatives.
+    rng = np.random.default_rng(4)
+    tokens = np.array([[3, 4], [3, 5], [3, 4], [7, 1], [3, 4], [7, 2]])
+    a, b, t = _unit(rng, 6, 8), _unit(rng, 6, 8), 0.1
+    got = jax.jit(contrastive.clip_loss)(a, b, t, tokens)
+    want = 0.5 * (_np_in_batch(a, b, t, ids=tokens)
+                  + _np_in_batch(b, a, t, ids=tokens))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    unmasked = 0.5 * (_np_in_batch(a, b, t) + _np_in_batch(b, a, t))
+    self.assertFalse(np.allclose(got, unmasked, atol=1e-3))
+
+  def test_asymmetric_same_is_transposed_for_the_reverse_direction(self):
+    rng = np.random.default_rng(5)
+    a, b, t = _unit(rng, 5, 8), _unit(rng, 5, 8), 0.2
+    same = rng.random((5, 5)) < 0.3
+    ids = np.array([0, 1, 1, 2, 3])
+    got = jax.jit(contrastive.clip_loss)(a, b, t, ids, same)
+    want = 0.5 * (_np_in_batch(a, b, t, ids, same)
+                  + _np_in_batch(b, a, t, ids, same.T))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 class TripletTest(parameterized.TestCase):

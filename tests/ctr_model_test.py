@@ -94,6 +94,35 @@ class MatchFeaturesTest(absltest.TestCase):
       widths[on] = nn.unbox(params)['tower_0']['kernel'].shape[0]
     self.assertEqual(widths[True] - widths[False], 3)
 
+class SharedHistoryTest(parameterized.TestCase):
+  """One user's history (1, L) with C candidates = the per-row batch."""
+
+  @parameterized.product(variant=ctr_model.VARIANTS,
+                         attention=layers.ATTENTION_FORMS)
+  def test_equals_the_repeated_rows(self, variant, attention):
+    cfg = dataclasses.replace(tiny_config(variant), attention=attention)
+    model = ctr_model.CtrModel(cfg)
+    batch, vectors = tiny_data()
+    vectors = np.round(vectors * 127).astype(np.int8)  # as served
+    variables = model.init(jax.random.key(1), batch, vectors)
+    c = 7
+    rng = np.random.default_rng(5)
+    user = {k: v[:1] for k, v in batch.items()
+            if k in EMB.user_fields + EMB.seq_fields + ('seq_mask',)}
+    user['seq_item'] = user['seq_item'].copy()
+    user['seq_item'][0, -1] = 3
+    cands = {'item_id': rng.integers(0, 20, c), 'category':
+             rng.integers(0, 5, c), 'shop': rng.integers(0, 6, c)}
+    cands['item_id'][0] = 3  # a candidate also in the history
+    rows = dict({k: np.repeat(v, c, 0) for k, v in user.items()}, **cands)
+    shared = dict({k: v if k.startswith('seq_') else np.repeat(v, c, 0)
+                   for k, v in user.items()}, **cands)
+    self.assertTrue(ctr_model.shares_history(shared))
+    self.assertFalse(ctr_model.shares_history(rows))
+    f = jax.jit(lambda b: model.apply(variables, b, vectors))
+    np.testing.assert_allclose(f(shared), f(rows), rtol=0, atol=1e-5)
+
+
 class VariantsTest(parameterized.TestCase):
 
   @parameterized.parameters(*ctr_model.VARIANTS)

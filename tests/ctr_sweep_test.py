@@ -10,6 +10,7 @@ import numpy as np
 
 from experiments import ctr_sweep
 from experiments.configs import ctr_sweep as sweep_config
+from mmrec import vector_table
 
 
 def _config(variants):
@@ -114,6 +115,25 @@ class CtrSweepTest(absltest.TestCase):
     for bad in ('simtier_official@pixels', 'id@ids'):
       with self.assertRaisesRegex(ValueError, bad):
         ctr_sweep.split_variant(bad)
+
+  def test_modality_variant_reads_the_table_beside_vectors_path(self):
+    workdir = tempfile.mkdtemp()
+    c = _config('id,simtier_official@image,simtier_official@text')
+    tables = tempfile.mkdtemp()
+    vectors, _ = vector_table.load(c.vectors_path)
+    vector_table.save(os.path.join(tables, vector_table.FILE), vectors)
+    vector_table.save(os.path.join(tables, vector_table.file_name('image')),
+                      vectors[:, ::-1])
+    c.vectors_path = os.path.join(tables, vector_table.FILE)
+    summary = ctr_sweep.run(c, workdir)
+    with open(os.path.join(workdir, 'simtier_official@image', 'seed_0',
+                           'ctr_eval.json')) as f:
+      used = json.load(f)
+    self.assertEqual(used['vectors_path'],
+                     os.path.join(tables, vector_table.file_name('image')))
+    # No text table was written: that variant is skipped, with the reason.
+    self.assertNotIn('simtier_official@text', summary['variants'])
+    self.assertIn('no text table', summary['skipped']['simtier_official@text'])
 
   def test_vectors_path_required(self):
     c = _config('id,simscore')

@@ -97,6 +97,46 @@ class ExportTest(parameterized.TestCase):
     np.testing.assert_allclose(probs, offline, rtol=0, atol=1e-6)
     np.testing.assert_allclose(logits, pred['logit'], rtol=0, atol=1e-5)
 
+  @parameterized.parameters(*VARIANTS)
+  def test_request_scores_equal_row_scores(self, variant):
+    """The request program (one user's history once, its candidates as
+    rows) scores like the per-row program, which equals offline evaluation
+    (above): for C = 1, within a bucket, and past the largest (chunks)."""
+    model, table = self._model(variant)
+    spec = model.manifest['request']
+    self.assertEqual(spec['file'], serving_model.REQUEST_FILE)
+    self.assertIn(serving_model.REQUEST_FILE, model.manifest['sha256'])
+    for i, c in ((0, 1), (5, 13), (40, 70)):
+      user = {k: self.rows[k][i:i + 1] for k in spec['user']}
+      cands = {k: self.rows[k][i:i + c] for k in spec['candidates']}
+      rows = dict({k: np.repeat(v, c, 0) for k, v in user.items()}, **cands)
+      got, logits = model.score_request(user, cands, table, with_logits=True)
+      want, want_logits = model.score(rows, table, with_logits=True)
+      self.assertEqual(got.shape, (c,))
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+      np.testing.assert_allclose(logits, want_logits, rtol=0, atol=1e-5)
+
+  def test_version_without_request_program_still_serves_requests(self):
+    """A version exported before request.jaxexport existed: score_request
+    scores the repeated rows with the row program."""
+    _, _, _, directory = self.runs['id']
+    old = os.path.join(self.root, 'v_old')
+    shutil.copytree(directory, old)
+    os.remove(os.path.join(old, serving_model.REQUEST_FILE))
+    with open(os.path.join(old, export.MANIFEST)) as f:
+      m = json.load(f)
+    del m['request'], m['sha256'][serving_model.REQUEST_FILE]
+    with open(os.path.join(old, export.MANIFEST), 'w') as f:
+      json.dump(m, f)
+    model = serving_model.ServingModel(old)
+    self.assertIsNone(model.request_fields)
+    spec = self._model('id')[0].request_fields
+    user = {k: self.rows[k][3:4] for k in spec['user']}
+    cands = {k: self.rows[k][3:12] for k in spec['candidates']}
+    rows = dict({k: np.repeat(v, 9, 0) for k, v in user.items()}, **cands)
+    np.testing.assert_allclose(model.score_request(user, cands),
+                               model.score(rows), rtol=0, atol=0)
+
   def test_fresh_process_without_training_code(self):
     _, _, serving, directory = self.runs['simtier_official']
     rows = {k: v[:37] for k, v in self.rows.items()}
@@ -179,6 +219,14 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
       model.score({k: v for k, v in rows.items() if k != 'shop'}, table)
     with self.assertRaisesRegex(serving_model.ModelError, 'capacity'):
       model.device_table(np.zeros((5000, 16), np.int8))
+    user = {k: rows[k][:1] for k in model.request_fields['user']}
+    cands = {k: rows[k] for k in model.request_fields['candidates']}
+    with self.assertRaisesRegex(serving_model.ModelError, r"\['shop'\]"):
+      model.score_request(user, {k: v for k, v in cands.items()
+                                 if k != 'shop'}, table)
+    with self.assertRaisesRegex(serving_model.ModelError, 'category'):
+      model.score_request(user, dict(cands, category=cands['category'][:2]),
+                          table)
     # 70 rows: a chunk of the largest bucket (64) + one of 8, same scores.
     many = {k: np.concatenate([v] * 24)[:70] for k, v in rows.items()}
     np.testing.assert_allclose(model.score(many, table)[:3],

@@ -7,8 +7,16 @@ import numpy as np
 import tempfile
 
 from mmrec import checkpointing
+from mmrec.data import augment
 from mmrec.data import builders
 from mmrec.data import pipelines
+
+
+# Every augmentation on (a mapping like the config's, or Options).
+_AUGMENT_ON = dict(flip=True, max_shift=2, brightness=0.2, crop_min_scale=0.7,
+                   rotate=0.3, clutter=0.5, colour=0.1, saturation=0.3,
+                   blur=0.5, noise=0.03)
+_AUGMENT = augment.Options(**_AUGMENT_ON)
 
 
 def _take(it, n):
@@ -167,18 +175,22 @@ class PretrainPipelineTest(absltest.TestCase):
   def test_augmentation_is_seeded_and_changes_images(self):
     plain = next(pipelines.iterator(pipelines.pretrain_dataset(self.dir, batch_size=32)))
     a = next(pipelines.iterator(pipelines.pretrain_dataset(self.dir, batch_size=32,
-                                             augment=True)))
+                                             augment=_AUGMENT)))
     b = next(pipelines.iterator(pipelines.pretrain_dataset(self.dir, batch_size=32,
-                                             augment=True)))
+                                             augment=dict(_AUGMENT_ON))))
     np.testing.assert_array_equal(a['pos_item'], plain['pos_item'])
     np.testing.assert_array_equal(a['pos_image'], b['pos_image'])
     self.assertFalse(np.array_equal(a['pos_image'], plain['pos_image']))
     self.assertEqual(a['neg_image'].dtype, np.uint8)
+    off = next(pipelines.iterator(pipelines.pretrain_dataset(
+        self.dir, batch_size=32, augment=augment.Options())))
+    for k in ('query_image', 'pos_image', 'neg_image'):
+      np.testing.assert_array_equal(off[k], plain[k])
 
   def test_augmentation_does_not_depend_on_the_process_count(self):
     def first(**kw):
       return pipelines.pretrain_dataset(self.dir, batch_size=32, seed=2,
-                                        augment=True, **kw)[1]
+                                        augment=_AUGMENT, **kw)[1]
     one = first()
     two = [first(process_index=i, process_count=2) for i in range(2)]
     for k in ('pos_item', 'query_image', 'pos_image', 'neg_image'):

@@ -54,6 +54,26 @@ class RetrievalEvalTest(absltest.TestCase):
     self.assertLess(res['image']['accuracy@1'],
                     1 - 0.5 * has[s['query_is_image']].mean())
 
+  def test_each_candidate_counts_once(self):
+    # Two sessions buying items 0 and 1; session 0's hard negatives are item
+    # 1 (already in the pool), item 2 twice and item 3 (masked off).
+    sessions = {
+        'purchased_item': np.array([0, 1]),
+        'query_is_image': np.array([True, True]),
+        'hard_negatives': np.array([[1, 2, 2, 3], [0, 0, 0, 0]]),
+        'hard_negative_mask': np.array([[True, True, True, False],
+                                        [False] * 4]),
+    }
+    # Unit vectors at angles 0, 10, 8, 9 degrees; query 0 at 7 degrees is
+    # closer to items 1, 2 and 3 than to its own item 0.
+    angle = np.deg2rad(np.array([0.0, 10.0, 8.0, 9.0]))
+    items = np.stack([np.cos(angle), np.sin(angle)], 1)
+    q = np.array([[np.cos(np.deg2rad(7)), np.sin(np.deg2rad(7))], items[1]])
+    ranks = retrieval_eval.query_ranks(sessions, items, q, None)
+    # Candidates of session 0: items 0, 1 (the pool) and 2 (once), not 3:
+    # two rank above item 0 (counting duplicates would make it 4).
+    self.assertEqual(ranks['image'][0], 2)
+    self.assertEqual(ranks['image'][1], 0)
 
 if __name__ == '__main__':
   absltest.main()

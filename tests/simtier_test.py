@@ -158,6 +158,42 @@ class TableCosineTest(parameterized.TestCase):
     self.assertLessEqual(got.max(), 1.0)
     self.assertTrue((got[4] == 0).all())
 
+  @parameterized.parameters(np.float32, np.int8)
+  def test_shared_history_equals_repeated_history(self, dtype):
+    """One history (1, T) against B targets = that history on every row:
+    bit for bit on an int8 table (exact integer dots), else to rounding."""
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(40, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    table = np.round(v * 127).astype(np.int8) if dtype == np.int8 else v
+    item = rng.integers(0, 40, 9)
+    seq = rng.integers(0, 40, (1, 7))
+    seq[0, 2] = item[3]
+    mask = np.arange(7)[None] >= 2
+    got = np.asarray(simtier.table_cosine(table, item, seq, mask))
+    want = np.asarray(simtier.table_cosine(
+        table, item, np.repeat(seq, 9, 0), np.repeat(mask, 9, 0)))
+    self.assertEqual(got.shape, (9, 7))
+    if dtype == np.int8:
+      np.testing.assert_array_equal(got, want)
+    else:
+      np.testing.assert_allclose(got, want, atol=1e-6)
+
+  def test_orthogonal_int8_pair_is_exactly_zero(self):
+    """An exactly orthogonal int8 pair: cosine 0.0 (official bin 10) in
+    either layout, not a rounding residue whose sign picks the bin."""
+    table = np.zeros((4, 8), np.int8)
+    table[0] = [100, 3, -7, 25, 1, 0, 9, -60]
+    table[1] = [3, -100, 0, 0, 0, 0, 0, 0]  # dot with row 0: 300 - 300 = 0
+    table[2] = [1, 2, 3, 4, 5, 6, 7, 8]
+    seq, mask = np.array([[1, 2]]), np.ones((1, 2), bool)
+    for ids, m in ((seq, mask), (np.repeat(seq, 3, 0), np.repeat(mask, 3, 0))):
+      got = np.asarray(simtier.table_cosine(table, np.array([0, 2, 0]), ids,
+                                            m))
+      self.assertEqual(got[0, 0], 0.0)
+      self.assertEqual(got[2, 0], 0.0)
+      self.assertEqual(simtier.official_bins(got)[0, 0], 10)
+
 
 if __name__ == '__main__':
   absltest.main()

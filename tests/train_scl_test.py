@@ -24,6 +24,7 @@ from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import pipelines
+from mmrec.data import world as world_lib
 
 
 def _config(method='scl', **overrides):
@@ -138,6 +139,108 @@ class MethodsTest(parameterized.TestCase):
              for k, v in grads.items()}
     self.assertGreater(norms['image_tower'], 0)
     self.assertGreater(norms['log_temperature'], 0)
+
+
+def _np_clip(a, b, t, same):
+  """Symmetric in-batch InfoNCE in float64; k_j drops out where same[i, j]."""
+  def one(q, k, s):
+    logits = (q.astype(np.float64) @ k.astype(np.float64).T) / t
+    s = s & ~np.eye(len(q), dtype=bool)
+    logits[s] = -np.inf
+    m = logits.max(1, keepdims=True)
+    return (m[:, 0] + np.log(np.exp(logits - m).sum(1))) - np.diag(logits)
+  return 0.5 * (one(a, b, same) + one(b, a, same.T))
+
+
+class DuplicateMaskTest(parameterized.TestCase):
+  """Each objective's in-batch loss on a hand-made batch with duplicates
+  equals the numpy loss with those rows masked (and, with
+  mask_duplicates=False, the unmasked one)."""
+
+  def _setup(self, method):
+    config = _config(method)
+    model = embed.encoder_model(config, config.data_dir)
+    ex = embed.example_inputs(config.data_dir)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ex['image'],
+                                           ex['text'])['params'])
+    batch = {k: np.array(v) for k, v in _batch(config).items()}
+    return config, model, params, batch
+
+  def _check(self, config, model, params, batch, vectors, want_same,
+             metric='loss'):
+    apply = functools.partial(model.apply, {'params': params})
+    a, b = (np.asarray(v) for v in vectors(apply, batch))
+    t = float(apply(method='temperature'))
+    for mask in (True, False):
+      c = config.copy_and_resolve_references()
+      c.mask_duplicates = mask
+      obj = train_scl.objective(c)
+      extra = obj.init_extra(params, c.encoder.embed_dim)
+      _, (metrics, _) = jax.jit(functools.partial(obj.loss, model=model))(
+          params, extra, batch)
+      same = want_same if mask else np.eye(len(a), dtype=bool)
+      np.testing.assert_allclose(metrics[metric],
+                                 np.mean(_np_clip(a, b, t, same)),
+                                 rtol=1e-5)
+
+  @parameterized.parameters('clip_o', 'clip_e')
+  def test_clip_masks_identical_text(self, method):
+    config, model, params, batch = self._setup(method)
+    text = batch['text']
+    text[[2, 5]] = text[0]  # three identical captions / titles
+    batch['image'][7], text[7] = batch['image'][1], text[1]  # one item twice
+    same = np.array([[np.array_equal(x, y) for y in text] for x in text])
+    self.assertEqual(same.sum(), len(text) + 6 + 2)
+    self._check(config, model, params, batch,
+                train_scl.Clip(config).pair, same)
+
+  def test_i2i_masks_pairs_sharing_an_item(self):
+    config, model, params, batch = self._setup('i2i')
+    def put(row, side, item, src_row, src_side):
+      batch[f'{side}_item'][row] = item
+      for f in ('image', 'title'):
+        batch[f'{side}_{f}'][row] = batch[f'{src_side}_{f}'][src_row]
+    put(3, 'a', batch['a_item'][0], 0, 'a')  # same a
+    put(4, 'b', batch['a_item'][1], 1, 'a')  # b of one is a of the other
+    a, b = batch['a_item'], batch['b_item']
+    same = np.array([[bool({a[i], b[i]} & {a[j], b[j]}) for j in range(len(a))]
+                     for i in range(len(a))])
+    self.assertGreater(same.sum(), len(a))
+    self._check(config, model, params, batch, train_scl.I2i(config).pair,
+                same)
+
+  def test_scl_in_batch_masks_same_item_and_same_text_query(self):
+    config, model, params, batch = self._setup('scl_no_queue')
+    text_rows = np.flatnonzero(~batch['query_is_image'])
+    i, j = text_rows[:2]
+    batch['query_text'][j] = batch['query_text'][i]  # same words, other item
+    for f in ('item', 'image', 'title'):  # same item, other query
+      batch[f'pos_{f}'][5] = batch[f'pos_{f}'][4]
+    pos, qt, is_text = batch['pos_item'], batch['query_text'], text_rows
+    same = pos[:, None] == pos[None]
+    same[np.ix_(is_text, is_text)] |= np.array(
+        [[np.array_equal(qt[x], qt[y]) for y in is_text] for x in is_text])
+    self.assertTrue(same[i, j] and same[j, i] and same[4, 5])
+
+    def vectors(apply, b):
+      query, items = apply(b['query_is_image'], b['query_image'],
+                           b['query_text'], b['pos_image'][:, None],
+                           b['pos_title'][:, None], method='encode_batch')
+      return query, items[:, 0]
+    # Unmasked (mask_duplicates=False) still drops the same item.
+    apply = functools.partial(model.apply, {'params': params})
+    q, p = (np.asarray(v) for v in vectors(apply, batch))
+    t = float(apply(method='temperature'))
+    for mask, want in ((True, same), (False, pos[:, None] == pos[None])):
+      c = config.copy_and_resolve_references()
+      c.mask_duplicates = mask
+      obj = train_scl.objective(c)
+      _, (metrics, _) = jax.jit(functools.partial(obj.loss, model=model))(
+          params, obj.init_extra(params, c.encoder.embed_dim), batch)
+      np.testing.assert_allclose(metrics['nce'],
+                                 np.mean(_np_clip(q, p, t, want)), rtol=1e-5)
+
+
 
 
 class NegativesAndKeysTest(parameterized.TestCase):
@@ -279,6 +382,25 @@ class TrainAndResumeTest(absltest.TestCase):
     self.assertEqual(vectors.shape, (2000, 32))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     self.assertEqual(meta['method'], 'scl')
+    self.assertEqual(meta['modality'], 'item')
+    # Per-modality tables: the towers' own vectors of item image and title,
+    # and retrieval of each query modality on its own table.
+    encoder, _, _, data_dir = embed.load_encoder(self.full)
+    items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+    for m, fn, inputs in (('image', encoder.image_queries, items['image']),
+                          ('text', encoder.text_queries, items['title'])):
+      table, meta = vector_table.load(os.path.join(
+          self.full, vector_table.file_name(m)))
+      self.assertEqual(meta['modality'], m)
+      np.testing.assert_allclose(table, fn(inputs), atol=1e-5)
+      self.assertGreater(np.abs(table - vectors).max(), 1e-3)  # not fused
+      self.assertBetween(res['metrics'][f'{m}_on_{m}']['recall@10'], 0, 1)
+    with np.load(os.path.join(self.full, train_scl.QUERIES_FILE)) as z:
+      ranks = dict(z)
+    self.assertEqual(set(ranks), {'image_rank', 'text_rank',
+                                  'image_on_image_rank', 'text_on_text_rank'})
+    np.testing.assert_array_equal(ranks['image_on_image_rank'] >= 0,
+                                  ranks['image_rank'] >= 0)
     rows = train_lib.read_metrics(self.full)
     self.assertTrue(any('train/loss' in r for r in rows))
     self.assertTrue(any('eval/image/recall@10' in r for r in rows))
@@ -296,10 +418,12 @@ class TrainAndResumeTest(absltest.TestCase):
     cfg_embed = embed_config.get_config()
     cfg_embed.encoder_workdir = self.full
     embed.run(cfg_embed, out)
-    table, meta = vector_table.load(os.path.join(out, vector_table.FILE))
-    ref, _ = vector_table.load(os.path.join(self.full, vector_table.FILE))
-    np.testing.assert_allclose(table, ref, atol=1e-5)
-    self.assertEqual(meta['encoder_step'], 7)
+    for name in (vector_table.file_name('image'),
+                 vector_table.file_name('text'), vector_table.FILE):
+      table, meta = vector_table.load(os.path.join(out, name))
+      ref, _ = vector_table.load(os.path.join(self.full, name))
+      np.testing.assert_allclose(table, ref, atol=1e-5)
+      self.assertEqual(meta['encoder_step'], 7)
     q, _ = vector_table.load(os.path.join(out, vector_table.FILE),
                              dtype='int8')
     self.assertLessEqual(np.abs(vector_table.dequantize(q) - table).max(),
@@ -343,6 +467,30 @@ class ReferenceAndChainTest(absltest.TestCase):
         _config('clip_e', num_steps=2, init_from=clip_o), clip_e)
     self.assertEqual(result['step'], 2)
     self.assertIsNotNone(result['metrics']['text'])
+
+
+
+class ImageSizeTest(absltest.TestCase):
+  """Nothing in pre-training assumes the default image side (real data
+  arrives larger): a 24 px world trains SCL, with every augmentation on, and
+  embeds its catalogue."""
+
+  def test_scl_on_a_24_px_world(self):
+    data_dir = tempfile.mkdtemp(prefix='mmrec_24px_world_')
+    world = world_lib.generate(fixtures.tiny_config(
+        image_size=24, num_items=600, num_users=300))
+    builders.write(world, data_dir)
+    c = _config(num_steps=2, data_dir=data_dir)
+    c.augment.update(crop_min_scale=0.7, rotate=0.3, clutter=0.5, colour=0.1,
+                     saturation=0.3, blur=0.5, noise=0.03)
+    items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+    batch = next(pipelines.iterator(
+        train_scl.objective(c).dataset(data_dir, items)))
+    for k in ('query_image', 'pos_image'):
+      self.assertEqual(batch[k].shape[1:], (24, 24, 3))
+    result = train_scl.run(c, tempfile.mkdtemp())
+    self.assertEqual(result['step'], 2)
+    self.assertGreater(result['metrics']['image']['queries'], 0)
 
 
 if __name__ == '__main__':

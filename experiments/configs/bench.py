@@ -24,6 +24,7 @@ def get_config(arg=None):
   # The SCL step again with both towers this wide (mlp 2x): FLOP fraction vs.
   # width. The default encoder is 64 wide.
   config.scl_widths = (128, 256)
+  config.scl_kinds = ('vit', 'conv')  # image towers (image_encoder.KINDS)
   config.embed_items = 20_000
   config.embed_batch_size = 2048
   config.latency_calls = 200

@@ -42,14 +42,24 @@ def get_config(arg=None):
   c.data_dir = ''  # '' = <workdir>/world, built there if missing
 
   # Encoder. Small towers: 32x32 synthetic images need little capacity, and
-  # the whole paper pipeline has to fit a CPU budget (8x8 patches: 16 tokens).
+  # the whole paper pipeline has to fit a CPU budget. The image tower is the
+  # conv net, chosen by retrieval per CPU-minute on the demo world (120 steps,
+  # in-batch negatives; image queries on the image table, raw pixels 0.028):
+  #   vit (8x8 patches, 64 wide)   R@10 0.018   1.5 s / step
+  #   conv (16, 32, 64)            R@10 0.062   1.9 s / step
+  #   conv (32, 64, 128)           R@10 0.070*  7.5 s / step (* MoCo queue)
+  # (2-core CPU, batch 256, busy machine: compare the times with each other.)
+  # The ViT has no locality prior and learns little from small images in a
+  # few hundred steps.
   c.encoder = ml_collections.ConfigDict(dict(
       embed_dim=128,
       # Methods that never see a query embed items with the image tower, so
       # image queries go through the same tower and head as items.
       item_mode='image' if method in ('clip_o', 'clip_e', 'i2i') else 'fused',
       init_temperature=0.07,
-      image=dict(patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128),
+      image=dict(kind='conv', conv_widths=(16, 32, 64), blocks_per_stage=1,
+                 stem_stride=2, patch_size=8, width=64, depth=2, num_heads=4,
+                 mlp_dim=128, pool='gap'),
       text=dict(width=64, depth=2, num_heads=4, mlp_dim=128),
   ))
 
@@ -74,6 +84,10 @@ def get_config(arg=None):
   c.triplet_weight = 0.0 if method in ('scl_no_hard_neg', 'clip_o', 'clip_e',
                                        'i2i') else 0.5  # lambda (ours)
   c.triplet_margin = 0.2  # (ours)
+  # In-batch rows that are duplicates (same caption / title tokens, pairs
+  # sharing an item, same text query) are not negatives of each other; False
+  # gives the unmasked baselines (README: Pre-training, duplicate masking).
+  c.mask_duplicates = True
   c.min_temperature = 0.01
   c.max_temperature = 1.0
 
@@ -83,7 +97,27 @@ def get_config(arg=None):
   c.learning_rate = 1e-3
   c.warmup_steps = 100
   c.weight_decay = 1e-4
-  c.augment = True
+  # Image augmentations of the search sessions' images (query, purchased,
+  # hard negatives), each off (0 / False) or on: mmrec/data/augment.py.
+  # Defaults measured on the demo world (README: Pre-training, augmentations;
+  # SCL, 120 steps, seeds 0 and 1): flips off (image R@10 0.023 vs 0.019 with
+  # flips on both seeds, text within seed noise; and flips are wrong for
+  # text-in-image, arrows, logos); the user-photo augmentations (crop,
+  # rotate, clutter, colour, saturation, blur, noise) off: all on, they cost
+  # text R@10 on every seed and flip setting (0.014-0.038) and did not help
+  # image queries consistently.
+  c.augment = ml_collections.ConfigDict(dict(
+      flip=False,
+      max_shift=2,
+      brightness=0.2,
+      crop_min_scale=1.0,  # e.g. 0.7
+      rotate=0.0,  # radians, e.g. 0.3
+      clutter=0.0,  # probability, e.g. 0.5
+      colour=0.0,  # per-channel gain, e.g. 0.1
+      saturation=0.0,  # e.g. 0.3
+      blur=0.0,  # probability, e.g. 0.5
+      noise=0.0,  # std / 255, e.g. 0.03
+  ))
 
   # Checkpoints, logging (evaluation batches are the embedding batches).
   c.checkpoint_every = 200
@@ -94,8 +128,8 @@ def get_config(arg=None):
   c.num_i2i_pairs = 200_000  # i2i: co-click pairs mined from sequences
 
   if tiny:
-    c.encoder.image.update(patch_size=4, width=32, depth=1, num_heads=2,
-                           mlp_dim=64)
+    c.encoder.image.update(conv_widths=(8, 16, 32), patch_size=4, width=32,
+                           depth=1, num_heads=2, mlp_dim=64)
     c.encoder.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
     c.encoder.embed_dim = 32
     c.queue_size = 256

@@ -13,7 +13,7 @@ process p reads rows `[p * batch_size / P, (p + 1) * batch_size / P)` of each
 global batch. `sharding.shard_batch` concatenates the slices in process order,
 so the global batch, and hence training, is the same for any P. Random
 augmentations draw for the whole global batch and keep this process's slice
-(`AugmentImages`), so they do not depend on P either.
+(`augment.AugmentImages`), so they do not depend on P either.
 """
 
 import dataclasses
@@ -22,6 +22,7 @@ import grain
 import jax
 import numpy as np
 
+from mmrec.data import augment as augment_lib
 from mmrec.data import builders
 from mmrec.data import manifest
 
@@ -92,49 +93,6 @@ class JoinSearchFields(grain.transforms.Map):
         'neg_item': neg, 'neg_image': self.item_image[neg],
         'neg_title': self.item_title[neg], 'neg_mask': b['hard_negative_mask'],
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentImages(grain.transforms.RandomMap):
-  """Random flip, shift (pad and crop) and brightness on uint8 image fields.
-
-  grain seeds `rng` by (seed, batch index), the same on every process. The
-  draws are made for the whole global batch (`process_count` equal slices)
-  and this process keeps its slice's, so each row gets the augmentation it
-  gets with one process: identical training for any process count, at the
-  cost of drawing a few numbers per row of the global batch, not of reading
-  or augmenting its images. Assumes equal slices (`drop_remainder`).
-  """
-  fields: tuple[str, ...]
-  max_shift: int = 2
-  brightness: float = 0.2
-  process_index: int = 0
-  process_count: int = 1
-
-  def random_map(self, batch, rng):
-    out = dict(batch)
-    for name in self.fields:
-      out[name] = self._augment(batch[name], rng)
-    return out
-
-  def _augment(self, images, rng):
-    shape = images.shape
-    x = images.reshape((-1,) + shape[-3:]).astype(np.float32)
-    n, h, w, _ = x.shape
-    # This process's rows among the global batch's n * process_count.
-    total, mine = n * self.process_count, slice(
-        self.process_index * n, (self.process_index + 1) * n)
-    flip = (rng.random(total) < 0.5)[mine]
-    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    s = self.max_shift
-    padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)), mode='edge')
-    dy, dx = rng.integers(0, 2 * s + 1, (2, total))[:, mine]
-    rows = dy[:, None] + np.arange(h)[None]
-    cols = dx[:, None] + np.arange(w)[None]
-    x = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    x = x * rng.uniform(1 - self.brightness, 1 + self.brightness,
-                        (total, 1, 1, 1))[mine]
-    return np.clip(np.round(x), 0, 255).astype(np.uint8).reshape(shape)
 
 
 def _shard(process_index, process_count):
@@ -246,20 +204,26 @@ def ctr_dataset(data_dir, split, *, batch_size, seed=0, shuffle=True,
 
 
 def pretrain_dataset(data_dir, split='train', *, batch_size, seed=0,
-                     shuffle=True, num_epochs=1, augment=False, items=None,
+                     shuffle=True, num_epochs=1, augment=None, items=None,
                      **kwargs):
-  """Pre-training batches (see `JoinSearchFields`) of the search log."""
+  """Pre-training batches (see `JoinSearchFields`) of the search log.
+
+  `augment`: an `augment.Options`, or a mapping of its fields (the config's
+  `augment` ConfigDict); None or all off: no augmentation.
+  """
   items = items or builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   ds = table_dataset(data_dir, 'mmrec_search', split, batch_size=batch_size,
                      seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      **kwargs)
   ds = ds.map(JoinSearchFields(items['image'], items['title']))
-  if augment:
+  if augment is not None and not isinstance(augment, augment_lib.Options):
+    augment = augment_lib.Options(**dict(augment))
+  if augment is not None and augment.enabled:
     index, count = _shard(kwargs.get('process_index'),
                           kwargs.get('process_count'))
     fields = ('query_image', 'pos_image', 'neg_image')
-    ds = ds.random_map(AugmentImages(fields, process_index=index,
-                                     process_count=count), seed=seed)
+    ds = ds.random_map(augment_lib.AugmentImages(
+        fields, augment, process_index=index, process_count=count), seed=seed)
   return ds
 
 
