@@ -1,5 +1,7 @@
 """Tests for mmrec.contrastive against plain numpy references."""
 
+import functools
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -144,7 +146,8 @@ class InBatchTest(parameterized.TestCase):
     a, b, t = _unit(rng, 6, 8), _unit(rng, 6, 8), 0.1
     ka, kb = _unit(rng, 6, 8), _unit(rng, 6, 8)
     ids = np.array([3, 1, 3, 2, 0, 1])
-    got = jax.jit(contrastive.clip_loss)(a, b, t, ids, ka, kb)
+    got = jax.jit(functools.partial(contrastive.clip_loss, a_keys=ka,
+                                    b_keys=kb))(a, b, t, ids)
     want = 0.5 * (_np_in_batch(a, kb, t, ids) + _np_in_batch(b, ka, t, ids))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # The gradient reaches the queries only through the logits they are in:
@@ -152,7 +155,7 @@ class InBatchTest(parameterized.TestCase):
     g_b = jax.grad(lambda b: contrastive.in_batch_info_nce(
         b, ka, t, ids).sum())(b)
     g_b_full = jax.grad(lambda b: 2 * contrastive.clip_loss(
-        a, b, t, ids, ka, kb).sum())(b)
+        a, b, t, ids, a_keys=ka, b_keys=kb).sum())(b)
     np.testing.assert_allclose(g_b_full, g_b, rtol=1e-5, atol=1e-6)
 
 
