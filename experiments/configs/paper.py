@@ -56,8 +56,12 @@ def get_config(arg=None):
   # --config.world.X reaches them all); their data_dir is set by the pipeline.
   c.pretrain.scl.world = c.world
   c.ctr.ctr.world = c.world
-  # Its seed-0 item_vectors.npz feeds every CTR variant.
-  c.vectors_method = 'scl'
+  # Its seed-0 item_vectors.npz feeds every CTR variant: SCL's positives
+  # with in-batch negatives and online keys, the best held-out retrieval at
+  # CPU budgets (README: the queue study; the queue and the momentum keys
+  # lose at 120-600 steps). The CTR claims are about the best vectors we
+  # can make, not about MoCo.
+  c.vectors_method = 'scl_no_queue'
   # The one-epoch curve: the ID model trained this long, evaluated at
   # fractions of epochs 1 and 2 and after every epoch.
   c.one_epoch = ml_collections.ConfigDict(dict(num_epochs=3))
