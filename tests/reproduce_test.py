@@ -99,7 +99,8 @@ class ReproduceTest(absltest.TestCase):
                      {'auc', 'gauc', 'logloss'})
     self.assertEqual(set(r['pretraining']), METHODS)
     for method, row in r['pretraining'].items():
-      self.assertEqual(set(row), {'image', 'text', 'image_new', 'text_new'})
+      self.assertEqual(set(row), {'image', 'text', 'image_new', 'text_new',
+                                  'image_on_image', 'text_on_text'})
       for cell in row.values():
         if cell is not None:
           self.assertEqual(set(cell), {'accuracy@1', 'recall@10'})
