@@ -81,7 +81,8 @@ def get_config(arg=None):
       retrieval_queries=6, retrieval_k=5, grid_methods=('scl', 'clip_o')))
 
   if demo:
-    # Sized for `make demo`: 12 min 17 s from a fresh clone on a 2-core CPU. CTR cost scales
+    # Sized for `make demo`: 16 min 44 s from a fresh clone on a 2-core CPU
+    # (12 min 17 s before the conv image tower; issue 10's budget is 15). CTR cost scales
     # with impressions (users), pre-training with steps.
     # 4 days (test on the 4th): as many training impressions as 7 days of
     # 2,000 users, but twice the test impressions, so deltas are less noisy.
