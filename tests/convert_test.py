@@ -337,5 +337,32 @@ class MinCountTest(absltest.TestCase):
                      int(uc[uc < 8].sum()))
 
 
+
+class ShippedSplitTest(absltest.TestCase):
+
+  def test_built_histories_follow_days_then_file_order_across_shards(self):
+    # Shards in name order: the test rows first, then the training rows in
+    # two shards. A test row's history is the user's training clicks in file
+    # order (not each shard's own row numbers, not the test day's clicks).
+    src = tempfile.mkdtemp()
+    os.makedirs(os.path.join(src, 'impressions'))
+    for name, split, user, item, label in (
+        ('0.parquet', 'test', [1, 1], [5, 6], [0, 1]),
+        ('1.parquet', 'train', [1, 2, 1], [3, 4, 2], [1, 1, 1]),
+        ('2.parquet', 'train', [1, 1], [1, 4], [1, 0])):
+      pq.write_table(pa.table({'user': user, 'item': item, 'label': label,
+                               'split': [split] * len(user)}),
+                     os.path.join(src, 'impressions', name))
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    m = dataset_job.run(config(src), out)
+    self.assertEqual((m.num_days, m.first_test_day), (2, 1))
+    test = builders.load_table(out, manifest.IMPRESSIONS, 'test')
+    # Raw items 1..6 are ids 1..6 (5 and 6: new items of the test day).
+    np.testing.assert_array_equal(test['seq_len'], [3, 3])
+    np.testing.assert_array_equal(test['seq_item'][:, -3:], [[3, 2, 1]] * 2)
+    train = builders.load_table(out, manifest.IMPRESSIONS, 'train')
+    self.assertEqual(int(train['seq_len'].max()), 0)
+
+
 if __name__ == '__main__':
   absltest.main()

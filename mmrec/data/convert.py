@@ -186,6 +186,11 @@ class Converter:
     self.paths = columns.table_files(source_dir, 'impressions')
     first = columns.open_file(self.paths[0]).schema_arrow
     self.by_split = 'time' not in first.names and 'split' in first.names
+    if self.by_split:
+      # A row's time is its place in all files together (shards in name
+      # order): file order across shards, not each shard's own row number.
+      counts = [columns.open_file(p).metadata.num_rows for p in self.paths]
+      self.file_row0 = dict(zip(self.paths, np.cumsum([0] + counts[:-1])))
     self.has_history = 'history' in first.names
     self.kinds = _Kinds()
 
@@ -210,7 +215,8 @@ class Converter:
       day = np.where(s == 'test', self.first_test_day,
                      np.where(s == 'validation', self.first_test_day - 1, 0))
       # Rows of one split keep file order (the time of shipped-split data).
-      return day.astype(np.int32), row0 + np.arange(len(s))
+      return day.astype(np.int32), (self.file_row0[path] + row0 +
+                                    np.arange(len(s), dtype=np.int64))
     t = columns.times(col, path, 'time', row0)
     return ((t - self.t0) // DAY).astype(np.int32), t
 
@@ -320,7 +326,9 @@ class Converter:
     # Every raw user (kept or not): histories are per person, not per id.
     self.click_users = np.unique(user)
     u = np.searchsorted(self.click_users, user)
-    order = np.lexsort((t, u))  # oldest first; ties keep file order
+    # By day, then time, per user (oldest first; ties keep file order): a
+    # shipped split's days need not follow file order.
+    order = np.lexsort((t, day, u))
     self.click_key = u[order] * (self.num_days + 1) + day[order].astype(
         np.int64)
     self.click_item = self.items(item[order])
