@@ -297,5 +297,179 @@ class MicroLensTest(absltest.TestCase):
                      {'train': 300, 'test': 60})
 
 
+
+def _tiny_ctr(data_dir):
+  """Three steps of the ID CTR model on a converted dataset."""
+  cc = ctr_config.get_config('id,tiny')
+  cc.update(data_dir=data_dir, batch_size=32, eval_batch_size=128,
+            max_steps=3)
+  return train_ctr.run(cc, tempfile.mkdtemp())
+
+
+# BARS' TaobaoAd_x1 header (its FuxiCTR config's columns, in file order as
+# far as known; the reader goes by name).
+TAOBAO_AD_COLUMNS = [
+    'clk', 'userid', 'adgroup_id', 'pid', 'cate_id', 'campaign_id',
+    'customer', 'brand', 'cms_segid', 'cms_group_id', 'final_gender_code',
+    'age_level', 'pvalue_level', 'shopping_level', 'occupation',
+    'new_user_class_level', 'cate_his', 'brand_his', 'btag_his', 'btag',
+    'price']
+
+
+def write_taobao_ad(directory, seed=0, valid=False, drop=()):
+  """train.csv, test.csv [, valid.csv] as BARS ships them; returns
+  {split: list of row dicts} in file order. Ads 100..124 run all along,
+  ads 200 and 201 only on the test day (new items); user 6k has no
+  pvalue_level."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  names = [c for c in TAOBAO_AD_COLUMNS if c not in drop]
+  splits = [('train', 300, np.arange(100, 125))]
+  if valid:
+    splits.append(('valid', 60, np.arange(100, 125)))
+  splits.append(('test', 80, np.r_[np.arange(100, 125), 200, 201]))
+  for split, n, ads in splits:
+    rows = []
+    for _ in range(n):
+      u, i = int(rng.integers(1, 31)), int(rng.choice(ads))
+      cates = [str(x) for x in rng.integers(1, 40, rng.integers(0, 14))]
+      rows.append({
+          'clk': int(rng.random() < 0.3), 'userid': u, 'adgroup_id': i,
+          'pid': '430548_1007', 'cate_id': i % 6, 'campaign_id': i % 5,
+          'customer': i % 4, 'brand': 1000 + i % 7, 'cms_segid': u % 3,
+          'cms_group_id': u % 4, 'final_gender_code': 1 + u % 2,
+          'age_level': u % 5, 'pvalue_level': '' if u % 6 == 0 else u % 3,
+          'shopping_level': u % 3, 'occupation': u % 2,
+          'new_user_class_level': u % 4, 'cate_his': '^'.join(cates),
+          'brand_his': '^'.join(str(int(c) + 500) for c in cates),
+          'btag_his': '^'.join('pv' for _ in cates), 'btag': 'pv',
+          'price': 12.5})
+    with open(os.path.join(directory, f'{split}.csv'), 'w') as f:
+      f.write(','.join(names) + '\n')
+      f.write(''.join(','.join(str(r[c]) for c in names) + '\n'
+                      for r in rows))
+    out[split] = rows
+  return out
+
+
+class TaobaoAdTest(absltest.TestCase):
+
+  def test_split_ids_fields_bags_histories_and_ctr(self):
+    src = tempfile.mkdtemp()
+    rows = write_taobao_ad(src)
+    with self.assertLogs('absl', 'WARNING') as logs:
+      m, d = _run(_config('taobao_ad', src))
+    self.assertIn("['pid', 'btag', 'price']", logs.output[0])
+    self.assertEqual(m.source, f'taobao_ad:{src}')
+    self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
+                     (2, 1, 0))
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': 300, 'test': 80})
+    self.assertEqual(m.ctr['item_features'],
+                     ['cate_id', 'campaign_id', 'customer', 'brand'])
+    self.assertEqual(m.ctr['seq_features'], ['cate_id'])
+    self.assertEqual(len(m.ctr['user_features']), 8)
+    self.assertEqual(sorted(m.bags[manifest.USERS]),
+                     ['brand_his', 'btag_his', 'cate_his'])
+    self.assertEqual(m.categorical[manifest.ITEMS]['cate_id'], 7)
+    train, test = rows['train'], rows['test']
+    # Ids: raw ids sorted, 1..N; the new ads (200, 201) after the others.
+    train_users = sorted({r['userid'] for r in train})
+    ads = sorted({r['adgroup_id'] for r in train}) + [200, 201]
+    self.assertEqual((m.num_users, m.num_items),
+                     (len(train_users) + 1, len(ads) + 1))
+    imp = builders.load_table(d, manifest.IMPRESSIONS, 'test')
+    want_item = [ads.index(r['adgroup_id']) + 1 for r in test]
+    np.testing.assert_array_equal(imp['item_id'], want_item)
+    np.testing.assert_array_equal(imp['label'], [r['clk'] for r in test])
+    items = builders.load_table(d, manifest.ITEMS, 'catalogue')
+    np.testing.assert_array_equal(items['launch_day'][-2:], [1, 1])
+    self.assertEqual(int((items['launch_day'][1:-2] == 0).sum()),
+                     len(ads) - 2)
+    # Item categoricals: cate_id values 0..5 -> codes 1..6 (sorted).
+    np.testing.assert_array_equal(items['cate_id'][1:],
+                                  [a % 6 + 1 for a in ads])
+    # Histories: none on the training day (no timestamps: one day), the
+    # user's training clicks (file order, last 10) on the test day.
+    self.assertEqual(int(builders.load_table(
+        d, manifest.IMPRESSIONS, 'train')['seq_len'].max()), 0)
+    for k in (0, 1, 2):
+      clicks = [ads.index(r['adgroup_id']) + 1 for r in train
+                if r['userid'] == test[k]['userid'] and r['clk']][-10:]
+      n = imp['seq_len'][k]
+      self.assertEqual(n, len(clicks))
+      np.testing.assert_array_equal(imp['seq_item'][k, 10 - n:], clicks)
+    # Users: profile of the first row, '' = missing; bags = the last 8
+    # tokens of the first row's history (codes: sorted tokens, 1..).
+    users = builders.load_table(d, manifest.USERS, 'catalogue')
+    first = {}
+    for r in train + test:
+      first.setdefault(r['userid'], r)
+    bags = {u: [t for t in r['cate_his'].split('^') if t][-8:]
+            for u, r in first.items()}
+    vocab = sorted({t for b in bags.values() for t in b})
+    for uid, u in enumerate(train_users, 1):
+      want = [vocab.index(t) + 1 for t in bags[u]]
+      np.testing.assert_array_equal(
+          users['cate_his'][uid], want + [0] * (8 - len(want)))
+      self.assertEqual(users['pvalue_level'][uid] == 0, u % 6 == 0)
+    res = _tiny_ctr(d)
+    self.assertEqual(res['step'], 3)
+
+  def test_valid_csv_is_the_validation_day(self):
+    src = tempfile.mkdtemp()
+    write_taobao_ad(src, valid=True)
+    m, d = _run(_config('taobao_ad', src))
+    self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
+                     (3, 2, 1))
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
+                     {'train': 360, 'test': 80})
+    data = ctr_data.CtrData.load(d, validation=True)
+    self.assertEqual(data.num_rows('validation'), 60)
+
+  def test_missing_file(self):
+    src = tempfile.mkdtemp()
+    write_taobao_ad(src)
+    os.remove(os.path.join(src, 'test.csv'))
+    with self.assertRaisesRegex(columns.InputError, 'missing test.csv'):
+      _run(_config('taobao_ad', src))
+
+  def test_missing_column_is_named(self):
+    src = tempfile.mkdtemp()
+    write_taobao_ad(src, drop=('brand_his',))
+    with self.assertRaisesRegex(columns.InputError,
+                                r"train.csv: missing column\(s\) "
+                                r"\['brand_his'\]"):
+      _run(_config('taobao_ad', src))
+
+  def test_unparseable_value_names_line_and_column(self):
+    src = tempfile.mkdtemp()
+    write_taobao_ad(src)
+    path = os.path.join(src, 'test.csv')
+    with open(path) as f:
+      lines = f.readlines()
+    lines[5] = 'x' + lines[5][1:]  # clk of the 5th data row
+    with open(path, 'w') as f:
+      f.writelines(lines)
+    with self.assertRaisesRegex(columns.InputError,
+                                r"test.csv, line 6, column 'clk': 'x', "
+                                'expected int64'):
+      _run(_config('taobao_ad', src))
+
+  def test_label_out_of_range(self):
+    src = tempfile.mkdtemp()
+    write_taobao_ad(src)
+    path = os.path.join(src, 'train.csv')
+    with open(path) as f:
+      lines = f.readlines()
+    lines[3] = '2' + lines[3][1:]
+    with open(path, 'w') as f:
+      f.writelines(lines)
+    with self.assertRaisesRegex(columns.InputError,
+                                r"train.csv, column 'clk', row 2: label 2"):
+      _run(_config('taobao_ad', src))
+
+
+
 if __name__ == '__main__':
   absltest.main()

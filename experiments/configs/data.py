@@ -16,6 +16,8 @@ SOURCE (default `parquet`) is one of
               data_demo files; ships SCL int8 item vectors -> item_vectors.npz
   microlens   MicroLens_1M_x1 (BARS): train/valid/test.parquet, item_info.parquet
               (tags, item_emb_d128 -> item_vectors.npz)
+  taobao_ad   TaobaoAd_x1 (BARS): train.csv, test.csv (ids and categoricals
+              only; shipped split, no validation day)
 
 The source directory is only read; the dataset is built beside --workdir and
 renamed into place (new or empty workdir; the same conversion is reused).
@@ -27,7 +29,7 @@ import ml_collections
 
 from experiments import configs
 
-SOURCES = ('parquet', 'movielens', 'taobao_mm', 'microlens')
+SOURCES = ('parquet', 'movielens', 'taobao_mm', 'microlens', 'taobao_ad')
 
 
 def get_config(arg=None):

@@ -33,6 +33,7 @@ READERS = {
     'movielens': 'mmrec.data.readers.movielens',
     'taobao_mm': 'mmrec.data.readers.taobao_mm',
     'microlens': 'mmrec.data.readers.microlens',
+    'taobao_ad': 'mmrec.data.readers.taobao_ad',
 }
 
 

@@ -7,6 +7,7 @@ line fails naming the file and line; staged Parquet shards; first-seen
 per-id fields of row-level data; padding removal from id lists.
 """
 
+import csv
 import os
 
 import numpy as np
@@ -55,9 +56,63 @@ def batches(path, names, types, *, delimiter=',', header=False,
     for batch in reader:
       yield batch
   except (pa.ArrowInvalid, KeyError) as e:
-    raise columns.InputError(f'{path}: {e} (expected columns {names} as '
-                             f'{[str(t) for t in types]}, separated by '
-                             f'{delimiter!r})') from None
+    # pyarrow names the column but not the line: find it (error path only).
+    where = _first_bad_line(path, names, types, delimiter, header, encoding,
+                            quoted) if isinstance(e, pa.ArrowInvalid) else None
+    raise columns.InputError(where or (
+        f'{path}: {e} (expected columns {names} as '
+        f'{[str(t) for t in types]}, separated by {delimiter!r})')) from None
+
+
+def header(path, delimiter=',', encoding='utf8'):
+  """The column names on the first line of a delimited file."""
+  with open(path, encoding=encoding, newline='') as f:
+    return next(csv.reader(f, delimiter=delimiter), [])
+
+
+def check_header(path, names, delimiter=',', encoding='utf8'):
+  """The header's names; a clear error naming the missing ones of `names`."""
+  found = header(path, delimiter, encoding)
+  missing = [n for n in names if n not in found]
+  if missing:
+    raise columns.InputError(f'{path}: missing column(s) {missing} on the '
+                             f'header line; found {found}')
+  return found
+
+
+def _first_bad_line(path, names, types, delimiter, header_line, encoding,
+                    quoted):
+  """'file, line n, column c: value, expected type' of the first value
+  pyarrow.csv cannot convert (None if none is found)."""
+  nulls = set(pacsv.ConvertOptions().null_values)
+  try:
+    with open(path, encoding=encoding, newline='') as f:
+      rows = csv.reader(f, delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if quoted else
+                        csv.QUOTE_NONE)
+      if header_line:
+        first = next(rows, [])
+        width, index = len(first), [first.index(n) for n in names]
+      else:
+        width, index = len(names), range(len(names))
+      for row in rows:
+        if not row:
+          continue
+        if len(row) != width:
+          return (f'{path}, line {rows.line_num}: {len(row)} fields, '
+                  f'expected {width} separated by {delimiter!r}')
+        for name, i, t in zip(names, index, types):
+          v = row[i]
+          if v in nulls and not pa.types.is_string(t):
+            continue
+          try:
+            pa.array([v], pa.string()).cast(t)
+          except (pa.ArrowInvalid, ValueError):
+            return (f'{path}, line {rows.line_num}, column {name!r}: {v!r}, '
+                    f'expected {t}')
+  except (OSError, ValueError, csv.Error):
+    pass
+  return None
 
 
 def _split_lines(path, names, types, delimiter, header, encoding,
@@ -142,3 +197,4 @@ def drop_padding(col, pad=0):
   cum = np.concatenate([[0], np.cumsum(keep)])
   return pa.ListArray.from_arrays(pa.array(cum[off - off[0]].astype(np.int32)),
                                   pa.array(vals[keep]))
+
