@@ -1,6 +1,8 @@
 """Readers of real releases, on fixtures written in their exact on-disk formats
 (and the Taobao-MM demo files of the release, where shared/ has them)."""
 
+import gzip
+import json
 import os
 import tempfile
 
@@ -9,6 +11,7 @@ from absl.testing import parameterized
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from experiments.configs import ctr as ctr_config
 from experiments.configs import data as data_config
@@ -20,6 +23,7 @@ from mmrec.data import builders
 from mmrec.data import columns
 from mmrec.data import dataset_job
 from mmrec.data import manifest
+from mmrec.data.readers import amazon
 
 # shared/ lies beside the checkout (never copied into the repository).
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -469,6 +473,271 @@ class TaobaoAdTest(absltest.TestCase):
                                 r"train.csv, column 'clk', row 2: label 2"):
       _run(_config('taobao_ad', src))
 
+
+
+def write_amazon(directory, category='All_Beauty', gz=False, seed=0,
+                 image_dir=None):
+  """<category>.jsonl and meta_<category>.jsonl as the release has them;
+  returns (reviews, meta) as lists of dicts in file order.
+
+  20 users, 15 items over 40 days; items 13 and 14 are first reviewed on
+  the last 5 days (new items); item 14 has no metadata line; one metadata
+  line is an item nobody reviews; image_dir: JPEGs of the even items.
+  """
+  rng = np.random.default_rng(seed)
+  asins = [f'B0{(i * 7919) % 100_000:06d}' for i in range(15)]
+  users = [f'AE{(u * 104_729) % 10**7:07X}' for u in range(20)]
+  reviews = []
+  for _ in range(240):
+    i = int(rng.integers(0, 15))
+    lo = 35 if i >= 13 else 0
+    reviews.append({
+        'rating': float(rng.integers(1, 6)), 'title': 'Nice', 'text': 'ok',
+        'images': [], 'asin': asins[i] + 'X', 'parent_asin': asins[i],
+        'user_id': users[int(rng.integers(0, 20))],
+        'timestamp': int((T0 + rng.integers(lo * DAY, 40 * DAY)) * 1000
+                         + rng.integers(0, 1000)),
+        'helpful_vote': 0, 'verified_purchase': True})
+  meta = []
+  for i in list(range(14)) + [None]:
+    meta.append({
+        'main_category': None if i == 3 else ['All Beauty', 'Premium'][
+            (i or 0) % 2],
+        'title': f'Item {i} rose soap' if i is not None else 'Unsold',
+        'average_rating': 4.5, 'rating_number': 10,
+        'features': ['x'], 'description': [], 'price': None,
+        'images': [{'large': 'https://example.invalid/x.jpg'}], 'videos': [],
+        'store': None if i == 5 else f'Store {(i or 0) % 4}',
+        'categories': [] if i == 2 else ['Beauty', f'Skin {(i or 0) % 3}'],
+        'details': {'Brand': 'x'},
+        'parent_asin': asins[i] if i is not None else 'B0UNSOLD',
+        'bought_together': None})
+  suffix = '.jsonl.gz' if gz else '.jsonl'
+  opener = gzip.open if gz else open
+  for name, lines in ((category, reviews), (f'meta_{category}', meta)):
+    with opener(os.path.join(directory, name + suffix), 'wt') as f:
+      f.write(''.join(json.dumps(r) + '\n' for r in lines))
+  if image_dir:
+    os.makedirs(image_dir, exist_ok=True)
+    for i in range(0, 15, 2):
+      Image.fromarray(np.full((20, 30, 3), 20 + 10 * i, np.uint8)).save(
+          os.path.join(image_dir, f'{asins[i]}.jpg'))
+  return reviews, meta
+
+
+def _stage_amazon(src, **amazon_settings):
+  c = _config('amazon', src)
+  c.amazon.update(amazon_settings)
+  out = tempfile.mkdtemp()
+  counts = amazon.stage(src, out, c)
+  return counts, pq.read_table(os.path.join(out, 'impressions')), out
+
+
+class AmazonTest(absltest.TestCase):
+
+  def test_negatives_are_unreviewed_existing_items_at_the_review_time(self):
+    src = tempfile.mkdtemp()
+    reviews, _ = write_amazon(src)
+    counts, imp, _ = _stage_amazon(src, negatives=3, seed=1)
+    label = imp['label'].to_numpy()
+    self.assertEqual(int(label.sum()), len(reviews))
+    self.assertEqual(int((label == 0).sum()), counts['negatives'])
+    self.assertEqual(counts['negatives'] + counts['short_of_negatives'],
+                     3 * len(reviews))
+    # Short only where the user reviewed nearly every item existing then
+    # (the first days).
+    self.assertLess(counts['short_of_negatives'], 3 * len(reviews) // 20)
+    user, item, time = (imp[k].to_numpy() for k in ('user', 'item', 'time'))
+    pos = label == 1
+    reviewed = set(zip(user[pos], item[pos]))
+    first = {}
+    for i, t in zip(item[pos], time[pos]):
+      first[i] = min(first.get(i, t), t)
+    for u, i, t in zip(user[~pos], item[~pos], time[~pos]):
+      self.assertNotIn((u, i), reviewed)
+      self.assertLessEqual(first[i], t)
+    # Times in seconds; the same seed draws the same negatives.
+    np.testing.assert_array_equal(
+        np.sort(time[pos]), np.sort([r['timestamp'] // 1000
+                                     for r in reviews]))
+    _, again, _ = _stage_amazon(src, negatives=3, seed=1)
+    self.assertTrue(again.equals(imp))
+    _, other, _ = _stage_amazon(src, negatives=3, seed=2)
+    self.assertFalse(other.equals(imp))
+
+  def test_gzip_reads_the_same(self):
+    plain, gz = tempfile.mkdtemp(), tempfile.mkdtemp()
+    write_amazon(plain)
+    write_amazon(gz, gz=True)
+    self.assertTrue(_stage_amazon(plain)[1].equals(_stage_amazon(gz)[1]))
+
+  def test_splits_ids_fields_images_histories_and_ctr(self):
+    src, images = tempfile.mkdtemp(), tempfile.mkdtemp()
+    reviews, meta = write_amazon(src, image_dir=images)
+    c = _config('amazon', src, test_days=5, validation_days=5)
+    c.amazon.update(image_dir=images, negatives=2)
+    m, d = _run(c)
+    self.assertEqual(m.source, f'amazon:{src}')
+    t = np.array([r['timestamp'] // 1000 for r in reviews])
+    day = (t - T0) // DAY
+    self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
+                     (int(day.max()) + 1, int(day.max()) - 4, 5))
+    test_day = m.first_test_day
+    imp = builders.load_table(d, manifest.IMPRESSIONS, 'test')
+    train = builders.load_table(d, manifest.IMPRESSIONS, 'train')
+    self.assertEqual(int(imp['label'].sum()), int((day >= test_day).sum()))
+    self.assertEqual(int(train['label'].sum()), int((day < test_day).sum()))
+    self.assertEqual(sum(m.tables[manifest.IMPRESSIONS]['splits'].values()),
+                     len(train['label']) + len(imp['label']))
+    self.assertGreater(int((imp['label'] == 0).sum()), 0)
+    # Ids: parent_asins sorted, 1..15 (all shown); users of the training
+    # days sorted, 1.. .
+    asins = sorted({r['parent_asin'] for r in reviews})
+    users = sorted({r['user_id'] for r, dd in zip(reviews, day)
+                    if dd < test_day})
+    self.assertEqual((m.num_items, m.num_users),
+                     (len(asins) + 1, len(users) + 1))
+    # Item fields: main_category, store (categoricals), categories (bag),
+    # title, image; item 14 (no metadata) has none of them.
+    self.assertEqual(m.ctr['item_features'], ['main_category', 'store'])
+    self.assertEqual(m.ctr['item_bags'], ['categories'])
+    self.assertEqual(m.text['tokenizer'], 'tokenizer.json')
+    self.assertEqual(m.image_size, 16)
+    items = builders.load_table(d, manifest.ITEMS, 'catalogue')
+    by_asin = {x['parent_asin']: x for x in meta}
+    stores = sorted({x['store'] for x in meta[:-1] if x['store']})
+    for k, a in enumerate(asins, 1):
+      x = by_asin.get(a)
+      want = stores.index(x['store']) + 1 if x and x['store'] else 0
+      self.assertEqual(items['store'][k], want)
+      self.assertEqual(items['categories'][k, 0] > 0,
+                       bool(x and x['categories']))
+      self.assertEqual(items['title'][k].any(), x is not None)
+      has_image = os.path.isfile(os.path.join(images, f'{a}.jpg'))
+      self.assertEqual(items['image'][k].any(), has_image, a)
+    # New items: first reviewed on the test days (items 13 and 14).
+    first = {}
+    for r, dd in zip(reviews, day):
+      first[r['parent_asin']] = min(first.get(r['parent_asin'], dd), dd)
+    np.testing.assert_array_equal(items['launch_day'][1:],
+                                  [first[a] for a in asins])
+    self.assertGreaterEqual(sum(first[a] >= test_day for a in asins), 2)
+    # Histories: the user's reviews on earlier days, oldest first (last 10).
+    rows = np.flatnonzero(imp['user_id'] > 0)[:5]
+    for r in rows:
+      u = users[imp['user_id'][r] - 1]
+      mine = sorted((rt, asins.index(x['parent_asin']) + 1)
+                    for x, rt, dd in zip(reviews, t, day)
+                    if x['user_id'] == u and dd < imp['day'][r])
+      want = [i for _, i in mine][-10:]
+      n = imp['seq_len'][r]
+      self.assertEqual(n, len(want))
+      np.testing.assert_array_equal(imp['seq_item'][r, 10 - n:], want)
+    res = _tiny_ctr(d)
+    self.assertEqual(res['step'], 3)
+
+  def test_images_missing_are_counted(self):
+    src, images = tempfile.mkdtemp(), tempfile.mkdtemp()
+    write_amazon(src, image_dir=images)
+    counts, _, out = _stage_amazon(src, image_dir=images)
+    self.assertEqual((counts['items'], counts['items_without_image']),
+                     (15, 7))
+    self.assertEqual(counts['items_with_metadata'], 14)
+    paths = pq.read_table(os.path.join(out, 'items.parquet'))['image']
+    self.assertEqual(paths.null_count, 7)
+    with self.assertRaisesRegex(columns.InputError,
+                                'image_dir=.*no such directory'):
+      _stage_amazon(src, image_dir=os.path.join(images, 'nope'))
+
+  def test_reader_settings_are_part_of_the_conversion(self):
+    src = tempfile.mkdtemp()
+    write_amazon(src)
+    c = _config('amazon', src, test_days=5, validation_days=5)
+    out = os.path.join(tempfile.mkdtemp(), 'data')
+    m = dataset_job.run(c, out)
+    self.assertEqual(dataset_job.run(c, out), m)  # reused
+    c.amazon.negatives = 2
+    with self.assertRaisesRegex(FileExistsError, 'already holds a dataset'):
+      dataset_job.run(c, out)
+
+  def test_which_category(self):
+    src = tempfile.mkdtemp()
+    with self.assertRaisesRegex(columns.InputError,
+                                'no Amazon Reviews 2023 review files'):
+      _run(_config('amazon', src))
+    write_amazon(src)
+    write_amazon(src, category='Toys_and_Games')
+    with self.assertRaisesRegex(
+        columns.InputError, r'2 Amazon Reviews 2023 review files .*: '
+        r'All_Beauty, Toys_and_Games; set --config.amazon.category'):
+      _run(_config('amazon', src))
+    counts, _, _ = _stage_amazon(src, category='Toys_and_Games')
+    self.assertEqual(counts['category'], 'Toys_and_Games')
+    os.remove(os.path.join(src, 'meta_All_Beauty.jsonl'))
+    with self.assertRaisesRegex(columns.InputError,
+                                'missing meta_All_Beauty.jsonl'):
+      _stage_amazon(src, category='All_Beauty')
+
+  def _bad(self, name, line, text, error, gz=False):
+    """Replaces line `line` (1-based) of file `name` and expects `error`."""
+    src = tempfile.mkdtemp()
+    write_amazon(src, gz=gz)
+    path = os.path.join(src, name + ('.jsonl.gz' if gz else '.jsonl'))
+    opener = gzip.open if gz else open
+    with opener(path, 'rt') as f:
+      lines = f.readlines()
+    lines[line - 1] = text + '\n'
+    with opener(path, 'wt') as f:
+      f.writelines(lines)
+    with self.assertRaisesRegex(columns.InputError, error):
+      _run(_config('amazon', src))
+
+  def test_bad_lines_name_file_line_and_field(self):
+    good = {'user_id': 'AX', 'parent_asin': 'B01', 'timestamp': 1}
+    for name, line, obj, error in (
+        ('All_Beauty', 7, {k: v for k, v in good.items() if k != 'timestamp'},
+         r"All_Beauty.jsonl, line 7: field 'timestamp' is missing; expected "
+         'an integer'),
+        ('All_Beauty', 9, dict(good, timestamp='yesterday'),
+         r"All_Beauty.jsonl, line 9, field 'timestamp': 'yesterday', "
+         'expected an integer'),
+        ('All_Beauty', 3, dict(good, user_id=None),
+         r"line 3: field 'user_id' is null; expected a string"),
+        ('All_Beauty', 4, dict(good, parent_asin=''),
+         r"line 4: field 'parent_asin' is empty; expected a string"),
+        ('meta_All_Beauty', 2, {'parent_asin': 'B1', 'categories': 'Soap'},
+         r"meta_All_Beauty.jsonl, line 2, field 'categories': 'Soap', "
+         'expected a list of strings'),
+        ('meta_All_Beauty', 5, {'title': 'no id'},
+         r"meta_All_Beauty.jsonl, line 5: field 'parent_asin' is missing")):
+      with self.subTest(error=error):
+        self._bad(name, line, json.dumps(obj), error)
+    self._bad('All_Beauty', 11, '{"user_id": "AX", "parent_asin": ',
+              r'All_Beauty.jsonl.gz, line 11: not valid JSON \(Expecting '
+              r'value at column 34\)', gz=True)
+    self._bad('All_Beauty', 2, '[1, 2]',
+              r'All_Beauty.jsonl, line 2: expected a JSON object')
+
+  def test_duplicate_metadata_and_truncated_gzip(self):
+    src = tempfile.mkdtemp()
+    _, meta = write_amazon(src)
+    with open(os.path.join(src, 'meta_All_Beauty.jsonl'), 'a') as f:
+      f.write(json.dumps(meta[4]) + '\n')
+    with self.assertRaisesRegex(columns.InputError,
+                                r'meta_All_Beauty.jsonl, line 16: '
+                                r"parent_asin '.*' again \(first on line 5\)"):
+      _run(_config('amazon', src))
+    src = tempfile.mkdtemp()
+    write_amazon(src, gz=True)
+    path = os.path.join(src, 'All_Beauty.jsonl.gz')
+    with open(path, 'rb') as f:
+      data = f.read()
+    with open(path, 'wb') as f:
+      f.write(data[:len(data) // 2])
+    with self.assertRaisesRegex(columns.InputError,
+                                r'All_Beauty.jsonl.gz: cannot read after '
+                                'line'):
+      _run(_config('amazon', src))
 
 
 if __name__ == '__main__':

@@ -18,6 +18,11 @@ SOURCE (default `parquet`) is one of
               (tags, item_emb_d128 -> item_vectors.npz)
   taobao_ad   TaobaoAd_x1 (BARS): train.csv, test.csv (ids and categoricals
               only; shipped split, no validation day)
+  amazon      Amazon Reviews 2023: <Category>.jsonl[.gz] and
+              meta_<Category>.jsonl[.gz]; reviews are clicks, non-clicks
+              sampled (`amazon.negatives` per review, `amazon.seed`);
+              titles, main_category / store, categories (bag); images from
+              `amazon.image_dir`/<parent_asin>.jpg
 
 The source directory is only read; the dataset is built beside --workdir and
 renamed into place (new or empty workdir; the same conversion is reused).
@@ -29,7 +34,8 @@ import ml_collections
 
 from experiments import configs
 
-SOURCES = ('parquet', 'movielens', 'taobao_mm', 'microlens', 'taobao_ad')
+SOURCES = ('parquet', 'movielens', 'taobao_mm', 'microlens', 'taobao_ad',
+           'amazon')
 
 
 def get_config(arg=None):
@@ -67,6 +73,17 @@ def get_config(arg=None):
     v.test_days = v.validation_days = 7
   if source == 'taobao_mm':
     v.chunk_rows = 8192  # 1000-long histories: ~64 MB of ids per chunk
+  if source == 'amazon':
+    # Reviews span decades and are sparse per day: a test month and a
+    # validation month.
+    v.test_days = v.validation_days = 30
+    # The reader's own settings (part of the conversion's identity).
+    a = ml_collections.ConfigDict()
+    a.category = ''  # <Category> of the files; '' = the only one present
+    a.image_dir = ''  # a folder of <parent_asin>.jpg; '' = no images
+    a.negatives = 1  # sampled non-clicks per review (implicit feedback)
+    a.seed = 0  # of the negative sampler
+    c.amazon = a
   c.convert = v
   if tiny:
     v.seq_len = 10

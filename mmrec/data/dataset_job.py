@@ -34,13 +34,20 @@ READERS = {
     'taobao_mm': 'mmrec.data.readers.taobao_mm',
     'microlens': 'mmrec.data.readers.microlens',
     'taobao_ad': 'mmrec.data.readers.taobao_ad',
+    'amazon': 'mmrec.data.readers.amazon',
 }
 
 
 def _conversion(config):
-  return {'source': config.source,
-          'source_dir': os.path.abspath(os.path.expanduser(config.source_dir)),
-          'convert': json.loads(config.convert.to_json_best_effort())}
+  out = {'source': config.source,
+         'source_dir': os.path.abspath(os.path.expanduser(config.source_dir)),
+         'convert': json.loads(config.convert.to_json_best_effort())}
+  # A reader's own settings (config.<source>, e.g. Amazon's negatives) shape
+  # the dataset too: a rerun with other ones must not reuse it.
+  if config.source in config:
+    out[config.source] = json.loads(
+        config[config.source].to_json_best_effort())
+  return out
 
 
 def _inside(path, parent):

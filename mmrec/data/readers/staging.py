@@ -3,16 +3,22 @@
 Delimited text files (CSV, TSV, '::'-separated) -> checked Arrow batches,
 streamed in blocks (pyarrow.csv for one-character delimiters, a line reader
 for MovieLens-1M's '::'), so memory is bounded by a block, and a malformed
-line fails naming the file and line; staged Parquet shards; first-seen
-per-id fields of row-level data; padding removal from id lists.
+line fails naming the file and line; JSON-lines files (plain or gzip) ->
+checked Arrow tables of chunks of lines, with the same errors; staged
+Parquet shards; first-seen per-id fields of row-level data; padding removal
+from id lists.
 """
 
 import csv
+import gzip
+import json
 import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from mmrec.data import columns
@@ -198,3 +204,112 @@ def drop_padding(col, pad=0):
   return pa.ListArray.from_arrays(pa.array(cum[off - off[0]].astype(np.int32)),
                                   pa.array(vals[keep]))
 
+
+# JSON-lines fields: kind -> (Arrow type, what the error messages expect).
+JSON_KINDS = {
+    'str': (pa.string(), 'a string'),
+    'int': (pa.int64(), 'an integer'),
+    'list<str>': (pa.list_(pa.string()), 'a list of strings'),
+}
+
+
+def _open_text(path):
+  return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+def json_lines(path, fields, chunk_rows=65536):
+  """Yields (line numbers, pyarrow.Table) of chunks of a JSON-lines file.
+
+  `fields`: {name: (kind, required)} with kind one of JSON_KINDS; other keys
+  of a line are not read. A required field must be present, not null and
+  (strings) not empty; an optional one may be missing or null (null). A
+  line that is not a JSON object, or a value of another kind, stops with
+  the file, line, field and what was expected. '.gz' files are gunzipped.
+  """
+  schema = pa.schema([(n, JSON_KINDS[k][0]) for n, (k, _) in fields.items()])
+  lines, numbers, n = [], [], 0
+  try:
+    with _open_text(path) as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        lines.append(line.rstrip(b'\r\n') + b'\n')
+        numbers.append(n)
+        if len(lines) == chunk_rows:
+          yield np.asarray(numbers), _json_table(path, lines, numbers,
+                                                 fields, schema)
+          lines, numbers = [], []
+  except (OSError, EOFError) as e:
+    raise columns.InputError(f'{path}: cannot read after line {n} '
+                             f'(truncated, or not gzip / text?): {e}') from None
+  if lines:
+    yield np.asarray(numbers), _json_table(path, lines, numbers, fields,
+                                           schema)
+
+
+def _json_table(path, lines, numbers, fields, schema):
+  """pyarrow's parse of the chunk; on any doubt, a line-by-line check that
+  names the culprit (and builds the table if pyarrow was the problem)."""
+  buf = b''.join(lines)
+  try:
+    t = pajson.read_json(
+        pa.BufferReader(buf),
+        read_options=pajson.ReadOptions(use_threads=False,
+                                        block_size=len(buf) + 1),
+        parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                          unexpected_field_behavior='ignore'))
+    if len(t) == len(lines) and not _json_missing(t, fields):
+      return t.select(schema.names)
+  except pa.ArrowInvalid:
+    pass
+  objs = [_json_line(path, n, line, fields) for n, line in zip(numbers, lines)]
+  return pa.Table.from_pylist(objs, schema)
+
+
+def _json_missing(table, fields):
+  for name, (kind, required) in fields.items():
+    if not required:
+      continue
+    col = table.column(name)
+    if col.null_count or (kind == 'str' and
+                          pc.any(pc.equal(col, '')).as_py()):
+      return True
+  return False
+
+
+def _json_line(path, n, line, fields):
+  """One line's fields, checked: InputError naming file, line and field."""
+  try:
+    obj = json.loads(line.rstrip(b'\n'))
+  except json.JSONDecodeError as e:
+    raise columns.InputError(f'{path}, line {n}: not valid JSON ({e.msg} at '
+                             f'column {e.colno}): {line[:80]!r}') from None
+  except ValueError as e:  # not UTF-8
+    raise columns.InputError(f'{path}, line {n}: not valid JSON text ({e}): '
+                             f'{line[:80]!r}') from None
+  if not isinstance(obj, dict):
+    raise columns.InputError(f'{path}, line {n}: expected a JSON object '
+                             f'{{...}}, got {line[:80]!r}')
+  out = {}
+  for name, (kind, required) in fields.items():
+    v = obj.get(name)
+    what = JSON_KINDS[kind][1]
+    if v is None or (required and v == ''):
+      if required:
+        state = ('missing' if name not in obj else 'null' if v is None else
+                 'empty')
+        raise columns.InputError(f'{path}, line {n}: field {name!r} is '
+                                 f'{state}; expected {what}')
+      out[name] = None
+      continue
+    if kind == 'str':
+      ok = isinstance(v, str)
+    elif kind == 'int':
+      ok = isinstance(v, int) and not isinstance(v, bool)
+    else:
+      ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+    if not ok:
+      raise columns.InputError(f'{path}, line {n}, field {name!r}: '
+                               f'{str(v)[:60]!r}, expected {what}')
+    out[name] = v
+  return out
