@@ -33,11 +33,12 @@ TaobaoAd_x1); a missing one stops naming it. What becomes of each:
   any other column    not read; named in a warning
 Days: the release has no timestamp, so the split is the shipped one:
 train = day 0, test = day 1, and no validation day (valid.csv: train 0,
-validation 1, test 2). Histories: none given, so the converter builds them
-from the user's clicks on earlier days: training rows (all day 0) get empty
-histories, test rows the user's training clicks (file order). A sequence
-model therefore trains without behaviours and is tested with them: use this
-dataset for ID features, not for behaviour-sequence methods.
+validation 1, test 2). Histories: every row's is empty. Built from earlier
+days' clicks (the converter's default) the training rows, all on day 0,
+would get none and the test rows the whole training week: a model would
+train without behaviours and be tested with them. So this dataset is for ID
+features (and the user bags once the model embeds them), not for
+behaviour-sequence methods; SimTier / MAKE see no behaviours here.
 Ids are the release's integers (remapped by the converter); categoricals
 and bag tokens are read as strings (empty = missing), so '3' and '3.0'
 spellings are not merged.
@@ -119,7 +120,8 @@ def stage(source_dir, out_dir, config):
       label = columns.labels(t.column(LABEL), path, LABEL, row0)
       staged.write(pa.table({
           'user': t.column(USER), 'item': t.column(ITEM),
-          'label': pa.array(label), 'split': pa.array([split] * len(t))}))
+          'label': pa.array(label), 'split': pa.array([split] * len(t)),
+          'history': pa.array([[]] * len(t), pa.list_(pa.int64()))}))
       for name in HISTORIES:
         t = t.set_column(t.schema.get_field_index(name), name,
                          last_tokens(t.column(name), k))
