@@ -18,10 +18,10 @@ interrupted run continues where it stopped (the sweeps inside resume too).
 
 Three sizes:
   (default)  what `make demo` runs: a 4,000-user / 3,000-item world over 4
-             days (~112k impressions), every pre-training method for 120
-             steps (one seed), every CTR variant with 2 seeds, MAKE stage A
-             for 2 epochs, the ID model for 2 epochs. Measured: 16 min 31 s
-             on a 2-core CPU (README.md has the run and its results); big
+             days (~112k impressions), every pre-training method but i2i
+             for 120 steps (one seed), every CTR variant but @image with one
+             seed, MAKE stage A for 2 epochs, the ID model for 2 epochs.
+             Measured: 10 min 23 s from a fresh clone on a 2-core CPU (README.md has the run and its results); big
              enough that the CTR comparison says something, too small for the
              pre-training comparison to (120 steps: SCL's image retrieval is
              still near chance).
@@ -81,8 +81,8 @@ def get_config(arg=None):
       retrieval_queries=6, retrieval_k=5, grid_methods=('scl', 'clip_o')))
 
   if demo:
-    # Sized for `make demo`: 16 min 44 s from a fresh clone on a 2-core CPU
-    # (12 min 17 s before the conv image tower; issue 10's budget is 15). CTR cost scales
+    # Sized for `make demo`: 10 min 23 s from a fresh clone on a 2-core CPU
+    # (one core busy with another job; issue 10's budget is 15). CTR cost scales
     # with impressions (users), pre-training with steps.
     # 4 days (test on the 4th): as many training impressions as 7 days of
     # 2,000 users, but twice the test impressions, so deltas are less noisy.
