@@ -21,10 +21,11 @@ Three sizes:
              days (~112k impressions), every pre-training method but i2i
              for 120 steps (one seed), every CTR variant but @image with one
              seed, MAKE stage A for 2 epochs, the ID model for 2 epochs.
-             Measured: 10 min 23 s from a fresh clone on a 2-core CPU (README.md has the run and its results); big
-             enough that the CTR comparison says something, too small for the
-             pre-training comparison to (120 steps: SCL's image retrieval is
-             still near chance).
+             Measured: 10 min 23 s from a fresh clone on a 2-core CPU
+             (README.md has the run and its results); big enough that the
+             CTR comparison says something, too small for the pre-training
+             comparison to (120 steps: SCL's image retrieval is still near
+             chance).
   :full      every stage at its own defaults: the default 20k x 20k world,
              600 pre-training steps and 3 seeds of every method and variant,
              MAKE stage A for 3 epochs. About 4 hours on a 2-core CPU; the
