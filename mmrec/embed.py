@@ -80,6 +80,7 @@ class Encoder:
     self._items = apply('encode_item')
     self._images = apply('encode_image')
     self._texts = apply('encode_text')
+    self._tables = apply('encode_tables')
     self._one = None
 
   def _batched(self, fn, *arrays):
@@ -90,8 +91,10 @@ class Encoder:
       chunk, valid = train_lib.pad_batch(chunk, self.batch_size)
       x = sharding.shard_batch(chunk, self.mesh)
       y = fn(self.params, *(x[str(i)] for i in range(len(arrays))))
-      out.append(train_lib.to_host(y)[:valid])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+      out.append(jax.tree.map(lambda v: v[:valid], train_lib.to_host(y)))
+    if not out:
+      return np.zeros((0, 0), np.float32)
+    return jax.tree.map(lambda *v: np.concatenate(v), *out)
 
   def items(self, images, titles):
     return self._batched(self._items, images, titles)
@@ -103,10 +106,7 @@ class Encoder:
     Queries and items share the towers and heads, so an item's image vector
     is what an image query of that picture would get.
     """
-    tables = {'item': self.items(images, titles),
-              'image': self.image_queries(images),
-              'text': self.text_queries(titles)}
-    return {k: v for k, v in tables.items() if v is not None}
+    return self._batched(self._tables, images, titles)
 
   def image_queries(self, images):
     return self._batched(self._images, images)

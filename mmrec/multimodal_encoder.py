@@ -137,6 +137,19 @@ class MultimodalEncoder(nn.Module):
         [self._image_features(images), self._text_features(titles)], -1)
     return contrastive.l2_normalize(self.fuse_head(feats))
 
+  def encode_tables(self, images: jax.Array, titles: jax.Array):
+    """Items -> dict(item=encode_item, image=encode_image of the item image,
+    text=encode_text of the title), each (..., E), one pass per tower (the
+    embedding job's three tables)."""
+    image_feats = self._image_features(images)
+    text_feats = self._text_features(titles)
+    tables = dict(image=self.image_head(image_feats),
+                  text=self.text_head(text_feats))
+    mode = self.config.item_mode
+    tables['item'] = tables[mode] if mode != 'fused' else self.fuse_head(
+        jnp.concatenate([image_feats, text_feats], -1))
+    return {k: contrastive.l2_normalize(v) for k, v in tables.items()}
+
   def _encode_together(self, images, texts, item_image, item_title):
     """One pass per tower over queries and items stacked on the batch axis.
 

@@ -201,6 +201,20 @@ class MultimodalEncoderTest(parameterized.TestCase):
     # Items go through the same tower and head as queries of that modality.
     np.testing.assert_allclose(out['item'], out[item_mode], atol=1e-6)
 
+  @parameterized.parameters('fused', 'image', 'text')
+  def test_encode_tables_is_each_encoder(self, item_mode):
+    model, variables = _model(item_mode), _variables(item_mode)
+    images, tokens = _inputs(3)
+    apply = lambda method, *x: jax.jit(functools.partial(
+        model.apply, method=method))(variables, *x)
+    tables = apply('encode_tables', images, tokens)
+    np.testing.assert_allclose(tables['item'],
+                               apply('encode_item', images, tokens), atol=1e-6)
+    np.testing.assert_allclose(tables['image'], apply('encode_image', images),
+                               atol=1e-6)
+    np.testing.assert_allclose(tables['text'], apply('encode_text', tokens),
+                               atol=1e-6)
+
   def test_outputs_are_unit_vectors(self):
     _, out = _probe()
     for name in ('image', 'batch_items', 'items_flat'):
