@@ -17,6 +17,8 @@
 """
 
 import concurrent.futures
+import json
+import logging
 import os
 import shutil
 import socket
@@ -47,6 +49,13 @@ from mmrec import train_scl
 from mmrec import vector_store
 from mmrec import vector_table
 from mmrec.data import build
+
+# httpx logs every request at INFO: under load that is the client's main
+# cost (and a flood in the log), so the measured latency included it.
+logging.getLogger('httpx').setLevel(logging.WARNING)
+
+# The near-line trainer's subprocess runs `-m experiments.main` from here.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def catalogue(n, dim, seed=0, per_concept=20, noise=0.6, chunk=100_000):
@@ -181,18 +190,42 @@ def bench_nearline(config, workdir):
           live.append((time.time(), v))
         time.sleep(0.05)
 
-  watcher = threading.Thread(target=watch)
-  watcher.start()
-  try:
-    nl = nearline_config.get_config(tiny)
-    nl.update(ctr_workdir=batch_dir, serving_dir=serving,
-              replay_split='validation', evaluate=True,
-              segment_records=config.nearline_segment_records)
-    result = nearline.run(nl, os.path.join(root, 'nearline'))
+  nl_dir = os.path.join(root, 'nearline')
+  result = {}
+
+  def train():
+    """The near-line trainer in its own process at a lower priority, as one
+    would run it beside a service on the same machine; returns once the
+    service serves its last version."""
+    args = [sys.executable, '-m', 'experiments.main',
+            '--config=experiments/configs/nearline.py' + (':tiny' if tiny
+                                                          else ''),
+            f'--config.ctr_workdir={batch_dir}',
+            f'--config.serving_dir={serving}',
+            '--config.replay_split=validation', '--config.evaluate=True',
+            f'--config.segment_records={config.nearline_segment_records}',
+            f'--workdir={nl_dir}']
+    subprocess.run(args, check=True, cwd=_REPO,
+                   preexec_fn=lambda: os.nice(config.nearline_nice))
+    with open(os.path.join(nl_dir, nearline.RESULT_FILE)) as f:
+      result.update(json.load(f))
     deadline = time.time() + 30
     last = f'v{result["final_step"]}'
     while time.time() < deadline and live[-1][1] != last:
       time.sleep(0.1)
+
+  watcher = threading.Thread(target=watch)
+  watcher.start()
+  try:
+    if config.nearline_load_concurrency:
+      sizes = ctr_data.sizes(wc)
+      sizes['schema'] = export.serving_schema(sizes, {})
+      load = _load(config, url, sizes, wc.seq_len, during=train,
+                   concurrency=config.nearline_load_concurrency,
+                   min_requests=0)
+    else:
+      train()
+      load = {}
   finally:
     stop.set()
     watcher.join()
@@ -214,6 +247,7 @@ def bench_nearline(config, workdir):
   for which in ('frozen', 'nearline'):
     for m in ('auc', 'gauc'):
       out[f'{which}_test_{m}'] = round(result[which][m], 4)
+  out.update({f'under_load_{k}': v for k, v in load.items()})
   return out
 
 
@@ -266,16 +300,27 @@ def bench_serving(config, workdir):
   server, url = _start_service(directory)
   try:
     start_s = time.perf_counter() - t0
-    return dict(_load(config, url, directory, sizes),
+
+    def reload():  # a new version published mid-load: hot reload
+      time.sleep(config.serving_reload_after_s)
+      export.write_pointer(os.path.join(directory, export.MODELS), 'v2')
+
+    return dict(_load(config, url, sizes, config.world.seq_len,
+                      during=reload, concurrency=config.serving_concurrency,
+                      min_requests=config.serving_requests),
                 service_start_seconds=round(start_s, 1))
   finally:
     server.terminate()
     server.wait(timeout=30)
 
 
-def _load(config, url, directory, sizes):
+def _load(config, url, sizes, L, during, concurrency, min_requests):
+  """/score requests from `concurrency` clients while new items arrive and
+  `during()` runs (a publication); stops once `during` has returned and
+  at least `min_requests` were sent. Latencies, failures, versions seen and
+  new items' time to servable."""
   rng = np.random.default_rng(0)
-  n_items, L = sizes['num_items'], config.world.seq_len
+  n_items = sizes['num_items']
   cands = config.serving_candidates
 
   def request():
@@ -286,18 +331,21 @@ def _load(config, url, directory, sizes):
             'history': rng.integers(0, n_items, L).tolist(),
             'candidates': rng.integers(0, n_items, cands).tolist()}
 
-  bodies = [request() for _ in range(min(config.serving_requests, 256))]
+  bodies = [request() for _ in range(256)]
   with httpx.Client(base_url=url, timeout=60) as c:  # warm the path
     for b in bodies[:20]:
       c.post('/score', json=b).raise_for_status()
   latencies, statuses, versions = [], [], set()
   lock = threading.Lock()
-  counter = iter(range(config.serving_requests))
-  done = threading.Event()
+  published, done = threading.Event(), threading.Event()
 
   def client():
     with httpx.Client(base_url=url, timeout=60) as c:
-      for i in counter:
+      while True:
+        with lock:
+          i = len(statuses)
+          if published.is_set() and i >= min_requests:
+            return
         t0 = time.perf_counter()
         r = c.post('/score', json=bodies[i % len(bodies)])
         dt = time.perf_counter() - t0
@@ -331,11 +379,12 @@ def _load(config, url, directory, sizes):
   t0 = time.perf_counter()
   adder = threading.Thread(target=new_items)
   adder.start()
-  with concurrent.futures.ThreadPoolExecutor(
-      config.serving_concurrency) as pool:
-    futures = [pool.submit(client) for _ in range(config.serving_concurrency)]
-    time.sleep(config.serving_reload_after_s)
-    export.write_pointer(os.path.join(directory, export.MODELS), 'v2')
+  with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+    futures = [pool.submit(client) for _ in range(concurrency)]
+    try:
+      during()
+    finally:
+      published.set()
     for f in futures:
       f.result()
   wall = time.perf_counter() - t0
@@ -346,7 +395,7 @@ def _load(config, url, directory, sizes):
     similar = c.get(f'/items/{new_ids[-1]}/similar?k=5').status_code if (
         new_ids) else None
   return {
-      'requests': len(statuses), 'concurrency': config.serving_concurrency,
+      'requests': len(statuses), 'concurrency': concurrency,
       'candidates_per_request': cands, 'history_length': L,
       'failed_requests': sum(s != 200 for s in statuses),
       'qps': round(len(statuses) / wall, 1),

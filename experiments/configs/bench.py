@@ -66,6 +66,11 @@ def get_config(arg=None):
   config.nearline_world = dict(num_users=4000, num_items=3000, num_shops=150,
                                num_days=4)
   config.nearline_segment_records = 20_000
+  # The near-line trainer runs in its own process at this niceness (beside
+  # the service, as on a shared machine) while this many clients send /score
+  # requests (0 = no load): the service's latency while versions publish.
+  config.nearline_nice = 10
+  config.nearline_load_concurrency = 2
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
