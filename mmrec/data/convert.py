@@ -38,14 +38,18 @@ What the conversion does:
     tokenised by a WordPiece tokenizer trained on the titles of the items of
     the training days (titles.py); images read, converted to RGB and resized
     to `image_size`.
-  * streaming: impressions are read in chunks of `chunk_rows`, three times
-    (days, counts and clicks, then writing), never whole; items and users
+  * streaming: impressions are read in chunks of `chunk_rows`, never whole:
+    the time column alone (days), then every column once (counts, clicks).
+    That pass keeps what the dataset stores of each row (ids, label, day and
+    the kept end of its history) in a scratch file per split inside the
+    dataset directory, from which the rows are written; items and users
     (catalogue-sized) are read whole.
 The dataset is built aside and renamed into place (`dataset_job.py`).
 """
 
 import dataclasses
 import os
+import tempfile
 
 from absl import logging
 import numpy as np
@@ -143,16 +147,6 @@ class _Counter:
                         np.concatenate([p[1] for p in self.parts]))
 
 
-def _spans(start, end):
-  """Concatenated aranges [start_i, end_i) (vectorised)."""
-  lengths = end - start
-  total = int(lengths.sum())
-  if not total:
-    return np.zeros(0, np.int64)
-  shift = np.repeat(np.cumsum(lengths) - lengths - start, lengths)
-  return np.arange(total, dtype=np.int64) - shift
-
-
 def _lookup(keys, values, raw, default):
   """values[keys == raw] per raw key (default when absent)."""
   if not len(keys):
@@ -175,6 +169,59 @@ class _Kinds:
           f'{path}, column {column!r}: {kind} {space} ids, but {first[1]} '
           f'column {first[2]!r} has {first[0]} ones; one kind per id space')
     return arr
+
+
+class _Spill:
+  """The rows of one split that the dataset stores, from scan to writing.
+
+  An Arrow IPC stream in the scratch directory, one batch per input chunk:
+  raw ids, label, day and (given histories) the kept behaviours; a fraction
+  of the input when histories are long, and read back without parsing.
+  """
+
+  def __init__(self, path):
+    self.path, self.sink, self.writer = path, None, None
+
+  def add(self, mine, user, item, label, day, history):
+    if not mine.any():
+      return
+    item = pa.array(item[mine])
+    cols = {'user': pa.array(user[mine]), 'item': item,
+            'label': pa.array(label[mine]), 'day': pa.array(day[mine])}
+    if history is not None:
+      offsets, flat = history
+      start, end = offsets[:-1][mine], offsets[1:][mine]
+      kept = flat[columns.spans(start, end)]
+      # Typed as the item column: a chunk of empty histories has no type.
+      cols['history'] = pa.LargeListArray.from_arrays(
+          np.concatenate([[0], np.cumsum(end - start)]),
+          pa.array(kept if len(kept) else [], item.type))
+    batch = pa.RecordBatch.from_pydict(cols)
+    if self.writer is None:
+      self.sink = pa.OSFile(self.path, 'wb')
+      self.writer = pa.ipc.new_stream(self.sink, batch.schema)
+    self.writer.write_batch(batch)
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+      self.sink.close()
+
+  def __iter__(self):
+    """(user, item, label, day, history or None) numpy chunks."""
+    if self.writer is None:
+      return
+    with pa.OSFile(self.path) as source:
+      for batch in pa.ipc.open_stream(source):
+        user, item, label, day = (
+            batch.column(k).to_numpy(zero_copy_only=False)
+            for k in ('user', 'item', 'label', 'day'))
+        history = None
+        if 'history' in batch.schema.names:
+          col = batch.column('history')
+          history = (col.offsets.to_numpy(),
+                     col.values.to_numpy(zero_copy_only=False))
+        yield user, item, label, day, history
 
 
 class Converter:
@@ -227,15 +274,17 @@ class Converter:
                             name)
 
   def _histories(self, batch, path, row0):
+    """(offsets, raw ids) of the kept behaviours of every row.
+
+    Only the last seq_len (long_seq_len) behaviours are stored, so only
+    those are read out, counted and mapped.
+    """
     col = batch.column(batch.schema.get_field_index('history'))
-    offsets, flat = columns.id_lists(col, path, 'history', row0)
+    offsets, flat = columns.id_lists(col, path, 'history', row0,
+                                     last=self._kept)
     if len(flat):
       self.kinds.check('item', flat, path, 'history')
-    # Only the last seq_len (long_seq_len) behaviours are kept: count only
-    # those.
-    end = offsets[1:]
-    start = np.maximum(offsets[:-1], end - self._kept)
-    return start, end, flat
+    return offsets, flat
 
   def scan_days(self):
     """Pass 1: the time range -> day 0, the number of days, the test days."""
@@ -269,12 +318,18 @@ class Converter:
           f'); test_days={self.opt.test_days} + validation_days='
           f'{self.validation_days} leave no training day')
 
-  def scan_ids(self):
-    """Pass 2: id counts over the training days, launch days, clicks."""
+  def scan_ids(self, scratch):
+    """Pass 2: id counts over the training days, launch days, clicks.
+
+    Also keeps the rows of each split in `scratch` (`_Spill`) for
+    `impressions`, so that no input file is read a third time.
+    """
     users, items, shown = _Counter(), _Counter(), _Counter()
     launch = _Counter(np.minimum)
     clicks = []  # (user, day, time, item) of every click (histories)
     rows = {'train': 0, 'test': 0}
+    self.spills = {s: _Spill(os.path.join(scratch, f'{s}.arrows'))
+                   for s in rows}
     extra = ('history',) if self.has_history else ()
     for path, row0, batch in self._chunks(extra):
       day, t = self._days(path, row0, batch)
@@ -289,13 +344,20 @@ class Converter:
       items.add(item[train])
       shown.add(item)
       launch.add(item, day.astype(np.int64))
+      history = None
       if self.has_history:
-        start, end, flat = self._histories(batch, path, row0)
+        history = self._histories(batch, path, row0)
+        offsets, flat = history
         if len(flat):
-          items.add(flat[_spans(start[train], end[train])])
+          items.add(flat[columns.spans(offsets[:-1][train],
+                                       offsets[1:][train])])
       else:
         c = label == 1
         clicks.append((user[c], day[c], t[c], item[c]))
+      for split, mine in (('train', train), ('test', ~train)):
+        self.spills[split].add(mine, user, item, label, day, history)
+    for spill in self.spills.values():
+      spill.close()
     for split, n in rows.items():
       if not n:
         raise columns.InputError(
@@ -359,32 +421,15 @@ class Converter:
 
   def impressions(self, split):
     """Pass 3 (one per split): chunks of the stored impression rows."""
-    extra = ('history',) if self.has_history else ()
-    for path, row0, batch in self._chunks(extra):
-      day, _ = self._days(path, row0, batch)
-      mine = day < self.first_test_day
-      if split == 'test':
-        mine = ~mine
-      if not mine.any():
-        continue
-      user = self._row(batch, path, row0, 'user')
-      item = self._row(batch, path, row0, 'item')
-      label = columns.labels(batch.column(batch.schema.get_field_index(
-          'label')), path, 'label', row0)
+    for user, item, label, day, history in self.spills[split]:
       if self.has_history:
-        start, end, flat = self._histories(batch, path, row0)
-        # Map only the kept behaviours: histories may be 20x longer.
-        start, end = start[mine], end[mine]
-        lengths = end - start
-        values = self.items(flat[_spans(start, end)])
-        end = np.cumsum(lengths)  # the kept spans, now back to back
-        start = end - lengths
+        offsets, flat = history
+        start, end, values = offsets[:-1], offsets[1:], self.items(flat)
       else:
-        start, end, values = self._built_history(user[mine], day[mine])
+        start, end, values = self._built_history(user, day)
       seq, n = self._sequences(start, end, values, self.opt.seq_len)
-      out = {'user_id': self.users(user[mine]),
-             'item_id': self.items(item[mine]), 'day': day[mine],
-             'label': label[mine], 'seq_item': seq, 'seq_len': n}
+      out = {'user_id': self.users(user), 'item_id': self.items(item),
+             'day': day, 'label': label, 'seq_item': seq, 'seq_len': n}
       if self.opt.long_seq_len:
         out['long_seq_item'], out['long_seq_len'] = self._sequences(
             start, end, values, self.opt.long_seq_len)
@@ -509,8 +554,17 @@ class Converter:
 
   def write(self, directory):
     """Writes the dataset (tables, tokenizer, vectors, manifest last)."""
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix='.scratch-',
+                                     dir=directory) as scratch:
+      m = self._write(directory, scratch)
+    manifest_lib.write(directory, m)
+    return m
+
+  def _write(self, directory, scratch):
+    """Everything but the manifest, which it returns."""
     self.scan_days()
-    self.scan_ids()
+    self.scan_ids(scratch)
     items, icats, ibags, iraw, ipath = self._catalogue(
         'items', 'item', self.items, ITEM_RESERVED)
     users, ucats, ubags, _, _ = self._catalogue('users', 'user', self.users,
@@ -566,5 +620,4 @@ class Converter:
              'category_fields': list(cat_fields)},
         image_size=image_size, text=text, vectors=vectors,
         seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)
-    manifest_lib.write(directory, m)
     return m
