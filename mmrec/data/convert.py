@@ -122,18 +122,40 @@ class IdMap:
 
 
 class _Counter:
-  """Occurrences per raw key, merged chunk by chunk (bounded parts)."""
+  """Occurrences per raw key, merged chunk by chunk (bounded parts).
+
+  With `reduce` (e.g. np.minimum) it reduces given values per key instead.
+  """
+
+  PENDING = 1 << 22  # keys counted in one hash pass (32 MiB of int64)
 
   def __init__(self, reduce=np.add):
     self.parts, self.reduce = [], reduce
+    self.pending, self.num_pending = [], 0
 
   def add(self, keys, values=None):
     if not len(keys):
       return
-    values = np.ones(len(keys), np.int64) if values is None else values
-    self.parts.append(self._unique(keys, values))
+    if values is None and self.reduce is np.add:
+      # Plain counts: hashed a few million keys at a time, as sorting every
+      # chunk's history ids was most of the scan.
+      self.pending.append(keys)
+      self.num_pending += len(keys)
+      if self.num_pending >= self.PENDING:
+        self._count_pending()
+      return
+    self._add_part(self._unique(keys, values))
+
+  def _count_pending(self):
+    counts = pc.value_counts(pa.array(np.concatenate(self.pending)))
+    self.pending, self.num_pending = [], 0
+    self._add_part((counts.field('values').to_numpy(zero_copy_only=False),
+                    counts.field('counts').to_numpy().astype(np.int64)))
+
+  def _add_part(self, part):
+    self.parts.append(part)
     if len(self.parts) > 16:
-      self.parts = [self.result()]
+      self.parts = [self._merged()]
 
   def _unique(self, keys, values):
     order = np.argsort(keys, kind='stable')
@@ -141,11 +163,17 @@ class _Counter:
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     return keys[starts], self.reduce.reduceat(values, starts)
 
-  def result(self):
-    if not self.parts:
-      return np.zeros(0, np.int64), np.zeros(0, np.int64)
+  def _merged(self):
     return self._unique(np.concatenate([p[0] for p in self.parts]),
                         np.concatenate([p[1] for p in self.parts]))
+
+  def result(self):
+    """(sorted unique keys, their counts or reduced values)."""
+    if self.pending:
+      self._count_pending()
+    if not self.parts:
+      return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return self._merged()
 
 
 def _lookup(keys, values, raw, default):
