@@ -25,28 +25,38 @@ BLOCK_BYTES = 1 << 24  # bound on the bytes one block of rows is built in
 
 
 def _varint(values):
-  """(N, 10) base-128 groups of int64 `values` (two's complement), lengths."""
+  """(N, <= 10) base-128 groups of int64 `values` (two's complement), lengths."""
   u = np.asarray(values, np.int64).view(np.uint64)
   shifted = u[:, None] >> _SHIFTS
   n = 1 + np.count_nonzero(shifted[:, 1:], axis=1)
   groups = (shifted & np.uint64(0x7f)).astype(np.uint8)
   groups |= (np.arange(10) < (n - 1)[:, None]).astype(np.uint8) << 7
-  return groups, n
+  return groups[:, :n.max(initial=1)], n
 
 
 class _Row:
-  """Byte segments of every row: (N, width) arrays + valid lengths."""
+  """Byte segments of every row, in order.
+
+  Parts: bytes (the same in every row), or ((N, width) uint8, (N,) valid
+  lengths or None = full width).
+  """
 
   def __init__(self, n):
     self.n, self.parts = n, []
 
   def const(self, data):
-    self.parts.append((np.broadcast_to(np.frombuffer(bytes(data), np.uint8),
-                                       (self.n, len(data))), None))
+    data = bytes(data)
+    if self.parts and isinstance(self.parts[-1], bytes):
+      self.parts[-1] += data  # fewer, wider segments
+    else:
+      self.parts.append(data)
     return len(data)
 
   def varint(self, values):
-    groups, n = _varint(np.broadcast_to(values, (self.n,)))
+    if np.ndim(values) == 0:  # one value for every row
+      groups, n = _varint(np.reshape(values, 1))
+      return self.const(groups[0, :n[0]].tobytes())
+    groups, n = _varint(values)
     self.parts.append((groups, n))
     return n
 
@@ -55,18 +65,27 @@ class _Row:
     return data.shape[1]
 
   def extend(self, other):
-    self.parts += other.parts
+    for part in other.parts:
+      if isinstance(part, bytes):
+        self.const(part)
+      else:
+        self.parts.append(part)
 
   def length(self):
-    return sum(p.shape[1] if n is None else n for p, n in self.parts)
+    return sum(len(p) if isinstance(p, bytes) else
+               p[0].shape[1] if p[1] is None else p[1] for p in self.parts)
 
-  def bytes(self):
+  def join(self):
     """(flat uint8 of all rows back to back, (N,) lengths)."""
-    data = np.concatenate([p for p, _ in self.parts], axis=1)
-    valid = np.concatenate(
-        [np.ones(p.shape, bool) if n is None
-         else np.arange(p.shape[1]) < n[:, None] for p, n in self.parts],
-        axis=1)
+    data, valid = [], []
+    for p in self.parts:
+      if isinstance(p, bytes):
+        p = (np.broadcast_to(np.frombuffer(p, np.uint8), (self.n, len(p))),
+             None)
+      data.append(p[0])
+      valid.append(np.ones(p[0].shape, bool) if p[1] is None
+                   else np.arange(p[0].shape[1]) < p[1][:, None])
+    data, valid = np.concatenate(data, axis=1), np.concatenate(valid, axis=1)
     return data[valid], valid.sum(1)
 
 
@@ -146,7 +165,7 @@ def serialize(table, spec):
   example.const(b'\x0a')
   example.varint(features.length())
   example.extend(features)
-  data, lengths = example.bytes()
+  data, lengths = example.join()
   return data, lengths.astype(np.int64)
 
 
