@@ -534,9 +534,12 @@ class Converter:
       return table, size, False
     K = self.opt.max_bag
     table = np.zeros((n, K), np.int32)
-    lengths = np.minimum(np.diff(offsets), K)
-    for r in np.flatnonzero(keep):
-      table[ids[r], :lengths[r]] = coded[offsets[r]:offsets[r] + lengths[r]]
+    rows = np.flatnonzero(keep)
+    lengths = np.minimum(np.diff(offsets), K)[rows]
+    start = offsets[rows]
+    table[np.repeat(ids[rows], lengths),
+          columns.spans(np.zeros_like(lengths), lengths)] = coded[
+              columns.spans(start, start + lengths)]
     return table, size, True
 
   def _titles(self, raw_titles, ids, keep, num_items, directory):
