@@ -95,11 +95,11 @@ class FastWriterTest(absltest.TestCase):
   def test_world_tables_in_three_shards(self):
     w = world_lib.generate(fixtures.tiny_config(**_SMALL))
     held = w.search['held_out']
+    rows = builders._split_rows  # pylint: disable=protected-access
     tables = [
         (builders.Items, {'catalogue': w.items}, None),
-        (builders.Search, {'train': builders._split_rows(w.search, ~held),  # pylint: disable=protected-access
-                           'test': builders._split_rows(w.search, held)},  # pylint: disable=protected-access
-         None),
+        (builders.Search, {'train': rows(w.search, ~held),
+                           'test': rows(w.search, held)}, None),
         (builders.Captions, {'train': w.captions}, None)]
     ours, theirs = self._write_both(tables, num_shards=3)
     self.assertTrue(any(k.endswith('-00002-of-00003') for k in ours))

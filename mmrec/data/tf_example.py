@@ -25,7 +25,7 @@ BLOCK_BYTES = 1 << 24  # bound on the bytes one block of rows is built in
 
 
 def _varint(values):
-  """(N, <= 10) base-128 groups of int64 `values` (two's complement), lengths."""
+  """(N, <= 10) base-128 groups of int64 `values` and their byte counts."""
   u = np.asarray(values, np.int64).view(np.uint64)
   shifted = u[:, None] >> _SHIFTS
   n = 1 + np.count_nonzero(shifted[:, 1:], axis=1)
