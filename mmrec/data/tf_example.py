@@ -1,6 +1,6 @@
 """tf.Example bytes of many table rows at once, as TFDS serialises each row.
 
-TFDS encodes an example through Python protobuf objects, ~100 us a row, most
+TFDS encodes an example through Python protobuf objects, ~40 us a row, most
 of a large conversion. Our tables hold only scalar numbers and fixed-shape
 tensors stored as raw bytes (`builders._feature`), so every row has the same
 layout up to the widths of a few varints: numpy builds the bytes of a block
