@@ -364,5 +364,63 @@ class ShippedSplitTest(absltest.TestCase):
     self.assertEqual(int(train['seq_len'].max()), 0)
 
 
+class GivenHistoryTest(absltest.TestCase):
+  """Shipped histories: rows, ids and sequences against plain Python."""
+
+  def test_matches_a_row_by_row_reference(self):
+    rng = np.random.default_rng(3)
+    src = tempfile.mkdtemp()
+    os.makedirs(os.path.join(src, 'impressions'))
+    items = [f'i{k}' for k in range(3000)]
+    rows = []  # (user, item, label, time, history) in file order
+    for shard in range(3):
+      part = []
+      for _ in range(150):
+        k = int(rng.integers(0, 40))
+        history = (None if k == 0 else  # k == 1: empty
+                   [items[j] for j in rng.integers(0, 2800, k - 1)])
+        part.append((f'u{rng.integers(0, 25)}', items[rng.integers(0, 3000)],
+                     int(rng.random() < 0.3),
+                     T0 + int(rng.integers(0, NUM_DAYS * DAY - 7200)),
+                     history))
+      rows += part
+      pq.write_table(pa.table(dict(zip(
+          ('user', 'item', 'label', 'time', 'history'), zip(*part)))),
+                     os.path.join(src, 'impressions', f'{shard}.parquet'))
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    m = dataset_job.run(config(src, seq_len=5, long_seq_len=12, min_count=2,
+                               chunk_rows=64), out)
+
+    day = [(t - (T0 - 3600)) // DAY for _, _, _, t, _ in rows]
+    train = [d < NUM_DAYS - 1 for d in day]
+    ucount, icount, shown = {}, {}, set()
+    for (u, i, _, _, h), tr in zip(rows, train):
+      shown.add(i)
+      if tr:
+        ucount[u] = ucount.get(u, 0) + 1
+        for x in [i] + (h or [])[-12:]:  # only the kept behaviours count
+          icount[x] = icount.get(x, 0) + 1
+    users = sorted(u for u, c in ucount.items() if c >= 2)
+    kept = sorted({x for x, c in icount.items() if c >= 2} |
+                  (shown - set(icount)))
+    uid = {u: n + 1 for n, u in enumerate(users)}
+    iid = {x: n + 1 for n, x in enumerate(kept)}
+    self.assertEqual((m.num_users, m.num_items), (len(users) + 1,
+                                                  len(kept) + 1))
+    for split, mine in (('train', True), ('test', False)):
+      got = builders.load_table(out, manifest.IMPRESSIONS, split)
+      want = [r + (d,) for r, d, tr in zip(rows, day, train) if tr == mine]
+      self.assertLen(got['label'], len(want))
+      for n, (u, i, y, _, h, d) in enumerate(want):
+        self.assertEqual((got['user_id'][n], got['item_id'][n],
+                          got['label'][n], got['day'][n]),
+                         (uid.get(u, 0), iid.get(i, 0), y, d), (split, n))
+        for key, length in (('seq', 5), ('long_seq', 12)):
+          seq = [iid.get(x, 0) for x in (h or [])[-length:]]
+          self.assertEqual(got[f'{key}_len'][n], len(seq))
+          np.testing.assert_array_equal(
+              got[f'{key}_item'][n], [0] * (length - len(seq)) + seq)
+
+
 if __name__ == '__main__':
   absltest.main()

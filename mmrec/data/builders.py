@@ -7,20 +7,26 @@ Each writes `<data_dir>/<name>/1.0.0/` and is read back with
 TensorFlow). Features are inferred from the arrays, with the field docs below
 so that `features.json` describes the data. The oracle is not a dataset: it is
 an .npz beside them that only evaluation code opens.
+
+TFDS writes the metadata and picks the shards; the examples are serialised a
+block of rows at a time by `tf_example` (the bytes of TFDS's per-row
+serialiser, ~1.5 us a row instead of ~40) and written with TFDS's
+array_record adapter.
 """
 
-import contextlib
 import json
 import os
 import shutil
+import tempfile
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import example_serializer
+from tensorflow_datasets.core.utils import shard_utils
 
 from mmrec import files
 from mmrec.data import manifest as manifest_lib
+from mmrec.data import tf_example
 
 VERSION = '1.0.0'
 ORACLE_FILE = 'oracle.npz'
@@ -93,18 +99,56 @@ class TableBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _log_download_done(self):
     pass
 
+  # TFDS's abstract hooks of its row-at-a-time writer, which
+  # `_generate_splits` replaces.
   def _split_generators(self, dl_manager):
-    del dl_manager
-    return {name: self._generate_examples(table)
-            for name, table in self._splits.items()}
+    raise NotImplementedError
 
-  def _generate_examples(self, table):
-    chunks = table() if callable(table) else [table]
-    i = 0
-    for chunk in chunks:
-      for j in range(len(next(iter(chunk.values())))):
-        yield i, {k: v[j] for k, v in chunk.items()}
-        i += 1
+  def _generate_examples(self, **kwargs):
+    raise NotImplementedError
+
+  def _generate_splits(self, dl_manager, download_config):
+    """Writes every split (replaces TFDS's row-at-a-time split writer)."""
+    del dl_manager
+    if not self.info.disable_shuffling:
+      raise ValueError('rows are written in generation order only')
+    return [self._write_split(name, table, download_config.get_shard_config())
+            for name, table in self._splits.items()]
+
+  def _write_split(self, split, table, shard_config):
+    """Serialises `table` to a scratch file, then into TFDS's shards.
+
+    The number of shards depends on the total size, known only at the end:
+    as TFDS's own writer, the examples wait on disk (bounded memory).
+    """
+    template = self._get_filename_template(split_name=split)
+    spec = {k: (f.np_dtype, f.shape) for k, f in self.info.features.items()}
+    lengths = []
+    with tempfile.TemporaryFile(dir=template.data_dir) as scratch:
+      for chunk in (table() if callable(table) else [table]):
+        if not len(next(iter(chunk.values()))):
+          continue
+        for data, n in tf_example.serialize_blocks(chunk, spec):
+          scratch.write(data)
+          lengths.append(n)
+      if not lengths:
+        raise AssertionError(f'{self.name}: no examples in split {split!r}')
+      lengths = np.concatenate(lengths)
+      total = int(lengths.sum())
+      num_shards = shard_config.get_number_shards(total, len(lengths))
+      ends = shard_utils.get_shard_boundaries(len(lengths), num_shards)
+      scratch.seek(0)
+      writer = self._example_writer()
+      for i, (lo, hi) in enumerate(zip([0] + ends[:-1], ends)):
+        writer.write(
+            template.sharded_filepath(shard_index=i, num_shards=num_shards),
+            ((None, scratch.read(n)) for n in lengths[lo:hi].tolist()))
+    logging.info('wrote %s %s: %d examples, %d shards', self.name, split,
+                 len(lengths), num_shards)
+    return tfds.core.SplitInfo(
+        name=split, shard_lengths=[hi - lo for lo, hi in
+                                   zip([0] + ends[:-1], ends)],
+        num_bytes=total, filename_template=template)
 
 
 class Items(TableBuilder, skip_registration=True):
@@ -132,25 +176,6 @@ class Captions(TableBuilder, skip_registration=True):
   name = 'mmrec_captions'
 
 
-@contextlib.contextmanager
-def _deterministic_serialization():
-  """Serialises tf.Example maps in a fixed order while TFDS writes.
-
-  TFDS calls `SerializeToString()`, whose map order follows a per-process
-  hash: the same world would give different bytes in every run. Same seed ->
-  byte-identical files needs `deterministic=True`, which TFDS offers no
-  option for.
-  """
-  cls = example_serializer.ExampleSerializer
-  original = cls.serialize_example
-  cls.serialize_example = lambda self, example: self.get_tf_example(
-      example).SerializeToString(deterministic=True)
-  try:
-    yield
-  finally:
-    cls.serialize_example = original
-
-
 def _split_rows(table, mask):
   return {k: v[mask] for k, v in table.items()}
 
@@ -161,13 +186,12 @@ def write_tables(data_dir, tables):
   See `TableBuilder` for splits and example (streamed tables).
   """
   tfds.disable_progress_bar()  # our own logging reports progress
-  with _deterministic_serialization():
-    for cls, splits, example in tables:
-      logging.info('writing %s (%s)', cls.name, {
-          k: 'streamed' if callable(v) else f'{len(next(iter(v.values())))} rows'
-          for k, v in splits.items()})
-      cls(splits=splits, example=example,
-          data_dir=data_dir).download_and_prepare()
+  for cls, splits, example in tables:
+    logging.info('writing %s (%s)', cls.name, {
+        k: 'streamed' if callable(v) else f'{len(next(iter(v.values())))} rows'
+        for k, v in splits.items()})
+    cls(splits=splits, example=example,
+        data_dir=data_dir).download_and_prepare()
   # TFDS leaves an empty downloads/ tree: nothing is downloaded, don't say so.
   downloads = os.path.join(data_dir, 'downloads')
   if os.path.isdir(downloads) and not any(

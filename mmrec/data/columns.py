@@ -36,9 +36,16 @@ def table_files(source_dir, table, required=True):
   return []
 
 
+# Column chunks are read through a buffer of this size, batch by batch;
+# pre-buffered or unbuffered (pyarrow's defaults), a whole row group is read
+# at once: hundreds of MB for a row group of 1000-long histories.
+READ_BUFFER_BYTES = 1 << 20
+
+
 def open_file(path):
   try:
-    return pq.ParquetFile(path)
+    return pq.ParquetFile(path, buffer_size=READ_BUFFER_BYTES,
+                          pre_buffer=False)
   except (pa.ArrowInvalid, OSError) as e:
     raise InputError(f'{path}: not a readable Parquet file (truncated or not '
                      f'Parquet?): {e}') from e
@@ -113,8 +120,22 @@ def ids(col, path, name, row0=0):
   return col.to_numpy(zero_copy_only=False).astype(object)
 
 
-def id_lists(col, path, name, row0=0):
-  """(offsets (N + 1,), flat raw ids) of a list<id> column; nulls = empty."""
+def spans(start, end):
+  """Concatenated aranges [start_i, end_i) (vectorised)."""
+  lengths = end - start
+  total = int(lengths.sum())
+  if not total:
+    return np.zeros(0, np.int64)
+  shift = np.repeat(np.cumsum(lengths) - lengths - start, lengths)
+  return np.arange(total, dtype=np.int64) - shift
+
+
+def id_lists(col, path, name, row0=0, last=None):
+  """(offsets (N + 1,), flat raw ids) of a list<id> column; nulls = empty.
+
+  `last`: only the last `last` ids of each list, the only ones converted
+  (a history may be 20x longer than what is kept of it).
+  """
   if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
     raise InputError(f'{_where(path, name, row0)}: expected a list of ids, '
                      f'got {col.type}')
@@ -122,6 +143,11 @@ def id_lists(col, path, name, row0=0):
   offsets = col.offsets.to_numpy().astype(np.int64)
   offsets = offsets - offsets[0]
   flat = col.flatten()
+  if last is not None:
+    _no_nulls(flat, path, f'{name}[]', row0)
+    kept = np.minimum(np.diff(offsets), last)
+    flat = flat.take(spans(offsets[1:] - kept, offsets[1:]))
+    offsets = np.concatenate([[0], np.cumsum(kept)])
   return offsets, ids(flat, path, f'{name}[]', row0) if len(flat) else (
       np.zeros(0, np.int64))
 
