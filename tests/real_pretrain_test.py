@@ -1,0 +1,108 @@
+"""Pre-training on converted real data (issue 11).
+
+Datasets without a search log, converted from the fixtures of
+convert_test.py (own Parquet data: images, titles, shipped vectors) and
+readers_test.py (MovieLens: titles only).
+"""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+import convert_test
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import readers_test
+
+from experiments.configs import scl as scl_config
+from mmrec import embed
+from mmrec import train_scl
+from mmrec import vector_table
+from mmrec.data import dataset_job
+from mmrec.data import manifest
+
+CAN_RUN = 'methods that can run: clip_e, i2i, raw_pixels, bag_of_tokens'
+
+
+def _scl(method, data_dir, **overrides):
+  c = scl_config.get_config(f'{method},tiny')
+  c.update(data_dir=data_dir, num_steps=3, batch_size=32, checkpoint_every=3,
+           **overrides)
+  return c
+
+
+class RealPretrainTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    src = tempfile.mkdtemp(prefix='own_data_')
+    # 120 items: more catalogue items and co-click pairs than a tiny batch.
+    convert_test.write_own_data(src, num_items=120, rows=1500)
+    cls.out = os.path.join(tempfile.mkdtemp(), 'data')
+    cls.m = dataset_job.run(convert_test.config(src), cls.out)
+    ml = tempfile.mkdtemp(prefix='movielens_')
+    readers_test.write_movielens(ml, 'ml-1m')
+    cls.ml_m, cls.ml = readers_test._run(readers_test._config('movielens', ml))
+
+  def test_methods_run_and_rank_co_clicks_against_the_catalogue(self):
+    self.assertNotIn(manifest.SEARCH, self.m.tables)
+    for method in ('clip_e', 'raw_pixels'):
+      workdir = tempfile.mkdtemp()
+      res = train_scl.run(_scl(method, self.out), workdir)
+      self.assertEqual(res['eval']['task'], embed.CO_CLICK_EVAL)
+      self.assertGreater(res['eval']['queries'], 20)
+      self.assertEqual(res['eval']['candidates'], 120)  # item 0 is no item
+      item = res['metrics']['item']
+      self.assertEqual(item['queries'], res['eval']['queries'])
+      self.assertBetween(item['recall@10'], 0.0, 1.0)
+      self.assertIsNotNone(res['metrics']['image_on_image'])
+      with np.load(os.path.join(workdir, train_scl.QUERIES_FILE)) as z:
+        rank = z['item_rank']
+      self.assertAlmostEqual((rank < 10).mean(), item['recall@10'])
+      self.assertTrue(os.path.exists(os.path.join(workdir,
+                                                  vector_table.FILE)))
+    self.assertIsNone(res['metrics']['text'])  # raw pixels: no text side
+    # Titles only (MovieLens): the bag-of-tokens reference still runs.
+    res = train_scl.run(_scl('bag_of_tokens', self.ml), tempfile.mkdtemp())
+    self.assertIsNone(res['metrics']['image'])
+    self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
+
+  def test_methods_the_data_cannot_serve_fail_before_training(self):
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(
+        manifest.DatasetError,
+        "dataset 'parquet' has no mmrec_search table: scl needs query -> "
+        f'purchase pairs; {CAN_RUN}$'):
+      train_scl.run(_scl('scl', self.out), workdir)
+    self.assertEqual(os.listdir(workdir), [])  # nothing trained
+    with self.assertRaisesRegex(
+        manifest.DatasetError,
+        r"dataset 'movielens' has no field\(s\) \['image'\] in mmrec_items: "
+        'clip_e needs item images and titles; methods that can run: '
+        'bag_of_tokens$'):
+      train_scl.run(_scl('clip_e', self.ml), tempfile.mkdtemp())
+
+  def test_no_held_out_click_with_a_history_fails_before_training(self):
+    # Shipped splits whose test users never clicked in training: no
+    # co-click query, so no evaluation.
+    src = tempfile.mkdtemp()
+    pq.write_table(pa.table({
+        'user': [1, 1, 2, 3, 3], 'item': [1, 2, 3, 1, 2],
+        'label': [0, 0, 1, 1, 1],
+        'split': ['train', 'train', 'train', 'test', 'test']}),
+                   os.path.join(src, 'impressions.parquet'))
+    pq.write_table(pa.table({'item': [1, 2, 3],
+                             'title': ['red shirt', 'blue hat', 'wool hat']}),
+                   os.path.join(src, 'items.parquet'))
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    dataset_job.run(convert_test.config(src), out)
+    with self.assertRaisesRegex(
+        manifest.DatasetError, 'no search log and no test-split click with a '
+        "behaviour history.*bag_of_tokens's evaluation"):
+      train_scl.run(_scl('bag_of_tokens', out), tempfile.mkdtemp())
+
+
+if __name__ == '__main__':
+  absltest.main()
