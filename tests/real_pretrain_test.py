@@ -5,6 +5,7 @@ convert_test.py (own Parquet data: images, titles, shipped vectors) and
 readers_test.py (MovieLens: titles only).
 """
 
+import json
 import os
 import tempfile
 
@@ -15,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import readers_test
 
+from experiments import pretrain_sweep
+from experiments.configs import pretrain_sweep as sweep_config
 from experiments.configs import scl as scl_config
 from mmrec import embed
 from mmrec import train_scl
@@ -30,6 +33,11 @@ def _scl(method, data_dir, **overrides):
   c.update(data_dir=data_dir, num_steps=3, batch_size=32, checkpoint_every=3,
            **overrides)
   return c
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
 
 
 class RealPretrainTest(absltest.TestCase):
@@ -102,6 +110,22 @@ class RealPretrainTest(absltest.TestCase):
         manifest.DatasetError, 'no search log and no test-split click with a '
         "behaviour history.*bag_of_tokens's evaluation"):
       train_scl.run(_scl('bag_of_tokens', out), tempfile.mkdtemp())
+
+  def test_sweep_runs_what_the_dataset_allows(self):
+    c = sweep_config.get_config('tiny')
+    c.update(methods='scl,clip_o,raw_pixels,bag_of_tokens', data_dir=self.out)
+    workdir = tempfile.mkdtemp()
+    table = pretrain_sweep.run(c, workdir)
+    self.assertEqual(set(table), {'raw_pixels', 'bag_of_tokens'})
+    self.assertIn('item', table['bag_of_tokens'])
+    plan = json.loads(_read(os.path.join(workdir, pretrain_sweep.PLAN_FILE)))
+    self.assertEqual(plan['ran'], ['raw_pixels', 'bag_of_tokens'])
+    self.assertEqual(set(plan['skipped']), {'scl', 'clip_o'})
+    self.assertEqual(plan['eval']['task'], embed.CO_CLICK_EVAL)
+    text = _read(os.path.join(workdir, f'{pretrain_sweep.TABLE_FILE}.md'))
+    self.assertIn('scl: not run (dataset \'parquet\' has no mmrec_search', text)
+    self.assertIn(' item recall@10 |', text)
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'scl')))
 
 
 if __name__ == '__main__':
