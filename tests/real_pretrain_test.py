@@ -1,4 +1,4 @@
-"""Pre-training on converted real data (issue 11).
+"""Pre-training and the paper pipeline on converted real data (issue 11).
 
 Datasets without a search log, converted from the fixtures of
 convert_test.py (own Parquet data: images, titles, shipped vectors) and
@@ -17,6 +17,9 @@ import pyarrow.parquet as pq
 import readers_test
 
 from experiments import pretrain_sweep
+from experiments import report
+from experiments import reproduce
+from experiments.configs import paper
 from experiments.configs import pretrain_sweep as sweep_config
 from experiments.configs import scl as scl_config
 from mmrec import embed
@@ -126,6 +129,103 @@ class RealPretrainTest(absltest.TestCase):
     self.assertIn('scl: not run (dataset \'parquet\' has no mmrec_search', text)
     self.assertIn(' item recall@10 |', text)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'scl')))
+
+  def test_paper_pipeline_on_converted_data(self):
+    c = paper.get_config('tiny')
+    c.data_dir = self.out
+    c.pretrain.methods = 'scl,scl_no_queue,clip_o,clip_e,raw_pixels'
+    c.ctr.variants = 'id,id_stats,simtier_paper,simtier_official@image'
+    c.one_epoch.num_epochs = 1
+    c.make_epochs = ()
+    workdir = tempfile.mkdtemp()
+    results = reproduce.run(c, workdir)
+    progress = json.loads(_read(os.path.join(workdir,
+                                             reproduce.PROGRESS_FILE)))
+    self.assertEqual(set(progress['stages']),
+                     {'pretrain', 'ctr', 'extra', 'report'})  # no world
+    data = results['data']
+    self.assertEqual(data['dataset'], 'parquet')
+    self.assertEqual(data['pretraining']['ran'], ['clip_e', 'raw_pixels'])
+    self.assertEqual(set(data['pretraining']['skipped']),
+                     {'scl', 'scl_no_queue', 'clip_o'})
+    self.assertIn('from scratch', data['pretraining']['notes']['clip_e'])
+    self.assertEqual(set(results['pretraining']), {'clip_e', 'raw_pixels'})
+    # scl_no_queue cannot run: the CTR stage reads the best method's
+    # vectors, and says so.
+    vectors = data['ctr_vectors']
+    self.assertEqual(vectors['source'], 'pretrained')
+    best = pretrain_sweep.best_method(results['pretraining'],
+                                      ['clip_e', 'raw_pixels'])
+    self.assertEqual(vectors['method'], best)
+    self.assertIn("'scl_no_queue' did not run", vectors['why'])
+    self.assertEqual(set(results['ctr']), {'id', 'id_stats', 'simtier_paper',
+                                           'simtier_official@image'})
+    self.assertIsNone(results['world']['oracle_ceiling'])
+    self.assertEqual(results['content_curve'], [])
+    self.assertEqual(set(data['skipped']),
+                     {'oracle ceiling', 'honesty table', 'content curve'})
+    claims = {x['id']: x for x in results['claims']}
+    self.assertEqual(claims['queue_adds']['verdict'], reproduce.NOT_TESTABLE)
+    self.assertIn('scl not run (dataset \'parquet\' has no mmrec_search',
+                  claims['queue_adds']['statement'])
+    text = _read(os.path.join(workdir, report.REPORT_FILE))
+    for part in ('## Dataset', '## Not run', '- oracle ceiling: ',
+                 '- honesty table: ', '- content curve: ',
+                 '- pre-training scl: ', '- pre-training clip_o: ',
+                 'held-out co-clicks ranked against the catalogue',
+                 f'CTR item vectors: {best} (seed 0): '):
+      self.assertIn(part, text)
+    self.assertNotIn('oracle (ceiling)', text)
+    again = reproduce.run(c, workdir)
+    self.assertEqual(again, results)
+    progress = json.loads(_read(os.path.join(workdir,
+                                             reproduce.PROGRESS_FILE)))
+    self.assertEqual({s['status'] for s in progress['stages'].values()},
+                     {'skipped'})
+
+  def test_shipped_vectors_feed_ctr_when_asked_or_nothing_pretrains(self):
+    c = paper.get_config('tiny')
+    c.data_dir = self.out
+    c.pretrain.methods = 'scl_no_queue'  # cannot run here
+    c.ctr.variants = 'id,simtier_paper,simtier_official@image'
+    c.one_epoch.num_epochs = 1
+    c.make_epochs = (1,)
+    workdir = tempfile.mkdtemp()
+    results = reproduce.run(c, workdir)
+    vectors = results['data']['ctr_vectors']
+    self.assertEqual((vectors['source'], vectors['path']),
+                     ('shipped', os.path.join(self.out, self.m.vectors)))
+    self.assertEqual(results['pretraining'], {})
+    self.assertEqual(set(results['ctr']), {'id', 'simtier_paper'})
+    self.assertIn('no image table', results['data']['ctr_skipped'][
+        'simtier_official@image'])
+    text = _read(os.path.join(workdir, report.REPORT_FILE))
+    self.assertIn("CTR item vectors: the dataset's own item_vectors.npz: no "
+                  'pre-training method ran on this dataset', text)
+    self.assertIn('- CTR simtier_official@image: ', text)
+
+  def test_ctr_vectors_choice(self):
+    def choose(choice, m, ran=(), table=None):
+      c = paper.get_config('tiny')
+      c.ctr_vectors = choice
+      return reproduce._ctr_vectors(c, m, '/d', '/p', list(ran), table or {})
+
+    shipped = self.m
+    bare = self.ml_m  # ships no vectors
+    row = lambda r: {'item': {'recall@10': {'mean': r}}}
+    table = {'raw_pixels': row(0.1), 'clip_e': row(0.3)}
+    got = choose('auto', shipped, ['raw_pixels', 'clip_e'], table)
+    self.assertEqual((got['source'], got['method'], got['path']),
+                     ('pretrained', 'clip_e', '/p/clip_e/seed_0/'
+                      'item_vectors.npz'))
+    self.assertEqual(choose('shipped', shipped, ['clip_e'], table)['path'],
+                     '/d/item_vectors.npz')
+    self.assertEqual(choose('auto', shipped)['source'], 'shipped')
+    self.assertEqual(choose('auto', bare)['path'], '')
+    with self.assertRaisesRegex(ValueError, 'ships no item vectors'):
+      choose('shipped', bare, ['clip_e'], table)
+    with self.assertRaisesRegex(ValueError, 'allows no pre-training method'):
+      choose('pretrained', shipped)
 
 
 if __name__ == '__main__':
