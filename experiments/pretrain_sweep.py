@@ -1,6 +1,12 @@
 """The pre-training comparison: methods x seeds -> pretrain_table.{json,md},
 and pretrain_comparisons.json: paired bootstrap intervals of the accuracy@1
 differences the paper's orderings claim (PAIRS), over held-out queries.
+
+Only the methods the dataset can serve run (`plan`: train_scl.check_dataset
+and embed.check_evaluable, before the first run); the others are skipped
+with the reason, in pretrain_plan.json and pretrain_table.md. Without
+generic captions CLIP-O cannot run, and CLIP-E then trains from scratch on
+item image <-> title (the plan says so).
 """
 
 import json
@@ -11,23 +17,35 @@ import numpy as np
 
 from experiments.configs import scl as scl_config
 from mmrec import bootstrap
+from mmrec import embed
 from mmrec import files
 from mmrec import train_scl
+from mmrec.data import builders
+from mmrec.data import manifest
 from mmrec.data import resolver
 
-# '<m>_on_<m>': queries of modality m ranked by m's own item table.
+# '<m>_on_<m>': queries of modality m ranked by m's own item table. 'item',
+# 'item_new': the item table on itself (co-click evaluation only); a table
+# shows the slices its runs have.
 SLICES = ('image', 'text', 'image_new', 'text_new', 'image_on_image',
-          'text_on_text')
+          'text_on_text', 'item', 'item_new')
 METRICS = ('accuracy@1', 'recall@10')
 TABLE_FILE = 'pretrain_table'
 COMPARISONS_FILE = 'pretrain_comparisons.json'
+# {'ran': [methods], 'skipped': {method: why}, 'notes': {method: note},
+# 'eval': embed.eval_info}.
+PLAN_FILE = 'pretrain_plan.json'
 # The orderings paper.md reports (reproduce.claims): (better, worse).
 PAIRS = (('scl', 'clip_e'), ('clip_e', 'clip_o'), ('scl', 'scl_no_queue'),
          ('scl', 'scl_no_hard_neg'))
 
 
-def method_config(config, method, seed, data_dir, workdir):
-  """The scl config of one run: the sweep's shared settings + the method's."""
+def method_config(config, method, seed, data_dir, workdir, clip_o=True):
+  """The scl config of one run: the sweep's shared settings + the method's.
+
+  clip_o: False where CLIP-O cannot run on the dataset: CLIP-E then starts
+  from scratch.
+  """
   c = scl_config.get_config(method)
   base = config.scl.to_dict()
   for k in ('method', 'encoder', 'negatives', 'key_encoder',
@@ -37,12 +55,45 @@ def method_config(config, method, seed, data_dir, workdir):
   c.encoder.update({k: v for k, v in config.scl.encoder.to_dict().items()
                     if k != 'item_mode'})
   c.seed, c.data_dir = seed, data_dir
-  if method == 'clip_e':
+  if method == 'clip_e' and clip_o:
     c.init_from = os.path.join(workdir, 'clip_o', f'seed_{seed}')
   return c
 
 
-def run_one(config, method, seed, data_dir, workdir):
+def plan(methods, data_dir):
+  """(runnable methods in `methods`' order, {skipped method: why}, {method:
+  note}): what the dataset at `data_dir` can serve, checked before anything
+  trains."""
+  m = manifest.load(data_dir)
+  items = None
+  skipped = {}
+  for method in methods:
+    try:
+      train_scl.check_dataset(method, m)
+      if embed.eval_task(m) == embed.CO_CLICK_EVAL and items is None:
+        items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+      embed.check_evaluable(data_dir, items, method)
+    except manifest.DatasetError as e:
+      logging.warning('pre-training: skipping %s: %s', method, e)
+      skipped[method] = str(e)
+  ran = [x for x in methods if x not in skipped]
+  notes = {}
+  if 'clip_e' in ran and 'clip_o' not in ran:
+    if 'clip_o' not in methods:
+      try:
+        train_scl.check_dataset('clip_o', m)
+      except manifest.DatasetError:
+        pass  # CLIP-O cannot run here: CLIP-E from scratch, noted below
+      else:
+        raise ValueError('clip_e starts from clip_o: list clip_o in methods '
+                         'too')
+    notes['clip_e'] = ('trained from scratch on item image <-> title: CLIP-O, '
+                       'its usual start, cannot run on this dataset (no '
+                       'generic captions)')
+  return ran, skipped, notes
+
+
+def run_one(config, method, seed, data_dir, workdir, clip_o=True):
   out = os.path.join(workdir, method, f'seed_{seed}')
   done = os.path.join(out, train_scl.EVAL_FILE)
   # Without the per-query ranks (a run from before they were saved) the run
@@ -53,21 +104,47 @@ def run_one(config, method, seed, data_dir, workdir):
       return json.load(f)
   logging.info('pre-training %s seed %d -> %s', method, seed, out)
   return train_scl.run(
-      method_config(config, method, seed, data_dir, workdir), out)
+      method_config(config, method, seed, data_dir, workdir, clip_o), out)
+
+
+def _slices(rows):
+  """The SLICES that any of `rows` (dicts keyed by slice) has."""
+  rows = [r for r in rows if r]
+  return [s for s in SLICES if any(s in r for r in rows)]
 
 
 def summarise(results):
-  """{method: {slice: {metric: {mean, std, runs}} or None}}."""
+  """{method: {slice: {metric: {mean, std, runs}} or None}} over the slices
+  the runs' evaluations have."""
+  slices = _slices(r['metrics'] for runs in results.values() for r in runs)
   table = {}
   for method, runs in results.items():
     table[method] = {}
-    for s in SLICES:
+    for s in slices:
       vals = [r['metrics'][s] for r in runs if r['metrics'].get(s)]
       table[method][s] = None if not vals else {
           m: {'mean': float(np.mean([v[m] for v in vals])),
               'std': float(np.std([v[m] for v in vals])),
               'runs': len(vals)} for m in METRICS}
   return table
+
+
+def item_recall(row):
+  """recall@10 of a method's item table (what CTR reads) on held-out
+  queries: the 'item' slice (co-clicks), else the mean over image and text
+  queries (search); None without either."""
+  row = row or {}
+  cells = [row['item']] if row.get('item') else [
+      row.get(s) for s in ('image', 'text')]
+  vals = [c['recall@10']['mean'] for c in cells if c]
+  return float(np.mean(vals)) if vals else None
+
+
+def best_method(table, methods):
+  """The first of `methods` with the highest item_recall in `table`."""
+  scores = [(item_recall(table.get(m)), -i, m) for i, m in enumerate(methods)]
+  scored = [x for x in scores if x[0] is not None]
+  return max(scored)[2] if scored else methods[0]
 
 
 def _accuracy(ranks, weights):
@@ -145,36 +222,54 @@ def load_queries(workdir, methods, seeds):
   return out
 
 
-def markdown(table):
-  head = '| method | ' + ' | '.join(f'{s} {m}' for s in SLICES
+def markdown(table, skipped=None, notes=None):
+  """The table; `skipped` {method: why} and `notes` {method: note} follow
+  it, a line each."""
+  rows = [r for r in table.values() if r]
+  slices = _slices(rows)
+  head = '| method | ' + ' | '.join(f'{s} {m}' for s in slices
                                      for m in METRICS) + ' |'
-  lines = [head, '|' + '---|' * (1 + len(SLICES) * len(METRICS))]
+  lines = [head, '|' + '---|' * (1 + len(slices) * len(METRICS))]
   for method, row in table.items():
+    if not row:
+      continue
     cells = []
-    for s in SLICES:
+    for s in slices:
       for m in METRICS:
-        v = row[s]
+        v = row.get(s)
         cells.append('n/a' if v is None else
                      f'{v[m]["mean"]:.3f} ± {v[m]["std"]:.3f}')
     lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  for method, note in (notes or {}).items():
+    lines.append(f'\n{method}: {note}')
+  for method, why in (skipped or {}).items():
+    lines.append(f'\n{method}: not run ({why})')
   return '\n'.join(lines)
 
 
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.scl.world, workdir)
-  methods = [m for m in config.methods.split(',') if m]
+  methods, skipped, notes = plan(
+      [m for m in config.methods.split(',') if m], data_dir)
   order = sorted(methods, key=lambda m: m == 'clip_e')  # after clip_o
-  if 'clip_e' in methods and 'clip_o' not in methods:
-    raise ValueError('clip_e starts from clip_o: list clip_o in methods too')
+  clip_o = 'clip_e' not in notes
   results = {m: [] for m in methods}
   for seed in range(config.seeds):
     for method in order:
-      results[method].append(run_one(config, method, seed, data_dir, workdir))
+      results[method].append(run_one(config, method, seed, data_dir, workdir,
+                                     clip_o))
   table = summarise(results)
+  items = None
+  if embed.eval_task(manifest.load(data_dir)) == embed.CO_CLICK_EVAL:
+    items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+  files.write_json(os.path.join(workdir, PLAN_FILE), files.json_safe({
+      'ran': methods, 'skipped': skipped, 'notes': notes,
+      'eval': embed.eval_info(data_dir, items)}))
   files.write_json(os.path.join(workdir, COMPARISONS_FILE), files.json_safe(
       comparisons(load_queries(workdir, methods, config.seeds),
                   config.bootstrap_resamples)))
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), table)
-  files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), markdown(table))
-  print(markdown(table))
+  text = markdown(table, skipped, notes)
+  files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), text)
+  print(text)
   return table

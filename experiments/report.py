@@ -202,7 +202,7 @@ def retrieval_grid(path, pretrain_dir, methods, num_queries, k):
       if r == 0:
         ax.set_title(title, fontsize=7)
   fig.suptitle('Held-out image query -> top catalogue items (green: the '
-               'purchased item)', fontsize=9)
+               'purchased / clicked item)', fontsize=9)
   _save(fig, path)
   return True
 
@@ -269,10 +269,17 @@ def _slices_md(ctr):
   return '\n'.join(lines)
 
 
-def _world_md(world):
+def _world_md(world, skipped=None):
+  """Statistics, the honesty table and the oracle ceiling; a section the
+  dataset has not (`skipped`: {section: why}) is one line saying why."""
+  skipped = skipped or {}
   lines = ['| statistic | value |', '|---|---|']
   lines += [f'| {k} | {_f(v) if isinstance(v, float) else v} |'
             for k, v in world['statistics'].items()]
+  gone = [f'{k.capitalize()}: not shown: {skipped[k]}.'
+          for k in ('honesty table', 'oracle ceiling') if k in skipped]
+  if not world['honesty_auc']:
+    return '\n'.join(lines + [''] + gone)
   lines += ['', '| scorer (honesty check) | AUC all | AUC new items |',
             '|---|---|---|']
   lines += [f'| {k} | {_f(v["all"])} | {_f(v["new_items"])} |'
@@ -280,10 +287,42 @@ def _world_md(world):
   o = world['oracle_ceiling'] or {}
   verdict = 'OK' if world['honesty_ok'] else 'VIOLATED: ' + '; '.join(
       world['honesty_problems'])
-  lines += ['', f'Honesty orderings: {verdict}.',
-            f'Oracle ceiling (true click probabilities on the test day): '
-            f'AUC {_f(o.get("auc"))}, GAUC {_f(o.get("gauc"))}, '
-            f'logloss {_f(o.get("logloss"))}.']
+  lines += ['', f'Honesty orderings: {verdict}.']
+  lines += gone or [f'Oracle ceiling (true click probabilities on the test '
+                    f'day): AUC {_f(o.get("auc"))}, GAUC {_f(o.get("gauc"))}, '
+                    f'logloss {_f(o.get("logloss"))}.']
+  return '\n'.join(lines)
+
+
+def vectors_label(results, config, why=True):
+  """Which item vectors fed the CTR stage, in words (`why`: and why)."""
+  v = (results.get('data') or {}).get('ctr_vectors')
+  if not v:
+    return f'{config.vectors_method} (seed 0)'
+  if v['source'] == 'pretrained':
+    label = f'{v["method"]} (seed 0)'
+  elif v['source'] == 'shipped':
+    label = f'the dataset\'s own {os.path.basename(v["path"])}'
+  else:
+    label = 'none'
+  return f'{label}: {v["why"]}' if why else label
+
+
+_EVAL_HEADINGS = {
+    'search': 'held-out search sessions',
+    'co_click': 'held-out co-clicks ranked against the catalogue: the query '
+                'is the newest behaviour before a test-day click, the answer '
+                'the clicked item',
+}
+
+
+def _skipped_md(data):
+  """Every part that did not run, one line each, with the reason."""
+  pre = (data.get('pretraining') or {}).get('skipped') or {}
+  lines = [f'- {k}: {why}' for k, why in (data.get('skipped') or {}).items()]
+  lines += [f'- pre-training {m}: {why}' for m, why in pre.items()]
+  lines += [f'- CTR {v}: {why}'
+            for v, why in (data.get('ctr_skipped') or {}).items()]
   return '\n'.join(lines)
 
 
@@ -313,8 +352,10 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
   if make_epochs_plot(p(PLOTS[3]), curves['make_epochs'],
                       (ctr['id']['gauc'] or {}).get('mean')):
     made[PLOTS[3]] = 'MAKE stage-A epochs vs. final GAUC (seed 0).'
-  methods = [m for m in config.report.grid_methods if m in
-             results['pretraining']]
+  ran = [m for m, row in results['pretraining'].items() if row]
+  # Without the usual grid methods (a dataset they cannot run on), the
+  # first two that ran.
+  methods = [m for m in config.report.grid_methods if m in ran] or ran[:2]
   if retrieval_grid(p(PLOTS[4]), pretrain_dir, methods,
                     config.report.retrieval_queries, config.report.retrieval_k):
     made[PLOTS[4]] = (f'Retrieval: held-out image queries, top-'
@@ -325,16 +366,26 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
     with open(hist_file) as f:
       hist = json.load(f)
     simtier_histogram(p(PLOTS[5]), hist)
-    made[PLOTS[5]] = (f'SimTier cosines ({config.vectors_method} vectors): '
+    label = vectors_label(results, config, why=False)
+    made[PLOTS[5]] = (f'SimTier cosines ({label} vectors): '
                       f'mean {hist["clicked_mean"]:.3f} clicked vs. '
                       f'{hist["not_clicked_mean"]:.3f} not clicked.')
   if content_curve_plot(p(PLOTS[6]), results['content_curve']):
     made[PLOTS[6]] = ('The multimodal gain (SimTier + MAKE over the best ID '
                       'baseline) vs. how much content matters in the world.')
   oracle = results['world']['oracle_ceiling']
-  ctr_table = {'variants': ctr}
+  data = results.get('data') or {}
+  skipped = data.get('skipped') or {}
+  pre = data.get('pretraining') or {}
+  ctr_table = {'variants': ctr, 'skipped': data.get('ctr_skipped') or {}}
   if oracle and all(v is not None for v in oracle.values()):
     ctr_table['oracle'] = oracle
+  task = (pre.get('eval') or {}).get('task', 'search')
+  curve_md = (f'Not drawn: {skipped["content curve"]}.'
+              if 'content curve' in skipped else
+              _content_curve_md(results['content_curve']))
+  dataset = (f'Dataset: {data["dataset"]} ({data["source"]}). '
+             if data.get('dataset') else '')
   stages = '\n'.join(
       ['| stage | status | compute s | directory |', '|---|---|---|---|'] +
       [f'| {k} | {s["status"]} | {s["seconds"]:.0f} | '
@@ -344,9 +395,9 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
   text = '\n\n'.join([
       '# Reproduction: Enhancing Taobao Display Advertising with Multimodal '
       'Representations',
-      f'Pre-training: {config.pretrain.seeds} seed(s); CTR: '
+      f'{dataset}Pre-training: {config.pretrain.seeds} seed(s); CTR: '
       f'{config.ctr.seeds} seed(s); CTR item vectors: '
-      f'{config.vectors_method} (seed 0). Numbers: `results.json`.',
+      f'{vectors_label(results, config)}. Numbers: `results.json`.',
       '## Claims', _claims_md(results['claims']),
       'Intervals: paired user-level bootstrap of the test day '
       '(mmrec/bootstrap.py; CTR seeds combined) or, for pre-training, of '
@@ -354,9 +405,11 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       'interval excludes 0 in the paper\'s direction and, where the paper '
       'gives a number, the measured delta is 0.5x to 2x of it (else '
       '"direction only").',
-      '## World', _world_md(results['world']),
-      '## Pre-training (held-out search sessions)',
-      pretrain_sweep.markdown(results['pretraining']),
+      '## World' if not data.get('dataset') or data['dataset'] == 'world'
+      else '## Dataset', _world_md(results['world'], skipped),
+      f'## Pre-training ({_EVAL_HEADINGS.get(task, task)})',
+      pretrain_sweep.markdown(results['pretraining'], pre.get('skipped'),
+                              pre.get('notes')),
       '## CTR (test day; deltas vs. the ID model, paired by seed)',
       ctr_sweep.markdown(ctr_table),
       '### GAUC delta % by training-exposure group (group_0 = tail) and on '
@@ -364,11 +417,14 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       '### One-epoch curve and MAKE stage-A epochs (seed 0)',
       _curves_md(curves),
       '### The content knob: multimodal gain vs. world.content_weight',
-      _content_curve_md(results['content_curve']),
+      curve_md,
       '## Plots', '\n\n'.join(f'![{c}]({f})\n\n*{c}*' for f, c in
                               made.items()) +
       (f'\n\nNot drawn (inputs missing): {", ".join(missing)}.'
        if missing else ''),
+  ] + ([
+      '## Not run', 'What this dataset or configuration could not serve, '
+      'and why:\n\n' + _skipped_md(data)] if _skipped_md(data) else []) + [
       '## Stages', stages,
       f'Wall time of this invocation up to the report: {elapsed:.0f} s; '
       f'compute time of all stages as first run: '

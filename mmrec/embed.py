@@ -5,7 +5,9 @@ dataset (the trainer and every reader of its checkpoints use it). `Encoder` wrap
 'data' axis for the catalogue (padded to one compiled shape) and a warm
 single-item path for new items (`encode_one`). `ReferenceEncoder` is the
 untrained reference of the comparison: a fixed random projection of raw
-pixels or of bag-of-token counts.
+pixels or of bag-of-token counts. `evaluate_encoder` is every method's
+held-out evaluation (retrieval_eval.py): search sessions where the dataset
+has a search log, else co-clicks ranked against the catalogue.
 
 The embedding job (`config.job = 'embed'`, experiments/configs/embed.py)
 restores an encoder from a pre-training workdir and writes
@@ -33,6 +35,13 @@ from mmrec.data import builders
 from mmrec.data import manifest
 
 REFERENCE_METHODS = ('raw_pixels', 'bag_of_tokens')
+# The evaluation tasks (eval_task): held-out search sessions, or held-out
+# co-clicks ranked against the catalogue (retrieval_eval.py says why).
+SEARCH_EVAL, CO_CLICK_EVAL = 'search', 'co_click'
+# Co-click queries drawn from the test split (in a seeded order, each
+# distinct (query, answer) pair once): a recall@10 near 0.1 to about +-0.01
+# (95%), and the reading stops there on a large log.
+CO_CLICK_MAX_PAIRS = 5000
 
 
 def build_encoder(config, vocab_size, max_len):
@@ -51,8 +60,11 @@ def item_shapes(data_dir):
   m = manifest.load(data_dir)
   m.require('pre-training', manifest.ITEMS, ('image', 'title'),
             why='the item encoder needs item images and titles')
-  vocab = m.text.get('vocab_size') or builders.vocab_size(data_dir)
-  return vocab, m.text['length'], m.image_size
+  return _vocab_size(m, data_dir), m.text['length'], m.image_size
+
+
+def _vocab_size(m, data_dir):
+  return m.text.get('vocab_size') or builders.vocab_size(data_dir)
 
 
 def encoder_model(config, data_dir):
@@ -142,8 +154,15 @@ class ReferenceEncoder:
     if method not in REFERENCE_METHODS:
       raise ValueError(f'unknown reference method {method!r}')
     self.method = method
-    self.vocab_size, _, image_size = item_shapes(data_dir)
-    width = image_size**2 * 3 if method == 'raw_pixels' else self.vocab_size
+    # Each reads one modality: a dataset with titles only (MovieLens) or
+    # images only still has its reference.
+    m = manifest.load(data_dir)
+    if method == 'raw_pixels':
+      m.require(method, manifest.ITEMS, ('image',), why='needs item images')
+      width = m.image_size**2 * 3
+    else:
+      m.require(method, manifest.ITEMS, ('title',), why='needs item titles')
+      self.vocab_size = width = _vocab_size(m, data_dir)
     rng = np.random.default_rng(seed)
     self.proj = (rng.normal(size=(width, dim)) / np.sqrt(dim)).astype(
         np.float32)
@@ -187,19 +206,95 @@ def _new_items(data_dir, items):
   return items['launch_day'] >= manifest.load(data_dir).first_test_day
 
 
+def eval_task(m):
+  """SEARCH_EVAL where manifest `m` declares search sessions, else
+  CO_CLICK_EVAL (every dataset has impressions)."""
+  return (SEARCH_EVAL if m.has(manifest.SEARCH, 'query_text',
+                               'purchased_item') else CO_CLICK_EVAL)
+
+
+_CO_CLICKS = {}  # (data_dir, max_pairs) -> (pairs, candidates)
+
+
+def co_click_queries(data_dir, items, max_pairs=CO_CLICK_MAX_PAIRS,
+                     chunk=4096, seed=0):
+  """The co-click evaluation's (pairs, candidates) (retrieval_eval.py).
+
+  Clicks of the test split whose history is not empty, read in a seeded
+  order until `max_pairs` distinct (newest behaviour, clicked item) pairs
+  are found: the same queries for every method and seed of a dataset.
+  Computed once per process and dataset.
+  """
+  key = (os.path.abspath(data_dir), max_pairs)
+  if key not in _CO_CLICKS:
+    canonical = retrieval_eval.canonical_items(items)
+    source = builders.data_source(data_dir, manifest.IMPRESSIONS, 'test')
+    order = np.random.default_rng(seed).permutation(len(source))
+    query, target = [], []
+    pairs = np.zeros((0, 2), np.int64)
+    for lo in range(0, len(order), chunk):
+      rows = builders.read_rows(source, order[lo:lo + chunk])
+      clicked = (rows['label'] > 0) & (rows['seq_len'] > 0)
+      query.append(rows['seq_item'][clicked, -1])  # newest last
+      target.append(rows['item_id'][clicked])
+      pairs = retrieval_eval.co_click_pairs(
+          np.concatenate(query), np.concatenate(target), canonical,
+          max_pairs)
+      if len(pairs) >= max_pairs:
+        break
+    _CO_CLICKS[key] = (pairs, retrieval_eval.catalogue_candidates(canonical))
+  return _CO_CLICKS[key]
+
+
+def check_evaluable(data_dir, items=None, method='pre-training'):
+  """Raises manifest.DatasetError when the dataset gives the evaluation no
+  query (before any training is spent). `items`: the catalogue, read here
+  when needed and not given."""
+  m = manifest.load(data_dir)
+  if eval_task(m) == SEARCH_EVAL:
+    return
+  if items is None:
+    items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+  if not len(co_click_queries(data_dir, items)[0]):
+    raise manifest.DatasetError(
+        f'dataset {m.name!r} has no search log and no test-split click with '
+        'a behaviour history (seq_len > 0) of two distinct known items: '
+        f'{method}\'s evaluation ranks the catalogue for held-out searches or '
+        'co-clicks and has no query (give search.parquet, or histories)')
+
+
+def eval_info(data_dir, items):
+  """What `evaluate_encoder` ranks on this dataset: {'task', 'queries',
+  'candidates'} (co-clicks) or {'task', 'queries'} (search sessions)."""
+  if eval_task(manifest.load(data_dir)) == SEARCH_EVAL:
+    n = manifest.load(data_dir).split_rows(manifest.SEARCH, 'test')
+    return {'task': SEARCH_EVAL, 'queries': n}
+  pairs, candidates = co_click_queries(data_dir, items)
+  return {'task': CO_CLICK_EVAL, 'queries': int(len(pairs)),
+          'candidates': int(len(candidates))}
+
+
 def evaluate_encoder(encoder, data_dir, items):
-  """Retrieval on held-out sessions with every vector table of the encoder.
+  """Held-out retrieval with every vector table of the encoder.
 
   Returns (metrics, tables, ranks): retrieval_eval.summarise slices of the
   item vector ('image', 'text', 'image_new', 'text_new') plus 'image_on_image'
   and 'text_on_text' (queries of a modality ranked by that modality's item
   table, where the encoder has it); `encoder.item_tables`; and the
-  per-session ranks of retrieval_eval.query_ranks under the same slice names.
+  per-query ranks (retrieval_eval.query_ranks) under the same slice names.
+  On a dataset without search sessions the queries are co-clicks
+  (retrieval_eval.co_click_evaluate), which add the 'item' and 'item_new'
+  slices (the item table on itself).
   """
   t0 = time.time()
-  tables = encoder.item_tables(items['image'], items['title'])
+  tables = encoder.item_tables(items.get('image'), items.get('title'))
   logging.info('encoded %d items (%s) in %.1fs', len(tables['item']),
                ', '.join(tables), time.time() - t0)
+  if eval_task(manifest.load(data_dir)) == CO_CLICK_EVAL:
+    pairs, candidates = co_click_queries(data_dir, items)
+    metrics, ranks = retrieval_eval.co_click_evaluate(
+        tables, pairs, candidates, _new_items(data_dir, items))
+    return metrics, tables, ranks
   sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
   is_image = sessions['query_is_image']
 
@@ -243,7 +338,11 @@ def save_tables(workdir, tables, metadata):
 def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8):
   """The first held-out image queries, their top-k catalogue items by cosine
   and the images of both (what a report draws), or None without an image
-  side."""
+  side. Co-clicks: the query is the clicked item's picture, the answer
+  ('purchased_item') the item clicked on the test day."""
+  if eval_task(manifest.load(data_dir)) == CO_CLICK_EVAL:
+    return _co_click_examples(encoder, data_dir, items, vectors, num_queries,
+                              k)
   sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
   rows = np.flatnonzero(sessions['query_is_image'])[:num_queries]
   q = encoder.image_queries(sessions['query_image'][rows]) if len(rows) else None
@@ -254,6 +353,23 @@ def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8):
   return {'query_image': sessions['query_image'][rows], 'top_item': top,
           'top_image': items['image'][top], 'purchased_item': purchased,
           'hit': top == purchased[:, None]}
+
+
+def _co_click_examples(encoder, data_dir, items, vectors, num_queries, k):
+  if 'image' not in items:
+    return None
+  pairs, candidates = co_click_queries(data_dir, items)
+  pairs = pairs[:num_queries]
+  q = (encoder.image_queries(items['image'][pairs[:, 0]]) if len(pairs)
+       else None)
+  if q is None:
+    return None
+  sim = _unit(q) @ _unit(vectors[candidates]).T
+  sim[candidates[None] == pairs[:, :1]] = -np.inf  # not the query's own item
+  top = candidates[np.argsort(-sim, 1)[:, :k]]
+  return {'query_image': items['image'][pairs[:, 0]], 'top_item': top,
+          'top_image': items['image'][top], 'purchased_item': pairs[:, 1],
+          'hit': top == pairs[:, 1:]}
 
 
 def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):

@@ -1,13 +1,30 @@
-"""Pre-training accuracy as paper.md defines it, on held-out search sessions.
+"""Pre-training accuracy: held-out search sessions, or held-out co-clicks.
 
-For each held-out (query, purchased item) pair the purchased item is ranked
-by cosine similarity against a fixed candidate set: the purchased items of the
-whole held-out set plus the session's own hard negatives (clicked, not
-bought), each item once. Reported: accuracy@1 and recall@10, separately for
-image and text queries, on all held-out sessions and on those that bought a
-new item (never seen in pre-training); and each session's rank
-(query_ranks), for paired bootstraps of two encoders over the same queries.
+Search (paper.md's definition, where the dataset has a search log): for each
+held-out (query, purchased item) pair the purchased item is ranked by cosine
+similarity against a fixed candidate set: the purchased items of the whole
+held-out set plus the session's own hard negatives (clicked, not bought),
+each item once. Reported: accuracy@1 and recall@10, separately for image and
+text queries, on all held-out sessions and on those that bought a new item
+(never seen in pre-training); and each session's rank (query_ranks), for
+paired bootstraps of two encoders over the same queries.
+
+Co-clicks (`catalogue_ranks`, for data without a search log): the query is
+an item a user clicked before the test days (the newest behaviour of a
+test-day click's history), the answer the item clicked on the test day,
+ranked against the whole catalogue. Why this task: it is the similarity the
+CTR stage reads (SimTier and MAKE compare the target with the history's
+items by cosine), it exists in every dataset with clicks and histories, and
+every method can be scored on the same queries, the one-modality references
+included. Image -> title retrieval of held-out items would measure only the
+image-title alignment CLIP-E is trained for, which the references cannot
+do and the CTR stage never uses. Duplicates are removed: items with
+identical content (every vector table is a function of image and title) are
+one candidate (`canonical_items`), each (query, answer) pair counts once,
+and the query's own item is not a candidate.
 """
+
+import hashlib
 
 import numpy as np
 
@@ -108,3 +125,129 @@ def evaluate(sessions, item_vectors, image_query_vectors=None,
   """
   return summarise(query_ranks(sessions, item_vectors, image_query_vectors,
                                text_query_vectors), sessions, new_items, k)
+
+
+# --------------------------------------------------------------------------
+# Held-out co-clicks ranked against the catalogue (data without a search log).
+
+
+def canonical_items(items, fields=('image', 'title')):
+  """(N,) int: each item's smallest id with identical content.
+
+  Content is the item's `fields` that the table has: two listings of one
+  product (or items with neither image nor title) get identical vectors from
+  every encoder, so they are one candidate, not a tie the target loses.
+  """
+  present = [f for f in fields if f in items]
+  n = len(next(iter(items.values())))
+  if not present:
+    return np.arange(n)
+  parts = [np.ascontiguousarray(np.asarray(items[f]).reshape(n, -1))
+           for f in present]
+  # A digest per item instead of np.unique over whole rows: the rows of a
+  # large catalogue's images are gigabytes.
+  keys = np.array([hashlib.blake2b(b''.join(p[i].tobytes() for p in parts),
+                                   digest_size=16).digest()
+                   for i in range(n)], dtype='S16')
+  _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+  return first[inverse.reshape(-1)]
+
+
+def co_click_pairs(query_item, target_item, canonical, max_pairs=None):
+  """Distinct (query, target) pairs in canonical ids, in first-seen order.
+
+  Drops pairs involving item 0 (converted data's rare-or-unknown bucket, no
+  one item's content) and pairs whose two items are one (canonical) item.
+  """
+  q = canonical[np.asarray(query_item)]
+  t = canonical[np.asarray(target_item)]
+  keep = (np.asarray(query_item) > 0) & (np.asarray(target_item) > 0) & (
+      q != t)
+  pairs = np.stack([q[keep], t[keep]], 1)
+  if not len(pairs):
+    return np.zeros((0, 2), np.int64)
+  _, first = np.unique(pairs, axis=0, return_index=True)
+  pairs = pairs[np.sort(first)]
+  return pairs[:max_pairs] if max_pairs else pairs
+
+
+def catalogue_candidates(canonical):
+  """Sorted candidate ids: one per distinct content, item 0 excluded."""
+  c = np.unique(canonical)
+  return c[c > 0]
+
+
+def catalogue_ranks(query_vectors, pairs, item_vectors, candidates,
+                    chunk=256):
+  """(Q,) 0-based rank of each pair's target among the candidates.
+
+  Args:
+    query_vectors: (Q, D) the query of each pair (e.g. a vector table's row
+      of the query item).
+    pairs: (Q, 2) (query item, target item), both in `candidates`.
+    item_vectors: (num_items, D) the table ranked.
+    candidates: sorted (C,) item ids.
+    chunk: queries scored at once ((chunk, C) similarities).
+
+  The count of other candidates scoring >= the target (ties pessimistic, as
+  metrics.retrieval_ranks), never the query's own item.
+  """
+  cand = _unit(np.asarray(item_vectors)[candidates])
+  q = _unit(query_vectors)
+  pos_q = np.searchsorted(candidates, pairs[:, 0])
+  pos_t = np.searchsorted(candidates, pairs[:, 1])
+  out = np.empty(len(pairs), np.int64)
+  for lo in range(0, len(pairs), chunk):
+    hi = min(lo + chunk, len(pairs))
+    rows = np.arange(hi - lo)
+    sim = q[lo:hi] @ cand.T
+    mask = np.ones(sim.shape, bool)
+    mask[rows, pos_q[lo:hi]] = False
+    out[lo:hi] = metrics.retrieval_ranks(sim, pos_t[lo:hi], mask)
+  return out
+
+
+def co_click_evaluate(tables, pairs, candidates, new_items=None,
+                      k=(1, 10)):
+  """Metrics and ranks of one encoder's vector tables on co-click pairs.
+
+  Args:
+    tables: {'item', optionally 'image', 'text'}: (num_items, D) tables, as
+      Encoder.item_tables.
+    pairs, candidates: as catalogue_ranks.
+    new_items: optional (num_items,) bool: the '_new' slices' targets.
+
+  Returns:
+    (metrics, ranks). Slices (a query is the query item's vector in a table):
+    'item' (item table on item table: SimTier's cosine), 'image' / 'text'
+    (that tower's vector on the item table, as a search query of that
+    modality), 'image_on_image' / 'text_on_text' (on its own table), and
+    '<slice>_new' of the first three (targets new on the test days);
+    metrics[slice] = {'accuracy@1', 'recall@10', 'queries'} or None, ranks
+    [slice] = (Q,) with -1 where the encoder has no such table.
+  """
+  runs = {'item': ('item', 'item'), 'image': ('image', 'item'),
+          'text': ('text', 'item'), 'image_on_image': ('image', 'image'),
+          'text_on_text': ('text', 'text')}
+  ranks, out = {}, {}
+  new = (np.zeros(len(pairs), bool) if new_items is None else
+         np.asarray(new_items)[pairs[:, 1]])
+  for name, (query, ranked) in runs.items():
+    rank = np.full(len(pairs), -1, np.int64)
+    if query in tables and ranked in tables and len(pairs):
+      rank = catalogue_ranks(tables[query][pairs[:, 0]], pairs,
+                             tables[ranked], candidates)
+    ranks[name] = rank
+    subsets = {name: np.ones(len(pairs), bool)}
+    if new_items is not None and '_on_' not in name:
+      subsets[f'{name}_new'] = new
+    for sub, rows in subsets.items():
+      r = rank[rows]
+      if not len(r) or (r < 0).any():
+        out[sub] = None
+        continue
+      res = {('accuracy@1' if x == 1 else f'recall@{x}'): float(np.mean(
+          r < x)) for x in k}
+      res['queries'] = int(len(r))
+      out[sub] = res
+  return out, ranks

@@ -34,9 +34,11 @@ config.mask_duplicates (off: the unmasked baselines, for comparison).
 The temperature is learned (clipped) in every case. The reference methods
 (raw pixels, bag of tokens) train nothing: `run` only evaluates them.
 
-`run(config, workdir)` trains, checkpoints (params, optimizer, momentum
-encoder, queues, step, data iterator, config), resumes, evaluates on
-held-out sessions and writes the catalogue's vector table.
+`run(config, workdir)` checks that the dataset can serve the method (before
+any training), trains, checkpoints (params, optimizer, momentum encoder,
+queues, step, data iterator, config), resumes, evaluates on held-out search
+sessions (or, without a search log, on held-out co-clicks ranked against the
+catalogue: embed.evaluate_encoder) and writes the catalogue's vector table.
 """
 
 import functools
@@ -273,11 +275,16 @@ OBJECTIVES = {'scl': Scl, 'scl_no_queue': Scl, 'scl_no_hard_neg': Scl,
 
 
 # What each method reads, as (table, fields, why) (manifest.require): its
-# training data, plus the held-out search sessions that every method's
-# evaluation (embed.evaluate_encoder) ranks the catalogue for.
+# training data. Its evaluation (embed.evaluate_encoder) needs one of
+# _EVAL_ANY: held-out search sessions, or test-split clicks with behaviour
+# histories (every dataset has impressions; whether any such click exists
+# is checked on the data, embed.check_evaluable).
 _ITEMS = (manifest.ITEMS, ('image', 'title'), 'needs item images and titles')
-_EVAL = (manifest.SEARCH, ('query_text', 'purchased_item'),
-         'evaluation needs held-out query -> purchase sessions')
+_EVAL_ANY = ((manifest.SEARCH, ('query_text', 'purchased_item'),
+              'evaluation needs held-out query -> purchase sessions'),
+             (manifest.IMPRESSIONS, ('item_id', 'label', 'seq_item',
+                                     'seq_len'),
+              'evaluation needs held-out clicks with behaviour histories'))
 NEEDS = {
     **{m: (_ITEMS, (manifest.SEARCH, ('query_image', 'purchased_item',
                                       'hard_negatives'),
@@ -296,8 +303,14 @@ NEEDS = {
 def check_dataset(method, m):
   """Raises manifest.DatasetError if dataset `m` cannot serve `method`,
   naming what is missing and the methods that can run on it."""
+  if method not in NEEDS:
+    raise ValueError(f'config.method {method!r} is not a pre-training method '
+                     f'({", ".join(NEEDS)})')
+  evaluable = [n for n in _EVAL_ANY if m.has(n[0], *n[1])]
+
   def missing(name):
-    return [n for n in NEEDS[name] + (_EVAL,) if not m.has(n[0], *n[1])]
+    return [n for n in NEEDS[name] + tuple(evaluable[:1] or _EVAL_ANY[:1])
+            if not m.has(n[0], *n[1])]
   lacking = missing(method)
   if lacking:
     table, fields, why = lacking[0]
@@ -364,6 +377,7 @@ def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
   check_dataset(config.method, manifest.load(data_dir))
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
+  embed.check_evaluable(data_dir, items, config.method)
   if config.method in embed.REFERENCE_METHODS:
     encoder = embed.ReferenceEncoder(config.method, config.encoder.embed_dim,
                                      data_dir, seed=config.seed)
@@ -406,7 +420,8 @@ def _finish(config, workdir, data_dir, encoder, items, step):
       'encoder_workdir': workdir, 'data_dir': data_dir})
   vectors = tables['item']
   result = {'method': config.method, 'seed': config.seed, 'step': step,
-            'data_dir': data_dir, 'metrics': metrics}
+            'data_dir': data_dir, 'eval': embed.eval_info(data_dir, items),
+            'metrics': metrics}
   examples = embed.retrieval_examples(encoder, data_dir, items, vectors)
   if examples is not None:
     files.write_npz(os.path.join(workdir, EXAMPLES_FILE), examples)

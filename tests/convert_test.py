@@ -269,7 +269,8 @@ class ConvertTest(absltest.TestCase):
     with self.assertRaisesRegex(
         manifest.DatasetError,
         "dataset 'parquet' has no mmrec_search table: scl needs query -> "
-        'purchase pairs; methods that can run: none'):
+        'purchase pairs; methods that can run: clip_e, i2i, raw_pixels, '
+        'bag_of_tokens'):
       train_scl.check_dataset('scl', self.m)
     world = manifest.from_world_config(fixtures.tiny_config().to_dict())
     for method in train_scl.NEEDS:

@@ -84,7 +84,18 @@ class ReproduceTest(absltest.TestCase):
   def test_results_structure(self):
     r = self.results
     self.assertEqual(set(r), {'world', 'pretraining', 'ctr', 'content_curve',
-                              'claims'})
+                              'claims', 'data'})
+    # The built world serves every method, variant and section.
+    self.assertEqual(r['data']['dataset'], 'world')
+    self.assertEqual(r['data']['pretraining']['ran'],
+                     paper.get_config('tiny').pretrain.methods.split(','))
+    self.assertEqual(r['data']['pretraining']['eval']['task'], 'search')
+    for k in ('skipped', 'ctr_skipped'):
+      self.assertEqual(r['data'][k], {})
+    self.assertEqual(r['data']['pretraining']['skipped'], {})
+    self.assertEqual((r['data']['ctr_vectors']['source'],
+                      r['data']['ctr_vectors']['method']),
+                     ('pretrained', 'scl_no_queue'))
     # The tiny curve: the world's own content_weight and 0.
     curve = r['content_curve']
     self.assertEqual([p['content_weight'] for p in curve],

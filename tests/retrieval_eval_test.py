@@ -75,5 +75,59 @@ class RetrievalEvalTest(absltest.TestCase):
     self.assertEqual(ranks['image'][0], 2)
     self.assertEqual(ranks['image'][1], 0)
 
+
+class CoClickTest(absltest.TestCase):
+  """The evaluation of data without a search log: held-out co-clicks ranked
+  against the catalogue."""
+
+  def test_identical_content_is_one_candidate(self):
+    image = np.zeros((5, 2, 2, 3), np.uint8)
+    image[2] = image[4] = 7  # items 2 and 4: one product listed twice
+    image[3] = 9
+    title = np.array([[0, 0], [1, 2], [3, 4], [3, 4], [3, 4]], np.int32)
+    canonical = retrieval_eval.canonical_items({'image': image,
+                                                'title': title})
+    # Item 3 has item 2's title but not its image: another product.
+    np.testing.assert_array_equal(canonical, [0, 1, 2, 3, 2])
+    np.testing.assert_array_equal(
+        retrieval_eval.catalogue_candidates(canonical), [1, 2, 3])
+    # Titles only (no image column): 2, 3 and 4 are one content.
+    np.testing.assert_array_equal(
+        retrieval_eval.canonical_items({'title': title}), [0, 1, 2, 2, 2])
+
+  def test_pairs_are_distinct_known_and_not_one_item(self):
+    canonical = np.array([0, 1, 2, 3, 2])
+    pairs = retrieval_eval.co_click_pairs(
+        query_item=np.array([1, 1, 1, 0, 2, 3, 3]),
+        target_item=np.array([2, 4, 3, 1, 4, 1, 2]), canonical=canonical)
+    # (1, 4) is (1, 2) again; item 0 is unknown; (2, 4) is one item.
+    np.testing.assert_array_equal(pairs, [[1, 2], [1, 3], [3, 1], [3, 2]])
+    np.testing.assert_array_equal(
+        retrieval_eval.co_click_pairs(np.array([1, 1]), np.array([2, 3]),
+                                      canonical, max_pairs=1), [[1, 2]])
+
+  def test_ranks_skip_the_query_item_and_count_ties_against(self):
+    # Unit vectors at angles 0, 10, 20, 20, 90 degrees for items 0-4.
+    angle = np.deg2rad(np.array([0.0, 10.0, 20.0, 20.0, 90.0]))
+    items = np.stack([np.cos(angle), np.sin(angle)], 1)
+    candidates = np.array([1, 2, 3, 4])
+    pairs = np.array([[1, 2], [1, 4], [4, 1]])
+    ranks = retrieval_eval.catalogue_ranks(items[pairs[:, 0]], pairs, items,
+                                           candidates)
+    # Query 1 itself would rank first; it is no candidate. Item 3 ties
+    # with item 2 and counts against it (pessimistic).
+    np.testing.assert_array_equal(ranks, [1, 2, 2])
+    metrics, out = retrieval_eval.co_click_evaluate(
+        {'item': items, 'text': items}, pairs, candidates,
+        new_items=np.array([False, False, False, False, True]))
+    np.testing.assert_array_equal(out['item'], ranks)
+    np.testing.assert_array_equal(out['image'], [-1, -1, -1])
+    self.assertIsNone(metrics['image'])
+    self.assertAlmostEqual(metrics['item']['recall@10'], 1.0)
+    self.assertAlmostEqual(metrics['text']['accuracy@1'], 0.0)
+    self.assertEqual(metrics['item_new']['queries'], 1)  # target 4 is new
+    self.assertEqual(metrics['text_on_text']['queries'], 3)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -16,6 +16,17 @@ it (and of the stages it reads), each skipped when its output exists:
 then `results.json`, `report.md` and the PNG plots in the workdir. An
 interrupted run continues where it stopped (the sweeps inside resume too).
 
+On a dataset of your own (`data_dir`, e.g. converted by
+experiments/configs/data.py) no world is built:
+
+  python -m experiments.main --config=experiments/configs/paper.py:tiny \
+      --config.data_dir=/tmp/mmrec/my_data --workdir=/tmp/mmrec/paper_my_data
+
+pre-training runs the methods the dataset can serve (without a search log
+they are evaluated on held-out co-clicks ranked against the catalogue), the
+CTR stage reads the vectors `ctr_vectors` picks, and the report lists every
+method, variant and world-only section it skipped, with the reason.
+
 Three sizes:
   (default)  what `make demo` runs: a 4,000-user / 3,000-item world over 4
              days (~112k impressions), every pre-training method but i2i
@@ -50,6 +61,11 @@ def get_config(arg=None):
   tiny, demo = arg == 'tiny', arg in (None, '')
   c = ml_collections.ConfigDict()
   c.job = 'reproduce'
+  # '' = the synthetic world built from `world`. Else a dataset directory
+  # (e.g. converted real data, experiments/configs/data.py), only read: the
+  # methods and variants it cannot serve are skipped with the reason, and so
+  # are the world-only sections (oracle, honesty table, content curve).
+  c.data_dir = ''
   c.world = world.get_world_config('tiny' if tiny else None)
   c.pretrain = pretrain_sweep.get_config('tiny' if tiny else None)
   c.ctr = ctr_sweep.get_config('tiny' if tiny else None)
@@ -63,6 +79,13 @@ def get_config(arg=None):
   # lose at 120-600 steps). The CTR claims are about the best vectors we
   # can make, not about MoCo.
   c.vectors_method = 'scl_no_queue'
+  # The item vectors of the CTR stage: 'pretrained' (vectors_method's, or
+  # where the dataset cannot serve it, the method with the best held-out
+  # recall@10 of its item table), 'shipped' (the dataset's own
+  # item_vectors.npz, manifest `vectors`), or 'auto': pretrained where any
+  # pre-training method ran, else shipped, else none (then only the ID model
+  # and id_stats run).
+  c.ctr_vectors = 'auto'
   # The one-epoch curve: the ID model trained this long, evaluated at
   # fractions of epochs 1 and 2 and after every epoch.
   c.one_epoch = ml_collections.ConfigDict(dict(num_epochs=3))

@@ -3,11 +3,14 @@ r"""Every pre-training method x several seeds -> one comparison table.
   python -m experiments.main --config=experiments/configs/pretrain_sweep.py \
       --config.data_dir=/tmp/mmrec/world --workdir=/tmp/mmrec/pretrain
 
-Runs each method of experiments/configs/scl.py (clip_e starts from the
-clip_o run of the same seed) in `<workdir>/<method>/seed_<k>/`, skipping runs
-whose `pretrain_eval.json` exists, then writes `pretrain_table.json` and
-`pretrain_table.md`: mean and std over seeds of accuracy@1 / recall@10 for
-image and text queries, all held-out sessions and new items only; and
+Runs each method of experiments/configs/scl.py that the dataset can serve
+(the others are skipped, with the reason, in `pretrain_plan.json` and
+`pretrain_table.md`; clip_e starts from the clip_o run of the same seed, or
+from scratch where clip_o cannot run) in `<workdir>/<method>/seed_<k>/`,
+skipping runs whose `pretrain_eval.json` exists, then writes
+`pretrain_table.json` and `pretrain_table.md`: mean and std over seeds of
+accuracy@1 / recall@10 for image and text queries, all held-out queries and
+new items only; and
 `pretrain_comparisons.json`: bootstrap intervals (over held-out sessions) of
 the accuracy@1 differences of the claimed orderings.
 Default world, 3 seeds, on a 2-core CPU: about 1.5 hours.

@@ -17,10 +17,13 @@ METHOD (default `scl`) is one of
   raw_pixels       untrained reference: random projection of pixels
   bag_of_tokens    untrained reference: random projection of token counts
 
-The world is read from `config.data_dir` (built there from `config.world`
-first if it is not complete). Writes checkpoints, metrics.jsonl, TensorBoard
-events and `pretrain_eval.json` (accuracy@1 / recall@10 on held-out
-sessions) to the workdir. Default world on a 2-core CPU: 600 steps of a trained
+The dataset is read from `config.data_dir` (a world or converted real
+data; empty: a world built in <workdir>/world from `config.world`); a method
+it cannot serve stops before training, naming what is missing and the
+methods that can run. Writes checkpoints, metrics.jsonl, TensorBoard events
+and `pretrain_eval.json` (accuracy@1 / recall@10 on held-out search
+sessions, or without a search log on held-out co-clicks ranked against the
+catalogue) to the workdir. Default world on a 2-core CPU: 600 steps of a trained
 method take 15-30 min with the conv tower (less on an idle machine).
 """
 

@@ -1,0 +1,232 @@
+"""Pre-training and the paper pipeline on converted real data (issue 11).
+
+Datasets without a search log, converted from the fixtures of
+convert_test.py (own Parquet data: images, titles, shipped vectors) and
+readers_test.py (MovieLens: titles only).
+"""
+
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+import convert_test
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import readers_test
+
+from experiments import pretrain_sweep
+from experiments import report
+from experiments import reproduce
+from experiments.configs import paper
+from experiments.configs import pretrain_sweep as sweep_config
+from experiments.configs import scl as scl_config
+from mmrec import embed
+from mmrec import train_scl
+from mmrec import vector_table
+from mmrec.data import dataset_job
+from mmrec.data import manifest
+
+CAN_RUN = 'methods that can run: clip_e, i2i, raw_pixels, bag_of_tokens'
+
+
+def _scl(method, data_dir, **overrides):
+  c = scl_config.get_config(f'{method},tiny')
+  c.update(data_dir=data_dir, num_steps=3, batch_size=32, checkpoint_every=3,
+           **overrides)
+  return c
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
+
+
+class RealPretrainTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    src = tempfile.mkdtemp(prefix='own_data_')
+    # 120 items: more catalogue items and co-click pairs than a tiny batch.
+    convert_test.write_own_data(src, num_items=120, rows=1500)
+    cls.out = os.path.join(tempfile.mkdtemp(), 'data')
+    cls.m = dataset_job.run(convert_test.config(src), cls.out)
+    ml = tempfile.mkdtemp(prefix='movielens_')
+    readers_test.write_movielens(ml, 'ml-1m')
+    cls.ml_m, cls.ml = readers_test._run(readers_test._config('movielens', ml))
+
+  def test_methods_run_and_rank_co_clicks_against_the_catalogue(self):
+    self.assertNotIn(manifest.SEARCH, self.m.tables)
+    for method in ('clip_e', 'raw_pixels'):
+      workdir = tempfile.mkdtemp()
+      res = train_scl.run(_scl(method, self.out), workdir)
+      self.assertEqual(res['eval']['task'], embed.CO_CLICK_EVAL)
+      self.assertGreater(res['eval']['queries'], 20)
+      self.assertEqual(res['eval']['candidates'], 120)  # item 0 is no item
+      item = res['metrics']['item']
+      self.assertEqual(item['queries'], res['eval']['queries'])
+      self.assertBetween(item['recall@10'], 0.0, 1.0)
+      self.assertIsNotNone(res['metrics']['image_on_image'])
+      with np.load(os.path.join(workdir, train_scl.QUERIES_FILE)) as z:
+        rank = z['item_rank']
+      self.assertAlmostEqual((rank < 10).mean(), item['recall@10'])
+      self.assertTrue(os.path.exists(os.path.join(workdir,
+                                                  vector_table.FILE)))
+    self.assertIsNone(res['metrics']['text'])  # raw pixels: no text side
+    # Titles only (MovieLens): the bag-of-tokens reference still runs.
+    res = train_scl.run(_scl('bag_of_tokens', self.ml), tempfile.mkdtemp())
+    self.assertIsNone(res['metrics']['image'])
+    self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
+
+  def test_methods_the_data_cannot_serve_fail_before_training(self):
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(
+        manifest.DatasetError,
+        "dataset 'parquet' has no mmrec_search table: scl needs query -> "
+        f'purchase pairs; {CAN_RUN}$'):
+      train_scl.run(_scl('scl', self.out), workdir)
+    self.assertEqual(os.listdir(workdir), [])  # nothing trained
+    with self.assertRaisesRegex(
+        manifest.DatasetError,
+        r"dataset 'movielens' has no field\(s\) \['image'\] in mmrec_items: "
+        'clip_e needs item images and titles; methods that can run: '
+        'bag_of_tokens$'):
+      train_scl.run(_scl('clip_e', self.ml), tempfile.mkdtemp())
+
+  def test_no_held_out_click_with_a_history_fails_before_training(self):
+    # Shipped splits whose test users never clicked in training: no
+    # co-click query, so no evaluation.
+    src = tempfile.mkdtemp()
+    pq.write_table(pa.table({
+        'user': [1, 1, 2, 3, 3], 'item': [1, 2, 3, 1, 2],
+        'label': [0, 0, 1, 1, 1],
+        'split': ['train', 'train', 'train', 'test', 'test']}),
+                   os.path.join(src, 'impressions.parquet'))
+    pq.write_table(pa.table({'item': [1, 2, 3],
+                             'title': ['red shirt', 'blue hat', 'wool hat']}),
+                   os.path.join(src, 'items.parquet'))
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    dataset_job.run(convert_test.config(src), out)
+    with self.assertRaisesRegex(
+        manifest.DatasetError, 'no search log and no test-split click with a '
+        "behaviour history.*bag_of_tokens's evaluation"):
+      train_scl.run(_scl('bag_of_tokens', out), tempfile.mkdtemp())
+
+  def test_sweep_runs_what_the_dataset_allows(self):
+    c = sweep_config.get_config('tiny')
+    c.update(methods='scl,clip_o,raw_pixels,bag_of_tokens', data_dir=self.out)
+    workdir = tempfile.mkdtemp()
+    table = pretrain_sweep.run(c, workdir)
+    self.assertEqual(set(table), {'raw_pixels', 'bag_of_tokens'})
+    self.assertIn('item', table['bag_of_tokens'])
+    plan = json.loads(_read(os.path.join(workdir, pretrain_sweep.PLAN_FILE)))
+    self.assertEqual(plan['ran'], ['raw_pixels', 'bag_of_tokens'])
+    self.assertEqual(set(plan['skipped']), {'scl', 'clip_o'})
+    self.assertEqual(plan['eval']['task'], embed.CO_CLICK_EVAL)
+    text = _read(os.path.join(workdir, f'{pretrain_sweep.TABLE_FILE}.md'))
+    self.assertIn('scl: not run (dataset \'parquet\' has no mmrec_search', text)
+    self.assertIn(' item recall@10 |', text)
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'scl')))
+
+  def test_paper_pipeline_on_converted_data(self):
+    c = paper.get_config('tiny')
+    c.data_dir = self.out
+    c.pretrain.methods = 'scl,scl_no_queue,clip_o,clip_e,raw_pixels'
+    c.ctr.variants = 'id,id_stats,simtier_paper,simtier_official@image'
+    c.one_epoch.num_epochs = 1
+    c.make_epochs = ()
+    workdir = tempfile.mkdtemp()
+    results = reproduce.run(c, workdir)
+    progress = json.loads(_read(os.path.join(workdir,
+                                             reproduce.PROGRESS_FILE)))
+    self.assertEqual(set(progress['stages']),
+                     {'pretrain', 'ctr', 'extra', 'report'})  # no world
+    data = results['data']
+    self.assertEqual(data['dataset'], 'parquet')
+    self.assertEqual(data['pretraining']['ran'], ['clip_e', 'raw_pixels'])
+    self.assertEqual(set(data['pretraining']['skipped']),
+                     {'scl', 'scl_no_queue', 'clip_o'})
+    self.assertIn('from scratch', data['pretraining']['notes']['clip_e'])
+    self.assertEqual(set(results['pretraining']), {'clip_e', 'raw_pixels'})
+    # scl_no_queue cannot run: the CTR stage reads the best method's
+    # vectors, and says so.
+    vectors = data['ctr_vectors']
+    self.assertEqual(vectors['source'], 'pretrained')
+    best = pretrain_sweep.best_method(results['pretraining'],
+                                      ['clip_e', 'raw_pixels'])
+    self.assertEqual(vectors['method'], best)
+    self.assertIn("'scl_no_queue' did not run", vectors['why'])
+    self.assertEqual(set(results['ctr']), {'id', 'id_stats', 'simtier_paper',
+                                           'simtier_official@image'})
+    self.assertIsNone(results['world']['oracle_ceiling'])
+    self.assertEqual(results['content_curve'], [])
+    self.assertEqual(set(data['skipped']),
+                     {'oracle ceiling', 'honesty table', 'content curve'})
+    claims = {x['id']: x for x in results['claims']}
+    self.assertEqual(claims['queue_adds']['verdict'], reproduce.NOT_TESTABLE)
+    self.assertIn('scl not run (dataset \'parquet\' has no mmrec_search',
+                  claims['queue_adds']['statement'])
+    text = _read(os.path.join(workdir, report.REPORT_FILE))
+    for part in ('## Dataset', '## Not run', '- oracle ceiling: ',
+                 '- honesty table: ', '- content curve: ',
+                 '- pre-training scl: ', '- pre-training clip_o: ',
+                 'held-out co-clicks ranked against the catalogue',
+                 f'CTR item vectors: {best} (seed 0): '):
+      self.assertIn(part, text)
+    self.assertNotIn('oracle (ceiling)', text)
+    again = reproduce.run(c, workdir)
+    self.assertEqual(again, results)
+    progress = json.loads(_read(os.path.join(workdir,
+                                             reproduce.PROGRESS_FILE)))
+    self.assertEqual({s['status'] for s in progress['stages'].values()},
+                     {'skipped'})
+
+  def test_shipped_vectors_feed_ctr_when_asked_or_nothing_pretrains(self):
+    c = paper.get_config('tiny')
+    c.data_dir = self.out
+    c.pretrain.methods = 'scl_no_queue'  # cannot run here
+    c.ctr.variants = 'id,simtier_paper,simtier_official@image'
+    c.one_epoch.num_epochs = 1
+    c.make_epochs = (1,)
+    workdir = tempfile.mkdtemp()
+    results = reproduce.run(c, workdir)
+    vectors = results['data']['ctr_vectors']
+    self.assertEqual((vectors['source'], vectors['path']),
+                     ('shipped', os.path.join(self.out, self.m.vectors)))
+    self.assertEqual(results['pretraining'], {})
+    self.assertEqual(set(results['ctr']), {'id', 'simtier_paper'})
+    self.assertIn('no image table', results['data']['ctr_skipped'][
+        'simtier_official@image'])
+    text = _read(os.path.join(workdir, report.REPORT_FILE))
+    self.assertIn("CTR item vectors: the dataset's own item_vectors.npz: no "
+                  'pre-training method ran on this dataset', text)
+    self.assertIn('- CTR simtier_official@image: ', text)
+
+  def test_ctr_vectors_choice(self):
+    def choose(choice, m, ran=(), table=None):
+      c = paper.get_config('tiny')
+      c.ctr_vectors = choice
+      return reproduce._ctr_vectors(c, m, '/d', '/p', list(ran), table or {})
+
+    shipped = self.m
+    bare = self.ml_m  # ships no vectors
+    row = lambda r: {'item': {'recall@10': {'mean': r}}}
+    table = {'raw_pixels': row(0.1), 'clip_e': row(0.3)}
+    got = choose('auto', shipped, ['raw_pixels', 'clip_e'], table)
+    self.assertEqual((got['source'], got['method'], got['path']),
+                     ('pretrained', 'clip_e', '/p/clip_e/seed_0/'
+                      'item_vectors.npz'))
+    self.assertEqual(choose('shipped', shipped, ['clip_e'], table)['path'],
+                     '/d/item_vectors.npz')
+    self.assertEqual(choose('auto', shipped)['source'], 'shipped')
+    self.assertEqual(choose('auto', bare)['path'], '')
+    with self.assertRaisesRegex(ValueError, 'ships no item vectors'):
+      choose('shipped', bare, ['clip_e'], table)
+    with self.assertRaisesRegex(ValueError, 'allows no pre-training method'):
+      choose('pretrained', shipped)
+
+
+if __name__ == '__main__':
+  absltest.main()
