@@ -71,6 +71,25 @@ def _matmul_flops_per_s(n=2048, repeats=10):
   return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
+def _conv_layer_fraction(batch, side, width, peak, repeats=3):
+  """One 3x3 conv's forward + backward (input and weight gradients) at a
+  conv stage's shape, as a fraction of the matmul rate: the ceiling XLA's CPU
+  convolutions put on a conv tower's step at that width."""
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  step = jax.jit(jax.grad(lambda w, x: conv(x, w).sum(), argnums=(0, 1)))
+  x = jnp.ones((batch, side, side, width), jnp.float32)
+  w = jnp.ones((3, 3, width, width), jnp.float32)
+  jax.block_until_ready(step(w, x))
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    out = step(w, x)
+  jax.block_until_ready(out)
+  seconds = (time.perf_counter() - t0) / repeats
+  flops = 3 * 2 * batch * side**2 * 9 * width**2  # forward + 2 gradients
+  return flops / seconds / peak
+
+
 def _scl_setup(config, width=None, kind=None):
   """SCL model (default, or both towers at `width`, or the image tower of
   `kind`), synthetic batch."""
@@ -134,8 +153,10 @@ def bench_scl_train(config, workdir):
 
   Also the same step with both towers widened (config.scl_widths): on a CPU
   the default 64-wide towers spend much of their time outside large
-  matmuls, and the sweep shows how the fraction grows with width; and each
-  image-tower kind (config.scl_kinds) at the default widths.
+  matmuls, and the sweep shows how the fraction grows with width; each
+  image-tower kind (config.scl_kinds) at the default widths; and, for the
+  conv tower, one 3x3 conv per stage alone (forward + backward), the ceiling
+  of a conv step's fraction on this backend.
   """
   del workdir
   scl, seconds, flops = _scl_step_throughput(config)
@@ -163,6 +184,15 @@ def bench_scl_train(config, workdir):
     out[f'{kind}_images_per_second'] = round(images / seconds, 1)
     out[f'{kind}_step_gflop'] = round(flops / 1e9, 3)
     out[f'{kind}_fraction_of_matmul'] = round(flops / seconds / peak, 3)
+  # The conv tower's ceiling: one of its 3x3 convs alone per stage (side,
+  # width), and at 4x the widths, at this step's image batch.
+  image = scl.encoder.image
+  if image.kind == 'conv':
+    for scale in (1, 4):
+      for i, width in enumerate(image.conv_widths):
+        side = max(1, config.world.image_size // image.stem_stride // 2**i)
+        out[f'conv3x3_{side}x{side}x{width * scale}_fraction_of_matmul'] = (
+            round(_conv_layer_fraction(images, side, width * scale, peak), 3))
   return out
 
 

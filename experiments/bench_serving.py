@@ -209,10 +209,7 @@ def bench_nearline(config, workdir):
                    preexec_fn=lambda: os.nice(config.nearline_nice))
     with open(os.path.join(nl_dir, nearline.RESULT_FILE)) as f:
       result.update(json.load(f))
-    deadline = time.time() + 30
-    last = f'v{result["final_step"]}'
-    while time.time() < deadline and live[-1][1] != last:
-      time.sleep(0.1)
+    _wait_for_version(url, f'v{result["final_step"]}')
 
   watcher = threading.Thread(target=watch)
   watcher.start()
@@ -249,6 +246,17 @@ def bench_nearline(config, workdir):
       out[f'{which}_test_{m}'] = round(result[which][m], 4)
   out.update({f'under_load_{k}': v for k, v in load.items()})
   return out
+
+
+def _wait_for_version(url, version, timeout_s=60):
+  """Until the service at `url` serves `version` (its /health says so)."""
+  deadline = time.time() + timeout_s
+  with httpx.Client(base_url=url, timeout=10) as c:
+    while c.get('/health').json()['model_version'] != version:
+      if time.time() > deadline:
+        raise RuntimeError(f'the service did not load {version} in '
+                           f'{timeout_s} s')
+      time.sleep(0.05)
 
 
 def _free_port():
@@ -304,6 +312,8 @@ def bench_serving(config, workdir):
     def reload():  # a new version published mid-load: hot reload
       time.sleep(config.serving_reload_after_s)
       export.write_pointer(os.path.join(directory, export.MODELS), 'v2')
+      _wait_for_version(url, 'v2')
+      time.sleep(config.serving_reload_after_s)  # load on the new version
 
     return dict(_load(config, url, sizes, config.world.seq_len,
                       during=reload, concurrency=config.serving_concurrency,

@@ -61,6 +61,10 @@ class BenchJobTest(absltest.TestCase):
     for key in ('images_per_second', 'fraction_of_matmul',
                 'width_32_images_per_second', 'width_32_fraction_of_matmul'):
       self.assertGreater(scl[key], 0, key)
+    ceilings = [k for k in scl if k.startswith('conv3x3_')]
+    self.assertLen(ceilings, 6)  # 3 stages x (1, 4) x their widths
+    for key in ceilings:
+      self.assertGreater(scl[key], 0, key)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'results.md')))
 
 
