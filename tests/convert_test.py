@@ -33,6 +33,7 @@ T0 = 1_700_000_000 - 1_700_000_000 % DAY + 3600  # 01:00 UTC of some day
 NUM_DAYS = 6
 WORDS = ['red', 'blue', 'cotton', 'shirt', 'jeans', 'dress', 'wool', 'hat']
 ZH = ['红色', '棉', '衬衫', '连衣裙', '帽子']
+INTERESTS = ['p', 'q', 'r', 's']  # sorted: ids 1..4
 
 
 def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
@@ -68,7 +69,9 @@ def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
   }), os.path.join(directory, 'items.parquet'))
   pq.write_table(pa.table({
       'user': users, 'gender': ['f', 'm'] * (num_users // 2),
-      'age': (np.arange(num_users) % 4).astype(np.int64)}),
+      'age': (np.arange(num_users) % 4).astype(np.int64),
+      # A user bag, empty for every fifth user.
+      'interests': [INTERESTS[:i % 5] for i in range(num_users)]}),
                  os.path.join(directory, 'users.parquet'))
   if sessions:
     # Search sessions: image queries (photos of the bought item) and text
@@ -123,6 +126,8 @@ class ConvertTest(absltest.TestCase):
                      {'genre': 4, 'brand': 6})  # + 0 = missing
     self.assertEqual(m.bags[manifest.ITEMS], {'tags': 5})
     self.assertEqual(m.categorical[manifest.USERS], {'gender': 3, 'age': 5})
+    self.assertEqual(m.bags[manifest.USERS], {'interests': 5})
+    self.assertEqual(m.ctr['user_bags'], ['interests'])
     self.assertEqual(m.ctr['seq_features'], ['genre'])
     self.assertEqual((m.image_size, m.text['length']), (16, 8))
     self.assertEqual(m.vectors, vector_table.FILE)

@@ -563,6 +563,7 @@ class Converter:
         bags={manifest_lib.ITEMS: ibags, manifest_lib.USERS: ubags},
         ctr={'user_features': list(ucats), 'item_features': names,
              'seq_features': list(seq), 'item_bags': list(ibags),
+             'user_bags': list(ubags),
              'category_fields': list(cat_fields)},
         image_size=image_size, text=text, vectors=vectors,
         seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)
