@@ -104,10 +104,10 @@ class IdEmbeddings(nn.Module):
   Returns user features (B, U·D) [user, user_features..., user_bags...],
   target features (B, T·D) [item, item_features..., item_bags...] and
   sequence features (B, L, S·D) [item, seq_features...], zero at padded
-  positions. The first
-  S·D columns of the target features line up with the sequence features, so
-  they can serve as the attention query. The world: U = 4 (user, age,
-  gender, city), T = 3 (item, category, shop), S = 2 (item, category).
+  positions. The first S·D columns of the target features line up with the
+  sequence features, so they can serve as the attention query. The world:
+  U = 4 (user, age, gender, city), T = 3 (item, category, shop), S = 2
+  (item, category).
 
   Params: one `nn.Embed` per table, {table: {'embedding': (V, D)}}; the item
   table is shared by target and behaviours, and so is each seq feature's.
