@@ -275,7 +275,7 @@ def build_serving_dir(directory, config):
   rng = np.random.default_rng(0)
   dim = config.serving_dim
   table = catalogue(sizes['num_items'], dim)
-  schema = export.serving_schema(sizes, {})  # the world declares no bags
+  schema = export.serving_schema(sizes, {}, {})  # the world: no bags
   attrs = np.stack([rng.integers(0, size, sizes['num_items'])
                     for size in schema['item'].values()], 1)
   store = export.build_store(directory, table, attrs,

@@ -30,7 +30,9 @@ def embedding_sizes(m):
                           for f in ctr.get('item_features', ())),
       seq_features=tuple(ctr.get('seq_features', ())),
       item_bags=tuple((f, m.bags[manifest.ITEMS][f])
-                      for f in ctr.get('item_bags', ())))
+                      for f in ctr.get('item_bags', ())),
+      user_bags=tuple((f, m.bags[manifest.USERS][f])
+                      for f in ctr.get('user_bags', ())))
 
 
 def world_sizes(data_dir):

@@ -34,6 +34,8 @@ class EmbeddingConfig:
   item_bags: ((field, size), ...) multi-valued item fields (genres, tags):
     (B, K) ids, 0 = empty slot, embedded as the mean over the filled slots
     (the target only).
+  user_bags: the same of the user (e.g. the categories of earlier
+    purchases), pooled alike and appended to the user features.
   The world's schema is `world(...)`.
   """
   num_users: int
@@ -42,6 +44,7 @@ class EmbeddingConfig:
   item_features: tuple[tuple[str, int], ...] = ()
   seq_features: tuple[str, ...] = ()
   item_bags: tuple[tuple[str, int], ...] = ()
+  user_bags: tuple[tuple[str, int], ...] = ()
   dim: int = 16
 
   def __post_init__(self):
@@ -52,7 +55,7 @@ class EmbeddingConfig:
                        "behaviours' features are the attention's keys, the "
                        "target's first ones its query.")
     taken = ['user', 'item'] + [n for n, _ in self.user_features] + names + [
-        n for n, _ in self.item_bags]
+        n for n, _ in self.item_bags + self.user_bags]
     if len(set(taken)) != len(taken):
       raise ValueError(f'EmbeddingConfig: feature names collide: {taken}')
 
@@ -64,7 +67,7 @@ class EmbeddingConfig:
                (('age', num_ages), ('gender', num_genders),
                 ('city', num_cities)),
                (('category', num_categories), ('shop', num_shops)),
-               ('category', 'shop') if seq_shop else ('category',), (), dim)
+               ('category', 'shop') if seq_shop else ('category',), dim=dim)
 
   @property
   def seq_fields(self) -> tuple[str, ...]:
@@ -83,7 +86,8 @@ class EmbeddingConfig:
     out = {'user_id': ('user', self.num_users),
            'item_id': ('item', self.num_items),
            'seq_item': ('item', self.num_items)}
-    for name, size in self.user_features + self.item_features + self.item_bags:
+    for name, size in (self.user_features + self.item_features +
+                       self.item_bags + self.user_bags):
       out[name] = (name, size)
     for name in self.seq_features:
       out[f'seq_{name}'] = out[name]
@@ -97,12 +101,13 @@ def _table_sizes(config: EmbeddingConfig) -> dict[str, int]:
 class IdEmbeddings(nn.Module):
   """All ID tables of the CTR model.
 
-  Returns user features (B, U·D) [user, user_features...], target features
-  (B, T·D) [item, item_features..., item_bags...] and sequence features
-  (B, L, S·D) [item, seq_features...], zero at padded positions. The first
-  S·D columns of the target features line up with the sequence features, so
-  they can serve as the attention query. The world: U = 4 (user, age,
-  gender, city), T = 3 (item, category, shop), S = 2 (item, category).
+  Returns user features (B, U·D) [user, user_features..., user_bags...],
+  target features (B, T·D) [item, item_features..., item_bags...] and
+  sequence features (B, L, S·D) [item, seq_features...], zero at padded
+  positions. The first S·D columns of the target features line up with the
+  sequence features, so they can serve as the attention query. The world:
+  U = 4 (user, age, gender, city), T = 3 (item, category, shop), S = 2
+  (item, category).
 
   Params: one `nn.Embed` per table, {table: {'embedding': (V, D)}}; the item
   table is shared by target and behaviours, and so is each seq feature's.
@@ -123,14 +128,16 @@ class IdEmbeddings(nn.Module):
       return jnp.concatenate(
           [tables[field_tables[f][0]](batch[f]) for f in fields], axis=-1)
 
-    user = look(cfg.user_fields)
-    target = [look(cfg.target_fields)]
-    for name, _ in cfg.item_bags:
+    def pooled(name):
       ids = batch[name]  # (B, K)
       filled = (ids > 0)[..., None]
       summed = jnp.where(filled, tables[name](ids), 0.0).sum(-2)
-      target.append(summed / jnp.maximum(filled.sum(-2), 1))
-    target = jnp.concatenate(target, axis=-1)
+      return summed / jnp.maximum(filled.sum(-2), 1)
+
+    user = jnp.concatenate(
+        [look(cfg.user_fields)] + [pooled(n) for n, _ in cfg.user_bags], -1)
+    target = jnp.concatenate(
+        [look(cfg.target_fields)] + [pooled(n) for n, _ in cfg.item_bags], -1)
     seq = look(cfg.seq_fields)
     # Padded slots hold id 0, a real item: zero them so nothing downstream
     # (mean pooling, unmasked sums) can pick up that item by accident.
@@ -149,7 +156,7 @@ def check_ids(batch, config: EmbeddingConfig) -> None:
   if 'seq_mask' not in batch:
     raise ValueError(f"Batch has no field 'seq_mask' (has {sorted(batch)}).")
   fields = (config.user_fields + config.target_fields + config.seq_fields +
-            tuple(n for n, _ in config.item_bags))
+            tuple(n for n, _ in config.item_bags + config.user_bags))
   for field in fields:
     if field not in batch:
       raise ValueError(f'Batch has no field {field!r} (has {sorted(batch)}).')

@@ -80,17 +80,21 @@ def flatten(tree, prefix=''):
   return out
 
 
-def serving_schema(sizes, items):
+def serving_schema(sizes, items, users):
   """The request-facing schema of a model trained on a dataset: its
   declared user features, item features (joined server-side from the
-  store), the behaviours' features and item bags (with their width K, from
-  the catalogue `items`), as JSON-able dicts of vocabulary sizes.
-  `sizes`: ctr_data's EmbeddingConfig kwargs."""
+  store), the behaviours' features, item bags and user bags (with their
+  width K, from the catalogues `items` / `users`), as JSON-able dicts of
+  vocabulary sizes. `sizes`: ctr_data's EmbeddingConfig kwargs."""
+  def bags(kind, table):
+    return {n: {'size': s, 'width': int(np.shape(table[n])[1])}
+            for n, s in sizes[kind]}
+
   return {'user': dict(sizes['user_features']),
           'item': dict(sizes['item_features']),
           'seq': list(sizes['seq_features']),
-          'bags': {n: {'size': s, 'width': int(np.shape(items[n])[1])}
-                   for n, s in sizes['item_bags']}}
+          'bags': bags('item_bags', items),
+          'user_bags': bags('user_bags', users)}
 
 
 def item_attributes(schema):
@@ -113,8 +117,9 @@ def model_fields(model, schema):
   """Batch fields the CTR model reads: name -> (per-row shape, dtype)."""
   emb = model.config.embedding
   scalar = {f: ((), 'int32') for f in emb.user_fields + emb.target_fields}
-  scalar.update({n: ((b['width'],), 'int32')
-                 for n, b in schema['bags'].items()})
+  scalar.update({n: ((b['width'],), 'int32') for n, b in
+                 list(schema['bags'].items()) +
+                 list(schema['user_bags'].items())})
   return scalar, {f: (('L',), 'int32') for f in emb.seq_fields +
                   ('seq_mask',)}
 
@@ -220,7 +225,8 @@ def request_function(model, variables, seq_len, vectors_shape, schema):
   (c,) = jax.export.symbolic_shape('c')
   scalar, seq = model_fields(model, schema)
   emb = model.config.embedding
-  user = {f: jax.ShapeDtypeStruct((1,), jnp.int32) for f in emb.user_fields}
+  user = {f: jax.ShapeDtypeStruct((1,) + scalar[f][0], jnp.int32)
+          for f in emb.user_fields + tuple(schema['user_bags'])}
   user.update({f: jax.ShapeDtypeStruct(
       (1, seq_len), jnp.bool_ if f == 'seq_mask' else jnp.int32) for f in seq})
   cands = {f: jax.ShapeDtypeStruct((c,) + shape, jnp.int32)
@@ -229,7 +235,7 @@ def request_function(model, variables, seq_len, vectors_shape, schema):
   def serve(variables, user, candidates, vectors):
     n = candidates['item_id'].shape[0]
     # User fields are per row (cheap lookups); the history stays one row.
-    batch = {k: (v if k in seq else jnp.broadcast_to(v, (n,)))
+    batch = {k: (v if k in seq else jnp.broadcast_to(v, (n,) + v.shape[1:]))
              for k, v in user.items()}
     logit = model.apply(variables, dict(batch, **candidates), vectors,
                         train=False)
@@ -342,7 +348,9 @@ def ensure_store(serving_dir, table_path, data_dir):
     raise ValueError(f'{table_path} has {len(table)} vectors, the catalogue '
                      f'of {data_dir} {num_items} items')
   # The dataset's declared item features: what /score joins by item id.
-  schema = serving_schema(ctr_data.world_sizes(data_dir), items)
+  # The store holds no user fields, so the users' catalogue is not read.
+  schema = serving_schema(
+      dict(ctr_data.world_sizes(data_dir), user_bags=()), items, {})
   attrs = attribute_rows(schema, items, num_items)
   return build_store(serving_dir, table, attrs, item_attributes(schema), {
       'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
@@ -436,7 +444,8 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
     ensure_encoder(serving_dir, store)
     write_version(
         models, step, model, variables, variant=ctr_config.variant,
-        sizes=data.sizes, schema=serving_schema(data.sizes, data.items),
+        sizes=data.sizes, schema=serving_schema(data.sizes, data.items,
+                                                  data.users),
         seq_len=manifest_lib.load(data.data_dir).seq_len,
         store=store, uses_vectors=uses_vectors,
         capacity=max(config.item_capacity, data.sizes['num_items']),

@@ -183,7 +183,8 @@ class Trainer:
       export.write_version(
           models, version_step, self.model, variables,
           variant=self.ctr.variant, sizes=self.data.sizes,
-          schema=export.serving_schema(self.data.sizes, self.data.items),
+          schema=export.serving_schema(self.data.sizes, self.data.items,
+                                       self.data.users),
           seq_len=manifest.load(self.data.data_dir).seq_len,
           store=store,
           uses_vectors=train_ctr.reads_vectors(self.ctr),

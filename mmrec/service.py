@@ -15,11 +15,12 @@
   GET  /health, GET /metrics  status; request counts and latency percentiles
 
 The request schema is the dataset's: `user` holds user_id and the declared
-user features, a new item the declared item features (bags as id lists),
-as the model's manifest names them (export.serving_schema). The world: a
-user's age, gender, city; an item's category, shop. A version whose schema
-differs from the one the service started with is not loaded (its requests'
-shape would change under the clients).
+user features and bags, a new item the declared item features and bags (a
+bag as a list of at most its width ids), as the model's manifest names them
+(export.serving_schema). The world: a user's age, gender, city; an item's
+category, shop. A version whose schema differs from the one the service
+started with is not loaded (its requests' shape would change under the
+clients).
 
 Every input is validated (pydantic types and size limits, then the model's
 vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
@@ -92,9 +93,16 @@ def request_models(schema):
   if clash:
     raise serving_model.ModelError(f'item features {clash} collide with the '
                                    "/items request's own fields")
+  # A bag is its ids (at most its width; 0 = empty slot, as stored).
+  def bags(table):
+    return {f: (list[Id], pydantic.Field(default_factory=list,
+                                         max_length=b['width']))
+            for f, b in table.items()}
+
   user_model = pydantic.create_model(
       'User', __base__=Strict, user_id=(Id, ...),
-      **{f: (Id, ...) for f in schema['user']})
+      **{f: (Id, ...) for f in schema['user']},
+      **bags(schema.get('user_bags', {})))
 
   class ScoreRequest(Strict):
     user: user_model
@@ -114,13 +122,9 @@ def request_models(schema):
     labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
         pydantic.Field(min_length=1, max_length=MAX_CANDIDATES))
 
-  # A bag is its ids (at most its width; 0 = empty slot, as stored).
   item = pydantic.create_model(
       'ItemRequest', __base__=ItemBase,
-      **{f: (Id, ...) for f in schema['item']},
-      **{f: (list[Id], pydantic.Field(default_factory=list,
-                                      max_length=b['width']))
-         for f, b in schema['bags'].items()})
+      **{f: (Id, ...) for f in schema['item']}, **bags(schema['bags']))
   return ScoreRequest, ImpressionRequest, item
 
 
@@ -297,6 +301,11 @@ class Serving:
     attrs = self.store.attributes(np.concatenate([items, hist]))
     names = self.store.attr_names
     one = {f: np.array([getattr(user, f)], np.int64) for f in users}
+    for f, bag in schema.get('user_bags', {}).items():
+      ids = self._check_ids(getattr(user, f), ['body', 'user', f],
+                            bag['size'], f)
+      one[f] = np.zeros((1, bag['width']), np.int64)  # empty slots: 0
+      one[f][0, :len(ids)] = ids
     cands = {'item_id': items}
     for f in schema['item']:
       cands[f] = attrs[:n, names.index(f)]

@@ -1,9 +1,12 @@
 """The Parquet converter and the data job on generated own-data fixtures."""
 
+import dataclasses
 import os
+import shutil
 import tempfile
 
 from absl.testing import absltest
+import export_test
 from fastapi import testclient
 import fixtures
 import numpy as np
@@ -33,6 +36,7 @@ T0 = 1_700_000_000 - 1_700_000_000 % DAY + 3600  # 01:00 UTC of some day
 NUM_DAYS = 6
 WORDS = ['red', 'blue', 'cotton', 'shirt', 'jeans', 'dress', 'wool', 'hat']
 ZH = ['红色', '棉', '衬衫', '连衣裙', '帽子']
+INTERESTS = ['p', 'q', 'r', 's']  # sorted: ids 1..4
 
 
 def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
@@ -68,7 +72,9 @@ def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
   }), os.path.join(directory, 'items.parquet'))
   pq.write_table(pa.table({
       'user': users, 'gender': ['f', 'm'] * (num_users // 2),
-      'age': (np.arange(num_users) % 4).astype(np.int64)}),
+      'age': (np.arange(num_users) % 4).astype(np.int64),
+      # A user bag, empty for every fifth user.
+      'interests': [INTERESTS[:i % 5] for i in range(num_users)]}),
                  os.path.join(directory, 'users.parquet'))
   if sessions:
     # Search sessions: image queries (photos of the bought item) and text
@@ -123,6 +129,8 @@ class ConvertTest(absltest.TestCase):
                      {'genre': 4, 'brand': 6})  # + 0 = missing
     self.assertEqual(m.bags[manifest.ITEMS], {'tags': 5})
     self.assertEqual(m.categorical[manifest.USERS], {'gender': 3, 'age': 5})
+    self.assertEqual(m.bags[manifest.USERS], {'interests': 5})
+    self.assertEqual(m.ctr['user_bags'], ['interests'])
     self.assertEqual(m.ctr['seq_features'], ['genre'])
     self.assertEqual((m.image_size, m.text['length']), (16, 8))
     self.assertEqual(m.vectors, vector_table.FILE)
@@ -204,9 +212,54 @@ class ConvertTest(absltest.TestCase):
     self.assertBetween(res['auc'], 0.0, 1.0)
     self.assertIn('new', res['slices'])
 
+  def test_user_bag_joined_embedded_and_used(self):
+    data = ctr_data.CtrData.load(self.out)
+    self.assertEqual(data.sizes['user_bags'], (('interests', 5),))
+    batch = data.dataset('train', 16)[0]
+    self.assertEqual(batch['interests'].shape, (16, 8))
+    users = np.unique(self.raw['user'])  # user id u = users[u - 1]
+    for r in range(0, 16, 3):
+      i = int(users[batch['user_id'][r] - 1][1:]) // 7  # 'u{7i+3}'
+      want = [INTERESTS.index(t) + 1 for t in INTERESTS[:i % 5]]
+      np.testing.assert_array_equal(batch['interests'][r],
+                                    want + [0] * (8 - len(want)))
+    c = ctr_config.get_config('id,tiny')
+    c.update(data_dir=self.out, batch_size=64, eval_batch_size=256,
+             max_steps=5)
+    with_bag = tempfile.mkdtemp()
+    train_ctr.run(c, with_bag)
+    model, variables = export.restore(with_bag)[:2]
+    self.assertEqual(
+        variables['params']['embed']['interests']['embedding'].shape,
+        (5, c.embed_dim))
+    rows = data.dataset('test', 64)[0]
+    logits = model.apply(variables, rows)
+    # The bag is read: emptying it moves the scores of the users who have one.
+    has = (rows['interests'] > 0).any(1)
+    self.assertTrue(has.any() and not has.all())
+    emptied = model.apply(variables, dict(
+        rows, interests=np.zeros_like(rows['interests'])))
+    np.testing.assert_array_equal(emptied[~has], logits[~has])
+    self.assertGreater(float(np.abs(emptied - logits)[has].min()), 0)
+    # The same run on the dataset declaring no user bags scores otherwise.
+    plain = os.path.join(tempfile.mkdtemp(), 'data')
+    shutil.copytree(self.out, plain)
+    manifest.write(plain, dataclasses.replace(
+        self.m, ctr=dict(self.m.ctr, user_bags=[])))
+    c.data_dir = plain
+    without = tempfile.mkdtemp()
+    train_ctr.run(c, without)
+    model, variables = export.restore(without)[:2]
+    self.assertNotIn('interests', variables['params']['embed'])
+    rows = ctr_data.CtrData.load(plain).dataset('test', 64)[0]
+    self.assertNotIn('interests', rows)
+    self.assertGreater(
+        float(np.abs(model.apply(variables, rows) - logits).max()), 1e-4)
+
   def test_serving_own_data(self):
-    """Export + service on the dataset's own schema: users (gender, age),
-    items (genre, brand, the tags bag), behaviours carrying genre."""
+    """Export + service on the dataset's own schema: users (gender, age,
+    the interests bag), items (genre, brand, the tags bag), behaviours
+    carrying genre; served scores equal the offline evaluation's."""
     c = ctr_config.get_config('simtier_paper,tiny')
     c.update(data_dir=self.out, batch_size=64, eval_batch_size=256,
              max_steps=5, vectors_path=os.path.join(self.out, self.m.vectors))
@@ -221,27 +274,41 @@ class ConvertTest(absltest.TestCase):
     self.assertEqual(m['schema'], {
         'user': {'gender': 3, 'age': 5},
         'item': {'genre': 4, 'brand': 6}, 'seq': ['genre'],
-        'bags': {'tags': {'size': 5, 'width': 8}}})
+        'bags': {'tags': {'size': 5, 'width': 8}},
+        'user_bags': {'interests': {'size': 5, 'width': 8}}})
     self.assertEqual(state.store.attr_names,
                      ('genre', 'brand') + tuple(f'tags/{k}' for k in range(8)))
     self.assertEqual(m['fields']['tags'], {'shape': [8], 'dtype': 'int32'})
+    self.assertEqual(m['request']['user']['interests'],
+                     {'shape': [8], 'dtype': 'int32'})
     client = testclient.TestClient(app)
     rows = ctr_data.CtrData.load(self.out).dataset('test', 8)[0]
-    want = state.live.model.score(rows, state.live.table)
-    for i in range(4):
+    pred = export_test.offline_predictions(c, workdir)
+    np.testing.assert_array_equal(pred['item_id'][:8], rows['item_id'])
+    offline = 1 / (1 + np.exp(-pred['logit'][:8].astype(np.float64)))
+    bags = (rows['interests'] > 0).any(1)
+    self.assertTrue(bags[:6].any() and not bags[:6].all())
+    for i in range(6):
       mask = rows['seq_mask'][i]
+      bag = rows['interests'][i]
       r = client.post('/score', json={
-          'user': {k: int(rows[k][i]) for k in ('user_id', 'gender', 'age')},
+          'user': {**{k: int(rows[k][i]) for k in ('user_id', 'gender',
+                                                    'age')},
+                   'interests': bag[bag > 0].tolist()},
           'history': rows['seq_item'][i][mask].tolist(),
           'candidates': [int(rows['item_id'][i])]})
       self.assertEqual(r.status_code, 200, r.text)
-      np.testing.assert_allclose(r.json()['probabilities'], [want[i]],
-                                 atol=1e-6)
-    user = {'user_id': 1, 'gender': 1, 'age': 2}
+      np.testing.assert_allclose(r.json()['probabilities'], [offline[i]],
+                                 rtol=0, atol=1e-6)
+    user = {'user_id': 1, 'gender': 1, 'age': 2, 'interests': [1, 3]}
     for body, field in (
         ({'user': dict(user, age=5), 'candidates': [1]}, 'age'),
         ({'user': {'user_id': 1, 'age': 2}, 'candidates': [1]}, 'gender'),
-        ({'user': dict(user, city=1), 'candidates': [1]}, 'city')):
+        ({'user': dict(user, city=1), 'candidates': [1]}, 'city'),
+        ({'user': dict(user, interests=[2, 5]), 'candidates': [1]},
+         'interests'),
+        ({'user': dict(user, interests=[1] * 9), 'candidates': [1]},
+         'interests')):
       r = client.post('/score', json=body)
       self.assertEqual(r.status_code, 422, r.text)
       self.assertIn(field, str(r.json()['detail']))

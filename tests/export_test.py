@@ -187,7 +187,7 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
     self.assertEqual(m['schema'], {
         'user': {'age': 7, 'gender': 2, 'city': 40},
         'item': {'category': 16, 'shop': 60}, 'seq': ['category'],
-        'bags': {}})
+        'bags': {}, 'user_bags': {}})
     self.assertEqual(m['item_attributes'], ['category', 'shop'])
 
   def test_exported_encoder_equals_the_model(self):

@@ -375,6 +375,9 @@ class TaobaoAdTest(absltest.TestCase):
     self.assertEqual(len(m.ctr['user_features']), 8)
     self.assertEqual(sorted(m.bags[manifest.USERS]),
                      ['brand_his', 'btag_his', 'cate_his'])
+    # ... which the tiny CTR run below embeds.
+    self.assertEqual(sorted(m.ctr['user_bags']),
+                     ['brand_his', 'btag_his', 'cate_his'])
     self.assertEqual(m.categorical[manifest.ITEMS]['cate_id'], 7)
     train, test = rows['train'], rows['test']
     # Ids: raw ids sorted, 1..N; the new ads (200, 201) after the others.

@@ -12,7 +12,8 @@ Input, one directory (docs/data_format.md, "Your own data"):
   items.parquet (optional): item, optional `title` (text) and `image` (a
     path relative to the directory); every other column is a categorical
     field (integer or string) or, when a list, a bag (genres, tags)
-  users.parquet (optional): user + categorical fields / bags
+  users.parquet (optional): user + categorical fields / bags (the CTR
+    model embeds every one, as the items')
   vectors.parquet (optional): item, vector (list of numbers): shipped item
     vectors, written as the dataset's item_vectors.npz
   search.parquet (optional): search -> purchase sessions for pre-training
@@ -649,6 +650,7 @@ class Converter:
         bags={manifest_lib.ITEMS: ibags, manifest_lib.USERS: ubags},
         ctr={'user_features': list(ucats), 'item_features': names,
              'seq_features': list(seq), 'item_bags': list(ibags),
+             'user_bags': list(ubags),
              'category_fields': list(cat_fields)},
         image_size=image_size, text=text, vectors=vectors,
         seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)

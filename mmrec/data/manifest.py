@@ -41,6 +41,7 @@ class Manifest:
   ctr: which categorical fields the CTR model embeds: 'user_features',
     'item_features' (the target's), 'seq_features' (a prefix of
     item_features: also looked up for every behaviour), 'item_bags',
+    'user_bags' (bags the target / the user is embedded with),
     'category_fields' ([leaf, top] for id_stats' category shares, may be []).
   """
   name: str
@@ -107,6 +108,12 @@ class Manifest:
           raise DatasetError(f'{where}: ctr.{key} names {f!r}, not a declared '
                              f'categorical field of {table} '
                              f'({sorted(self.categorical.get(table, {}))})')
+    for key, table in (('item_bags', ITEMS), ('user_bags', USERS)):
+      for f in self.ctr.get(key, ()):
+        if f not in self.bags.get(table, {}):
+          raise DatasetError(f'{where}: ctr.{key} names {f!r}, not a declared '
+                             f'bag of {table} '
+                             f'({sorted(self.bags.get(table, {}))})')
     seq = list(self.ctr.get('seq_features', ()))
     if seq != list(self.ctr.get('item_features', ()))[:len(seq)]:
       raise DatasetError(f'{where}: ctr.seq_features {seq} must be a prefix '

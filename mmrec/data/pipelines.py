@@ -41,14 +41,15 @@ class JoinCtrFields(grain.transforms.Map):
   """Adds item and user fields by id: the CTR model's input.
 
   Output (B batch, L sequence length): user_id, the `user_fields`, item_id,
-  the `item_fields` (bags (B, K)), seq_item (B, L), seq_<f> (B, L) for each
-  of `seq_fields`, seq_mask (B, L) bool, label, day; with a stored long
-  history (B, Lh) also long_seq_item, long_seq_<f> and long_seq_mask. Padded sequence slots
-  hold id 0 and mask False. The world: user_id, age, gender, city, item_id,
-  category, shop, seq_item, seq_category, seq_mask, label, day.
+  the `item_fields` (a bag of either: (B, K)), seq_item (B, L), seq_<f>
+  (B, L) for each of `seq_fields`, seq_mask (B, L) bool, label, day; with a
+  stored long history (B, Lh) also long_seq_item, long_seq_<f> and
+  long_seq_mask. Padded sequence slots hold id 0 and mask False. The world:
+  user_id, age, gender, city, item_id, category, shop, seq_item,
+  seq_category, seq_mask, label, day.
   """
   item_fields: dict  # name -> (num_items,) or (num_items, K) ids
-  user_fields: dict  # name -> (num_users,) ids
+  user_fields: dict  # name -> (num_users,) or (num_users, K) ids
   seq_fields: tuple = ()  # names of item_fields the behaviours carry
 
   def map(self, b):
@@ -199,7 +200,8 @@ def ctr_dataset(data_dir, split, *, batch_size, seed=0, shuffle=True,
       ctr.get('item_bags', ()))
   return ds.map(JoinCtrFields(
       {k: items[k] for k in item_names},
-      {k: users[k] for k in ctr.get('user_features', ())},
+      {k: users[k] for k in list(ctr.get('user_features', ())) + list(
+          ctr.get('user_bags', ()))},
       tuple(ctr.get('seq_features', ()))))
 
 

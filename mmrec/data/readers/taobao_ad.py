@@ -20,11 +20,10 @@ TaobaoAd_x1); a missing one stops naming it. What becomes of each:
                       '^'-separated category / brand / behaviour-type
                       (pv, cart, fav, buy) ids of the user's earlier
                       behaviours, oldest first -> user bags of the user's
-                      first row, its last max_bag entries. Not behaviour
-                      sequences: the schema's are item ids, which the
-                      release does not have. Today's CTR model embeds user
-                      categoricals but not user bags, so they are stored
-                      (users table) and not yet used.
+                      first row, its last max_bag entries, which the CTR
+                      model embeds (mean-pooled, as item bags). Not
+                      behaviour sequences: the schema's are item ids, which
+                      the release does not have.
   pid                 not read: the ad slot, a per-impression context (the
                       schema has no impression-level fields)
   btag, price         not read where present (BARS' config lists them):
@@ -37,8 +36,8 @@ validation 1, test 2). Histories: every row's is empty. Built from earlier
 days' clicks (the converter's default) the training rows, all on day 0,
 would get none and the test rows the whole training week: a model would
 train without behaviours and be tested with them. So this dataset is for ID
-features (and the user bags once the model embeds them), not for
-behaviour-sequence methods; SimTier / MAKE see no behaviours here.
+features (user bags included), not for behaviour-sequence methods; SimTier /
+MAKE see no behaviours here.
 Ids are the release's integers (remapped by the converter); categoricals
 and bag tokens are read as strings (empty = missing), so '3' and '3.0'
 spellings are not merged.
