@@ -216,7 +216,8 @@ def bench_nearline(config, workdir):
   try:
     if config.nearline_load_concurrency:
       sizes = ctr_data.sizes(wc)
-      sizes['schema'] = export.serving_schema(sizes, {}, {})  # the world: no bags
+      # The world declares no bags.
+      sizes['schema'] = export.serving_schema(sizes, {}, {})
       load = _load(config, url, sizes, wc.seq_len, during=train,
                    concurrency=config.nearline_load_concurrency,
                    min_requests=0)
