@@ -61,6 +61,7 @@ from mmrec import vector_store
 MAX_BODY_BYTES = 1 << 20
 MAX_CANDIDATES = 1000
 MAX_HISTORY = 1000
+MAX_LONG_HISTORY = 10000  # a body's bound; the model's own length is checked
 MAX_SIMILAR = 100
 ENV_DIR = 'MMREC_SERVING_DIR'
 ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
@@ -100,6 +101,8 @@ def request_models(schema):
     user: user_model
     history: list[Id] = pydantic.Field(default_factory=list,
                                        max_length=MAX_HISTORY)
+    long_history: list[Id] | None = pydantic.Field(
+        None, max_length=MAX_LONG_HISTORY)
     candidates: list[Id] = pydantic.Field(min_length=1,
                                           max_length=MAX_CANDIDATES)
 
@@ -109,6 +112,8 @@ def request_models(schema):
     user: user_model
     history: list[Id] = pydantic.Field(default_factory=list,
                                        max_length=MAX_HISTORY)
+    long_history: list[Id] | None = pydantic.Field(
+        None, max_length=MAX_LONG_HISTORY)
     items: list[Id] = pydantic.Field(min_length=1,
                                      max_length=MAX_CANDIDATES)
     labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
@@ -130,6 +135,12 @@ def _bad(loc, msg, value=None, status=422):
   if value is not None:
     detail['input'] = value
   return fastapi.HTTPException(status_code=status, detail=[detail])
+
+
+def _history(req):
+  """The request's short history, None if it sent none (`Serving._inputs`
+  then takes it from the long one)."""
+  return req.history if 'history' in req.model_fields_set else None
 
 
 class Live:
@@ -276,11 +287,17 @@ class Serving:
                  f'{size - 1})', int(arr.flat[i]))
     return arr
 
-  def _inputs(self, live, user, history, items, loc):
+  def _inputs(self, live, user, history, items, loc, long_history=None):
     """The model's inputs for one user's (history, items), checked against
     the live model's vocabularies and the items its table holds: (user,
     candidates), the user's fields and history as one row, the items'
-    fields as one row each (`ServingModel.score_request`)."""
+    fields as one row each (`ServingModel.score_request`).
+
+    A model trained with a long history (`long_seq_len` > 0) also gets
+    `long_history` (at most that long, most recent last). `history` None
+    means not sent: then the short history is the long one's most recent
+    L, and a long history not sent is the short one, since in training
+    (data/convert.py) both are the last behaviours of the same sequence."""
     model = live.model
     schema = model.manifest['schema']
     users = {'user_id': model.manifest['sizes']['num_users'],
@@ -290,11 +307,25 @@ class Serving:
                       field)
     count = live.count  # items this table holds (not one added meanwhile)
     items = self._check_ids(items, ['body', loc], count, 'item id')
-    hist = self._check_ids(history, ['body', 'history'], count, 'item id')
+    hist = self._check_ids(history or [], ['body', 'history'], count,
+                           'item id')
+    long_len = model.long_seq_len
+    if long_history is not None:
+      if len(long_history) > long_len:
+        raise _bad(['body', 'long_history'], f'has {len(long_history)} '
+                   f'behaviours; model {model.version} reads ' +
+                   (f'at most {long_len}' if long_len else
+                    'no long history'))
+      long = self._check_ids(long_history, ['body', 'long_history'], count,
+                             'item id')
+      if history is None:
+        hist = long
+    else:
+      long = hist[-long_len:] if long_len else hist[:0]
     seq_len = model.seq_len
     hist = hist[-seq_len:]
-    n, h = len(items), len(hist)
-    attrs = self.store.attributes(np.concatenate([items, hist]))
+    n, h, lh = len(items), len(hist), len(long)
+    attrs = self.store.attributes(np.concatenate([items, hist, long]))
     names = self.store.attr_names
     one = {f: np.array([getattr(user, f)], np.int64) for f in users}
     cands = {'item_id': items}
@@ -311,19 +342,28 @@ class Serving:
       one['seq_mask'][0, -h:] = True
       one['seq_item'][0, -h:] = hist
       for f in schema['seq']:
-        one[f'seq_{f}'][0, -h:] = attrs[n:, names.index(f)]
+        one[f'seq_{f}'][0, -h:] = attrs[n:n + h, names.index(f)]
+    for f in model.fields:  # those of the long history the model reads
+      if not f.startswith('long_seq_'):
+        continue
+      one[f] = np.zeros((1, long_len), bool if f == 'long_seq_mask' else
+                        np.int64)
+      if lh:
+        one[f][0, -lh:] = (True if f == 'long_seq_mask' else
+                           long if f == 'long_seq_item' else
+                           attrs[n + h:, names.index(f[len('long_seq_'):])])
     return one, cands
 
-  def _batch(self, live, user, history, items, loc):
+  def _batch(self, live, user, history, items, loc, long_history=None):
     """`_inputs` as model rows (the user's repeated for every item)."""
-    one, cands = self._inputs(live, user, history, items, loc)
+    one, cands = self._inputs(live, user, history, items, loc, long_history)
     n = len(cands['item_id'])
     return dict({k: np.repeat(v, n, 0) for k, v in one.items()}, **cands)
 
   def score(self, req):
     live = self.live
-    one, cands = self._inputs(live, req.user, req.history, req.candidates,
-                              'candidates')
+    one, cands = self._inputs(live, req.user, _history(req), req.candidates,
+                              'candidates', req.long_history)
     probs = live.model.score_request(one, cands, live.table)
     return {'model_version': live.model.version,
             'item_ids': cands['item_id'].tolist(),
@@ -337,8 +377,8 @@ class Serving:
     if len(req.labels) != len(req.items):
       raise _bad(['body', 'labels'], f'{len(req.labels)} labels for '
                  f'{len(req.items)} items')
-    batch = self._batch(self.live, req.user, req.history, req.items,
-                        'items')
+    batch = self._batch(self.live, req.user, _history(req), req.items,
+                        'items', req.long_history)
     batch['label'] = np.asarray(req.labels)
     self.logger.write_batch(batch)
     return {'logged': len(req.items)}

@@ -20,6 +20,7 @@ import time
 from absl.testing import absltest
 from absl.testing import parameterized
 from fastapi import testclient
+from export_test import offline_predictions
 import fixtures
 import httpx
 import numpy as np
@@ -111,6 +112,9 @@ MALFORMED = [
     ('history_unknown', 'post', '/score', _with(history=[BIG]), 422,
      'history'),
     ('history_null', 'post', '/score', _with(history=None), 422, 'history'),
+    # This model was trained without a long history.
+    ('long_history_unread', 'post', '/score', _with(long_history=[1]), 422,
+     'long_history'),
     ('user_unknown', 'post', '/score',
      _with(user=dict(USER, user_id=BIG)), 422, 'user_id'),
     ('age_unknown', 'post', '/score', _with(user=dict(USER, age=BIG)), 422,
@@ -378,6 +382,68 @@ class ServiceTest(parameterized.TestCase):
     finally:
       server.should_exit = True
       thread.join(timeout=10)
+
+
+class LongHistoryServiceTest(parameterized.TestCase):
+  """/score with a long history, for models trained with one (the official
+  setting, small: SimTier over the 30-long history; and a GSU)."""
+
+  @parameterized.parameters('simtier', 'gsu')
+  def test_long_history_scores_equal_offline_and_bad_ones_get_422(self,
+                                                                  kind):
+    c, wd, serving, _ = fixtures.exported_long_ctr(kind)
+    path = os.path.join(tempfile.mkdtemp(), 'serving')
+    shutil.copytree(serving, path)
+    app = service.create_app(path, reload_interval_s=0)
+    client = testclient.TestClient(app)
+    try:
+      pred = offline_predictions(c, wd)
+      ds = ctr_data.CtrData.load(c.data_dir).dataset('test', 1024)
+      rows = ds[0]
+      np.testing.assert_array_equal(rows['item_id'], pred['item_id'][
+          :len(rows['item_id'])])
+      offline = 1 / (1 + np.exp(-pred['logit'].astype(np.float64)))
+      schema = app.state.serving.live.model.manifest['schema']
+      for i in range(0, len(rows['item_id']), 9):
+        user = {f: int(rows[f][i]) for f in ['user_id', *schema['user']]}
+        long = rows['long_seq_item'][i][rows['long_seq_mask'][i]].tolist()
+        req = {'user': user, 'candidates': [int(rows['item_id'][i])],
+               'history': rows['seq_item'][i][rows['seq_mask'][i]].tolist(),
+               'long_history': long}
+        r = client.post('/score', json=req)
+        self.assertEqual(r.status_code, 200, r.text)
+        np.testing.assert_allclose(r.json()['probabilities'], [offline[i]],
+                                   rtol=0, atol=1e-6)
+        # No short history sent: the long one's most recent 10, as the
+        # converter stores them.
+        del req['history']
+        r = client.post('/score', json=req)
+        np.testing.assert_allclose(r.json()['probabilities'], [offline[i]],
+                                   rtol=0, atol=1e-6)
+      # One user, several candidates (the request program): the same as
+      # the rows that repeat the user's fields and histories.
+      live = app.state.serving.live
+      cands = rows['item_id'][:12]
+      batch = {k: np.repeat(v[:1], 12, 0) for k, v in rows.items()}
+      for k in live.model.request_fields['candidates']:
+        batch[k] = rows[k][:12]
+      req['candidates'] = cands.tolist()
+      req['user'] = {f: int(rows[f][0]) for f in ['user_id', *schema['user']]}
+      req['long_history'] = rows['long_seq_item'][0][
+          rows['long_seq_mask'][0]].tolist()
+      got = client.post('/score', json=req).json()['probabilities']
+      np.testing.assert_allclose(got, live.model.score(batch, live.table),
+                                 rtol=0, atol=1e-6)
+      for bad, msg in (([1] * 31, 'at most 30'), ([1, 10**6], 'unknown'),
+                       (['1'], None), ([-1], None)):
+        r = client.post('/score', json=dict(req, long_history=bad))
+        self.assertEqual(r.status_code, 422, r.text)
+        detail, = r.json()['detail']
+        self.assertIn('long_history', detail['loc'])
+        if msg:
+          self.assertIn(msg, detail['msg'])
+    finally:
+      app.state.serving.close()
 
 
 if __name__ == '__main__':
