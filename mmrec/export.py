@@ -355,7 +355,17 @@ def ensure_encoder(serving_dir, store):
 
 def ensure_store(serving_dir, table_path, data_dir):
   """The serving store holding `table_path`'s vectors (built if needed) and
-  its index; returns the store's manifest."""
+  its index; returns the store's manifest.
+
+  A new table (the next batch embedding) over a store that has served
+  becomes a new version that carries over the items added since the
+  catalogue (`vector_store.create_carrying`: same ids, vectors and
+  attributes), so a new model version exported against it still scores
+  them. Here rather than in the embedding job: that job writes a table
+  for any consumer, knows no serving directory, and a table serves only
+  with a CTR model trained on (or exported for) it, which this job pins.
+  Carried vectors are the old ones: an item added by image + title under
+  the previous encoder keeps that encoder's vector."""
   table, meta = vector_table.load(table_path, dtype='int8')
   root = os.path.join(serving_dir, VECTORS)
   try:
@@ -376,16 +386,20 @@ def ensure_store(serving_dir, table_path, data_dir):
       'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
       'method': meta.get('method'), 'encoder_workdir':
           meta.get('encoder_workdir'), 'encoder_step': meta.get(
-              'encoder_step'), 'data_dir': os.path.abspath(data_dir)})
+              'encoder_step'), 'data_dir': os.path.abspath(data_dir)},
+                     carry=True)
 
 
-def build_store(serving_dir, table, attrs, names, source, **index_params):
+def build_store(serving_dir, table, attrs, names, source, carry=False,
+                **index_params):
   """A new store version of (N, D) vectors + (N, A) attributes (columns
   `names`, see `item_attributes`) and its index; `source` must hold
-  'table_sha256' (what models are checked against). Returns the store's
-  manifest."""
+  'table_sha256' (what models are checked against). With `carry`, the
+  version also holds the current one's items beyond the N
+  (`vector_store.create_carrying`). Returns the store's manifest."""
   root = os.path.join(serving_dir, VECTORS)
-  vector_store.create(root, table, attrs, names, source)
+  (vector_store.create_carrying if carry else vector_store.create)(
+      root, table, attrs, names, source)
   with vector_store.VectorStore(root) as store:
     index = ann_index.AnnIndex.build(store.dense(), **index_params)
     index.save(os.path.join(serving_dir, INDEX), store.version, store.count)
