@@ -159,22 +159,10 @@ class Serving:
     self.dir = serving_dir
     self.models_dir = os.path.join(serving_dir, 'models')
     self.index_dir = os.path.join(serving_dir, 'index')
-    self.store = vector_store.VectorStore(
-        os.path.join(serving_dir, 'vectors'), writable=True)
+    self.store_dir = os.path.join(serving_dir, 'vectors')
     ann_index.set_threads(1)  # requests run in parallel, not their insides
-    self.index = ann_index.AnnIndex.load(self.index_dir)
-    self.encoder = None
-    encoder_dir = os.path.join(serving_dir, 'encoder')
-    if os.path.exists(os.path.join(encoder_dir, serving_model.MANIFEST)):
-      self.encoder = serving_model.ServingEncoder(encoder_dir)
-      if self.encoder.manifest['table_sha256'] != self.store.manifest[
-          'source'].get('table_sha256'):
-        raise serving_model.ModelError(
-            f'{encoder_dir} did not make the store\'s vectors (other table)')
-      self.encoder.warm()
-    added = self.index.catch_up(self.store)
-    if added:
-      log.info('index: added %d store items it did not hold', added)
+    # Opened with the first model version: the store version it pins.
+    self.store = self.index = self.encoder = None
     self._write = threading.Lock()  # store + index + table, in one order
     self._index_lock = threading.Lock()
     self._set_rows = jax.jit(
@@ -203,41 +191,113 @@ class Serving:
 
   # ---------------------------------------------------------------- models
 
+  def _open_store(self, version):
+    """(store v{version} writable, its index, the encoder of its table or
+    None). A version written by the next batch embedding first takes the
+    items the service added to the version it carried over from after it
+    was written (`VectorStore.carry_from_source`)."""
+    store = vector_store.VectorStore(self.store_dir, version, writable=True)
+    try:
+      carried = store.carry_from_source()
+      if carried:
+        log.info('store v%d: carried over %d items added to v%d since',
+                 version, carried, store.manifest['source']['carried'][
+                     'from_version'])
+      index = ann_index.AnnIndex.load(self.index_dir)
+      if index.covers.get('store_version', version) != version:
+        # index/ holds another version's (the export rebuilds it with each
+        # store version): rebuilt here, seconds for a catalogue.
+        log.info('index covers store v%s, not v%d: rebuilding it',
+                 index.covers['store_version'], version)
+        index = ann_index.AnnIndex.build(store.dense(), kind=index.kind,
+                                         **index.params)
+      added = index.catch_up(store)
+      if added:
+        log.info('index: added %d store items it did not hold', added)
+      encoder = None
+      encoder_dir = os.path.join(self.dir, 'encoder')
+      if os.path.exists(os.path.join(encoder_dir, serving_model.MANIFEST)):
+        encoder = serving_model.ServingEncoder(encoder_dir)
+        if encoder.manifest['table_sha256'] != store.manifest['source'].get(
+            'table_sha256'):
+          if self.store is None:
+            raise serving_model.ModelError(
+                f'{encoder_dir} did not make the store\'s vectors (other '
+                'table)')
+          log.warning('%s did not make store v%d\'s vectors: new items by '
+                      'vector only', encoder_dir, version)
+          encoder = None
+        else:
+          encoder.warm()
+    except BaseException:
+      store.close()
+      raise
+    return store, index, encoder
+
   def _load(self, directory):
-    """Loads, checks and warms a version, then makes it live."""
+    """Loads, checks and warms a version, then makes it live; opens the
+    store version it pins if that is not the one served (the next batch
+    embedding's: `_open_store`)."""
     model = serving_model.ServingModel(directory)
+    pinned = model.manifest['vector_store']['version']
+    opened = None
+    if self.store is None or pinned != self.store.version:
+      opened = self._open_store(pinned)
+    try:
+      self._make_live(model, directory, *(opened or (self.store, self.index,
+                                                     self.encoder)))
+    except BaseException:
+      if opened:
+        opened[0].close()
+      raise
+
+  def _make_live(self, model, directory, store, index, encoder):
     schema = model.manifest['schema']
     if self.schema is not None and schema != self.schema:
       raise serving_model.ModelError(
           f'model {directory} has the schema {schema}, the service serves '
           f'{self.schema}: start a service for it')
     missing = sorted(set(model.manifest['item_attributes']) -
-                     set(self.store.attr_names))
+                     set(store.attr_names))
     if missing:
       raise serving_model.ModelError(
           f'model {directory} reads item attributes {missing} that the store '
-          f'v{self.store.version} lacks (it has {list(self.store.attr_names)})')
+          f'v{store.version} lacks (it has {list(store.attr_names)})')
     want = model.manifest['vector_store']['table_sha256']
-    have = self.store.manifest['source'].get('table_sha256')
+    have = store.manifest['source'].get('table_sha256')
     if want != have:
       raise serving_model.ModelError(
           f'model {directory} expects the vector table {want[:12]}..., the '
-          f'store v{self.store.version} holds {str(have)[:12]}...')
-    count = self.store.count
-    table = model.device_table(self.store.dense(0, count))
+          f'store v{store.version} holds {str(have)[:12]}...')
+    count = store.count
+    table = model.device_table(store.dense(0, count))
     # Seconds: outside the lock, adds go on meanwhile. Requests are scored
     # by score_request only, so score's own programs are not compiled.
     model.warm(table, rows=False)
     if table is not None:  # and the one-row update, for the first new item
       jax.block_until_ready(self._set_rows(table, 0, np.asarray(table[:1])))
+    old = self.store
     with self._write:
-      new = self.store.count
+      if store is not old:
+        # Items added to the old version while this one loaded: no add
+        # runs now, and the old one takes none after this block.
+        carried = store.carry_from_source()
+        if carried:
+          with self._index_lock:
+            index.catch_up(store)
+      new = store.count
       if table is not None and new > count:  # items added while warming
-        table = self._set_rows(table, count, self.store.dense(count, new))
+        table = self._set_rows(table, count, store.dense(count, new))
       # An 'id' model has no table, but its ID tables end at the capacity.
-      self.live = Live(model, table,
-                       min(new, model.manifest['item_capacity']))
+      live = Live(model, table, min(new, model.manifest['item_capacity']))
+      with self._index_lock:
+        self.store, self.index, self.encoder = store, index, encoder
+      self.live = live
       self.schema = schema
+    if old is not None and old is not store:
+      old.close()  # its rows stay mapped for requests still reading them
+      log.info('store v%d -> v%d (%d items)', old.version, store.version,
+               store.count)
 
   def reload(self):
     """Loads CURRENT if it changed; True if a new version went live."""

@@ -26,10 +26,16 @@ import httpx
 import numpy as np
 import uvicorn
 
+from experiments.configs import ctr as ctr_config
+from experiments.configs import export as export_config
 from mmrec import ctr_data
+from mmrec import export
 from mmrec import impression_log
 from mmrec import serving_model
 from mmrec import service
+from mmrec import train_ctr
+from mmrec import vector_store
+from mmrec import vector_table
 
 VARIANT = 'simtier_official'
 
@@ -382,6 +388,95 @@ class ServiceTest(parameterized.TestCase):
     finally:
       server.should_exit = True
       thread.join(timeout=10)
+
+
+class NextBatchEmbeddingTest(absltest.TestCase):
+
+  def test_new_store_version_keeps_added_items_and_the_service_switches(self):
+    """Items added through the service, then the next batch embedding (a
+    new table) exported with a model trained for it: the new store version
+    holds the table's rows and the added items (same ids and vectors), the
+    old one is untouched, and the service's reload serves them, including
+    one added to the old version after the export."""
+    c, _, base, _ = fixtures.exported_ctr('id')
+    serving = os.path.join(tempfile.mkdtemp(), 'serving')
+    shutil.copytree(base, serving)
+    app = service.create_app(serving, reload_interval_s=0)
+    client = testclient.TestClient(app)
+    state = app.state.serving
+    try:
+      n = state.store.base_count
+      rng = np.random.default_rng(3)
+      vecs = rng.normal(size=(3, DIM))
+      added = [client.post('/items', json={
+          'vector': v.tolist(), 'category': 2 + i, 'shop': 1}).json()[
+              'item_id'] for i, v in enumerate(vecs[:2])]
+      self.assertEqual(added, [n, n + 1])
+      v1_rows = state.store.dense()
+      # The next batch embedding: another table for the catalogue, and a
+      # CTR model trained for it (an 'id' model: the store is its
+      # config.vectors_path), exported into the live serving directory.
+      table_path = os.path.join(tempfile.mkdtemp(), vector_table.FILE)
+      table = vector_table.load(fixtures.oracle_vectors_path())[0]
+      table = table + 0.2 * np.random.default_rng(9).normal(size=table.shape)
+      table /= np.linalg.norm(table, axis=1, keepdims=True)
+      vector_table.save(table_path, table.astype(np.float32),
+                        {'method': 'next_batch'})
+      c2 = ctr_config.get_config('id,tiny')
+      c2.update(data_dir=c.data_dir, vectors_path=c.vectors_path,
+                tower=c.tower, attention_mlp=c.attention_mlp,
+                embed_dim=c.embed_dim, max_steps=12)
+      workdir = os.path.join(tempfile.mkdtemp(), 'ctr')
+      train_ctr.run(c2, workdir)
+      ec = export_config.get_config('tiny')
+      ec.vectors_path = table_path
+      export.export(ec, workdir, serving)
+      # Added to the old version after the export, before the reload.
+      late = client.post('/items', json={'vector': vecs[2].tolist(),
+                                         'category': 4, 'shop': 1}).json()
+      self.assertEqual(late['item_id'], n + 2)
+      root = os.path.join(serving, export.VECTORS)
+      with vector_store.VectorStore(root) as s:
+        self.assertEqual((s.version, s.count), (2, n + 2))
+        self.assertEqual(s.manifest['source']['carried'],
+                         {'from_version': 1, 'ids': [n, n + 2]})
+        np.testing.assert_array_equal(s.dense(0, n),
+                                      vector_store.quantize(table))
+        np.testing.assert_array_equal(s.dense(n, n + 2), v1_rows[n:])
+        np.testing.assert_array_equal(s.attributes(added)[:, 0], [2, 3])
+      with vector_store.VectorStore(root, version=1) as s:  # untouched
+        self.assertEqual((s.base_count, s.count), (n, n + 3))
+        np.testing.assert_array_equal(s.dense(0, n + 2), v1_rows)
+      # The reload: the new model pins store v2; the service opens it,
+      # carrying the late item over, and serves all three.
+      self.assertTrue(state.reload())
+      health = client.get('/health').json()
+      self.assertEqual((health['model_version'], health['store_version'],
+                        health['items'], health['index_items']),
+                       ('v12', 2, n + 3, n + 3))
+      np.testing.assert_array_equal(
+          state.store.lookup([n + 2])[0],
+          vector_store.quantize(vecs[2] / np.linalg.norm(vecs[2])))
+      r = client.post('/score', json=_with(candidates=[n, n + 1, n + 2, 4],
+                                           history=[n + 2, 1]))
+      self.assertEqual(r.status_code, 200, r.text)
+      self.assertEqual(r.json()['model_version'], 'v12')
+      r = client.get(f'/items/{n + 2}/similar?k=2')
+      self.assertEqual(r.status_code, 200, r.text)
+      # New items now go to v2's delta, after the carried ones.
+      r = client.post('/items', json={'vector': vecs[0].tolist(),
+                                      'category': 2, 'shop': 1})
+      self.assertEqual(r.json()['item_id'], n + 3)
+      self.assertEqual(
+          client.get(f'/items/{n + 3}/similar?k=1').json()['similar'], [n])
+    finally:
+      state.close()
+    again = service.Serving(serving, reload_interval_s=0)  # a restart
+    try:
+      self.assertEqual((again.store.version, again.store.count), (2, n + 4))
+      self.assertEqual(again.index.count, n + 4)
+    finally:
+      again.close()
 
 
 class LongHistoryServiceTest(parameterized.TestCase):
