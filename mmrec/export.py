@@ -24,7 +24,13 @@ Serving directory (`config.serving_dir`):
     manifest.json    variant, step, input fields (shape, dtype), vocabulary
                      sizes, the schema (declared user and item features,
                      bags), bucket sizes, the item capacity, the vector store
-                     it expects (table sha256, dim), sha256 of both files
+                     it expects (version, table sha256, dim), the long
+                     history length it reads (0: none), sha256 of the files
+
+A model trained on a dataset with a long history (manifest long_seq_len Lh
+> 0) that reads it (SimTier over it, or a GSU: `long_fields`) takes its
+long_seq_* fields, (B, Lh) in the row program and (1, Lh) in the request
+one, padded to Lh as the short history is to L.
   models/CURRENT     'v{step}': the version servers load (atomic rename)
 
 The exported function takes the parameters as arguments (unboxed arrays),

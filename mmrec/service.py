@@ -1,7 +1,8 @@
 """The scoring service: FastAPI over a serving directory (export.py).
 
-  POST /score                 user profile + history + candidate item ids ->
-                              click probabilities (vectors and item
+  POST /score                 user profile + history (+ long_history, for a
+                              model trained with one) + candidate item ids
+                              -> click probabilities (vectors and item
                               attributes looked up server-side)
   POST /items                 a new item (its vector, or its image + title
                               encoded by the warm exported encoder; its
@@ -25,6 +26,12 @@ Every input is validated (pydantic types and size limits, then the model's
 vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
 names the field (`loc`), as FastAPI's own validation errors do; bodies over
 `MAX_BODY_BYTES` get a 413 before they are read.
+
+Store versions: the service opens the store version its model pins (the
+manifest's `vector_store`); a new model version pinning another (the next
+batch embedding's, export.ensure_store) is served with that version, which
+first takes the items added to the old one since it was written (same ids);
+the old version is then closed, untouched.
 
 Hot reload: a thread polls `models/CURRENT`; a new version is loaded, checked
 against the store (same base vector table), given its vector table and
