@@ -205,8 +205,9 @@ class CtrModel(nn.Module):
   read. The behaviour fields may have one row shared by all B targets
   (`shares_history`: one user's candidates at serving); with train=False
   the 'id' and SimTier variants then embed that history, take its vectors
-  and its attention key side once (same scores up to float rounding); other
-  variants and training broadcast it to B rows.
+  (and a long history's, for SimTier) and its attention key side once (same
+  scores up to float rounding); other variants, a GSU and training
+  broadcast it to B rows.
   vectors: the frozen (V, Dv) item-vector table, float32 or int8 (= 127·v);
   needed by every variant but 'id' (and 'make' given `make_taps`), and by
   every variant retrieving from a long history (`retrieve_top_k`).
@@ -233,7 +234,7 @@ class CtrModel(nn.Module):
     cfg = self.config
     if shares_history(batch) and (
         train or cfg.variant not in ('id', 'simtier_paper', 'simtier_official')
-        or cfg.retrieve_top_k or 'long_seq_item' in batch):
+        or cfg.retrieve_top_k):
       # The history-once path covers what serving runs (the ID model and
       # SimTier); anything else sees the per-row batch it stands for.
       batch = broadcast_history(batch)
@@ -278,9 +279,11 @@ class CtrModel(nn.Module):
         elif 'long_seq_item' in batch:
           # The official code's SimTier over a long history (e.g. 1000
           # behaviours), attention over the short recent one.
-          tier_mask = batch['long_seq_mask'].astype(bool)
+          long_mask = batch['long_seq_mask'].astype(bool)
           tier_sims = simtier.table_cosine(
-              vectors, item, batch['long_seq_item'], tier_mask)
+              vectors, item, batch['long_seq_item'], long_mask)
+          # (1, Lh) if one request's history is shared: (B, Lh).
+          tier_mask = jnp.broadcast_to(long_mask, tier_sims.shape)
         if cfg.simtier_kind == 'paper':
           tower_in.append(simtier.simtier_paper(
               tier_sims, tier_mask, cfg.simtier_bins,

@@ -24,7 +24,13 @@ Serving directory (`config.serving_dir`):
     manifest.json    variant, step, input fields (shape, dtype), vocabulary
                      sizes, the schema (declared user and item features,
                      bags), bucket sizes, the item capacity, the vector store
-                     it expects (table sha256, dim), sha256 of both files
+                     it expects (version, table sha256, dim), the long
+                     history length it reads (0: none), sha256 of the files
+
+A model trained on a dataset with a long history (manifest long_seq_len Lh
+> 0) that reads it (SimTier over it, or a GSU: `long_fields`) takes its
+long_seq_* fields, (B, Lh) in the row program and (1, Lh) in the request
+one, padded to Lh as the short history is to L.
   models/CURRENT     'v{step}': the version servers load (atomic rename)
 
 The exported function takes the parameters as arguments (unboxed arrays),
@@ -124,6 +130,29 @@ def model_fields(model, schema):
                   ('seq_mask',)}
 
 
+def long_fields(model, long_seq_len):
+  """The long-history batch fields the CTR model reads (each (B, Lh)),
+  given the dataset's long history length (0: none): SimTier's
+  long_seq_item / long_seq_mask, or with a GSU (`retrieve_top_k`) every
+  behaviour field's long_ counterpart. A model trained on a dataset with a
+  long history had these in every batch, so it is served with them."""
+  cfg = model.config
+  if not long_seq_len:
+    return ()
+  if cfg.retrieve_top_k:
+    return tuple('long_' + f for f in cfg.embedding.seq_fields) + (
+        'long_seq_mask',)
+  if cfg.simtier_kind:
+    return ('long_seq_item', 'long_seq_mask')
+  return ()  # attention and MAKE read the short history only
+
+
+def _history_specs(fields, rows, length):
+  return {f: jax.ShapeDtypeStruct(
+      (rows, length), jnp.bool_ if f.endswith('seq_mask') else jnp.int32)
+          for f in fields}
+
+
 def saved_config(step_dir):
   """The config saved with a checkpoint step, as a ConfigDict."""
   with warnings.catch_warnings():  # the state, restored only for the config
@@ -193,15 +222,17 @@ def pad_item_table(variables, capacity):
   return out
 
 
-def export_function(model, variables, seq_len, vectors_shape, schema):
+def export_function(model, variables, seq_len, vectors_shape, schema,
+                    long_seq_len=0):
   """jax.export of `(variables, batch, vectors) -> {'logit', 'probability'}`
   with a symbolic batch size; returns (exported, field specs)."""
   (b,) = jax.export.symbolic_shape('b')
   scalar, seq = model_fields(model, schema)
   specs = {f: jax.ShapeDtypeStruct((b,) + shape, jnp.int32)
            for f, (shape, _) in scalar.items()}
-  specs.update({f: jax.ShapeDtypeStruct(
-      (b, seq_len), jnp.bool_ if f == 'seq_mask' else jnp.int32) for f in seq})
+  specs.update(_history_specs(seq, b, seq_len))
+  specs.update(_history_specs(long_fields(model, long_seq_len), b,
+                              long_seq_len))
 
   def serve(variables, batch, vectors):
     logit = model.apply(variables, batch, vectors, train=False)
@@ -217,25 +248,29 @@ def export_function(model, variables, seq_len, vectors_shape, schema):
   return exported, fields
 
 
-def request_function(model, variables, seq_len, vectors_shape, schema):
+def request_function(model, variables, seq_len, vectors_shape, schema,
+                     long_seq_len=0):
   """jax.export of `(variables, user, candidates, vectors) -> {'logit',
-  'probability'}` (C,): `user` the user's fields (1,) and history (1, L),
-  `candidates` the target fields with a symbolic C rows; returns
-  (exported, {'user': field specs, 'candidates': field specs})."""
+  'probability'}` (C,): `user` the user's fields (1,) and histories (1, L)
+  (and (1, Lh) for a long one), `candidates` the target fields with a
+  symbolic C rows; returns (exported, {'user': field specs, 'candidates':
+  field specs})."""
   (c,) = jax.export.symbolic_shape('c')
   scalar, seq = model_fields(model, schema)
+  long = long_fields(model, long_seq_len)
   emb = model.config.embedding
   user = {f: jax.ShapeDtypeStruct((1,) + scalar[f][0], jnp.int32)
           for f in emb.user_fields + tuple(schema['user_bags'])}
-  user.update({f: jax.ShapeDtypeStruct(
-      (1, seq_len), jnp.bool_ if f == 'seq_mask' else jnp.int32) for f in seq})
+  user.update(_history_specs(seq, 1, seq_len))
+  user.update(_history_specs(long, 1, long_seq_len))
   cands = {f: jax.ShapeDtypeStruct((c,) + shape, jnp.int32)
            for f, (shape, _) in scalar.items() if f not in user}
 
   def serve(variables, user, candidates, vectors):
     n = candidates['item_id'].shape[0]
-    # User fields are per row (cheap lookups); the history stays one row.
-    batch = {k: (v if k in seq else jnp.broadcast_to(v, (n,) + v.shape[1:]))
+    # User fields are per row (cheap lookups); the histories stay one row.
+    batch = {k: (v if k in seq or k in long else
+                 jnp.broadcast_to(v, (n,) + v.shape[1:]))
              for k, v in user.items()}
     logit = model.apply(variables, dict(batch, **candidates), vectors,
                         train=False)
@@ -333,7 +368,17 @@ def ensure_encoder(serving_dir, store):
 
 def ensure_store(serving_dir, table_path, data_dir):
   """The serving store holding `table_path`'s vectors (built if needed) and
-  its index; returns the store's manifest."""
+  its index; returns the store's manifest.
+
+  A new table (the next batch embedding) over a store that has served
+  becomes a new version that carries over the items added since the
+  catalogue (`vector_store.create_carrying`: same ids, vectors and
+  attributes), so a new model version exported against it still scores
+  them. Here rather than in the embedding job: that job writes a table
+  for any consumer, knows no serving directory, and a table serves only
+  with a CTR model trained on (or exported for) it, which this job pins.
+  Carried vectors are the old ones: an item added by image + title under
+  the previous encoder keeps that encoder's vector."""
   table, meta = vector_table.load(table_path, dtype='int8')
   root = os.path.join(serving_dir, VECTORS)
   try:
@@ -356,16 +401,20 @@ def ensure_store(serving_dir, table_path, data_dir):
       'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
       'method': meta.get('method'), 'encoder_workdir':
           meta.get('encoder_workdir'), 'encoder_step': meta.get(
-              'encoder_step'), 'data_dir': os.path.abspath(data_dir)})
+              'encoder_step'), 'data_dir': os.path.abspath(data_dir)},
+                     carry=True)
 
 
-def build_store(serving_dir, table, attrs, names, source, **index_params):
+def build_store(serving_dir, table, attrs, names, source, carry=False,
+                **index_params):
   """A new store version of (N, D) vectors + (N, A) attributes (columns
   `names`, see `item_attributes`) and its index; `source` must hold
-  'table_sha256' (what models are checked against). Returns the store's
-  manifest."""
+  'table_sha256' (what models are checked against). With `carry`, the
+  version also holds the current one's items beyond the N
+  (`vector_store.create_carrying`). Returns the store's manifest."""
   root = os.path.join(serving_dir, VECTORS)
-  vector_store.create(root, table, attrs, names, source)
+  (vector_store.create_carrying if carry else vector_store.create)(
+      root, table, attrs, names, source)
   with vector_store.VectorStore(root) as store:
     index = ann_index.AnnIndex.build(store.dense(), **index_params)
     index.save(os.path.join(serving_dir, INDEX), store.version, store.count)
@@ -380,27 +429,29 @@ def write_pointer(directory, name):
 
 def write_version(models_dir, step, model, variables, *, variant, sizes,
                   schema, seq_len, store, uses_vectors, capacity, buckets,
-                  checkpoint=''):
+                  checkpoint='', long_seq_len=0):
   """Exports (model, variables) as `models_dir/v{step}`; returns its path.
 
   `variables` are the trained model's ({'params', 'batch_stats'}, numpy);
   `sizes` its vocabularies (EmbeddingConfig kwargs), `schema` its
   dataset's (`serving_schema`); `store` the manifest of the vector store it
-  is served with.
+  is served with; `long_seq_len` the dataset's long history length (0:
+  none; `long_fields` says whether the model reads it).
   """
   final = os.path.join(models_dir, f'v{step}')
   padded = pad_item_table(variables, capacity)
   served = with_item_capacity(model, capacity)
   vec_shape = (capacity, store['dim']) if uses_vectors else None
   t0 = time.time()
+  long_seq_len = long_seq_len if long_fields(served, long_seq_len) else 0
   exported, fields = export_function(served, padded, seq_len, vec_shape,
-                                     schema)
+                                     schema, long_seq_len)
   request, request_fields = request_function(served, padded, seq_len,
-                                             vec_shape, schema)
+                                             vec_shape, schema, long_seq_len)
   manifest = {
       'format_version': 1, 'step': int(step), 'variant': variant,
       'created': time.time(), 'checkpoint': checkpoint,
-      'fields': fields, 'seq_len': seq_len,
+      'fields': fields, 'seq_len': seq_len, 'long_seq_len': long_seq_len,
       'request': dict(request_fields, file=REQUEST_FILE),
       'sizes': dict(sizes, num_items=capacity),
       'trained_items': sizes['num_items'], 'item_capacity': capacity,
@@ -442,12 +493,13 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
       table_path = os.path.join(table_path, vector_table.FILE)
     store = ensure_store(serving_dir, table_path, data.data_dir)
     ensure_encoder(serving_dir, store)
+    m = manifest_lib.load(data.data_dir)
     write_version(
         models, step, model, variables, variant=ctr_config.variant,
         sizes=data.sizes, schema=serving_schema(data.sizes, data.items,
                                                   data.users),
-        seq_len=manifest_lib.load(data.data_dir).seq_len,
-        store=store, uses_vectors=uses_vectors,
+        seq_len=m.seq_len, long_seq_len=m.long_seq_len, store=store,
+        uses_vectors=uses_vectors,
         capacity=max(config.item_capacity, data.sizes['num_items']),
         buckets=config.buckets, checkpoint=os.path.abspath(os.path.join(
             ctr_workdir, checkpointing.SUBDIR, str(step))))

@@ -186,6 +186,7 @@ class Trainer:
           schema=export.serving_schema(self.data.sizes, self.data.items,
                                        self.data.users),
           seq_len=manifest.load(self.data.data_dir).seq_len,
+          long_seq_len=manifest.load(self.data.data_dir).long_seq_len,
           store=store,
           uses_vectors=train_ctr.reads_vectors(self.ctr),
           capacity=max(cfg.item_capacity, self.data.sizes['num_items']),

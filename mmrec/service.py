@@ -1,7 +1,8 @@
 """The scoring service: FastAPI over a serving directory (export.py).
 
-  POST /score                 user profile + history + candidate item ids ->
-                              click probabilities (vectors and item
+  POST /score                 user profile + history (+ long_history, for a
+                              model trained with one) + candidate item ids
+                              -> click probabilities (vectors and item
                               attributes looked up server-side)
   POST /items                 a new item (its vector, or its image + title
                               encoded by the warm exported encoder; its
@@ -26,6 +27,12 @@ Every input is validated (pydantic types and size limits, then the model's
 vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
 names the field (`loc`), as FastAPI's own validation errors do; bodies over
 `MAX_BODY_BYTES` get a 413 before they are read.
+
+Store versions: the service opens the store version its model pins (the
+manifest's `vector_store`); a new model version pinning another (the next
+batch embedding's, export.ensure_store) is served with that version, which
+first takes the items added to the old one since it was written (same ids);
+the old version is then closed, untouched.
 
 Hot reload: a thread polls `models/CURRENT`; a new version is loaded, checked
 against the store (same base vector table), given its vector table and
@@ -62,6 +69,7 @@ from mmrec import vector_store
 MAX_BODY_BYTES = 1 << 20
 MAX_CANDIDATES = 1000
 MAX_HISTORY = 1000
+MAX_LONG_HISTORY = 10000  # a body's bound; the model's own length is checked
 MAX_SIMILAR = 100
 ENV_DIR = 'MMREC_SERVING_DIR'
 ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
@@ -108,6 +116,8 @@ def request_models(schema):
     user: user_model
     history: list[Id] = pydantic.Field(default_factory=list,
                                        max_length=MAX_HISTORY)
+    long_history: list[Id] | None = pydantic.Field(
+        None, max_length=MAX_LONG_HISTORY)
     candidates: list[Id] = pydantic.Field(min_length=1,
                                           max_length=MAX_CANDIDATES)
 
@@ -117,6 +127,8 @@ def request_models(schema):
     user: user_model
     history: list[Id] = pydantic.Field(default_factory=list,
                                        max_length=MAX_HISTORY)
+    long_history: list[Id] | None = pydantic.Field(
+        None, max_length=MAX_LONG_HISTORY)
     items: list[Id] = pydantic.Field(min_length=1,
                                      max_length=MAX_CANDIDATES)
     labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
@@ -136,6 +148,12 @@ def _bad(loc, msg, value=None, status=422):
   return fastapi.HTTPException(status_code=status, detail=[detail])
 
 
+def _history(req):
+  """The request's short history, None if it sent none (`Serving._inputs`
+  then takes it from the long one)."""
+  return req.history if 'history' in req.model_fields_set else None
+
+
 class Live:
   """What one request uses: a model version, its vector table and how many
   items (ids 0..count-1) that table holds."""
@@ -152,22 +170,10 @@ class Serving:
     self.dir = serving_dir
     self.models_dir = os.path.join(serving_dir, 'models')
     self.index_dir = os.path.join(serving_dir, 'index')
-    self.store = vector_store.VectorStore(
-        os.path.join(serving_dir, 'vectors'), writable=True)
+    self.store_dir = os.path.join(serving_dir, 'vectors')
     ann_index.set_threads(1)  # requests run in parallel, not their insides
-    self.index = ann_index.AnnIndex.load(self.index_dir)
-    self.encoder = None
-    encoder_dir = os.path.join(serving_dir, 'encoder')
-    if os.path.exists(os.path.join(encoder_dir, serving_model.MANIFEST)):
-      self.encoder = serving_model.ServingEncoder(encoder_dir)
-      if self.encoder.manifest['table_sha256'] != self.store.manifest[
-          'source'].get('table_sha256'):
-        raise serving_model.ModelError(
-            f'{encoder_dir} did not make the store\'s vectors (other table)')
-      self.encoder.warm()
-    added = self.index.catch_up(self.store)
-    if added:
-      log.info('index: added %d store items it did not hold', added)
+    # Opened with the first model version: the store version it pins.
+    self.store = self.index = self.encoder = None
     self._write = threading.Lock()  # store + index + table, in one order
     self._index_lock = threading.Lock()
     self._set_rows = jax.jit(
@@ -196,41 +202,113 @@ class Serving:
 
   # ---------------------------------------------------------------- models
 
+  def _open_store(self, version):
+    """(store v{version} writable, its index, the encoder of its table or
+    None). A version written by the next batch embedding first takes the
+    items the service added to the version it carried over from after it
+    was written (`VectorStore.carry_from_source`)."""
+    store = vector_store.VectorStore(self.store_dir, version, writable=True)
+    try:
+      carried = store.carry_from_source()
+      if carried:
+        log.info('store v%d: carried over %d items added to v%d since',
+                 version, carried, store.manifest['source']['carried'][
+                     'from_version'])
+      index = ann_index.AnnIndex.load(self.index_dir)
+      if index.covers.get('store_version', version) != version:
+        # index/ holds another version's (the export rebuilds it with each
+        # store version): rebuilt here, seconds for a catalogue.
+        log.info('index covers store v%s, not v%d: rebuilding it',
+                 index.covers['store_version'], version)
+        index = ann_index.AnnIndex.build(store.dense(), kind=index.kind,
+                                         **index.params)
+      added = index.catch_up(store)
+      if added:
+        log.info('index: added %d store items it did not hold', added)
+      encoder = None
+      encoder_dir = os.path.join(self.dir, 'encoder')
+      if os.path.exists(os.path.join(encoder_dir, serving_model.MANIFEST)):
+        encoder = serving_model.ServingEncoder(encoder_dir)
+        if encoder.manifest['table_sha256'] != store.manifest['source'].get(
+            'table_sha256'):
+          if self.store is None:
+            raise serving_model.ModelError(
+                f'{encoder_dir} did not make the store\'s vectors (other '
+                'table)')
+          log.warning('%s did not make store v%d\'s vectors: new items by '
+                      'vector only', encoder_dir, version)
+          encoder = None
+        else:
+          encoder.warm()
+    except BaseException:
+      store.close()
+      raise
+    return store, index, encoder
+
   def _load(self, directory):
-    """Loads, checks and warms a version, then makes it live."""
+    """Loads, checks and warms a version, then makes it live; opens the
+    store version it pins if that is not the one served (the next batch
+    embedding's: `_open_store`)."""
     model = serving_model.ServingModel(directory)
+    pinned = model.manifest['vector_store']['version']
+    opened = None
+    if self.store is None or pinned != self.store.version:
+      opened = self._open_store(pinned)
+    try:
+      self._make_live(model, directory, *(opened or (self.store, self.index,
+                                                     self.encoder)))
+    except BaseException:
+      if opened:
+        opened[0].close()
+      raise
+
+  def _make_live(self, model, directory, store, index, encoder):
     schema = model.manifest['schema']
     if self.schema is not None and schema != self.schema:
       raise serving_model.ModelError(
           f'model {directory} has the schema {schema}, the service serves '
           f'{self.schema}: start a service for it')
     missing = sorted(set(model.manifest['item_attributes']) -
-                     set(self.store.attr_names))
+                     set(store.attr_names))
     if missing:
       raise serving_model.ModelError(
           f'model {directory} reads item attributes {missing} that the store '
-          f'v{self.store.version} lacks (it has {list(self.store.attr_names)})')
+          f'v{store.version} lacks (it has {list(store.attr_names)})')
     want = model.manifest['vector_store']['table_sha256']
-    have = self.store.manifest['source'].get('table_sha256')
+    have = store.manifest['source'].get('table_sha256')
     if want != have:
       raise serving_model.ModelError(
           f'model {directory} expects the vector table {want[:12]}..., the '
-          f'store v{self.store.version} holds {str(have)[:12]}...')
-    count = self.store.count
-    table = model.device_table(self.store.dense(0, count))
+          f'store v{store.version} holds {str(have)[:12]}...')
+    count = store.count
+    table = model.device_table(store.dense(0, count))
     # Seconds: outside the lock, adds go on meanwhile. Requests are scored
     # by score_request only, so score's own programs are not compiled.
     model.warm(table, rows=False)
     if table is not None:  # and the one-row update, for the first new item
       jax.block_until_ready(self._set_rows(table, 0, np.asarray(table[:1])))
+    old = self.store
     with self._write:
-      new = self.store.count
+      if store is not old:
+        # Items added to the old version while this one loaded: no add
+        # runs now, and the old one takes none after this block.
+        carried = store.carry_from_source()
+        if carried:
+          with self._index_lock:
+            index.catch_up(store)
+      new = store.count
       if table is not None and new > count:  # items added while warming
-        table = self._set_rows(table, count, self.store.dense(count, new))
+        table = self._set_rows(table, count, store.dense(count, new))
       # An 'id' model has no table, but its ID tables end at the capacity.
-      self.live = Live(model, table,
-                       min(new, model.manifest['item_capacity']))
+      live = Live(model, table, min(new, model.manifest['item_capacity']))
+      with self._index_lock:
+        self.store, self.index, self.encoder = store, index, encoder
+      self.live = live
       self.schema = schema
+    if old is not None and old is not store:
+      old.close()  # its rows stay mapped for requests still reading them
+      log.info('store v%d -> v%d (%d items)', old.version, store.version,
+               store.count)
 
   def reload(self):
     """Loads CURRENT if it changed; True if a new version went live."""
@@ -280,11 +358,17 @@ class Serving:
                  f'{size - 1})', int(arr.flat[i]))
     return arr
 
-  def _inputs(self, live, user, history, items, loc):
+  def _inputs(self, live, user, history, items, loc, long_history=None):
     """The model's inputs for one user's (history, items), checked against
     the live model's vocabularies and the items its table holds: (user,
     candidates), the user's fields and history as one row, the items'
-    fields as one row each (`ServingModel.score_request`)."""
+    fields as one row each (`ServingModel.score_request`).
+
+    A model trained with a long history (`long_seq_len` > 0) also gets
+    `long_history` (at most that long, most recent last). `history` None
+    means not sent: then the short history is the long one's most recent
+    L, and a long history not sent is the short one, since in training
+    (data/convert.py) both are the last behaviours of the same sequence."""
     model = live.model
     schema = model.manifest['schema']
     users = {'user_id': model.manifest['sizes']['num_users'],
@@ -294,11 +378,25 @@ class Serving:
                       field)
     count = live.count  # items this table holds (not one added meanwhile)
     items = self._check_ids(items, ['body', loc], count, 'item id')
-    hist = self._check_ids(history, ['body', 'history'], count, 'item id')
+    hist = self._check_ids(history or [], ['body', 'history'], count,
+                           'item id')
+    long_len = model.long_seq_len
+    if long_history is not None:
+      if len(long_history) > long_len:
+        raise _bad(['body', 'long_history'], f'has {len(long_history)} '
+                   f'behaviours; model {model.version} reads ' +
+                   (f'at most {long_len}' if long_len else
+                    'no long history'))
+      long = self._check_ids(long_history, ['body', 'long_history'], count,
+                             'item id')
+      if history is None:
+        hist = long
+    else:
+      long = hist[-long_len:] if long_len else hist[:0]
     seq_len = model.seq_len
     hist = hist[-seq_len:]
-    n, h = len(items), len(hist)
-    attrs = self.store.attributes(np.concatenate([items, hist]))
+    n, h, lh = len(items), len(hist), len(long)
+    attrs = self.store.attributes(np.concatenate([items, hist, long]))
     names = self.store.attr_names
     one = {f: np.array([getattr(user, f)], np.int64) for f in users}
     for f, bag in schema.get('user_bags', {}).items():
@@ -320,19 +418,28 @@ class Serving:
       one['seq_mask'][0, -h:] = True
       one['seq_item'][0, -h:] = hist
       for f in schema['seq']:
-        one[f'seq_{f}'][0, -h:] = attrs[n:, names.index(f)]
+        one[f'seq_{f}'][0, -h:] = attrs[n:n + h, names.index(f)]
+    for f in model.fields:  # those of the long history the model reads
+      if not f.startswith('long_seq_'):
+        continue
+      one[f] = np.zeros((1, long_len), bool if f == 'long_seq_mask' else
+                        np.int64)
+      if lh:
+        one[f][0, -lh:] = (True if f == 'long_seq_mask' else
+                           long if f == 'long_seq_item' else
+                           attrs[n + h:, names.index(f[len('long_seq_'):])])
     return one, cands
 
-  def _batch(self, live, user, history, items, loc):
+  def _batch(self, live, user, history, items, loc, long_history=None):
     """`_inputs` as model rows (the user's repeated for every item)."""
-    one, cands = self._inputs(live, user, history, items, loc)
+    one, cands = self._inputs(live, user, history, items, loc, long_history)
     n = len(cands['item_id'])
     return dict({k: np.repeat(v, n, 0) for k, v in one.items()}, **cands)
 
   def score(self, req):
     live = self.live
-    one, cands = self._inputs(live, req.user, req.history, req.candidates,
-                              'candidates')
+    one, cands = self._inputs(live, req.user, _history(req), req.candidates,
+                              'candidates', req.long_history)
     probs = live.model.score_request(one, cands, live.table)
     return {'model_version': live.model.version,
             'item_ids': cands['item_id'].tolist(),
@@ -346,8 +453,8 @@ class Serving:
     if len(req.labels) != len(req.items):
       raise _bad(['body', 'labels'], f'{len(req.labels)} labels for '
                  f'{len(req.items)} items')
-    batch = self._batch(self.live, req.user, req.history, req.items,
-                        'items')
+    batch = self._batch(self.live, req.user, _history(req), req.items,
+                        'items', req.long_history)
     batch['label'] = np.asarray(req.labels)
     self.logger.write_batch(batch)
     return {'logged': len(req.items)}

@@ -16,7 +16,8 @@ its candidates' fields: the service's path, whose program computes the
 history side once per request instead of once per candidate (versions
 exported before it existed fall back to `score` on the repeated rows).
 
-Shape letters: B rows, L behaviour-sequence length, C item capacity, Dv
+Shape letters: B rows, L behaviour-sequence length, Lh the long history's
+(long_seq_* fields, for a model trained with one), C item capacity, Dv
 vector width.
 """
 
@@ -98,6 +99,8 @@ class ServingModel:
     self.version = f'v{m["step"]}'
     self.buckets = tuple(sorted(m['buckets']))
     self.seq_len = m['seq_len']
+    # The long history's length, 0 if the model reads none (or predates it).
+    self.long_seq_len = m.get('long_seq_len', 0)
     self.fields = m['fields']
     self.needs_vectors = m['vectors'] is not None
     self.request_fields = m.get('request')  # None: exported before it

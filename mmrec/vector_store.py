@@ -22,6 +22,11 @@ crash; a torn last record (crash mid-write) fails its CRC and is cut off when
 the log is next opened for writing. New items take the next free id: ids stay
 dense, so a model's table can be indexed by them.
 
+The next batch embedding becomes a new version with `create_carrying`: the
+batch table's rows, then the items the current version holds beyond them,
+ids unchanged; a service that kept adding to the old version carries those
+over too when it opens the new one (`carry_from_source`).
+
 Numpy only: the scoring process reads the store without jax or the training
 code. `create` takes arrays; reading the embedding job's table is the
 exporter's business (export.py).
@@ -321,6 +326,27 @@ class VectorStore:
   def dense_attributes(self):
     return self.attributes(np.arange(self.count))
 
+  def carry_from_source(self):
+    """Appends the items of the version this one carried over from (see
+    `create_carrying`) that were added there after this version was
+    written: a service kept adding to it until it switched. Same ids;
+    returns how many. Writable stores only."""
+    carried = self.manifest['source'].get('carried')
+    if not carried or carried['from_version'] not in versions(self.root):
+      return 0
+    with VectorStore(self.root, carried['from_version'], verify=False) as old:
+      start, stop = self.count, old.count
+      if stop <= start:  # (once a service has switched, old is closed)
+        return 0
+      ids = np.arange(start, stop)
+      rows = old.lookup(ids)
+      attrs = _columns(old.attributes(ids), old.attr_names, self.attr_names)
+    for i, row, a in zip(ids, rows, attrs):
+      if self.add(row, a) != i:
+        raise StoreError(f'{self.path}: carrying item {i} from '
+                         f'v{carried["from_version"]} would change its id')
+    return len(ids)
+
   def close(self):
     if self._log is not None:
       self._log.close()
@@ -331,6 +357,46 @@ class VectorStore:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _columns(attrs, names, want):
+  """(n, len(names)) attributes -> the columns `want` (0 where absent)."""
+  out = np.zeros((len(attrs), len(want)), np.int32)
+  for j, name in enumerate(want):
+    if name in names:
+      out[:, j] = attrs[:, names.index(name)]
+  return out
+
+
+def create_carrying(root, vectors, attrs=None, attr_names=(), metadata=None):
+  """Writes a new batch table (ids 0..N-1) as a new current version that
+  also holds the current version's items beyond it (ids N.., added through
+  the service's delta or merged into its base): the next batch embedding
+  over a store that has served new items. Their ids, vectors and
+  attributes (matched by column name; 0 where the old version lacks one)
+  stay as they were; the old version is left as it is. Returns the new
+  version. Without a current version, `create`."""
+  vectors = _as_int8(np.asarray(vectors))
+  n = len(vectors)
+  attr_names = tuple(attr_names)
+  attrs = (np.zeros((n, 0), np.int32) if attrs is None
+           else np.asarray(attrs).astype(np.int32).reshape(n, -1))
+  try:
+    old = VectorStore(root, verify=False)
+  except StoreError:
+    return create(root, vectors, attrs, attr_names, metadata)
+  with old:
+    ids = np.arange(n, old.count)
+    if old.dim != vectors.shape[1] and len(ids):
+      raise StoreError(f'{root} v{old.version} holds {len(ids)} new items of '
+                       f'{old.dim}-d vectors, the new table is '
+                       f'{vectors.shape[1]}-d: they cannot be carried over')
+    rows = old.lookup(ids).reshape(len(ids), vectors.shape[1])
+    extra = _columns(old.attributes(ids), old.attr_names, attr_names)
+    metadata = dict(metadata or {}, carried={
+        'from_version': old.version, 'ids': [n, n + len(ids)]})
+  return create(root, np.concatenate([vectors, rows]),
+                np.concatenate([attrs, extra]), attr_names, metadata)
 
 
 def merge(root, metadata=None):

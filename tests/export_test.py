@@ -233,5 +233,47 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
                                model.score(rows, table), atol=1e-6)
 
 
+class LongHistoryExportTest(parameterized.TestCase):
+  """Models trained with a long history (a converted dataset's 30-long one
+  beside the 10 recent): SimTier over it, or a GSU retrieving from it."""
+
+  @parameterized.parameters('simtier', 'gsu')
+  def test_served_scores_equal_offline_evaluation(self, kind):
+    c, wd, _, directory = fixtures.exported_long_ctr(kind)
+    rows = _test_rows(c.data_dir)
+    model = serving_model.ServingModel(directory)
+    self.assertEqual(model.long_seq_len, 30)
+    want_long = ({'long_seq_item', 'long_seq_category', 'long_seq_mask'}
+                 if kind == 'gsu' else {'long_seq_item', 'long_seq_mask'})
+    self.assertEqual({f for f in model.fields if f.startswith('long_')},
+                     want_long)
+    self.assertEqual(model.fields['long_seq_item']['shape'], [30])
+    self.assertEqual({f for f in model.request_fields['user']
+                      if f.startswith('long_')}, want_long)
+    table = store_table(os.path.dirname(os.path.dirname(directory)), model)
+    pred = offline_predictions(c, wd)
+    probs, logits = model.score(rows, table, with_logits=True)
+    np.testing.assert_array_equal(pred['item_id'], rows['item_id'])
+    offline = 1 / (1 + np.exp(-pred['logit'].astype(np.float64)))
+    np.testing.assert_allclose(probs, offline, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(logits, pred['logit'], rtol=0, atol=1e-5)
+    # The request layout: the user's two histories once, its candidates.
+    spec = model.request_fields
+    for i, n in ((0, 1), (7, 13), (20, 70)):
+      user = {k: rows[k][i:i + 1] for k in spec['user']}
+      cands = {k: rows[k][i:i + n] for k in spec['candidates']}
+      repeated = dict({k: np.repeat(v, n, 0) for k, v in user.items()},
+                      **cands)
+      np.testing.assert_allclose(model.score_request(user, cands, table),
+                                 model.score(repeated, table), rtol=0,
+                                 atol=1e-6)
+
+  def test_world_model_reads_no_long_history(self):
+    _, _, _, directory = fixtures.exported_ctr('simtier_official')
+    model = serving_model.ServingModel(directory)
+    self.assertEqual(model.long_seq_len, 0)
+    self.assertFalse([f for f in model.fields if f.startswith('long_')])
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -108,3 +108,40 @@ def export_untrained_encoder(serving_dir):
       title_length=wc['title_length'],
       vocab_size=builders.vocab_size(small_ctr_world_dir()),
       table_sha256=sha)
+
+
+@functools.lru_cache(maxsize=None)
+def long_history_dir():
+  """A converted Taobao-MM-format dataset (readers_test's shards) with a
+  30-long history beside the 10-long one, and its int8 vector table."""
+  from experiments.configs import data as data_config  # pylint: disable=g-import-not-at-top
+  from mmrec.data import dataset_job  # pylint: disable=g-import-not-at-top
+  import readers_test  # pylint: disable=g-import-not-at-top
+  src = tempfile.mkdtemp(prefix='mmrec_long_src_')
+  readers_test.write_taobao_shards(src)
+  c = data_config.get_config('taobao_mm,tiny')
+  c.source_dir = src
+  c.convert.long_seq_len = 30
+  out = os.path.join(tempfile.mkdtemp(prefix='mmrec_long_'), 'data')
+  dataset_job.run(c, out)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def exported_long_ctr(kind):
+  """As `exported_ctr`, for a model trained with the long history:
+  kind 'simtier' = DIN over the recent 10 + SimTier over the 30-long
+  history (the official setting, small), 'gsu' = attention over the top 8
+  of the long history (retrieve_top_k), SimTier over the recent."""
+  data_dir = long_history_dir()
+  c = ctr_config.get_config('simtier_official,tiny')
+  c.data_dir = data_dir
+  c.vectors_path = os.path.join(data_dir, vector_table.FILE)
+  c.tower, c.attention_mlp, c.embed_dim = (16, 8), (8,), 8
+  c.batch_size, c.eval_batch_size, c.max_steps = 32, 128, 6
+  c.retrieve_top_k = 8 if kind == 'gsu' else 0
+  root = tempfile.mkdtemp(prefix=f'mmrec_export_long_{kind}_')
+  workdir, serving = os.path.join(root, 'ctr'), os.path.join(root, 'serving')
+  train_ctr.run(c, workdir)
+  return c, workdir, serving, export.export(export_config.get_config('tiny'),
+                                            workdir, serving)

@@ -20,15 +20,22 @@ import time
 from absl.testing import absltest
 from absl.testing import parameterized
 from fastapi import testclient
+from export_test import offline_predictions
 import fixtures
 import httpx
 import numpy as np
 import uvicorn
 
+from experiments.configs import ctr as ctr_config
+from experiments.configs import export as export_config
 from mmrec import ctr_data
+from mmrec import export
 from mmrec import impression_log
 from mmrec import serving_model
 from mmrec import service
+from mmrec import train_ctr
+from mmrec import vector_store
+from mmrec import vector_table
 
 VARIANT = 'simtier_official'
 
@@ -111,6 +118,9 @@ MALFORMED = [
     ('history_unknown', 'post', '/score', _with(history=[BIG]), 422,
      'history'),
     ('history_null', 'post', '/score', _with(history=None), 422, 'history'),
+    # This model was trained without a long history.
+    ('long_history_unread', 'post', '/score', _with(long_history=[1]), 422,
+     'long_history'),
     ('user_unknown', 'post', '/score',
      _with(user=dict(USER, user_id=BIG)), 422, 'user_id'),
     ('age_unknown', 'post', '/score', _with(user=dict(USER, age=BIG)), 422,
@@ -378,6 +388,157 @@ class ServiceTest(parameterized.TestCase):
     finally:
       server.should_exit = True
       thread.join(timeout=10)
+
+
+class NextBatchEmbeddingTest(absltest.TestCase):
+
+  def test_new_store_version_keeps_added_items_and_the_service_switches(self):
+    """Items added through the service, then the next batch embedding (a
+    new table) exported with a model trained for it: the new store version
+    holds the table's rows and the added items (same ids and vectors), the
+    old one is untouched, and the service's reload serves them, including
+    one added to the old version after the export."""
+    c, _, base, _ = fixtures.exported_ctr('id')
+    serving = os.path.join(tempfile.mkdtemp(), 'serving')
+    shutil.copytree(base, serving)
+    app = service.create_app(serving, reload_interval_s=0)
+    client = testclient.TestClient(app)
+    state = app.state.serving
+    try:
+      n = state.store.base_count
+      rng = np.random.default_rng(3)
+      vecs = rng.normal(size=(3, DIM))
+      added = [client.post('/items', json={
+          'vector': v.tolist(), 'category': 2 + i, 'shop': 1}).json()[
+              'item_id'] for i, v in enumerate(vecs[:2])]
+      self.assertEqual(added, [n, n + 1])
+      v1_rows = state.store.dense()
+      # The next batch embedding: another table for the catalogue, and a
+      # CTR model trained for it (an 'id' model: the store is its
+      # config.vectors_path), exported into the live serving directory.
+      table_path = os.path.join(tempfile.mkdtemp(), vector_table.FILE)
+      table = vector_table.load(fixtures.oracle_vectors_path())[0]
+      table = table + 0.2 * np.random.default_rng(9).normal(size=table.shape)
+      table /= np.linalg.norm(table, axis=1, keepdims=True)
+      vector_table.save(table_path, table.astype(np.float32),
+                        {'method': 'next_batch'})
+      c2 = ctr_config.get_config('id,tiny')
+      c2.update(data_dir=c.data_dir, vectors_path=c.vectors_path,
+                tower=c.tower, attention_mlp=c.attention_mlp,
+                embed_dim=c.embed_dim, max_steps=12)
+      workdir = os.path.join(tempfile.mkdtemp(), 'ctr')
+      train_ctr.run(c2, workdir)
+      ec = export_config.get_config('tiny')
+      ec.vectors_path = table_path
+      export.export(ec, workdir, serving)
+      # Added to the old version after the export, before the reload.
+      late = client.post('/items', json={'vector': vecs[2].tolist(),
+                                         'category': 4, 'shop': 1}).json()
+      self.assertEqual(late['item_id'], n + 2)
+      root = os.path.join(serving, export.VECTORS)
+      with vector_store.VectorStore(root) as s:
+        self.assertEqual((s.version, s.count), (2, n + 2))
+        self.assertEqual(s.manifest['source']['carried'],
+                         {'from_version': 1, 'ids': [n, n + 2]})
+        np.testing.assert_array_equal(s.dense(0, n),
+                                      vector_store.quantize(table))
+        np.testing.assert_array_equal(s.dense(n, n + 2), v1_rows[n:])
+        np.testing.assert_array_equal(s.attributes(added)[:, 0], [2, 3])
+      with vector_store.VectorStore(root, version=1) as s:  # untouched
+        self.assertEqual((s.base_count, s.count), (n, n + 3))
+        np.testing.assert_array_equal(s.dense(0, n + 2), v1_rows)
+      # The reload: the new model pins store v2; the service opens it,
+      # carrying the late item over, and serves all three.
+      self.assertTrue(state.reload())
+      health = client.get('/health').json()
+      self.assertEqual((health['model_version'], health['store_version'],
+                        health['items'], health['index_items']),
+                       ('v12', 2, n + 3, n + 3))
+      np.testing.assert_array_equal(
+          state.store.lookup([n + 2])[0],
+          vector_store.quantize(vecs[2] / np.linalg.norm(vecs[2])))
+      r = client.post('/score', json=_with(candidates=[n, n + 1, n + 2, 4],
+                                           history=[n + 2, 1]))
+      self.assertEqual(r.status_code, 200, r.text)
+      self.assertEqual(r.json()['model_version'], 'v12')
+      r = client.get(f'/items/{n + 2}/similar?k=2')
+      self.assertEqual(r.status_code, 200, r.text)
+      # New items now go to v2's delta, after the carried ones.
+      r = client.post('/items', json={'vector': vecs[0].tolist(),
+                                      'category': 2, 'shop': 1})
+      self.assertEqual(r.json()['item_id'], n + 3)
+      self.assertEqual(
+          client.get(f'/items/{n + 3}/similar?k=1').json()['similar'], [n])
+    finally:
+      state.close()
+    again = service.Serving(serving, reload_interval_s=0)  # a restart
+    try:
+      self.assertEqual((again.store.version, again.store.count), (2, n + 4))
+      self.assertEqual(again.index.count, n + 4)
+    finally:
+      again.close()
+
+
+class LongHistoryServiceTest(parameterized.TestCase):
+  """/score with a long history, for models trained with one (the official
+  setting, small: SimTier over the 30-long history; and a GSU)."""
+
+  @parameterized.parameters('simtier', 'gsu')
+  def test_long_history_scores_equal_offline_and_bad_ones_get_422(self,
+                                                                  kind):
+    c, wd, serving, _ = fixtures.exported_long_ctr(kind)
+    path = os.path.join(tempfile.mkdtemp(), 'serving')
+    shutil.copytree(serving, path)
+    app = service.create_app(path, reload_interval_s=0)
+    client = testclient.TestClient(app)
+    try:
+      pred = offline_predictions(c, wd)
+      ds = ctr_data.CtrData.load(c.data_dir).dataset('test', 1024)
+      rows = ds[0]
+      np.testing.assert_array_equal(rows['item_id'], pred['item_id'][
+          :len(rows['item_id'])])
+      offline = 1 / (1 + np.exp(-pred['logit'].astype(np.float64)))
+      schema = app.state.serving.live.model.manifest['schema']
+      for i in range(0, len(rows['item_id']), 9):
+        user = {f: int(rows[f][i]) for f in ['user_id', *schema['user']]}
+        long = rows['long_seq_item'][i][rows['long_seq_mask'][i]].tolist()
+        req = {'user': user, 'candidates': [int(rows['item_id'][i])],
+               'history': rows['seq_item'][i][rows['seq_mask'][i]].tolist(),
+               'long_history': long}
+        r = client.post('/score', json=req)
+        self.assertEqual(r.status_code, 200, r.text)
+        np.testing.assert_allclose(r.json()['probabilities'], [offline[i]],
+                                   rtol=0, atol=1e-6)
+        # No short history sent: the long one's most recent 10, as the
+        # converter stores them.
+        del req['history']
+        r = client.post('/score', json=req)
+        np.testing.assert_allclose(r.json()['probabilities'], [offline[i]],
+                                   rtol=0, atol=1e-6)
+      # One user, several candidates (the request program): the same as
+      # the rows that repeat the user's fields and histories.
+      live = app.state.serving.live
+      cands = rows['item_id'][:12]
+      batch = {k: np.repeat(v[:1], 12, 0) for k, v in rows.items()}
+      for k in live.model.request_fields['candidates']:
+        batch[k] = rows[k][:12]
+      req['candidates'] = cands.tolist()
+      req['user'] = {f: int(rows[f][0]) for f in ['user_id', *schema['user']]}
+      req['long_history'] = rows['long_seq_item'][0][
+          rows['long_seq_mask'][0]].tolist()
+      got = client.post('/score', json=req).json()['probabilities']
+      np.testing.assert_allclose(got, live.model.score(batch, live.table),
+                                 rtol=0, atol=1e-6)
+      for bad, msg in (([1] * 31, 'at most 30'), ([1, 10**6], 'unknown'),
+                       (['1'], None), ([-1], None)):
+        r = client.post('/score', json=dict(req, long_history=bad))
+        self.assertEqual(r.status_code, 422, r.text)
+        detail, = r.json()['detail']
+        self.assertIn('long_history', detail['loc'])
+        if msg:
+          self.assertIn(msg, detail['msg'])
+    finally:
+      app.state.serving.close()
 
 
 if __name__ == '__main__':

@@ -99,6 +99,56 @@ class VectorStoreTest(absltest.TestCase):
     with self.assertRaisesRegex(vector_store.StoreError, 'no vector store'):
       vector_store.VectorStore(os.path.join(self.root, 'nope'))
 
+  def test_next_batch_table_carries_over_new_items(self):
+    new = _unit(3, 8, seed=1)
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      ids = [s.add(v, (9, i)) for i, v in enumerate(new[:2])]
+    self.assertEqual(ids, [50, 51])
+    # The next batch embedding: other vectors for the 50 catalogue items,
+    # and a column order the old version does not have.
+    batch = _unit(50, 8, seed=2)
+    attrs = np.stack([np.arange(50) % 3, np.arange(50) % 7], 1)
+    v2 = vector_store.create_carrying(self.root, batch, attrs,
+                                      ('shop', 'category'), {'method': 'u'})
+    self.assertEqual(v2, 2)
+    with vector_store.VectorStore(self.root) as s:
+      self.assertEqual((s.version, s.base_count, s.delta_count), (2, 52, 0))
+      self.assertEqual(s.manifest['source'], {
+          'method': 'u', 'carried': {'from_version': 1, 'ids': [50, 52]}})
+      np.testing.assert_array_equal(s.dense(0, 50),
+                                    vector_store.quantize(batch))
+      np.testing.assert_array_equal(s.lookup([50, 51]),
+                                    vector_store.quantize(new[:2]))
+      np.testing.assert_array_equal(s.attributes([50, 51]), [[0, 9], [1, 9]])
+      np.testing.assert_array_equal(s.attributes([3]), [[0, 3]])
+    # The old version is as it was; a writer still on it (a service not yet
+    # switched) adds one more, which the new version takes when opened.
+    with vector_store.VectorStore(self.root, version=1, writable=True) as s:
+      self.assertEqual((s.base_count, s.count), (50, 52))
+      np.testing.assert_array_equal(s.dense(0, 50),
+                                    vector_store.quantize(self.vecs))
+      self.assertEqual(s.add(new[2], (4, 5)), 52)
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      self.assertEqual(s.carry_from_source(), 1)
+      self.assertEqual(s.carry_from_source(), 0)
+      np.testing.assert_array_equal(s.lookup([52])[0],
+                                    vector_store.quantize(new[2]))
+      np.testing.assert_array_equal(s.attributes([52]), [[5, 4]])
+      self.assertEqual(s.add(new[0], (1, 1)), 53)
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      self.assertEqual((s.count, s.carry_from_source()), (54, 0))
+    # A batch table covering the new ids replaces them (ids are identity).
+    self.assertEqual(vector_store.create_carrying(
+        self.root, _unit(53, 8, seed=3), None, ()), 3)
+    with vector_store.VectorStore(self.root) as s:
+      self.assertEqual(s.count, 54)
+      self.assertEqual(s.manifest['source']['carried']['ids'], [53, 54])
+    # Without a store: a first version, nothing carried.
+    other = os.path.join(self.root, 'fresh')
+    self.assertEqual(vector_store.create_carrying(other, batch), 1)
+    with vector_store.VectorStore(other) as s:
+      self.assertNotIn('carried', s.manifest['source'])
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -7,8 +7,11 @@ Reads the CTR run's latest checkpoint and writes, under `serving_dir`
 (default: the workdir), `models/v{step}/` (jax.export program, variables,
 manifest) and points `models/CURRENT` at it; builds `vectors/` (the int8
 vector store with item attributes) and `index/` (faiss IVF) from the run's
-`item_vectors.npz` unless the store already holds that table. Seconds on a
-2-core CPU for the demo world. `:tiny` shrinks the item capacity and buckets.
+`item_vectors.npz` unless the store already holds that table. A new table
+(the next batch embedding) becomes a new store version that also holds the
+items added through the service since (same ids), and the service switches
+to it with the model version exported against it. Seconds on a 2-core CPU
+for the demo world. `:tiny` shrinks the item capacity and buckets.
 """
 
 import ml_collections
