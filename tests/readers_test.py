@@ -86,6 +86,17 @@ def write_movielens(directory, release, seed=0):
 
 class MovieLensTest(parameterized.TestCase):
 
+  def test_label_threshold_is_part_of_the_conversion(self):
+    src = tempfile.mkdtemp()
+    write_movielens(src, 'ml-100k')
+    c = _config('movielens', src)
+    out = os.path.join(tempfile.mkdtemp(), 'data')
+    m = dataset_job.run(c, out)
+    self.assertEqual(dataset_job.run(c, out), m)  # reused
+    c.label_threshold = 3.0  # other clicks: must not reuse the dataset
+    with self.assertRaisesRegex(FileExistsError, 'already holds a dataset'):
+      dataset_job.run(c, out)
+
   @parameterized.parameters('ml-100k', 'ml-1m', 'ml-latest')
   def test_converts(self, release):
     src = tempfile.mkdtemp()

@@ -47,6 +47,8 @@ def _conversion(config):
   if config.source in config:
     out[config.source] = json.loads(
         config[config.source].to_json_best_effort())
+  if config.source == 'movielens':  # which ratings are clicks
+    out['label_threshold'] = float(config.label_threshold)
   return out
 
 
