@@ -32,7 +32,7 @@ demo: $(STAMP)
 	  --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.main --config=experiments/configs/bench.py \
