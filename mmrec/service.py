@@ -26,7 +26,7 @@ clients).
 Every input is validated (pydantic types and size limits, then the model's
 vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
 names the field (`loc`), as FastAPI's own validation errors do; bodies over
-`MAX_BODY_BYTES` get a 413 before they are read.
+`MAX_BODY_BYTES` (service_requests.py) get a 413 before they are read.
 
 Store versions: the service opens the store version its model pins (the
 manifest's `vector_store`); a new model version pinning another (the next
@@ -59,99 +59,16 @@ import fastapi
 from fastapi import responses
 import jax
 import numpy as np
-import pydantic
 
 from mmrec import ann_index
 from mmrec import impression_log
 from mmrec import serving_model
+from mmrec import service_requests as reqs
 from mmrec import vector_store
 
-MAX_BODY_BYTES = 1 << 20
-MAX_CANDIDATES = 1000
-MAX_HISTORY = 1000
-MAX_LONG_HISTORY = 10000  # a body's bound; the model's own length is checked
-MAX_SIMILAR = 100
 ENV_DIR = 'MMREC_SERVING_DIR'
 ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
 log = logging.getLogger('mmrec.service')
-
-Id = Annotated[int, pydantic.Field(strict=True, ge=0, le=2**31 - 1)]
-
-
-class Strict(pydantic.BaseModel):
-  model_config = pydantic.ConfigDict(extra='forbid', strict=True)
-
-
-class ItemBase(Strict):
-  """A new item: its vector, or its image and title (encoded here); the
-  declared item features come from `request_models`."""
-  vector: list[float] | None = pydantic.Field(None, min_length=1,
-                                              max_length=4096)
-  image: str | None = pydantic.Field(None, max_length=1 << 19)  # base64
-  title: list[Id] | None = pydantic.Field(None, max_length=1024)
-
-
-def request_models(schema):
-  """(ScoreRequest, ImpressionRequest, ItemRequest) pydantic models of a
-  model manifest's `schema`: every declared feature a required field, so a
-  missing or extra one is FastAPI's own 422 naming it. Vocabulary sizes
-  are checked per request, against the live model (`Serving._inputs`)."""
-  clash = sorted((set(schema['item']) | set(schema['bags']))
-                 & set(ItemBase.model_fields))
-  if clash:
-    raise serving_model.ModelError(f'item features {clash} collide with the '
-                                   "/items request's own fields")
-  # A bag is its ids (at most its width; 0 = empty slot, as stored).
-  def bags(table):
-    return {f: (list[Id], pydantic.Field(default_factory=list,
-                                         max_length=b['width']))
-            for f, b in table.items()}
-
-  user_model = pydantic.create_model(
-      'User', __base__=Strict, user_id=(Id, ...),
-      **{f: (Id, ...) for f in schema['user']},
-      **bags(schema.get('user_bags', {})))
-
-  class ScoreRequest(Strict):
-    user: user_model
-    history: list[Id] = pydantic.Field(default_factory=list,
-                                       max_length=MAX_HISTORY)
-    long_history: list[Id] | None = pydantic.Field(
-        None, max_length=MAX_LONG_HISTORY)
-    candidates: list[Id] = pydantic.Field(min_length=1,
-                                          max_length=MAX_CANDIDATES)
-
-  class ImpressionRequest(Strict):
-    """Items shown to a user (with the history they were scored with) and
-    whether each was clicked: near-line training data."""
-    user: user_model
-    history: list[Id] = pydantic.Field(default_factory=list,
-                                       max_length=MAX_HISTORY)
-    long_history: list[Id] | None = pydantic.Field(
-        None, max_length=MAX_LONG_HISTORY)
-    items: list[Id] = pydantic.Field(min_length=1,
-                                     max_length=MAX_CANDIDATES)
-    labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
-        pydantic.Field(min_length=1, max_length=MAX_CANDIDATES))
-
-  item = pydantic.create_model(
-      'ItemRequest', __base__=ItemBase,
-      **{f: (Id, ...) for f in schema['item']}, **bags(schema['bags']))
-  return ScoreRequest, ImpressionRequest, item
-
-
-def _bad(loc, msg, value=None, status=422):
-  """A 4xx in FastAPI's validation-error shape, naming the field."""
-  detail = {'loc': list(loc), 'msg': msg, 'type': 'value_error'}
-  if value is not None:
-    detail['input'] = value
-  return fastapi.HTTPException(status_code=status, detail=[detail])
-
-
-def _history(req):
-  """The request's short history, None if it sent none (`Serving._inputs`
-  then takes it from the long one)."""
-  return req.history if 'history' in req.model_fields_set else None
 
 
 class Live:
@@ -186,7 +103,7 @@ class Serving:
     self._load(serving_model.current(self.models_dir))
     # The requests' pydantic models (FastAPI validates bodies with them).
     self.score_request, self.impression_request, self.item_request = (
-        request_models(self.schema))
+        reqs.request_models(self.schema))
     self.started = time.time()
     self.requests = collections.Counter()
     self.latency = collections.defaultdict(lambda: collections.deque(
@@ -353,9 +270,9 @@ class Serving:
     bad = np.flatnonzero(arr >= size)
     if len(bad):
       i = int(bad[0])
-      raise _bad(loc + ([i] if arr.ndim else []),
-                 f'{what} {int(arr.flat[i])} is unknown (valid: 0..'
-                 f'{size - 1})', int(arr.flat[i]))
+      raise reqs.bad(loc + ([i] if arr.ndim else []),
+                     f'{what} {int(arr.flat[i])} is unknown (valid: 0..'
+                     f'{size - 1})', int(arr.flat[i]))
     return arr
 
   def _inputs(self, live, user, history, items, loc, long_history=None):
@@ -383,10 +300,10 @@ class Serving:
     long_len = model.long_seq_len
     if long_history is not None:
       if len(long_history) > long_len:
-        raise _bad(['body', 'long_history'], f'has {len(long_history)} '
-                   f'behaviours; model {model.version} reads ' +
-                   (f'at most {long_len}' if long_len else
-                    'no long history'))
+        raise reqs.bad(['body', 'long_history'], f'has {len(long_history)} '
+                       f'behaviours; model {model.version} reads ' +
+                       (f'at most {long_len}' if long_len else
+                        'no long history'))
       long = self._check_ids(long_history, ['body', 'long_history'], count,
                              'item id')
       if history is None:
@@ -438,8 +355,8 @@ class Serving:
 
   def score(self, req):
     live = self.live
-    one, cands = self._inputs(live, req.user, _history(req), req.candidates,
-                              'candidates', req.long_history)
+    one, cands = self._inputs(live, req.user, reqs.history(req), req.candidates,
+                                  'candidates', req.long_history)
     probs = live.model.score_request(one, cands, live.table)
     return {'model_version': live.model.version,
             'item_ids': cands['item_id'].tolist(),
@@ -448,13 +365,13 @@ class Serving:
   def log_impressions(self, req):
     """Shown items and their clicks -> the near-line log, as model rows."""
     if self.logger is None:
-      raise _bad(['body'], 'this service logs no impressions (start it with '
-                 f'{ENV_LOG_DIR} set)', status=409)
+      raise reqs.bad(['body'], 'this service logs no impressions (start it '
+                     f'with {ENV_LOG_DIR} set)', status=409)
     if len(req.labels) != len(req.items):
-      raise _bad(['body', 'labels'], f'{len(req.labels)} labels for '
-                 f'{len(req.items)} items')
-    batch = self._batch(self.live, req.user, _history(req), req.items,
-                        'items', req.long_history)
+      raise reqs.bad(['body', 'labels'], f'{len(req.labels)} labels for '
+                     f'{len(req.items)} items')
+    batch = self._batch(self.live, req.user, reqs.history(req), req.items,
+                            'items', req.long_history)
     batch['label'] = np.asarray(req.labels)
     self.logger.write_batch(batch)
     return {'logged': len(req.items)}
@@ -465,26 +382,26 @@ class Serving:
     """The request's image + title -> vector (the warm encoder)."""
     enc = self.encoder
     if req.image is None and req.title is None:
-      raise _bad(['body', 'vector'], 'a new item needs a vector, or an '
-                 'image and a title')
+      raise reqs.bad(['body', 'vector'], 'a new item needs a vector, or an '
+                     'image and a title')
     if enc is None:
-      raise _bad(['body', 'image'], 'this service has no item encoder (its '
-                 'store was made by an untrained reference): send a vector')
+      raise reqs.bad(['body', 'image'], 'this service has no item encoder (its '
+                     'store was made by an untrained reference): send a vector')
     if req.image is None or req.title is None:
       missing = 'image' if req.image is None else 'title'
-      raise _bad(['body', missing], 'an item without a vector needs both an '
-                 'image and a title')
+      raise reqs.bad(['body', missing], 'an item without a vector needs both '
+                     'an image and a title')
     try:
       raw = base64.b64decode(req.image, validate=True)
     except (binascii.Error, ValueError) as e:
-      raise _bad(['body', 'image'], f'is not base64 ({e})') from e
+      raise reqs.bad(['body', 'image'], f'is not base64 ({e})') from e
     want = int(np.prod(enc.image_shape))
     if len(raw) != want:
-      raise _bad(['body', 'image'], f'decodes to {len(raw)} bytes; images '
-                 f'are {enc.image_shape} uint8 = {want} bytes')
+      raise reqs.bad(['body', 'image'], f'decodes to {len(raw)} bytes; images '
+                     f'are {enc.image_shape} uint8 = {want} bytes')
     if len(req.title) > enc.title_length:
-      raise _bad(['body', 'title'], f'has {len(req.title)} tokens, at most '
-                 f'{enc.title_length}')
+      raise reqs.bad(['body', 'title'], f'has {len(req.title)} tokens, at most '
+                     f'{enc.title_length}')
     self._check_ids(req.title, ['body', 'title'], enc.vocab_size,
                     'token id')
     title = np.zeros(enc.title_length, np.int32)
@@ -496,16 +413,16 @@ class Serving:
     schema = self.live.model.manifest['schema']
     if req.vector is not None and (req.image is not None or
                                    req.title is not None):
-      raise _bad(['body', 'vector'], 'send a vector or an image + title, '
-                 'not both')
+      raise reqs.bad(['body', 'vector'], 'send a vector or an image + title, '
+                     'not both')
     v = np.asarray(req.vector if req.vector is not None else
                    self._encode(req), np.float32)
     if len(v) != self.store.dim:
-      raise _bad(['body', 'vector'], f'has {len(v)} values, items are '
-                 f'{self.store.dim}-d vectors')
+      raise reqs.bad(['body', 'vector'], f'has {len(v)} values, items are '
+                     f'{self.store.dim}-d vectors')
     norm = float(np.linalg.norm(v)) if np.isfinite(v).all() else math.nan
     if not norm > 1e-6 or not math.isfinite(norm):
-      raise _bad(['body', 'vector'], 'must be finite and non-zero')
+      raise reqs.bad(['body', 'vector'], 'must be finite and non-zero')
     values = {}
     for f, size in schema['item'].items():
       values[f] = self._check_ids(getattr(req, f), ['body', f], size, f)
@@ -519,9 +436,10 @@ class Serving:
     with self._write:
       live = self.live
       if self.store.count >= live.model.manifest['item_capacity']:
-        raise _bad(['body'], f'the model {live.model.version} holds at most '
-                   f'{live.model.manifest["item_capacity"]} items; export '
-                   'it with a larger config.item_capacity', status=507)
+        cap = live.model.manifest['item_capacity']
+        raise reqs.bad(['body'], f'the model {live.model.version} holds at '
+                       f'most {cap} items; export it with a larger '
+                       'config.item_capacity', status=507)
       item = self.store.add(v, attrs)
       with self._index_lock:
         self.index.add(v[None], [item])
@@ -598,10 +516,10 @@ class LimitAndTime:
 
     length = dict(scope['headers']).get(b'content-length')
     if length is not None and (not length.isdigit() or
-                               int(length) > MAX_BODY_BYTES):
+                               int(length) > reqs.MAX_BODY_BYTES):
       response = responses.JSONResponse(status_code=413, content={
           'detail': [{'loc': ['body'], 'msg': f'body larger than '
-                      f'{MAX_BODY_BYTES} bytes', 'type': 'too_large'}]})
+                      f'{reqs.MAX_BODY_BYTES} bytes', 'type': 'too_large'}]})
       await response(scope, receive, send_and_note)
     else:
       await self.app(scope, receive, send_and_note)
@@ -657,7 +575,7 @@ def create_app(serving_dir, reload_interval_s=1.0, **logging_kwargs):
 
   @app.get('/items/{item_id}/similar')
   def similar(item_id: Annotated[int, fastapi.Path(ge=0, le=2**31 - 1)],
-              k: Annotated[int, fastapi.Query(ge=1, le=MAX_SIMILAR)] = 10):
+              k: Annotated[int, fastapi.Query(ge=1, le=reqs.MAX_SIMILAR)] = 10):
     return serving.similar(item_id, k)
 
   @app.get('/health')

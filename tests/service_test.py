@@ -33,6 +33,7 @@ from mmrec import export
 from mmrec import impression_log
 from mmrec import serving_model
 from mmrec import service
+from mmrec import service_requests
 from mmrec import train_ctr
 from mmrec import vector_store
 from mmrec import vector_table
@@ -102,9 +103,11 @@ MALFORMED = [
     ('empty_candidates', 'post', '/score', _with(candidates=[]), 422,
      'candidates'),
     ('too_many_candidates', 'post', '/score',
-     _with(candidates=[1] * (service.MAX_CANDIDATES + 1)), 422, 'candidates'),
+     _with(candidates=[1] * (service_requests.MAX_CANDIDATES + 1)), 422,
+     'candidates'),
     ('too_long_history', 'post', '/score',
-     _with(history=[1] * (service.MAX_HISTORY + 1)), 422, 'history'),
+     _with(history=[1] * (service_requests.MAX_HISTORY + 1)), 422,
+     'history'),
     ('candidate_string', 'post', '/score', _with(candidates=['4']), 422,
      'candidates'),
     ('candidate_float', 'post', '/score', _with(candidates=[4.5]), 422,
@@ -130,8 +133,8 @@ MALFORMED = [
     ('city_missing', 'post', '/score',
      _with(user={k: v for k, v in USER.items() if k != 'city'}), 422, 'city'),
     ('extra_field', 'post', '/score', _with(labels=[1]), 422, 'labels'),
-    ('too_large_body', 'post', '/score', b' ' * (service.MAX_BODY_BYTES + 1),
-     413, 'body'),
+    ('too_large_body', 'post', '/score',
+     b' ' * (service_requests.MAX_BODY_BYTES + 1), 413, 'body'),
     ('item_no_vector', 'post', '/items', {'category': 1, 'shop': 1}, 422,
      'vector'),
     ('item_wrong_dim', 'post', '/items',
