@@ -47,7 +47,7 @@ ID_VECTORS_DIR = 'id_similarity'
 # Not group 0 alone, and never compared with the head: a group of a few heavy
 # items can hold a couple of items with identical inputs in every variant.
 TAIL_GROUPS = 3
-# The pairwise comparisons reproduce.claims tests: (better, worse) as paper.md
+# The pairwise comparisons claims.claims tests: (better, worse) as paper.md
 # says "SimTier and MAKE each clearly beat Vector and SimScore".
 # Then the baselines a multimodal gain is also read against: the ID-statistics
 # LR (the content curve's best ID baseline may be it) and the ID-similarity

@@ -35,7 +35,7 @@ COMPARISONS_FILE = 'pretrain_comparisons.json'
 # {'ran': [methods], 'skipped': {method: why}, 'notes': {method: note},
 # 'eval': embed.eval_info}.
 PLAN_FILE = 'pretrain_plan.json'
-# The orderings paper.md reports (reproduce.claims): (better, worse).
+# The orderings paper.md reports (claims.claims): (better, worse).
 PAIRS = (('scl', 'clip_e'), ('clip_e', 'clip_o'), ('scl', 'scl_no_queue'),
          ('scl', 'scl_no_hard_neg'))
 

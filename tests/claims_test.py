@@ -1,4 +1,4 @@
-"""The claim criteria (experiments/reproduce.py:claims) on hand-made inputs.
+"""The claim criteria (experiments/claims.py) on hand-made inputs.
 
 Hand-made predictions go through the sweep's bootstrap
 (ctr_sweep.intervals) and then the claims, so a claim passes only when the
@@ -8,8 +8,8 @@ rows show the effect; hand-made interval cells pin the ratio rules.
 from absl.testing import absltest
 import numpy as np
 
+from experiments import claims
 from experiments import ctr_sweep
-from experiments import reproduce
 from mmrec import bootstrap
 
 N, USERS, SEEDS = 12_000, 400, 2
@@ -63,7 +63,7 @@ def _by_id(claims):
 
 
 def _claims(predictions):
-  return _by_id(reproduce.claims({}, _ctr(predictions)))
+  return _by_id(claims.claims({}, _ctr(predictions)))
 
 
 class CtrClaimsFromPredictionsTest(absltest.TestCase):
@@ -84,11 +84,11 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     same = m.model(2.0)
     c = _claims({'id': same, 'simtier_make': same})
     for cid in ('simtier_make_gauc_gain', 'simtier_make_auc_gain'):
-      self.assertEqual(c[cid]['verdict'], reproduce.NOT_REPRODUCED, cid)
+      self.assertEqual(c[cid]['verdict'], claims.NOT_REPRODUCED, cid)
       self.assertFalse(c[cid]['reproduced'])
       self.assertEqual(c[cid]['interval'], [0.0, 0.0])
     self.assertEqual(c['gains_largest_on_long_tail_and_new_items']['verdict'],
-                     reproduce.NOT_REPRODUCED)
+                     claims.NOT_REPRODUCED)
 
   def test_effect_inside_the_noise_is_not_reproduced(self):
     m = self._models()
@@ -99,7 +99,7 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     lo, hi = gain['interval']
     self.assertLess(lo, 0)
     self.assertGreater(hi, 0)
-    self.assertEqual(gain['verdict'], reproduce.NOT_REPRODUCED)
+    self.assertEqual(gain['verdict'], claims.NOT_REPRODUCED)
     self.assertIn('does not exclude 0', gain['statement'])
 
   def test_large_genuine_gain_is_direction_only(self):
@@ -108,7 +108,7 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     gain = c['simtier_make_gauc_gain']
     self.assertGreater(gain['interval'][0], 0)
     self.assertGreater(gain['ratio_to_paper'], 2)  # ~10% GAUC vs. +1.25%
-    self.assertEqual(gain['verdict'], reproduce.DIRECTION_ONLY)
+    self.assertEqual(gain['verdict'], claims.DIRECTION_ONLY)
     self.assertFalse(gain['reproduced'])
     self.assertTrue(gain['statement'].startswith('direction only: +'))
 
@@ -117,7 +117,7 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     better_there = m.model(1.0, where=self.tail | self.new)
     c = _claims({'id': m.model(2.0), 'simtier_make': better_there})
     claim = c['gains_largest_on_long_tail_and_new_items']
-    self.assertEqual(claim['verdict'], reproduce.REPRODUCED, claim)
+    self.assertEqual(claim['verdict'], claims.REPRODUCED, claim)
     self.assertGreater(claim['interval']['tail - all'][0], 0)
     self.assertGreater(claim['measured']['tail'], claim['measured']['all'])
 
@@ -127,7 +127,7 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     better_elsewhere = m.model(1.0, where=~self.tail)
     c = _claims({'id': m.model(2.0), 'simtier_make': better_elsewhere})
     claim = c['gains_largest_on_long_tail_and_new_items']
-    self.assertEqual(claim['verdict'], reproduce.NOT_REPRODUCED)
+    self.assertEqual(claim['verdict'], claims.NOT_REPRODUCED)
     self.assertLess(claim['interval']['tail - all'][1], 0)
 
   def test_degenerate_slice_is_insufficient_data(self):
@@ -140,7 +140,7 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     c = _claims({'id': m.model(2.0),
                  'simtier_make': m.model(1.0, where=self.tail | self.new)})
     claim = c['gains_largest_on_long_tail_and_new_items']
-    self.assertEqual(claim['verdict'], reproduce.INSUFFICIENT, claim)
+    self.assertEqual(claim['verdict'], claims.INSUFFICIENT, claim)
     self.assertIsNone(claim['interval']['new - all'])
     self.assertFalse(claim['reproduced'])
     self.assertIn('insufficient data', claim['statement'])
@@ -151,12 +151,12 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     preds = {'id': weak, 'vector': weak, 'simscore': m.model(2.0)}
     preds.update({v: m.model(1.0) for v in IMPROVED})
     claim = _claims(preds)['simtier_and_make_beat_vector_and_simscore']
-    self.assertEqual(claim['verdict'], reproduce.REPRODUCED, claim)
+    self.assertEqual(claim['verdict'], claims.REPRODUCED, claim)
     self.assertLen(claim['interval'], 6)
     # MAKE no better than Vector: one pair fails, the claim fails.
     preds['make'] = weak
     claim = _claims(preds)['simtier_and_make_beat_vector_and_simscore']
-    self.assertEqual(claim['verdict'], reproduce.NOT_REPRODUCED)
+    self.assertEqual(claim['verdict'], claims.NOT_REPRODUCED)
     self.assertEqual(claim['interval']['make - vector'], [0.0, 0.0])
 
 
@@ -164,43 +164,43 @@ class GainVerdictTest(absltest.TestCase):
   """The ratio rules on hand-made interval cells (% deltas)."""
 
   def _verdict(self, delta, ci, paper=1.25):
-    return reproduce.gain_verdict({'delta_pct': delta, 'ci_pct': ci}, paper)
+    return claims.gain_verdict({'delta_pct': delta, 'ci_pct': ci}, paper)
 
   def test_verdicts(self):
     for delta, ci, want in (
-        (1.3, [0.6, 2.0], reproduce.REPRODUCED),
-        (0.7, [0.1, 1.3], reproduce.REPRODUCED),  # 0.56x
-        (6.25, [4.0, 8.5], reproduce.DIRECTION_ONLY),  # 5x
-        (0.3, [0.1, 0.5], reproduce.DIRECTION_ONLY),  # 0.24x
-        (1.3, [-0.2, 2.8], reproduce.NOT_REPRODUCED),  # inside the noise
-        (-1.3, [-2.0, -0.6], reproduce.NOT_REPRODUCED),  # wrong direction
-        (0.0, [0.0, 0.0], reproduce.NOT_REPRODUCED)):
+        (1.3, [0.6, 2.0], claims.REPRODUCED),
+        (0.7, [0.1, 1.3], claims.REPRODUCED),  # 0.56x
+        (6.25, [4.0, 8.5], claims.DIRECTION_ONLY),  # 5x
+        (0.3, [0.1, 0.5], claims.DIRECTION_ONLY),  # 0.24x
+        (1.3, [-0.2, 2.8], claims.NOT_REPRODUCED),  # inside the noise
+        (-1.3, [-2.0, -0.6], claims.NOT_REPRODUCED),  # wrong direction
+        (0.0, [0.0, 0.0], claims.NOT_REPRODUCED)):
       self.assertEqual(self._verdict(delta, ci)[0], want, (delta, ci))
 
   def test_statement_quotes_the_numbers(self):
     verdict, ratio, text = self._verdict(3.1, [1.2, 5.0])
-    self.assertEqual(verdict, reproduce.DIRECTION_ONLY)
+    self.assertEqual(verdict, claims.DIRECTION_ONLY)
     self.assertAlmostEqual(ratio, 3.1 / 1.25)
     self.assertEqual(text, "direction only: +3.10% [+1.20, +5.00] is 2.5x "
                      "the paper's +1.25%")
 
   def test_no_interval_is_insufficient_data(self):
-    self.assertEqual(reproduce.gain_verdict(None, 1.25)[0],
-                     reproduce.INSUFFICIENT)
-    self.assertEqual(self._verdict(5.0, None)[0], reproduce.INSUFFICIENT)
+    self.assertEqual(claims.gain_verdict(None, 1.25)[0],
+                     claims.INSUFFICIENT)
+    self.assertEqual(self._verdict(5.0, None)[0], claims.INSUFFICIENT)
 
 
 class PretrainClaimsTest(absltest.TestCase):
 
   def test_without_query_intervals_is_insufficient_data(self):
-    c = _by_id(reproduce.claims({}, {}))
+    c = _by_id(claims.claims({}, {}))
     for cid in ('scl_over_clip_e_over_clip_o', 'queue_adds',
                 'hard_negatives_add'):
-      self.assertEqual(c[cid]['verdict'], reproduce.INSUFFICIENT)
-    self.assertEqual(c['online_gains']['verdict'], reproduce.NOT_TESTABLE)
+      self.assertEqual(c[cid]['verdict'], claims.INSUFFICIENT)
+    self.assertEqual(c['online_gains']['verdict'], claims.NOT_TESTABLE)
     self.assertFalse(c['online_gains']['testable'])
     for claim in c.values():
-      self.assertIn(claim['verdict'], reproduce.VERDICTS)
+      self.assertIn(claim['verdict'], claims.VERDICTS)
       self.assertTrue(claim['statement'].startswith(claim['verdict']))
 
   def test_ordering_needs_every_step(self):
@@ -209,12 +209,12 @@ class PretrainClaimsTest(absltest.TestCase):
                    'clip_e-clip_o': cell(-0.01, 0.02),
                    'scl-scl_no_queue': cell(0.002, 0.01),
                    'scl-scl_no_hard_neg': cell(-0.03, -0.01)}
-    c = _by_id(reproduce.claims({}, {}, comparisons))
+    c = _by_id(claims.claims({}, {}, comparisons))
     self.assertEqual(c['scl_over_clip_e_over_clip_o']['verdict'],
-                     reproduce.NOT_REPRODUCED)
-    self.assertEqual(c['queue_adds']['verdict'], reproduce.REPRODUCED)
+                     claims.NOT_REPRODUCED)
+    self.assertEqual(c['queue_adds']['verdict'], claims.REPRODUCED)
     self.assertEqual(c['hard_negatives_add']['verdict'],
-                     reproduce.NOT_REPRODUCED)
+                     claims.NOT_REPRODUCED)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import readers_test
 
+from experiments import claims
 from experiments import pretrain_sweep
 from experiments import report
 from experiments import reproduce
@@ -164,10 +165,10 @@ class RealPretrainTest(absltest.TestCase):
     self.assertEqual(results['content_curve'], [])
     self.assertEqual(set(data['skipped']),
                      {'oracle ceiling', 'honesty table', 'content curve'})
-    claims = {x['id']: x for x in results['claims']}
-    self.assertEqual(claims['queue_adds']['verdict'], reproduce.NOT_TESTABLE)
+    by_id = {x['id']: x for x in results['claims']}
+    self.assertEqual(by_id['queue_adds']['verdict'], claims.NOT_TESTABLE)
     self.assertIn('scl not run (dataset \'parquet\' has no mmrec_search',
-                  claims['queue_adds']['statement'])
+                  by_id['queue_adds']['statement'])
     text = _read(os.path.join(workdir, report.REPORT_FILE))
     for part in ('## Dataset', '## Not run', '- oracle ceiling: ',
                  '- honesty table: ', '- content curve: ',

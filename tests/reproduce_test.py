@@ -14,6 +14,7 @@ from absl.testing import absltest
 import nbclient
 import nbformat
 
+from experiments import claims
 from experiments import report
 from experiments import reproduce
 from experiments.configs import paper
@@ -134,8 +135,8 @@ class ReproduceTest(absltest.TestCase):
     for c in r['claims']:
       self.assertIsInstance(c['reproduced'], bool)
       self.assertIsInstance(c['claim'], str)
-      self.assertIn(c['verdict'], reproduce.VERDICTS)
-      self.assertEqual(c['reproduced'], c['verdict'] == reproduce.REPRODUCED)
+      self.assertIn(c['verdict'], claims.VERDICTS)
+      self.assertEqual(c['reproduced'], c['verdict'] == claims.REPRODUCED)
       self.assertTrue(c['statement'].startswith(c['verdict']))
     self.assertIn('bootstrap', r['ctr']['simtier_make'])
     gain = r['claims'][ids.index('simtier_make_gauc_gain')]
