@@ -32,8 +32,8 @@ Three sizes:
              days (~112k impressions), every pre-training method but i2i
              for 120 steps (one seed), every CTR variant but @image with one
              seed, MAKE stage A for 2 epochs, the ID model for 2 epochs.
-             Measured: 10 min 23 s from a fresh clone on a 2-core CPU
-             (README.md has the run and its results); big enough that the
+             Measured: 7 min 53 s from a fresh clone on an idle 2-core
+             CPU (README.md has the run and its results); big enough that the
              CTR comparison says something, too small for the pre-training
              comparison to (120 steps: SCL's image retrieval is still near
              chance).
@@ -105,8 +105,8 @@ def get_config(arg=None):
       retrieval_queries=6, retrieval_k=5, grid_methods=('scl', 'clip_o')))
 
   if demo:
-    # Sized for `make demo`: 10 min 23 s from a fresh clone on a 2-core CPU
-    # (one core busy with another job; issue 10's budget is 15). CTR cost scales
+    # Sized for `make demo`: 7 min 53 s from a fresh clone on an idle 2-core
+    # CPU, 10 min 23 s with another job on one core (issue 10's budget: 15). CTR cost scales
     # with impressions (users), pre-training with steps.
     # 4 days (test on the 4th): as many training impressions as 7 days of
     # 2,000 users, but twice the test impressions, so deltas are less noisy.
