@@ -14,7 +14,8 @@ from experiments import pretrain_sweep
 from mmrec import bootstrap
 
 
-def _mean(cell):
+def mean(cell):
+  """A table cell's mean (None for a missing cell)."""
   return None if not cell else cell.get('mean')
 
 
@@ -108,7 +109,7 @@ def _part(name, cell, unit='%'):
 def _accuracy(pretraining, method):
   """accuracy@1 averaged over the image and text queries a method has."""
   row = pretraining.get(method) or {}
-  vals = [_mean(row[s]['accuracy@1']) for s in ('image', 'text') if row.get(s)]
+  vals = [mean(row[s]['accuracy@1']) for s in ('image', 'text') if row.get(s)]
   vals = [v for v in vals if v is not None]
   return float(np.mean(vals)) if vals else None
 
@@ -191,7 +192,7 @@ def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None):
 
   # Pairwise: each of SimTier (both variants) and MAKE beats each of Vector
   # and SimScore (GAUC, relative to the weaker).
-  gauc = {v: _mean((ctr.get(v) or {}).get('gauc')) for v in (
+  gauc = {v: mean((ctr.get(v) or {}).get('gauc')) for v in (
       'simtier_paper', 'simtier_official', 'make', 'vector', 'simscore')}
   parts = {f'{b} - {w}': _part(f'{b} - {w}',
                                (_boot(ctr, b, w).get('all') or {}).get('gauc'),
@@ -216,7 +217,7 @@ def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None):
         f'simtier_make_{m}_gain',
         f'SimTier + MAKE over ID: {m.upper()} {_pct(paper)}',
         f'{m.upper()} delta vs. ID, % (seeds combined)',
-        {f'delta_{m}_pct': _mean(sm.get(f'delta_{m}_pct'))}, verdict,
+        {f'delta_{m}_pct': mean(sm.get(f'delta_{m}_pct'))}, verdict,
         statement, '95% interval (paired user bootstrap) excludes 0 upwards '
         f'and {RATIO_RANGE[0]}x <= delta / paper <= {RATIO_RANGE[1]}x; '
         'outside that range: direction only', paper=paper,
@@ -226,7 +227,7 @@ def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None):
   # minus the overall one, an interval excluding 0 upwards (never tail vs.
   # head: the head group can be degenerate).
   parts = {}
-  measured = {'all': _mean(sm.get('delta_gauc_pct'))}
+  measured = {'all': mean(sm.get('delta_gauc_pct'))}
   for name in ('tail', 'new'):
     cell = (vs_id.get(f'{name}_minus_all') or {}).get('gauc')
     parts[f'{name} - all'] = _part(f'{name} - all', cell, unit=' pp')

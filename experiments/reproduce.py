@@ -194,13 +194,15 @@ def curve_point(content_weight, summary):
   bootstrap's 95% interval where the sweep has it."""
   v = summary['variants']
   point = {'content_weight': content_weight,
-           'variants': {k: {m: _mean(row.get(m)) for m in ('auc', 'gauc')}
+           'variants': {k: {m: claims_lib.mean(row.get(m))
+                            for m in ('auc', 'gauc')}
                         for k, row in v.items()}}
   boot = (v.get('simtier_make') or {}).get('bootstrap') or {}
   for m in ('auc', 'gauc'):
-    base = [(_mean(v[k].get(m)), k) for k in ('id', 'id_stats') if k in v]
+    base = [(claims_lib.mean(v[k].get(m)), k) for k in ('id', 'id_stats')
+            if k in v]
     base = [b for b in base if b[0] is not None]
-    mm = _mean((v.get('simtier_make') or {}).get(m))
+    mm = claims_lib.mean((v.get('simtier_make') or {}).get(m))
     if base and mm is not None:
       ref, name = max(base)
       point[f'best_id_{m}'] = name
@@ -462,6 +464,3 @@ def build_results(world_summary, pretrain_table, ctr_summary, methods,
                               pretraining, ctr, pretrain_comparisons, not_run),
                           'data': data})
 
-
-def _mean(cell):
-  return None if not cell else cell.get('mean')

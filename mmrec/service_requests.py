@@ -58,23 +58,21 @@ def request_models(schema):
       **{f: (Id, ...) for f in schema['user']},
       **bags(schema.get('user_bags', {})))
 
-  class ScoreRequest(Strict):
+  class UserRequest(Strict):
+    """A user and the histories their items are (or were) scored with."""
     user: user_model
     history: list[Id] = pydantic.Field(default_factory=list,
                                        max_length=MAX_HISTORY)
     long_history: list[Id] | None = pydantic.Field(
         None, max_length=MAX_LONG_HISTORY)
+
+  class ScoreRequest(UserRequest):
     candidates: list[Id] = pydantic.Field(min_length=1,
                                           max_length=MAX_CANDIDATES)
 
-  class ImpressionRequest(Strict):
+  class ImpressionRequest(UserRequest):
     """Items shown to a user (with the history they were scored with) and
     whether each was clicked: near-line training data."""
-    user: user_model
-    history: list[Id] = pydantic.Field(default_factory=list,
-                                       max_length=MAX_HISTORY)
-    long_history: list[Id] | None = pydantic.Field(
-        None, max_length=MAX_LONG_HISTORY)
     items: list[Id] = pydantic.Field(min_length=1,
                                      max_length=MAX_CANDIDATES)
     labels: list[Annotated[int, pydantic.Field(strict=True, ge=0, le=1)]] = (
