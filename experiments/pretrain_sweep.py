@@ -24,11 +24,14 @@ from mmrec.data import builders
 from mmrec.data import manifest
 from mmrec.data import resolver
 
-# '<m>_on_<m>': queries of modality m ranked by m's own item table. 'item',
+# '<s>_catalogue': search queries ranked against the catalogue instead of
+# paper.md's pool (retrieval_eval.py). '<m>_on_<m>': queries of modality m
+# ranked by m's own item table. 'item',
 # 'item_new': the item table on itself (co-click evaluation only); a table
 # shows the slices its runs have.
-SLICES = ('image', 'text', 'image_new', 'text_new', 'image_on_image',
-          'text_on_text', 'item', 'item_new')
+SLICES = ('image', 'text', 'image_new', 'text_new', 'image_catalogue',
+          'text_catalogue', 'image_new_catalogue', 'text_new_catalogue',
+          'image_on_image', 'text_on_text', 'item', 'item_new')
 METRICS = ('accuracy@1', 'recall@10')
 TABLE_FILE = 'pretrain_table'
 COMPARISONS_FILE = 'pretrain_comparisons.json'
@@ -147,13 +150,14 @@ def best_method(table, methods):
   return max(scored)[2] if scored else methods[0]
 
 
-def _accuracy(ranks, weights):
+def _accuracy(ranks, weights, protocol=''):
   """accuracy@1, the mean over the query modalities a method has (as
   reproduce's claims read the table), on the held-out sessions and on each
-  resample (a column of `weights`, (S, R) multiplicities of sessions)."""
+  resample (a column of `weights`, (S, R) multiplicities of sessions).
+  `protocol`: '' (paper.md's pool) or '_catalogue'."""
   point, samples = [], []
   for m in ('image', 'text'):
-    rank = ranks[f'{m}_rank']
+    rank = ranks[f'{m}{protocol}_rank']
     asked = rank >= 0
     if not asked.any():
       continue
@@ -178,8 +182,10 @@ def comparisons(queries, resamples, seed=0):
   Returns:
     {'<better>-<worse>': {'a', 'b' (the worse / better accuracy, mean over
     seeds), 'delta', 'ci', 'delta_pct', 'ci_pct', 'queries', 'resamples',
-    'seeds'}} for the PAIRS whose methods ran; the intervals are None with
-    fewer than bootstrap.MIN_USERS held-out sessions.
+    'seeds'}} for the PAIRS whose methods ran, and the same under
+    '<better>-<worse>_catalogue' for search queries ranked against the
+    catalogue; the intervals are None with fewer than bootstrap.MIN_USERS
+    held-out sessions.
   """
   lengths = {len(r['image_rank']) for runs in queries.values() for r in runs}
   if len(lengths) > 1:
@@ -188,7 +194,16 @@ def comparisons(queries, resamples, seed=0):
     return {}
   sessions = lengths.pop()
   weights = bootstrap.user_weights(sessions, resamples, seed)
-  acc = {m: [_accuracy(r, weights) for r in runs]
+  out = {}
+  for protocol in ('', '_catalogue'):
+    ranked = {m: runs for m, runs in queries.items()
+              if all(f'image{protocol}_rank' in r for r in runs)}
+    out.update(_compare(ranked, weights, sessions, resamples, protocol))
+  return out
+
+
+def _compare(queries, weights, sessions, resamples, protocol):
+  acc = {m: [_accuracy(r, weights, protocol) for r in runs]
          for m, runs in queries.items()}
   out = {}
   for better, worse in PAIRS:
@@ -202,7 +217,7 @@ def comparisons(queries, resamples, seed=0):
     ci = lambda x: None if few else bootstrap.interval(x)
     with np.errstate(invalid='ignore', divide='ignore'):
       rel, rel_s = 100 * (pb - pw) / pw, 100 * (sb - sw) / sw
-    out[f'{better}-{worse}'] = {
+    out[f'{better}-{worse}{protocol}'] = {
         'a': float(pw.mean()), 'b': float(pb.mean()),
         'delta': float(np.mean(pb - pw)), 'ci': ci(np.mean(sb - sw, 0)),
         'delta_pct': float(np.mean(rel)), 'ci_pct': ci(np.mean(rel_s, 0)),
@@ -259,9 +274,7 @@ def run(config, workdir):
       results[method].append(run_one(config, method, seed, data_dir, workdir,
                                      clip_o))
   table = summarise(results)
-  items = None
-  if embed.eval_task(manifest.load(data_dir)) == embed.CO_CLICK_EVAL:
-    items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+  items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
   files.write_json(os.path.join(workdir, PLAN_FILE), files.json_safe({
       'ran': methods, 'skipped': skipped, 'notes': notes,
       'eval': embed.eval_info(data_dir, items)}))

@@ -214,6 +214,25 @@ def eval_task(m):
 
 
 _CO_CLICKS = {}  # (data_dir, max_pairs) -> (pairs, candidates)
+_SEARCH = {}  # data_dir -> (candidates, canonical)
+
+
+def _candidates(data_dir, canonical, targets):
+  m = manifest.load(data_dir)
+  return retrieval_eval.catalogue_candidates(
+      canonical, targets, manifest.retrieval_candidates(data_dir, m),
+      m.item_zero_reserved)
+
+
+def search_candidates(data_dir, items, sessions):
+  """(candidates, canonical) of the search evaluation's catalogue ranking
+  (retrieval_eval.py); computed once per process and dataset."""
+  key = os.path.abspath(data_dir)
+  if key not in _SEARCH:
+    canonical = retrieval_eval.canonical_items(items)
+    _SEARCH[key] = (_candidates(data_dir, canonical,
+                                sessions['purchased_item']), canonical)
+  return _SEARCH[key]
 
 
 def co_click_queries(data_dir, items, max_pairs=CO_CLICK_MAX_PAIRS,
@@ -242,7 +261,7 @@ def co_click_queries(data_dir, items, max_pairs=CO_CLICK_MAX_PAIRS,
           max_pairs)
       if len(pairs) >= max_pairs:
         break
-    _CO_CLICKS[key] = (pairs, retrieval_eval.catalogue_candidates(canonical))
+    _CO_CLICKS[key] = (pairs, _candidates(data_dir, canonical, pairs[:, 1]))
   return _CO_CLICKS[key]
 
 
@@ -267,8 +286,10 @@ def eval_info(data_dir, items):
   """What `evaluate_encoder` ranks on this dataset: {'task', 'queries',
   'candidates'} (co-clicks) or {'task', 'queries'} (search sessions)."""
   if eval_task(manifest.load(data_dir)) == SEARCH_EVAL:
-    n = manifest.load(data_dir).split_rows(manifest.SEARCH, 'test')
-    return {'task': SEARCH_EVAL, 'queries': n}
+    sessions = builders.load_table(data_dir, manifest.SEARCH, 'test')
+    return {'task': SEARCH_EVAL, 'queries': len(sessions['purchased_item']),
+            'candidates': int(len(search_candidates(data_dir, items,
+                                                    sessions)[0]))}
   pairs, candidates = co_click_queries(data_dir, items)
   return {'task': CO_CLICK_EVAL, 'queries': int(len(pairs)),
           'candidates': int(len(candidates))}
@@ -278,7 +299,8 @@ def evaluate_encoder(encoder, data_dir, items):
   """Held-out retrieval with every vector table of the encoder.
 
   Returns (metrics, tables, ranks): retrieval_eval.summarise slices of the
-  item vector ('image', 'text', 'image_new', 'text_new') plus 'image_on_image'
+  item vector ('image', 'text', 'image_new', 'text_new'; the same four with
+  '_catalogue' ranked against the catalogue) plus 'image_on_image'
   and 'text_on_text' (queries of a modality ranked by that modality's item
   table, where the encoder has it); `encoder.item_tables`; and the
   per-query ranks (retrieval_eval.query_ranks) under the same slice names.
@@ -315,6 +337,12 @@ def evaluate_encoder(encoder, data_dir, items):
   ranks = retrieval_eval.query_ranks(sessions, tables['item'], q['image'],
                                      q['text'])
   metrics = retrieval_eval.summarise(ranks, sessions, new)
+  catalogue = retrieval_eval.query_ranks(
+      sessions, tables['item'], q['image'], q['text'],
+      *search_candidates(data_dir, items, sessions))
+  for name, res in retrieval_eval.summarise(catalogue, sessions, new).items():
+    metrics[f'{name}_catalogue'] = res
+  ranks.update({f'{m}_catalogue': r for m, r in catalogue.items()})
   for m in vector_table.MODALITIES:
     if m in tables and q[m] is not None:
       own = retrieval_eval.query_ranks(sessions, tables[m],

@@ -1,27 +1,37 @@
 """Pre-training accuracy: held-out search sessions, or held-out co-clicks.
 
-Search (paper.md's definition, where the dataset has a search log): for each
-held-out (query, purchased item) pair the purchased item is ranked by cosine
-similarity against a fixed candidate set: the purchased items of the whole
-held-out set plus the session's own hard negatives (clicked, not bought),
-each item once. Reported: accuracy@1 and recall@10, separately for image and
-text queries, on all held-out sessions and on those that bought a new item
-(never seen in pre-training); and each session's rank (query_ranks), for
+Search (where the dataset has a search log): each held-out (query, purchased
+item) pair is ranked two ways.
+- paper.md's protocol (`query_ranks`): by cosine similarity against a fixed
+  pool: the purchased items of the whole held-out set plus the session's own
+  hard negatives (clicked, not bought), each item once. Slices 'image',
+  'text', 'image_new', 'text_new' (queries that bought a new item, never
+  seen in pre-training).
+- Against the catalogue (`query_ranks` with `candidates`): every distinct
+  item content (or the dataset's declared candidate set), so an item the
+  pool leaves out (another listing of the sought concept, an unsold
+  bestseller) counts against the target as it would in a real search.
+  Slices '<slice>_catalogue'.
+Reported: accuracy@1 and recall@10 per slice, and each session's rank, for
 paired bootstraps of two encoders over the same queries.
 
 Co-clicks (`catalogue_ranks`, for data without a search log): the query is
 an item a user clicked before the test days (the newest behaviour of a
 test-day click's history), the answer the item clicked on the test day,
-ranked against the whole catalogue. Why this task: it is the similarity the
+ranked against the catalogue. Why this task: it is the similarity the
 CTR stage reads (SimTier and MAKE compare the target with the history's
 items by cosine), it exists in every dataset with clicks and histories, and
 every method can be scored on the same queries, the one-modality references
 included. Image -> title retrieval of held-out items would measure only the
 image-title alignment CLIP-E is trained for, which the references cannot
-do and the CTR stage never uses. Duplicates are removed: items with
-identical content (every vector table is a function of image and title) are
-one candidate (`canonical_items`), each (query, answer) pair counts once,
-and the query's own item is not a candidate.
+do and the CTR stage never uses.
+
+Duplicates are removed in both catalogue rankings: items with identical
+content (every vector table is a function of image and title) are one
+candidate (`canonical_items`), each co-click (query, answer) pair counts
+once, and a co-click query's own item is not a candidate. A dataset may
+declare its candidate set (manifest `retrieval_candidates`); the targets
+are always candidates.
 """
 
 import hashlib
@@ -48,10 +58,17 @@ def _distinct_outside(hard, mask, pool):
 
 
 def query_ranks(sessions, item_vectors, image_query_vectors=None,
-                text_query_vectors=None):
+                text_query_vectors=None, candidates=None, canonical=None,
+                chunk=256):
   """Each held-out session's 0-based rank of its purchased item.
 
-  Args: as `evaluate`.
+  Args: as `evaluate`, and
+    candidates: None (paper.md's pool of held-out purchases and hard
+      negatives), or sorted (C,) item ids ranked instead (`candidates`),
+      holding every purchased item's canonical id.
+    canonical: (num_items,) `canonical_items`, with `candidates`: the
+      purchased item is ranked as its canonical id.
+    chunk: queries scored at once against the candidates.
 
   Returns:
     {'image': (S,), 'text': (S,)} int64: the rank (metrics.retrieval_ranks:
@@ -62,6 +79,10 @@ def query_ranks(sessions, item_vectors, image_query_vectors=None,
   """
   items = _unit(item_vectors)
   purchased = sessions['purchased_item']
+  if candidates is not None:
+    return _catalogue_query_ranks(sessions, items, image_query_vectors,
+                                  text_query_vectors, candidates,
+                                  canonical[purchased], chunk)
   pool = np.unique(purchased)
   pos = np.searchsorted(pool, purchased)
   hard = sessions['hard_negatives']
@@ -78,6 +99,28 @@ def query_ranks(sessions, item_vectors, image_query_vectors=None,
       mask = np.concatenate([np.ones((len(rows), len(pool)), bool),
                              hard_mask[rows]], 1)
       rank[rows] = metrics.retrieval_ranks(sim, pos[rows], mask)
+    out[modality] = rank
+  return out
+
+
+def _catalogue_query_ranks(sessions, items, image_query_vectors,
+                           text_query_vectors, candidates, target, chunk):
+  pos = np.searchsorted(candidates, target)
+  if (pos >= len(candidates)).any() or (candidates[np.minimum(
+      pos, len(candidates) - 1)] != target).any():
+    raise ValueError('every purchased item must be a candidate')
+  cand = items[candidates]
+  out = {}
+  for modality, queries in (('image', image_query_vectors),
+                            ('text', text_query_vectors)):
+    rank = np.full(len(target), -1, np.int64)
+    rows = np.flatnonzero(sessions['query_is_image'] == (modality == 'image'))
+    if queries is not None and len(rows):
+      q = _unit(np.asarray(queries)[rows])
+      for lo in range(0, len(rows), chunk):
+        sel = rows[lo:lo + chunk]
+        rank[sel] = metrics.retrieval_ranks(q[lo:lo + chunk] @ cand.T,
+                                            pos[sel])
     out[modality] = rank
   return out
 
@@ -106,7 +149,8 @@ def summarise(ranks, sessions, new_items=None, k=(1, 10)):
 
 
 def evaluate(sessions, item_vectors, image_query_vectors=None,
-             text_query_vectors=None, new_items=None, k=(1, 10)):
+             text_query_vectors=None, new_items=None, k=(1, 10),
+             candidates=None, canonical=None):
   """Retrieval metrics of one encoder.
 
   Args:
@@ -118,13 +162,15 @@ def evaluate(sessions, item_vectors, image_query_vectors=None,
     text_query_vectors: (S, D) likewise for query texts.
     new_items: optional (num_items,) bool, True for items new on the test day.
     k: retrieval cut-offs.
+    candidates, canonical: as `query_ranks` (None: paper.md's pool).
 
   Returns:
     {'image': {...}, 'text': {...}, 'image_new': ..., 'text_new': ...}, each
     {'accuracy@1', 'recall@10', 'queries'}; None where not applicable.
   """
   return summarise(query_ranks(sessions, item_vectors, image_query_vectors,
-                               text_query_vectors), sessions, new_items, k)
+                               text_query_vectors, candidates, canonical),
+                   sessions, new_items, k)
 
 
 # --------------------------------------------------------------------------
@@ -171,10 +217,24 @@ def co_click_pairs(query_item, target_item, canonical, max_pairs=None):
   return pairs[:max_pairs] if max_pairs else pairs
 
 
-def catalogue_candidates(canonical):
-  """Sorted candidate ids: one per distinct content, item 0 excluded."""
-  c = np.unique(canonical)
-  return c[c > 0]
+def catalogue_candidates(canonical, targets=(), declared=None,
+                         reserved_zero=True):
+  """Sorted candidate ids: one per distinct content, canonical ids.
+
+  Args:
+    canonical: (num_items,) `canonical_items`.
+    targets: item ids that must be candidates (the answers ranked).
+    declared: the dataset's candidate set (item ids), or None for the
+      whole catalogue.
+    reserved_zero: item 0 is converted data's rare-or-unknown bucket (no one
+      item's content) and no candidate; the world's item 0 is a real item.
+  """
+  base = np.arange(len(canonical)) if declared is None else np.asarray(
+      declared, np.int64)
+  if reserved_zero:
+    base = base[base > 0]
+  return np.union1d(canonical[base],
+                    canonical[np.asarray(targets, np.int64)])
 
 
 def catalogue_ranks(query_vectors, pairs, item_vectors, candidates,
@@ -184,25 +244,23 @@ def catalogue_ranks(query_vectors, pairs, item_vectors, candidates,
   Args:
     query_vectors: (Q, D) the query of each pair (e.g. a vector table's row
       of the query item).
-    pairs: (Q, 2) (query item, target item), both in `candidates`.
+    pairs: (Q, 2) (query item, target item), the target in `candidates`.
     item_vectors: (num_items, D) the table ranked.
     candidates: sorted (C,) item ids.
     chunk: queries scored at once ((chunk, C) similarities).
 
   The count of other candidates scoring >= the target (ties pessimistic, as
-  metrics.retrieval_ranks), never the query's own item.
+  metrics.retrieval_ranks), never the query's own item (a candidate or
+  not).
   """
   cand = _unit(np.asarray(item_vectors)[candidates])
   q = _unit(query_vectors)
-  pos_q = np.searchsorted(candidates, pairs[:, 0])
   pos_t = np.searchsorted(candidates, pairs[:, 1])
   out = np.empty(len(pairs), np.int64)
   for lo in range(0, len(pairs), chunk):
     hi = min(lo + chunk, len(pairs))
-    rows = np.arange(hi - lo)
     sim = q[lo:hi] @ cand.T
-    mask = np.ones(sim.shape, bool)
-    mask[rows, pos_q[lo:hi]] = False
+    mask = candidates[None, :] != pairs[lo:hi, :1]
     out[lo:hi] = metrics.retrieval_ranks(sim, pos_t[lo:hi], mask)
   return out
 

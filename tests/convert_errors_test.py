@@ -119,6 +119,17 @@ def _mixed_id_kinds(d):
   _edit(d, 'users', lambda t: _set(t, 'user', np.arange(len(t))))
 
 
+def _sharded_items(d):
+  os.makedirs(os.path.join(d, 'items'))
+  os.rename(os.path.join(d, 'items.parquet'),
+            os.path.join(d, 'items', 'part-0.parquet'))
+
+
+def _unknown_candidates(d):
+  pq.write_table(pa.table({'item': np.array([5, 6], np.int64)}),
+                 os.path.join(d, 'candidates.parquet'))
+
+
 CASES = (
     ('missing_file', _missing_file, r'missing impressions.parquet'),
     ('renamed_column', _renamed_column,
@@ -153,6 +164,10 @@ CASES = (
     ('mixed_id_kinds', _mixed_id_kinds,
      r"users.parquet, column 'user': int user ids, but .*impressions.parquet "
      r"column 'user' has str ones"),
+    ('sharded_items', _sharded_items,
+     r'items: items is read whole; give it as one file, .*items.parquet'),
+    ('unknown_candidates', _unknown_candidates,
+     r'candidates.parquet: no candidate is a known item \(of 2 rows\)'),
 )
 
 

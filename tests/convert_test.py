@@ -359,9 +359,17 @@ class SearchTest(absltest.TestCase):
 
   def test_search_sessions_and_a_tiny_scl_run(self):
     src = tempfile.mkdtemp()
-    write_own_data(src, rows=600, with_vectors=False, sessions=200)
+    raw = write_own_data(src, rows=600, with_vectors=False, sessions=200)
+    # A declared candidate set: 10 items shown in training, one twice, and
+    # one unknown item (left out, with a warning).
+    shown = np.unique(raw['item'])[:10]
+    pq.write_table(pa.table({'item': np.concatenate([shown, shown[:1],
+                                                     [12345]])}),
+                   os.path.join(src, 'candidates.parquet'))
     out = os.path.join(tempfile.mkdtemp(), 'd')
     m = dataset_job.run(config(src), out)
+    declared = manifest.retrieval_candidates(out, m)
+    np.testing.assert_array_equal(declared, np.arange(1, 11))
     splits = m.tables[manifest.SEARCH]['splits']
     self.assertEqual(sum(splits.values()), 200)
     test = builders.load_table(out, manifest.SEARCH, 'test')
@@ -384,6 +392,14 @@ class SearchTest(absltest.TestCase):
     c.update(data_dir=out, num_steps=3, batch_size=32, checkpoint_every=3)
     res = train_scl.run(c, tempfile.mkdtemp())
     self.assertIsNotNone(res['metrics']['image'])
+    # Against the declared set and the held-out purchases (always
+    # candidates), not paper.md's pool of purchases and hard negatives.
+    targets = np.unique(test['purchased_item'])
+    self.assertEqual(res['eval']['candidates'],
+                     len(np.union1d(declared, targets)))
+    for name in ('image', 'text'):
+      self.assertEqual(res['metrics'][f'{name}_catalogue']['queries'],
+                       res['metrics'][name]['queries'])
 
 
 class MinCountTest(absltest.TestCase):

@@ -1,10 +1,14 @@
 """Tests of the pre-training accuracy protocol."""
 
+import dataclasses
+import os
+
 from absl.testing import absltest
 import fixtures
 import numpy as np
 
 from mmrec import retrieval_eval
+from mmrec.data import manifest
 
 
 class RetrievalEvalTest(absltest.TestCase):
@@ -76,6 +80,70 @@ class RetrievalEvalTest(absltest.TestCase):
     self.assertEqual(ranks['image'][1], 0)
 
 
+  def test_catalogue_ranking_counts_items_outside_the_pool(self):
+    # The world's catalogue holds the pool (held-out purchases and hard
+    # negatives) and more: no query ranks better against the catalogue.
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(len(self.new), 16))
+    s = self.sessions
+    q = items[s['purchased_item']] + rng.normal(size=(len(s['purchased_item']),
+                                                      16))
+    canonical = np.arange(len(items))
+    cand = retrieval_eval.catalogue_candidates(canonical,
+                                               s['purchased_item'],
+                                               reserved_zero=False)
+    np.testing.assert_array_equal(cand, canonical)  # item 0 is an item
+    pool = retrieval_eval.query_ranks(s, items, q, q)
+    cat = retrieval_eval.query_ranks(s, items, q, q, cand, canonical,
+                                     chunk=7)
+    for m in ('image', 'text'):
+      asked = pool[m] >= 0
+      self.assertTrue(asked.any())
+      np.testing.assert_array_equal(cat[m] >= 0, asked)
+      self.assertTrue((cat[m][asked] >= pool[m][asked]).all(), m)
+      self.assertGreater(cat[m][asked].mean(), pool[m][asked].mean(), m)
+    res = retrieval_eval.evaluate(s, items, q, q, candidates=cand,
+                                  canonical=canonical)
+    self.assertAlmostEqual(res['image']['recall@10'],
+                           np.mean(cat['image'][cat['image'] >= 0] < 10))
+
+  def test_catalogue_ranking_by_hand(self):
+    # Items 0-4 at angles 0, 10, 8, 8, 40 degrees; items 2 and 3 are one
+    # product listed twice (one canonical id, 2). The session buys item 1
+    # with a query at 4 degrees: item 2 (one candidate for 2 and 3) and
+    # item 0 are closer than item 1 (10 degrees); item 4 is not.
+    angle = np.deg2rad(np.array([0.0, 10.0, 8.0, 8.0, 40.0]))
+    items = np.stack([np.cos(angle), np.sin(angle)], 1)
+    canonical = np.array([0, 1, 2, 2, 4])
+    sessions = {'purchased_item': np.array([1]),
+                'query_is_image': np.array([False]),
+                'hard_negatives': np.zeros((1, 1), int),
+                'hard_negative_mask': np.zeros((1, 1), bool)}
+    q = np.array([[np.cos(np.deg2rad(4)), np.sin(np.deg2rad(4))]])
+    # paper.md's pool is the purchased item alone: rank 0.
+    self.assertEqual(retrieval_eval.query_ranks(sessions, items, None,
+                                                q)['text'][0], 0)
+    cand = retrieval_eval.catalogue_candidates(canonical, [1],
+                                               reserved_zero=False)
+    np.testing.assert_array_equal(cand, [0, 1, 2, 4])
+    rank = retrieval_eval.query_ranks(sessions, items, None, q, cand,
+                                      canonical)
+    self.assertEqual(rank['text'][0], 2)  # items 0 and 2, not 3 again
+    self.assertEqual(rank['image'][0], -1)
+    # A declared candidate set without item 0; the target joins it.
+    cand = retrieval_eval.catalogue_candidates(canonical, [1],
+                                               declared=[3, 4])
+    np.testing.assert_array_equal(cand, [1, 2, 4])
+    self.assertEqual(retrieval_eval.query_ranks(
+        sessions, items, None, q, cand, canonical)['text'][0], 1)
+    # Item 0 is converted data's unknown bucket: never a candidate.
+    np.testing.assert_array_equal(
+        retrieval_eval.catalogue_candidates(canonical, [1]), [1, 2, 4])
+    with self.assertRaisesRegex(ValueError, 'must be a candidate'):
+      retrieval_eval.query_ranks(sessions, items, None, q, np.array([2, 4]),
+                                 canonical)
+
+
 class CoClickTest(absltest.TestCase):
   """The evaluation of data without a search log: held-out co-clicks ranked
   against the catalogue."""
@@ -117,6 +185,9 @@ class CoClickTest(absltest.TestCase):
     # Query 1 itself would rank first; it is no candidate. Item 3 ties
     # with item 2 and counts against it (pessimistic).
     np.testing.assert_array_equal(ranks, [1, 2, 2])
+    # A query item outside the candidates (a declared set) masks nothing.
+    np.testing.assert_array_equal(retrieval_eval.catalogue_ranks(
+        items[[1]], np.array([[1, 4]]), items, np.array([2, 3, 4])), [2])
     metrics, out = retrieval_eval.co_click_evaluate(
         {'item': items, 'text': items}, pairs, candidates,
         new_items=np.array([False, False, False, False, True]))
@@ -127,6 +198,32 @@ class CoClickTest(absltest.TestCase):
     self.assertAlmostEqual(metrics['text']['accuracy@1'], 0.0)
     self.assertEqual(metrics['item_new']['queries'], 1)  # target 4 is new
     self.assertEqual(metrics['text_on_text']['queries'], 3)
+
+
+class DeclaredCandidatesTest(absltest.TestCase):
+
+  def test_read_and_checked(self):
+    m = dataclasses.replace(manifest.load(fixtures.tiny_world_dir()),
+                            retrieval_candidates='c.npy')
+    d = self.create_tempdir().full_path
+    path = os.path.join(d, 'c.npy')
+    self.assertIsNone(manifest.retrieval_candidates(
+        d, dataclasses.replace(m, retrieval_candidates=None)))
+    with self.assertRaisesRegex(manifest.DatasetError,
+                                'c.npy: the declared retrieval candidates '
+                                'cannot be read'):
+      manifest.retrieval_candidates(d, m)
+    for bad, message in (
+        (np.zeros((2, 2), np.int64), r'1-D array of integer item ids, got '
+         r'int64 of shape \(2, 2\)'),
+        (np.array([1.5]), 'got float64'),
+        (np.array([3, m.num_items]), f'row 1: item id {m.num_items}, '
+         f'expected one in \\[0, num_items = {m.num_items}\\)')):
+      np.save(path, bad)
+      with self.assertRaisesRegex(manifest.DatasetError, message):
+        manifest.retrieval_candidates(d, m)
+    np.save(path, np.array([3, 1], np.int32))
+    np.testing.assert_array_equal(manifest.retrieval_candidates(d, m), [3, 1])
 
 
 if __name__ == '__main__':

@@ -398,9 +398,17 @@ class TrainAndResumeTest(absltest.TestCase):
     with np.load(os.path.join(self.full, train_scl.QUERIES_FILE)) as z:
       ranks = dict(z)
     self.assertEqual(set(ranks), {'image_rank', 'text_rank',
+                                  'image_catalogue_rank',
+                                  'text_catalogue_rank',
                                   'image_on_image_rank', 'text_on_text_rank'})
-    np.testing.assert_array_equal(ranks['image_on_image_rank'] >= 0,
-                                  ranks['image_rank'] >= 0)
+    for name in ('image_on_image_rank', 'image_catalogue_rank'):
+      np.testing.assert_array_equal(ranks[name] >= 0,
+                                    ranks['image_rank'] >= 0)
+    # The world's catalogue holds paper.md's pool and more.
+    for m in ('image', 'text'):
+      asked = ranks[f'{m}_rank'] >= 0
+      self.assertTrue((ranks[f'{m}_catalogue_rank'][asked] >=
+                       ranks[f'{m}_rank'][asked]).all())
     rows = train_lib.read_metrics(self.full)
     self.assertTrue(any('train/loss' in r for r in rows))
     self.assertTrue(any('eval/image/recall@10' in r for r in rows))

@@ -19,12 +19,19 @@ class InputError(ValueError):
   """User data that does not match the documented schema."""
 
 
-def table_files(source_dir, table, required=True):
-  """`<table>.parquet`, or the shards `<table>/*.parquet` in name order."""
+def table_files(source_dir, table, required=True, shards=True):
+  """`<table>.parquet`, or the shards `<table>/*.parquet` in name order.
+
+  shards: False for the tables read whole (catalogue-sized): a folder is an
+  error rather than a table of which only one shard would be read.
+  """
   single = os.path.join(source_dir, f'{table}.parquet')
   folder = os.path.join(source_dir, table)
   if os.path.isfile(single):
     return [single]
+  if os.path.isdir(folder) and not shards:
+    raise InputError(f'{folder}: {table} is read whole; give it as one file, '
+                     f'{single} (shards are for impressions and search)')
   if os.path.isdir(folder):
     shards = sorted(glob.glob(os.path.join(folder, '*.parquet')))
     if not shards:

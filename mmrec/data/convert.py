@@ -18,6 +18,8 @@ Input, one directory (docs/data_format.md, "Your own data"):
     vectors, written as the dataset's item_vectors.npz
   search.parquet (optional): search -> purchase sessions for pre-training
     (search_sessions.py)
+  candidates.parquet (optional): item: the candidates held-out retrieval
+    ranks (else the whole catalogue; retrieval_eval.py)
 
 What the conversion does:
   * days: day = whole days since midnight (UTC) of the first impression; the
@@ -68,6 +70,7 @@ from mmrec.data import titles
 DAY = 86400
 SPLITS = ('train', 'validation', 'test')  # values of a `split` column
 ITEM_RESERVED = ('item', 'title', 'image')
+CANDIDATES_FILE = 'retrieval_candidates.npy'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,7 +483,8 @@ class Converter:
 
   def _catalogue(self, table, key, id_map, reserved):
     """{field: (len(id_map),) or (.., K) array}, categorical and bag sizes."""
-    paths = columns.table_files(self.src, table, required=False)
+    paths = columns.table_files(self.src, table, required=False,
+                                shards=False)
     out = {f'{key}_id': np.arange(len(id_map), dtype=np.int32)}
     cats, bags, raw = {}, {}, {}
     if not paths:
@@ -565,7 +569,8 @@ class Converter:
     return out
 
   def _vectors(self, directory):
-    paths = columns.table_files(self.src, 'vectors', required=False)
+    paths = columns.table_files(self.src, 'vectors', required=False,
+                                shards=False)
     if not paths:
       return None
     path = paths[0]
@@ -582,6 +587,31 @@ class Converter:
                       {'method': 'imported', 'source': path,
                        'item_coverage': covered})
     return vector_table.FILE
+
+  def _candidates(self, directory):
+    """candidates.parquet (`item`) -> the declared retrieval candidates."""
+    paths = columns.table_files(self.src, 'candidates', required=False,
+                                shards=False)
+    if not paths:
+      return None
+    path = paths[0]
+    t = columns.read_all(path, ['item'])
+    raw = self.kinds.check('item', columns.ids(t.column('item'), path,
+                                               'item'), path, 'item')
+    mapped = self.items(raw)
+    unknown = int((mapped == 0).sum())
+    if unknown:
+      # Not an error: a frequency cut-off maps rare items to 0, which is no
+      # candidate; said, not silently dropped.
+      logging.warning('%s: %d of %d candidates are unknown or rare items '
+                      '(id 0, below min_count) and are left out', path,
+                      unknown, len(raw))
+    ids = np.unique(mapped[mapped > 0])
+    if not len(ids):
+      raise columns.InputError(f'{path}: no candidate is a known item (of '
+                               f'{len(raw)} rows)')
+    np.save(os.path.join(directory, CANDIDATES_FILE), ids.astype(np.int64))
+    return CANDIDATES_FILE
 
   # --- Everything ---------------------------------------------------------
 
@@ -613,6 +643,7 @@ class Converter:
       items['image'] = self._images(*iraw['image'], len(self.items), ipath)
       image_size = self.opt.image_size
     vectors = self._vectors(directory)
+    candidates = self._candidates(directory)
     search = search_sessions.convert(self, tok)
     tables = [
         (builders.Items, {'catalogue': items}, None),
@@ -653,5 +684,6 @@ class Converter:
              'user_bags': list(ubags),
              'category_fields': list(cat_fields)},
         image_size=image_size, text=text, vectors=vectors,
+        retrieval_candidates=candidates,
         seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)
     return m

@@ -14,6 +14,8 @@ import dataclasses
 import json
 import os
 
+import numpy as np
+
 from mmrec import files
 
 FILE = 'manifest.json'
@@ -59,6 +61,9 @@ class Manifest:
   text: dict | None = None  # {'tokenizer', 'vocab_size', 'length'}
   vectors: str | None = None  # an item_vectors.npz shipped with the data
   oracle: str | None = None  # world only: true click probabilities
+  # An .npy of item ids in the dataset directory: the candidates held-out
+  # retrieval ranks (retrieval_eval.py); None: the whole catalogue.
+  retrieval_candidates: str | None = None
   seq_len: int = 0
   long_seq_len: int = 0  # > 0: impressions also hold long_seq_item
   format_version: int = FORMAT_VERSION
@@ -150,12 +155,39 @@ class Manifest:
       msg += f'; methods that can run: {", ".join(can_run) or "none"}'
     raise DatasetError(msg)
 
+  @property
+  def item_zero_reserved(self):
+    """Id 0 is converted data's rare-or-unknown bucket; the world (the one
+    producer with an oracle) has no such bucket: its item 0 is an item."""
+    return self.oracle is None
+
   def split_rows(self, table, split):
     return self.tables.get(table, {}).get('splits', {}).get(split)
 
   @property
   def first_validation_day(self):
     return self.first_test_day - self.validation_days
+
+
+def retrieval_candidates(data_dir, m):
+  """The declared candidate item ids (int64), or None: the catalogue."""
+  if m.retrieval_candidates is None:
+    return None
+  path = os.path.join(data_dir, m.retrieval_candidates)
+  try:
+    ids = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise DatasetError(f'{path}: the declared retrieval candidates cannot be '
+                       f'read (expected a .npy of item ids): {e}') from e
+  if ids.ndim != 1 or not len(ids) or not np.issubdtype(ids.dtype,
+                                                          np.integer):
+    raise DatasetError(f'{path}: expected a non-empty 1-D array of integer '
+                       f'item ids, got {ids.dtype} of shape {ids.shape}')
+  bad = np.flatnonzero((ids < 0) | (ids >= m.num_items))
+  if len(bad):
+    raise DatasetError(f'{path}, row {bad[0]}: item id {ids[bad[0]]}, '
+                       f'expected one in [0, num_items = {m.num_items})')
+  return ids.astype(np.int64)
 
 
 def write(data_dir, manifest):
