@@ -184,5 +184,69 @@ class BadInputTest(parameterized.TestCase):
     self.assertEqual(os.listdir(parent), [])  # no half-written dataset
 
 
+# Search logs of 60 sessions cut into shards search/{0,1}.parquet at row 30;
+# each case spoils the second shard (rows 30..59; even rows: image queries).
+def _search_time(t):
+  s = [str(np.datetime64(int(x), 's')) for x in t['time'].to_numpy()]
+  s[35] = 'yesterday'
+  return _set(t, 'time', s)
+
+
+def _search_image(t):
+  paths = t['query_image'].to_pylist()
+  paths[34] = 'img/nope.png'
+  return _set(t, 'query_image', paths)
+
+
+def _search_hard_negative(t):
+  lists = t['hard_negatives'].to_pylist()
+  lists[41] = [lists[0][0] if lists[0] else 17, None]
+  return _set(t, 'hard_negatives', lists, pa.list_(pa.int64()))
+
+
+def _search_kind(t):
+  return _set(t, 'item', [str(x) for x in t['item'].to_pylist()])
+
+
+SHARD = r'search/1.parquet'
+ACROSS = (r'\(rows are numbered across the 2 shards of the search log in name '
+          r'order; this shard starts at row 30\)')
+
+SEARCH_CASES = (
+    ('unparseable_time', _search_time, None,
+     rf"{SHARD}, column 'time', row 35: unparseable time 'yesterday'.*"
+     rf'{ACROSS}'),
+    ('missing_query_image', _search_image, None,
+     rf"{SHARD}, column 'query_image', row 34: image 'img/nope.png' not "
+     rf'found.*{ACROSS}'),
+    ('null_hard_negative', _search_hard_negative, None,
+     rf"{SHARD}, column 'hard_negatives', row 41: a missing \(null\) item"),
+    ('string_items', None, _search_kind,
+     rf"{SHARD}, column 'item': str item ids, but .*impressions.parquet "
+     r"column 'item' has int ones"),
+    ('other_columns', None, lambda t: t.drop_columns(['hard_negatives']),
+     rf"{SHARD}: optional columns \['query_text', 'query_image', 'time'\], "
+     r'but .*search/0.parquet has .*every shard of the search log needs the '
+     r'same columns'),
+)
+
+
+class ShardedSearchTest(parameterized.TestCase):
+  """A bad value in a later shard names that shard and the row in the log."""
+
+  @parameterized.named_parameters(*SEARCH_CASES)
+  def test_clear_error_and_nothing_left(self, log_edit, shard_edit, message):
+    src = tempfile.mkdtemp()
+    convert_test.write_own_data(src, num_users=20, num_items=12, rows=200,
+                                sessions=60)
+    convert_test.shard_search(src, [30], log_edit)
+    if shard_edit:
+      _edit(os.path.join(src, 'search'), '1', shard_edit)
+    parent = tempfile.mkdtemp()
+    with self.assertRaisesRegex(columns.InputError, message):
+      dataset_job.run(convert_test.config(src), os.path.join(parent, 'd'))
+    self.assertEqual(os.listdir(parent), [])
+
+
 if __name__ == '__main__':
   absltest.main()

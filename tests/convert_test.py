@@ -4,8 +4,10 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import export_test
 from fastapi import testclient
 import fixtures
@@ -28,6 +30,7 @@ from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import dataset_job
+from mmrec.data import images
 from mmrec.data import manifest
 from mmrec.data import titles
 
@@ -504,6 +507,100 @@ class GivenHistoryTest(absltest.TestCase):
           self.assertEqual(got[f'{key}_len'][n], len(seq))
           np.testing.assert_array_equal(
               got[f'{key}_item'][n], [0] * (length - len(seq)) + seq)
+
+
+def shard_search(directory, cuts, edit=None):
+  """Moves search.parquet into shards search/{0,1,..}.parquet at `cuts`.
+
+  `edit(table)` changes the log before it is cut.
+  """
+  path = os.path.join(directory, 'search.parquet')
+  t = pq.read_table(path)
+  t = edit(t) if edit else t
+  os.remove(path)
+  os.makedirs(os.path.join(directory, 'search'))
+  for k, (lo, hi) in enumerate(zip([0] + cuts, cuts + [len(t)])):
+    pq.write_table(t.slice(lo, hi - lo),
+                   os.path.join(directory, 'search', f'{k}.parquet'))
+
+
+def _every_tenth_with_users(t):
+  """No time: the every-10th fallback, which counts rows across shards."""
+  # Users u3 .. u486; those past the 60 of the impressions are unknown (0).
+  users = [f'u{(i % 70) * 7 + 3}' for i in range(len(t))]
+  return t.drop_columns(['time']).append_column('user', pa.array(users))
+
+
+class StreamedSearchTest(parameterized.TestCase):
+  """The search log read in chunks and shards gives the one-file tables."""
+
+  def _convert(self, src, **convert):
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    m = dataset_job.run(config(src, **convert), out)
+    tables = {s: builders.load_table(out, manifest.SEARCH, s)
+              for s in ('train', 'test')}
+    # WordPiece training breaks ties differently from run to run: the same
+    # titles may get other token ids, so queries are compared as text.
+    tok = titles.load(out)
+    for t in tables.values():
+      t['query_text'] = np.array(tok.decode_batch(t['query_text'].tolist()))
+    return m, tables
+
+  def _assert_same(self, got, want):
+    (gm, gt), (wm, wt) = got, want
+    self.assertEqual(gm.tables[manifest.SEARCH], wm.tables[manifest.SEARCH])
+    for split in ('train', 'test'):
+      self.assertEqual(list(gt[split]), list(wt[split]))
+      for k, v in wt[split].items():
+        self.assertEqual(gt[split][k].dtype, v.dtype, (split, k))
+        np.testing.assert_array_equal(gt[split][k], v, err_msg=f'{split} {k}')
+    self.assertGreater(int((wt['train']['query_text'] != '').sum()), 50)
+
+  def _own_data(self, edit=None):
+    src = tempfile.mkdtemp()
+    write_own_data(src, rows=300, with_vectors=False, sessions=200)
+    if edit:
+      path = os.path.join(src, 'search.parquet')
+      pq.write_table(edit(pq.read_table(path)), path)
+    return src
+
+  @parameterized.named_parameters(('time', None),
+                                  ('every_tenth', _every_tenth_with_users))
+  def test_shards_give_the_one_file_tables(self, edit):
+    src = self._own_data(edit)
+    one = self._convert(src)
+    # Uneven shards (one empty): ids and the every-10th sessions count rows
+    # across them.
+    shard_search(src, [73, 73, 141])
+    sharded = self._convert(src)
+    self._assert_same(sharded, one)
+    m, tables = one
+    self.assertEqual(sum(m.tables[manifest.SEARCH]['splits'].values()), 200)
+    self.assertTrue(tables['test']['held_out'].all())
+    if edit:  # held out: every 10th session, and those buying a new item
+      self.assertTrue((tables['train']['session_id'] % 10 != 9).all())
+      self.assertGreater(int((tables['test']['session_id'] % 10 == 9).sum()),
+                         10)
+      self.assertGreater(int((tables['train']['user_id'] > 0).sum()), 100)
+
+  def test_small_chunks_give_the_one_chunk_tables(self):
+    src = self._own_data()
+    one = self._convert(src)
+    sizes = []
+    read_many = images.read_many
+
+    def spy(source_dir, paths, *args):
+      sizes.append(len(paths))
+      return read_many(source_dir, paths, *args)
+
+    with mock.patch.object(images, 'read_many', spy):
+      chunked = self._convert(src, chunk_rows=16)
+    self._assert_same(chunked, one)
+    # 100 image queries, decoded a chunk of at most 16 sessions at a time,
+    # each once (the catalogue's 40 images are one more call).
+    self.assertEqual(sorted(sizes)[-1], 40)
+    self.assertLessEqual(max(sorted(sizes)[:-1]), 16)
+    self.assertEqual(sum(sizes), 40 + 100)
 
 
 if __name__ == '__main__':

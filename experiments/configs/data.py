@@ -63,7 +63,7 @@ def get_config(arg=None):
   v.title_length = 16
   v.vocab_size = 8000  # WordPiece vocabulary of the titles
   v.max_bag = 8  # slots of a multi-valued field (genres, tags)
-  v.chunk_rows = 65536  # impressions read per chunk: bounds memory
+  v.chunk_rows = 65536  # impressions / search rows per chunk: bounds memory
   # Which item fields behaviours carry / feed id_stats' category shares;
   # None = the first item field.
   v.seq_features = ml_collections.FieldReference(None, field_type=tuple)

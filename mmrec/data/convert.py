@@ -653,7 +653,7 @@ class Converter:
          self.impression_example()),
     ]
     if search:
-      tables.append((builders.Search, search, None))
+      tables.append((builders.Search, search.splits, search.example))
     builders.write_tables(directory, tables)
     names = list(icats)
     seq = (self.opt.seq_features if self.opt.seq_features is not None
@@ -674,9 +674,8 @@ class Converter:
                 'fields': list(self.impression_example()),
                 'splits': dict(self.rows)},
             **({manifest_lib.SEARCH: {
-                'fields': list(search['train']),
-                'splits': {k: len(v['session_id'])
-                           for k, v in search.items()}}} if search else {})},
+                'fields': list(search.example),
+                'splits': dict(search.counts)}} if search else {})},
         categorical={manifest_lib.ITEMS: icats, manifest_lib.USERS: ucats},
         bags={manifest_lib.ITEMS: ibags, manifest_lib.USERS: ubags},
         ctr={'user_features': list(ucats), 'item_features': names,

@@ -1,7 +1,9 @@
-"""Own-data search sessions (search.parquet) -> the mmrec_search table.
+"""Own-data search sessions (the search log) -> the mmrec_search table.
 
-Schema (docs/data_format.md): `item` (the purchased item, required), a query
-as `query_text` (text) and/or `query_image` (a path relative to the source
+The log is `search.parquet`, or the shards `search/*.parquet` read in name
+order as one table (every shard with the same optional columns). Schema
+(docs/data_format.md): `item` (the purchased item, required), a query as
+`query_text` (text) and/or `query_image` (a path relative to the source
 directory; an image query when present), optional `hard_negatives` (list of
 items clicked but not bought), optional `user`, and `time` (sessions on the
 test days are held out) or `split` ('train' / 'test'). Without either, every
@@ -14,108 +16,268 @@ purchased_item, hard_negatives (H,), hard_negative_mask (H,), held_out;
 split into 'train' and 'test' (= held out). A session whose purchased item
 has no id (rare: below the frequency cut-off, or unknown) is dropped; so is
 an unknown hard negative (its mask is False).
+
+Streamed, never read whole: a first pass over every column but the images
+(ids, time or split, the query strings: `chunk_rows` rows at a time) checks
+every session, decides its split and counts the splits before anything is
+written; then each split's writer reads the log again and decodes the images
+and tokenises the text of its own sessions only, at most `DECODE_ROWS` at a
+time, so each image is decoded once. What is kept between the passes is one
+byte per session. Rows are numbered across the shards: a session's id, the
+every-10th fallback and the row an error names are that global position.
 """
 
+import contextlib
+import os
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmrec.data import columns
 from mmrec.data import images
 from mmrec.data import titles
 
 HELD_OUT_EVERY = 10  # without time or split: every 10th session
+# Sessions decoded at once: at most 4096 (12 MiB of 32 x 32 query images)
+# and 64 MiB of images; the first pass decodes none and takes chunk_rows.
+DECODE_ROWS = 4096
+DECODE_BYTES = 1 << 26
+OPTIONAL = ('query_text', 'query_image', 'hard_negatives', 'user', 'time',
+            'split')
+SPLITS = ('train', 'test')
+# What the first pass decides per session: dropped (the purchased item has
+# no id), or the index + 1 of its split.
+_DROPPED, _TRAIN, _TEST = 0, 1, 2
 
 
 def convert(conv, tok):
-  """{'train': table, 'test': table} of search.parquet, or None without it.
+  """The search log's `Sessions`, or None without a log.
 
   `conv`: the `convert.Converter` (ids, days, options, source directory);
   `tok`: the titles' tokenizer (None without titles).
   """
   paths = columns.table_files(conv.src, 'search', required=False)
-  if not paths:
-    return None
-  path = paths[0]
-  names = columns.open_file(path).schema_arrow.names
-  optional = [c for c in ('query_text', 'query_image', 'hard_negatives',
-                          'user', 'time', 'split') if c in names]
-  t = columns.read_all(path, ['item'], optional)
-  if 'query_text' not in optional and 'query_image' not in optional:
-    raise columns.InputError(f'{path}: a search session needs a query: a '
-                             f"'query_text' or 'query_image' column (found "
-                             f'{names})')
-  n = t.num_rows
-  raw = conv.kinds.check('item', columns.ids(t.column('item'), path, 'item'),
-                         path, 'item')
-  bought = conv.items(raw)
-  image_q = (np.array([bool(x) for x in t.column('query_image').to_pylist()])
-             if 'query_image' in optional else np.zeros(n, bool))
-  text = (t.column('query_text').to_pylist() if 'query_text' in optional
-          else [None] * n)
-  no_query = ~image_q & np.array([not x for x in text])
-  if no_query.any():
-    r = int(np.flatnonzero(no_query)[0])
-    raise columns.InputError(f"{path}, row {r}: no query (neither "
-                             "'query_text' nor 'query_image')")
-  if (~image_q).any() and tok is None:
-    raise columns.InputError(f'{path}: text queries need item titles (the '
-                             'tokenizer is trained on them); items.parquet '
-                             "has no 'title' column")
-  held = _held_out(conv, t, path, optional)
-  held |= conv.launch_day[bought] >= conv.first_test_day
-  keep = np.flatnonzero(bought > 0)
-  H = conv.opt.max_hard_negatives
-  hard = np.zeros((n, H), np.int32)
-  if 'hard_negatives' in optional:
-    offsets, flat = columns.id_lists(
-        t.column('hard_negatives').combine_chunks(), path, 'hard_negatives')
-    ids = conv.items(conv.kinds.check('item', flat, path, 'hard_negatives')
-                     if len(flat) else flat)
-    for r in range(n):
-      got = ids[offsets[r]:offsets[r + 1]]
-      got = got[got > 0][:H]
-      hard[r, :len(got)] = got
-  s = conv.opt.image_size
-  query_image = np.zeros((n, s, s, 3), np.uint8)
-  rows = np.flatnonzero(image_q)
-  if len(rows):
-    paths_ = np.asarray(t.column('query_image').to_pylist(), object)[rows]
-    query_image[rows] = images.read_many(conv.src, paths_, s, path,
-                                         'query_image', rows)
-  query_text = np.zeros((n, conv.opt.title_length), np.int32)
-  rows = np.flatnonzero(~image_q)
-  if len(rows):
-    query_text[rows] = titles.encode(tok, [text[r] for r in rows],
-                                     conv.opt.title_length)
-  user = (conv.users(conv.kinds.check('user', columns.ids(
-      t.column('user'), path, 'user'), path, 'user'))
-          if 'user' in optional else np.zeros(n, np.int32))
-  table = {'session_id': np.arange(n, dtype=np.int32), 'user_id': user,
-           'query_is_image': image_q, 'query_image': query_image,
-           'query_text': query_text, 'purchased_item': bought,
-           'hard_negatives': hard, 'hard_negative_mask': hard > 0,
-           'held_out': held}
-  out = {split: {k: v[keep[held[keep] == (split == 'test')]]
-                 for k, v in table.items()} for split in ('train', 'test')}
-  for split, rows_ in out.items():
-    if not len(rows_['session_id']):
-      raise columns.InputError(f'{path}: no {split} search sessions (of {n}; '
-                               f'{int((bought == 0).sum())} buy an item '
-                               'without an id)')
-  return out
+  return Sessions(conv, tok, paths) if paths else None
 
 
-def _held_out(conv, t, path, optional):
-  n = t.num_rows
-  if 'time' in optional and not conv.by_split:
-    sec = columns.times(t.column('time'), path, 'time')
-    return (sec - conv.t0) // 86400 >= conv.first_test_day
-  if 'split' in optional:
-    s = np.asarray(t.column('split').to_pylist(), object)
-    bad = (s != 'train') & (s != 'test')
-    if bad.any():
-      r = int(np.flatnonzero(bad)[0])
-      raise columns.InputError(f"{path}, column 'split', row {r}: {s[r]!r}, "
-                               "expected 'train' or 'test'")
-    return s == 'test'
-  return np.arange(n) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+class Sessions:
+  """The mmrec_search table of a search log, written split by split.
 
+  Attributes:
+    splits: {'train' / 'test': a zero-argument callable returning an
+      iterator of {field: array} chunks} (see `builders.TableBuilder`).
+    example: {field: array with no rows}: the features.
+    counts: {'train' / 'test': number of sessions} (the manifest's).
+  """
+
+  def __init__(self, conv, tok, paths):
+    self.conv, self.tok, self.paths = conv, tok, paths
+    self.log = paths[0] if len(paths) == 1 else (
+        f'{os.path.dirname(paths[0])}/*.parquet ({len(paths)} shards)')
+    self._schema()
+    self.example = self._zeros(0)
+    self._scan()
+    self.splits = {s: (lambda s=s: self._rows(s)) for s in SPLITS}
+
+  def _schema(self):
+    """The optional columns (the same in every shard) and where shards start."""
+    first, starts, n = None, {}, 0
+    for path in self.paths:
+      f = columns.open_file(path)
+      names = f.schema_arrow.names
+      found = [c for c in OPTIONAL if c in names]
+      if first is None:
+        first, first_names = found, names
+      elif found != first:
+        # Else a column of a later shard would be silently ignored, or its
+        # sessions read without a column the first shard has.
+        raise columns.InputError(
+            f'{path}: optional columns {found}, but {self.paths[0]} has '
+            f'{first}; every shard of the search log needs the same columns')
+      starts[path] = n
+      n += f.metadata.num_rows
+    if 'query_text' not in first and 'query_image' not in first:
+      raise columns.InputError(f'{self.paths[0]}: a search session needs a '
+                               "query: a 'query_text' or 'query_image' "
+                               f'column (found {first_names})')
+    self.optional, self.starts, self.num_rows = first, starts, n
+    if 'time' in first and not self.conv.by_split:
+      self.when = 'time'
+    else:
+      self.when = 'split' if 'split' in first else None
+
+  def _chunks(self, cols, chunk_rows):
+    """(path, global row of the chunk's first row, batch) over every shard."""
+    for path, row0, batch in columns.chunks(self.paths, ['item'] + cols, (),
+                                            chunk_rows):
+      yield path, self.starts[path] + row0, batch
+
+  @contextlib.contextmanager
+  def _numbered(self, path):
+    """Says how the row of an error in a later shard counts."""
+    try:
+      yield
+    except columns.InputError as e:
+      if not self.starts[path]:  # its rows are the file's own
+        raise
+      raise columns.InputError(
+          f'{e} (rows are numbered across the {len(self.paths)} shards of the '
+          f'search log in name order; this shard starts at row '
+          f'{self.starts[path]})') from e
+
+  # --- Pass 1: every session's split ----------------------------------------
+
+  def _scan(self):
+    """Checks every column but the images; sets the split of each session."""
+    conv = self.conv
+    cols = [c for c in self.optional
+            if c not in ('time', 'split') or c == self.when]
+    self.code = np.zeros(self.num_rows, np.int8)
+    for path, g, batch in self._chunks(cols, conv.opt.chunk_rows):
+      with self._numbered(path):
+        bought = self._bought(batch, path, g)
+        image_q, text = self._queries(batch, path, g)
+        held = self._held_out(batch, path, g)
+        if 'user' in self.optional:
+          self._users(batch, path, g)
+        if 'hard_negatives' in self.optional:
+          self._hard_negatives(batch, path, g)
+      if (~image_q).any() and self.tok is None:
+        raise columns.InputError(f'{self.log}: text queries need item titles '
+                                 '(the tokenizer is trained on them); '
+                                 "items.parquet has no 'title' column")
+      held |= conv.launch_day[bought] >= conv.first_test_day
+      self.code[g:g + batch.num_rows] = np.where(
+          bought > 0, np.where(held, _TEST, _TRAIN), _DROPPED)
+    self.counts = {s: int((self.code == k).sum())
+                   for s, k in zip(SPLITS, (_TRAIN, _TEST))}
+    for split, n in self.counts.items():
+      if not n:
+        raise columns.InputError(
+            f'{self.log}: no {split} search sessions (of {self.num_rows}; '
+            f'{int((self.code == _DROPPED).sum())} buy an item without an id)')
+
+  def _held_out(self, batch, path, g):
+    n = batch.num_rows
+    if self.when == 'time':
+      sec = columns.times(batch.column('time'), path, 'time', g)
+      return (sec - self.conv.t0) // 86400 >= self.conv.first_test_day
+    if self.when == 'split':
+      s = np.asarray(batch.column('split').to_pylist(), object)
+      bad = (s != 'train') & (s != 'test')
+      if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise columns.InputError(f"{path}, column 'split', row {g + r}: "
+                                 f"{s[r]!r}, expected 'train' or 'test'")
+      return (s == 'test').astype(bool)
+    return (g + np.arange(n)) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+
+  # --- Columns of a chunk (both passes) ---------------------------------------
+
+  def _bought(self, batch, path, g):
+    kinds = self.conv.kinds
+    return self.conv.items(kinds.check(
+        'item', columns.ids(batch.column('item'), path, 'item', g), path,
+        'item'))
+
+  def _users(self, batch, path, g):
+    kinds = self.conv.kinds
+    return self.conv.users(kinds.check(
+        'user', columns.ids(batch.column('user'), path, 'user', g), path,
+        'user'))
+
+  def _queries(self, batch, path, g):
+    """(is an image query, the query texts or Nones) of every row."""
+    n = batch.num_rows
+    image_q = (np.array([bool(x) for x in
+                         batch.column('query_image').to_pylist()], bool)
+               if 'query_image' in self.optional else np.zeros(n, bool))
+    text = (batch.column('query_text').to_pylist()
+            if 'query_text' in self.optional else [None] * n)
+    no_query = ~image_q & np.array([not x for x in text], bool)
+    if no_query.any():
+      r = int(np.flatnonzero(no_query)[0])
+      raise columns.InputError(f"{path}, row {g + r}: no query (neither "
+                               "'query_text' nor 'query_image')")
+    return image_q, text
+
+  def _hard_negatives(self, batch, path, g):
+    """(n, H) ids: the first H known hard negatives of each row, 0-padded."""
+    col = batch.column('hard_negatives')
+    n, H = batch.num_rows, self.conv.opt.max_hard_negatives
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+      flat = col.flatten()
+      if flat.null_count:
+        # columns.id_lists would name the position in the flattened lists.
+        i = int(np.flatnonzero(flat.is_null().to_numpy(
+            zero_copy_only=False))[0])
+        r = int(pc.list_parent_indices(col)[i].as_py())
+        raise columns.InputError(f"{path}, column 'hard_negatives', row "
+                                 f'{g + r}: a missing (null) item in the list')
+    offsets, flat = columns.id_lists(col, path, 'hard_negatives', g)
+    if len(flat):
+      self.conv.kinds.check('item', flat, path, 'hard_negatives')
+    ids = self.conv.items(flat)
+    known = ids > 0
+    row = np.repeat(np.arange(n), np.diff(offsets))[known]
+    rank = np.arange(len(row)) - np.searchsorted(row, row)
+    first = rank < H
+    hard = np.zeros((n, H), np.int32)
+    hard[row[first], rank[first]] = ids[known][first]
+    return hard
+
+  # --- Pass 2: the rows of a split ------------------------------------------
+
+  def _zeros(self, m):
+    opt = self.conv.opt
+    s, T, H = opt.image_size, opt.title_length, opt.max_hard_negatives
+    return {'session_id': np.zeros(m, np.int32),
+            'user_id': np.zeros(m, np.int32),
+            'query_is_image': np.zeros(m, bool),
+            'query_image': np.zeros((m, s, s, 3), np.uint8),
+            'query_text': np.zeros((m, T), np.int32),
+            'purchased_item': np.zeros(m, np.int32),
+            'hard_negatives': np.zeros((m, H), np.int32),
+            'hard_negative_mask': np.zeros((m, H), bool),
+            'held_out': np.zeros(m, bool)}
+
+  def _rows(self, split):
+    """Chunks of the split's sessions, in log order."""
+    want = _TEST if split == 'test' else _TRAIN
+    opt = self.conv.opt
+    rows = min(opt.chunk_rows, DECODE_ROWS,
+               max(1, DECODE_BYTES // (3 * opt.image_size ** 2)))
+    cols = [c for c in self.optional if c not in ('time', 'split')]
+    for path, g, batch in self._chunks(cols, rows):
+      mine = np.flatnonzero(self.code[g:g + batch.num_rows] == want)
+      if len(mine):
+        with self._numbered(path):
+          out = self._table(batch, path, g, mine, split == 'test')
+        yield out
+
+  def _table(self, batch, path, g, mine, held):
+    """The stored fields of rows `mine` of a chunk."""
+    opt = self.conv.opt
+    out = self._zeros(len(mine))
+    out['session_id'][:] = g + mine
+    out['purchased_item'][:] = self._bought(batch, path, g)[mine]
+    if 'user' in self.optional:
+      out['user_id'][:] = self._users(batch, path, g)[mine]
+    image_q, text = self._queries(batch, path, g)
+    image = image_q[mine]
+    out['query_is_image'][:] = image
+    rows = mine[image]
+    if len(rows):
+      rel = np.asarray(batch.column('query_image').to_pylist(), object)[rows]
+      out['query_image'][image] = images.read_many(
+          self.conv.src, rel, opt.image_size, path, 'query_image', g + rows)
+    rows = mine[~image]
+    if len(rows):
+      out['query_text'][~image] = titles.encode(
+          self.tok, [text[r] for r in rows], opt.title_length)
+    if 'hard_negatives' in self.optional:
+      out['hard_negatives'][:] = self._hard_negatives(batch, path, g)[mine]
+    out['hard_negative_mask'][:] = out['hard_negatives'] > 0
+    out['held_out'][:] = held
+    return out
