@@ -300,7 +300,8 @@ def evaluate_encoder(encoder, data_dir, items):
 
   Returns (metrics, tables, ranks): retrieval_eval.summarise slices of the
   item vector ('image', 'text', 'image_new', 'text_new'; the same four with
-  '_catalogue' ranked against the catalogue) plus 'image_on_image'
+  '_catalogue' ranked against the catalogue; on the world 'image_concept'
+  and 'text_concept', retrieval_eval.concept_hits) plus 'image_on_image'
   and 'text_on_text' (queries of a modality ranked by that modality's item
   table, where the encoder has it); `encoder.item_tables`; and the
   per-query ranks (retrieval_eval.query_ranks) under the same slice names.
@@ -343,6 +344,13 @@ def evaluate_encoder(encoder, data_dir, items):
   for name, res in retrieval_eval.summarise(catalogue, sessions, new).items():
     metrics[f'{name}_catalogue'] = res
   ranks.update({f'{m}_catalogue': r for m, r in catalogue.items()})
+  m = manifest.load(data_dir)
+  if m.oracle:
+    with np.load(os.path.join(data_dir, m.oracle)) as z:
+      concept = z['item_concept']
+    metrics.update(retrieval_eval.concept_hits(
+        sessions, tables['item'], q['image'], q['text'],
+        search_candidates(data_dir, items, sessions)[0], concept))
   for m in vector_table.MODALITIES:
     if m in tables and q[m] is not None:
       own = retrieval_eval.query_ranks(sessions, tables[m],

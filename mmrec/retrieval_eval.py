@@ -125,6 +125,48 @@ def _catalogue_query_ranks(sessions, items, image_query_vectors,
   return out
 
 
+def concept_hits(sessions, item_vectors, image_query_vectors,
+                 text_query_vectors, candidates, concept, k=(1, 10),
+                 chunk=256):
+  """Concept-level hits against the catalogue (the world's diagnostic).
+
+  A query hits at k when one of its top-k candidates is of the purchased
+  item's concept (`concept`: (num_items,) the oracle's item_concept). The
+  world's buyer picks one of ~20 listings of the sought concept, which no
+  encoder can tell apart by content, so exact-item ranking against the
+  catalogue is capped near 10 / 20 at recall@10; this slice shows whether
+  the concept was found.
+
+  Returns {'image_concept', 'text_concept'}: {'accuracy@1', 'recall@10',
+  'queries'} or None where the encoder has no such query.
+  """
+  items = _unit(item_vectors)[candidates]
+  cand_concept = concept[candidates]
+  want = concept[sessions['purchased_item']]
+  out = {}
+  for modality, queries in (('image', image_query_vectors),
+                            ('text', text_query_vectors)):
+    rows = np.flatnonzero(sessions['query_is_image'] == (modality == 'image'))
+    if queries is None or not len(rows):
+      out[f'{modality}_concept'] = None
+      continue
+    q = _unit(np.asarray(queries)[rows])
+    top = max(k)
+    first = np.empty(len(rows), np.int64)  # 0-based place of the first hit
+    for lo in range(0, len(rows), chunk):
+      sim = q[lo:lo + chunk] @ items.T
+      best = np.argpartition(-sim, top - 1, axis=1)[:, :top]
+      order = np.take_along_axis(sim, best, 1).argsort(1)[:, ::-1]
+      best = np.take_along_axis(best, order, 1)
+      hit = cand_concept[best] == want[rows[lo:lo + chunk], None]
+      first[lo:lo + chunk] = np.where(hit.any(1), hit.argmax(1), top)
+    res = {('accuracy@1' if x == 1 else f'recall@{x}'): float(np.mean(
+        first < x)) for x in k}
+    res['queries'] = int(len(rows))
+    out[f'{modality}_concept'] = res
+  return out
+
+
 def summarise(ranks, sessions, new_items=None, k=(1, 10)):
   """{'image'|'text'|'image_new'|'text_new': {'accuracy@1', 'recall@10',
   'queries'} or None} from `query_ranks`."""

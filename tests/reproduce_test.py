@@ -114,6 +114,7 @@ class ReproduceTest(absltest.TestCase):
       self.assertEqual(set(row), {'image', 'text', 'image_new', 'text_new',
                                   'image_catalogue', 'text_catalogue',
                                   'image_new_catalogue', 'text_new_catalogue',
+                                  'image_concept', 'text_concept',
                                   'image_on_image', 'text_on_text'})
       for cell in row.values():
         if cell is not None:

@@ -107,6 +107,31 @@ class RetrievalEvalTest(absltest.TestCase):
     self.assertAlmostEqual(res['image']['recall@10'],
                            np.mean(cat['image'][cat['image'] >= 0] < 10))
 
+  def test_concept_hits_find_the_concept_exact_ranks_cannot(self):
+    # Concept vectors as items and queries: every listing of the bought
+    # concept ties with the bought one. The concept is always found; the
+    # exact item (ties against it) almost never first.
+    concept = self.w.oracle['item_concept']
+    items = self.w.oracle['concept_vec'][concept]
+    s = self.sessions
+    q = items[s['purchased_item']]
+    cand = np.arange(len(items))
+    hits = retrieval_eval.concept_hits(s, items, q, None, cand, concept,
+                                       chunk=5)
+    self.assertEqual(hits['image_concept']['accuracy@1'], 1.0)
+    self.assertEqual(hits['image_concept']['queries'],
+                     int(s['query_is_image'].sum()))
+    self.assertIsNone(hits['text_concept'])
+    exact = retrieval_eval.evaluate(s, items, q, None, candidates=cand,
+                                    canonical=cand)
+    self.assertLess(exact['image']['accuracy@1'], 0.1)
+    # Random items: hits at the rate of the concept's share of the top 10.
+    rng = np.random.default_rng(0)
+    hits = retrieval_eval.concept_hits(s, rng.normal(size=items.shape), q, q,
+                                       cand, concept)
+    share = np.bincount(concept).mean() / len(concept)
+    self.assertLess(hits['text_concept']['recall@10'], 20 * share + 0.05)
+
   def test_catalogue_ranking_by_hand(self):
     # Items 0-4 at angles 0, 10, 8, 8, 40 degrees; items 2 and 3 are one
     # product listed twice (one canonical id, 2). The session buys item 1
