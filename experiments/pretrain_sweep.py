@@ -239,11 +239,7 @@ def load_queries(workdir, methods, seeds):
   return out
 
 
-def markdown(table, skipped=None, notes=None):
-  """The table; `skipped` {method: why} and `notes` {method: note} follow
-  it, a line each."""
-  rows = [r for r in table.values() if r]
-  slices = _slices(rows)
+def _markdown_table(table, slices):
   head = '| method | ' + ' | '.join(f'{s} {m}' for s in slices
                                      for m in METRICS) + ' |'
   lines = [head, '|' + '---|' * (1 + len(slices) * len(METRICS))]
@@ -257,6 +253,20 @@ def markdown(table, skipped=None, notes=None):
         cells.append('n/a' if v is None else
                      f'{v[m]["mean"]:.3f} ± {v[m]["std"]:.3f}')
     lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def markdown(table, skipped=None, notes=None):
+  """The table (paper.md's protocol, then the catalogue ranking, if any);
+  `skipped` {method: why} and `notes` {method: note} follow, a line each."""
+  rows = [r for r in table.values() if r]
+  slices = _slices(rows)
+  catalogue = [s for s in slices if s.endswith(('_catalogue', '_concept'))]
+  lines = _markdown_table(table, [s for s in slices if s not in catalogue])
+  if catalogue:
+    lines += ['', 'The same search queries ranked against the catalogue '
+              '(`_concept`: a top-k item of the purchased item\'s concept):',
+              ''] + _markdown_table(table, catalogue)
   for method, note in (notes or {}).items():
     lines.append(f'\n{method}: {note}')
   for method, why in (skipped or {}).items():
