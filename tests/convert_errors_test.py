@@ -110,6 +110,25 @@ def _duplicate_item(d):
   _edit(d, 'items', fn)
 
 
+def _null_in_history(d):
+  # Row 9's list holds the 11th value of the flattened lists (lengths 0, 1,
+  # 2, 0, 1, ...): the error names the row, not the value.
+  def fn(t):
+    items = t['item'].to_pylist()
+    h = [items[:i % 3] for i in range(len(t))]
+    h[9] = [items[0], None]
+    return t.append_column('history', pa.array(h, pa.list_(pa.int64())))
+  _edit(d, 'impressions', fn)
+
+
+def _null_in_tags(d):
+  def fn(t):
+    tags = t['tags'].to_pylist()
+    tags[5] = ['a', None]
+    return _set(t, 'tags', tags)
+  _edit(d, 'items', fn)
+
+
 def _float_category(d):
   _edit(d, 'items', lambda t: t.append_column(
       'price', pa.array(np.linspace(1, 9, len(t)))))
@@ -156,6 +175,12 @@ CASES = (
      r'expected 8'),
     ('nan_vector', _nan_vector,
      r"vectors.parquet, column 'vector', row 4: vector holds NaN"),
+    ('null_in_history', _null_in_history,
+     r"impressions.parquet, column 'history', row 9: a missing \(null\) id "
+     r'in the list'),
+    ('null_in_tags', _null_in_tags,
+     r"items.parquet, column 'tags', row 5: a missing \(null\) id in the "
+     r'list'),
     ('duplicate_item', _duplicate_item,
      r"items.parquet, column 'item': id .* appears twice \(rows \[5, 6\]\)"),
     ('float_category', _float_category,
@@ -220,7 +245,8 @@ SEARCH_CASES = (
      rf"{SHARD}, column 'query_image', row 34: image 'img/nope.png' not "
      rf'found.*{ACROSS}'),
     ('null_hard_negative', _search_hard_negative, None,
-     rf"{SHARD}, column 'hard_negatives', row 41: a missing \(null\) item"),
+     rf"{SHARD}, column 'hard_negatives', row 41: a missing \(null\) id in "
+     r'the list'),
     ('string_items', None, _search_kind,
      rf"{SHARD}, column 'item': str item ids, but .*impressions.parquet "
      r"column 'item' has int ones"),

@@ -140,6 +140,8 @@ def spans(start, end):
 def id_lists(col, path, name, row0=0, last=None):
   """(offsets (N + 1,), flat raw ids) of a list<id> column; nulls = empty.
 
+  A null inside a list is an error that names the list's row.
+
   `last`: only the last `last` ids of each list, the only ones converted
   (a history may be 20x longer than what is kept of it).
   """
@@ -150,8 +152,13 @@ def id_lists(col, path, name, row0=0, last=None):
   offsets = col.offsets.to_numpy().astype(np.int64)
   offsets = offsets - offsets[0]
   flat = col.flatten()
+  if flat.null_count:
+    # The row of the list, not the null's place among all rows' values.
+    i = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+    row = int(np.searchsorted(offsets, i, side='right')) - 1
+    raise InputError(f'{_where(path, name, row0, row)}: a missing (null) id in '
+                     'the list; a list may be empty or null, not hold nulls')
   if last is not None:
-    _no_nulls(flat, path, f'{name}[]', row0)
     kept = np.minimum(np.diff(offsets), last)
     flat = flat.take(spans(offsets[1:] - kept, offsets[1:]))
     offsets = np.concatenate([[0], np.cumsum(kept)])

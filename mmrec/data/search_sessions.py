@@ -31,8 +31,6 @@ import contextlib
 import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmrec.data import columns
 from mmrec.data import images
@@ -206,15 +204,6 @@ class Sessions:
     """(n, H) ids: the first H known hard negatives of each row, 0-padded."""
     col = batch.column('hard_negatives')
     n, H = batch.num_rows, self.conv.opt.max_hard_negatives
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-      flat = col.flatten()
-      if flat.null_count:
-        # columns.id_lists would name the position in the flattened lists.
-        i = int(np.flatnonzero(flat.is_null().to_numpy(
-            zero_copy_only=False))[0])
-        r = int(pc.list_parent_indices(col)[i].as_py())
-        raise columns.InputError(f"{path}, column 'hard_negatives', row "
-                                 f'{g + r}: a missing (null) item in the list')
     offsets, flat = columns.id_lists(col, path, 'hard_negatives', g)
     if len(flat):
       self.conv.kinds.check('item', flat, path, 'hard_negatives')

@@ -1,14 +1,17 @@
 """Title tokenizer of a converted dataset: trained locally, saved with it.
 
-A WordPiece model from the `tokenizers` library, trained on the titles of
-the training split only (no test text leaks into the vocabulary), saved as
-`tokenizer.json` in the dataset. BERT's normaliser puts spaces around CJK
-characters, so Chinese titles become one token per character (or merged
-pieces) while English splits on words and punctuation. Ids: 0 = padding
-([PAD]), 1 = unknown ([UNK]); titles are truncated / right-padded to a fixed
-length, the layout of the world's titles.
+A WordPiece model of the `tokenizers` library (its vocabulary learnt here,
+the same on every run), trained on the titles of the training split only (no
+test text leaks into the vocabulary), saved as `tokenizer.json` in the
+dataset. BERT's normaliser puts spaces around CJK characters, so Chinese
+titles become one token per character (or merged pieces) while English
+splits on words and punctuation. Ids: 0 = padding ([PAD]), 1 = unknown
+([UNK]); titles are truncated / right-padded to a fixed length, the layout
+of the world's titles.
 """
 
+import collections
+import heapq
 import os
 
 import numpy as np
@@ -17,25 +20,109 @@ from tokenizers import decoders
 from tokenizers import models
 from tokenizers import normalizers
 from tokenizers import pre_tokenizers
-from tokenizers import trainers
 
 FILE = 'tokenizer.json'
 PAD, UNK = '[PAD]', '[UNK]'
+PREFIX = '##'  # WordPiece's mark of a piece that continues a word
 
 
 def train(texts, vocab_size):
-  """A WordPiece tokenizer trained on `texts` (an iterable of str)."""
-  tok = tokenizers.Tokenizer(models.WordPiece(unk_token=UNK))
-  tok.normalizer = normalizers.BertNormalizer(
+  """A WordPiece tokenizer trained on `texts` (an iterable of str).
+
+  The vocabulary is built here (`_vocab`), not by the library's
+  WordPieceTrainer: that trainer numbers the word-continuing pieces ('##x')
+  in the iteration order of a hash map seeded at random in every process,
+  and breaks ties between equally frequent merges by those numbers, so two
+  runs on the same titles gave different ids and even different
+  vocabularies (whatever RAYON_NUM_THREADS or TOKENIZERS_PARALLELISM say).
+  Words are still split by the library's own normaliser and pre-tokeniser,
+  the ones that encode titles later.
+  """
+  normalizer = normalizers.BertNormalizer(
       clean_text=True, handle_chinese_chars=True, lowercase=True)
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  tok.decoder = decoders.WordPiece()
-  trainer = trainers.WordPieceTrainer(
-      vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
-  tok.train_from_iterator(texts, trainer)
+  pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  counts = collections.Counter()
+  for text in texts:
+    counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(
+        normalizer.normalize_str(text)))
+  tok = tokenizers.Tokenizer(models.WordPiece(
+      _vocab(counts, vocab_size), unk_token=UNK,
+      continuing_subword_prefix=PREFIX))
+  tok.normalizer = normalizer
+  tok.pre_tokenizer = pre_tokenizer
+  tok.decoder = decoders.WordPiece(prefix=PREFIX)
+  tok.add_special_tokens([PAD, UNK])
   if tok.token_to_id(PAD) != 0:
     raise AssertionError('the padding token must have id 0')
   return tok
+
+
+def _vocab(counts, vocab_size):
+  """{token: id} of the merges the library's WordPieceTrainer makes.
+
+  As there (BPE on word counts): [PAD], [UNK], the characters, the
+  continuing '##' characters, then the most frequent adjacent pair is merged
+  into a new token until there are `vocab_size`. Unlike there, the numbering
+  is fixed (characters by code point) before it breaks ties (equally
+  frequent pairs: the one of the smallest ids first, as there), so the same
+  counts always give the same ids.
+  """
+  words = sorted(counts)
+  tokens = [PAD, UNK] + sorted({c for w in words for c in w})
+  tokens += sorted({PREFIX + c for w in words for c in w[1:]})
+  vocab = {t: i for i, t in enumerate(tokens)}
+  pieces = [[vocab[w[0]]] + [vocab[PREFIX + c] for c in w[1:]] for w in words]
+  freq = [counts[w] for w in words]
+  pairs = collections.Counter()  # (id, id) -> occurrences in the corpus
+  where = collections.defaultdict(set)  # (id, id) -> words that may hold it
+  for i, p in enumerate(pieces):
+    for pair in zip(p, p[1:]):
+      pairs[pair] += freq[i]
+      where[pair].add(i)
+  # Entries may overstate a pair's count (corrected when popped), never
+  # understate it, so the first exact entry popped is the most frequent pair;
+  # equal entries are equal tuples, so the pops do not depend on the order of
+  # the pushes (nor on set order).
+  heap = [(-n, a, b) for (a, b), n in pairs.items()]
+  heapq.heapify(heap)
+  while heap and len(vocab) < vocab_size:
+    n, a, b = heapq.heappop(heap)
+    if -n != pairs[a, b]:
+      if pairs[a, b] > 0:
+        heapq.heappush(heap, (-pairs[a, b], a, b))
+      continue
+    token = tokens[a] + tokens[b][len(PREFIX):]  # b continues a word: '##..'
+    if token not in vocab:
+      vocab[token] = len(tokens)
+      tokens.append(token)
+    new = vocab[token]
+    grown = set()  # only pairs with the new token can have grown
+    for i in where.pop((a, b)):
+      p = pieces[i]
+      for pair in zip(p, p[1:]):
+        pairs[pair] -= freq[i]
+      p = pieces[i] = _merge(p, a, b, new)
+      for pair in zip(p, p[1:]):
+        pairs[pair] += freq[i]
+        where[pair].add(i)
+        if new in pair:
+          grown.add(pair)
+    for pair in grown:
+      heapq.heappush(heap, (-pairs[pair], *pair))
+  return vocab
+
+
+def _merge(pieces, a, b, new):
+  """`pieces` with every (a, b), left to right, replaced by `new`."""
+  out, i = [], 0
+  while i < len(pieces):
+    if i + 1 < len(pieces) and pieces[i] == a and pieces[i + 1] == b:
+      out.append(new)
+      i += 2
+    else:
+      out.append(pieces[i])
+      i += 1
+  return out
 
 
 def encode(tok, texts, length):
