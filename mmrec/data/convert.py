@@ -59,8 +59,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import catalogue_tables
 from mmrec.data import columns
 from mmrec.data import images
 from mmrec.data import manifest as manifest_lib
@@ -70,7 +70,6 @@ from mmrec.data import titles
 DAY = 86400
 SPLITS = ('train', 'validation', 'test')  # values of a `split` column
 ITEM_RESERVED = ('item', 'title', 'image')
-CANDIDATES_FILE = 'retrieval_candidates.npy'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,72 +480,6 @@ class Converter:
 
   # --- Catalogue tables -------------------------------------------------
 
-  def _catalogue(self, table, key, id_map, reserved):
-    """{field: (len(id_map),) or (.., K) array}, categorical and bag sizes."""
-    paths = columns.table_files(self.src, table, required=False,
-                                shards=False)
-    out = {f'{key}_id': np.arange(len(id_map), dtype=np.int32)}
-    cats, bags, raw = {}, {}, {}
-    if not paths:
-      return out, cats, bags, raw, None
-    path = paths[0]
-    names = columns.open_file(path).schema_arrow.names
-    t = columns.read_all(path, [key], [n for n in names if n != key])
-    keys = self.kinds.check(key, columns.ids(t.column(key), path, key), path,
-                            key)
-    uniq, first, counts = np.unique(keys, return_index=True,
-                                    return_counts=True)
-    if (counts > 1).any():
-      k = uniq[counts > 1][0]
-      rows = np.flatnonzero(keys == k)[:2].tolist()
-      raise columns.InputError(f'{path}, column {key!r}: id {k!r} appears '
-                               f'twice (rows {rows})')
-    ids = id_map(keys)
-    keep = ids > 0
-    for name in t.column_names:
-      if name == key:
-        continue
-      col = t.column(name).combine_chunks()
-      if name in reserved:
-        raw[name] = (np.asarray(col.to_pylist(), dtype=object), ids, keep)
-        continue
-      out[name], size, is_bag = self._field(col, path, name, ids, keep,
-                                            len(id_map))
-      (bags if is_bag else cats)[name] = size
-    return out, cats, bags, raw, path
-
-  def _field(self, col, path, name, ids, keep, n):
-    """One categorical (or bag) column -> (table, vocabulary size, is_bag)."""
-    is_bag = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
-    if is_bag:
-      offsets, values = columns.id_lists(col, path, name)
-    elif columns.id_kind(col.type) is None:
-      raise columns.InputError(
-          f'{path}, column {name!r}: a categorical field must hold integers '
-          f'or strings (or lists of them for a bag), got {col.type}; drop '
-          'the column or convert it')
-    else:
-      present = ~col.is_null().to_numpy(zero_copy_only=False)
-      values = columns.ids(col.filter(pa.array(present)), path, name)
-    vocab = np.unique(values)
-    coded = (np.searchsorted(vocab, values) + 1).astype(np.int32)
-    size = len(vocab) + 1  # 0 = missing / empty slot
-    if not is_bag:
-      full = np.zeros(len(col), np.int32)
-      full[present] = coded
-      table = np.zeros(n, np.int32)
-      table[ids[keep]] = full[keep]
-      return table, size, False
-    K = self.opt.max_bag
-    table = np.zeros((n, K), np.int32)
-    rows = np.flatnonzero(keep)
-    lengths = np.minimum(np.diff(offsets), K)[rows]
-    start = offsets[rows]
-    table[np.repeat(ids[rows], lengths),
-          columns.spans(np.zeros_like(lengths), lengths)] = coded[
-              columns.spans(start, start + lengths)]
-    return table, size, True
-
   def _titles(self, raw_titles, ids, keep, num_items, directory):
     text = np.full(num_items, '', dtype=object)
     v = raw_titles
@@ -568,51 +501,6 @@ class Converter:
                                       self.opt.image_size, path, 'image', rows)
     return out
 
-  def _vectors(self, directory):
-    paths = columns.table_files(self.src, 'vectors', required=False,
-                                shards=False)
-    if not paths:
-      return None
-    path = paths[0]
-    t = columns.read_all(path, ['item', 'vector'])
-    keys = self.kinds.check('item', columns.ids(t.column('item'), path,
-                                                'item'), path, 'item')
-    v = columns.vectors(t.column('vector').combine_chunks(), path, 'vector')
-    table = np.zeros((len(self.items), v.shape[1]), np.float32)
-    ids = self.items(keys)
-    norm = np.linalg.norm(v, axis=1, keepdims=True)
-    table[ids[ids > 0]] = (v / np.maximum(norm, 1e-12))[ids > 0]
-    covered = float((ids > 0).sum()) / max(len(self.items) - 1, 1)
-    vector_table.save(os.path.join(directory, vector_table.FILE), table,
-                      {'method': 'imported', 'source': path,
-                       'item_coverage': covered})
-    return vector_table.FILE
-
-  def _candidates(self, directory):
-    """candidates.parquet (`item`) -> the declared retrieval candidates."""
-    paths = columns.table_files(self.src, 'candidates', required=False,
-                                shards=False)
-    if not paths:
-      return None
-    path = paths[0]
-    t = columns.read_all(path, ['item'])
-    raw = self.kinds.check('item', columns.ids(t.column('item'), path,
-                                               'item'), path, 'item')
-    mapped = self.items(raw)
-    unknown = int((mapped == 0).sum())
-    if unknown:
-      # Not an error: a frequency cut-off maps rare items to 0, which is no
-      # candidate; said, not silently dropped.
-      logging.warning('%s: %d of %d candidates are unknown or rare items '
-                      '(id 0, below min_count) and are left out', path,
-                      unknown, len(raw))
-    ids = np.unique(mapped[mapped > 0])
-    if not len(ids):
-      raise columns.InputError(f'{path}: no candidate is a known item (of '
-                               f'{len(raw)} rows)')
-    np.save(os.path.join(directory, CANDIDATES_FILE), ids.astype(np.int64))
-    return CANDIDATES_FILE
-
   # --- Everything ---------------------------------------------------------
 
   def write(self, directory):
@@ -628,10 +516,12 @@ class Converter:
     """Everything but the manifest, which it returns."""
     self.scan_days()
     self.scan_ids(scratch)
-    items, icats, ibags, iraw, ipath = self._catalogue(
-        'items', 'item', self.items, ITEM_RESERVED)
-    users, ucats, ubags, _, _ = self._catalogue('users', 'user', self.users,
-                                                ())
+    items, icats, ibags, iraw, ipath = catalogue_tables.read(
+        self.src, 'items', 'item', self.items, self.kinds, ITEM_RESERVED,
+        self.opt.max_bag)
+    users, ucats, ubags, _, _ = catalogue_tables.read(
+        self.src, 'users', 'user', self.users, self.kinds,
+        max_bag=self.opt.max_bag)
     items['launch_day'] = self.launch_day
     text = image_size = tok = None
     if 'title' in iraw:
@@ -642,8 +532,10 @@ class Converter:
     if 'image' in iraw:
       items['image'] = self._images(*iraw['image'], len(self.items), ipath)
       image_size = self.opt.image_size
-    vectors = self._vectors(directory)
-    candidates = self._candidates(directory)
+    vectors = catalogue_tables.vectors(self.src, self.kinds, self.items,
+                                       directory)
+    candidates = catalogue_tables.candidates(self.src, self.kinds, self.items,
+                                             directory)
     search = search_sessions.convert(self, tok)
     tables = [
         (builders.Items, {'catalogue': items}, None),
