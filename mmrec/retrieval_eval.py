@@ -57,6 +57,17 @@ def _distinct_outside(hard, mask, pool):
   return keep
 
 
+def _queries(sessions, image_query_vectors, text_query_vectors):
+  """(modality, its sessions' rows, their unit query vectors or None where
+  the encoder has no such side or no session asks) for image and text."""
+  for modality, queries in (('image', image_query_vectors),
+                            ('text', text_query_vectors)):
+    rows = np.flatnonzero(sessions['query_is_image'] == (modality == 'image'))
+    q = (_unit(np.asarray(queries)[rows])
+         if queries is not None and len(rows) else None)
+    yield modality, rows, q
+
+
 def query_ranks(sessions, item_vectors, image_query_vectors=None,
                 text_query_vectors=None, candidates=None, canonical=None,
                 chunk=256):
@@ -88,12 +99,10 @@ def query_ranks(sessions, item_vectors, image_query_vectors=None,
   hard = sessions['hard_negatives']
   hard_mask = _distinct_outside(hard, sessions['hard_negative_mask'], pool)
   out = {}
-  for modality, queries in (('image', image_query_vectors),
-                            ('text', text_query_vectors)):
+  for modality, rows, q in _queries(sessions, image_query_vectors,
+                                    text_query_vectors):
     rank = np.full(len(purchased), -1, np.int64)
-    rows = np.flatnonzero(sessions['query_is_image'] == (modality == 'image'))
-    if queries is not None and len(rows):
-      q = _unit(np.asarray(queries)[rows])
+    if q is not None:
       sim = np.concatenate([q @ items[pool].T,
                             np.einsum('qd,qhd->qh', q, items[hard[rows]])], 1)
       mask = np.concatenate([np.ones((len(rows), len(pool)), bool),
@@ -111,12 +120,10 @@ def _catalogue_query_ranks(sessions, items, image_query_vectors,
     raise ValueError('every purchased item must be a candidate')
   cand = items[candidates]
   out = {}
-  for modality, queries in (('image', image_query_vectors),
-                            ('text', text_query_vectors)):
+  for modality, rows, q in _queries(sessions, image_query_vectors,
+                                    text_query_vectors):
     rank = np.full(len(target), -1, np.int64)
-    rows = np.flatnonzero(sessions['query_is_image'] == (modality == 'image'))
-    if queries is not None and len(rows):
-      q = _unit(np.asarray(queries)[rows])
+    if q is not None:
       for lo in range(0, len(rows), chunk):
         sel = rows[lo:lo + chunk]
         rank[sel] = metrics.retrieval_ranks(q[lo:lo + chunk] @ cand.T,
@@ -144,13 +151,11 @@ def concept_hits(sessions, item_vectors, image_query_vectors,
   cand_concept = concept[candidates]
   want = concept[sessions['purchased_item']]
   out = {}
-  for modality, queries in (('image', image_query_vectors),
-                            ('text', text_query_vectors)):
-    rows = np.flatnonzero(sessions['query_is_image'] == (modality == 'image'))
-    if queries is None or not len(rows):
+  for modality, rows, q in _queries(sessions, image_query_vectors,
+                                    text_query_vectors):
+    if q is None:
       out[f'{modality}_concept'] = None
       continue
-    q = _unit(np.asarray(queries)[rows])
     top = max(k)
     first = np.empty(len(rows), np.int64)  # 0-based place of the first hit
     for lo in range(0, len(rows), chunk):
