@@ -224,14 +224,17 @@ def _candidates(data_dir, canonical, targets):
       m.item_zero_reserved)
 
 
-def search_candidates(data_dir, items, sessions):
+def search_candidates(data_dir, items, purchased=None):
   """(candidates, canonical) of the search evaluation's catalogue ranking
-  (retrieval_eval.py); computed once per process and dataset."""
+  (retrieval_eval.py); computed once per process and dataset. `purchased`:
+  the held-out sessions' items, read here when not given."""
   key = os.path.abspath(data_dir)
   if key not in _SEARCH:
+    if purchased is None:
+      purchased = builders.load_table(data_dir, manifest.SEARCH,
+                                      'test')['purchased_item']
     canonical = retrieval_eval.canonical_items(items)
-    _SEARCH[key] = (_candidates(data_dir, canonical,
-                                sessions['purchased_item']), canonical)
+    _SEARCH[key] = (_candidates(data_dir, canonical, purchased), canonical)
   return _SEARCH[key]
 
 
@@ -286,10 +289,9 @@ def eval_info(data_dir, items):
   """What `evaluate_encoder` ranks on this dataset: {'task', 'queries',
   'candidates'} (co-clicks) or {'task', 'queries'} (search sessions)."""
   if eval_task(manifest.load(data_dir)) == SEARCH_EVAL:
-    sessions = builders.load_table(data_dir, manifest.SEARCH, 'test')
-    return {'task': SEARCH_EVAL, 'queries': len(sessions['purchased_item']),
-            'candidates': int(len(search_candidates(data_dir, items,
-                                                    sessions)[0]))}
+    n = manifest.load(data_dir).split_rows(manifest.SEARCH, 'test')
+    return {'task': SEARCH_EVAL, 'queries': n,
+            'candidates': int(len(search_candidates(data_dir, items)[0]))}
   pairs, candidates = co_click_queries(data_dir, items)
   return {'task': CO_CLICK_EVAL, 'queries': int(len(pairs)),
           'candidates': int(len(candidates))}
@@ -338,19 +340,20 @@ def evaluate_encoder(encoder, data_dir, items):
   ranks = retrieval_eval.query_ranks(sessions, tables['item'], q['image'],
                                      q['text'])
   metrics = retrieval_eval.summarise(ranks, sessions, new)
+  candidates, canonical = search_candidates(data_dir, items,
+                                            sessions['purchased_item'])
   catalogue = retrieval_eval.query_ranks(
-      sessions, tables['item'], q['image'], q['text'],
-      *search_candidates(data_dir, items, sessions))
+      sessions, tables['item'], q['image'], q['text'], candidates, canonical)
   for name, res in retrieval_eval.summarise(catalogue, sessions, new).items():
     metrics[f'{name}_catalogue'] = res
   ranks.update({f'{m}_catalogue': r for m, r in catalogue.items()})
-  m = manifest.load(data_dir)
-  if m.oracle:
-    with np.load(os.path.join(data_dir, m.oracle)) as z:
-      concept = z['item_concept']
+  oracle = manifest.load(data_dir).oracle
+  if oracle:
+    with np.load(os.path.join(data_dir, oracle)) as z:
+      concept = z['item_concept']  # not the whole oracle: one array
     metrics.update(retrieval_eval.concept_hits(
-        sessions, tables['item'], q['image'], q['text'],
-        search_candidates(data_dir, items, sessions)[0], concept))
+        sessions, tables['item'], q['image'], q['text'], candidates,
+        concept))
   for m in vector_table.MODALITIES:
     if m in tables and q[m] is not None:
       own = retrieval_eval.query_ranks(sessions, tables[m],

@@ -57,6 +57,17 @@ def _distinct_outside(hard, mask, pool):
   return keep
 
 
+def _hits(rank, k):
+  """{'accuracy@1', 'recall@<k>'..., 'queries'} of 0-based ranks, or None
+  without queries or where a rank is -1 (not asked)."""
+  if not len(rank) or (rank < 0).any():
+    return None
+  res = {('accuracy@1' if x == 1 else f'recall@{x}'): float(np.mean(rank < x))
+         for x in k}
+  res['queries'] = int(len(rank))
+  return res
+
+
 def _queries(sessions, image_query_vectors, text_query_vectors):
   """(modality, its sessions' rows, their unit query vectors or None where
   the encoder has no such side or no session asks) for image and text."""
@@ -165,10 +176,7 @@ def concept_hits(sessions, item_vectors, image_query_vectors,
       best = np.take_along_axis(best, order, 1)
       hit = cand_concept[best] == want[rows[lo:lo + chunk], None]
       first[lo:lo + chunk] = np.where(hit.any(1), hit.argmax(1), top)
-    res = {('accuracy@1' if x == 1 else f'recall@{x}'): float(np.mean(
-        first < x)) for x in k}
-    res['queries'] = int(len(rows))
-    out[f'{modality}_concept'] = res
+    out[f'{modality}_concept'] = _hits(first, k)
   return out
 
 
@@ -184,14 +192,7 @@ def summarise(ranks, sessions, new_items=None, k=(1, 10)):
     if new_items is not None:
       subsets[f'{modality}_new'] = want & new_items[purchased]
     for name, rows in subsets.items():
-      r = rank[rows]
-      if not len(r) or (r < 0).any():
-        out[name] = None
-        continue
-      res = {('accuracy@1' if x == 1 else f'recall@{x}'): float(np.mean(
-          r < x)) for x in k}
-      res['queries'] = int(len(r))
-      out[name] = res
+      out[name] = _hits(rank[rows], k)
   return out
 
 
@@ -347,12 +348,5 @@ def co_click_evaluate(tables, pairs, candidates, new_items=None,
     if new_items is not None and '_on_' not in name:
       subsets[f'{name}_new'] = new
     for sub, rows in subsets.items():
-      r = rank[rows]
-      if not len(r) or (r < 0).any():
-        out[sub] = None
-        continue
-      res = {('accuracy@1' if x == 1 else f'recall@{x}'): float(np.mean(
-          r < x)) for x in k}
-      res['queries'] = int(len(r))
-      out[sub] = res
+      out[sub] = _hits(rank[rows], k)
   return out, ranks

@@ -18,8 +18,8 @@ from mmrec.data import columns
 CANDIDATES_FILE = 'retrieval_candidates.npy'
 
 
-def read(src, table, key, id_map, kinds, reserved=(), max_bag=8):
-  """(`{field: (len(id_map),) or (.., K) array}`, categorical sizes, bag
+def read(src, table, key, id_map, kinds, max_bag, reserved=()):
+  """(`{field: (len(id_map),) or (.., max_bag) array}`, categorical sizes, bag
   sizes, {reserved field: (raw values, ids, keep)}, path or None) of
   `<table>.parquet`, keyed by `key` and mapped by `id_map`; a bag keeps its
   first `max_bag` ids."""
@@ -31,8 +31,7 @@ def read(src, table, key, id_map, kinds, reserved=(), max_bag=8):
   path = paths[0]
   names = columns.open_file(path).schema_arrow.names
   t = columns.read_all(path, [key], [n for n in names if n != key])
-  keys = kinds.check(key, columns.ids(t.column(key), path, key), path,
-                          key)
+  keys = kinds.check(key, columns.ids(t.column(key), path, key), path, key)
   uniq, first, counts = np.unique(keys, return_index=True,
                                   return_counts=True)
   if (counts > 1).any():
@@ -49,10 +48,11 @@ def read(src, table, key, id_map, kinds, reserved=(), max_bag=8):
     if name in reserved:
       raw[name] = (np.asarray(col.to_pylist(), dtype=object), ids, keep)
       continue
-    out[name], size, is_bag = _field(col, path, name, ids, keep, len(id_map),
-                                    max_bag)
+    out[name], size, is_bag = _field(col, path, name, ids, keep,
+                                     len(id_map), max_bag)
     (bags if is_bag else cats)[name] = size
   return out, cats, bags, raw, path
+
 
 def _field(col, path, name, ids, keep, n, max_bag):
   """One categorical (or bag) column -> (table, vocabulary size, is_bag)."""
@@ -76,10 +76,9 @@ def _field(col, path, name, ids, keep, n, max_bag):
     table = np.zeros(n, np.int32)
     table[ids[keep]] = full[keep]
     return table, size, False
-  K = max_bag
-  table = np.zeros((n, K), np.int32)
+  table = np.zeros((n, max_bag), np.int32)
   rows = np.flatnonzero(keep)
-  lengths = np.minimum(np.diff(offsets), K)[rows]
+  lengths = np.minimum(np.diff(offsets), max_bag)[rows]
   start = offsets[rows]
   table[np.repeat(ids[rows], lengths),
         columns.spans(np.zeros_like(lengths), lengths)] = coded[
@@ -87,17 +86,25 @@ def _field(col, path, name, ids, keep, n, max_bag):
   return table, size, True
 
 
-def vectors(src, kinds, items, directory):
-  """vectors.parquet -> the dataset's item_vectors.npz (its file name), or
-  None without one."""
-  paths = columns.table_files(src, 'vectors', required=False,
-                              shards=False)
+def _by_item(src, kinds, table, columns_):
+  """(path, pyarrow table, raw item ids) of `<table>.parquet`, or None."""
+  paths = columns.table_files(src, table, required=False, shards=False)
   if not paths:
     return None
   path = paths[0]
-  t = columns.read_all(path, ['item', 'vector'])
-  keys = kinds.check('item', columns.ids(t.column('item'), path,
-                                              'item'), path, 'item')
+  t = columns.read_all(path, ['item'] + columns_)
+  raw = kinds.check('item', columns.ids(t.column('item'), path, 'item'), path,
+                    'item')
+  return path, t, raw
+
+
+def vectors(src, kinds, items, directory):
+  """vectors.parquet -> the dataset's item_vectors.npz (its file name), or
+  None without one."""
+  got = _by_item(src, kinds, 'vectors', ['vector'])
+  if got is None:
+    return None
+  path, t, keys = got
   v = columns.vectors(t.column('vector').combine_chunks(), path, 'vector')
   table = np.zeros((len(items), v.shape[1]), np.float32)
   ids = items(keys)
@@ -109,17 +116,14 @@ def vectors(src, kinds, items, directory):
                      'item_coverage': covered})
   return vector_table.FILE
 
+
 def candidates(src, kinds, items, directory):
   """candidates.parquet (`item`) -> the declared retrieval candidates' file
   name, or None without one."""
-  paths = columns.table_files(src, 'candidates', required=False,
-                              shards=False)
-  if not paths:
+  got = _by_item(src, kinds, 'candidates', [])
+  if got is None:
     return None
-  path = paths[0]
-  t = columns.read_all(path, ['item'])
-  raw = kinds.check('item', columns.ids(t.column('item'), path,
-                                             'item'), path, 'item')
+  path, _, raw = got
   mapped = items(raw)
   unknown = int((mapped == 0).sum())
   if unknown:

@@ -299,7 +299,9 @@ class Converter:
     t = columns.times(col, path, 'time', row0)
     return ((t - self.t0) // DAY).astype(np.int32), t
 
-  def _row(self, batch, path, row0, name):
+  def raw_ids(self, batch, path, row0, name):
+    """Column `name` of a chunk as checked raw ids (user ids for 'user',
+    item ids for any other column)."""
     col = batch.column(batch.schema.get_field_index(name))
     space = 'user' if name == 'user' else 'item'
     return self.kinds.check(space, columns.ids(col, path, name, row0), path,
@@ -365,8 +367,8 @@ class Converter:
     extra = ('history',) if self.has_history else ()
     for path, row0, batch in self._chunks(extra):
       day, t = self._days(path, row0, batch)
-      user = self._row(batch, path, row0, 'user')
-      item = self._row(batch, path, row0, 'item')
+      user = self.raw_ids(batch, path, row0, 'user')
+      item = self.raw_ids(batch, path, row0, 'item')
       label = columns.labels(batch.column(batch.schema.get_field_index(
           'label')), path, 'label', row0)
       train = day < self.first_test_day
@@ -517,11 +519,10 @@ class Converter:
     self.scan_days()
     self.scan_ids(scratch)
     items, icats, ibags, iraw, ipath = catalogue_tables.read(
-        self.src, 'items', 'item', self.items, self.kinds, ITEM_RESERVED,
-        self.opt.max_bag)
+        self.src, 'items', 'item', self.items, self.kinds, self.opt.max_bag,
+        ITEM_RESERVED)
     users, ucats, ubags, _, _ = catalogue_tables.read(
-        self.src, 'users', 'user', self.users, self.kinds,
-        max_bag=self.opt.max_bag)
+        self.src, 'users', 'user', self.users, self.kinds, self.opt.max_bag)
     items['launch_day'] = self.launch_day
     text = image_size = tok = None
     if 'title' in iraw:

@@ -174,16 +174,10 @@ class Sessions:
   # --- Columns of a chunk (both passes) ---------------------------------------
 
   def _bought(self, batch, path, g):
-    kinds = self.conv.kinds
-    return self.conv.items(kinds.check(
-        'item', columns.ids(batch.column('item'), path, 'item', g), path,
-        'item'))
+    return self.conv.items(self.conv.raw_ids(batch, path, g, 'item'))
 
   def _users(self, batch, path, g):
-    kinds = self.conv.kinds
-    return self.conv.users(kinds.check(
-        'user', columns.ids(batch.column('user'), path, 'user', g), path,
-        'user'))
+    return self.conv.users(self.conv.raw_ids(batch, path, g, 'user'))
 
   def _queries(self, batch, path, g):
     """(is an image query, the query texts or Nones) of every row."""
