@@ -24,8 +24,8 @@ from experiments import bench_serving
 from experiments.configs import ctr as ctr_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
-from mmrec import embed
 from mmrec import files
+from mmrec import item_encoder
 from mmrec import metrics
 from mmrec import sharding
 from mmrec import train_ctr
@@ -105,7 +105,7 @@ def _scl_setup(config, width=None, kind=None):
     scl.encoder.image.conv_widths = (width // 4, width // 2, width)
   if kind:
     scl.encoder.image.kind = kind
-  model = embed.build_encoder(scl, vocab.size, wc.title_length)
+  model = item_encoder.build_encoder(scl, vocab.size, wc.title_length)
   rng = np.random.default_rng(0)
   b, h, s, t = scl.batch_size, wc.max_hard_negatives, wc.image_size, (
       wc.title_length)
@@ -203,7 +203,7 @@ def bench_embed(config, workdir):
   del vocab
   params = nn.unbox(model.init(jax.random.key(0), batch['pos_image'][:1],
                                batch['pos_title'][:1])['params'])
-  encoder = embed.Encoder(model, params, sharding.make_mesh(),
+  encoder = item_encoder.Encoder(model, params, sharding.make_mesh(),
                           batch_size=config.embed_batch_size)
   n = config.embed_items
   reps = -(-n // len(batch['pos_image']))

@@ -3,7 +3,7 @@ and pretrain_comparisons.json: paired bootstrap intervals of the accuracy@1
 differences the paper's orderings claim (PAIRS), over held-out queries.
 
 Only the methods the dataset can serve run (`plan`: train_scl.check_dataset
-and embed.check_evaluable, before the first run); the others are skipped
+and pretrain_eval.check_evaluable, before the first run); the others are skipped
 with the reason, in pretrain_plan.json and pretrain_table.md. Without
 generic captions CLIP-O cannot run, and CLIP-E then trains from scratch on
 item image <-> title (the plan says so).
@@ -17,8 +17,8 @@ import numpy as np
 
 from experiments.configs import scl as scl_config
 from mmrec import bootstrap
-from mmrec import embed
 from mmrec import files
+from mmrec import pretrain_eval
 from mmrec import train_scl
 from mmrec.data import builders
 from mmrec.data import manifest
@@ -38,7 +38,7 @@ METRICS = ('accuracy@1', 'recall@10')
 TABLE_FILE = 'pretrain_table'
 COMPARISONS_FILE = 'pretrain_comparisons.json'
 # {'ran': [methods], 'skipped': {method: why}, 'notes': {method: note},
-# 'eval': embed.eval_info}.
+# 'eval': pretrain_eval.eval_info}.
 PLAN_FILE = 'pretrain_plan.json'
 # The orderings paper.md reports (claims.claims): (better, worse).
 PAIRS = (('scl', 'clip_e'), ('clip_e', 'clip_o'), ('scl', 'scl_no_queue'),
@@ -75,9 +75,9 @@ def plan(methods, data_dir):
   for method in methods:
     try:
       train_scl.check_dataset(method, m)
-      if embed.eval_task(m) == embed.CO_CLICK_EVAL and items is None:
+      if pretrain_eval.eval_task(m) == pretrain_eval.CO_CLICK_EVAL and items is None:
         items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
-      embed.check_evaluable(data_dir, items, method)
+      pretrain_eval.check_evaluable(data_dir, items, method)
     except manifest.DatasetError as e:
       logging.warning('pre-training: skipping %s: %s', method, e)
       skipped[method] = str(e)
@@ -100,11 +100,11 @@ def plan(methods, data_dir):
 
 def run_one(config, method, seed, data_dir, workdir, clip_o=True):
   out = os.path.join(workdir, method, f'seed_{seed}')
-  done = os.path.join(out, train_scl.EVAL_FILE)
+  done = os.path.join(out, pretrain_eval.EVAL_FILE)
   # Without the per-query ranks (a run from before they were saved) the run
   # is evaluated again: its final checkpoint is restored, not retrained.
   if os.path.exists(done) and os.path.exists(
-      os.path.join(out, train_scl.QUERIES_FILE)):
+      os.path.join(out, pretrain_eval.QUERIES_FILE)):
     with open(done) as f:
       return json.load(f)
   logging.info('pre-training %s seed %d -> %s', method, seed, out)
@@ -234,7 +234,7 @@ def load_queries(workdir, methods, seeds):
     out[m] = []
     for seed in range(seeds):
       with np.load(os.path.join(workdir, m, f'seed_{seed}',
-                                train_scl.QUERIES_FILE)) as z:
+                                pretrain_eval.QUERIES_FILE)) as z:
         out[m].append(dict(z))
   return out
 
@@ -289,7 +289,7 @@ def run(config, workdir):
   items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
   files.write_json(os.path.join(workdir, PLAN_FILE), files.json_safe({
       'ran': methods, 'skipped': skipped, 'notes': notes,
-      'eval': embed.eval_info(data_dir, items)}))
+      'eval': pretrain_eval.eval_info(data_dir, items)}))
   files.write_json(os.path.join(workdir, COMPARISONS_FILE), files.json_safe(
       comparisons(load_queries(workdir, methods, config.seeds),
                   config.bootstrap_resamples)))

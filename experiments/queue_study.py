@@ -10,6 +10,7 @@ import os
 from absl import logging
 
 from mmrec import files
+from mmrec import pretrain_eval
 from mmrec import train_scl
 from mmrec.data import resolver
 
@@ -29,7 +30,7 @@ def run_config(config, overrides, data_dir):
 
 def run_one(config, name, data_dir, workdir):
   out = os.path.join(workdir, name)
-  done = os.path.join(out, train_scl.EVAL_FILE)
+  done = os.path.join(out, pretrain_eval.EVAL_FILE)
   if os.path.exists(done):
     with open(done) as f:
       return json.load(f)

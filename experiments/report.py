@@ -16,7 +16,7 @@ import numpy as np
 from experiments import ctr_sweep
 from experiments import pretrain_sweep
 from mmrec import files
-from mmrec import train_scl
+from mmrec import pretrain_eval
 
 REPORT_FILE = 'report.md'
 PLOTS = ('gauc_delta.png', 'slice_deltas.png', 'one_epoch.png',
@@ -172,7 +172,7 @@ def retrieval_grid(path, pretrain_dir, methods, num_queries, k):
   run's retrieval_examples.npz (seed 0)."""
   examples = {}
   for m in methods:
-    f = os.path.join(pretrain_dir, m, 'seed_0', train_scl.EXAMPLES_FILE)
+    f = os.path.join(pretrain_dir, m, 'seed_0', pretrain_eval.EXAMPLES_FILE)
     if os.path.exists(f):
       with np.load(f) as z:
         examples[m] = dict(z)

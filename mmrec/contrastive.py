@@ -1,5 +1,5 @@
 """Contrastive losses and the MoCo key queue (pure jnp; the momentum update
-is optax.incremental_update, in train_scl.Scl).
+is optax.incremental_update, applied by the SCL trainer).
 
 Shape letters: B batch, D embedding width, K queue size, H hard negatives.
 
@@ -18,21 +18,7 @@ logit computation anyway, since each query is scored against all K keys.
 import jax
 import jax.numpy as jnp
 
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12):
-  """x / ||x||; a zero vector stays zero with a finite gradient."""
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
-
-
-def clip_temperature(log_temp: jax.Array, min_temp: float = 0.01,
-                     max_temp: float = 1.0) -> jax.Array:
-  """exp(log_temp) clipped to [min_temp, max_temp].
-
-  The clip keeps a learnable temperature from collapsing (logits blow up) or
-  flattening the softmax; inside the range the gradient is exp's.
-  """
-  return jnp.clip(jnp.exp(log_temp), min_temp, max_temp)
+from mmrec import layers
 
 
 def _cross_entropy_first(logits: jax.Array) -> jax.Array:
@@ -156,9 +142,9 @@ def triplet_loss(q: jax.Array, k_pos: jax.Array, k_neg: jax.Array,
     (B,) mean over valid negatives of max(0, d(q, k+) - d(q, k-) + margin),
     d = 1 - cos; 0 for rows without a valid negative.
   """
-  q = l2_normalize(q.astype(jnp.float32))
-  k_pos = l2_normalize(k_pos.astype(jnp.float32))
-  k_neg = l2_normalize(k_neg.astype(jnp.float32))
+  q = layers.l2_normalize(q.astype(jnp.float32))
+  k_pos = layers.l2_normalize(k_pos.astype(jnp.float32))
+  k_neg = layers.l2_normalize(k_neg.astype(jnp.float32))
   d_pos = 1.0 - jnp.sum(q * k_pos, axis=-1)  # (B,)
   d_neg = 1.0 - jnp.einsum('bd,bhd->bh', q, k_neg)  # (B, H)
   hinge = jax.nn.relu(d_pos[:, None] - d_neg + margin)

@@ -17,7 +17,6 @@ from mmrec import ctr_data
 from mmrec import files
 from mmrec import metrics as metrics_lib
 from mmrec import sharding
-from mmrec import train_lib
 from mmrec.data import pipelines
 
 EVAL_FILE = 'ctr_eval.json'
@@ -46,14 +45,14 @@ def predict(eval_fn, state, vectors, data, batch_size, mesh, split='test'):
     b = next(it, None)
     if b is None:  # No rows of the last global batch for this process.
       if template is None:  # ... nor of any: pad with the split's first rows.
-        template, _ = train_lib.pad_batch(data.dataset(
+        template, _ = sharding.pad_batch(data.dataset(
             split, local, process_index=0, process_count=1)[0], local)
       b, rows = template, 0
     else:
-      b, rows = train_lib.pad_batch(b, local)
+      b, rows = sharding.pad_batch(b, local)
       template = b
     b = dict(b, valid=np.arange(local) < rows)
-    outs.append(train_lib.to_host(
+    outs.append(sharding.to_host(
         eval_fn(state, sharding.shard_batch(b, mesh), vectors)))
   out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   valid = out.pop('valid')

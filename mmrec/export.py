@@ -59,8 +59,8 @@ import numpy as np
 from mmrec import ann_index
 from mmrec import checkpointing
 from mmrec import ctr_data
-from mmrec import embed
 from mmrec import files
+from mmrec import item_encoder
 from mmrec import serving_model
 from mmrec import train_ctr
 from mmrec import vector_store
@@ -356,7 +356,7 @@ def ensure_encoder(serving_dir, store):
     logging.info('no encoder checkpoint for the store\'s table (%s): the '
                  'service adds items by vector only', source.get('method'))
     return
-  encoder, enc_config, step, data_dir = embed.load_encoder(workdir)
+  encoder, enc_config, step, data_dir = item_encoder.load_encoder(workdir)
   m = manifest_lib.load(data_dir)
   write_encoder(serving_dir, encoder.model, jax.tree.map(
       np.asarray, encoder.params), image_size=m.image_size,

@@ -8,6 +8,7 @@ mesh axis names; `sharding.py` maps them onto the mesh.
 from typing import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 default_init = nn.initializers.xavier_uniform()
@@ -254,3 +255,19 @@ def _shared_first_layer(layer, query, keys):
   k_side = keys @ (w_k - w_d)
   pair = (query[:, None, :] * keys[None]) @ w_m
   return q_side[:, None, :] + k_side[None] + pair
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12):
+  """x / ||x||; a zero vector stays zero with a finite gradient."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
+
+
+def clip_temperature(log_temp: jax.Array, min_temp: float = 0.01,
+                     max_temp: float = 1.0) -> jax.Array:
+  """exp(log_temp) clipped to [min_temp, max_temp].
+
+  The clip keeps a learnable temperature from collapsing (logits blow up) or
+  flattening the softmax; inside the range the gradient is exp's.
+  """
+  return jnp.clip(jnp.exp(log_temp), min_temp, max_temp)

@@ -27,7 +27,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmrec import contrastive
 from mmrec import image_encoder
 from mmrec import layers
 from mmrec import text_encoder
@@ -104,12 +103,12 @@ class MultimodalEncoder(nn.Module):
 
   def encode_image(self, images: jax.Array) -> jax.Array:
     """(..., S, S, 3) pixels in [0, 255] -> (..., E) unit vectors."""
-    return contrastive.l2_normalize(
+    return layers.l2_normalize(
         self.image_head(self._image_features(images)))
 
   def encode_text(self, tokens: jax.Array) -> jax.Array:
     """(..., T) token ids, 0 = pad -> (..., E) unit vectors."""
-    return contrastive.l2_normalize(
+    return layers.l2_normalize(
         self.text_head(self._text_features(tokens)))
 
   def encode_query(self, is_image: jax.Array, images: jax.Array,
@@ -135,7 +134,7 @@ class MultimodalEncoder(nn.Module):
       return self.encode_text(titles)
     feats = jnp.concatenate(
         [self._image_features(images), self._text_features(titles)], -1)
-    return contrastive.l2_normalize(self.fuse_head(feats))
+    return layers.l2_normalize(self.fuse_head(feats))
 
   def encode_tables(self, images: jax.Array, titles: jax.Array):
     """Items -> dict(item=encode_item, image=encode_image of the item image,
@@ -148,7 +147,7 @@ class MultimodalEncoder(nn.Module):
     mode = self.config.item_mode
     tables['item'] = tables[mode] if mode != 'fused' else self.fuse_head(
         jnp.concatenate([image_feats, text_feats], -1))
-    return {k: contrastive.l2_normalize(v) for k, v in tables.items()}
+    return {k: layers.l2_normalize(v) for k, v in tables.items()}
 
   def _encode_together(self, images, texts, item_image, item_title):
     """One pass per tower over queries and items stacked on the batch axis.
@@ -171,8 +170,8 @@ class MultimodalEncoder(nn.Module):
     texts = [jnp.pad(x, ((0, 0), (0, t - x.shape[-1]))) for x in texts]
     image_feats = self._image_features(jnp.concatenate(images, 0))
     text_feats = self._text_features(jnp.concatenate(texts, 0))
-    q_image = contrastive.l2_normalize(self.image_head(image_feats[:b]))
-    q_text = contrastive.l2_normalize(self.text_head(text_feats[:b]))
+    q_image = layers.l2_normalize(self.image_head(image_feats[:b]))
+    q_text = layers.l2_normalize(self.text_head(text_feats[:b]))
     if mode == 'image':
       item = self.image_head(image_feats[b:])
     elif mode == 'text':
@@ -180,7 +179,7 @@ class MultimodalEncoder(nn.Module):
     else:
       item = self.fuse_head(
           jnp.concatenate([image_feats[b:], text_feats[b:]], -1))
-    item = contrastive.l2_normalize(item)
+    item = layers.l2_normalize(item)
     return q_image, q_text, item.reshape(lead + item.shape[-1:])
 
   def encode_batch(self, query_is_image: jax.Array, query_image: jax.Array,
@@ -209,7 +208,7 @@ class MultimodalEncoder(nn.Module):
   def temperature(self) -> jax.Array:
     """The softmax temperature: exp(log_temperature), clipped."""
     cfg = self.config
-    return contrastive.clip_temperature(
+    return layers.clip_temperature(
         self.log_temperature, cfg.min_temperature, cfg.max_temperature)
 
   def __call__(self, images: jax.Array, tokens: jax.Array):

@@ -48,6 +48,7 @@ from mmrec import train_ctr
 from mmrec import train_lib
 from mmrec import vector_table
 from mmrec.data import manifest
+from mmrec.data import pipelines
 
 EMPTY = 'EMPTY'
 RESULT_FILE = 'nearline.json'
@@ -147,7 +148,9 @@ class Trainer:
         checkpoint_every=self.config.checkpoint_every,
         log_every=max(1, min(c.log_every, steps)),
         on_start=_warm_start(previous))
-    res = train_lib.fit(loop, progs.train, ds, self.mesh, (self.vectors,))
+    res = train_lib.fit(loop, progs.train,
+                        pipelines.iterator(ds, prefetch_threads=1), self.mesh,
+                        (self.vectors,))
     if res.step != steps:
       raise RuntimeError(f'segment {n} stopped at step {res.step} of {steps}')
     return os.path.join(seg_dir, checkpointing.SUBDIR, str(steps)), steps

@@ -19,6 +19,7 @@ from typing import Any
 from absl import logging
 from flax.core import meta
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -120,6 +121,32 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
+def pad_batch(batch, size):
+  """Pads axis 0 of every array to `size` (repeating row 0); returns (batch, n).
+
+  The last batch of an evaluation pass is smaller: padding keeps one compiled
+  shape, and the caller drops the padded rows by `n`.
+  """
+  n = len(next(iter(batch.values())))
+  if n > size:
+    raise ValueError(f'batch of {n} rows is larger than the pad size {size}')
+  if n == size:
+    return batch, n
+  idx = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
+  return {k: v[idx] for k, v in batch.items()}, n
+
+
+def to_host(tree):
+  """Global arrays -> numpy on every host (metrics, predictions).
+
+  On several hosts a batch-sharded output is not addressable from one
+  process, so it is all-gathered (concatenated in process order).
+  """
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def _check_mesh_once(mesh: jax.sharding.Mesh):
   check_process_blocks(mesh.devices, mesh.axis_names.index('data'))
 

@@ -45,6 +45,7 @@ from mmrec import optimizer
 from mmrec import sharding
 from mmrec import train_lib
 from mmrec import vector_table
+from mmrec.data import pipelines
 from mmrec.data import resolver
 
 EVAL_FILE = ctr_eval.EVAL_FILE
@@ -337,7 +338,9 @@ def _fit(name, workdir, model, stage_a, config, data, vectors, mesh, example,
       stop_at=stop_at)
   ds = data.dataset('train', config.batch_size, seed=config.seed,
                     shuffle=True, num_epochs=num_epochs)
-  return loop, train_lib.fit(loop, progs.train, ds, mesh, (vectors,))
+  return loop, train_lib.fit(loop, progs.train,
+                             pipelines.iterator(ds, prefetch_threads=1), mesh,
+                             (vectors,))
 
 
 def _history(history):

@@ -2,7 +2,7 @@
 
 A trainer supplies `init_fn(rng) -> TrainState` (params boxed with logical
 axis names), a pure `step_fn(state, batch, rng, *args) -> (state, metrics)`,
-a grain dataset and what it does at the end; `compile_programs` jits init
+a checkpointable batch iterator and what it does at the end; `compile_programs` jits init
 and step over a ('data', 'model') mesh (state shardings from
 `jax.eval_shape` + the logical rules, init straight into them, the step
 donating the state) and `fit` runs them: restore precedence, the data
@@ -20,14 +20,12 @@ from absl import logging
 import flax
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import tensorboardX
 
 from mmrec import checkpointing
 from mmrec import files
 from mmrec import sharding
-from mmrec.data import pipelines
 
 HISTORY_FILE = 'eval_history.json'
 
@@ -40,21 +38,6 @@ class TrainState:
   params: Any
   opt_state: Any
   extra: Any = None
-
-
-def pad_batch(batch, size):
-  """Pads axis 0 of every array to `size` (repeating row 0); returns (batch, n).
-
-  The last batch of an evaluation pass is smaller: padding keeps one compiled
-  shape, and the caller drops the padded rows by `n`.
-  """
-  n = len(next(iter(batch.values())))
-  if n > size:
-    raise ValueError(f'batch of {n} rows is larger than the pad size {size}')
-  if n == size:
-    return batch, n
-  idx = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
-  return {k: v[idx] for k, v in batch.items()}, n
 
 
 def fold_rng(rng, step):
@@ -146,17 +129,6 @@ def _duration(seconds):
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-def to_host(tree):
-  """Global arrays -> numpy on every host (metrics, predictions).
-
-  On several hosts a batch-sharded output is not addressable from one
-  process, so it is all-gathered (concatenated in process order).
-  """
-  if jax.process_count() == 1:
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
-
-
 # --------------------------------------------------------------------------
 # Compiled programs and the loop.
 
@@ -229,16 +201,16 @@ class FitResult(NamedTuple):
   last_eval: Any  # (step, metrics, outputs) of the last evaluation, or None
 
 
-def fit(loop: Loop, programs: Programs, dataset, mesh, step_args=()):
+def fit(loop: Loop, programs: Programs, it, mesh, step_args=()):
   """Trains (or resumes) one run; returns a FitResult.
 
   The data iterator is checkpointed with the state, the step's rng is
   fold_in(seed + 1, step) and the final step is always saved, so a resumed
-  run reproduces the uninterrupted one bit for bit.
+  run reproduces the uninterrupted one bit for bit. `it`: a checkpointable
+  iterator of host batches (pipelines.iterator): the loop knows no dataset.
   """
   os.makedirs(loop.workdir, exist_ok=True)
   state = programs.init_state(jax.random.key(loop.seed))
-  it = pipelines.iterator(dataset, prefetch_threads=1)
   history = {}  # step -> {'step': step, **metrics}
   source = checkpointing.restore_precedence(loop.workdir, loop.resume,
                                             loop.init_from)
@@ -289,7 +261,7 @@ def fit(loop: Loop, programs: Programs, dataset, mesh, step_args=()):
                                            *step_args)
       step += 1
       if step % loop.log_every == 0 or step == stop:
-        metrics = to_host(metrics)
+        metrics = sharding.to_host(metrics)
         writer.write(step, metrics, prefix='train/')
         progress.update(step, metrics, force=True)
       else:

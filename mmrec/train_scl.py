@@ -38,33 +38,27 @@ The temperature is learned (clipped) in every case. The reference methods
 any training), trains, checkpoints (params, optimizer, momentum encoder,
 queues, step, data iterator, config), resumes, evaluates on held-out search
 sessions (or, without a search log, on held-out co-clicks ranked against the
-catalogue: embed.evaluate_encoder) and writes the catalogue's vector table.
+catalogue: pretrain_eval.evaluate_encoder) and writes the catalogue's vector table.
 """
 
 import functools
 import os
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
 
 from mmrec import contrastive
-from mmrec import embed
-from mmrec import files
+from mmrec import item_encoder
+from mmrec import pretrain_eval
 from mmrec import sharding
 from mmrec import train_lib
 from mmrec.data import builders
 from mmrec.data import manifest
+from mmrec.data import pipelines
 from mmrec.data import pretrain_pipelines
 from mmrec.data import resolver
 
-EVAL_FILE = 'pretrain_eval.json'
-EXAMPLES_FILE = 'retrieval_examples.npz'  # a few queries' top-k, for reports
-# Every held-out session's rank of its purchased item (image_rank,
-# text_rank: -1 where not that modality), by session row: paired bootstraps
-# of two methods (pretrain_sweep.comparisons).
-QUERIES_FILE = 'pretrain_eval_queries.npz'
 
 
 class Clip:
@@ -275,10 +269,10 @@ OBJECTIVES = {'scl': Scl, 'scl_no_queue': Scl, 'scl_no_hard_neg': Scl,
 
 
 # What each method reads, as (table, fields, why) (manifest.require): its
-# training data. Its evaluation (embed.evaluate_encoder) needs one of
+# training data. Its evaluation (pretrain_eval.evaluate_encoder) needs one of
 # _EVAL_ANY: held-out search sessions, or test-split clicks with behaviour
 # histories (every dataset has impressions; whether any such click exists
-# is checked on the data, embed.check_evaluable).
+# is checked on the data, pretrain_eval.check_evaluable).
 _ITEMS = (manifest.ITEMS, ('image', 'title'), 'needs item images and titles')
 _EVAL_ANY = ((manifest.SEARCH, ('query_text', 'purchased_item'),
               'evaluation needs held-out query -> purchase sessions'),
@@ -377,18 +371,18 @@ def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.world, workdir)
   check_dataset(config.method, manifest.load(data_dir))
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
-  embed.check_evaluable(data_dir, items, config.method)
-  if config.method in embed.REFERENCE_METHODS:
-    encoder = embed.ReferenceEncoder(config.method, config.encoder.embed_dim,
-                                     data_dir, seed=config.seed)
+  pretrain_eval.check_evaluable(data_dir, items, config.method)
+  if config.method in item_encoder.REFERENCE_METHODS:
+    encoder = item_encoder.ReferenceEncoder(
+        config.method, config.encoder.embed_dim, data_dir, seed=config.seed)
     return _finish(config, workdir, data_dir, encoder, items, step=0)
 
   obj = objective(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  model = embed.encoder_model(config, data_dir)
+  model = item_encoder.encoder_model(config, data_dir)
   tx = build_optimizer(config)
   progs = train_lib.compile_programs(
-      init_fn(model, obj, tx, embed.example_inputs(data_dir)),
+      init_fn(model, obj, tx, item_encoder.example_inputs(data_dir)),
       functools.partial(train_step, model=model, objective=obj, tx=tx), mesh)
 
   def on_init_from(state, params):  # the momentum encoder starts there too
@@ -407,35 +401,16 @@ def run(config, workdir):
       checkpoint_every=config.checkpoint_every, log_every=config.log_every,
       resume=config.resume, init_from=config.init_from,
       on_init_from=on_init_from)
-  res = train_lib.fit(loop, progs, obj.dataset(data_dir, items), mesh)
-  encoder = embed.Encoder(model, res.state.params, mesh)
+  res = train_lib.fit(
+      loop, progs,
+      pipelines.iterator(obj.dataset(data_dir, items), prefetch_threads=1),
+      mesh)
+  encoder = item_encoder.Encoder(model, res.state.params, mesh)
   return _finish(config, workdir, data_dir, encoder, items, res.step)
 
 
 def _finish(config, workdir, data_dir, encoder, items, step):
   """Held-out evaluation + the catalogue's vector table."""
-  metrics, tables, ranks = embed.evaluate_encoder(encoder, data_dir, items)
-  embed.save_tables(workdir, tables, {
-      'method': config.method, 'seed': config.seed, 'step': step,
-      'encoder_workdir': workdir, 'data_dir': data_dir})
-  vectors = tables['item']
-  result = {'method': config.method, 'seed': config.seed, 'step': step,
-            'data_dir': data_dir, 'eval': embed.eval_info(data_dir, items),
-            'metrics': metrics}
-  examples = embed.retrieval_examples(encoder, data_dir, items, vectors)
-  if examples is not None:
-    files.write_npz(os.path.join(workdir, EXAMPLES_FILE), examples)
-  files.write_npz(os.path.join(workdir, QUERIES_FILE),
-                  {f'{m}_rank': r for m, r in ranks.items()})
-  files.write_json(os.path.join(workdir, EVAL_FILE), result)
-  writer = train_lib.MetricWriter(workdir)
-  writer.write(step, {f'{name}/{k}': v for name, r in metrics.items() if r
-                      for k, v in r.items() if k != 'queries'},
-               prefix='eval/')
-  writer.close()
-  for name, r in metrics.items():
-    if r:
-      logging.info('%s %-10s accuracy@1 %.4f recall@10 %.4f (%d queries)',
-                   config.method, name, r['accuracy@1'], r['recall@10'],
-                   r['queries'])
-  return result
+  return pretrain_eval.write_results(
+      workdir, encoder, data_dir, items,
+      {'method': config.method, 'seed': config.seed, 'step': step})

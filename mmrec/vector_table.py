@@ -159,3 +159,14 @@ def put(table, mesh):
   if table is None:
     return None
   return jax.device_put(table, table_sharding(table, mesh))
+
+
+def save_tables(workdir, tables, metadata):
+  """Writes each table of an encoder's `item_tables` ({'item', 'image',
+  'text'}) to `workdir` (file_name); returns the item table's metadata."""
+  for m in MODALITIES:
+    if m in tables:
+      save(os.path.join(workdir, file_name(m)), tables[m],
+           dict(metadata, modality=m))
+  return save(os.path.join(workdir, FILE), tables['item'],
+              dict(metadata, modality='item'))

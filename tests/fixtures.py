@@ -12,8 +12,8 @@ from experiments.configs import ctr as ctr_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from experiments.configs import world as world_config
-from mmrec import embed
 from mmrec import export
+from mmrec import item_encoder
 from mmrec import train_ctr
 from mmrec import vector_store
 from mmrec import vector_table
@@ -88,8 +88,8 @@ def untrained_encoder():
   """(model, params) of scl.py:scl,tiny's item encoder for the small CTR
   world, untrained (the export path does not care about the weights)."""
   data_dir = small_ctr_world_dir()
-  model = embed.encoder_model(scl_config.get_config('scl,tiny'), data_dir)
-  ex = embed.example_inputs(data_dir)
+  model = item_encoder.encoder_model(scl_config.get_config('scl,tiny'), data_dir)
+  ex = item_encoder.example_inputs(data_dir)
   params = nn.unbox(model.init(jax.random.key(0), ex['image'],
                                ex['text'])['params'])
   return model, jax.tree.map(np.asarray, params)

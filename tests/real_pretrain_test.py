@@ -23,7 +23,7 @@ from experiments import reproduce
 from experiments.configs import paper
 from experiments.configs import pretrain_sweep as sweep_config
 from experiments.configs import scl as scl_config
-from mmrec import embed
+from mmrec import pretrain_eval
 from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import dataset_job
@@ -63,14 +63,14 @@ class RealPretrainTest(absltest.TestCase):
     for method in ('clip_e', 'raw_pixels'):
       workdir = tempfile.mkdtemp()
       res = train_scl.run(_scl(method, self.out), workdir)
-      self.assertEqual(res['eval']['task'], embed.CO_CLICK_EVAL)
+      self.assertEqual(res['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
       self.assertGreater(res['eval']['queries'], 20)
       self.assertEqual(res['eval']['candidates'], 120)  # item 0 is no item
       item = res['metrics']['item']
       self.assertEqual(item['queries'], res['eval']['queries'])
       self.assertBetween(item['recall@10'], 0.0, 1.0)
       self.assertIsNotNone(res['metrics']['image_on_image'])
-      with np.load(os.path.join(workdir, train_scl.QUERIES_FILE)) as z:
+      with np.load(os.path.join(workdir, pretrain_eval.QUERIES_FILE)) as z:
         rank = z['item_rank']
       self.assertAlmostEqual((rank < 10).mean(), item['recall@10'])
       self.assertTrue(os.path.exists(os.path.join(workdir,
@@ -125,7 +125,7 @@ class RealPretrainTest(absltest.TestCase):
     plan = json.loads(_read(os.path.join(workdir, pretrain_sweep.PLAN_FILE)))
     self.assertEqual(plan['ran'], ['raw_pixels', 'bag_of_tokens'])
     self.assertEqual(set(plan['skipped']), {'scl', 'clip_o'})
-    self.assertEqual(plan['eval']['task'], embed.CO_CLICK_EVAL)
+    self.assertEqual(plan['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
     text = _read(os.path.join(workdir, f'{pretrain_sweep.TABLE_FILE}.md'))
     self.assertIn('scl: not run (dataset \'parquet\' has no mmrec_search', text)
     self.assertIn(' item recall@10 |', text)

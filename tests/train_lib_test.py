@@ -15,6 +15,7 @@ import optax
 from mmrec import checkpointing
 from mmrec import sharding
 from mmrec import train_lib
+from mmrec.data import pipelines
 
 _X = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
 _Y = _X @ np.array([1.0, -2.0, 0.5], np.float32)
@@ -62,7 +63,9 @@ class FitTest(absltest.TestCase):
         config={'toy': True}, checkpoint_every=3, log_every=2,
         evaluate=evaluate, eval_steps=(2, 5), final_eval=True,
         stop_at=stop_at, **kw)
-    return train_lib.fit(loop, self.programs, _dataset(), self.mesh), evals
+    return train_lib.fit(loop, self.programs,
+                         pipelines.iterator(_dataset(), prefetch_threads=1),
+                         self.mesh), evals
 
   def _steps(self, workdir):
     with checkpointing.Checkpointer(

@@ -18,6 +18,8 @@ from experiments.configs import embed as embed_config
 from experiments.configs import scl as scl_config
 from mmrec import checkpointing
 from mmrec import embed
+from mmrec import item_encoder
+from mmrec import pretrain_eval
 from mmrec import sharding
 from mmrec import train_lib
 from mmrec import train_scl
@@ -52,7 +54,7 @@ def _batch(config):
 
 def _init(config, model, tx):
   return train_scl.init_fn(model, train_scl.objective(config), tx,
-                           embed.example_inputs(config.data_dir))
+                           item_encoder.example_inputs(config.data_dir))
 
 
 def _loss(params, extra, batch, model, config):
@@ -85,7 +87,7 @@ class LossOnMeshesTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.config = _config('scl')
-    cls.model = embed.encoder_model(cls.config, cls.config.data_dir)
+    cls.model = item_encoder.encoder_model(cls.config, cls.config.data_dir)
     mesh1 = sharding.make_mesh(devices=jax.devices()[:1])
     tx = train_scl.build_optimizer(cls.config)
     state = jax.jit(lambda r: nn.unbox(_init(cls.config, cls.model, tx)(r)))(
@@ -122,7 +124,7 @@ class MethodsTest(parameterized.TestCase):
   @parameterized.parameters('scl_no_hard_neg', 'clip_o', 'clip_e', 'i2i')
   def test_loss_is_finite_and_trains_the_item_side(self, method):
     config = _config(method)
-    model = embed.encoder_model(config, config.data_dir)
+    model = item_encoder.encoder_model(config, config.data_dir)
     tx = train_scl.build_optimizer(config)
     state = jax.jit(lambda r: nn.unbox(_init(config, model, tx)(r)))(
         jax.random.key(0))
@@ -159,8 +161,8 @@ class DuplicateMaskTest(parameterized.TestCase):
 
   def _setup(self, method):
     config = _config(method)
-    model = embed.encoder_model(config, config.data_dir)
-    ex = embed.example_inputs(config.data_dir)
+    model = item_encoder.encoder_model(config, config.data_dir)
+    ex = item_encoder.example_inputs(config.data_dir)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ex['image'],
                                            ex['text'])['params'])
     batch = {k: np.array(v) for k, v in _batch(config).items()}
@@ -251,7 +253,7 @@ class NegativesAndKeysTest(parameterized.TestCase):
   def test_trains_a_few_steps(self, negatives, key_encoder):
     config = _config('scl', negatives=negatives, key_encoder=key_encoder,
                      momentum_schedule='cosine')
-    model = embed.encoder_model(config, config.data_dir)
+    model = item_encoder.encoder_model(config, config.data_dir)
     tx = train_scl.build_optimizer(config)
     state = jax.jit(lambda r: nn.unbox(_init(config, model, tx)(r)))(
         jax.random.key(0))
@@ -279,7 +281,7 @@ class InBatchMomentumLossTest(absltest.TestCase):
     # online items against momentum query keys), same items masked.
     config = _config('scl', negatives='in_batch', key_encoder='momentum',
                      triplet_weight=0.0)
-    model = embed.encoder_model(config, config.data_dir)
+    model = item_encoder.encoder_model(config, config.data_dir)
     tx = train_scl.build_optimizer(config)
     params = jax.jit(lambda r: nn.unbox(_init(config, model, tx)(r)))(
         jax.random.key(0)).params
@@ -373,7 +375,7 @@ class TrainAndResumeTest(absltest.TestCase):
                  self._params(self.full))
 
   def test_writes_eval_metrics_and_table(self):
-    with open(os.path.join(self.full, train_scl.EVAL_FILE)) as f:
+    with open(os.path.join(self.full, pretrain_eval.EVAL_FILE)) as f:
       res = json.load(f)
     for name in ('image', 'text', 'image_new', 'text_new'):
       self.assertBetween(res['metrics'][name]['recall@10'], 0.0, 1.0)
@@ -385,7 +387,7 @@ class TrainAndResumeTest(absltest.TestCase):
     self.assertEqual(meta['modality'], 'item')
     # Per-modality tables: the towers' own vectors of item image and title,
     # and retrieval of each query modality on its own table.
-    encoder, _, _, data_dir = embed.load_encoder(self.full)
+    encoder, _, _, data_dir = item_encoder.load_encoder(self.full)
     items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
     for m, fn, inputs in (('image', encoder.image_queries, items['image']),
                           ('text', encoder.text_queries, items['title'])):
@@ -395,7 +397,7 @@ class TrainAndResumeTest(absltest.TestCase):
       np.testing.assert_allclose(table, fn(inputs), atol=1e-5)
       self.assertGreater(np.abs(table - vectors).max(), 1e-3)  # not fused
       self.assertBetween(res['metrics'][f'{m}_on_{m}']['recall@10'], 0, 1)
-    with np.load(os.path.join(self.full, train_scl.QUERIES_FILE)) as z:
+    with np.load(os.path.join(self.full, pretrain_eval.QUERIES_FILE)) as z:
       ranks = dict(z)
     self.assertEqual(set(ranks), {'image_rank', 'text_rank',
                                   'image_catalogue_rank',
@@ -436,7 +438,7 @@ class TrainAndResumeTest(absltest.TestCase):
                              dtype='int8')
     self.assertLessEqual(np.abs(vector_table.dequantize(q) - table).max(),
                          1 / 127)
-    encoder = embed.load_encoder(self.full, cfg.data_dir)[0]
+    encoder = item_encoder.load_encoder(self.full, cfg.data_dir)[0]
     items = _items()
     one = encoder.encode_one(items['image'][7], items['title'][7])
     np.testing.assert_allclose(one, table[7], atol=1e-5)
@@ -454,7 +456,7 @@ class TrainAndResumeTest(absltest.TestCase):
       with open(p, 'r+b') as f:
         f.truncate(os.path.getsize(p) // 2)
     with self.assertRaisesRegex(checkpointing.CheckpointError, 'step 7'):
-      embed.load_encoder(broken, _config().data_dir)
+      item_encoder.load_encoder(broken, _config().data_dir)
 
 
 class ReferenceAndChainTest(absltest.TestCase):

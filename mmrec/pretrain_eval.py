@@ -1,0 +1,266 @@
+"""Pre-training evaluation: held-out retrieval with an encoder's vector
+tables, and its result files.
+
+Where the dataset has a search log the queries are its held-out search
+sessions (image or text query -> the purchased item), ranked against
+paper.md's pool and against the catalogue; without one, held-out co-clicks
+ranked against the catalogue (retrieval_eval.py says why). Every method --
+trained or a reference encoder (item_encoder.py) -- is evaluated here, and
+`write_results` writes what sweeps and reports read: EVAL_FILE (metrics),
+QUERIES_FILE (per-query ranks, for paired bootstraps), EXAMPLES_FILE (a few
+queries' top-k, for reports) and the vector tables (vector_table.save_tables).
+"""
+
+import os
+import time
+
+from absl import logging
+import numpy as np
+
+from mmrec import files
+from mmrec import item_encoder
+from mmrec import retrieval_eval
+from mmrec import train_lib
+from mmrec import vector_table
+from mmrec.data import builders
+from mmrec.data import manifest
+
+EVAL_FILE = 'pretrain_eval.json'
+EXAMPLES_FILE = 'retrieval_examples.npz'  # a few queries' top-k, for reports
+# Every held-out session's rank of its purchased item (image_rank,
+# text_rank: -1 where not that modality), by session row: paired bootstraps
+# of two methods (pretrain_sweep.comparisons).
+QUERIES_FILE = 'pretrain_eval_queries.npz'
+# The evaluation tasks (eval_task): held-out search sessions, or held-out
+# co-clicks ranked against the catalogue (retrieval_eval.py says why).
+SEARCH_EVAL, CO_CLICK_EVAL = 'search', 'co_click'
+# Co-click queries drawn from the test split (in a seeded order, each
+# distinct (query, answer) pair once): a recall@10 near 0.1 to about +-0.01
+# (95%), and the reading stops there on a large log.
+CO_CLICK_MAX_PAIRS = 5000
+
+
+def _new_items(data_dir, items):
+  return items['launch_day'] >= manifest.load(data_dir).first_test_day
+
+
+def eval_task(m):
+  """SEARCH_EVAL where manifest `m` declares search sessions, else
+  CO_CLICK_EVAL (every dataset has impressions)."""
+  return (SEARCH_EVAL if m.has(manifest.SEARCH, 'query_text',
+                               'purchased_item') else CO_CLICK_EVAL)
+
+
+_CO_CLICKS = {}  # (data_dir, max_pairs) -> (pairs, candidates)
+_SEARCH = {}  # data_dir -> (candidates, canonical)
+
+
+def _candidates(data_dir, canonical, targets):
+  m = manifest.load(data_dir)
+  return retrieval_eval.catalogue_candidates(
+      canonical, targets, manifest.retrieval_candidates(data_dir, m),
+      m.item_zero_reserved)
+
+
+def search_candidates(data_dir, items, purchased=None):
+  """(candidates, canonical) of the search evaluation's catalogue ranking
+  (retrieval_eval.py); computed once per process and dataset. `purchased`:
+  the held-out sessions' items, read here when not given."""
+  key = os.path.abspath(data_dir)
+  if key not in _SEARCH:
+    if purchased is None:
+      purchased = builders.load_table(data_dir, manifest.SEARCH,
+                                      'test')['purchased_item']
+    canonical = retrieval_eval.canonical_items(items)
+    _SEARCH[key] = (_candidates(data_dir, canonical, purchased), canonical)
+  return _SEARCH[key]
+
+
+def co_click_queries(data_dir, items, max_pairs=CO_CLICK_MAX_PAIRS,
+                     chunk=4096, seed=0):
+  """The co-click evaluation's (pairs, candidates) (retrieval_eval.py).
+
+  Clicks of the test split whose history is not empty, read in a seeded
+  order until `max_pairs` distinct (newest behaviour, clicked item) pairs
+  are found: the same queries for every method and seed of a dataset.
+  Computed once per process and dataset.
+  """
+  key = (os.path.abspath(data_dir), max_pairs)
+  if key not in _CO_CLICKS:
+    canonical = retrieval_eval.canonical_items(items)
+    source = builders.data_source(data_dir, manifest.IMPRESSIONS, 'test')
+    order = np.random.default_rng(seed).permutation(len(source))
+    query, target = [], []
+    pairs = np.zeros((0, 2), np.int64)
+    for lo in range(0, len(order), chunk):
+      rows = builders.read_rows(source, order[lo:lo + chunk])
+      clicked = (rows['label'] > 0) & (rows['seq_len'] > 0)
+      query.append(rows['seq_item'][clicked, -1])  # newest last
+      target.append(rows['item_id'][clicked])
+      pairs = retrieval_eval.co_click_pairs(
+          np.concatenate(query), np.concatenate(target), canonical,
+          max_pairs)
+      if len(pairs) >= max_pairs:
+        break
+    _CO_CLICKS[key] = (pairs, _candidates(data_dir, canonical, pairs[:, 1]))
+  return _CO_CLICKS[key]
+
+
+def check_evaluable(data_dir, items=None, method='pre-training'):
+  """Raises manifest.DatasetError when the dataset gives the evaluation no
+  query (before any training is spent). `items`: the catalogue, read here
+  when needed and not given."""
+  m = manifest.load(data_dir)
+  if eval_task(m) == SEARCH_EVAL:
+    return
+  if items is None:
+    items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+  if not len(co_click_queries(data_dir, items)[0]):
+    raise manifest.DatasetError(
+        f'dataset {m.name!r} has no search log and no test-split click with '
+        'a behaviour history (seq_len > 0) of two distinct known items: '
+        f'{method}\'s evaluation ranks the catalogue for held-out searches or '
+        'co-clicks and has no query (give search.parquet, or histories)')
+
+
+def eval_info(data_dir, items):
+  """What `evaluate_encoder` ranks on this dataset: {'task', 'queries',
+  'candidates'} (co-clicks) or {'task', 'queries'} (search sessions)."""
+  if eval_task(manifest.load(data_dir)) == SEARCH_EVAL:
+    n = manifest.load(data_dir).split_rows(manifest.SEARCH, 'test')
+    return {'task': SEARCH_EVAL, 'queries': n,
+            'candidates': int(len(search_candidates(data_dir, items)[0]))}
+  pairs, candidates = co_click_queries(data_dir, items)
+  return {'task': CO_CLICK_EVAL, 'queries': int(len(pairs)),
+          'candidates': int(len(candidates))}
+
+
+def evaluate_encoder(encoder, data_dir, items):
+  """Held-out retrieval with every vector table of the encoder.
+
+  Returns (metrics, tables, ranks): retrieval_eval.summarise slices of the
+  item vector ('image', 'text', 'image_new', 'text_new'; the same four with
+  '_catalogue' ranked against the catalogue; on the world 'image_concept'
+  and 'text_concept', retrieval_eval.concept_hits) plus 'image_on_image'
+  and 'text_on_text' (queries of a modality ranked by that modality's item
+  table, where the encoder has it); `encoder.item_tables`; and the
+  per-query ranks (retrieval_eval.query_ranks) under the same slice names.
+  On a dataset without search sessions the queries are co-clicks
+  (retrieval_eval.co_click_evaluate), which add the 'item' and 'item_new'
+  slices (the item table on itself).
+  """
+  t0 = time.time()
+  tables = encoder.item_tables(items.get('image'), items.get('title'))
+  logging.info('encoded %d items (%s) in %.1fs', len(tables['item']),
+               ', '.join(tables), time.time() - t0)
+  if eval_task(manifest.load(data_dir)) == CO_CLICK_EVAL:
+    pairs, candidates = co_click_queries(data_dir, items)
+    metrics, ranks = retrieval_eval.co_click_evaluate(
+        tables, pairs, candidates, _new_items(data_dir, items))
+    return metrics, tables, ranks
+  sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
+  is_image = sessions['query_is_image']
+
+  def queries(fn, inputs, rows):
+    idx = np.flatnonzero(rows)
+    got = fn(inputs[idx]) if len(idx) else None
+    if got is None:
+      return None
+    full = np.zeros((len(rows), got.shape[1]), np.float32)
+    full[idx] = got
+    return full
+
+  q = {'image': queries(encoder.image_queries, sessions['query_image'],
+                        is_image),
+       'text': queries(encoder.text_queries, sessions['query_text'],
+                       ~is_image)}
+  new = _new_items(data_dir, items)
+  ranks = retrieval_eval.query_ranks(sessions, tables['item'], q['image'],
+                                     q['text'])
+  metrics = retrieval_eval.summarise(ranks, sessions, new)
+  candidates, canonical = search_candidates(data_dir, items,
+                                            sessions['purchased_item'])
+  catalogue = retrieval_eval.query_ranks(
+      sessions, tables['item'], q['image'], q['text'], candidates, canonical)
+  for name, res in retrieval_eval.summarise(catalogue, sessions, new).items():
+    metrics[f'{name}_catalogue'] = res
+  ranks.update({f'{m}_catalogue': r for m, r in catalogue.items()})
+  oracle = manifest.load(data_dir).oracle
+  if oracle:
+    with np.load(os.path.join(data_dir, oracle)) as z:
+      concept = z['item_concept']  # not the whole oracle: one array
+    metrics.update(retrieval_eval.concept_hits(
+        sessions, tables['item'], q['image'], q['text'], candidates,
+        concept))
+  for m in vector_table.MODALITIES:
+    if m in tables and q[m] is not None:
+      own = retrieval_eval.query_ranks(sessions, tables[m],
+                                       **{f'{m}_query_vectors': q[m]})
+      ranks[f'{m}_on_{m}'] = own[m]
+      metrics[f'{m}_on_{m}'] = retrieval_eval.summarise(own, sessions)[m]
+  return metrics, tables, ranks
+
+
+def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8):
+  """The first held-out image queries, their top-k catalogue items by cosine
+  and the images of both (what a report draws), or None without an image
+  side. Co-clicks: the query is the clicked item's picture, the answer
+  ('purchased_item') the item clicked on the test day."""
+  if eval_task(manifest.load(data_dir)) == CO_CLICK_EVAL:
+    return _co_click_examples(encoder, data_dir, items, vectors, num_queries,
+                              k)
+  sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
+  rows = np.flatnonzero(sessions['query_is_image'])[:num_queries]
+  q = encoder.image_queries(sessions['query_image'][rows]) if len(rows) else None
+  if q is None:
+    return None
+  top = np.argsort(-(item_encoder.unit(q) @ item_encoder.unit(vectors).T), 1)[:, :k]
+  purchased = sessions['purchased_item'][rows]
+  return {'query_image': sessions['query_image'][rows], 'top_item': top,
+          'top_image': items['image'][top], 'purchased_item': purchased,
+          'hit': top == purchased[:, None]}
+
+
+def _co_click_examples(encoder, data_dir, items, vectors, num_queries, k):
+  if 'image' not in items:
+    return None
+  pairs, candidates = co_click_queries(data_dir, items)
+  pairs = pairs[:num_queries]
+  q = (encoder.image_queries(items['image'][pairs[:, 0]]) if len(pairs)
+       else None)
+  if q is None:
+    return None
+  sim = item_encoder.unit(q) @ item_encoder.unit(vectors[candidates]).T
+  sim[candidates[None] == pairs[:, :1]] = -np.inf  # not the query's own item
+  top = candidates[np.argsort(-sim, 1)[:, :k]]
+  return {'query_image': items['image'][pairs[:, 0]], 'top_item': top,
+          'top_image': items['image'][top], 'purchased_item': pairs[:, 1],
+          'hit': top == pairs[:, 1:]}
+
+
+def write_results(workdir, encoder, data_dir, items, info):
+  """Evaluates `encoder`, writes the vector tables and result files to
+  `workdir`; returns the EVAL_FILE record. `info`: {'method', 'seed',
+  'step'}."""
+  metrics, tables, ranks = evaluate_encoder(encoder, data_dir, items)
+  vector_table.save_tables(workdir, tables, dict(
+      info, encoder_workdir=workdir, data_dir=data_dir))
+  result = dict(info, data_dir=data_dir, eval=eval_info(data_dir, items),
+                metrics=metrics)
+  examples = retrieval_examples(encoder, data_dir, items, tables['item'])
+  if examples is not None:
+    files.write_npz(os.path.join(workdir, EXAMPLES_FILE), examples)
+  files.write_npz(os.path.join(workdir, QUERIES_FILE),
+                  {f'{m}_rank': r for m, r in ranks.items()})
+  files.write_json(os.path.join(workdir, EVAL_FILE), result)
+  writer = train_lib.MetricWriter(workdir)
+  writer.write(info['step'], {f'{name}/{k}': v for name, r in metrics.items()
+                              if r for k, v in r.items() if k != 'queries'},
+               prefix='eval/')
+  writer.close()
+  for name, r in metrics.items():
+    if r:
+      logging.info('%s %-10s accuracy@1 %.4f recall@10 %.4f (%d queries)',
+                   info['method'], name, r['accuracy@1'], r['recall@10'],
+                   r['queries'])
+  return result
