@@ -43,7 +43,7 @@ serve: $(STAMP)
 	$(BIN)/python -m experiments.main --config=experiments/configs/export.py \
 	  --config.ctr_workdir=$(CTR_RUN) --workdir=$(SERVING)
 	MMREC_SERVING_DIR=$(SERVING) $(BIN)/uvicorn --factory \
-	  mmrec.service:app_from_env --host 127.0.0.1 --port $(PORT)
+	  mmrec.serving.service:app_from_env --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf $(VENV) workdir bench_results

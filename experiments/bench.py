@@ -24,11 +24,13 @@ from experiments import bench_serving
 from experiments.configs import ctr as ctr_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
+from mmrec import ctr_model
+from mmrec import ctr_steps
 from mmrec import files
+from mmrec import int8
 from mmrec import item_encoder
 from mmrec import metrics
 from mmrec import sharding
-from mmrec import train_ctr
 from mmrec import train_lib
 from mmrec import train_scl
 from mmrec import vector_table
@@ -272,7 +274,7 @@ def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
 
 
 def _ctr_examples_per_second(config, variant, batches, table, **overrides):
-  """Train-step throughput of the trainer's own step (`train_ctr.programs`).
+  """Train-step throughput of the trainer's own step (`ctr_steps.programs`).
 
   The model, optimizer and jitted step are built as `train_ctr` builds them
   for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
@@ -280,13 +282,13 @@ def _ctr_examples_per_second(config, variant, batches, table, **overrides):
   """
   c = ctr_config.get_config(variant + (',tiny' if config.ctr_tiny else ''))
   c.update(overrides)
-  model = train_ctr.build_model(c, ctr_data.sizes(config.world.to_dict()))
+  model = ctr_model.build_model(c, ctr_data.sizes(config.world.to_dict()))
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
-  table = table if train_ctr.reads_vectors(c) else None
+  table = table if ctr_model.reads_vectors(c) else None
   example = {k: v[:2] for k, v in batches[0].items()}
-  progs = train_ctr.programs(model, train_ctr.opt_spec(c, model), mesh,
-                             train_ctr.shape_key(example),
-                             train_ctr.shape_key(table))
+  progs = ctr_steps.programs(model, ctr_steps.opt_spec(c, model), mesh,
+                             ctr_steps.shape_key(example),
+                             ctr_steps.shape_key(table))
   state = progs.train.init_state(jax.random.key(c.seed))
   vectors = vector_table.put(table, mesh)
   rng = jax.random.key(c.seed + 1)
@@ -329,7 +331,7 @@ def bench_ctr_train(config, workdir):
   sizes = ctr_data.sizes(config.world.to_dict())
   b, seq_len = config.ctr_batch_size, config.world.seq_len
   vectors = rng.normal(size=(sizes['num_items'], 128)).astype(np.float32)
-  vectors = vector_table.quantize(
+  vectors = int8.quantize(
       vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
   out = {'batch_size': b, 'seq_len': seq_len,
          'long_history': config.long_history, 'gsu_top_k': config.gsu_top_k,

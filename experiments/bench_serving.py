@@ -39,16 +39,17 @@ from experiments.configs import export as export_config
 from experiments.configs import nearline as nearline_config
 from experiments.configs import scl as scl_config
 from experiments.configs import world as world_config
-from mmrec import ann_index
 from mmrec import ctr_data
-from mmrec import export
-from mmrec import nearline
-from mmrec import service
+from mmrec import ctr_model
+from mmrec import int8
 from mmrec import train_ctr
 from mmrec import train_scl
-from mmrec import vector_store
 from mmrec import vector_table
 from mmrec.data import build
+from mmrec.serving import ann_index
+from mmrec.serving import export
+from mmrec.serving import nearline
+from mmrec.serving import service
 
 # httpx logs every request at INFO: under load that is the client's main
 # cost (and a flood in the log), so the measured latency included it.
@@ -70,7 +71,7 @@ def catalogue(n, dim, seed=0, per_concept=20, noise=0.6, chunk=100_000):
     e = rng.normal(size=(m, dim)).astype(np.float32)
     x = centres[rng.integers(0, concepts, m)] + noise * e / np.linalg.norm(
         e, axis=1, keepdims=True)
-    out[lo:lo + m] = vector_store.quantize(ann_index.normalise(x))
+    out[lo:lo + m] = int8.quantize(ann_index.normalise(x))
   return out
 
 
@@ -145,7 +146,7 @@ def _start_service(directory):
   env = dict(os.environ, **{service.ENV_DIR: directory})
   server = subprocess.Popen(
       [sys.executable, '-m', 'uvicorn', '--factory',
-       'mmrec.service:app_from_env', '--host', '127.0.0.1', '--port',
+       'mmrec.serving.service:app_from_env', '--host', '127.0.0.1', '--port',
        str(port), '--log-level', 'warning'], env=env)
   url = f'http://127.0.0.1:{port}'
   t0 = time.perf_counter()
@@ -272,7 +273,7 @@ def build_serving_dir(directory, config):
   sizes = ctr_data.sizes(wc)
   c = ctr_config.get_config('simtier_official' +
                             (',tiny' if config.ctr_tiny else ''))
-  model = train_ctr.build_model(c, sizes)
+  model = ctr_model.build_model(c, sizes)
   rng = np.random.default_rng(0)
   dim = config.serving_dim
   table = catalogue(sizes['num_items'], dim)

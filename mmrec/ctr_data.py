@@ -14,6 +14,7 @@ import functools
 
 import numpy as np
 
+from mmrec import embedding
 from mmrec.data import builders
 from mmrec.data import manifest
 from mmrec.data import pipelines
@@ -131,3 +132,20 @@ def train_columns(data_dir):
   for v in out.values():
     v.flags.writeable = False  # shared by every caller of the cache
   return out
+
+
+def check_batch(batch, model, where, first_test_day=None, test=False):
+  """Ids against `model`'s vocabularies, days against the train/test split."""
+  emb = model.config.embedding
+  try:
+    embedding.check_ids(batch, emb)
+  except ValueError as e:
+    raise ValueError(f'{where}: {e}') from e
+  if first_test_day is not None and 'day' in batch:
+    day = np.asarray(batch['day'])
+    bad = day < first_test_day if test else day >= first_test_day
+    if bad.any():
+      raise ValueError(
+          f'{where}: holds day {int(day[bad][0])}, but the '
+          f'{"test" if test else "train"} split must hold days '
+          f'{">=" if test else "<"} {first_test_day} (first test day).')

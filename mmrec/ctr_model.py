@@ -317,3 +317,35 @@ class CtrModel(nn.Module):
     if cfg.uses_make:
       logit = logit + make_taps['logit']
     return logit
+
+
+# The model factory: a CTR config (experiments/configs/ctr.py) -> the module.
+
+
+def make_module_config(config):
+  return make_lib.MakeConfig(
+      attention_mlp=tuple(config.make.attention_mlp),
+      mlp=tuple(config.make.mlp), freeze=bool(config.make.freeze))
+
+
+def build_model(config, sizes):
+  """The CtrModel of `config` for a world with vocabulary `sizes`."""
+  emb = embedding.EmbeddingConfig(**sizes, dim=config.embed_dim)
+  return CtrModel(CtrConfig(
+      emb, variant=config.variant, attention=config.attention,
+      attention_mlp=tuple(config.attention_mlp),
+      tower=tuple(config.tower), simtier_bins=config.simtier_bins,
+      simtier_mask_padding=bool(config.simtier_mask_padding),
+      simtier_official_dim=config.simtier_official_dim,
+      retrieve_top_k=config.retrieve_top_k,
+      match_features=bool(config.match_features),
+      make=make_module_config(config)))
+
+
+def build_stage_a_model(config):
+  return make_lib.MakeModel(make_module_config(config))
+
+
+def reads_vectors(config):
+  """Whether a CTR config's model reads the item-vector table."""
+  return config.variant != 'id' or config.retrieve_top_k > 0

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmrec import int8
+
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingConfig:
@@ -203,8 +205,8 @@ def item_vectors(vectors, batch, num_items: int | None = None):
   target = jnp.take(vectors, batch['item_id'], axis=0)
   seq = jnp.take(vectors, batch['seq_item'], axis=0)
   if vectors.dtype == jnp.int8:
-    target = target.astype(jnp.float32) / 127.0
-    seq = seq.astype(jnp.float32) / 127.0
+    target = target.astype(jnp.float32) / int8.SCALE
+    seq = seq.astype(jnp.float32) / int8.SCALE
   else:
     target = target.astype(jnp.float32)
     seq = seq.astype(jnp.float32)

@@ -18,10 +18,12 @@ import json
 import os
 import zipfile
 
+from absl import logging
 import jax
 import numpy as np
 
 from mmrec import files
+from mmrec import int8
 from mmrec import sharding
 
 FILE = 'item_vectors.npz'  # in the embedding / pre-training job's workdir
@@ -47,18 +49,18 @@ def file_name(modality=None):
   return f'item_vectors_{modality}.npz'
 
 
+def resolve(path):
+  """The item table a `vectors_path` names: the file itself, or FILE in the
+  job workdir it names (absolute; '' stays '')."""
+  if not path:
+    return path
+  path = os.path.abspath(os.path.expanduser(path))
+  return os.path.join(path, FILE) if os.path.isdir(path) else path
+
+
 def modality_path(path, modality):
   """The `modality` table beside a table (or in a job's workdir) `path`."""
-  directory = path if os.path.isdir(path) else os.path.dirname(path)
-  return os.path.join(directory, file_name(modality))
-
-
-def quantize(vectors):
-  return np.round(np.clip(vectors, -1, 1) * 127).astype(np.int8)
-
-
-def dequantize(q):
-  return q.astype(np.float32) / 127
+  return os.path.join(os.path.dirname(resolve(path)), file_name(modality))
 
 
 def _digest(vectors):
@@ -80,7 +82,7 @@ def save(path, vectors, metadata=None):
               sha256=_digest(vectors), format_version=1)
   def write(tmp):
     with open(tmp, 'wb') as f:
-      np.savez(f, float32=vectors, int8=quantize(vectors),
+      np.savez(f, float32=vectors, int8=int8.quantize(vectors),
                metadata=np.array(json.dumps(meta, sort_keys=True)))
   files.write_with(path, write)
   return meta
@@ -139,9 +141,8 @@ def load_from(path, *, field, dtype='float32', num_items=None, dim=None):
     raise VectorTableError(
         f'{field} is empty: set it to the embedding job\'s {FILE} (or its '
         'workdir).')
-  resolved = os.path.join(path, FILE) if os.path.isdir(path) else path
   try:
-    return load(resolved, dtype=dtype, num_items=num_items, dim=dim)
+    return load(resolve(path), dtype=dtype, num_items=num_items, dim=dim)
   except VectorTableError as e:
     raise VectorTableError(f'{field}={path}: {e}') from e
 
@@ -170,3 +171,16 @@ def save_tables(workdir, tables, metadata):
            dict(metadata, modality=m))
   return save(os.path.join(workdir, FILE), tables['item'],
               dict(metadata, modality='item'))
+
+
+def load_vectors(config, num_items):
+  """The (V, Dv) host table a CTR config names (`config.vectors_path`, in
+  `config.vectors_dtype`, checked against `num_items` and
+  `config.vectors_dim`)."""
+  dim = config.vectors_dim or None
+  table, meta = load_from(
+      config.vectors_path, field='config.vectors_path',
+      dtype=config.vectors_dtype, num_items=num_items, dim=dim)
+  logging.info('item vectors %s: %s %s (encoder: %s)', config.vectors_path,
+               table.dtype, table.shape, meta.get('method', '?'))
+  return table

@@ -1,4 +1,4 @@
-"""Tests for the nearest-neighbour index (mmrec.ann_index): recall against
+"""Tests for the nearest-neighbour index (mmrec.serving.ann_index): recall against
 exact numpy search, incremental adds, save / reload / catch-up with a store."""
 
 import tempfile
@@ -7,8 +7,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from mmrec import ann_index
-from mmrec import vector_store
+from mmrec import int8
+from mmrec.serving import ann_index
+from mmrec.serving import vector_store
 
 
 def _clustered(n, d, seed=0, clusters=50):
@@ -23,7 +24,7 @@ class AnnIndexTest(parameterized.TestCase):
 
   @parameterized.parameters('hnsw', 'ivf', 'flat')
   def test_recall_against_exact(self, kind):
-    x = vector_store.quantize(_clustered(4000, 32))
+    x = int8.quantize(_clustered(4000, 32))
     q = _clustered(100, 32, seed=1)
     index = ann_index.AnnIndex.build(x, kind=kind)
     _, found = index.search(q, 10)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from mmrec import ctr_model
+from mmrec import ctr_steps
 from mmrec import layers
 from mmrec import train_ctr
 from mmrec import train_lib
@@ -153,10 +154,10 @@ class AttentionEntropyTest(absltest.TestCase):
     """train_step's attention_entropy is the mean over the counted rows."""
     ent = np.array([0.5, 0.0, 0.9], np.float32)
     counted = np.array([True, False, True])
-    got = train_ctr.attention_metrics(
+    got = ctr_steps.attention_metrics(
         {'attention': {'entropy': ((ent, counted),)}})
     np.testing.assert_allclose(got['attention_entropy'], 0.7, rtol=1e-6)
-    self.assertEqual(train_ctr.attention_metrics({}), {})
+    self.assertEqual(ctr_steps.attention_metrics({}), {})
 
   def test_category_excess_matches_numpy(self):
     rng = np.random.default_rng(0)
@@ -168,7 +169,7 @@ class AttentionEntropyTest(absltest.TestCase):
     w = np.where(mask, rng.normal(size=(b, length)), 0).astype(np.float32)
     batch = {'category': cat, 'seq_category': seq_cat, 'seq_mask': mask}
     ent = np.zeros(b, np.float32), np.ones(b, bool)
-    got = train_ctr.attention_metrics(
+    got = ctr_steps.attention_metrics(
         {'attention': {'entropy': (ent,), 'weights': (w,)}}, batch)
     want = []
     for i in range(b):
@@ -182,7 +183,7 @@ class AttentionEntropyTest(absltest.TestCase):
     np.testing.assert_allclose(got['attention_category_excess'],
                                np.mean(want), rtol=1e-5)
     # Uniform weights are blind to category: excess 0.
-    got = train_ctr.attention_metrics(
+    got = ctr_steps.attention_metrics(
         {'attention': {'entropy': (ent,),
                        'weights': (mask.astype(np.float32),)}}, batch)
     self.assertAlmostEqual(float(got['attention_category_excess']), 0.0,
@@ -203,7 +204,7 @@ class VariantsTest(parameterized.TestCase):
     logits, sown = model.apply(variables, batch, vectors, train=True,
                                mutable=['batch_stats', 'intermediates'])
     self.assertTrue(np.isfinite(logits).all())
-    metrics = train_ctr.attention_metrics(sown['intermediates'])
+    metrics = ctr_steps.attention_metrics(sown['intermediates'])
     self.assertBetween(float(metrics['attention_entropy']), 0.0, 1.0)
     if variant == 'simscore':  # The cosines reach the weights.
       other = model.apply(variables, batch, vectors[::-1], train=True,

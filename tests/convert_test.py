@@ -22,9 +22,9 @@ from experiments.configs import data as data_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
-from mmrec import export
+from mmrec.serving import export
 from mmrec import id_stats
-from mmrec import service
+from mmrec.serving import service
 from mmrec import train_ctr
 from mmrec import train_scl
 from mmrec import vector_table

@@ -19,7 +19,6 @@ from mmrec import layers
 from mmrec import make
 from mmrec import optimizer
 from mmrec import sharding
-from mmrec import train_ctr
 import retrieval_test
 
 B, L, DV = 4, 5, 8
@@ -318,10 +317,10 @@ class RetrievalTest(parameterized.TestCase):
     config = ctr_config.get_config('simtier_official,tiny')
     self.assertEqual(config.retrieve_top_k, 0)  # Off by default.
     self.assertEqual(
-        train_ctr.build_model(config, sizes).config.retrieve_top_k, 0)
+        ctr_model.build_model(config, sizes).config.retrieve_top_k, 0)
     config.retrieve_top_k = 7
     self.assertEqual(
-        train_ctr.build_model(config, sizes).config.retrieve_top_k, 7)
+        ctr_model.build_model(config, sizes).config.retrieve_top_k, 7)
 
   def test_gradients_finite_on_8_device_mesh(self):
     """Train-mode grads on a data-sharded batch: finite, equal to 1 device."""

@@ -1,10 +1,10 @@
-"""Tests for the exported CTR model (mmrec.export + mmrec.serving_model):
+"""Tests for the exported CTR model (mmrec.serving.export + mmrec.serving.served_model):
 served scores equal the offline evaluation's, in this process and in a fresh
 one that imports no training code; versions, pointer and input checks.
 
 One short 'id' and one 'simtier_official' run on the small CTR world are
 trained and exported once per process (fixtures.exported_ctr); their
-compiled steps are shared with the offline pass (train_ctr.programs is
+compiled steps are shared with the offline pass (ctr_steps.programs is
 cached).
 """
 
@@ -25,11 +25,12 @@ from experiments.configs import export as export_config
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import ctr_eval
-from mmrec import export
-from mmrec import serving_model
+from mmrec import ctr_model
+from mmrec import ctr_steps
+from mmrec.serving import export
+from mmrec.serving import served_model
 from mmrec import sharding
-from mmrec import train_ctr
-from mmrec import vector_store
+from mmrec.serving import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 
@@ -39,14 +40,15 @@ VARIANTS = ('id', 'simtier_official')
 def offline_predictions(c, workdir):
   """`ctr_eval.predict` of the run's latest checkpoint on the test day."""
   data = ctr_data.CtrData.load(c.data_dir)
-  model = train_ctr.build_model(c, data.sizes)
-  host_vectors = train_ctr.load_vectors(c, data.sizes['num_items'])
+  model = ctr_model.build_model(c, data.sizes)
+  host_vectors = (vector_table.load_vectors(c, data.sizes['num_items'])
+                  if ctr_model.reads_vectors(c) else None)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
   first = data.dataset('test', c.eval_batch_size)[0]
   example = {k: v[:2] for k, v in first.items()}
-  progs = train_ctr.programs(model, train_ctr.opt_spec(c, model), mesh,
-                             train_ctr.shape_key(example),
-                             train_ctr.shape_key(host_vectors))
+  progs = ctr_steps.programs(model, ctr_steps.opt_spec(c, model), mesh,
+                             ctr_steps.shape_key(example),
+                             ctr_steps.shape_key(host_vectors))
   ckpt = os.path.join(workdir, checkpointing.SUBDIR)
   with checkpointing.Checkpointer(ckpt, read_only=True) as cp:
     step = cp.latest_step()
@@ -81,7 +83,7 @@ class ExportTest(parameterized.TestCase):
   def _model(self, variant):
     """(ServingModel of the CURRENT version, its device vector table)."""
     serving = self.runs[variant][2]
-    model = serving_model.ServingModel(serving_model.current(
+    model = served_model.ServingModel(served_model.current(
         os.path.join(serving, export.MODELS)))
     return model, store_table(serving, model)
 
@@ -104,8 +106,8 @@ class ExportTest(parameterized.TestCase):
     (above): for C = 1, within a bucket, and past the largest (chunks)."""
     model, table = self._model(variant)
     spec = model.manifest['request']
-    self.assertEqual(spec['file'], serving_model.REQUEST_FILE)
-    self.assertIn(serving_model.REQUEST_FILE, model.manifest['sha256'])
+    self.assertEqual(spec['file'], served_model.REQUEST_FILE)
+    self.assertIn(served_model.REQUEST_FILE, model.manifest['sha256'])
     for i, c in ((0, 1), (5, 13), (40, 70)):
       user = {k: self.rows[k][i:i + 1] for k in spec['user']}
       cands = {k: self.rows[k][i:i + c] for k in spec['candidates']}
@@ -122,13 +124,13 @@ class ExportTest(parameterized.TestCase):
     _, _, _, directory = self.runs['id']
     old = os.path.join(self.root, 'v_old')
     shutil.copytree(directory, old)
-    os.remove(os.path.join(old, serving_model.REQUEST_FILE))
+    os.remove(os.path.join(old, served_model.REQUEST_FILE))
     with open(os.path.join(old, export.MANIFEST)) as f:
       m = json.load(f)
-    del m['request'], m['sha256'][serving_model.REQUEST_FILE]
+    del m['request'], m['sha256'][served_model.REQUEST_FILE]
     with open(os.path.join(old, export.MANIFEST), 'w') as f:
       json.dump(m, f)
-    model = serving_model.ServingModel(old)
+    model = served_model.ServingModel(old)
     self.assertIsNone(model.request_fields)
     spec = self._model('id')[0].request_fields
     user = {k: self.rows[k][3:4] for k in spec['user']}
@@ -147,15 +149,17 @@ class ExportTest(parameterized.TestCase):
     script = f"""
 import json, sys
 import numpy as np
-from mmrec import service, serving_model, vector_store  # the whole server
-m = serving_model.ServingModel({directory!r})
+from mmrec.serving import service, served_model, vector_store  # the whole server
+m = served_model.ServingModel({directory!r})
 with vector_store.VectorStore({os.path.join(serving, 'vectors')!r}) as s:
   table = m.device_table(s.dense())
 rows = dict(np.load({inputs!r}))
 p = m.score(rows, table)
 bad = sorted(k for k in sys.modules if k == 'flax' or k.startswith(
-    ('flax.', 'optax', 'orbax', 'grain', 'mmrec.train', 'mmrec.ctr_model',
-     'mmrec.export', 'tensorflow_datasets')))
+    ('flax.', 'optax', 'orbax', 'grain', 'tensorflow_datasets',
+     'mmrec.train', 'mmrec.ctr_', 'mmrec.embed', 'mmrec.item_encoder',
+     'mmrec.pretrain', 'mmrec.serving.export', 'mmrec.serving.model_export',
+     'mmrec.serving.serving_dir', 'mmrec.serving.nearline')))
 print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
 """
     env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
@@ -167,7 +171,7 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
 
   def test_manifest_pointer_and_reexport(self):
     _, wd, serving, directory = self.runs['id']
-    self.assertEqual(serving_model.current(os.path.join(serving, 'models')),
+    self.assertEqual(served_model.current(os.path.join(serving, 'models')),
                      directory)
     with open(os.path.join(directory, export.MANIFEST)) as f:
       m = json.load(f)
@@ -196,7 +200,7 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
     shutil.copytree(os.path.join(self.runs['id'][2], export.VECTORS),
                     os.path.join(serving, export.VECTORS))
     directory = fixtures.export_untrained_encoder(serving)
-    encoder = serving_model.ServingEncoder(directory)
+    encoder = served_model.ServingEncoder(directory)
     items = builders.load_table(fixtures.small_ctr_world_dir(), 'mmrec_items',
                                 'catalogue')
     want = model.apply({'params': params}, items['image'][:5],
@@ -205,26 +209,26 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
                     for i in range(5)])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     self.assertEqual(encoder.dim, 32)
-    with self.assertRaisesRegex(serving_model.ModelError, 'image'):
+    with self.assertRaisesRegex(served_model.ModelError, 'image'):
       encoder.encode(items['image'][0][:4], items['title'][0])
 
   def test_bad_inputs(self):
     model, table = self._model('simtier_official')
     rows = {k: v[:3] for k, v in self.rows.items()}
-    with self.assertRaisesRegex(serving_model.ModelError, 'needs the item'):
+    with self.assertRaisesRegex(served_model.ModelError, 'needs the item'):
       model.score(rows)
-    with self.assertRaisesRegex(serving_model.ModelError, "'seq_item'"):
+    with self.assertRaisesRegex(served_model.ModelError, "'seq_item'"):
       model.score(dict(rows, seq_item=rows['seq_item'][:, :4]), table)
-    with self.assertRaisesRegex(serving_model.ModelError, r"\['shop'\]"):
+    with self.assertRaisesRegex(served_model.ModelError, r"\['shop'\]"):
       model.score({k: v for k, v in rows.items() if k != 'shop'}, table)
-    with self.assertRaisesRegex(serving_model.ModelError, 'capacity'):
+    with self.assertRaisesRegex(served_model.ModelError, 'capacity'):
       model.device_table(np.zeros((5000, 16), np.int8))
     user = {k: rows[k][:1] for k in model.request_fields['user']}
     cands = {k: rows[k] for k in model.request_fields['candidates']}
-    with self.assertRaisesRegex(serving_model.ModelError, r"\['shop'\]"):
+    with self.assertRaisesRegex(served_model.ModelError, r"\['shop'\]"):
       model.score_request(user, {k: v for k, v in cands.items()
                                  if k != 'shop'}, table)
-    with self.assertRaisesRegex(serving_model.ModelError, 'category'):
+    with self.assertRaisesRegex(served_model.ModelError, 'category'):
       model.score_request(user, dict(cands, category=cands['category'][:2]),
                           table)
     # 70 rows: a chunk of the largest bucket (64) + one of 8, same scores.
@@ -241,7 +245,7 @@ class LongHistoryExportTest(parameterized.TestCase):
   def test_served_scores_equal_offline_evaluation(self, kind):
     c, wd, _, directory = fixtures.exported_long_ctr(kind)
     rows = _test_rows(c.data_dir)
-    model = serving_model.ServingModel(directory)
+    model = served_model.ServingModel(directory)
     self.assertEqual(model.long_seq_len, 30)
     want_long = ({'long_seq_item', 'long_seq_category', 'long_seq_mask'}
                  if kind == 'gsu' else {'long_seq_item', 'long_seq_mask'})
@@ -270,7 +274,7 @@ class LongHistoryExportTest(parameterized.TestCase):
 
   def test_world_model_reads_no_long_history(self):
     _, _, _, directory = fixtures.exported_ctr('simtier_official')
-    model = serving_model.ServingModel(directory)
+    model = served_model.ServingModel(directory)
     self.assertEqual(model.long_seq_len, 0)
     self.assertFalse([f for f in model.fields if f.startswith('long_')])
 

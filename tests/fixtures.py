@@ -12,10 +12,10 @@ from experiments.configs import ctr as ctr_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from experiments.configs import world as world_config
-from mmrec import export
+from mmrec.serving import export
 from mmrec import item_encoder
 from mmrec import train_ctr
-from mmrec import vector_store
+from mmrec.serving import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import world as world_lib

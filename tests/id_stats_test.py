@@ -13,9 +13,9 @@ from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
 from experiments.configs import ctr_sweep as sweep_config
 from mmrec import ctr_eval
-from mmrec import id_stats
 from mmrec import metrics
 from mmrec import train_ctr
+from mmrec.data import id_features
 
 L = 4  # behaviour-sequence length of the hand-made table
 FIRST_TEST_DAY = 3
@@ -57,7 +57,7 @@ TEST = _rows([
 
 def _reference(rows, history):
   """Features row by row in plain Python, `history` the earlier impressions."""
-  k = id_stats.PRIOR_IMPRESSIONS
+  k = id_features.PRIOR_IMPRESSIONS
   n = len(history['label'])
   p0 = sum(int(x) for x in history['label']) / n
   out = []
@@ -86,7 +86,7 @@ def _take(rows, mask):
 
 
 def _features(train=TRAIN, test=TEST):
-  return id_stats.fit_and_test_features(train, test, ITEMS, FIRST_TEST_DAY,
+  return id_features.fit_and_test_features(train, test, ITEMS, FIRST_TEST_DAY,
                                         NUM_ITEMS, NUM_USERS)
 
 
@@ -143,13 +143,13 @@ class FeaturesTest(absltest.TestCase):
 
   def test_fit_standardises_on_fit_day(self):
     (x_fit, y_fit), x_test = _features()
-    model = id_stats.fit(x_fit, y_fit)
+    model = id_features.fit(x_fit, y_fit)
     np.testing.assert_allclose(model.mean, x_fit.mean(0))
     z = (x_fit - model.mean) / model.std
     np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-12)
     self.assertEqual(model.logit(x_test).shape, (len(TEST['label']),))
     self.assertEqual(set(model.coefficients()),
-                     set(id_stats.FEATURES) | {'bias'})
+                     set(id_features.FEATURES) | {'bias'})
 
 
 class RunTest(absltest.TestCase):

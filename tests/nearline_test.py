@@ -1,4 +1,4 @@
-"""Tests for near-line training (mmrec.impression_log + mmrec.nearline):
+"""Tests for near-line training (mmrec.serving.impression_log + mmrec.serving.nearline):
 segments rotate and read back whole; the trainer warm-starts from the batch
 run, exports a version per segment, and killed mid-segment (or between a
 commit and its export), then restarted, ends exactly where an uninterrupted
@@ -21,9 +21,9 @@ import numpy as np
 from experiments.configs import nearline as nearline_config
 from mmrec import checkpointing
 from mmrec import ctr_data
-from mmrec import impression_log
-from mmrec import nearline
-from mmrec import serving_model
+from mmrec.serving import impression_log
+from mmrec.serving import nearline
+from mmrec.serving import served_model
 
 
 def _rows(n):
@@ -108,7 +108,7 @@ class NearlineTest(absltest.TestCase):
     models = os.path.join(root, 'serving_ref', 'models')
     self.assertEqual(sorted(os.listdir(models)),
                      ['CURRENT', 'v12', 'v14', 'v16'])
-    self.assertEqual(serving_model.current(models),
+    self.assertEqual(served_model.current(models),
                      os.path.join(models, 'v16'))
     self.assertTrue(os.path.exists(os.path.join(root, 'ref', 'seg-000003',
                                                 nearline.EMPTY)))
@@ -144,7 +144,7 @@ class NearlineTest(absltest.TestCase):
     again = nearline.run(_config(batch_wd, serv, os.path.join(root, 'log')),
                          wd)
     self.assertEqual(again['final_step'], 16)
-    self.assertEqual(serving_model.current(os.path.join(serv, 'models')),
+    self.assertEqual(served_model.current(os.path.join(serv, 'models')),
                      os.path.join(serv, 'models', 'v16'))
     # No new checkpoint anywhere: nothing was trained again.
     self.assertEqual([_steps(wd, seg) for seg in range(3)], before)

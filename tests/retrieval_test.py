@@ -7,9 +7,9 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
+from mmrec import int8
 from mmrec import retrieval
 from mmrec import sharding
-from mmrec import vector_table
 
 V, DV, B, T, K = 40, 16, 8, 12, 5
 
@@ -18,7 +18,7 @@ def np_top_k(table, target, seq, mask, k):
   """Row by row: real behaviours by (-cosine, position), then padding."""
   table = np.asarray(table)
   if table.dtype == np.int8:
-    table = vector_table.dequantize(table)
+    table = int8.dequantize(table)
   table = table.astype(np.float64)
   norms = np.linalg.norm(table, axis=1)
   k = min(k, seq.shape[1])
@@ -111,7 +111,7 @@ class TopKTest(parameterized.TestCase):
   def test_matches_numpy(self, dtype):
     table, target, seq, mask = data()
     if dtype == 'int8':
-      table = vector_table.quantize(table)
+      table = int8.quantize(table)
     want = np_top_k(table, target, seq, mask, K)
     got = retrieval.top_k(table, target, seq, mask, K)
     check(got, want)

@@ -1,4 +1,4 @@
-"""Tests for the scoring service (mmrec.service): scores equal the exported
+"""Tests for the scoring service (mmrec.serving.service): scores equal the exported
 model's on the same rows, new items, similar items, restarts, hot reload
 under load, and a table of malformed requests that must each get a 4xx
 naming the field.
@@ -29,14 +29,15 @@ import uvicorn
 from experiments.configs import ctr as ctr_config
 from experiments.configs import export as export_config
 from mmrec import ctr_data
-from mmrec import export
-from mmrec import impression_log
-from mmrec import serving_model
-from mmrec import service
-from mmrec import service_requests
+from mmrec import int8
 from mmrec import train_ctr
-from mmrec import vector_store
 from mmrec import vector_table
+from mmrec.serving import export
+from mmrec.serving import impression_log
+from mmrec.serving import requests
+from mmrec.serving import served_model
+from mmrec.serving import service
+from mmrec.serving import vector_store
 
 VARIANT = 'simtier_official'
 
@@ -60,7 +61,7 @@ def _request(rows, i):
 def _new_version(serving, step):
   """A copy of the live version as v{step} (a new version to reload)."""
   models = os.path.join(serving, 'models')
-  src = serving_model.current(models)
+  src = served_model.current(models)
   dst = os.path.join(models, f'v{step}')
   shutil.copytree(src, dst)
   with open(os.path.join(dst, 'manifest.json')) as f:
@@ -103,10 +104,10 @@ MALFORMED = [
     ('empty_candidates', 'post', '/score', _with(candidates=[]), 422,
      'candidates'),
     ('too_many_candidates', 'post', '/score',
-     _with(candidates=[1] * (service_requests.MAX_CANDIDATES + 1)), 422,
+     _with(candidates=[1] * (requests.MAX_CANDIDATES + 1)), 422,
      'candidates'),
     ('too_long_history', 'post', '/score',
-     _with(history=[1] * (service_requests.MAX_HISTORY + 1)), 422,
+     _with(history=[1] * (requests.MAX_HISTORY + 1)), 422,
      'history'),
     ('candidate_string', 'post', '/score', _with(candidates=['4']), 422,
      'candidates'),
@@ -134,7 +135,7 @@ MALFORMED = [
      _with(user={k: v for k, v in USER.items() if k != 'city'}), 422, 'city'),
     ('extra_field', 'post', '/score', _with(labels=[1]), 422, 'labels'),
     ('too_large_body', 'post', '/score',
-     b' ' * (service_requests.MAX_BODY_BYTES + 1), 413, 'body'),
+     b' ' * (requests.MAX_BODY_BYTES + 1), 413, 'body'),
     ('item_no_vector', 'post', '/items', {'category': 1, 'shop': 1}, 422,
      'vector'),
     ('item_wrong_dim', 'post', '/items',
@@ -288,7 +289,7 @@ class ServiceTest(parameterized.TestCase):
                                   np.array([5, 6, 7] + [0] * 9))
     np.testing.assert_array_equal(
         self.state.store.lookup([by_image])[0],
-        service.vector_store.quantize(v / np.linalg.norm(v)))
+        int8.quantize(v / np.linalg.norm(v)))
     self.assertEqual(self.client.post('/score', json=_with(
         candidates=[by_image])).status_code, 200)
     m = self.client.get('/metrics').json()
@@ -444,7 +445,7 @@ class NextBatchEmbeddingTest(absltest.TestCase):
         self.assertEqual(s.manifest['source']['carried'],
                          {'from_version': 1, 'ids': [n, n + 2]})
         np.testing.assert_array_equal(s.dense(0, n),
-                                      vector_store.quantize(table))
+                                      int8.quantize(table))
         np.testing.assert_array_equal(s.dense(n, n + 2), v1_rows[n:])
         np.testing.assert_array_equal(s.attributes(added)[:, 0], [2, 3])
       with vector_store.VectorStore(root, version=1) as s:  # untouched
@@ -459,7 +460,7 @@ class NextBatchEmbeddingTest(absltest.TestCase):
                        ('v12', 2, n + 3, n + 3))
       np.testing.assert_array_equal(
           state.store.lookup([n + 2])[0],
-          vector_store.quantize(vecs[2] / np.linalg.norm(vecs[2])))
+          int8.quantize(vecs[2] / np.linalg.norm(vecs[2])))
       r = client.post('/score', json=_with(candidates=[n, n + 1, n + 2, 4],
                                            history=[n + 2, 1]))
       self.assertEqual(r.status_code, 200, r.text)

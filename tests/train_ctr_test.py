@@ -3,7 +3,7 @@
 Compilation dominates on CPU, so the runs are shared: `RunTest.setUpClass`
 trains 'id' three times (uninterrupted; stopped half-way; resumed) and
 'simtier_make' once on a small world, and the tests inspect what those runs
-wrote. Runs in one process share compiled programs (`train_ctr.programs`).
+wrote. Runs in one process share compiled programs (`ctr_steps.programs`).
 """
 
 import hashlib
@@ -23,6 +23,9 @@ from experiments.configs import ctr as ctr_config
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import ctr_eval
+from mmrec import ctr_model
+from mmrec import ctr_steps
+from mmrec import int8
 from mmrec import metrics
 from mmrec import sharding
 from mmrec import train_ctr
@@ -86,12 +89,12 @@ class ShardingTest(parameterized.TestCase):
 
   def _programs(self, variant, mesh):
     config = _config(variant)
-    model = train_ctr.build_model(config, self.world.sizes)
+    model = ctr_model.build_model(config, self.world.sizes)
     vectors = None if variant == 'id' else self.vectors
-    return model, vectors, train_ctr.programs(
-        model, train_ctr.opt_spec(config, model), mesh,
-        train_ctr.shape_key({k: v[:2] for k, v in self.batch.items()}),
-        train_ctr.shape_key(vectors))
+    return model, vectors, ctr_steps.programs(
+        model, ctr_steps.opt_spec(config, model), mesh,
+        ctr_steps.shape_key({k: v[:2] for k, v in self.batch.items()}),
+        ctr_steps.shape_key(vectors))
 
   def _loss_and_logits(self, variant, mesh, state):
     model, vectors, progs = self._programs(variant, mesh)
@@ -101,9 +104,9 @@ class ShardingTest(parameterized.TestCase):
       self.assertEqual(vecs.sharding.spec[0], 'model')  # Rows sharded.
 
     def fn(state, batch, vectors):
-      loss, (logits_t, _) = train_ctr.loss_fn(
+      loss, (logits_t, _) = ctr_steps.loss_fn(
           state.params, state.extra, batch, vectors, model, True)
-      _, (logits_e, _) = train_ctr.loss_fn(
+      _, (logits_e, _) = ctr_steps.loss_fn(
           state.params, state.extra, batch, vectors, model, False)
       return loss, logits_t, logits_e
 
@@ -299,18 +302,18 @@ class BadInputTest(absltest.TestCase):
             'sha256': hashlib.sha256(vectors).hexdigest(),
             'format_version': 1}
     with open(path, 'wb') as f:
-      np.savez(f, float32=vectors, int8=vector_table.quantize(
+      np.savez(f, float32=vectors, int8=int8.quantize(
           np.nan_to_num(vectors)), metadata=np.array(json.dumps(meta)))
     return path
 
   def test_item_id_outside_vocabulary(self):
-    model = train_ctr.build_model(_config('id'), self.world.sizes)
+    model = ctr_model.build_model(_config('id'), self.world.sizes)
     batch = dict(self.world.dataset('train', 16)[0])
     batch['item_id'] = batch['item_id'].copy()
     batch['item_id'][3] = self.num_items
     with self.assertRaisesRegex(ValueError, r"first train batch.*'item_id'.*"
                                 'num_items'):
-      train_ctr.check_batch(batch, model, 'first train batch')
+      ctr_data.check_batch(batch, model, 'first train batch')
 
   def test_run_checks_ids_before_compiling(self):
     # A world whose config claims fewer items than its impressions use.
@@ -326,10 +329,10 @@ class BadInputTest(absltest.TestCase):
       train_ctr.run(_config('id', data_dir=data_dir), tempfile.mkdtemp())
 
   def test_train_rows_in_test_days(self):
-    model = train_ctr.build_model(_config('id'), self.world.sizes)
+    model = ctr_model.build_model(_config('id'), self.world.sizes)
     batch = self.world.dataset('test', 16)[0]
     with self.assertRaisesRegex(ValueError, 'train split must hold days'):
-      train_ctr.check_batch(batch, model, 'x', self.world.first_test_day)
+      ctr_data.check_batch(batch, model, 'x', self.world.first_test_day)
 
   def test_missing_vectors_path(self):
     config = _config('simtier_paper', vectors_path='')
@@ -347,7 +350,7 @@ class BadInputTest(absltest.TestCase):
     config = _config('make', vectors_path=path)
     with self.assertRaisesRegex(vector_table.VectorTableError,
                                 'config.vectors_path.*799 items'):
-      train_ctr.load_vectors(config, self.num_items)
+      vector_table.load_vectors(config, self.num_items)
 
   def test_nan_vectors(self):
     v = np.eye(self.num_items, 8)
@@ -356,7 +359,7 @@ class BadInputTest(absltest.TestCase):
                      vectors_dtype='float32')
     with self.assertRaisesRegex(vector_table.VectorTableError,
                                 'config.vectors_path.*NaN'):
-      train_ctr.load_vectors(config, self.num_items)
+      vector_table.load_vectors(config, self.num_items)
 
   def test_bad_config_arg(self):
     with self.assertRaisesRegex(ValueError, 'VARIANT'):

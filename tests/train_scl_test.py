@@ -18,6 +18,7 @@ from experiments.configs import embed as embed_config
 from experiments.configs import scl as scl_config
 from mmrec import checkpointing
 from mmrec import embed
+from mmrec import int8
 from mmrec import item_encoder
 from mmrec import pretrain_eval
 from mmrec import sharding
@@ -436,7 +437,7 @@ class TrainAndResumeTest(absltest.TestCase):
       self.assertEqual(meta['encoder_step'], 7)
     q, _ = vector_table.load(os.path.join(out, vector_table.FILE),
                              dtype='int8')
-    self.assertLessEqual(np.abs(vector_table.dequantize(q) - table).max(),
+    self.assertLessEqual(np.abs(int8.dequantize(q) - table).max(),
                          1 / 127)
     encoder = item_encoder.load_encoder(self.full, cfg.data_dir)[0]
     items = _items()

@@ -1,4 +1,4 @@
-"""Tests for the serving store (mmrec.vector_store): lookups against the
+"""Tests for the serving store (mmrec.serving.vector_store): lookups against the
 arrays it was built from, the delta log, restarts, torn records, versions."""
 
 import os
@@ -7,7 +7,8 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from mmrec import vector_store
+from mmrec import int8
+from mmrec.serving import vector_store
 
 
 def _unit(n, d, seed=0):
@@ -30,7 +31,7 @@ class VectorStoreTest(absltest.TestCase):
       self.assertEqual((s.version, s.count, s.dim), (1, 50, 8))
       ids = np.array([[3, 0], [49, 3]])
       np.testing.assert_array_equal(s.lookup(ids),
-                                    vector_store.quantize(self.vecs)[ids])
+                                    int8.quantize(self.vecs)[ids])
       np.testing.assert_array_equal(s.attributes(ids), self.attrs[ids])
       np.testing.assert_allclose(s.vectors([5])[0], self.vecs[5],
                                  atol=0.5 / 127)
@@ -62,7 +63,7 @@ class VectorStoreTest(absltest.TestCase):
     with vector_store.VectorStore(self.root, writable=True) as s:
       self.assertEqual(s.count, 53)
       np.testing.assert_array_equal(s.lookup([52, 1]), np.stack(
-          [vector_store.quantize(new[2]), vector_store.quantize(self.vecs[1])]))
+          [int8.quantize(new[2]), int8.quantize(self.vecs[1])]))
       np.testing.assert_array_equal(s.attributes([51]), [[9, 1]])
       self.assertEqual(s.add(new[0], (0, 0)), 53)  # after the cut-off tail
     self.assertEqual(reader.refresh(), 1)  # another process's appends
@@ -116,9 +117,9 @@ class VectorStoreTest(absltest.TestCase):
       self.assertEqual(s.manifest['source'], {
           'method': 'u', 'carried': {'from_version': 1, 'ids': [50, 52]}})
       np.testing.assert_array_equal(s.dense(0, 50),
-                                    vector_store.quantize(batch))
+                                    int8.quantize(batch))
       np.testing.assert_array_equal(s.lookup([50, 51]),
-                                    vector_store.quantize(new[:2]))
+                                    int8.quantize(new[:2]))
       np.testing.assert_array_equal(s.attributes([50, 51]), [[0, 9], [1, 9]])
       np.testing.assert_array_equal(s.attributes([3]), [[0, 3]])
     # The old version is as it was; a writer still on it (a service not yet
@@ -126,13 +127,13 @@ class VectorStoreTest(absltest.TestCase):
     with vector_store.VectorStore(self.root, version=1, writable=True) as s:
       self.assertEqual((s.base_count, s.count), (50, 52))
       np.testing.assert_array_equal(s.dense(0, 50),
-                                    vector_store.quantize(self.vecs))
+                                    int8.quantize(self.vecs))
       self.assertEqual(s.add(new[2], (4, 5)), 52)
     with vector_store.VectorStore(self.root, writable=True) as s:
       self.assertEqual(s.carry_from_source(), 1)
       self.assertEqual(s.carry_from_source(), 0)
       np.testing.assert_array_equal(s.lookup([52])[0],
-                                    vector_store.quantize(new[2]))
+                                    int8.quantize(new[2]))
       np.testing.assert_array_equal(s.attributes([52]), [[5, 4]])
       self.assertEqual(s.add(new[0], (1, 1)), 53)
     with vector_store.VectorStore(self.root, writable=True) as s:

@@ -6,6 +6,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
+from mmrec import int8
 from mmrec import vector_table
 
 
@@ -28,7 +29,7 @@ class VectorTableTest(absltest.TestCase):
     self.assertEqual(meta['encoder'], 'x')
     q, _ = vector_table.load(self.path, dtype='int8')
     self.assertEqual(q.dtype, np.int8)
-    err = np.abs(vector_table.dequantize(q) - self.v).max()
+    err = np.abs(int8.dequantize(q) - self.v).max()
     self.assertLessEqual(err, 1 / 127)
     self.assertLessEqual(err, 0.5 / 127 + 1e-7)  # rounding: half a step
     self.assertFalse([f for f in os.listdir(os.path.dirname(self.path))

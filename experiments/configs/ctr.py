@@ -17,7 +17,7 @@ VARIANT (default `id`) is one of
                     (smoothed item and user CTR, the history's share of the
                     target's leaf and top category, log item impressions,
                     log history length), fit on the last training day with
-                    features from the days before it (mmrec/id_stats.py;
+                    features from the days before it (mmrec/data/id_features.py;
                     reads no vectors and none of the model/optimiser fields)
 
 The world is read from `config.data_dir` ('' = <workdir>/world, built there

@@ -15,8 +15,8 @@ items (ii) is no better than random (no ID history) while (iii) is.
 
 import numpy as np
 
-from mmrec import id_stats
 from mmrec import metrics
+from mmrec.data import id_features
 
 CONCEPT_FEATURES = ('concept_cos_mean', 'concept_cos_max', 'colour_share',
                     'pattern_share', 'style_share')
@@ -108,15 +108,15 @@ def id_stats_scores(world, seed=0):
   train, test = _split(world)
   rows = {k: imp[k][train] for k in imp}
   test_rows = {k: imp[k][test] for k in imp}
-  (x_fit, y_fit), x_test = id_stats.fit_and_test_features(
+  (x_fit, y_fit), x_test = id_features.fit_and_test_features(
       rows, test_rows, world.items, world.first_test_day,
       len(world.items['item_id']), len(world.users['user_id']))
   fit_rows = {k: v[rows['day'] == world.first_test_day - 1]
               for k, v in rows.items()}
-  floor = id_stats.fit(x_fit, y_fit, seed).logit(x_test)
+  floor = id_features.fit(x_fit, y_fit, seed).logit(x_test)
   x_fit = np.concatenate([x_fit, concept_features(world, fit_rows)], 1)
   x_test = np.concatenate([x_test, concept_features(world, test_rows)], 1)
-  return floor, id_stats.fit(x_fit, y_fit, seed).logit(x_test)
+  return floor, id_features.fit(x_fit, y_fit, seed).logit(x_test)
 
 
 def baseline_aucs(world, seed=0):

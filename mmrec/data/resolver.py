@@ -58,6 +58,14 @@ def data_dir(named, world_config, workdir):
   return path
 
 
+def recorded_data_dir(config, workdir):
+  """The dataset a finished job used, from its saved config: the resolved
+  `data_dir` it recorded, or (a run saved before jobs recorded it, with
+  data_dir '') its own `<workdir>/world`."""
+  return config.data_dir or os.path.join(os.path.abspath(workdir),
+                                         WORLD_SUBDIR)
+
+
 def build_world(world_config, target, write_extra=None):
   """Builds the world of `world_config` into `target` unless it is there.
 

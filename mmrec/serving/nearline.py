@@ -40,15 +40,17 @@ import numpy as np
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import ctr_eval
-from mmrec import export
+from mmrec import ctr_model
+from mmrec import ctr_steps
+from mmrec.serving import export
 from mmrec import files
-from mmrec import impression_log
+from mmrec.serving import impression_log
 from mmrec import sharding
-from mmrec import train_ctr
 from mmrec import train_lib
 from mmrec import vector_table
 from mmrec.data import manifest
 from mmrec.data import pipelines
+from mmrec.data import resolver
 
 EMPTY = 'EMPTY'
 RESULT_FILE = 'nearline.json'
@@ -110,19 +112,19 @@ class Trainer:
     # As the batch run saw it: with `validation`, its last training day is
     # the 'validation' split (what a near-line replay of that day reads).
     self.data = ctr_data.CtrData.load(
-        c.data_dir or os.path.join(config.ctr_workdir, 'world'),
+        resolver.recorded_data_dir(c, config.ctr_workdir),
         validation=bool(c.validation))
-    self.model = train_ctr.build_model(c, self.data.sizes)
-    host = train_ctr.load_vectors(c, self.data.sizes['num_items'])
+    self.model = ctr_model.build_model(c, self.data.sizes)
+    host = (vector_table.load_vectors(c, self.data.sizes['num_items'])
+            if ctr_model.reads_vectors(c) else None)
     self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
     self.vectors = vector_table.put(host, self.mesh)
-    self.vectors_key = train_ctr.shape_key(host)
+    self.vectors_key = ctr_steps.shape_key(host)
 
   def programs(self, example):
-    return train_ctr.programs(self.model, train_ctr.opt_spec(self.ctr,
-                                                             self.model),
-                              self.mesh, train_ctr.shape_key(example),
-                              self.vectors_key)
+    return ctr_steps.programs(
+        self.model, ctr_steps.opt_spec(self.ctr, self.model), self.mesh,
+        ctr_steps.shape_key(example), self.vectors_key)
 
   def segment(self, n, path, previous):
     """Trains segment n (or finds it committed); returns (its final step
@@ -140,7 +142,7 @@ class Trainer:
     ds = segment_dataset(path, c.batch_size, seed=c.seed + n)
     first = ds[0]
     example = {k: v[:2] for k, v in first.items()}
-    train_ctr.check_batch(first, self.model, f'segment {path}')
+    ctr_data.check_batch(first, self.model, f'segment {path}')
     progs = self.programs(example)
     loop = train_lib.Loop(
         name=f'nearline/seg-{n:06d}', workdir=seg_dir, num_steps=steps,
@@ -191,7 +193,7 @@ class Trainer:
           seq_len=manifest.load(self.data.data_dir).seq_len,
           long_seq_len=manifest.load(self.data.data_dir).long_seq_len,
           store=store,
-          uses_vectors=train_ctr.reads_vectors(self.ctr),
+          uses_vectors=ctr_model.reads_vectors(self.ctr),
           capacity=max(cfg.item_capacity, self.data.sizes['num_items']),
           buckets=cfg.buckets, checkpoint=step_dir)
     export.write_pointer(models, f'v{version_step}')

@@ -29,6 +29,8 @@ import os
 import faiss
 import numpy as np
 
+from mmrec import int8
+
 INDEX = 'index.faiss'
 META = 'index.json'
 KINDS = ('hnsw', 'ivf', 'flat')
@@ -55,8 +57,7 @@ def set_threads(n):
 def normalise(vectors):
   """int8 rows (dequantised) or floats -> float32 unit rows."""
   x = np.asarray(vectors)
-  x = x.astype(np.float32) / 127 if x.dtype == np.int8 else x.astype(
-      np.float32)
+  x = int8.dequantize(x) if x.dtype == np.int8 else x.astype(np.float32)
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 

@@ -34,7 +34,7 @@ one, padded to Lh as the short history is to L.
   models/CURRENT     'v{step}': the version servers load (atomic rename)
 
 The exported function takes the parameters as arguments (unboxed arrays),
-so serving_model.py needs jax and numpy only: no flax, no training code.
+so served_model.py needs jax and numpy only: no flax, no training code.
 Items added after training (ids >= the model's vocabulary) need an ID
 embedding and a vector row: the item table is padded with zero rows (a
 cold-start item: no ID information, which is what a never-trained item
@@ -56,24 +56,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmrec import ann_index
+from mmrec.serving import ann_index
 from mmrec import checkpointing
 from mmrec import ctr_data
+from mmrec import ctr_model
 from mmrec import files
 from mmrec import item_encoder
-from mmrec import serving_model
-from mmrec import train_ctr
-from mmrec import vector_store
+from mmrec.serving import served_model
+from mmrec.serving import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import manifest as manifest_lib
+from mmrec.data import resolver
 
 MODELS, VECTORS, INDEX, ENCODER = 'models', 'vectors', 'index', 'encoder'
 # The version's files, as the loader reads them.
 MODEL_FILE, VARIABLES_FILE, MANIFEST, CURRENT = (
-    serving_model.MODEL_FILE, serving_model.VARIABLES_FILE,
-    serving_model.MANIFEST, serving_model.CURRENT)
-REQUEST_FILE = serving_model.REQUEST_FILE
+    served_model.MODEL_FILE, served_model.VARIABLES_FILE,
+    served_model.MANIFEST, served_model.CURRENT)
+REQUEST_FILE = served_model.REQUEST_FILE
 ITEM_TABLE = ('params', 'embed', 'item', 'embedding')
 
 
@@ -171,13 +172,12 @@ def restore(ctr_workdir, step=None):
                             'model first (config.job = "ctr")')
   source = os.path.join(ckpt_dir, str(step))
   config = saved_config(source)
-  # '' = the world the run built in its own workdir (resolver.py).
-  data = ctr_data.CtrData.load(config.data_dir or
-                               os.path.join(ctr_workdir, 'world'))
-  model = train_ctr.build_model(config, data.sizes)
+  data = ctr_data.CtrData.load(resolver.recorded_data_dir(config,
+                                                          ctr_workdir))
+  model = ctr_model.build_model(config, data.sizes)
   example = {k: v[:2] for k, v in data.dataset('test', 2)[0].items()}
   vec_spec = None
-  if train_ctr.reads_vectors(config):
+  if ctr_model.reads_vectors(config):
     vec_spec = jax.ShapeDtypeStruct(
         (data.sizes['num_items'], _table_dim(config)),
         jnp.dtype(config.vectors_dtype))
@@ -307,7 +307,7 @@ def write_exported(final, exported, variables, manifest, extra=None):
         f.write(program.serialize())
     np.savez(os.path.join(tmp, VARIABLES_FILE), **flatten(variables))
     manifest = dict(manifest, jax_version=jax.__version__, sha256={
-        n: serving_model.sha256_file(os.path.join(tmp, n))
+        n: served_model.sha256_file(os.path.join(tmp, n))
         for n in (*programs, VARIABLES_FILE)})
     files.write_json(os.path.join(tmp, MANIFEST), manifest)
     if os.path.exists(final):
@@ -477,7 +477,7 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
   if os.path.exists(os.path.join(final, MANIFEST)):
     logging.info('model version %s exists; not exported again', final)
   else:
-    uses_vectors = train_ctr.reads_vectors(ctr_config)
+    uses_vectors = ctr_model.reads_vectors(ctr_config)
     if uses_vectors and ctr_config.vectors_dtype != 'int8':
       raise ValueError('the serving store holds int8 vectors; a model '
                        f'trained on {ctr_config.vectors_dtype} vectors would '

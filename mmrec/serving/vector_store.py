@@ -44,22 +44,18 @@ import zlib
 
 import numpy as np
 
+from mmrec import int8
+
 CURRENT = 'CURRENT'
 MANIFEST = 'manifest.json'
 ROWS = 'rows.int8'
 ATTRS = 'attrs.int32'
 DELTA = 'delta.log'
-SCALE = 127  # int8 = round(127 v) for unit vectors, as vector_table.py
 FORMAT_VERSION = 1
 
 
 class StoreError(ValueError):
   """A store is missing, corrupt, or asked for something it does not hold."""
-
-
-def quantize(vectors):
-  return np.round(np.clip(np.asarray(vectors, np.float32), -1, 1) *
-                  SCALE).astype(np.int8)
 
 
 def _as_int8(vectors):
@@ -68,7 +64,7 @@ def _as_int8(vectors):
     return vectors
   if not np.isfinite(vectors).all():
     raise StoreError('vectors hold NaN or infinite values')
-  return quantize(vectors)
+  return int8.quantize(vectors)
 
 
 def _sha256(array):
@@ -142,7 +138,7 @@ def create(root, vectors, attrs=None, attr_names=(), metadata=None,
     np.ascontiguousarray(attrs).tofile(os.path.join(tmp, ATTRS))
     manifest = {
         'format_version': FORMAT_VERSION, 'version': version, 'count': n,
-        'dim': dim, 'scale': SCALE, 'attributes': list(attr_names),
+        'dim': dim, 'scale': int8.SCALE, 'attributes': list(attr_names),
         'sha256_rows': _sha256(vectors), 'sha256_attrs': _sha256(attrs),
         'created': time.time(), 'source': metadata or {}}
     with open(os.path.join(tmp, MANIFEST), 'w') as f:
@@ -316,7 +312,7 @@ class VectorStore:
 
   def vectors(self, ids):
     """Dequantised float32 vectors (int8 / 127)."""
-    return self.lookup(ids).astype(np.float32) / SCALE
+    return int8.dequantize(self.lookup(ids))
 
   def dense(self, start=0, stop=None):
     """int8 rows [start, stop) in one array (an index build, a model table)."""

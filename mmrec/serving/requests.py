@@ -12,7 +12,7 @@ from typing import Annotated
 import fastapi
 import pydantic
 
-from mmrec import serving_model
+from mmrec.serving import served_model
 
 MAX_BODY_BYTES = 1 << 20
 MAX_CANDIDATES = 1000
@@ -45,7 +45,7 @@ def request_models(schema):
   clash = sorted((set(schema['item']) | set(schema['bags']))
                  & set(ItemBase.model_fields))
   if clash:
-    raise serving_model.ModelError(f'item features {clash} collide with the '
+    raise served_model.ModelError(f'item features {clash} collide with the '
                                    "/items request's own fields")
   # A bag is its ids (at most its width; 0 = empty slot, as stored).
   def bags(table):

@@ -42,7 +42,7 @@ is dropped or sees half a swap.
 
 Process: this module imports jax, numpy, faiss and FastAPI, never flax or
 the training code. Run it with `make serve`, or
-`MMREC_SERVING_DIR=<dir> uvicorn --factory mmrec.service:app_from_env`.
+`MMREC_SERVING_DIR=<dir> uvicorn --factory mmrec.serving.service:app_from_env`.
 """
 
 import base64
@@ -60,15 +60,16 @@ from fastapi import responses
 import jax
 import numpy as np
 
-from mmrec import ann_index
-from mmrec import impression_log
-from mmrec import serving_model
-from mmrec import service_requests as reqs
-from mmrec import vector_store
+from mmrec import int8
+from mmrec.serving import ann_index
+from mmrec.serving import impression_log
+from mmrec.serving import requests as reqs
+from mmrec.serving import served_model
+from mmrec.serving import vector_store
 
 ENV_DIR = 'MMREC_SERVING_DIR'
 ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
-log = logging.getLogger('mmrec.service')
+log = logging.getLogger('mmrec.serving.service')
 
 
 class Live:
@@ -100,7 +101,7 @@ class Serving:
     self._failed = None
     self.live = None
     self.schema = None  # the first version's: the requests' shape
-    self._load(serving_model.current(self.models_dir))
+    self._load(served_model.current(self.models_dir))
     # The requests' pydantic models (FastAPI validates bodies with them).
     self.score_request, self.impression_request, self.item_request = (
         reqs.request_models(self.schema))
@@ -144,12 +145,12 @@ class Serving:
         log.info('index: added %d store items it did not hold', added)
       encoder = None
       encoder_dir = os.path.join(self.dir, 'encoder')
-      if os.path.exists(os.path.join(encoder_dir, serving_model.MANIFEST)):
-        encoder = serving_model.ServingEncoder(encoder_dir)
+      if os.path.exists(os.path.join(encoder_dir, served_model.MANIFEST)):
+        encoder = served_model.ServingEncoder(encoder_dir)
         if encoder.manifest['table_sha256'] != store.manifest['source'].get(
             'table_sha256'):
           if self.store is None:
-            raise serving_model.ModelError(
+            raise served_model.ModelError(
                 f'{encoder_dir} did not make the store\'s vectors (other '
                 'table)')
           log.warning('%s did not make store v%d\'s vectors: new items by '
@@ -166,7 +167,7 @@ class Serving:
     """Loads, checks and warms a version, then makes it live; opens the
     store version it pins if that is not the one served (the next batch
     embedding's: `_open_store`)."""
-    model = serving_model.ServingModel(directory)
+    model = served_model.ServingModel(directory)
     pinned = model.manifest['vector_store']['version']
     opened = None
     if self.store is None or pinned != self.store.version:
@@ -182,19 +183,19 @@ class Serving:
   def _make_live(self, model, directory, store, index, encoder):
     schema = model.manifest['schema']
     if self.schema is not None and schema != self.schema:
-      raise serving_model.ModelError(
+      raise served_model.ModelError(
           f'model {directory} has the schema {schema}, the service serves '
           f'{self.schema}: start a service for it')
     missing = sorted(set(model.manifest['item_attributes']) -
                      set(store.attr_names))
     if missing:
-      raise serving_model.ModelError(
+      raise served_model.ModelError(
           f'model {directory} reads item attributes {missing} that the store '
           f'v{store.version} lacks (it has {list(store.attr_names)})')
     want = model.manifest['vector_store']['table_sha256']
     have = store.manifest['source'].get('table_sha256')
     if want != have:
-      raise serving_model.ModelError(
+      raise served_model.ModelError(
           f'model {directory} expects the vector table {want[:12]}..., the '
           f'store v{store.version} holds {str(have)[:12]}...')
     count = store.count
@@ -229,7 +230,7 @@ class Serving:
 
   def reload(self):
     """Loads CURRENT if it changed; True if a new version went live."""
-    directory = serving_model.current(self.models_dir)
+    directory = served_model.current(self.models_dir)
     old = self.live.model
     if directory in (old.directory, self._failed):
       return False
@@ -446,7 +447,7 @@ class Serving:
       table = live.table
       if table is not None:
         # A new array (no donation): requests in flight keep the old one.
-        table = self._set_rows(table, item, vector_store.quantize(v)[None])
+        table = self._set_rows(table, item, int8.quantize(v)[None])
       self.live = Live(live.model, table, item + 1)
     return {'item_id': item}
 
@@ -590,7 +591,7 @@ def create_app(serving_dir, reload_interval_s=1.0, **logging_kwargs):
 
 
 def app_from_env():
-  """`uvicorn --factory mmrec.service:app_from_env` (make serve)."""
+  """`uvicorn --factory mmrec.serving.service:app_from_env` (make serve)."""
   if ENV_DIR not in os.environ:
     raise RuntimeError(f'set {ENV_DIR} to a serving directory (export job)')
   logging.basicConfig(level=logging.INFO)

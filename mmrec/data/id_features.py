@@ -1,0 +1,163 @@
+"""ID statistics and their logistic regression (numpy + sklearn; no model code).
+
+The floor every CTR table shows (world.md: "a competent ID model"): no
+content, no embeddings, only counts a production system keeps anyway.
+Features of an impression on day d, computed from the impressions of the
+days *before* d (the row's own behaviour sequence is history before d too):
+
+  item_ctr              (clicks + K p0) / (impressions + K) of the item,
+                        p0 the global CTR, K = PRIOR_IMPRESSIONS: a Beta
+                        prior worth K impressions at the global CTR, so an
+                        item never shown (a new item) gets p0
+  user_ctr              the same for the user
+  leaf_share            share of the behaviour sequence in the target's leaf
+                        category (0 without history); leaf and top are the
+                        manifest's ctr.category_fields (`category_tables`)
+  top_share             the same for its top category
+  log_item_impressions  log(1 + the item's impressions)
+  log_history_length    log(1 + seq_len)
+
+Protocol (no leakage): the LR is fit on the last training day F with
+features from days < F, and scores the test split with features from all
+training days (< first test day; test labels are never counted). Features
+are standardised with the fit day's mean and std. The CTR variant 'id_stats' (id_stats.py) and
+the world's honesty checks (honesty.py) use them.
+
+Shape letters: N impressions, L behaviour-sequence length, F features.
+"""
+
+import dataclasses
+
+import numpy as np
+from sklearn import linear_model
+
+FEATURES = ('item_ctr', 'user_ctr', 'leaf_share', 'top_share',
+            'log_item_impressions', 'log_history_length')
+# Prior strength K of the smoothed CTRs, in impressions at the global CTR:
+# at a 3-6% CTR, 20 impressions are ~1 prior click, so an item's own clicks
+# dominate after a few dozen impressions (as data/honesty.py's ID scorer).
+PRIOR_IMPRESSIONS = 20.0
+# Inverse L2 strength of the LR; with six standardised features and
+# thousands of rows it barely matters (sklearn's default).
+LR_C = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+  """Clicks and impressions per item and per user over some days."""
+  item_clicks: np.ndarray  # (num_items,)
+  item_shows: np.ndarray
+  user_clicks: np.ndarray  # (num_users,)
+  user_shows: np.ndarray
+
+  @property
+  def global_ctr(self):
+    shows = self.item_shows.sum()
+    if not shows:
+      raise ValueError('no impressions to compute ID statistics from: the '
+                       'features of a day need earlier days')
+    return self.item_clicks.sum() / shows
+
+
+def counts(rows, num_items, num_users):
+  """`Counts` of the impressions `rows` (user_id, item_id, label)."""
+  label = rows['label'].astype(np.float64)
+  return Counts(
+      np.bincount(rows['item_id'], label, minlength=num_items),
+      np.bincount(rows['item_id'], minlength=num_items).astype(np.float64),
+      np.bincount(rows['user_id'], label, minlength=num_users),
+      np.bincount(rows['user_id'], minlength=num_users).astype(np.float64))
+
+
+def smoothed_ctr(clicks, shows, prior_ctr, strength=PRIOR_IMPRESSIONS):
+  return (clicks + strength * prior_ctr) / (shows + strength)
+
+
+def category_shares(rows, category, top_category):
+  """(N,) shares of each row's history in its target's leaf / top category."""
+  seq, seq_len = rows['seq_item'], rows['seq_len']
+  length = seq.shape[1]
+  valid = np.arange(length)[None] >= length - seq_len[:, None]  # (N, L)
+  denom = np.maximum(seq_len, 1)
+  out = []
+  for table in (category, top_category):
+    same = (table[seq] == table[rows['item_id']][:, None]) & valid
+    out.append(same.sum(1) / denom)
+  return tuple(out)
+
+
+def category_tables(items, fields, num_items):
+  """{'category', 'top_category'} of the dataset's declared [leaf, top] fields.
+
+  A dataset declaring one category field uses it for both shares; one
+  declaring none gets a single constant category, so both shares are 1 for
+  every row with a history (the features then carry no category signal).
+  """
+  fields = list(fields)
+  if not fields:
+    zero = np.zeros(num_items, np.int32)
+    return {'category': zero, 'top_category': zero}
+  return {'category': items[fields[0]], 'top_category': items[fields[-1]]}
+
+
+def features(rows, stats, items):
+  """(N, F) features (order FEATURES) of `rows` given the earlier `stats`."""
+  p0 = stats.global_ctr
+  item, user = rows['item_id'], rows['user_id']
+  leaf, top = category_shares(rows, items['category'], items['top_category'])
+  return np.stack([
+      smoothed_ctr(stats.item_clicks[item], stats.item_shows[item], p0),
+      smoothed_ctr(stats.user_clicks[user], stats.user_shows[user], p0),
+      leaf, top,
+      np.log1p(stats.item_shows[item]),
+      np.log1p(rows['seq_len'].astype(np.float64)),
+  ], axis=1)
+
+
+def take(rows, mask):
+  return {k: v[mask] for k, v in rows.items()}
+
+
+def fit_and_test_features(train, test, items, first_test_day, num_items,
+                          num_users):
+  """((x_fit, y_fit), x_test): the protocol of the module docstring."""
+  fit_day = first_test_day - 1
+  day = train['day']
+  if fit_day < 1 or not (day < fit_day).any():
+    raise ValueError(
+        f'id_stats fits on the last training day ({fit_day}) with features '
+        'from the days before it: the world needs at least two training '
+        f'days with impressions (first test day {first_test_day}).')
+  fit = take(train, day == fit_day)
+  before_fit = counts(take(train, day < fit_day), num_items, num_users)
+  all_train = counts(train, num_items, num_users)
+  return ((features(fit, before_fit, items), fit['label']),
+          features(test, all_train, items))
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A fitted LR over features standardised with the fit day's statistics."""
+  mean: np.ndarray  # (F,)
+  std: np.ndarray  # (F,)
+  lr: linear_model.LogisticRegression
+
+  def logit(self, x):
+    return self.lr.decision_function((x - self.mean) / self.std)
+
+  def coefficients(self):
+    """{feature: weight on the standardised feature} plus the bias."""
+    out = dict(zip(FEATURES, map(float, self.lr.coef_[0])))
+    out['bias'] = float(self.lr.intercept_[0])
+    return out
+
+
+def fit(x, y, seed=0):
+  """The LR on (N, F) features `x`, standardised with their own mean / std."""
+  mean = x.mean(0)
+  std = x.std(0)
+  std = np.where(std > 0, std, 1.0)  # a constant feature stays 0
+  lr = linear_model.LogisticRegression(C=LR_C, max_iter=1000,
+                                       random_state=seed)
+  lr.fit((x - mean) / std, y)
+  return Model(mean, std, lr)
