@@ -33,14 +33,14 @@ Three sizes:
              for 120 steps (one seed), every CTR variant but @image with one
              seed, MAKE stage A for 2 epochs, the ID model for 2 epochs.
              Measured: 7 min 53 s from a fresh clone on an idle 2-core
-             CPU (README.md has the run and its results); big enough that the
+             CPU (docs/results.md: the run, its results); big enough that the
              CTR comparison says something, too small for the pre-training
              comparison to (120 steps: SCL's image retrieval is still near
              chance).
   :full      every stage at its own defaults: the default 20k x 20k world,
              600 pre-training steps and 3 seeds of every method and variant,
              MAKE stage A for 3 epochs. About 4 hours on a 2-core CPU; the
-             README's pre-training and CTR tables come from these settings.
+             default-world tables in docs/ come from these settings.
   :tiny      800 items, 500 users, 4 pre-training steps, one seed, tiny
              towers: runs end to end in a few minutes on a 2-core CPU and is
              what the tests and colab/quickstart.ipynb use; its numbers
@@ -73,10 +73,10 @@ def get_config(arg=None):
   # --config.world.X reaches them all); their data_dir is set by the pipeline.
   c.pretrain.scl.world = c.world
   c.ctr.ctr.world = c.world
-  # Its seed-0 item_vectors.npz feeds every CTR variant: SCL's positives
-  # with in-batch negatives and online keys, the best held-out retrieval at
-  # CPU budgets (README: the queue study; the queue and the momentum keys
-  # lose at 120-600 steps). The CTR claims are about the best vectors we
+  # Its seed-0 item_vectors.npz feeds every CTR variant: SCL's positives with
+  # in-batch negatives and online keys, the best held-out retrieval at CPU
+  # budgets (docs/pretraining.md: the queue study; the queue and the momentum
+  # keys lose at 120-600 steps). The CTR claims are about the best vectors we
   # can make, not about MoCo.
   c.vectors_method = 'scl_no_queue'
   # The item vectors of the CTR stage: 'pretrained' (vectors_method's, or
@@ -138,7 +138,7 @@ def get_config(arg=None):
     c.make_epochs = (2,)
     # The curve costs a world and three CTR runs per value: `make demo`
     # has only its own point; `--config.content_curve.weights=0,0.5,1`
-    # draws it (README: the measured curve).
+    # draws it (docs/results.md: the measured curve).
     c.content_curve.weights = ()
     c.content_curve.seeds = c.ctr.seeds
 

@@ -12,8 +12,8 @@ trained in `<workdir>/<name>/` (skipped when its pretrain_eval.json exists);
 then `queue_study.json` and `queue_study.md`: held-out image / text recall@10
 and accuracy@1 per run. `--config.only=a,b` runs (and tabulates) a subset.
 Measured: 13 runs in ~70 min on a 2-core CPU shared with other jobs (~2.5 min
-per 120-step run, ~7.5 min per 360-step run); README.md, Pre-training, has
-the table and what it shows.
+per 120-step run, ~7.5 min per 360-step run); docs/pretraining.md, the queue
+study, has the table and what it shows.
 """
 
 import ml_collections

@@ -70,11 +70,12 @@ def get_config(arg=None):
   # Objective (SCL family; the CLIP / i2i methods read none of these five).
   # negatives: 'queue' (MoCo) or 'in_batch'; key_encoder: 'momentum' (EMA
   # encoder) or 'online'. scl_no_queue: in-batch with online keys (CLIP-like).
-  # At CPU budgets the queue does not pay (configs/queue_study.py, README
-  # "The queue study"): at 360 steps queue = in-batch negatives with momentum
-  # keys, online keys beat momentum keys, and every knob that makes keys older
-  # (a bigger queue, momentum 0.999, a cosine up to 1) costs. `scl` keeps the
-  # paper's queue; its knobs are the study's best for the queue.
+  # At CPU budgets the queue does not pay (configs/queue_study.py,
+  # docs/pretraining.md "The queue study"): at 360 steps queue = in-batch
+  # negatives with momentum keys, online keys beat momentum keys, and every knob
+  # that makes keys older (a bigger queue, momentum 0.999, a cosine up to 1)
+  # costs. `scl` keeps the paper's queue; its knobs are the study's best for the
+  # queue.
   no_queue = method == 'scl_no_queue'
   c.negatives = 'in_batch' if no_queue else 'queue'
   c.key_encoder = 'online' if no_queue else 'momentum'
@@ -90,7 +91,7 @@ def get_config(arg=None):
   c.triplet_margin = 0.2  # (ours)
   # In-batch rows that are duplicates (same caption / title tokens, pairs
   # sharing an item, same text query) are not negatives of each other; False
-  # gives the unmasked baselines (README: Pre-training, duplicate masking).
+  # gives the unmasked baselines (docs/pretraining.md: duplicate masking).
   c.mask_duplicates = True
   c.min_temperature = 0.01
   c.max_temperature = 1.0
@@ -103,7 +104,7 @@ def get_config(arg=None):
   c.weight_decay = 1e-4
   # Image augmentations of the search sessions' images (query, purchased,
   # hard negatives), each off (0 / False) or on: mmrec/data/augment.py.
-  # Defaults measured on the demo world (README: Pre-training, augmentations;
+  # Defaults measured on the demo world (docs/pretraining.md: augmentations;
   # SCL, 120 steps, seeds 0 and 1): flips off (image R@10 0.023 vs 0.019 with
   # flips on both seeds, text within seed noise; and flips are wrong for
   # text-in-image, arrows, logos); the user-photo augmentations (crop,
