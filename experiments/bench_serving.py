@@ -41,6 +41,7 @@ from experiments.configs import scl as scl_config
 from experiments.configs import world as world_config
 from mmrec import ctr_data
 from mmrec import ctr_model
+from mmrec import files
 from mmrec import int8
 from mmrec import train_ctr
 from mmrec import train_scl
@@ -48,6 +49,8 @@ from mmrec import vector_table
 from mmrec.data import build
 from mmrec.serving import ann_index
 from mmrec.serving import export
+from mmrec.serving import layout
+from mmrec.serving import model_export
 from mmrec.serving import nearline
 from mmrec.serving import service
 
@@ -218,7 +221,7 @@ def bench_nearline(config, workdir):
     if config.nearline_load_concurrency:
       sizes = ctr_data.sizes(wc)
       # The world declares no bags.
-      sizes['schema'] = export.serving_schema(sizes, {}, {})
+      sizes['schema'] = layout.serving_schema(sizes, {}, {})
       load = _load(config, url, sizes, wc.seq_len, during=train,
                    concurrency=config.nearline_load_concurrency,
                    min_requests=0)
@@ -277,11 +280,11 @@ def build_serving_dir(directory, config):
   rng = np.random.default_rng(0)
   dim = config.serving_dim
   table = catalogue(sizes['num_items'], dim)
-  schema = export.serving_schema(sizes, {}, {})  # the world: no bags
+  schema = layout.serving_schema(sizes, {}, {})  # the world: no bags
   attrs = np.stack([rng.integers(0, size, sizes['num_items'])
                     for size in schema['item'].values()], 1)
-  store = export.build_store(directory, table, attrs,
-                             export.item_attributes(schema),
+  store = layout.build_store(directory, table, attrs,
+                             layout.item_attributes(schema),
                              {'table_sha256': 'bench', 'method': 'generated'})
   L = wc.seq_len
   emb = model.config.embedding
@@ -291,14 +294,14 @@ def build_serving_dir(directory, config):
   example['seq_mask'] = np.ones((2, L), bool)
   variables = jax.tree.map(np.asarray, nn.unbox(model.init(
       jax.random.key(0), example, table)))
-  models = os.path.join(directory, export.MODELS)
+  models = os.path.join(directory, layout.MODELS)
   for step in (1, 2):
-    export.write_version(
+    model_export.write_version(
         models, step, model, variables, variant=c.variant, sizes=sizes,
         schema=schema, seq_len=L, store=store, uses_vectors=True,
         capacity=sizes['num_items'] + config.serving_new_items + 1024,
         buckets=config.serving_buckets)
-  export.write_pointer(models, 'v1')
+  files.write_pointer(models, 'v1')
   return dict(sizes, schema=schema)
 
 
@@ -313,7 +316,7 @@ def bench_serving(config, workdir):
 
     def reload():  # a new version published mid-load: hot reload
       time.sleep(config.serving_reload_after_s)
-      export.write_pointer(os.path.join(directory, export.MODELS), 'v2')
+      files.write_pointer(os.path.join(directory, layout.MODELS), 'v2')
       _wait_for_version(url, 'v2')
       time.sleep(config.serving_reload_after_s)  # load on the new version
 

@@ -1,13 +1,18 @@
-"""Atomic file writes: a reader sees the old file or the whole new one.
+"""Atomic writes: a reader sees the old file (directory) or the whole new one.
 
 Every result file (summaries, evaluations, tables) is written to a temporary
 name in the same directory and renamed over the target, so an interrupted job
-never leaves a partial file that looks complete.
+never leaves a partial file that looks complete. Directories (a world, a
+converted dataset, a store version, a model version) are built aside and
+renamed into place (`build_aside`); a version directory is chosen by a
+one-line pointer file renamed over the old one (`write_pointer`).
 """
 
 import json
 import math
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -21,6 +26,59 @@ def write_with(path, write_fn):
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def build_aside(target, fill, replace=False):
+  """`fill(tmp)` a new directory beside `target`, then rename it to `target`.
+
+  On any failure the half-built directory is removed: a reader sees no
+  directory or a whole one. `target` must be absent or empty, unless
+  `replace`: then one already there is swapped out only once the new one is
+  whole (and removed after).
+  """
+  parent = os.path.dirname(os.path.abspath(target))
+  os.makedirs(parent, exist_ok=True)
+  base = os.path.basename(target)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{base}.building-')
+  old = None
+  try:
+    fill(tmp)
+    if os.path.isdir(target):
+      if replace:
+        old = tempfile.mkdtemp(dir=parent, prefix=f'.{base}.old-')
+        os.rename(target, os.path.join(old, base))
+      else:
+        os.rmdir(target)  # empty (checked by the caller)
+    os.rename(tmp, target)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  finally:
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+
+
+POINTER = 'CURRENT'
+
+
+def write_pointer(directory, name, pointer=POINTER):
+  """Points `directory/pointer` at `name` (one line), durably and atomically:
+  readers see the old name or the new one."""
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      f.write(name + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+  write_with(os.path.join(directory, pointer), write)
+
+
+def read_pointer(directory, pointer=POINTER):
+  """The name `directory/pointer` holds, or None if there is no pointer."""
+  path = os.path.join(directory, pointer)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return f.read().strip()
 
 
 def write_npz(path, arrays):

@@ -120,7 +120,6 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree_util.tree_map_with_path(put, batch)
 
 
-@functools.lru_cache(maxsize=8)
 def pad_batch(batch, size):
   """Pads axis 0 of every array to `size` (repeating row 0); returns (batch, n).
 
@@ -147,6 +146,7 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+@functools.lru_cache(maxsize=8)
 def _check_mesh_once(mesh: jax.sharding.Mesh):
   check_process_blocks(mesh.devices, mesh.axis_names.index('data'))
 

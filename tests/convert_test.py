@@ -22,9 +22,7 @@ from experiments.configs import data as data_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
-from mmrec.serving import export
 from mmrec import id_stats
-from mmrec.serving import service
 from mmrec import train_ctr
 from mmrec import train_scl
 from mmrec import vector_table
@@ -33,6 +31,8 @@ from mmrec.data import dataset_job
 from mmrec.data import images
 from mmrec.data import manifest
 from mmrec.data import titles
+from mmrec.serving import export
+from mmrec.serving import service
 
 DAY = 86400
 T0 = 1_700_000_000 - 1_700_000_000 % DAY + 3600  # 01:00 UTC of some day

@@ -27,12 +27,13 @@ from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec import ctr_model
 from mmrec import ctr_steps
-from mmrec.serving import export
-from mmrec.serving import served_model
 from mmrec import sharding
-from mmrec.serving import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.serving import export
+from mmrec.serving import layout
+from mmrec.serving import served_model
+from mmrec.serving import vector_store
 
 VARIANTS = ('id', 'simtier_official')
 
@@ -67,7 +68,7 @@ def _test_rows(data_dir):
 
 
 def store_table(serving_dir, model):
-  with vector_store.VectorStore(os.path.join(serving_dir, export.VECTORS)) as s:
+  with vector_store.VectorStore(os.path.join(serving_dir, layout.VECTORS)) as s:
     return model.device_table(s.dense())
 
 
@@ -84,7 +85,7 @@ class ExportTest(parameterized.TestCase):
     """(ServingModel of the CURRENT version, its device vector table)."""
     serving = self.runs[variant][2]
     model = served_model.ServingModel(served_model.current(
-        os.path.join(serving, export.MODELS)))
+        os.path.join(serving, layout.MODELS)))
     return model, store_table(serving, model)
 
   @parameterized.parameters(*VARIANTS)
@@ -125,10 +126,10 @@ class ExportTest(parameterized.TestCase):
     old = os.path.join(self.root, 'v_old')
     shutil.copytree(directory, old)
     os.remove(os.path.join(old, served_model.REQUEST_FILE))
-    with open(os.path.join(old, export.MANIFEST)) as f:
+    with open(os.path.join(old, layout.MANIFEST)) as f:
       m = json.load(f)
     del m['request'], m['sha256'][served_model.REQUEST_FILE]
-    with open(os.path.join(old, export.MANIFEST), 'w') as f:
+    with open(os.path.join(old, layout.MANIFEST), 'w') as f:
       json.dump(m, f)
     model = served_model.ServingModel(old)
     self.assertIsNone(model.request_fields)
@@ -173,7 +174,7 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
     _, wd, serving, directory = self.runs['id']
     self.assertEqual(served_model.current(os.path.join(serving, 'models')),
                      directory)
-    with open(os.path.join(directory, export.MANIFEST)) as f:
+    with open(os.path.join(directory, layout.MANIFEST)) as f:
       m = json.load(f)
     self.assertEqual((m['step'], m['variant'], m['item_capacity']),
                      (10, 'id', 4096))
@@ -197,8 +198,8 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
   def test_exported_encoder_equals_the_model(self):
     model, params = fixtures.untrained_encoder()
     serving = tempfile.mkdtemp()
-    shutil.copytree(os.path.join(self.runs['id'][2], export.VECTORS),
-                    os.path.join(serving, export.VECTORS))
+    shutil.copytree(os.path.join(self.runs['id'][2], layout.VECTORS),
+                    os.path.join(serving, layout.VECTORS))
     directory = fixtures.export_untrained_encoder(serving)
     encoder = served_model.ServingEncoder(directory)
     items = builders.load_table(fixtures.small_ctr_world_dir(), 'mmrec_items',

@@ -12,13 +12,15 @@ from experiments.configs import ctr as ctr_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from experiments.configs import world as world_config
-from mmrec.serving import export
 from mmrec import item_encoder
 from mmrec import train_ctr
-from mmrec.serving import vector_store
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import world as world_lib
+from mmrec.serving import export
+from mmrec.serving import layout
+from mmrec.serving import model_export
+from mmrec.serving import vector_store
 
 
 def tiny_config(**overrides):
@@ -100,10 +102,10 @@ def export_untrained_encoder(serving_dir):
   store's table (so the service accepts it)."""
   model, params = untrained_encoder()
   wc = builders.load_world_config(small_ctr_world_dir())
-  with vector_store.VectorStore(os.path.join(serving_dir, export.VECTORS),
+  with vector_store.VectorStore(os.path.join(serving_dir, layout.VECTORS),
                                 verify=False) as store:
     sha = store.manifest['source']['table_sha256']
-  return export.write_encoder(
+  return model_export.write_encoder(
       serving_dir, model, params, image_size=wc['image_size'],
       title_length=wc['title_length'],
       vocab_size=builders.vocab_size(small_ctr_world_dir()),

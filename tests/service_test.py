@@ -34,6 +34,7 @@ from mmrec import train_ctr
 from mmrec import vector_table
 from mmrec.serving import export
 from mmrec.serving import impression_log
+from mmrec.serving import layout
 from mmrec.serving import requests
 from mmrec.serving import served_model
 from mmrec.serving import service
@@ -439,7 +440,7 @@ class NextBatchEmbeddingTest(absltest.TestCase):
       late = client.post('/items', json={'vector': vecs[2].tolist(),
                                          'category': 4, 'shop': 1}).json()
       self.assertEqual(late['item_id'], n + 2)
-      root = os.path.join(serving, export.VECTORS)
+      root = os.path.join(serving, layout.VECTORS)
       with vector_store.VectorStore(root) as s:
         self.assertEqual((s.version, s.count), (2, n + 2))
         self.assertEqual(s.manifest['source']['carried'],

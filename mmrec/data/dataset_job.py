@@ -22,7 +22,6 @@ from absl import logging
 from mmrec import files
 from mmrec.data import convert
 from mmrec.data import manifest
-from mmrec.data import resolver
 
 CONVERSION_FILE = 'conversion.json'  # the config a dataset was built from
 STAGING = '_staging'  # the reader's Parquet tables, removed when done
@@ -114,7 +113,7 @@ def run(config, workdir):
     files.write_json(os.path.join(tmp, CONVERSION_FILE), wanted)
     fill.manifest = m
 
-  resolver.build_aside(workdir, fill)
+  files.build_aside(workdir, fill)
   m = fill.manifest
   print(f'{m.name}: {m.num_users} users, {m.num_items} items, '
         f'{m.num_days} days (test from day {m.first_test_day}), impressions '

@@ -16,14 +16,13 @@ with a message that says which files or settings differ.
 
 import json
 import os
-import shutil
-import tempfile
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 
+from mmrec import files
 from mmrec.data import builders
 from mmrec.data import manifest
 
@@ -109,26 +108,8 @@ def build_world(world_config, target, write_extra=None):
     if write_extra:
       write_extra(world, tmp)
 
-  build_aside(target, fill)
+  files.build_aside(target, fill)
   logging.info('world written to %s', target)
   return True
 
 
-def build_aside(target, fill):
-  """`fill(tmp)` a new directory beside `target`, then rename it to `target`.
-
-  `target` must be absent or empty. On any failure the half-built directory
-  is removed: a reader sees no dataset or a complete one.
-  """
-  parent = os.path.dirname(os.path.abspath(target))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent,
-                         prefix=f'.{os.path.basename(target)}.building-')
-  try:
-    fill(tmp)
-    if os.path.isdir(target):
-      os.rmdir(target)  # empty (checked by the caller)
-    os.rename(tmp, target)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise

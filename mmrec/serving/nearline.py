@@ -42,15 +42,14 @@ from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec import ctr_model
 from mmrec import ctr_steps
-from mmrec.serving import export
 from mmrec import files
-from mmrec.serving import impression_log
 from mmrec import sharding
 from mmrec import train_lib
 from mmrec import vector_table
-from mmrec.data import manifest
 from mmrec.data import pipelines
 from mmrec.data import resolver
+from mmrec.serving import export
+from mmrec.serving import impression_log
 
 EMPTY = 'EMPTY'
 RESULT_FILE = 'nearline.json'
@@ -173,31 +172,14 @@ class Trainer:
     return ctr_eval.ctr_metrics(pred)
 
   def export(self, step_dir, version_step):
-    """models/v{version_step} of the state in `step_dir` (once)."""
-    cfg = self.config
-    models = os.path.join(cfg.serving_dir, export.MODELS)
-    final = os.path.join(models, f'v{version_step}')
-    if not os.path.exists(os.path.join(final, export.MANIFEST)):
+    """models/v{version_step} of the state in `step_dir` (once), through
+    the export job's path (export.export_version)."""
+    def variables():
       state, _ = self.state(step_dir)
-      variables = jax.tree.map(np.asarray, {'params': state.params,
-                                            **state.extra})
-      table = self.ctr.vectors_path or ''
-      if os.path.isdir(table):
-        table = os.path.join(table, vector_table.FILE)
-      store = export.ensure_store(cfg.serving_dir, table, self.data.data_dir)
-      export.write_version(
-          models, version_step, self.model, variables,
-          variant=self.ctr.variant, sizes=self.data.sizes,
-          schema=export.serving_schema(self.data.sizes, self.data.items,
-                                       self.data.users),
-          seq_len=manifest.load(self.data.data_dir).seq_len,
-          long_seq_len=manifest.load(self.data.data_dir).long_seq_len,
-          store=store,
-          uses_vectors=ctr_model.reads_vectors(self.ctr),
-          capacity=max(cfg.item_capacity, self.data.sizes['num_items']),
-          buckets=cfg.buckets, checkpoint=step_dir)
-    export.write_pointer(models, f'v{version_step}')
-    return final
+      return jax.tree.map(np.asarray, {'params': state.params, **state.extra})
+    return export.export_version(
+        self.config, self.config.serving_dir, version_step, self.model,
+        variables, self.ctr, self.data, step_dir)
 
 
 def replay_day(config, trainer):

@@ -1,7 +1,7 @@
 """What the scoring service accepts: request models and size limits.
 
 The request schema is the dataset's (a model manifest's `schema`,
-export.serving_schema): `request_models` builds its pydantic models, so a
+layout.serving_schema): `request_models` builds its pydantic models, so a
 missing, extra or mistyped field is FastAPI's own 422 naming it; ids are
 checked against the live model's vocabularies by the service. `bad` makes
 the service's own 4xx in the same shape.

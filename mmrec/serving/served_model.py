@@ -28,10 +28,12 @@ import os
 import jax
 import numpy as np
 
+from mmrec import files
+
 MODEL_FILE, VARIABLES_FILE, MANIFEST = (
     'model.jaxexport', 'variables.npz', 'manifest.json')
 REQUEST_FILE = 'request.jaxexport'  # one user's candidates (export.py)
-CURRENT = 'CURRENT'
+CURRENT = files.POINTER
 
 
 class ModelError(ValueError):
@@ -59,12 +61,11 @@ def _unflatten(flat):
 
 def current(models_dir):
   """The directory CURRENT points at."""
-  path = os.path.join(models_dir, CURRENT)
-  if not os.path.exists(path):
+  name = files.read_pointer(models_dir, CURRENT)
+  if name is None:
     raise ModelError(f'no model at {models_dir} (no {CURRENT} file): run the '
                      'export job (config.job = "export")')
-  with open(path) as f:
-    return os.path.join(models_dir, f.read().strip())
+  return os.path.join(models_dir, name)
 
 
 def _program(directory, name):

@@ -18,7 +18,7 @@
 The request schema is the dataset's: `user` holds user_id and the declared
 user features and bags, a new item the declared item features and bags (a
 bag as a list of at most its width ids), as the model's manifest names them
-(export.serving_schema). The world: a user's age, gender, city; an item's
+(layout.serving_schema). The world: a user's age, gender, city; an item's
 category, shop. A version whose schema differs from the one the service
 started with is not loaded (its requests' shape would change under the
 clients).
@@ -30,7 +30,7 @@ names the field (`loc`), as FastAPI's own validation errors do; bodies over
 
 Store versions: the service opens the store version its model pins (the
 manifest's `vector_store`); a new model version pinning another (the next
-batch embedding's, export.ensure_store) is served with that version, which
+batch embedding's, layout.ensure_store) is served with that version, which
 first takes the items added to the old one since it was written (same ids);
 the old version is then closed, untouched.
 

@@ -36,7 +36,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import struct
 import threading
 import time
@@ -44,9 +43,10 @@ import zlib
 
 import numpy as np
 
+from mmrec import files
 from mmrec import int8
 
-CURRENT = 'CURRENT'
+CURRENT = files.POINTER
 MANIFEST = 'manifest.json'
 ROWS = 'rows.int8'
 ATTRS = 'attrs.int32'
@@ -84,24 +84,14 @@ def versions(root):
 
 
 def current_version(root):
-  path = os.path.join(root, CURRENT)
-  if not os.path.exists(path):
+  name = files.read_pointer(root, CURRENT)
+  if name is None:
     raise StoreError(f'no vector store at {root} (no {CURRENT} file): build '
                      'one with the export job (config.job = "export")')
-  with open(path) as f:
-    name = f.read().strip()
   if not (name.startswith('v') and name[1:].isdigit()):
-    raise StoreError(f'{path} holds {name!r}, expected v<number>')
+    raise StoreError(f'{os.path.join(root, CURRENT)} holds {name!r}, '
+                     'expected v<number>')
   return int(name[1:])
-
-
-def _write_pointer(root, name):
-  tmp = os.path.join(root, f'.{CURRENT}.tmp-{os.getpid()}')
-  with open(tmp, 'w') as f:
-    f.write(name + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(root, CURRENT))
 
 
 def create(root, vectors, attrs=None, attr_names=(), metadata=None,
@@ -129,25 +119,20 @@ def create(root, vectors, attrs=None, attr_names=(), metadata=None,
                      f'names {len(attr_names)}: {attr_names}')
   os.makedirs(root, exist_ok=True)
   version = (versions(root) or [0])[-1] + 1
-  final = os.path.join(root, f'v{version}')
-  tmp = os.path.join(root, f'.v{version}.tmp-{os.getpid()}')
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
+  manifest = {
+      'format_version': FORMAT_VERSION, 'version': version, 'count': n,
+      'dim': dim, 'scale': int8.SCALE, 'attributes': list(attr_names),
+      'sha256_rows': _sha256(vectors), 'sha256_attrs': _sha256(attrs),
+      'created': time.time(), 'source': metadata or {}}
+
+  def fill(tmp):
     np.ascontiguousarray(vectors).tofile(os.path.join(tmp, ROWS))
     np.ascontiguousarray(attrs).tofile(os.path.join(tmp, ATTRS))
-    manifest = {
-        'format_version': FORMAT_VERSION, 'version': version, 'count': n,
-        'dim': dim, 'scale': int8.SCALE, 'attributes': list(attr_names),
-        'sha256_rows': _sha256(vectors), 'sha256_attrs': _sha256(attrs),
-        'created': time.time(), 'source': metadata or {}}
     with open(os.path.join(tmp, MANIFEST), 'w') as f:
       json.dump(manifest, f, indent=1, sort_keys=True)
-    os.rename(tmp, final)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  files.build_aside(os.path.join(root, f'v{version}'), fill)
   if make_current:
-    _write_pointer(root, f'v{version}')
+    files.write_pointer(root, f'v{version}', CURRENT)
   return version
 
 
