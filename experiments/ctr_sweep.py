@@ -8,7 +8,6 @@ items, the tail's and new items' delta minus the overall one, and the
 pairwise comparisons the paper's claims need (PAIRS).
 """
 
-import json
 import os
 import time
 
@@ -95,15 +94,9 @@ def variant_config(config, name, seed, data_dir, workdir):
 
 def run_one(config, variant, seed, data_dir, workdir):
   out = os.path.join(workdir, variant, f'seed_{seed}')
-  done = os.path.join(out, train_ctr.EVAL_FILE)
-  # A run from before predictions.npz existed is run again: the bootstrap
-  # needs its predictions.
-  if os.path.exists(done) and os.path.exists(
-      os.path.join(out, ctr_eval.PREDICTIONS_FILE)):
-    with open(done) as f:
-      result = json.load(f)
-    if result.get('complete'):
-      return result
+  result = files.finished(out, ctr_eval.RESULT_FILES)
+  if result:
+    return result
   logging.info('CTR %s seed %d -> %s', variant, seed, out)
   return train_ctr.run(variant_config(config, variant, seed, data_dir,
                                       workdir), out)

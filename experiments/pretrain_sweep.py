@@ -9,7 +9,6 @@ generic captions CLIP-O cannot run, and CLIP-E then trains from scratch on
 item image <-> title (the plan says so).
 """
 
-import json
 import os
 
 from absl import logging
@@ -100,13 +99,9 @@ def plan(methods, data_dir):
 
 def run_one(config, method, seed, data_dir, workdir, clip_o=True):
   out = os.path.join(workdir, method, f'seed_{seed}')
-  done = os.path.join(out, pretrain_eval.EVAL_FILE)
-  # Without the per-query ranks (a run from before they were saved) the run
-  # is evaluated again: its final checkpoint is restored, not retrained.
-  if os.path.exists(done) and os.path.exists(
-      os.path.join(out, pretrain_eval.QUERIES_FILE)):
-    with open(done) as f:
-      return json.load(f)
+  result = files.finished(out, pretrain_eval.RESULT_FILES)
+  if result:
+    return result
   logging.info('pre-training %s seed %d -> %s', method, seed, out)
   return train_scl.run(
       method_config(config, method, seed, data_dir, workdir, clip_o), out)

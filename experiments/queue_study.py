@@ -4,7 +4,6 @@ One row per run of config.runs (see experiments/configs/queue_study.py):
 its settings and held-out recall@10 / accuracy@1 for image and text queries.
 """
 
-import json
 import os
 
 from absl import logging
@@ -30,10 +29,9 @@ def run_config(config, overrides, data_dir):
 
 def run_one(config, name, data_dir, workdir):
   out = os.path.join(workdir, name)
-  done = os.path.join(out, pretrain_eval.EVAL_FILE)
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+  result = files.finished(out, pretrain_eval.RESULT_FILES)
+  if result:
+    return result
   logging.info('queue study: %s -> %s', name, out)
   return train_scl.run(run_config(config, config.runs[name], data_dir), out)
 

@@ -21,6 +21,9 @@ from mmrec.data import pipelines
 
 EVAL_FILE = 'ctr_eval.json'
 PREDICTIONS_FILE = 'predictions.npz'
+# What a finished CTR run has written (files.finished): the result, and the
+# test rows' predictions the paired bootstrap reads.
+RESULT_FILES = (EVAL_FILE, PREDICTIONS_FILE)
 # Batch fields the test pass brings back to the host for the metrics.
 EVAL_FIELDS = ('label', 'user_id', 'item_id')
 

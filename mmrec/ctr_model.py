@@ -148,8 +148,8 @@ def retrieve_behaviours(batch, vectors, k: int, seq_fields):
 
 def shares_history(batch):
   """Whether the batch's behaviour fields are one row (one user's history)
-  shared by all its target rows: serving's request-level call (export.py),
-  which scores one user's candidates."""
+  shared by all its target rows: serving's request-level call
+  (serving/model_export.py), which scores one user's candidates."""
   return batch['seq_mask'].shape[0] == 1 and batch['item_id'].shape[0] != 1
 
 

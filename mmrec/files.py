@@ -100,6 +100,24 @@ def write_json(path, obj, **kwargs):
   write_text(path, json.dumps(obj, indent=1, **kwargs))
 
 
+def finished(workdir, result_files):
+  """The result of a finished run in `workdir`, or None (run it).
+
+  The one rule every sweep skips runs by: a run is finished when all of its
+  `result_files` exist (the first is its JSON result; the others are what
+  readers of the result need, e.g. per-row predictions for paired
+  bootstraps) and the result does not say `complete: false` (a run stopped
+  early on purpose). A run from before a companion file existed runs again:
+  it resumes from its final checkpoint, it is not retrained.
+  """
+  paths = [os.path.join(workdir, f) for f in result_files]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  with open(paths[0]) as f:
+    result = json.load(f)
+  return result if result.get('complete', True) else None
+
+
 def json_safe(x):
   """Python scalars, NaN/inf -> None: results hold only finite numbers."""
   if isinstance(x, dict):

@@ -31,6 +31,8 @@ EXAMPLES_FILE = 'retrieval_examples.npz'  # a few queries' top-k, for reports
 # text_rank: -1 where not that modality), by session row: paired bootstraps
 # of two methods (pretrain_sweep.comparisons).
 QUERIES_FILE = 'pretrain_eval_queries.npz'
+# What a finished pre-training run has written (files.finished).
+RESULT_FILES = (EVAL_FILE, QUERIES_FILE)
 # The evaluation tasks (eval_task): held-out search sessions, or held-out
 # co-clicks ranked against the catalogue (retrieval_eval.py says why).
 SEARCH_EVAL, CO_CLICK_EVAL = 'search', 'co_click'

@@ -6,7 +6,7 @@ impressions, one closed segment at a time, and each result is served.
       --workdir=/tmp/mmrec/nearline
 
 Warm-starts from the batch run's latest checkpoint, trains on every closed
-segment of `log_dir` in order (mmrec/nearline.py: committed atomically,
+segment of `log_dir` in order (mmrec/serving/nearline.py: committed atomically,
 restartable at any point), exports each result into `serving_dir` (if set)
 and points its `models/CURRENT` there. `replay_split` first writes a stored
 split's impressions as segments (the batch run trained with

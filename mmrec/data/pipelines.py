@@ -24,6 +24,7 @@ import numpy as np
 
 from mmrec.data import augment as augment_lib
 from mmrec.data import builders
+from mmrec.data import ctr_rows
 from mmrec.data import manifest
 
 
@@ -38,39 +39,14 @@ class ReadRows(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class JoinCtrFields(grain.transforms.Map):
-  """Adds item and user fields by id: the CTR model's input.
-
-  Output (B batch, L sequence length): user_id, the `user_fields`, item_id,
-  the `item_fields` (a bag of either: (B, K)), seq_item (B, L), seq_<f>
-  (B, L) for each of `seq_fields`, seq_mask (B, L) bool, label, day; with a
-  stored long history (B, Lh) also long_seq_item, long_seq_<f> and
-  long_seq_mask. Padded sequence slots hold id 0 and mask False. The world:
-  user_id, age, gender, city, item_id, category, shop, seq_item,
-  seq_category, seq_mask, label, day.
-  """
+  """Adds item and user fields by id: the CTR model's input (ctr_rows.join)."""
   item_fields: dict  # name -> (num_items,) or (num_items, K) ids
   user_fields: dict  # name -> (num_users,) or (num_users, K) ids
   seq_fields: tuple = ()  # names of item_fields the behaviours carry
 
   def map(self, b):
-    seq = b['seq_item']
-    length = seq.shape[1]
-    mask = np.arange(length)[None] >= length - b['seq_len'][:, None]
-    out = {k: v[b['user_id']] for k, v in self.user_fields.items()}
-    out.update(user_id=b['user_id'], item_id=b['item_id'])
-    out.update({k: v[b['item_id']] for k, v in self.item_fields.items()})
-    out.update(seq_item=np.where(mask, seq, 0), seq_mask=mask,
-               label=b['label'], day=b['day'])
-    for k in self.seq_fields:
-      out[f'seq_{k}'] = np.where(mask, self.item_fields[k][seq], 0)
-    if 'long_seq_item' in b:  # a long history (converted real data)
-      long = b['long_seq_item']
-      n = long.shape[1]
-      lmask = np.arange(n)[None] >= n - b['long_seq_len'][:, None]
-      out.update(long_seq_item=np.where(lmask, long, 0), long_seq_mask=lmask)
-      for k in self.seq_fields:
-        out[f'long_seq_{k}'] = np.where(lmask, self.item_fields[k][long], 0)
-    return out
+    return ctr_rows.join(b, self.item_fields, self.user_fields,
+                         self.seq_fields)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,7 @@ def request_models(schema):
   model manifest's `schema`: every declared feature a required field, so a
   missing or extra one is FastAPI's own 422 naming it. Vocabulary sizes
   are checked per request, against the live model
-  (`service.Serving._inputs`)."""
+  (`rows.inputs`)."""
   clash = sorted((set(schema['item']) | set(schema['bags']))
                  & set(ItemBase.model_fields))
   if clash:
@@ -94,5 +94,5 @@ def bad(loc, msg, value=None, status=422):
 
 def history(req):
   """The request's short history, None if it sent none
-  (`service.Serving._inputs` then takes it from the long one)."""
+  (`rows.inputs` then takes it from the long one)."""
   return req.history if 'history' in req.model_fields_set else None

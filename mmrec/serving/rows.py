@@ -1,0 +1,118 @@
+"""A scoring request's model inputs: ids checked, fields joined by id.
+
+The row layout is the training pipeline's (data/ctr_rows.py, the same
+function): the service joins item fields from the vector store's attributes
+where training joined them from the catalogue. `inputs` gives one user row
+(user fields and histories) and one row per candidate, as the exported
+request program takes them (`ServedModel.score_request`); `rows` the same
+as model rows, the user's repeated for every item (what the impression log
+stores).
+"""
+
+import numpy as np
+
+from mmrec.data import ctr_rows
+from mmrec.serving import requests as reqs
+
+
+def check_ids(values, loc, size, what):
+  """int64 ids, each < `size`, or a 422 naming the first unknown one."""
+  arr = np.asarray(values, np.int64)
+  bad = np.flatnonzero(arr >= size)
+  if len(bad):
+    i = int(bad[0])
+    raise reqs.bad(loc + ([i] if arr.ndim else []),
+                   f'{what} {int(arr.flat[i])} is unknown (valid: 0..'
+                   f'{size - 1})', int(arr.flat[i]))
+  return arr
+
+
+class _StoreColumns:
+  """The store's attribute columns for a request's item ids, indexed by item
+  id as a catalogue's columns are (what ctr_rows joins): one store read."""
+
+  def __init__(self, store, ids):
+    self._ids = np.unique(ids)  # sorted; id 0 (padding) may be absent, the
+    self._attrs = store.attributes(self._ids)  # masked slots never read it
+    self._names = store.attr_names
+    self._bags = {}
+
+  def add_bag(self, name, width):
+    self._bags[name] = [self._names.index(f'{name}/{k}') for k in range(width)]
+
+  def __getitem__(self, field):
+    cols = self._bags.get(field, self._names.index(field))
+    ids, attrs = self._ids, self._attrs
+
+    class Column:
+      def __getitem__(self, items):
+        rows = np.minimum(np.searchsorted(ids, items), max(len(ids) - 1, 0))
+        return attrs[rows][..., cols]
+    return Column()
+
+
+def _right_aligned(ids, length):
+  seq = np.zeros((1, length), np.int64)
+  if len(ids):
+    seq[0, -len(ids):] = ids
+  return seq, np.array([len(ids)])
+
+
+def inputs(live, store, user, history, items, loc, long_history=None):
+  """(user, candidates) of one user's (history, items), checked against the
+  live model's vocabularies and the items its table holds.
+
+  A model trained with a long history (`long_seq_len` > 0) also gets
+  `long_history` (at most that long, most recent last). `history` None
+  means not sent: then the short history is the long one's most recent
+  L, and a long history not sent is the short one, since in training
+  (data/convert.py) both are the last behaviours of the same sequence."""
+  model = live.model
+  schema = model.manifest['schema']
+  users = {'user_id': model.manifest['sizes']['num_users'],
+           **schema['user']}
+  for field, size in users.items():
+    check_ids(getattr(user, field), ['body', 'user', field], size, field)
+  count = live.count  # items this table holds (not one added meanwhile)
+  items = check_ids(items, ['body', loc], count, 'item id')
+  hist = check_ids(history or [], ['body', 'history'], count, 'item id')
+  long_len = model.long_seq_len
+  if long_history is not None:
+    if len(long_history) > long_len:
+      raise reqs.bad(['body', 'long_history'], f'has {len(long_history)} '
+                     f'behaviours; model {model.version} reads ' +
+                     (f'at most {long_len}' if long_len else
+                      'no long history'))
+    long = check_ids(long_history, ['body', 'long_history'], count,
+                     'item id')
+    if history is None:
+      hist = long
+  else:
+    long = hist[-long_len:] if long_len else hist[:0]
+  hist = hist[-model.seq_len:]
+  fields = _StoreColumns(store, np.concatenate([items, hist, long]))
+  for f, bag in schema['bags'].items():
+    fields.add_bag(f, bag['width'])
+  one = {f: np.array([getattr(user, f)], np.int64) for f in users}
+  for f, bag in schema.get('user_bags', {}).items():
+    ids = check_ids(getattr(user, f), ['body', 'user', f], bag['size'], f)
+    one[f] = np.zeros((1, bag['width']), np.int64)  # empty slots: 0
+    one[f][0, :len(ids)] = ids
+  cands = {'item_id': items}
+  for f in list(schema['item']) + list(schema['bags']):
+    cands[f] = fields[f][items]
+  one.update(ctr_rows.history(*_right_aligned(hist, model.seq_len), fields,
+                              schema['seq']))
+  reads_long = [f for f in model.fields if f.startswith('long_seq_')]
+  if reads_long:  # the long history's fields the model reads
+    long_rows = ctr_rows.history(*_right_aligned(long, long_len), fields,
+                                 schema['seq'], prefix='long_seq_')
+    one.update({f: long_rows[f] for f in reads_long})
+  return one, cands
+
+
+def rows(live, store, user, history, items, loc, long_history=None):
+  """`inputs` as model rows (the user's repeated for every item)."""
+  one, cands = inputs(live, store, user, history, items, loc, long_history)
+  n = len(cands['item_id'])
+  return dict({k: np.repeat(v, n, 0) for k, v in one.items()}, **cands)
