@@ -1,5 +1,11 @@
 """A trained CTR model as a servable version: `jax.export` programs + files.
 
+`export_version` is the one export path: the export job (export.py) and
+near-line training (nearline.py) both call it, so both refuse a model
+trained on float vectors (the store holds int8), both export the encoder
+that made the store's table (`ensure_encoder`) and both point
+models/CURRENT at the version (`write_version` writes its files).
+
 The exported function takes the parameters as arguments (unboxed arrays),
 so served_model.py needs jax and numpy only: no flax, no training code.
 Items added after training (ids >= the model's vocabulary) need an ID
@@ -10,15 +16,23 @@ time has that many rows too. One compiled program per bucket size, whatever
 the store's growth, until the capacity is reached.
 """
 
+import json
 import os
 import time
+import warnings
 
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from mmrec import checkpointing
+from mmrec import ctr_model
 from mmrec import files
+from mmrec import item_encoder
+from mmrec import vector_table
+from mmrec.data import manifest as manifest_lib
 from mmrec.serving import layout
 from mmrec.serving import served_model
 
@@ -26,6 +40,7 @@ ITEM_TABLE = ('params', 'embed', 'item', 'embedding')
 MODEL_FILE, VARIABLES_FILE, MANIFEST = (
     layout.MODEL_FILE, layout.VARIABLES_FILE, layout.MANIFEST)
 REQUEST_FILE, ENCODER = layout.REQUEST_FILE, layout.ENCODER
+MODELS = layout.MODELS
 
 
 def flatten(tree, prefix=''):
@@ -237,4 +252,86 @@ def write_version(models_dir, step, model, variables, *, variant, sizes,
                  extra={REQUEST_FILE: request})
   logging.info('exported %s step %d -> %s (%.1fs)', variant, step, final,
                time.time() - t0)
+  return final
+
+
+# A model version and what it is served with, from a trained CTR run.
+
+
+def saved_config(step_dir):
+  """The config saved with a checkpoint step, as a ConfigDict."""
+  with warnings.catch_warnings():  # the state, restored only for the config
+    warnings.filterwarnings('ignore', 'Sharding info not provided')
+    _, saved = checkpointing.restore_from(step_dir, None)
+  return ml_collections.ConfigDict(saved)
+
+
+def ensure_encoder(serving_dir, store):
+  """Exports the encoder that made the store's table, if it has a
+  checkpoint (trained methods; the untrained references have none) and
+  `encoder/` does not hold it yet."""
+  source = store['source']
+  sha = source['table_sha256']
+  manifest = os.path.join(serving_dir, ENCODER, MANIFEST)
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      if json.load(f).get('table_sha256') == sha:
+        return
+  workdir = source.get('encoder_workdir')
+  if not workdir or not os.path.isdir(os.path.join(workdir,
+                                                   checkpointing.SUBDIR)):
+    logging.info('no encoder checkpoint for the store\'s table (%s): the '
+                 'service adds items by vector only', source.get('method'))
+    return
+  encoder, enc_config, step, data_dir = item_encoder.load_encoder(workdir)
+  m = manifest_lib.load(data_dir)
+  write_encoder(
+      serving_dir, encoder.model, jax.tree.map(np.asarray, encoder.params),
+      image_size=m.image_size, title_length=m.text['length'],
+      vocab_size=m.text['vocab_size'], table_sha256=sha,
+      source={'encoder_workdir': workdir, 'step': step,
+              'method': enc_config.method})
+
+
+def export_version(config, serving_dir, step, model, variables, ctr_config,
+                   data, checkpoint, make_current=True):
+  """models/v{step} of a trained CTR model (once), the store and encoder it
+  is served with; CURRENT points at it if `make_current`. Returns its dir.
+
+  `variables`: the model's ({'params', 'batch_stats'}, numpy), or a
+  function returning them (called only if the version is not there yet);
+  `config`: the export settings (item_capacity, buckets, and vectors_path
+  for a model that reads no vectors); `data`: the run's ctr_data.CtrData.
+  """
+  models = os.path.join(serving_dir, MODELS)
+  final = os.path.join(models, f'v{step}')
+  if os.path.exists(os.path.join(final, MANIFEST)):
+    logging.info('model version %s exists; not exported again', final)
+  else:
+    uses_vectors = ctr_model.reads_vectors(ctr_config)
+    if uses_vectors and ctr_config.vectors_dtype != 'int8':
+      raise ValueError('the serving store holds int8 vectors; a model '
+                       f'trained on {ctr_config.vectors_dtype} vectors would '
+                       'score differently (train with vectors_dtype=int8)')
+    # A model reading vectors is served with the table it was trained on.
+    table_path = (ctr_config.vectors_path if uses_vectors else
+                  config.get('vectors_path') or ctr_config.vectors_path)
+    if not table_path:
+      raise ValueError('config.vectors_path is empty and the CTR run read no '
+                       'vectors: the serving store needs the item-vector '
+                       'table (item_vectors.npz)')
+    store = layout.ensure_store(serving_dir, vector_table.resolve(table_path),
+                                data.data_dir)
+    ensure_encoder(serving_dir, store)
+    m = manifest_lib.load(data.data_dir)
+    write_version(
+        models, step, model, variables() if callable(variables) else
+        variables, variant=ctr_config.variant, sizes=data.sizes,
+        schema=layout.serving_schema(data.sizes, data.items, data.users),
+        seq_len=m.seq_len, long_seq_len=m.long_seq_len, store=store,
+        uses_vectors=uses_vectors,
+        capacity=max(config.item_capacity, data.sizes['num_items']),
+        buckets=config.buckets, checkpoint=checkpoint)
+  if make_current:
+    files.write_pointer(models, f'v{step}')
   return final

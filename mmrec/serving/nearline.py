@@ -48,8 +48,8 @@ from mmrec import train_lib
 from mmrec import vector_table
 from mmrec.data import pipelines
 from mmrec.data import resolver
-from mmrec.serving import export
 from mmrec.serving import impression_log
+from mmrec.serving import model_export
 
 EMPTY = 'EMPTY'
 RESULT_FILE = 'nearline.json'
@@ -102,7 +102,7 @@ class Trainer:
     if self.base_dir is None:
       raise FileNotFoundError(f'config.ctr_workdir={config.ctr_workdir} holds '
                               'no checkpoint: train the batch model first')
-    c = export.saved_config(self.base_dir)
+    c = model_export.saved_config(self.base_dir)
     if c.retrieve_top_k:
       raise ValueError('near-line training of a GSU model is not supported')
     if config.batch_size:
@@ -173,11 +173,11 @@ class Trainer:
 
   def export(self, step_dir, version_step):
     """models/v{version_step} of the state in `step_dir` (once), through
-    the export job's path (export.export_version)."""
+    the export job's path (model_export.export_version)."""
     def variables():
       state, _ = self.state(step_dir)
       return jax.tree.map(np.asarray, {'params': state.params, **state.extra})
-    return export.export_version(
+    return model_export.export_version(
         self.config, self.config.serving_dir, version_step, self.model,
         variables, self.ctr, self.data, step_dir)
 
