@@ -32,7 +32,7 @@ def run(config, workdir):
   meta = vector_table.save_tables(workdir, tables, {
       'encoder_workdir': os.path.abspath(config.encoder_workdir),
       'encoder_step': step, 'encoder_config': enc_config.to_dict(),
-      'method': enc_config.method})
+      'method': enc_config.method, 'data_dir': os.path.abspath(data_dir)})
   n = len(tables['item'])
   logging.info('embedded %d items (%s) in %.1fs (%.0f items/s) -> %s', n,
                ', '.join(tables), seconds, n / seconds, workdir)

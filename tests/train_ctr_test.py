@@ -215,6 +215,19 @@ class RunTest(absltest.TestCase):
   def test_end_to_end_simtier_make(self):
     res = self._check_eval_file(self.make_dir, 'simtier_make')
     self.assertEqual(res, json.loads(json.dumps(self.make_result)))
+    # The checkpoint records the resolved dataset and table (what export
+    # and near-line read back), not the config's spelling of them.
+    ckpt = os.path.join(self.make_dir, checkpointing.SUBDIR)
+    with checkpointing.Checkpointer(ckpt, read_only=True) as c:
+      step = c.latest_step()
+    with warnings.catch_warnings():
+      warnings.filterwarnings('ignore', 'Sharding info not provided')
+      _, saved = checkpointing.restore_from(os.path.join(ckpt, str(step)),
+                                            None)
+    self.assertEqual(saved['data_dir'], os.path.abspath(_world_dir()))
+    self.assertEqual(saved['vectors_path'],
+                     vector_table.resolve(_vectors_path()))
+    self.assertTrue(saved['vectors_path'].endswith(vector_table.FILE))
     hist = res['stage_a_history']
     self.assertLen(hist, 1)
     self.assertEqual(hist[0]['epoch_fraction'], 1.0)

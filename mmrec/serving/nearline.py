@@ -236,7 +236,7 @@ def run(config, workdir):
       break
     time.sleep(config.poll_s)
   result = {'batch_step': trainer.base_step, 'final_step': total,
-            'segments': history}
+            'data_dir': trainer.data.data_dir, 'segments': history}
   if config.evaluate:
     result['frozen'] = trainer.evaluate(trainer.base_dir)
     result['nearline'] = trainer.evaluate(previous)
