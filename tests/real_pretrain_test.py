@@ -20,6 +20,8 @@ from experiments import claims
 from experiments import pretrain_sweep
 from experiments import report
 from experiments import reproduce
+from experiments import reproduce_inputs
+from experiments import stages
 from experiments.configs import paper
 from experiments.configs import pretrain_sweep as sweep_config
 from experiments.configs import scl as scl_config
@@ -141,7 +143,7 @@ class RealPretrainTest(absltest.TestCase):
     workdir = tempfile.mkdtemp()
     results = reproduce.run(c, workdir)
     progress = json.loads(_read(os.path.join(workdir,
-                                             reproduce.PROGRESS_FILE)))
+                                             stages.PROGRESS_FILE)))
     self.assertEqual(set(progress['stages']),
                      {'pretrain', 'ctr', 'extra', 'report'})  # no world
     data = results['data']
@@ -180,7 +182,7 @@ class RealPretrainTest(absltest.TestCase):
     again = reproduce.run(c, workdir)
     self.assertEqual(again, results)
     progress = json.loads(_read(os.path.join(workdir,
-                                             reproduce.PROGRESS_FILE)))
+                                             stages.PROGRESS_FILE)))
     self.assertEqual({s['status'] for s in progress['stages'].values()},
                      {'skipped'})
 
@@ -209,7 +211,8 @@ class RealPretrainTest(absltest.TestCase):
     def choose(choice, m, ran=(), table=None):
       c = paper.get_config('tiny')
       c.ctr_vectors = choice
-      return reproduce._ctr_vectors(c, m, '/d', '/p', list(ran), table or {})
+      return reproduce_inputs.ctr_vectors(c, m, '/d', '/p', list(ran),
+                                          table or {})
 
     shipped = self.m
     bare = self.ml_m  # ships no vectors

@@ -17,6 +17,8 @@ import nbformat
 from experiments import claims
 from experiments import report
 from experiments import reproduce
+from experiments import results as results_lib
+from experiments import stages
 from experiments.configs import paper
 
 METHODS = {'raw_pixels', 'bag_of_tokens', 'clip_o', 'clip_e', 'scl',
@@ -66,9 +68,9 @@ class ReproduceTest(absltest.TestCase):
     finally:
       del os.environ['MMREC_WORKDIR']
     cls.results = _strict_json(os.path.join(cls.workdir,
-                                            reproduce.RESULTS_FILE))
+                                            results_lib.RESULTS_FILE))
     cls.progress = _strict_json(os.path.join(cls.workdir,
-                                             reproduce.PROGRESS_FILE))
+                                             stages.PROGRESS_FILE))
 
   def test_notebook_shows_table_and_two_plots(self):
     outputs = [o for c in self.notebook.cells if c.cell_type == 'code'
@@ -174,7 +176,7 @@ class ReproduceTest(absltest.TestCase):
     again = reproduce.run(paper.get_config('tiny'), self.workdir)
     self.assertEqual(again, self.results)
     progress = _strict_json(os.path.join(self.workdir,
-                                         reproduce.PROGRESS_FILE))
+                                         stages.PROGRESS_FILE))
     self.assertEqual({k: v['status'] for k, v in progress['stages'].items()},
                      dict.fromkeys(STAGES, 'skipped'))
 
@@ -184,7 +186,7 @@ class ReproduceTest(absltest.TestCase):
     config = paper.get_config('tiny')
     config.make_epochs = (1, 2)
     reproduce.run(config, workdir)
-    progress = _strict_json(os.path.join(workdir, reproduce.PROGRESS_FILE))
+    progress = _strict_json(os.path.join(workdir, stages.PROGRESS_FILE))
     self.assertEqual({k: v['status'] for k, v in progress['stages'].items()},
                      {'world': 'skipped', 'pretrain': 'skipped',
                       'ctr': 'skipped', 'extra': 'ran', 'world_cw0': 'skipped',

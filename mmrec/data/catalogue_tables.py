@@ -2,7 +2,7 @@
 
 Read whole (one file each: a folder of shards is an error, not a table of
 which one shard would be read) and mapped to the dataset's ids by the
-converter's id maps (convert.py). Categorical columns become ids 1..V-1 by
+converter's id maps (id_maps.py). Categorical columns become ids 1..V-1 by
 sorted value (0 = missing), list columns fixed-width bags.
 """
 

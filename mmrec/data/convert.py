@@ -31,7 +31,8 @@ What the conversion does:
     1..N in sorted order of the raw ids. A user or item with fewer than
     `min_count` occurrences in the training days (impressions, and history
     entries for items) maps to 0, except items never shown in training but
-    shown on a later day: the new items, kept for the content route.
+    shown on a later day: the new items, kept for the content route
+    (id_maps.py).
   * histories: right-aligned `seq_item` (L = seq_len) + `seq_len` as the
     world's; built when not given from the user's clicks on days before the
     impression's day (oldest first), as the world's behaviour sequences.
@@ -45,8 +46,8 @@ What the conversion does:
     the time column alone (days), then every column once (counts, clicks).
     That pass keeps what the dataset stores of each row (ids, label, day and
     the kept end of its history) in a scratch file per split inside the
-    dataset directory, from which the rows are written; items and users
-    (catalogue-sized) are read whole.
+    dataset directory, from which the rows are written (impression_scan.py);
+    items and users (catalogue-sized) are read whole (catalogue_tables.py).
 The dataset is built aside and renamed into place (`dataset_job.py`).
 """
 
@@ -54,21 +55,17 @@ import dataclasses
 import os
 import tempfile
 
-from absl import logging
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmrec.data import builders
 from mmrec.data import catalogue_tables
 from mmrec.data import columns
 from mmrec.data import images
+from mmrec.data import impression_scan
 from mmrec.data import manifest as manifest_lib
 from mmrec.data import search_sessions
 from mmrec.data import titles
 
-DAY = 86400
-SPLITS = ('train', 'validation', 'test')  # values of a `split` column
 ITEM_RESERVED = ('item', 'title', 'image')
 
 
@@ -106,379 +103,13 @@ class Options:
     return cls(**d)
 
 
-class IdMap:
-  """Raw id -> dense id: kept raw ids (sorted) get 1..N, the rest 0."""
-
-  def __init__(self, kept):
-    self.keys = np.asarray(kept)
-    self._set = pa.array(self.keys)
-
-  def __len__(self):
-    return len(self.keys) + 1
-
-  def __call__(self, raw):
-    if not len(self.keys) or not len(raw):
-      return np.zeros(len(raw), np.int32)
-    # A hash lookup: ~5x faster than a binary search over 1e5+ keys.
-    idx = pc.index_in(pa.array(raw), value_set=self._set).fill_null(-1)
-    return (idx.to_numpy() + 1).astype(np.int32)
-
-
-class _Counter:
-  """Occurrences per raw key, merged chunk by chunk (bounded parts).
-
-  With `reduce` (e.g. np.minimum) it reduces given values per key instead.
-  """
-
-  PENDING = 1 << 22  # keys counted in one hash pass (32 MiB of int64)
-
-  def __init__(self, reduce=np.add):
-    self.parts, self.reduce = [], reduce
-    self.pending, self.num_pending = [], 0
-
-  def add(self, keys, values=None):
-    if not len(keys):
-      return
-    if values is None and self.reduce is np.add:
-      # Plain counts: hashed a few million keys at a time, as sorting every
-      # chunk's history ids was most of the scan.
-      self.pending.append(keys)
-      self.num_pending += len(keys)
-      if self.num_pending >= self.PENDING:
-        self._count_pending()
-      return
-    self._add_part(self._unique(keys, values))
-
-  def _count_pending(self):
-    counts = pc.value_counts(pa.array(np.concatenate(self.pending)))
-    self.pending, self.num_pending = [], 0
-    self._add_part((counts.field('values').to_numpy(zero_copy_only=False),
-                    counts.field('counts').to_numpy().astype(np.int64)))
-
-  def _add_part(self, part):
-    self.parts.append(part)
-    if len(self.parts) > 16:
-      self.parts = [self._merged()]
-
-  def _unique(self, keys, values):
-    order = np.argsort(keys, kind='stable')
-    keys, values = keys[order], values[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], self.reduce.reduceat(values, starts)
-
-  def _merged(self):
-    return self._unique(np.concatenate([p[0] for p in self.parts]),
-                        np.concatenate([p[1] for p in self.parts]))
-
-  def result(self):
-    """(sorted unique keys, their counts or reduced values)."""
-    if self.pending:
-      self._count_pending()
-    if not self.parts:
-      return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return self._merged()
-
-
-def _lookup(keys, values, raw, default):
-  """values[keys == raw] per raw key (default when absent)."""
-  if not len(keys):
-    return np.full(len(raw), default, values.dtype)
-  idx = np.minimum(np.searchsorted(keys, raw), len(keys) - 1)
-  return np.where(keys[idx] == raw, values[idx], default)
-
-
-class _Kinds:
-  """Keeps one id kind (int / str) per id space across files and columns."""
-
-  def __init__(self):
-    self.kinds = {}
-
-  def check(self, space, arr, path, column):
-    kind = 'str' if arr.dtype == object else 'int'
-    first = self.kinds.setdefault(space, (kind, path, column))
-    if first[0] != kind:
-      raise columns.InputError(
-          f'{path}, column {column!r}: {kind} {space} ids, but {first[1]} '
-          f'column {first[2]!r} has {first[0]} ones; one kind per id space')
-    return arr
-
-
-class _Spill:
-  """The rows of one split that the dataset stores, from scan to writing.
-
-  An Arrow IPC stream in the scratch directory, one batch per input chunk:
-  raw ids, label, day and (given histories) the kept behaviours; a fraction
-  of the input when histories are long, and read back without parsing.
-  """
-
-  def __init__(self, path):
-    self.path, self.sink, self.writer = path, None, None
-
-  def add(self, mine, user, item, label, day, history):
-    if not mine.any():
-      return
-    item = pa.array(item[mine])
-    cols = {'user': pa.array(user[mine]), 'item': item,
-            'label': pa.array(label[mine]), 'day': pa.array(day[mine])}
-    if history is not None:
-      offsets, flat = history
-      start, end = offsets[:-1][mine], offsets[1:][mine]
-      kept = flat[columns.spans(start, end)]
-      # Typed as the item column: a chunk of empty histories has no type.
-      cols['history'] = pa.LargeListArray.from_arrays(
-          np.concatenate([[0], np.cumsum(end - start)]),
-          pa.array(kept if len(kept) else [], item.type))
-    batch = pa.RecordBatch.from_pydict(cols)
-    if self.writer is None:
-      self.sink = pa.OSFile(self.path, 'wb')
-      self.writer = pa.ipc.new_stream(self.sink, batch.schema)
-    self.writer.write_batch(batch)
-
-  def close(self):
-    if self.writer is not None:
-      self.writer.close()
-      self.sink.close()
-
-  def __iter__(self):
-    """(user, item, label, day, history or None) numpy chunks."""
-    if self.writer is None:
-      return
-    with pa.OSFile(self.path) as source:
-      for batch in pa.ipc.open_stream(source):
-        user, item, label, day = (
-            batch.column(k).to_numpy(zero_copy_only=False)
-            for k in ('user', 'item', 'label', 'day'))
-        history = None
-        if 'history' in batch.schema.names:
-          col = batch.column('history')
-          history = (col.offsets.to_numpy(),
-                     col.values.to_numpy(zero_copy_only=False))
-        yield user, item, label, day, history
-
-
 class Converter:
   """One conversion of `source_dir` (see the module docstring)."""
 
   def __init__(self, source_dir, options):
     self.src = source_dir
     self.opt = options
-    self.paths = columns.table_files(source_dir, 'impressions')
-    first = columns.open_file(self.paths[0]).schema_arrow
-    self.by_split = 'time' not in first.names and 'split' in first.names
-    if self.by_split:
-      # A row's time is its place in all files together (shards in name
-      # order): file order across shards, not each shard's own row number.
-      counts = [columns.open_file(p).metadata.num_rows for p in self.paths]
-      self.file_row0 = dict(zip(self.paths, np.cumsum([0] + counts[:-1])))
-    self.has_history = 'history' in first.names
-    self.kinds = _Kinds()
-
-  # --- Reading impressions ----------------------------------------------
-
-  def _chunks(self, extra=()):
-    when = 'split' if self.by_split else 'time'
-    return columns.chunks(self.paths, ['user', 'item', 'label', when],
-                          extra, self.opt.chunk_rows)
-
-  def _days(self, path, row0, batch):
-    """(day, time) of every row of a chunk."""
-    col = batch.column(batch.schema.get_field_index(
-        'split' if self.by_split else 'time'))
-    if self.by_split:
-      s = np.asarray(col.to_pylist(), dtype=object)
-      bad = ~np.isin(s, SPLITS)
-      if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise columns.InputError(f"{path}, column 'split', row {row0 + i}: "
-                                 f'{s[i]!r}, expected one of {SPLITS}')
-      day = np.where(s == 'test', self.first_test_day,
-                     np.where(s == 'validation', self.first_test_day - 1, 0))
-      # Rows of one split keep file order (the time of shipped-split data).
-      return day.astype(np.int32), (self.file_row0[path] + row0 +
-                                    np.arange(len(s), dtype=np.int64))
-    t = columns.times(col, path, 'time', row0)
-    return ((t - self.t0) // DAY).astype(np.int32), t
-
-  def raw_ids(self, batch, path, row0, name):
-    """Column `name` of a chunk as checked raw ids (user ids for 'user',
-    item ids for any other column)."""
-    col = batch.column(batch.schema.get_field_index(name))
-    space = 'user' if name == 'user' else 'item'
-    return self.kinds.check(space, columns.ids(col, path, name, row0), path,
-                            name)
-
-  def _histories(self, batch, path, row0):
-    """(offsets, raw ids) of the kept behaviours of every row.
-
-    Only the last seq_len (long_seq_len) behaviours are stored, so only
-    those are read out, counted and mapped.
-    """
-    col = batch.column(batch.schema.get_field_index('history'))
-    offsets, flat = columns.id_lists(col, path, 'history', row0,
-                                     last=self._kept)
-    if len(flat):
-      self.kinds.check('item', flat, path, 'history')
-    return offsets, flat
-
-  def scan_days(self):
-    """Pass 1: the time range -> day 0, the number of days, the test days."""
-    if self.by_split:
-      found = set()
-      for _, _, batch in columns.chunks(self.paths, ['split'], (),
-                                        self.opt.chunk_rows):
-        found.update(batch.column(0).unique().to_pylist())
-      # train = day 0, [validation = day 1,] test = the last day.
-      self.validation_days = int('validation' in found)
-      self.t0, self.num_days = 0, 2 + self.validation_days
-      self.first_test_day = self.num_days - 1
-      return
-    lo, hi = None, None
-    for path, row0, batch in columns.chunks(self.paths, ['time'], (),
-                                            self.opt.chunk_rows):
-      t = columns.times(batch.column(0), path, 'time', row0)
-      if len(t):
-        lo = t.min() if lo is None else min(lo, t.min())
-        hi = t.max() if hi is None else max(hi, t.max())
-    if lo is None:
-      raise columns.InputError(f'{self.paths[0]}: no impressions')
-    self.t0 = int(lo - lo % DAY)
-    self.num_days = int((hi - self.t0) // DAY) + 1
-    self.first_test_day = self.num_days - self.opt.test_days
-    self.validation_days = self.opt.validation_days
-    if self.first_test_day - self.validation_days < 1:
-      raise columns.InputError(
-          f'{self.src}: the impressions span {self.num_days} day(s) '
-          f'(from {np.datetime64(int(lo), "s")} to {np.datetime64(int(hi), "s")}'
-          f'); test_days={self.opt.test_days} + validation_days='
-          f'{self.validation_days} leave no training day')
-
-  def scan_ids(self, scratch):
-    """Pass 2: id counts over the training days, launch days, clicks.
-
-    Also keeps the rows of each split in `scratch` (`_Spill`) for
-    `impressions`, so that no input file is read a third time.
-    """
-    users, items, shown = _Counter(), _Counter(), _Counter()
-    launch = _Counter(np.minimum)
-    clicks = []  # (user, day, time, item) of every click (histories)
-    rows = {'train': 0, 'test': 0}
-    self.spills = {s: _Spill(os.path.join(scratch, f'{s}.arrows'))
-                   for s in rows}
-    extra = ('history',) if self.has_history else ()
-    for path, row0, batch in self._chunks(extra):
-      day, t = self._days(path, row0, batch)
-      user = self.raw_ids(batch, path, row0, 'user')
-      item = self.raw_ids(batch, path, row0, 'item')
-      label = columns.labels(batch.column(batch.schema.get_field_index(
-          'label')), path, 'label', row0)
-      train = day < self.first_test_day
-      rows['train'] += int(train.sum())
-      rows['test'] += int((~train).sum())
-      users.add(user[train])
-      items.add(item[train])
-      shown.add(item)
-      launch.add(item, day.astype(np.int64))
-      history = None
-      if self.has_history:
-        history = self._histories(batch, path, row0)
-        offsets, flat = history
-        if len(flat):
-          items.add(flat[columns.spans(offsets[:-1][train],
-                                       offsets[1:][train])])
-      else:
-        c = label == 1
-        clicks.append((user[c], day[c], t[c], item[c]))
-      for split, mine in (('train', train), ('test', ~train)):
-        self.spills[split].add(mine, user, item, label, day, history)
-    for spill in self.spills.values():
-      spill.close()
-    for split, n in rows.items():
-      if not n:
-        raise columns.InputError(
-            f'{self.src}: the {split} split is empty (first test day '
-            f'{self.first_test_day} of {self.num_days}); check time / split')
-    self.rows = rows
-    m = self.opt.min_count
-    ukeys, ucount = users.result()
-    self.users = IdMap(ukeys[ucount >= m])
-    ikeys, icount = items.result()
-    skeys, _ = shown.result()
-    new = skeys[_lookup(ikeys, icount, skeys, 0) == 0]
-    self.items = IdMap(np.union1d(ikeys[icount >= m], new))
-    self.trained_items = ikeys[icount > 0]
-    lkeys, lday = launch.result()
-    self.launch_day = np.zeros(len(self.items), np.int32)
-    self.launch_day[self.items(lkeys)] = lday
-    self.launch_day[0] = 0
-    if not self.has_history:
-      self._index_clicks(clicks)
-    logging.info('converted ids: %d users, %d items (min_count %d); rows %s',
-                 len(self.users), len(self.items), m, rows)
-
-  def _index_clicks(self, clicks):
-    """Clicks sorted by (user, day) with a searchable key (histories)."""
-    user, day, t, item = (np.concatenate([c[k] for c in clicks])
-                          for k in range(4))
-    # Every raw user (kept or not): histories are per person, not per id.
-    self.click_users = np.unique(user)
-    u = np.searchsorted(self.click_users, user)
-    # By day, then time, per user (oldest first; ties keep file order): a
-    # shipped split's days need not follow file order.
-    order = np.lexsort((t, day, u))
-    self.click_key = u[order] * (self.num_days + 1) + day[order].astype(
-        np.int64)
-    self.click_item = self.items(item[order])
-
-  def _built_history(self, user, day):
-    """(start, end) into the sorted clicks: the user's clicks before day."""
-    u = np.searchsorted(self.click_users, user)
-    known = (u < len(self.click_users))
-    known[known] = self.click_users[u[known]] == user[known]
-    base = u.astype(np.int64) * (self.num_days + 1)
-    start = np.searchsorted(self.click_key, base)
-    end = np.searchsorted(self.click_key, base + day)
-    end = np.where(known, end, start)
-    return start, end, self.click_item
-
-  @property
-  def _kept(self):
-    return max(self.opt.seq_len, self.opt.long_seq_len)
-
-  def _sequences(self, start, end, values, L):
-    """Right-aligned (N, L) ids and lengths of the last L of [start, end)."""
-    n = np.minimum(end - start, L)
-    pos = end[:, None] - L + np.arange(L)[None]
-    valid = np.arange(L)[None] >= L - n[:, None]
-    seq = np.where(valid, values[np.clip(pos, 0, max(len(values) - 1, 0))]
-                   if len(values) else 0, 0)
-    return seq.astype(np.int32), n.astype(np.int32)
-
-  def impressions(self, split):
-    """Pass 3 (one per split): chunks of the stored impression rows."""
-    for user, item, label, day, history in self.spills[split]:
-      if self.has_history:
-        offsets, flat = history
-        start, end, values = offsets[:-1], offsets[1:], self.items(flat)
-      else:
-        start, end, values = self._built_history(user, day)
-      seq, n = self._sequences(start, end, values, self.opt.seq_len)
-      out = {'user_id': self.users(user), 'item_id': self.items(item),
-             'day': day, 'label': label, 'seq_item': seq, 'seq_len': n}
-      if self.opt.long_seq_len:
-        out['long_seq_item'], out['long_seq_len'] = self._sequences(
-            start, end, values, self.opt.long_seq_len)
-      yield out
-
-  def impression_example(self):
-    L, Lh = self.opt.seq_len, self.opt.long_seq_len
-    out = {'user_id': np.zeros(0, np.int32), 'item_id': np.zeros(0, np.int32),
-           'day': np.zeros(0, np.int32), 'label': np.zeros(0, np.int8),
-           'seq_item': np.zeros((0, L), np.int32),
-           'seq_len': np.zeros(0, np.int32)}
-    if Lh:
-      out.update(long_seq_item=np.zeros((0, Lh), np.int32),
-                 long_seq_len=np.zeros(0, np.int32))
-    return out
+    self.scan = impression_scan.ImpressionScan(source_dir, options)
 
   # --- Catalogue tables -------------------------------------------------
 
@@ -486,7 +117,7 @@ class Converter:
     text = np.full(num_items, '', dtype=object)
     v = raw_titles
     text[ids[keep]] = [s if isinstance(s, str) else '' for s in v[keep]]
-    trained = self.items(self.trained_items)
+    trained = self.scan.items(self.scan.trained_items)
     corpus = [t for t in text[np.unique(trained[trained > 0])] if t]
     if not corpus:
       raise columns.InputError(f'{self.src}: items.parquet has a title column '
@@ -516,34 +147,35 @@ class Converter:
 
   def _write(self, directory, scratch):
     """Everything but the manifest, which it returns."""
-    self.scan_days()
-    self.scan_ids(scratch)
+    scan = self.scan
+    scan.scan_days()
+    scan.scan_ids(scratch)
     items, icats, ibags, iraw, ipath = catalogue_tables.read(
-        self.src, 'items', 'item', self.items, self.kinds, self.opt.max_bag,
+        self.src, 'items', 'item', scan.items, scan.kinds, self.opt.max_bag,
         ITEM_RESERVED)
     users, ucats, ubags, _, _ = catalogue_tables.read(
-        self.src, 'users', 'user', self.users, self.kinds, self.opt.max_bag)
-    items['launch_day'] = self.launch_day
+        self.src, 'users', 'user', scan.users, scan.kinds, self.opt.max_bag)
+    items['launch_day'] = scan.launch_day
     text = image_size = tok = None
     if 'title' in iraw:
-      items['title'], tok = self._titles(*iraw['title'], len(self.items),
+      items['title'], tok = self._titles(*iraw['title'], len(scan.items),
                                          directory)
       text = {'tokenizer': titles.FILE, 'vocab_size': tok.get_vocab_size(),
               'length': self.opt.title_length}
     if 'image' in iraw:
-      items['image'] = self._images(*iraw['image'], len(self.items), ipath)
+      items['image'] = self._images(*iraw['image'], len(scan.items), ipath)
       image_size = self.opt.image_size
-    vectors = catalogue_tables.vectors(self.src, self.kinds, self.items,
+    vectors = catalogue_tables.vectors(self.src, scan.kinds, scan.items,
                                        directory)
-    candidates = catalogue_tables.candidates(self.src, self.kinds, self.items,
+    candidates = catalogue_tables.candidates(self.src, scan.kinds, scan.items,
                                              directory)
-    search = search_sessions.convert(self, tok)
+    search = search_sessions.convert(scan, tok)
     tables = [
         (builders.Items, {'catalogue': items}, None),
         (builders.Users, {'catalogue': users}, None),
         (builders.Impressions,
-         {s: (lambda s=s: self.impressions(s)) for s in ('train', 'test')},
-         self.impression_example()),
+         {s: (lambda s=s: scan.impressions(s)) for s in ('train', 'test')},
+         scan.impression_example()),
     ]
     if search:
       tables.append((builders.Search, search.splits, search.example))
@@ -555,17 +187,17 @@ class Converter:
                   if self.opt.category_fields is not None else names[:1])
     m = manifest_lib.Manifest(
         name=self.opt.name, source=self.opt.source or self.src,
-        num_users=len(self.users), num_items=len(self.items),
-        num_days=self.num_days, first_test_day=self.first_test_day,
-        validation_days=self.validation_days,
+        num_users=len(scan.users), num_items=len(scan.items),
+        num_days=scan.num_days, first_test_day=scan.first_test_day,
+        validation_days=scan.validation_days,
         tables={
             manifest_lib.ITEMS: {'fields': list(items),
-                                 'splits': {'catalogue': len(self.items)}},
+                                 'splits': {'catalogue': len(scan.items)}},
             manifest_lib.USERS: {'fields': list(users),
-                                 'splits': {'catalogue': len(self.users)}},
+                                 'splits': {'catalogue': len(scan.users)}},
             manifest_lib.IMPRESSIONS: {
-                'fields': list(self.impression_example()),
-                'splits': dict(self.rows)},
+                'fields': list(scan.impression_example()),
+                'splits': dict(scan.rows)},
             **({manifest_lib.SEARCH: {
                 'fields': list(search.example),
                 'splits': dict(search.counts)}} if search else {})},

@@ -52,7 +52,8 @@ _DROPPED, _TRAIN, _TEST = 0, 1, 2
 def convert(conv, tok):
   """The search log's `Sessions`, or None without a log.
 
-  `conv`: the `convert.Converter` (ids, days, options, source directory);
+  `conv`: the converter's `impression_scan.ImpressionScan` (ids, days,
+  options, source directory);
   `tok`: the titles' tokenizer (None without titles).
   """
   paths = columns.table_files(conv.src, 'search', required=False)

@@ -66,7 +66,7 @@ def inputs(live, store, user, history, items, loc, long_history=None):
   `long_history` (at most that long, most recent last). `history` None
   means not sent: then the short history is the long one's most recent
   L, and a long history not sent is the short one, since in training
-  (data/convert.py) both are the last behaviours of the same sequence."""
+  (data/impression_scan.py) both are the last behaviours of the same sequence."""
   model = live.model
   schema = model.manifest['schema']
   users = {'user_id': model.manifest['sizes']['num_users'],

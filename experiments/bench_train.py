@@ -1,0 +1,322 @@
+"""Training and encoder benchmarks of the bench job (see bench.py).
+
+- `scl_train`: the SCL pre-training step's throughput and FLOP/s as a
+  fraction of a large matmul's (the roofline), at the default widths, wider
+  towers and each image-tower kind, with the conv tower's 3x3-conv ceiling;
+- `embed`: the embedding job's encoder: items/s in batches, and the latency
+  of one new item;
+- `ctr_train`: the CTR trainer's own step in examples/s, for the ID model,
+  SimTier + MAKE, the official 1000-long-history setting and the GSU setting.
+"""
+
+import functools
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.configs import ctr as ctr_config
+from experiments.configs import scl as scl_config
+from mmrec import ctr_data
+from mmrec import ctr_model
+from mmrec import ctr_steps
+from mmrec import int8
+from mmrec import item_encoder
+from mmrec import sharding
+from mmrec import train_lib
+from mmrec import train_scl
+from mmrec import vector_table
+from mmrec.data import taxonomy
+from mmrec.data import text
+
+
+def _matmul_flops_per_s(n=2048, repeats=10):
+  """FLOP/s of a large float32 matmul on the default device: the roofline."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    out = f(a)
+  out.block_until_ready()
+  return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def _conv_layer_fraction(batch, side, width, peak, repeats=3):
+  """One 3x3 conv's forward + backward (input and weight gradients) at a
+  conv stage's shape, as a fraction of the matmul rate: the ceiling XLA's CPU
+  convolutions put on a conv tower's step at that width."""
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  step = jax.jit(jax.grad(lambda w, x: conv(x, w).sum(), argnums=(0, 1)))
+  x = jnp.ones((batch, side, side, width), jnp.float32)
+  w = jnp.ones((3, 3, width, width), jnp.float32)
+  jax.block_until_ready(step(w, x))
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    out = step(w, x)
+  jax.block_until_ready(out)
+  seconds = (time.perf_counter() - t0) / repeats
+  flops = 3 * 2 * batch * side**2 * 9 * width**2  # forward + 2 gradients
+  return flops / seconds / peak
+
+
+def _scl_setup(config, width=None, kind=None):
+  """SCL model (default, or both towers at `width`, or the image tower of
+  `kind`), synthetic batch."""
+  wc = config.world
+  tax = taxonomy.build(wc, np.random.default_rng(0))
+  vocab = text.build_vocab(wc, tax)
+  scl = scl_config.get_config()
+  scl.batch_size = config.scl_batch_size
+  if width:
+    for tower in (scl.encoder.image, scl.encoder.text):
+      tower.update(width=width, mlp_dim=2 * width)
+    # The conv tower's stages keep their 1 : 2 : 4 ratio, ending at `width`.
+    scl.encoder.image.conv_widths = (width // 4, width // 2, width)
+  if kind:
+    scl.encoder.image.kind = kind
+  model = item_encoder.build_encoder(scl, vocab.size, wc.title_length)
+  rng = np.random.default_rng(0)
+  b, h, s, t = scl.batch_size, wc.max_hard_negatives, wc.image_size, (
+      wc.title_length)
+  img = lambda *shape: rng.integers(0, 256, shape + (s, s, 3), np.uint8)
+  tok = lambda *shape: rng.integers(1, vocab.size, shape + (t,), np.int32)
+  batch = {
+      'query_is_image': rng.random(b) < 0.5, 'query_image': img(b),
+      'query_text': tok(b), 'pos_item': rng.integers(0, wc.num_items, b),
+      'pos_image': img(b), 'pos_title': tok(b),
+      'neg_item': rng.integers(0, wc.num_items, (b, h)),
+      'neg_image': img(b, h), 'neg_title': tok(b, h),
+      'neg_mask': np.ones((b, h), bool)}
+  return scl, model, batch, vocab
+
+
+def _scl_step_throughput(config, width=None, kind=None):
+  """Seconds per SCL train step and its FLOPs (XLA's cost analysis)."""
+  scl, model, batch, _ = _scl_setup(config, width, kind)
+  mesh = sharding.make_mesh()
+  tx = train_scl.build_optimizer(scl)
+  objective = train_scl.objective(scl)
+  example = {'image': batch['pos_image'][:1], 'text': batch['pos_title'][:1]}
+  progs = train_lib.compile_programs(
+      train_scl.init_fn(model, objective, tx, example),
+      functools.partial(train_scl.train_step, model=model,
+                        objective=objective, tx=tx), mesh)
+  state, step = progs.init_state(jax.random.key(0)), progs.train_step
+  x = sharding.shard_batch(batch, mesh)
+  rng = jax.random.key(1)
+  flops = step.lower(state, x, rng).compile().cost_analysis()
+  flops = (flops[0] if isinstance(flops, list) else flops).get('flops', 0.0)
+  for _ in range(3):
+    state, m = step(state, x, rng)
+  jax.block_until_ready(m)
+  n = config.timed_steps
+  t0 = time.perf_counter()
+  for _ in range(n):
+    state, m = step(state, x, rng)
+  jax.block_until_ready(m)
+  return scl, (time.perf_counter() - t0) / n, flops
+
+
+def bench_scl_train(config, workdir):
+  """SCL train-step throughput of the default encoder; FLOP/s vs a matmul.
+
+  Also the same step with both towers widened (config.scl_widths): on a CPU
+  the default 64-wide towers spend much of their time outside large
+  matmuls, and the sweep shows how the fraction grows with width; each
+  image-tower kind (config.scl_kinds) at the default widths; and, for the
+  conv tower, one 3x3 conv per stage alone (forward + backward), the ceiling
+  of a conv step's fraction on this backend.
+  """
+  del workdir
+  scl, seconds, flops = _scl_step_throughput(config)
+  peak = _matmul_flops_per_s()
+  b, h = scl.batch_size, config.world.max_hard_negatives
+  images = b * (3 + h)  # query + online & momentum positive + hard negatives
+  out = {
+      'batch_size': b, 'step_seconds': round(seconds, 4),
+      'sessions_per_second': round(b / seconds, 1),
+      'images_per_second': round(images / seconds, 1),
+      'step_gflop': round(flops / 1e9, 3),
+      'achieved_gflop_per_second': round(flops / seconds / 1e9, 2),
+      'matmul_gflop_per_second': round(peak / 1e9, 2),
+      'fraction_of_matmul': round(flops / seconds / peak, 3),
+  }
+  out['image_tower'] = scl.encoder.image.kind
+  for width in config.scl_widths:
+    _, seconds, flops = _scl_step_throughput(config, width)
+    out[f'width_{width}_images_per_second'] = round(images / seconds, 1)
+    out[f'width_{width}_fraction_of_matmul'] = round(flops / seconds / peak, 3)
+  # Per image-tower kind at the default widths: what a tower costs per
+  # image, and how much of the CPU's matmul rate its step reaches.
+  for kind in config.scl_kinds:
+    _, seconds, flops = _scl_step_throughput(config, kind=kind)
+    out[f'{kind}_images_per_second'] = round(images / seconds, 1)
+    out[f'{kind}_step_gflop'] = round(flops / 1e9, 3)
+    out[f'{kind}_fraction_of_matmul'] = round(flops / seconds / peak, 3)
+  # The conv tower's ceiling: one of its 3x3 convs alone per stage (side,
+  # width), and at 4x the widths, at this step's image batch.
+  image = scl.encoder.image
+  if image.kind == 'conv':
+    for scale in (1, 4):
+      for i, width in enumerate(image.conv_widths):
+        side = max(1, config.world.image_size // image.stem_stride // 2**i)
+        out[f'conv3x3_{side}x{side}x{width * scale}_fraction_of_matmul'] = (
+            round(_conv_layer_fraction(images, side, width * scale, peak), 3))
+  return out
+
+
+def bench_embed(config, workdir):
+  """Embedding-job throughput and single-item latency (warm)."""
+  del workdir
+  scl, model, batch, vocab = _scl_setup(config)
+  del vocab
+  params = nn.unbox(model.init(jax.random.key(0), batch['pos_image'][:1],
+                               batch['pos_title'][:1])['params'])
+  encoder = item_encoder.Encoder(model, params, sharding.make_mesh(),
+                          batch_size=config.embed_batch_size)
+  n = config.embed_items
+  reps = -(-n // len(batch['pos_image']))
+  images = np.tile(batch['pos_image'], (reps, 1, 1, 1))[:n]
+  titles = np.tile(batch['pos_title'], (reps, 1))[:n]
+  encoder.items(images[:encoder.batch_size], titles[:encoder.batch_size])
+  t0 = time.perf_counter()
+  encoder.items(images, titles)
+  items_s = n / (time.perf_counter() - t0)
+  for i in range(5):
+    encoder.encode_one(images[i], titles[i])
+  lat = []
+  for i in range(config.latency_calls):
+    t0 = time.perf_counter()
+    encoder.encode_one(images[i % n], titles[i % n])
+    lat.append(time.perf_counter() - t0)
+  lat = np.array(lat) * 1e3
+  del scl
+  return {
+      'items': n, 'batch_size': encoder.batch_size,
+      'items_per_second': round(items_s, 1),
+      'new_item_latency_ms_p50': round(float(np.percentile(lat, 50)), 3),
+      'new_item_latency_ms_p99': round(float(np.percentile(lat, 99)), 3),
+  }
+
+
+def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
+  """`count` different host batches shaped as the CTR pipeline's.
+
+  Behaviour histories are left-padded with random lengths in [0, H], H =
+  max(seq_len, long_len); item features (the world: category, shop) come
+  from per-item arrays as `pipelines.JoinCtrFields` joins them. With `long_len` the batch also has the
+  long history (long_seq_item / _category / _mask) and, as in the official
+  code, the short one is its `seq_len` most recent behaviours.
+  """
+  n_items = sizes['num_items']
+  item_fields = {name: rng.integers(0, size, n_items)
+                 for name, size in sizes['item_features']}
+
+  def ids(n, *shape):
+    return rng.integers(0, n, shape).astype(np.int32)
+
+  h = max(seq_len, long_len)
+  batches = []
+  for _ in range(count):
+    lengths = rng.integers(0, h + 1, b)
+    mask = np.arange(h)[None] >= h - lengths[:, None]
+    items = np.where(mask, ids(n_items, b, h), 0).astype(np.int32)
+    seq = {f'seq_{name}': np.where(mask, item_fields[name][items],
+                                   0).astype(np.int32)
+           for name in sizes['seq_features']}
+    item = ids(n_items, b)
+    batch = {'user_id': ids(sizes['num_users'], b), 'item_id': item,
+             'seq_item': items[:, -seq_len:], 'seq_mask': mask[:, -seq_len:],
+             'label': (rng.random(b) < 0.05).astype(np.int32),
+             'day': np.zeros(b, np.int32)}
+    batch.update({name: ids(size, b) for name, size in sizes['user_features']})
+    batch.update({name: v[item].astype(np.int32)
+                  for name, v in item_fields.items()})
+    batch.update({k: v[:, -seq_len:] for k, v in seq.items()})
+    if long_len:
+      batch.update(long_seq_item=items, long_seq_mask=mask,
+                   **{f'long_{k}': v for k, v in seq.items()})
+    batches.append(batch)
+  return batches
+
+
+def _ctr_examples_per_second(config, variant, batches, table, **overrides):
+  """Train-step throughput of the trainer's own step (`ctr_steps.programs`).
+
+  The model, optimizer and jitted step are built as `train_ctr` builds them
+  for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
+  the next of the cycled host batches as the training loop does.
+  """
+  c = ctr_config.get_config(variant + (',tiny' if config.ctr_tiny else ''))
+  c.update(overrides)
+  model = ctr_model.build_model(c, ctr_data.sizes(config.world.to_dict()))
+  mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
+  table = table if ctr_model.reads_vectors(c) else None
+  example = {k: v[:2] for k, v in batches[0].items()}
+  progs = ctr_steps.programs(model, ctr_steps.opt_spec(c, model), mesh,
+                             ctr_steps.shape_key(example),
+                             ctr_steps.shape_key(table))
+  state = progs.train.init_state(jax.random.key(c.seed))
+  vectors = vector_table.put(table, mesh)
+  rng = jax.random.key(c.seed + 1)
+  step = 0
+
+  def run(steps):
+    nonlocal state, step
+    for _ in range(steps):
+      batch = sharding.shard_batch(batches[step % len(batches)], mesh)
+      state, metrics = progs.train.train_step(state, batch,
+                                        train_lib.fold_rng(rng, step), vectors)
+      step += 1
+    jax.block_until_ready(metrics)
+
+  run(2)  # compile, and one more
+  t0 = time.perf_counter()
+  run(config.timed_steps)
+  return len(batches[0]['label']) * config.timed_steps / (
+      time.perf_counter() - t0)
+
+
+def bench_ctr_train(config, workdir):
+  """CTR training examples/s of the trainer's step, on the world's vocabulary.
+
+  - `id` and `simtier_make` (frozen MAKE, as configured) at L = the world's
+    seq_len (50);
+  - official setting: `simtier_official` with a `long_history` (1000) history:
+    SimTier over all of it, attention over the L most recent;
+  - GSU setting (`retrieve_top_k`): retrieve the `gsu_top_k` (50) of the
+    1000 closest to the target by cosine, attention over those, SimTier over
+    the L most recent (padding counted, unmasked, as the official code). The
+    official `din` step does this retrieval too, and runs a (forward-only,
+    discarded) attention over the 50 retrieved plus its attention over the 50
+    most recent: similar work, not identical.
+  Batch `ctr_batch_size` (1000), 16-d ids, 128-d int8 vectors;
+  `ctr_num_batches` different batches cycled, histories partly padded.
+  """
+  del workdir
+  rng = np.random.default_rng(0)
+  sizes = ctr_data.sizes(config.world.to_dict())
+  b, seq_len = config.ctr_batch_size, config.world.seq_len
+  vectors = rng.normal(size=(sizes['num_items'], 128)).astype(np.float32)
+  vectors = int8.quantize(
+      vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+  out = {'batch_size': b, 'seq_len': seq_len,
+         'long_history': config.long_history, 'gsu_top_k': config.gsu_top_k,
+         'batches_cycled': config.ctr_num_batches,
+         'num_items': sizes['num_items'], 'num_users': sizes['num_users']}
+  short = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len)
+  for variant in ('id', 'simtier_make'):
+    out[f'{variant}_examples_per_second'] = round(
+        _ctr_examples_per_second(config, variant, short, vectors))
+  long = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len,
+                      long_len=config.long_history)
+  out['official_setting_examples_per_second'] = round(
+      _ctr_examples_per_second(config, 'simtier_official', long, vectors))
+  out['gsu_setting_examples_per_second'] = round(_ctr_examples_per_second(
+      config, 'simtier_official', long, vectors,
+      retrieve_top_k=config.gsu_top_k, simtier_mask_padding=False))
+  return out

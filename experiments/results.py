@@ -1,0 +1,92 @@
+"""results.json: the reproduction's results, assembled from its stages' files.
+
+`build_results` joins the dataset's statistics, the pre-training table, the
+CTR sweep's summary, the content-knob curve and the claims (claims.py);
+`dataset_statistics` stands in for the world's statistics on a converted
+dataset; `curve_point` is one entry of the content curve.
+
+results.json has six top-level keys: world (statistics, honesty table,
+oracle ceiling; for a dataset other than the world its manifest's
+statistics, no honesty table, a null oracle), pretraining ({method that ran:
+{image|text|image_new|text_new|...: {accuracy@1|recall@10: {mean, std,
+runs}} or null}}), ctr ({variant that ran: {auc, gauc, logloss, delta_*_pct:
+{mean, std, runs}, slices: {...}}}), content_curve (a list by
+content_weight of {variants: {auc, gauc}, gain_{auc,gauc}_pct,
+best_id_{auc,gauc}}: see `curve_point`), claims (a list of {id, claim,
+metric, measured, paper, criterion, interval, ratio_to_paper, verdict,
+statement, reproduced, testable}: see claims.py) and data ({dataset, source,
+data_dir, pretraining: {eval, ran, skipped, notes}, ctr_vectors: {source,
+method, path, why}, ctr_skipped: {variant: why}, skipped: {section: why}}).
+Non-finite numbers are written as null.
+"""
+
+from experiments import claims as claims_lib
+from mmrec import files
+from mmrec.data import manifest
+
+RESULTS_FILE = 'results.json'
+
+
+def curve_point(content_weight, summary):
+  """The multimodal gain at one knob value: SimTier + MAKE over the best ID
+  baseline (the ID model or the ID-statistics LR, whichever is higher on
+  the metric), relative %, from a ctr_sweep summary, with the paired
+  bootstrap's 95% interval where the sweep has it."""
+  v = summary['variants']
+  point = {'content_weight': content_weight,
+           'variants': {k: {m: claims_lib.mean(row.get(m))
+                            for m in ('auc', 'gauc')}
+                        for k, row in v.items()}}
+  boot = (v.get('simtier_make') or {}).get('bootstrap') or {}
+  for m in ('auc', 'gauc'):
+    base = [(claims_lib.mean(v[k].get(m)), k) for k in ('id', 'id_stats')
+            if k in v]
+    base = [b for b in base if b[0] is not None]
+    mm = claims_lib.mean((v.get('simtier_make') or {}).get(m))
+    if base and mm is not None:
+      ref, name = max(base)
+      point[f'best_id_{m}'] = name
+      point[f'gain_{m}_pct'] = 100.0 * (mm - ref) / ref
+      cell = ((boot.get(f'vs_{name}') or {}).get('all') or {}).get(m) or {}
+      point[f'gain_{m}_ci_pct'] = cell.get('ci_pct')
+  return point
+
+
+def dataset_statistics(m):
+  """A converted dataset's statistics for the report, from its manifest."""
+  imp = m.tables.get(manifest.IMPRESSIONS, {}).get('splits', {})
+  search = m.tables.get(manifest.SEARCH, {}).get('splits', {})
+  return {'dataset': m.name, 'source': m.source, 'users': m.num_users,
+          'items': m.num_items, 'days': m.num_days,
+          'first_test_day': m.first_test_day,
+          'validation_days': m.validation_days,
+          'train_impressions': imp.get('train'),
+          'test_impressions': imp.get('test'),
+          'item_images': m.has(manifest.ITEMS, 'image'),
+          'item_titles': m.has(manifest.ITEMS, 'title'),
+          'search_sessions': sum(v or 0 for v in search.values()),
+          'shipped_vectors': m.vectors}
+
+
+def build_results(world_summary, pretrain_table, ctr_summary, methods,
+                  variants, content_curve=(), pretrain_comparisons=None,
+                  data=None):
+  """results.json; `data`: the dataset, the pre-training plan, the CTR
+  vectors and what did not run (see reproduce.run)."""
+  world = {'statistics': world_summary['statistics'],
+           'honesty_auc': world_summary['honesty_auc'],
+           'honesty_ok': (not world_summary['honesty_problems']
+                          if world_summary['honesty_auc'] else None),
+           'honesty_problems': world_summary['honesty_problems'],
+           'oracle_ceiling': ctr_summary.get('oracle')}
+  pretraining = {m: pretrain_table[m] for m in methods if m in pretrain_table}
+  ctr = {v: ctr_summary['variants'][v] for v in variants
+         if v in ctr_summary['variants']}
+  data = data or {}
+  not_run = dict((data.get('pretraining') or {}).get('skipped') or {})
+  not_run.update(data.get('ctr_skipped') or {})
+  return files.json_safe({'world': world, 'pretraining': pretraining,
+                          'ctr': ctr, 'content_curve': list(content_curve),
+                          'claims': claims_lib.claims(
+                              pretraining, ctr, pretrain_comparisons, not_run),
+                          'data': data})

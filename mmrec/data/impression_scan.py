@@ -1,0 +1,306 @@
+"""The impression log of own data: streamed passes -> ids, days, stored rows.
+
+The converter's (convert.py) reading of impressions.parquet (or its shards),
+in chunks of `chunk_rows`, never whole: `ImpressionScan.scan_days` reads the
+time (or split) column alone and fixes day 0, the number of days and the
+test days; `scan_ids` reads every column once, counts ids over the training
+days into the id maps (id_maps.py), notes launch days and clicks, and keeps
+what the dataset stores of each row in a scratch file per split (`_Spill`);
+`impressions` then yields the stored rows with their behaviour sequences
+(given histories, or built from earlier clicks). The search log
+(search_sessions.py) reads its ids and days through the same scan.
+"""
+
+import os
+
+from absl import logging
+import numpy as np
+import pyarrow as pa
+
+from mmrec.data import columns
+from mmrec.data import id_maps
+
+DAY = 86400
+SPLITS = ('train', 'validation', 'test')  # values of a `split` column
+
+
+class _Spill:
+  """The rows of one split that the dataset stores, from scan to writing.
+
+  An Arrow IPC stream in the scratch directory, one batch per input chunk:
+  raw ids, label, day and (given histories) the kept behaviours; a fraction
+  of the input when histories are long, and read back without parsing.
+  """
+
+  def __init__(self, path):
+    self.path, self.sink, self.writer = path, None, None
+
+  def add(self, mine, user, item, label, day, history):
+    if not mine.any():
+      return
+    item = pa.array(item[mine])
+    cols = {'user': pa.array(user[mine]), 'item': item,
+            'label': pa.array(label[mine]), 'day': pa.array(day[mine])}
+    if history is not None:
+      offsets, flat = history
+      start, end = offsets[:-1][mine], offsets[1:][mine]
+      kept = flat[columns.spans(start, end)]
+      # Typed as the item column: a chunk of empty histories has no type.
+      cols['history'] = pa.LargeListArray.from_arrays(
+          np.concatenate([[0], np.cumsum(end - start)]),
+          pa.array(kept if len(kept) else [], item.type))
+    batch = pa.RecordBatch.from_pydict(cols)
+    if self.writer is None:
+      self.sink = pa.OSFile(self.path, 'wb')
+      self.writer = pa.ipc.new_stream(self.sink, batch.schema)
+    self.writer.write_batch(batch)
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+      self.sink.close()
+
+  def __iter__(self):
+    """(user, item, label, day, history or None) numpy chunks."""
+    if self.writer is None:
+      return
+    with pa.OSFile(self.path) as source:
+      for batch in pa.ipc.open_stream(source):
+        user, item, label, day = (
+            batch.column(k).to_numpy(zero_copy_only=False)
+            for k in ('user', 'item', 'label', 'day'))
+        history = None
+        if 'history' in batch.schema.names:
+          col = batch.column('history')
+          history = (col.offsets.to_numpy(),
+                     col.values.to_numpy(zero_copy_only=False))
+        yield user, item, label, day, history
+
+
+class ImpressionScan:
+  """The passes over `source_dir`'s impressions (see the module docstring).
+
+  After `scan_days`: t0, num_days, first_test_day, validation_days; after
+  `scan_ids`: users, items (`id_maps.IdMap`), trained_items (raw ids seen in
+  training), launch_day (per item id), rows (per split).
+  """
+
+  def __init__(self, source_dir, options):
+    self.src = source_dir
+    self.opt = options
+    self.paths = columns.table_files(source_dir, 'impressions')
+    first = columns.open_file(self.paths[0]).schema_arrow
+    self.by_split = 'time' not in first.names and 'split' in first.names
+    if self.by_split:
+      # A row's time is its place in all files together (shards in name
+      # order): file order across shards, not each shard's own row number.
+      counts = [columns.open_file(p).metadata.num_rows for p in self.paths]
+      self.file_row0 = dict(zip(self.paths, np.cumsum([0] + counts[:-1])))
+    self.has_history = 'history' in first.names
+    self.kinds = id_maps.Kinds()
+
+  def _chunks(self, extra=()):
+    when = 'split' if self.by_split else 'time'
+    return columns.chunks(self.paths, ['user', 'item', 'label', when],
+                          extra, self.opt.chunk_rows)
+
+  def _days(self, path, row0, batch):
+    """(day, time) of every row of a chunk."""
+    col = batch.column(batch.schema.get_field_index(
+        'split' if self.by_split else 'time'))
+    if self.by_split:
+      s = np.asarray(col.to_pylist(), dtype=object)
+      bad = ~np.isin(s, SPLITS)
+      if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise columns.InputError(f"{path}, column 'split', row {row0 + i}: "
+                                 f'{s[i]!r}, expected one of {SPLITS}')
+      day = np.where(s == 'test', self.first_test_day,
+                     np.where(s == 'validation', self.first_test_day - 1, 0))
+      # Rows of one split keep file order (the time of shipped-split data).
+      return day.astype(np.int32), (self.file_row0[path] + row0 +
+                                    np.arange(len(s), dtype=np.int64))
+    t = columns.times(col, path, 'time', row0)
+    return ((t - self.t0) // DAY).astype(np.int32), t
+
+  def raw_ids(self, batch, path, row0, name):
+    """Column `name` of a chunk as checked raw ids (user ids for 'user',
+    item ids for any other column)."""
+    col = batch.column(batch.schema.get_field_index(name))
+    space = 'user' if name == 'user' else 'item'
+    return self.kinds.check(space, columns.ids(col, path, name, row0), path,
+                            name)
+
+  def _histories(self, batch, path, row0):
+    """(offsets, raw ids) of the kept behaviours of every row.
+
+    Only the last seq_len (long_seq_len) behaviours are stored, so only
+    those are read out, counted and mapped.
+    """
+    col = batch.column(batch.schema.get_field_index('history'))
+    offsets, flat = columns.id_lists(col, path, 'history', row0,
+                                     last=self._kept)
+    if len(flat):
+      self.kinds.check('item', flat, path, 'history')
+    return offsets, flat
+
+  def scan_days(self):
+    """Pass 1: the time range -> day 0, the number of days, the test days."""
+    if self.by_split:
+      found = set()
+      for _, _, batch in columns.chunks(self.paths, ['split'], (),
+                                        self.opt.chunk_rows):
+        found.update(batch.column(0).unique().to_pylist())
+      # train = day 0, [validation = day 1,] test = the last day.
+      self.validation_days = int('validation' in found)
+      self.t0, self.num_days = 0, 2 + self.validation_days
+      self.first_test_day = self.num_days - 1
+      return
+    lo, hi = None, None
+    for path, row0, batch in columns.chunks(self.paths, ['time'], (),
+                                            self.opt.chunk_rows):
+      t = columns.times(batch.column(0), path, 'time', row0)
+      if len(t):
+        lo = t.min() if lo is None else min(lo, t.min())
+        hi = t.max() if hi is None else max(hi, t.max())
+    if lo is None:
+      raise columns.InputError(f'{self.paths[0]}: no impressions')
+    self.t0 = int(lo - lo % DAY)
+    self.num_days = int((hi - self.t0) // DAY) + 1
+    self.first_test_day = self.num_days - self.opt.test_days
+    self.validation_days = self.opt.validation_days
+    if self.first_test_day - self.validation_days < 1:
+      raise columns.InputError(
+          f'{self.src}: the impressions span {self.num_days} day(s) '
+          f'(from {np.datetime64(int(lo), "s")} to {np.datetime64(int(hi), "s")}'
+          f'); test_days={self.opt.test_days} + validation_days='
+          f'{self.validation_days} leave no training day')
+
+  def scan_ids(self, scratch):
+    """Pass 2: id counts over the training days, launch days, clicks.
+
+    Also keeps the rows of each split in `scratch` (`_Spill`) for
+    `impressions`, so that no input file is read a third time.
+    """
+    users, items, shown = (id_maps.Counter(), id_maps.Counter(),
+                           id_maps.Counter())
+    launch = id_maps.Counter(np.minimum)
+    clicks = []  # (user, day, time, item) of every click (histories)
+    rows = {'train': 0, 'test': 0}
+    self.spills = {s: _Spill(os.path.join(scratch, f'{s}.arrows'))
+                   for s in rows}
+    extra = ('history',) if self.has_history else ()
+    for path, row0, batch in self._chunks(extra):
+      day, t = self._days(path, row0, batch)
+      user = self.raw_ids(batch, path, row0, 'user')
+      item = self.raw_ids(batch, path, row0, 'item')
+      label = columns.labels(batch.column(batch.schema.get_field_index(
+          'label')), path, 'label', row0)
+      train = day < self.first_test_day
+      rows['train'] += int(train.sum())
+      rows['test'] += int((~train).sum())
+      users.add(user[train])
+      items.add(item[train])
+      shown.add(item)
+      launch.add(item, day.astype(np.int64))
+      history = None
+      if self.has_history:
+        history = self._histories(batch, path, row0)
+        offsets, flat = history
+        if len(flat):
+          items.add(flat[columns.spans(offsets[:-1][train],
+                                       offsets[1:][train])])
+      else:
+        c = label == 1
+        clicks.append((user[c], day[c], t[c], item[c]))
+      for split, mine in (('train', train), ('test', ~train)):
+        self.spills[split].add(mine, user, item, label, day, history)
+    for spill in self.spills.values():
+      spill.close()
+    for split, n in rows.items():
+      if not n:
+        raise columns.InputError(
+            f'{self.src}: the {split} split is empty (first test day '
+            f'{self.first_test_day} of {self.num_days}); check time / split')
+    self.rows = rows
+    m = self.opt.min_count
+    ukeys, ucount = users.result()
+    self.users = id_maps.IdMap(ukeys[ucount >= m])
+    ikeys, icount = items.result()
+    skeys, _ = shown.result()
+    new = skeys[id_maps.lookup(ikeys, icount, skeys, 0) == 0]
+    self.items = id_maps.IdMap(np.union1d(ikeys[icount >= m], new))
+    self.trained_items = ikeys[icount > 0]
+    lkeys, lday = launch.result()
+    self.launch_day = np.zeros(len(self.items), np.int32)
+    self.launch_day[self.items(lkeys)] = lday
+    self.launch_day[0] = 0
+    if not self.has_history:
+      self._index_clicks(clicks)
+    logging.info('converted ids: %d users, %d items (min_count %d); rows %s',
+                 len(self.users), len(self.items), m, rows)
+
+  def _index_clicks(self, clicks):
+    """Clicks sorted by (user, day) with a searchable key (histories)."""
+    user, day, t, item = (np.concatenate([c[k] for c in clicks])
+                          for k in range(4))
+    # Every raw user (kept or not): histories are per person, not per id.
+    self.click_users = np.unique(user)
+    u = np.searchsorted(self.click_users, user)
+    # By day, then time, per user (oldest first; ties keep file order): a
+    # shipped split's days need not follow file order.
+    order = np.lexsort((t, day, u))
+    self.click_key = u[order] * (self.num_days + 1) + day[order].astype(
+        np.int64)
+    self.click_item = self.items(item[order])
+
+  def _built_history(self, user, day):
+    """(start, end) into the sorted clicks: the user's clicks before day."""
+    u = np.searchsorted(self.click_users, user)
+    known = (u < len(self.click_users))
+    known[known] = self.click_users[u[known]] == user[known]
+    base = u.astype(np.int64) * (self.num_days + 1)
+    start = np.searchsorted(self.click_key, base)
+    end = np.searchsorted(self.click_key, base + day)
+    end = np.where(known, end, start)
+    return start, end, self.click_item
+
+  @property
+  def _kept(self):
+    return max(self.opt.seq_len, self.opt.long_seq_len)
+
+  def _sequences(self, start, end, values, L):
+    """Right-aligned (N, L) ids and lengths of the last L of [start, end)."""
+    n = np.minimum(end - start, L)
+    pos = end[:, None] - L + np.arange(L)[None]
+    valid = np.arange(L)[None] >= L - n[:, None]
+    seq = np.where(valid, values[np.clip(pos, 0, max(len(values) - 1, 0))]
+                   if len(values) else 0, 0)
+    return seq.astype(np.int32), n.astype(np.int32)
+
+  def impressions(self, split):
+    """Pass 3 (one per split): chunks of the stored impression rows."""
+    for user, item, label, day, history in self.spills[split]:
+      if self.has_history:
+        offsets, flat = history
+        start, end, values = offsets[:-1], offsets[1:], self.items(flat)
+      else:
+        start, end, values = self._built_history(user, day)
+      seq, n = self._sequences(start, end, values, self.opt.seq_len)
+      out = {'user_id': self.users(user), 'item_id': self.items(item),
+             'day': day, 'label': label, 'seq_item': seq, 'seq_len': n}
+      if self.opt.long_seq_len:
+        out['long_seq_item'], out['long_seq_len'] = self._sequences(
+            start, end, values, self.opt.long_seq_len)
+      yield out
+
+  def impression_example(self):
+    L, Lh = self.opt.seq_len, self.opt.long_seq_len
+    out = {'user_id': np.zeros(0, np.int32), 'item_id': np.zeros(0, np.int32),
+           'day': np.zeros(0, np.int32), 'label': np.zeros(0, np.int8),
+           'seq_item': np.zeros((0, L), np.int32),
+           'seq_len': np.zeros(0, np.int32)}
+    if Lh:
+      out.update(long_seq_item=np.zeros((0, Lh), np.int32),
+                 long_seq_len=np.zeros(0, np.int32))
+    return out
