@@ -38,7 +38,7 @@ from mmrec.serving import layout
 from mmrec.serving import requests
 from mmrec.serving import served_model
 from mmrec.serving import service
-from mmrec.serving import state
+from mmrec.serving import state as state_lib
 from mmrec.serving import vector_store
 
 VARIANT = 'simtier_official'
@@ -270,7 +270,7 @@ class ServiceTest(parameterized.TestCase):
     # Restart: a new service over the same directory sees both items (the
     # index catches up from the store's delta).
     self.state.store.close()
-    again = state.Serving(self.serving, reload_interval_s=0)
+    again = state_lib.Serving(self.serving, reload_interval_s=0)
     try:
       self.assertEqual(again.store.count, twin + 1)
       self.assertEqual(again.index.count, twin + 1)
@@ -477,7 +477,7 @@ class NextBatchEmbeddingTest(absltest.TestCase):
           client.get(f'/items/{n + 3}/similar?k=1').json()['similar'], [n])
     finally:
       state.close()
-    again = state.Serving(serving, reload_interval_s=0)  # a restart
+    again = state_lib.Serving(serving, reload_interval_s=0)  # a restart
     try:
       self.assertEqual((again.store.version, again.store.count), (2, n + 4))
       self.assertEqual(again.index.count, n + 4)

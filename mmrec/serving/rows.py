@@ -41,7 +41,8 @@ class _StoreColumns:
     self._bags[name] = [self._names.index(f'{name}/{k}') for k in range(width)]
 
   def __getitem__(self, field):
-    cols = self._bags.get(field, self._names.index(field))
+    cols = (self._bags[field] if field in self._bags else
+            self._names.index(field))
     ids, attrs = self._ids, self._attrs
 
     class Column:
