@@ -5,7 +5,6 @@ import dataclasses
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import ctr_model_test
 import fixtures
 import flax.linen as nn
 import jax
@@ -15,9 +14,8 @@ from mmrec import ctr_model
 from mmrec import layers
 from mmrec import train_ctr
 from mmrec import train_lib
-import train_ctr_test
 
-B, L = ctr_model_test.B, ctr_model_test.L
+B, L = fixtures.TINY_B, fixtures.TINY_L
 
 
 def _inputs():
@@ -27,7 +25,7 @@ def _inputs():
   v = rng.normal(size=(B, L, 2)).astype(np.float32)
   extra = rng.normal(size=(B, L, 1)).astype(np.float32)
   # Rows: all valid, all padded, 2 valid, 3 valid.
-  mask = ctr_model_test.tiny_data()[0]['seq_mask']
+  mask = fixtures.tiny_ctr_data()[0]['seq_mask']
   return q, k, v, mask, extra
 
 
@@ -127,7 +125,7 @@ class TargetAttentionTest(parameterized.TestCase):
       layers.TargetAttention(form='softmax').init(
           jax.random.key(0), *_inputs())
     with self.assertRaisesRegex(ValueError, 'attention'):
-      dataclasses.replace(ctr_model_test.tiny_config('id'),
+      dataclasses.replace(fixtures.tiny_ctr_config('id'),
                           attention='softmax')
 
 
@@ -195,9 +193,9 @@ class VariantsTest(parameterized.TestCase):
   @parameterized.product(form=layers.ATTENTION_FORMS,
                          variant=('id', 'simscore', 'vector'))
   def test_forward(self, form, variant):
-    batch, vectors = ctr_model_test.tiny_data()
+    batch, vectors = fixtures.tiny_ctr_data()
     model = ctr_model.CtrModel(dataclasses.replace(
-        ctr_model_test.tiny_config(variant), attention=form))
+        fixtures.tiny_ctr_config(variant), attention=form))
     variables = model.init(jax.random.key(0), batch, vectors)
     self.assertNotIn('intermediates', variables)
     logits, sown = model.apply(variables, batch, vectors, train=True,
@@ -225,7 +223,7 @@ class LearnsTest(absltest.TestCase):
   """
 
   def _final_entropy(self, form):
-    config = train_ctr_test._config(
+    config = fixtures.ctr_run_config(
         'id', attention=form, max_steps=20, log_every=5,
         checkpoint_every=1000)
     workdir = self.create_tempdir().full_path

@@ -18,43 +18,16 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 import fixtures
-import jax
 import numpy as np
 
 from experiments.configs import export as export_config
-from mmrec import checkpointing
 from mmrec import ctr_data
-from mmrec import ctr_eval
 from mmrec import export
 from mmrec import serving_model
-from mmrec import sharding
-from mmrec import train_ctr
 from mmrec import vector_store
-from mmrec import vector_table
 from mmrec.data import builders
 
 VARIANTS = ('id', 'simtier_official')
-
-
-def offline_predictions(c, workdir):
-  """`ctr_eval.predict` of the run's latest checkpoint on the test day."""
-  data = ctr_data.CtrData.load(c.data_dir)
-  model = train_ctr.build_model(c, data.sizes)
-  host_vectors = train_ctr.load_vectors(c, data.sizes['num_items'])
-  mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
-  first = data.dataset('test', c.eval_batch_size)[0]
-  example = {k: v[:2] for k, v in first.items()}
-  progs = train_ctr.programs(model, train_ctr.opt_spec(c, model), mesh,
-                             train_ctr.shape_key(example),
-                             train_ctr.shape_key(host_vectors))
-  ckpt = os.path.join(workdir, checkpointing.SUBDIR)
-  with checkpointing.Checkpointer(ckpt, read_only=True) as cp:
-    step = cp.latest_step()
-  state, _ = checkpointing.restore_from(
-      os.path.join(ckpt, str(step)), progs.train.init_state(jax.random.key(0)))
-  vectors = vector_table.put(host_vectors, mesh)
-  return ctr_eval.predict(progs.eval_step, state, vectors, data,
-                          c.eval_batch_size, mesh, 'test')
 
 
 def _test_rows(data_dir):
@@ -88,7 +61,7 @@ class ExportTest(parameterized.TestCase):
   @parameterized.parameters(*VARIANTS)
   def test_served_scores_equal_offline_evaluation(self, variant):
     c, wd, _, _ = self.runs[variant]
-    pred = offline_predictions(c, wd)
+    pred = fixtures.offline_predictions(c, wd)
     model, table = self._model(variant)
     self.assertEqual(model.needs_vectors, variant != 'id')
     probs, logits = model.score(self.rows, table, with_logits=True)
@@ -251,7 +224,7 @@ class LongHistoryExportTest(parameterized.TestCase):
     self.assertEqual({f for f in model.request_fields['user']
                       if f.startswith('long_')}, want_long)
     table = store_table(os.path.dirname(os.path.dirname(directory)), model)
-    pred = offline_predictions(c, wd)
+    pred = fixtures.offline_predictions(c, wd)
     probs, logits = model.score(rows, table, with_logits=True)
     np.testing.assert_array_equal(pred['item_id'], rows['item_id'])
     offline = 1 / (1 + np.exp(-pred['logit'].astype(np.float64)))

@@ -1,8 +1,8 @@
 """Pre-training and the paper pipeline on converted real data (issue 11).
 
 Datasets without a search log, converted from the fixtures of
-convert_test.py (own Parquet data: images, titles, shipped vectors) and
-readers_test.py (MovieLens: titles only).
+fixtures.write_own_data (own Parquet data: images, titles, shipped vectors) and
+fixtures.write_movielens (MovieLens: titles only).
 """
 
 import json
@@ -10,11 +10,10 @@ import os
 import tempfile
 
 from absl.testing import absltest
-import convert_test
+import fixtures
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import readers_test
 
 from experiments import claims
 from experiments import pretrain_sweep
@@ -51,12 +50,13 @@ class RealPretrainTest(absltest.TestCase):
     super().setUpClass()
     src = tempfile.mkdtemp(prefix='own_data_')
     # 120 items: more catalogue items and co-click pairs than a tiny batch.
-    convert_test.write_own_data(src, num_items=120, rows=1500)
+    fixtures.write_own_data(src, num_items=120, rows=1500)
     cls.out = os.path.join(tempfile.mkdtemp(), 'data')
-    cls.m = dataset_job.run(convert_test.config(src), cls.out)
+    cls.m = dataset_job.run(fixtures.own_data_config(src), cls.out)
     ml = tempfile.mkdtemp(prefix='movielens_')
-    readers_test.write_movielens(ml, 'ml-1m')
-    cls.ml_m, cls.ml = readers_test._run(readers_test._config('movielens', ml))
+    fixtures.write_movielens(ml, 'ml-1m')
+    cls.ml_m, cls.ml = fixtures.convert(fixtures.data_config_for('movielens',
+                                                            ml))
 
   def test_methods_run_and_rank_co_clicks_against_the_catalogue(self):
     self.assertNotIn(manifest.SEARCH, self.m.tables)
@@ -109,7 +109,7 @@ class RealPretrainTest(absltest.TestCase):
                              'title': ['red shirt', 'blue hat', 'wool hat']}),
                    os.path.join(src, 'items.parquet'))
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    dataset_job.run(convert_test.config(src), out)
+    dataset_job.run(fixtures.own_data_config(src), out)
     with self.assertRaisesRegex(
         manifest.DatasetError, 'no search log and no test-split click with a '
         "behaviour history.*bag_of_tokens's evaluation"):

@@ -35,20 +35,7 @@ from mmrec.data import manifest
 _world_dir = fixtures.small_ctr_world_dir
 _vectors_path = fixtures.oracle_vectors_path
 
-
-def _config(variant, **overrides):
-  c = ctr_config.get_config(f'{variant},tiny')
-  c.data_dir = _world_dir()
-  c.vectors_path = '' if variant == 'id' else _vectors_path()
-  # Smaller than :tiny: these tests check plumbing, not learning.
-  c.tower = (16, 8)
-  c.attention_mlp = (8,)
-  c.make.attention_mlp = (8,)
-  c.make.mlp = (8,)
-  c.embed_dim = 8
-  c.log_every = 5
-  c.update(overrides)
-  return c
+_config = fixtures.ctr_run_config
 
 
 def _restore(workdir, step=None):
