@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import convert_test
+import fixtures
 from mmrec.data import columns
 from mmrec.data import dataset_job
 
@@ -201,11 +201,11 @@ class BadInputTest(parameterized.TestCase):
   @parameterized.named_parameters(*CASES)
   def test_clear_error_and_nothing_left(self, corrupt, message):
     src = tempfile.mkdtemp()
-    convert_test.write_own_data(src, num_users=20, num_items=12, rows=200)
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200)
     corrupt(src)
     parent = tempfile.mkdtemp()
     with self.assertRaisesRegex(columns.InputError, message):
-      dataset_job.run(convert_test.config(src), os.path.join(parent, 'd'))
+      dataset_job.run(fixtures.own_data_config(src), os.path.join(parent, 'd'))
     self.assertEqual(os.listdir(parent), [])  # no half-written dataset
 
 
@@ -263,14 +263,14 @@ class ShardedSearchTest(parameterized.TestCase):
   @parameterized.named_parameters(*SEARCH_CASES)
   def test_clear_error_and_nothing_left(self, log_edit, shard_edit, message):
     src = tempfile.mkdtemp()
-    convert_test.write_own_data(src, num_users=20, num_items=12, rows=200,
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200,
                                 sessions=60)
-    convert_test.shard_search(src, [30], log_edit)
+    fixtures.shard_search(src, [30], log_edit)
     if shard_edit:
       _edit(os.path.join(src, 'search'), '1', shard_edit)
     parent = tempfile.mkdtemp()
     with self.assertRaisesRegex(columns.InputError, message):
-      dataset_job.run(convert_test.config(src), os.path.join(parent, 'd'))
+      dataset_job.run(fixtures.own_data_config(src), os.path.join(parent, 'd'))
     self.assertEqual(os.listdir(parent), [])
 
 

@@ -8,17 +8,14 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import export_test
 from fastapi import testclient
 import fixtures
 import numpy as np
-from PIL import Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
-from experiments.configs import data as data_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
@@ -34,78 +31,8 @@ from mmrec.data import titles
 from mmrec.serving import export
 from mmrec.serving import service
 
-DAY = 86400
-T0 = 1_700_000_000 - 1_700_000_000 % DAY + 3600  # 01:00 UTC of some day
-NUM_DAYS = 6
-WORDS = ['red', 'blue', 'cotton', 'shirt', 'jeans', 'dress', 'wool', 'hat']
-ZH = ['红色', '棉', '衬衫', '连衣裙', '帽子']
-INTERESTS = ['p', 'q', 'r', 's']  # sorted: ids 1..4
-
-
-def write_own_data(directory, num_users=60, num_items=40, rows=1500, seed=0,
-                   with_vectors=True, sessions=0):
-  """Own data in the documented schema; returns the raw impressions."""
-  rng = np.random.default_rng(seed)
-  os.makedirs(os.path.join(directory, 'img'), exist_ok=True)
-  # Raw ids are sparse strings / large ints, as real logs have.
-  users = np.array([f'u{i * 7 + 3}' for i in range(num_users)], dtype=object)
-  items = (np.arange(num_items) * 1_000_003 + 17).astype(np.int64)
-  # The last 4 items are only shown on the test day: the new items.
-  old, new = items[:-4], items[-4:]
-  day = rng.integers(0, NUM_DAYS, rows)
-  item = np.where(day == NUM_DAYS - 1, rng.choice(items, rows),
-                  rng.choice(old, rows))
-  imp = {'user': users[rng.integers(0, num_users, rows)], 'item': item,
-         'time': T0 + day * DAY + rng.integers(0, DAY - 7200, rows),
-         'label': (rng.random(rows) < 0.3).astype(np.int64)}
-  pq.write_table(pa.table(imp), os.path.join(directory, 'impressions.parquet'))
-  titles_ = [' '.join(rng.choice(WORDS if i % 3 else ZH, 3))
-             for i in range(num_items)]
-  paths = []
-  for i in range(num_items):
-    px = np.full((12, 10, 3), (i * 6) % 256, np.uint8)
-    name = f'img/{i}.png'
-    Image.fromarray(px).save(os.path.join(directory, name))
-    paths.append(name)
-  pq.write_table(pa.table({
-      'item': items, 'title': titles_, 'image': paths,
-      'genre': [['drama', 'comedy', 'action'][i % 3] for i in range(num_items)],
-      'brand': (np.arange(num_items) % 5 * 100).astype(np.int64),
-      'tags': [['a', 'b', 'c', 'd'][:i % 4 + 1] for i in range(num_items)],
-  }), os.path.join(directory, 'items.parquet'))
-  pq.write_table(pa.table({
-      'user': users, 'gender': ['f', 'm'] * (num_users // 2),
-      'age': (np.arange(num_users) % 4).astype(np.int64),
-      # A user bag, empty for every fifth user.
-      'interests': [INTERESTS[:i % 5] for i in range(num_users)]}),
-                 os.path.join(directory, 'users.parquet'))
-  if sessions:
-    # Search sessions: image queries (photos of the bought item) and text
-    # queries (words of its title); 0-2 hard negatives; over all days.
-    bought = rng.integers(0, num_items, sessions)
-    image = np.arange(sessions) % 2 == 0
-    pq.write_table(pa.table({
-        'item': items[bought],
-        'query_image': [paths[b] if q else None
-                        for b, q in zip(bought, image)],
-        'query_text': [None if q else titles_[b].split()[0]
-                       for b, q in zip(bought, image)],
-        'hard_negatives': [list(rng.choice(old, k)) for k in
-                           rng.integers(0, 3, sessions)],
-        'time': T0 + rng.integers(0, NUM_DAYS * DAY - 7200, sessions),
-    }), os.path.join(directory, 'search.parquet'))
-  if with_vectors:
-    v = rng.normal(size=(num_items, 8)).astype(np.float32)
-    pq.write_table(pa.table({'item': items, 'vector': list(v)}),
-                   os.path.join(directory, 'vectors.parquet'))
-  return imp
-
-
-def config(source_dir, **convert):
-  c = data_config.get_config('parquet,tiny')
-  c.source_dir = source_dir
-  c.convert.update(convert)
-  return c
+DAY, T0, NUM_DAYS = fixtures.DAY, fixtures.OWN_T0, fixtures.OWN_NUM_DAYS
+INTERESTS = fixtures.OWN_INTERESTS
 
 
 class ConvertTest(absltest.TestCase):
@@ -114,9 +41,9 @@ class ConvertTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.src = tempfile.mkdtemp(prefix='own_data_')
-    cls.raw = write_own_data(cls.src)
+    cls.raw = fixtures.write_own_data(cls.src)
     cls.out = os.path.join(tempfile.mkdtemp(), 'data')
-    cls.m = dataset_job.run(config(cls.src), cls.out)
+    cls.m = dataset_job.run(fixtures.own_data_config(cls.src), cls.out)
 
   def test_manifest_counts_days_and_fields(self):
     m = manifest.load(self.out)
@@ -286,7 +213,7 @@ class ConvertTest(absltest.TestCase):
                      {'shape': [8], 'dtype': 'int32'})
     client = testclient.TestClient(app)
     rows = ctr_data.CtrData.load(self.out).dataset('test', 8)[0]
-    pred = export_test.offline_predictions(c, workdir)
+    pred = fixtures.offline_predictions(c, workdir)
     np.testing.assert_array_equal(pred['item_id'][:8], rows['item_id'])
     offline = 1 / (1 + np.exp(-pred['logit'][:8].astype(np.float64)))
     bags = (rows['interests'] > 0).any(1)
@@ -349,20 +276,22 @@ class ConvertTest(absltest.TestCase):
 
   def test_rerun_reuses_and_foreign_target_is_refused(self):
     before = os.path.getmtime(os.path.join(self.out, manifest.FILE))
-    dataset_job.run(config(self.src), self.out)
+    dataset_job.run(fixtures.own_data_config(self.src), self.out)
     self.assertEqual(os.path.getmtime(os.path.join(self.out, manifest.FILE)),
                      before)
     with self.assertRaisesRegex(FileExistsError, 'another source or config'):
-      dataset_job.run(config(self.src, seq_len=7), self.out)
+      dataset_job.run(fixtures.own_data_config(self.src, seq_len=7), self.out)
     with self.assertRaisesRegex(ValueError, 'never writes into the directory'):
-      dataset_job.run(config(self.src), os.path.join(self.src, 'out'))
+      dataset_job.run(fixtures.own_data_config(self.src),
+                      os.path.join(self.src, 'out'))
 
 
 class SearchTest(absltest.TestCase):
 
   def test_search_sessions_and_a_tiny_scl_run(self):
     src = tempfile.mkdtemp()
-    raw = write_own_data(src, rows=600, with_vectors=False, sessions=200)
+    raw = fixtures.write_own_data(src, rows=600, with_vectors=False,
+                                  sessions=200)
     # A declared candidate set: 10 items shown in training, one twice, and
     # one unknown item (left out, with a warning).
     shown = np.unique(raw['item'])[:10]
@@ -370,7 +299,7 @@ class SearchTest(absltest.TestCase):
                                                      [12345]])}),
                    os.path.join(src, 'candidates.parquet'))
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    m = dataset_job.run(config(src), out)
+    m = dataset_job.run(fixtures.own_data_config(src), out)
     declared = manifest.retrieval_candidates(out, m)
     np.testing.assert_array_equal(declared, np.arange(1, 11))
     splits = m.tables[manifest.SEARCH]['splits']
@@ -409,9 +338,9 @@ class MinCountTest(absltest.TestCase):
 
   def test_rare_ids_map_to_zero_but_new_items_stay(self):
     src = tempfile.mkdtemp()
-    raw = write_own_data(src, rows=300, with_vectors=False)
+    raw = fixtures.write_own_data(src, rows=300, with_vectors=False)
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    m = dataset_job.run(config(src, min_count=8), out)
+    m = dataset_job.run(fixtures.own_data_config(src, min_count=8), out)
     rday = (raw['time'] - (T0 - 3600)) // DAY
     train = rday < NUM_DAYS - 1
     u, uc = np.unique(raw['user'][train], return_counts=True)
@@ -429,10 +358,10 @@ class SameDataSameFilesTest(absltest.TestCase):
 
   def test_converting_twice_gives_identical_files(self):
     src = tempfile.mkdtemp()
-    write_own_data(src, num_users=20, num_items=12, rows=200)
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200)
     outs = [os.path.join(tempfile.mkdtemp(), 'd') for _ in range(2)]
     for out in outs:  # a vocabulary too small for whole words: '##' pieces
-      dataset_job.run(config(src, vocab_size=40), out)
+      dataset_job.run(fixtures.own_data_config(src, vocab_size=40), out)
     a, b = (builders.load_table(out, manifest.ITEMS, 'catalogue')
             for out in outs)
     np.testing.assert_array_equal(a['title'], b['title'])
@@ -461,7 +390,7 @@ class ShippedSplitTest(absltest.TestCase):
                                'split': [split] * len(user)}),
                      os.path.join(src, 'impressions', name))
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    m = dataset_job.run(config(src), out)
+    m = dataset_job.run(fixtures.own_data_config(src), out)
     self.assertEqual((m.num_days, m.first_test_day), (2, 1))
     test = builders.load_table(out, manifest.IMPRESSIONS, 'test')
     # Raw items 1..6 are ids 1..6 (5 and 6: new items of the test day).
@@ -495,8 +424,8 @@ class GivenHistoryTest(absltest.TestCase):
           ('user', 'item', 'label', 'time', 'history'), zip(*part)))),
                      os.path.join(src, 'impressions', f'{shard}.parquet'))
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    m = dataset_job.run(config(src, seq_len=5, long_seq_len=12, min_count=2,
-                               chunk_rows=64), out)
+    m = dataset_job.run(fixtures.own_data_config(
+        src, seq_len=5, long_seq_len=12, min_count=2, chunk_rows=64), out)
 
     day = [(t - (T0 - 3600)) // DAY for _, _, _, t, _ in rows]
     train = [d < NUM_DAYS - 1 for d in day]
@@ -529,21 +458,6 @@ class GivenHistoryTest(absltest.TestCase):
               got[f'{key}_item'][n], [0] * (length - len(seq)) + seq)
 
 
-def shard_search(directory, cuts, edit=None):
-  """Moves search.parquet into shards search/{0,1,..}.parquet at `cuts`.
-
-  `edit(table)` changes the log before it is cut.
-  """
-  path = os.path.join(directory, 'search.parquet')
-  t = pq.read_table(path)
-  t = edit(t) if edit else t
-  os.remove(path)
-  os.makedirs(os.path.join(directory, 'search'))
-  for k, (lo, hi) in enumerate(zip([0] + cuts, cuts + [len(t)])):
-    pq.write_table(t.slice(lo, hi - lo),
-                   os.path.join(directory, 'search', f'{k}.parquet'))
-
-
 def _every_tenth_with_users(t):
   """No time: the every-10th fallback, which counts rows across shards."""
   # Users u3 .. u486; those past the 60 of the impressions are unknown (0).
@@ -556,7 +470,7 @@ class StreamedSearchTest(parameterized.TestCase):
 
   def _convert(self, src, **convert):
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    m = dataset_job.run(config(src, **convert), out)
+    m = dataset_job.run(fixtures.own_data_config(src, **convert), out)
     tables = {s: builders.load_table(out, manifest.SEARCH, s)
               for s in ('train', 'test')}
     return m, tables
@@ -573,7 +487,7 @@ class StreamedSearchTest(parameterized.TestCase):
 
   def _own_data(self, edit=None):
     src = tempfile.mkdtemp()
-    write_own_data(src, rows=300, with_vectors=False, sessions=200)
+    fixtures.write_own_data(src, rows=300, with_vectors=False, sessions=200)
     if edit:
       path = os.path.join(src, 'search.parquet')
       pq.write_table(edit(pq.read_table(path)), path)
@@ -586,7 +500,7 @@ class StreamedSearchTest(parameterized.TestCase):
     one = self._convert(src)
     # Uneven shards (one empty): ids and the every-10th sessions count rows
     # across them.
-    shard_search(src, [73, 73, 141])
+    fixtures.shard_search(src, [73, 73, 141])
     sharded = self._convert(src)
     self._assert_same(sharded, one)
     m, tables = one

@@ -10,8 +10,8 @@ shrunk test config).
 """
 
 from absl.testing import absltest
+import fixtures
 
-import train_ctr_test
 from mmrec import train_ctr
 
 
@@ -20,7 +20,7 @@ class OracleSimTierTest(absltest.TestCase):
   def test_simtier_with_oracle_vectors_beats_the_id_model(self):
     res = {}
     for variant in ('id', 'simtier_official'):
-      config = train_ctr_test._config(variant, num_epochs=2, log_every=100,
+      config = fixtures.ctr_run_config(variant, num_epochs=2, log_every=100,
                                       checkpoint_every=1000)
       res[variant] = train_ctr.run(config, self.create_tempdir().full_path)
     for m in ('auc', 'gauc'):

@@ -6,6 +6,7 @@ import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import fixtures
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,39 +20,10 @@ from mmrec import layers
 from mmrec import make
 from mmrec import optimizer
 from mmrec import sharding
-import retrieval_test
 
-B, L, DV = 4, 5, 8
-EMB = embedding.EmbeddingConfig.world(
-    num_users=10, num_ages=3, num_genders=2, num_cities=4, num_items=20,
-    num_categories=5, num_shops=6, dim=4)
-
-
-def tiny_config(variant, freeze=True):
-  return ctr_model.CtrConfig(
-      EMB, variant=variant, attention_mlp=(8, 4), tower=(8, 4),
-      make=make.MakeConfig(attention_mlp=(8,), mlp=(6,), freeze=freeze))
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_data():
-  """A batch (full row, all-padded row, two partial rows) and a vector table."""
-  rng = np.random.default_rng(0)
-  mask = np.arange(L)[None] >= L - np.array([L, 0, 2, 3])[:, None]
-  batch = {
-      'user_id': rng.integers(0, 10, B), 'age': rng.integers(0, 3, B),
-      'gender': rng.integers(0, 2, B), 'city': rng.integers(0, 4, B),
-      'item_id': rng.integers(0, 20, B), 'category': rng.integers(0, 5, B),
-      'shop': rng.integers(0, 6, B),
-      'seq_item': np.where(mask, rng.integers(0, 20, (B, L)), 0),
-      'seq_category': np.where(mask, rng.integers(0, 5, (B, L)), 0),
-      'seq_mask': mask, 'label': np.array([1, 0, 1, 0], np.int32),
-      'day': np.zeros(B, np.int32)}
-  batch = {k: v.astype(np.int32) if v.dtype == np.int64 else v
-           for k, v in batch.items()}
-  vectors = rng.normal(size=(20, DV)).astype(np.float32)
-  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-  return batch, vectors
+B, L, DV = fixtures.TINY_B, fixtures.TINY_L, fixtures.TINY_DV
+EMB = fixtures.TINY_EMB
+tiny_config, tiny_data = fixtures.tiny_ctr_config, fixtures.tiny_ctr_data
 
 
 @functools.lru_cache(maxsize=None)
@@ -246,7 +218,7 @@ def retrieving(variant, k=K):
 
 def np_retrieved(batch, vectors, k=K):
   """The batch's seq_* fields as the numpy reference retrieves them."""
-  want = retrieval_test.np_top_k(vectors, batch['item_id'],
+  want = fixtures.np_top_k(vectors, batch['item_id'],
                                  batch['long_seq_item'],
                                  batch['long_seq_mask'], k)
   cats = np.take_along_axis(batch['long_seq_category'], want['positions'], 1)

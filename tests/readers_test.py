@@ -8,13 +8,13 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import fixtures
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from experiments.configs import ctr as ctr_config
-from experiments.configs import data as data_config
 from mmrec import ctr_data
 from mmrec import id_stats
 from mmrec import train_ctr
@@ -28,68 +28,13 @@ from mmrec.data.readers import amazon
 # shared/ lies beside the checkout (never copied into the repository).
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'shared', 'fixtures', 'taobao_mm_demo')
-DAY = 86400
-T0 = 978_307_200  # 2001-01-01 00:00 UTC
-
-
-def _config(source, src, **convert):
-  c = data_config.get_config(f'{source},tiny')
-  c.source_dir = src
-  c.convert.update(convert)
-  return c
-
-
-def _run(config):
-  """(manifest, dataset directory) of the data job on `config`."""
-  out = os.path.join(tempfile.mkdtemp(), 'data')
-  return dataset_job.run(config, out), out
-
-
-def _ratings(rng, n=600, users=30, items=25, days=30):
-  return (rng.integers(1, users + 1, n), rng.integers(1, items + 1, n),
-          rng.integers(1, 6, n), T0 + rng.integers(0, days * DAY, n))
-
-
-def write_movielens(directory, release, seed=0):
-  """A MovieLens copy of `release`; returns (user, item, rating, time)."""
-  rng = np.random.default_rng(seed)
-  r = _ratings(rng)
-  genres = ['Action', 'Comedy', 'Drama', "Children's"]
-  titles = [f'Movie {i} ({1990 + i % 9})' for i in range(1, 26)]
-  titles[1] = 'Café, The (1995)'  # latin-1 in 100k / 1m, a comma for csv
-
-  def write(name, lines, encoding='latin-1'):
-    with open(os.path.join(directory, name), 'w', encoding=encoding) as f:
-      f.write(''.join(line + '\n' for line in lines))
-
-  if release == 'ml-100k':
-    write('u.data', [f'{u}\t{i}\t{x}\t{t}' for u, i, x, t in zip(*r)])
-    write('u.item', [f'{i}|{titles[i - 1]}|01-Jan-1995||http://x|' +
-                     '|'.join('1' if g == i % 19 or g == 5 else '0'
-                              for g in range(19)) for i in range(1, 26)])
-    write('u.user', [f'{u}|{20 + u}|{"MF"[u % 2]}|writer|{10000 + u}'
-                     for u in range(1, 31)])
-  elif release == 'ml-1m':
-    write('ratings.dat', [f'{u}::{i}::{x}::{t}' for u, i, x, t in zip(*r)])
-    write('movies.dat', [f'{i}::{titles[i - 1]}::{genres[i % 4]}|Drama'
-                         for i in range(1, 26)])
-    write('users.dat', [f'{u}::{"MF"[u % 2]}::{[1, 18, 25][u % 3]}::{u % 7}'
-                        f'::{10000 + u}' for u in range(1, 31)])
-  else:
-    write('ratings.csv', ['userId,movieId,rating,timestamp'] + [
-        f'{u},{i},{x}.0,{t}' for u, i, x, t in zip(*r)], 'utf8')
-    write('movies.csv', ['movieId,title,genres'] + [
-        f'{i},"{titles[i - 1]}",{genres[i % 4] if i % 5 else "(no genres listed)"}'
-        for i in range(1, 26)], 'utf8')
-  return r
-
-
+DAY, T0 = fixtures.DAY, fixtures.READERS_T0
 class MovieLensTest(parameterized.TestCase):
 
   def test_label_threshold_is_part_of_the_conversion(self):
     src = tempfile.mkdtemp()
-    write_movielens(src, 'ml-100k')
-    c = _config('movielens', src)
+    fixtures.write_movielens(src, 'ml-100k')
+    c = fixtures.data_config_for('movielens', src)
     out = os.path.join(tempfile.mkdtemp(), 'data')
     m = dataset_job.run(c, out)
     self.assertEqual(dataset_job.run(c, out), m)  # reused
@@ -100,8 +45,8 @@ class MovieLensTest(parameterized.TestCase):
   @parameterized.parameters('ml-100k', 'ml-1m', 'ml-latest')
   def test_converts(self, release):
     src = tempfile.mkdtemp()
-    user, item, rating, time = write_movielens(src, release)
-    m, d = _run(_config('movielens', src))
+    user, item, rating, time = fixtures.write_movielens(src, release)
+    m, d = fixtures.convert(fixtures.data_config_for('movielens', src))
     self.assertEqual(m.source, f'movielens:{src}')
     self.assertEqual(m.num_days, 30)
     self.assertEqual((m.first_test_day, m.validation_days), (23, 7))
@@ -125,8 +70,9 @@ class MovieLensTest(parameterized.TestCase):
 
   def test_ml1m_validation_week_and_id_stats(self):
     src = tempfile.mkdtemp()
-    write_movielens(src, 'ml-1m', seed=1)
-    m, d = _run(_config('movielens', src, test_days=5, validation_days=5))
+    fixtures.write_movielens(src, 'ml-1m', seed=1)
+    m, d = fixtures.convert(fixtures.data_config_for(
+        'movielens', src, test_days=5, validation_days=5))
     # 30 days, test from day 25: the validation split is days 20..24.
     data = ctr_data.CtrData.load(d, validation=True)
     day = builders.load_table(d, manifest.IMPRESSIONS, 'train')['day']
@@ -142,62 +88,24 @@ class MovieLensTest(parameterized.TestCase):
 
   def test_bad_ratings_line_names_file_and_line(self):
     src = tempfile.mkdtemp()
-    write_movielens(src, 'ml-1m')
+    fixtures.write_movielens(src, 'ml-1m')
     with open(os.path.join(src, 'ratings.dat'), 'a', encoding='latin-1') as f:
       f.write('7::3::5\n')
     with self.assertRaisesRegex(columns.InputError,
                                 r'ratings.dat, line 601: 3 fields, expected 4'):
-      _run(_config('movielens', src))
+      fixtures.convert(fixtures.data_config_for('movielens', src))
 
   def test_not_movielens(self):
     with self.assertRaisesRegex(columns.InputError, 'not a MovieLens copy'):
-      _run(_config('movielens', tempfile.mkdtemp()))
-
-
-def write_taobao_shards(directory, seed=0, rows=400, users=40, items=30):
-  """The full release's layout: train/ and test/ shards (samples joined with
-  user features), item_features.parquet, the SCL int8 table."""
-  rng = np.random.default_rng(seed)
-  uid = rng.integers(-2**62, 2**62, users)
-  iid = rng.integers(-2**62, 2**62, items)
-  cat = rng.integers(-2**62, 2**62, 5)
-  for split, shards in (('train', 3), ('test', 1)):
-    os.makedirs(os.path.join(directory, split))
-    for s in range(shards):
-      n = rows // 4
-      y = (rng.random(n) < 0.3).astype(np.int8)
-      hist = [list(rng.choice(iid, rng.integers(0, 1000))) + [0] * 3
-              for _ in range(n)]
-      t = {'label_0': [[1 - v, v] for v in y],
-           '129_1': rng.choice(uid, n), '205': rng.choice(iid, n)}
-      t.update({f'130_{k}': rng.integers(0, 3, n).astype(np.int64)
-                for k in range(1, 6)})
-      t['150_2_180'] = hist
-      t['151_2_180'] = [[1] * len(h) for h in hist]
-      tab = pa.table(t).cast(pa.schema(
-          [('label_0', pa.list_(pa.int8()))] + [
-              (k, pa.int64()) for k in t if k.startswith(('129', '205',
-                                                          '130'))] +
-          [('150_2_180', pa.list_(pa.int64())),
-           ('151_2_180', pa.list_(pa.int64()))]))
-      pq.write_table(tab, os.path.join(directory, split,
-                                       f'{split}-shard-{s:05d}.parquet'))
-  pq.write_table(pa.table({'205': iid, '206': rng.choice(cat, items),
-                           '213': rng.integers(0, 4, items),
-                           '214': rng.integers(0, 4, items)}),
-                 os.path.join(directory, 'item_features.parquet'))
-  vec = rng.integers(-60, 60, (items, 128)).astype(np.int8)
-  pq.write_table(pa.table({'205': iid, '205_c': pa.array(
-      list(vec), pa.list_(pa.int8()))}),
-                 os.path.join(directory, 'scl_embedding_int8_p90.parquet'))
-  return iid, vec
+      fixtures.convert(fixtures.data_config_for('movielens',
+                                                tempfile.mkdtemp()))
 
 
 class TaobaoMMTest(absltest.TestCase):
 
   @absltest.skipUnless(os.path.isdir(DEMO), 'no Taobao-MM demo files')
   def test_demo_files_read(self):
-    m, d = _run(_config('taobao_mm', DEMO))
+    m, d = fixtures.convert(fixtures.data_config_for('taobao_mm', DEMO))
     self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
                      {'train': 10, 'test': 10})
     self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
@@ -211,8 +119,9 @@ class TaobaoMMTest(absltest.TestCase):
 
   def test_shards_histories_vectors_and_ctr(self):
     src = tempfile.mkdtemp()
-    iid, vec = write_taobao_shards(src)
-    m, d = _run(_config('taobao_mm', src, long_seq_len=30))
+    iid, vec = fixtures.write_taobao_shards(src)
+    m, d = fixtures.convert(fixtures.data_config_for('taobao_mm', src,
+                                                     long_seq_len=30))
     self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
                      {'train': 300, 'test': 100})
     self.assertEqual(m.long_seq_len, 30)
@@ -249,18 +158,18 @@ class TaobaoMMTest(absltest.TestCase):
 
   def test_bad_label_pair(self):
     src = tempfile.mkdtemp()
-    write_taobao_shards(src)
+    fixtures.write_taobao_shards(src)
     path = os.path.join(src, 'test', 'test-shard-00000.parquet')
     t = pq.read_table(path)
     bad = t['label_0'].to_pylist()
     bad[4] = [1, 1]
     t = t.set_column(0, 'label_0', pa.array(bad, pa.list_(pa.int8())))
     pq.write_table(t, path)
-    c = _config('taobao_mm', src)
+    c = fixtures.data_config_for('taobao_mm', src)
     with self.assertRaisesRegex(columns.InputError,
                                 r"test-shard-00000.parquet, column 'label_0', "
                                 r'row 4: \[1, 1\], expected'):
-      _run(c)
+      fixtures.convert(c)
 
 
 def write_microlens(directory, seed=0, with_test_labels=True):
@@ -289,7 +198,7 @@ class MicroLensTest(absltest.TestCase):
   def test_splits_levels_tags_and_vectors(self):
     src = tempfile.mkdtemp()
     emb = write_microlens(src)
-    m, d = _run(_config('microlens', src))
+    m, d = fixtures.convert(fixtures.data_config_for('microlens', src))
     self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
                      (3, 2, 1))
     self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
@@ -306,7 +215,7 @@ class MicroLensTest(absltest.TestCase):
   def test_without_test_labels_valid_is_the_test_split(self):
     src = tempfile.mkdtemp()
     write_microlens(src, with_test_labels=False)
-    m, d = _run(_config('microlens', src))
+    m, d = fixtures.convert(fixtures.data_config_for('microlens', src))
     self.assertEqual((m.num_days, m.validation_days), (2, 0))
     self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
                      {'train': 300, 'test': 60})
@@ -373,7 +282,7 @@ class TaobaoAdTest(absltest.TestCase):
     src = tempfile.mkdtemp()
     rows = write_taobao_ad(src)
     with self.assertLogs('absl', 'WARNING') as logs:
-      m, d = _run(_config('taobao_ad', src))
+      m, d = fixtures.convert(fixtures.data_config_for('taobao_ad', src))
     self.assertIn("['pid', 'btag', 'price']", logs.output[0])
     self.assertEqual(m.source, f'taobao_ad:{src}')
     self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
@@ -432,7 +341,7 @@ class TaobaoAdTest(absltest.TestCase):
   def test_valid_csv_is_the_validation_day(self):
     src = tempfile.mkdtemp()
     write_taobao_ad(src, valid=True)
-    m, d = _run(_config('taobao_ad', src))
+    m, d = fixtures.convert(fixtures.data_config_for('taobao_ad', src))
     self.assertEqual((m.num_days, m.first_test_day, m.validation_days),
                      (3, 2, 1))
     self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
@@ -445,7 +354,7 @@ class TaobaoAdTest(absltest.TestCase):
     write_taobao_ad(src)
     os.remove(os.path.join(src, 'test.csv'))
     with self.assertRaisesRegex(columns.InputError, 'missing test.csv'):
-      _run(_config('taobao_ad', src))
+      fixtures.convert(fixtures.data_config_for('taobao_ad', src))
 
   def test_missing_column_is_named(self):
     src = tempfile.mkdtemp()
@@ -453,7 +362,7 @@ class TaobaoAdTest(absltest.TestCase):
     with self.assertRaisesRegex(columns.InputError,
                                 r"train.csv: missing column\(s\) "
                                 r"\['brand_his'\]"):
-      _run(_config('taobao_ad', src))
+      fixtures.convert(fixtures.data_config_for('taobao_ad', src))
 
   def test_unparseable_value_names_line_and_column(self):
     src = tempfile.mkdtemp()
@@ -467,7 +376,7 @@ class TaobaoAdTest(absltest.TestCase):
     with self.assertRaisesRegex(columns.InputError,
                                 r"test.csv, line 6, column 'clk': 'x', "
                                 'expected int64'):
-      _run(_config('taobao_ad', src))
+      fixtures.convert(fixtures.data_config_for('taobao_ad', src))
 
   def test_label_out_of_range(self):
     src = tempfile.mkdtemp()
@@ -480,7 +389,7 @@ class TaobaoAdTest(absltest.TestCase):
       f.writelines(lines)
     with self.assertRaisesRegex(columns.InputError,
                                 r"train.csv, column 'clk', row 2: label 2"):
-      _run(_config('taobao_ad', src))
+      fixtures.convert(fixtures.data_config_for('taobao_ad', src))
 
 
 
@@ -535,7 +444,7 @@ def write_amazon(directory, category='All_Beauty', gz=False, seed=0,
 
 
 def _stage_amazon(src, **amazon_settings):
-  c = _config('amazon', src)
+  c = fixtures.data_config_for('amazon', src)
   c.amazon.update(amazon_settings)
   out = tempfile.mkdtemp()
   counts = amazon.stage(src, out, c)
@@ -583,9 +492,9 @@ class AmazonTest(absltest.TestCase):
   def test_splits_ids_fields_images_histories_and_ctr(self):
     src, images = tempfile.mkdtemp(), tempfile.mkdtemp()
     reviews, meta = write_amazon(src, image_dir=images)
-    c = _config('amazon', src, test_days=5, validation_days=5)
+    c = fixtures.data_config_for('amazon', src, test_days=5, validation_days=5)
     c.amazon.update(image_dir=images, negatives=2)
-    m, d = _run(c)
+    m, d = fixtures.convert(c)
     self.assertEqual(m.source, f'amazon:{src}')
     t = np.array([r['timestamp'] // 1000 for r in reviews])
     day = (t - T0) // DAY
@@ -661,7 +570,7 @@ class AmazonTest(absltest.TestCase):
   def test_reader_settings_are_part_of_the_conversion(self):
     src = tempfile.mkdtemp()
     write_amazon(src)
-    c = _config('amazon', src, test_days=5, validation_days=5)
+    c = fixtures.data_config_for('amazon', src, test_days=5, validation_days=5)
     out = os.path.join(tempfile.mkdtemp(), 'data')
     m = dataset_job.run(c, out)
     self.assertEqual(dataset_job.run(c, out), m)  # reused
@@ -673,13 +582,13 @@ class AmazonTest(absltest.TestCase):
     src = tempfile.mkdtemp()
     with self.assertRaisesRegex(columns.InputError,
                                 'no Amazon Reviews 2023 review files'):
-      _run(_config('amazon', src))
+      fixtures.convert(fixtures.data_config_for('amazon', src))
     write_amazon(src)
     write_amazon(src, category='Toys_and_Games')
     with self.assertRaisesRegex(
         columns.InputError, r'2 Amazon Reviews 2023 review files .*: '
         r'All_Beauty, Toys_and_Games; set --config.amazon.category'):
-      _run(_config('amazon', src))
+      fixtures.convert(fixtures.data_config_for('amazon', src))
     counts, _, _ = _stage_amazon(src, category='Toys_and_Games')
     self.assertEqual(counts['category'], 'Toys_and_Games')
     os.remove(os.path.join(src, 'meta_All_Beauty.jsonl'))
@@ -699,7 +608,7 @@ class AmazonTest(absltest.TestCase):
     with opener(path, 'wt') as f:
       f.writelines(lines)
     with self.assertRaisesRegex(columns.InputError, error):
-      _run(_config('amazon', src))
+      fixtures.convert(fixtures.data_config_for('amazon', src))
 
   def test_bad_lines_name_file_line_and_field(self):
     good = {'user_id': 'AX', 'parent_asin': 'B01', 'timestamp': 1}
@@ -735,7 +644,7 @@ class AmazonTest(absltest.TestCase):
     with self.assertRaisesRegex(columns.InputError,
                                 r'meta_All_Beauty.jsonl, line 16: '
                                 r"parent_asin '.*' again \(first on line 5\)"):
-      _run(_config('amazon', src))
+      fixtures.convert(fixtures.data_config_for('amazon', src))
     src = tempfile.mkdtemp()
     write_amazon(src, gz=True)
     path = os.path.join(src, 'All_Beauty.jsonl.gz')
@@ -746,7 +655,7 @@ class AmazonTest(absltest.TestCase):
     with self.assertRaisesRegex(columns.InputError,
                                 r'All_Beauty.jsonl.gz: cannot read after '
                                 'line'):
-      _run(_config('amazon', src))
+      fixtures.convert(fixtures.data_config_for('amazon', src))
 
 
 if __name__ == '__main__':

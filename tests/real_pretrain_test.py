@@ -1,8 +1,8 @@
 """Pre-training and the paper pipeline on converted real data (issue 11).
 
 Datasets without a search log, converted from the fixtures of
-convert_test.py (own Parquet data: images, titles, shipped vectors) and
-readers_test.py (MovieLens: titles only).
+fixtures.write_own_data (own Parquet data: images, titles, shipped vectors) and
+fixtures.write_movielens (MovieLens: titles only).
 """
 
 import json
@@ -10,17 +10,15 @@ import os
 import tempfile
 
 from absl.testing import absltest
-import convert_test
+import fixtures
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import readers_test
 
 from experiments import claims
 from experiments import pretrain_sweep
 from experiments import report
 from experiments import reproduce
-from experiments import reproduce_inputs
 from experiments import stages
 from experiments.configs import paper
 from experiments.configs import pretrain_sweep as sweep_config
@@ -53,18 +51,43 @@ class RealPretrainTest(absltest.TestCase):
     super().setUpClass()
     src = tempfile.mkdtemp(prefix='own_data_')
     # 120 items: more catalogue items and co-click pairs than a tiny batch.
-    convert_test.write_own_data(src, num_items=120, rows=1500)
+    fixtures.write_own_data(src, num_items=120, rows=1500)
     cls.out = os.path.join(tempfile.mkdtemp(), 'data')
-    cls.m = dataset_job.run(convert_test.config(src), cls.out)
+    cls.m = dataset_job.run(fixtures.own_data_config(src), cls.out)
     ml = tempfile.mkdtemp(prefix='movielens_')
-    readers_test.write_movielens(ml, 'ml-1m')
-    cls.ml_m, cls.ml = readers_test._run(readers_test._config('movielens', ml))
+    fixtures.write_movielens(ml, 'ml-1m')
+    cls.ml_m, cls.ml = fixtures.convert(fixtures.data_config_for('movielens',
+                                                                 ml))
+    cls._pipeline = None
+
+  @classmethod
+  def pipeline(cls):
+    """The paper pipeline on the own data, run once for the tests that read
+    it: (config, workdir, results). Its pre-training stage trains clip_e (from
+    scratch) and raw_pixels; scl, scl_no_queue and clip_o cannot run."""
+    if cls._pipeline is None:
+      c = paper.get_config('tiny')
+      c.data_dir = cls.out
+      c.pretrain.methods = 'scl,scl_no_queue,clip_o,clip_e,raw_pixels'
+      c.ctr.variants = 'id,id_stats,simtier_paper,simtier_official@image'
+      c.one_epoch.num_epochs = 1
+      c.make_epochs = ()
+      workdir = tempfile.mkdtemp()
+      cls._pipeline = c, workdir, reproduce.run(c, workdir)
+    return cls._pipeline
+
+  def pretrain_dir(self):
+    _, workdir, _ = self.pipeline()
+    progress = json.loads(_read(os.path.join(workdir,
+                                             stages.PROGRESS_FILE)))
+    return progress['stages']['pretrain']['dir']
 
   def test_methods_run_and_rank_co_clicks_against_the_catalogue(self):
+    # The pipeline's pre-training runs (train_scl through pretrain_sweep).
     self.assertNotIn(manifest.SEARCH, self.m.tables)
     for method in ('clip_e', 'raw_pixels'):
-      workdir = tempfile.mkdtemp()
-      res = train_scl.run(_scl(method, self.out), workdir)
+      workdir = os.path.join(self.pretrain_dir(), method, 'seed_0')
+      res = json.loads(_read(os.path.join(workdir, pretrain_eval.EVAL_FILE)))
       self.assertEqual(res['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
       self.assertGreater(res['eval']['queries'], 20)
       self.assertEqual(res['eval']['candidates'], 120)  # item 0 is no item
@@ -78,10 +101,6 @@ class RealPretrainTest(absltest.TestCase):
       self.assertTrue(os.path.exists(os.path.join(workdir,
                                                   vector_table.FILE)))
     self.assertIsNone(res['metrics']['text'])  # raw pixels: no text side
-    # Titles only (MovieLens): the bag-of-tokens reference still runs.
-    res = train_scl.run(_scl('bag_of_tokens', self.ml), tempfile.mkdtemp())
-    self.assertIsNone(res['metrics']['image'])
-    self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
 
   def test_methods_the_data_cannot_serve_fail_before_training(self):
     workdir = tempfile.mkdtemp()
@@ -111,37 +130,46 @@ class RealPretrainTest(absltest.TestCase):
                              'title': ['red shirt', 'blue hat', 'wool hat']}),
                    os.path.join(src, 'items.parquet'))
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    dataset_job.run(convert_test.config(src), out)
+    dataset_job.run(fixtures.own_data_config(src), out)
     with self.assertRaisesRegex(
         manifest.DatasetError, 'no search log and no test-split click with a '
         "behaviour history.*bag_of_tokens's evaluation"):
       train_scl.run(_scl('bag_of_tokens', out), tempfile.mkdtemp())
 
   def test_sweep_runs_what_the_dataset_allows(self):
+    # Titles only (MovieLens): the bag-of-tokens reference alone runs.
     c = sweep_config.get_config('tiny')
-    c.update(methods='scl,clip_o,raw_pixels,bag_of_tokens', data_dir=self.out)
+    c.update(methods='scl,clip_o,raw_pixels,bag_of_tokens', data_dir=self.ml)
     workdir = tempfile.mkdtemp()
     table = pretrain_sweep.run(c, workdir)
-    self.assertEqual(set(table), {'raw_pixels', 'bag_of_tokens'})
+    self.assertEqual(set(table), {'bag_of_tokens'})
     self.assertIn('item', table['bag_of_tokens'])
     plan = json.loads(_read(os.path.join(workdir, pretrain_sweep.PLAN_FILE)))
-    self.assertEqual(plan['ran'], ['raw_pixels', 'bag_of_tokens'])
-    self.assertEqual(set(plan['skipped']), {'scl', 'clip_o'})
+    self.assertEqual(plan['ran'], ['bag_of_tokens'])
+    self.assertEqual(set(plan['skipped']), {'scl', 'clip_o', 'raw_pixels'})
     self.assertEqual(plan['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
     text = _read(os.path.join(workdir, f'{pretrain_sweep.TABLE_FILE}.md'))
-    self.assertIn('scl: not run (dataset \'parquet\' has no mmrec_search', text)
+    self.assertIn("scl: not run (dataset 'movielens' has no", text)
     self.assertIn(' item recall@10 |', text)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'scl')))
+    res = json.loads(_read(os.path.join(workdir, 'bag_of_tokens', 'seed_0',
+                                        pretrain_eval.EVAL_FILE)))
+    self.assertIsNone(res['metrics']['image'])
+    self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
+    # The own data's pre-training stage (the pipeline's sweep): what its
+    # plan ran and skipped, and its table.
+    pre_dir = self.pretrain_dir()
+    plan = json.loads(_read(os.path.join(pre_dir, pretrain_sweep.PLAN_FILE)))
+    self.assertEqual(plan['ran'], ['clip_e', 'raw_pixels'])
+    self.assertEqual(set(plan['skipped']), {'scl', 'scl_no_queue', 'clip_o'})
+    self.assertEqual(plan['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
+    text = _read(os.path.join(pre_dir, f'{pretrain_sweep.TABLE_FILE}.md'))
+    self.assertIn('scl: not run (dataset \'parquet\' has no mmrec_search', text)
+    self.assertIn(' item recall@10 |', text)
+    self.assertFalse(os.path.exists(os.path.join(pre_dir, 'scl')))
 
   def test_paper_pipeline_on_converted_data(self):
-    c = paper.get_config('tiny')
-    c.data_dir = self.out
-    c.pretrain.methods = 'scl,scl_no_queue,clip_o,clip_e,raw_pixels'
-    c.ctr.variants = 'id,id_stats,simtier_paper,simtier_official@image'
-    c.one_epoch.num_epochs = 1
-    c.make_epochs = ()
-    workdir = tempfile.mkdtemp()
-    results = reproduce.run(c, workdir)
+    c, workdir, results = self.pipeline()
     progress = json.loads(_read(os.path.join(workdir,
                                              stages.PROGRESS_FILE)))
     self.assertEqual(set(progress['stages']),
@@ -179,6 +207,8 @@ class RealPretrainTest(absltest.TestCase):
                  f'CTR item vectors: {best} (seed 0): '):
       self.assertIn(part, text)
     self.assertNotIn('oracle (ceiling)', text)
+    # A second run (keyed on the dataset's manifest, not a world config)
+    # skips every stage. It reruns nothing, so it is cheap.
     again = reproduce.run(c, workdir)
     self.assertEqual(again, results)
     progress = json.loads(_read(os.path.join(workdir,
@@ -211,8 +241,7 @@ class RealPretrainTest(absltest.TestCase):
     def choose(choice, m, ran=(), table=None):
       c = paper.get_config('tiny')
       c.ctr_vectors = choice
-      return reproduce_inputs.ctr_vectors(c, m, '/d', '/p', list(ran),
-                                          table or {})
+      return reproduce._ctr_vectors(c, m, '/d', '/p', list(ran), table or {})
 
     shipped = self.m
     bare = self.ml_m  # ships no vectors

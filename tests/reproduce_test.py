@@ -184,7 +184,12 @@ class ReproduceTest(absltest.TestCase):
     workdir = os.path.join(tempfile.mkdtemp(), 'copy')
     shutil.copytree(self.workdir, workdir)
     config = paper.get_config('tiny')
-    config.make_epochs = (1, 2)
+    # Both are the 'extra' stage's: E = 1 reads the sweep's own MAKE run
+    # (stage_a_epochs = 1 in :tiny), so the rerun trains only the ID model,
+    # one epoch.
+    self.assertEqual(config.ctr.ctr.make.stage_a_epochs, 1)
+    config.make_epochs = (1,)
+    config.one_epoch.num_epochs = 1
     reproduce.run(config, workdir)
     progress = _strict_json(os.path.join(workdir, stages.PROGRESS_FILE))
     self.assertEqual({k: v['status'] for k, v in progress['stages'].items()},
@@ -195,7 +200,8 @@ class ReproduceTest(absltest.TestCase):
                            reproduce.CURVES_FILE)) as f:
       curves = json.load(f)
     self.assertEqual([r['stage_a_epochs'] for r in curves['make_epochs']],
-                     [1, 2])
+                     [1])
+    self.assertEqual(curves['one_epoch']['num_epochs'], 1)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import fixtures
 import jax
 import numpy as np
 
@@ -12,39 +13,6 @@ from mmrec import retrieval
 from mmrec import sharding
 
 V, DV, B, T, K = 40, 16, 8, 12, 5
-
-
-def np_top_k(table, target, seq, mask, k):
-  """Row by row: real behaviours by (-cosine, position), then padding."""
-  table = np.asarray(table)
-  if table.dtype == np.int8:
-    table = int8.dequantize(table)
-  table = table.astype(np.float64)
-  norms = np.linalg.norm(table, axis=1)
-  k = min(k, seq.shape[1])
-  out = {f: np.zeros((len(seq), k), d) for f, d in (
-      ('ids', np.int32), ('mask', bool), ('positions', np.int32),
-      ('scores', np.float64))}
-  for b in range(len(seq)):
-    cos = {}
-    for t in range(seq.shape[1]):
-      if mask[b, t]:
-        denom = max(norms[target[b]], 1e-8) * max(norms[seq[b, t]], 1e-8)
-        cos[t] = float(np.clip(table[target[b]] @ table[seq[b, t]] / denom,
-                               -1, 1))
-    # The test data must not hold near-ties that float32 could reorder.
-    vals = sorted(cos.values())
-    for a, c in zip(vals, vals[1:]):
-      assert a == c or c - a > 1e-5, (b, a, c)
-    real = sorted(cos, key=lambda t: (-cos[t], t))
-    pad = [t for t in range(seq.shape[1]) if not mask[b, t]]
-    for j, t in enumerate((real + pad)[:k]):
-      is_real = t in cos
-      out['positions'][b, j] = t
-      out['mask'][b, j] = is_real
-      out['ids'][b, j] = seq[b, t] if is_real else 0
-      out['scores'][b, j] = cos[t] if is_real else 0.0
-  return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,7 +80,7 @@ class TopKTest(parameterized.TestCase):
     table, target, seq, mask = data()
     if dtype == 'int8':
       table = int8.quantize(table)
-    want = np_top_k(table, target, seq, mask, K)
+    want = fixtures.np_top_k(table, target, seq, mask, K)
     got = retrieval.top_k(table, target, seq, mask, K)
     check(got, want)
     self.assertEqual(got.ids.dtype, np.int32)
@@ -145,7 +113,7 @@ class TopKTest(parameterized.TestCase):
     table, target, seq, mask = data()
     got = retrieval.top_k(table, target, seq, mask, 3 * T)
     self.assertEqual(got.ids.shape, (B, T))
-    check(got, np_top_k(table, target, seq, mask, 3 * T))
+    check(got, fixtures.np_top_k(table, target, seq, mask, 3 * T))
     np.testing.assert_array_equal(np.asarray(got.mask).sum(1), mask.sum(1))
 
   def test_gather_masked(self):
@@ -167,7 +135,7 @@ class TopKTest(parameterized.TestCase):
     f = jax.jit(lambda v, x: retrieval.top_k(v, x['t'], x['s'], x['m'], K))
     got = f(jax.device_put(table, sharding.replicated(mesh)), x)
     self.assertEqual(got.ids.sharding.spec[0], 'data')
-    check(got, np_top_k(table, target, seq, mask, K))
+    check(got, fixtures.np_top_k(table, target, seq, mask, K))
 
   def test_bad_k(self):
     with self.assertRaisesRegex(ValueError, 'k >= 1'):

@@ -20,7 +20,6 @@ import time
 from absl.testing import absltest
 from absl.testing import parameterized
 from fastapi import testclient
-from export_test import offline_predictions
 import fixtures
 import httpx
 import numpy as np
@@ -498,7 +497,7 @@ class LongHistoryServiceTest(parameterized.TestCase):
     app = service.create_app(path, reload_interval_s=0)
     client = testclient.TestClient(app)
     try:
-      pred = offline_predictions(c, wd)
+      pred = fixtures.offline_predictions(c, wd)
       ds = ctr_data.CtrData.load(c.data_dir).dataset('test', 1024)
       rows = ds[0]
       np.testing.assert_array_equal(rows['item_id'], pred['item_id'][

@@ -1,6 +1,7 @@
 """The title tokenizer: its vocabulary and ids, the same on every run."""
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -56,13 +57,13 @@ class TrainTest(absltest.TestCase):
     here, there = tempfile.mkdtemp(), tempfile.mkdtemp()
     titles.save(titles.train(TITLES, 70), here)
     root = os.path.dirname(os.path.dirname(os.path.abspath(titles.__file__)))
+    # The titles travel as JSON: the other process imports no test module.
     subprocess.run([sys.executable, '-c', (
-        'import sys; sys.path.insert(0, sys.argv[1]); '
-        'from mmrec.data import titles; from titles_test import TITLES; '
-        'titles.save(titles.train(TITLES, 70), sys.argv[2])'),
-                    root, there], check=True,
-                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                       [os.path.dirname(os.path.abspath(__file__)), root])))
+        'import json, sys; sys.path.insert(0, sys.argv[1]); '
+        'from mmrec.data import titles; '
+        'titles.save(titles.train(json.loads(sys.argv[3]), 70), sys.argv[2])'),
+                    root, there, json.dumps(TITLES)], check=True,
+                   env=dict(os.environ, PYTHONPATH=root))
     with open(os.path.join(here, titles.FILE), 'rb') as f:
       mine = f.read()
     with open(os.path.join(there, titles.FILE), 'rb') as f:

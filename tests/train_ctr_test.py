@@ -37,21 +37,7 @@ from mmrec.data import manifest
 
 _world_dir = fixtures.small_ctr_world_dir
 _vectors_path = fixtures.oracle_vectors_path
-
-
-def _config(variant, **overrides):
-  c = ctr_config.get_config(f'{variant},tiny')
-  c.data_dir = _world_dir()
-  c.vectors_path = '' if variant == 'id' else _vectors_path()
-  # Smaller than :tiny: these tests check plumbing, not learning.
-  c.tower = (16, 8)
-  c.attention_mlp = (8,)
-  c.make.attention_mlp = (8,)
-  c.make.mlp = (8,)
-  c.embed_dim = 8
-  c.log_every = 5
-  c.update(overrides)
-  return c
+_config = fixtures.ctr_run_config
 
 
 def _restore(workdir, step=None):
@@ -211,6 +197,11 @@ class RunTest(absltest.TestCase):
     rows = train_lib.read_metrics(self.full_dir)
     self.assertTrue(any('train/loss' in r for r in rows))
     self.assertTrue(any('eval/auc' in r for r in rows))
+    # The default attention ('din') logs its weights' entropy with the loss.
+    train = [r for r in rows if 'train/loss' in r]
+    self.assertEqual([r['step'] for r in train], [5, 10, self.N])
+    for r in train:
+      self.assertBetween(r['train/attention_entropy'], 0.0, 1.0)
 
   def test_end_to_end_simtier_make(self):
     res = self._check_eval_file(self.make_dir, 'simtier_make')
