@@ -130,17 +130,20 @@ class TowersTest(parameterized.TestCase):
     tower = image_encoder.ImageEncoder(cfg)
     images = np.random.default_rng(0).integers(0, 256, (B, side, side, 3),
                                                dtype=np.uint8)
-    variables = nn.unbox(tower.init(jax.random.key(0), images))
-    out = tower.apply(variables, images)
+    # Jitted: op-by-op a conv tower's forward and backward cost more to
+    # dispatch than to compile whole.
+    variables = nn.unbox(jax.jit(tower.init)(jax.random.key(0), images))
+    apply = jax.jit(tower.apply)
+    out = apply(variables, images)
     self.assertEqual(out.shape, (B, cfg.features))
     self.assertEqual(cfg.features, 16)
     # Rows are independent (GroupNorm, no batch statistics): a row's feature
     # does not depend on the rest of the batch.
-    np.testing.assert_allclose(tower.apply(variables, images[:1])[0], out[0],
+    np.testing.assert_allclose(apply(variables, images[:1])[0], out[0],
                                rtol=1e-4, atol=1e-4)
     # Every block starts as the identity (zero last conv) yet gets gradient.
-    grads = jax.grad(lambda p: jnp.sum(tower.apply(
-        {'params': p}, images) ** 2))(variables['params'])
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(tower.apply(
+        {'params': p}, images) ** 2)))(variables['params'])
     last = grads['stage_1_block_1']['conv_1']['kernel']
     self.assertGreater(float(jnp.abs(last).max()), 0.0)
 

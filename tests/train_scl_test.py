@@ -135,8 +135,8 @@ class MethodsTest(parameterized.TestCase):
                                           jax.random.key(1))
     params, extra = state.params, state.extra
     batch = _batch(config)
-    loss, grads = jax.value_and_grad(
-        lambda p: _loss(p, extra, batch, model, config))(params)
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda p: _loss(p, extra, batch, model, config)))(params)
     self.assertTrue(np.isfinite(loss))
     norms = {k: float(optax.tree.norm(v))
              for k, v in grads.items()}
