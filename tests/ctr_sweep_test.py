@@ -26,13 +26,30 @@ def _config(variants):
 
 class CtrSweepTest(absltest.TestCase):
 
+  @classmethod
+  def setUpClass(cls):
+    # One sweep for every variant kind the tests below read (one ID model,
+    # one oracle, one bootstrap): the table, MAKE's shared stage A, the
+    # ID-similarity control and the per-modality tables.
+    super().setUpClass()
+    cls.workdir = tempfile.mkdtemp()
+    c = _config('id,simtier_official,make,simtier_make,simtier_official@ids,'
+                'simtier_official@image,simtier_official@text')
+    cls.tables = tempfile.mkdtemp()
+    vectors, _ = vector_table.load(c.vectors_path)
+    vector_table.save(os.path.join(cls.tables, vector_table.FILE), vectors)
+    vector_table.save(os.path.join(cls.tables,
+                                   vector_table.file_name('image')),
+                      vectors[:, ::-1])
+    c.vectors_path = os.path.join(cls.tables, vector_table.FILE)
+    cls.summary = ctr_sweep.run(c, cls.workdir)
+
   def test_table_deltas_oracle_and_shared_stage_a(self):
-    workdir = tempfile.mkdtemp()
-    summary = ctr_sweep.run(_config('id,simtier_official,make,simtier_make'),
-                            workdir)
+    workdir, summary = self.workdir, self.summary
     v = summary['variants']
     self.assertEqual(set(v), {'id', 'simtier_official', 'make',
-                              'simtier_make'})
+                              'simtier_make', 'simtier_official@ids',
+                              'simtier_official@image'})
     self.assertNotIn('delta_gauc_pct', v['id'])
     for name in ('simtier_official', 'make', 'simtier_make'):
       row = v[name]
@@ -103,8 +120,7 @@ class CtrSweepTest(absltest.TestCase):
       ctr_sweep.intervals(preds, resamples=10)
 
   def test_id_similarity_control_runs_on_its_own_table(self):
-    workdir = tempfile.mkdtemp()
-    summary = ctr_sweep.run(_config('id,simtier_official@ids'), workdir)
+    workdir, summary = self.workdir, self.summary
     self.assertIn('simtier_official@ids', summary['variants'])
     with open(os.path.join(workdir, 'simtier_official@ids', 'seed_0',
                            'ctr_eval.json')) as f:
@@ -117,15 +133,7 @@ class CtrSweepTest(absltest.TestCase):
         ctr_sweep.split_variant(bad)
 
   def test_modality_variant_reads_the_table_beside_vectors_path(self):
-    workdir = tempfile.mkdtemp()
-    c = _config('id,simtier_official@image,simtier_official@text')
-    tables = tempfile.mkdtemp()
-    vectors, _ = vector_table.load(c.vectors_path)
-    vector_table.save(os.path.join(tables, vector_table.FILE), vectors)
-    vector_table.save(os.path.join(tables, vector_table.file_name('image')),
-                      vectors[:, ::-1])
-    c.vectors_path = os.path.join(tables, vector_table.FILE)
-    summary = ctr_sweep.run(c, workdir)
+    workdir, summary, tables = self.workdir, self.summary, self.tables
     with open(os.path.join(workdir, 'simtier_official@image', 'seed_0',
                            'ctr_eval.json')) as f:
       used = json.load(f)
