@@ -52,6 +52,8 @@ import time
 from typing import Annotated
 
 import fastapi
+from fastapi import encoders
+from fastapi import exceptions
 from fastapi import responses
 import jax
 
@@ -123,6 +125,14 @@ def create_app(serving_dir, reload_interval_s=1.0, **logging_kwargs):
   app.router.add_event_handler('shutdown', serving.close)
 
   app.add_middleware(LimitAndTime, serving=serving)
+
+  @app.exception_handler(exceptions.RequestValidationError)
+  async def invalid(request, exc):
+    # FastAPI's own handler, but for the echoed input: a NaN or an infinity
+    # (JSON text Python parses as a float) would make its 422 a 500.
+    del request
+    return responses.JSONResponse(status_code=422, content={
+        'detail': reqs.jsonable(encoders.jsonable_encoder(exc.errors()))})
 
   @app.exception_handler(vector_store.StoreError)
   async def store_error(request, exc):  # e.g. an id the store lost
