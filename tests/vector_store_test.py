@@ -69,6 +69,78 @@ class VectorStoreTest(absltest.TestCase):
     self.assertEqual(reader.refresh(), 1)  # another process's appends
     self.assertEqual(reader.count, 54)
 
+  def _delta_with_five(self):
+    """Five items added to the delta -> (delta path, record size, bytes)."""
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      for i, v in enumerate(_unit(5, 8, seed=4)):
+        s.add(v, (i, i))
+      size = s._record.size  # pylint: disable=protected-access
+    path = os.path.join(self.root, 'v1', vector_store.DELTA)
+    with open(path, 'rb') as f:
+      return path, size, f.read()
+
+  def _flip(self, path, offset):
+    with open(path, 'r+b') as f:
+      f.seek(offset)
+      byte = f.read(1)
+      f.seek(offset)
+      f.write(bytes([byte[0] ^ 0x10]))
+
+  def test_corrupt_byte_mid_log_refuses_to_open_and_cuts_nothing(self):
+    path, size, good = self._delta_with_five()
+    self._flip(path, 2 * size + 13)  # item 52's record; 53 and 54 follow
+    with open(path, 'rb') as f:
+      damaged = f.read()
+    for writable in (False, True):
+      with self.assertRaisesRegex(
+          vector_store.StoreError,
+          f'{path}: the record at byte {2 * size} .*2 later records'):
+        vector_store.VectorStore(self.root, writable=writable)
+      with open(path, 'rb') as f:
+        self.assertEqual(f.read(), damaged)  # not truncated
+    # Undamaged again, and a reader refreshing while an append is torn (or
+    # still being written) waits for it.
+    self._flip(path, 2 * size + 13)
+    reader = vector_store.VectorStore(self.root)
+    self.assertEqual(reader.count, 55)
+    with open(path, 'ab') as f:
+      f.write(b'\x07' * 5)
+    self.assertEqual(reader.refresh(), 0)
+    # A whole record after a bad one: the bad one is no torn tail.
+    with open(path, 'r+b') as f:
+      f.truncate(6 * size)
+    with open(path, 'ab') as f:
+      f.write(good[-size:])
+    with self.assertRaisesRegex(vector_store.StoreError,
+                                f'byte {5 * size} .*1 later record'):
+      reader.refresh()
+    self.assertEqual(os.path.getsize(path), 7 * size)
+
+  def test_whole_bad_final_record_is_ignored_not_cut(self):
+    """A whole final record failing its CRC may be an acknowledged item
+    with a damaged byte: readers ignore it, a writer does not cut it (the
+    next add would hand its id out again)."""
+    path, size, _ = self._delta_with_five()
+    self._flip(path, 4 * size + 20)  # item 54's vector
+    with vector_store.VectorStore(self.root) as s:
+      self.assertEqual(s.count, 54)
+    with self.assertRaisesRegex(vector_store.StoreError,
+                                f'{path}: the final record .*item 54'):
+      vector_store.VectorStore(self.root, writable=True)
+    self.assertEqual(os.path.getsize(path), 5 * size)
+    # Torn, i.e. shorter than a record: a crash mid-append, never
+    # acknowledged. The writer cuts it and the next add takes its id.
+    with open(path, 'r+b') as f:
+      f.truncate(4 * size + 20)
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      self.assertEqual(s.count, 54)
+      self.assertEqual(os.path.getsize(path), 4 * size)
+      self.assertEqual(s.add(self.vecs[0], (1, 1)), 54)
+    with vector_store.VectorStore(self.root) as s:
+      self.assertEqual(s.count, 55)
+      np.testing.assert_array_equal(s.lookup([54])[0],
+                                    int8.quantize(self.vecs[0]))
+
   def test_one_writer(self):
     with vector_store.VectorStore(self.root, writable=True):
       with self.assertRaisesRegex(vector_store.StoreError, 'one writer'):
