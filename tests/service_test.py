@@ -11,7 +11,9 @@ import base64
 import concurrent.futures
 import json
 import os
+import resource
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -305,6 +307,39 @@ class ServiceTest(parameterized.TestCase):
     self.assertEqual(wrong, [])
     self.assertEqual(client.get('/health').status_code, 200)
     self.assertEqual(self.state.store.count, items)  # nothing was added
+
+  def test_full_disk_add_gets_507_and_adds_resume(self):
+    """An add whose delta write fails (a file-size limit: the kernel's
+    EFBIG, as ENOSPC on a full disk) gets a 507 and leaves no trace; once
+    there is room, adds resume and the store opens with every item."""
+    store = self.state.store
+    path = os.path.join(store.path, vector_store.DELTA)
+    size = store._record.size  # pylint: disable=protected-access
+    good = os.path.getsize(path) if os.path.exists(path) else 0
+    item = self.client.get('/health').json()['items']
+    body = {'vector': [0.25] * DIM, 'category': 1, 'shop': 1}
+    # Room for half a record, for these two requests only (the limit is
+    # the process's): each write is cut short, then refused.
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (good + size // 2, hard))
+      full = [self.client.post('/items', json=body) for _ in range(2)]
+    finally:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+      signal.signal(signal.SIGXFSZ, handler)
+    for r in full:
+      self.assertEqual(r.status_code, 507, r.text)
+      self.assertIn('File too large', r.json()['detail'][0]['msg'])
+    self.assertEqual(os.path.getsize(path), good)
+    self.assertEqual(self.client.get('/health').json()['items'], item)
+    r = self.client.post('/items', json=body)
+    self.assertEqual(r.status_code, 200, r.text)
+    self.assertEqual(r.json()['item_id'], item)
+    with vector_store.VectorStore(os.path.dirname(store.path)) as again:
+      self.assertEqual(again.count, item + 1)  # opens: every item, once
+      np.testing.assert_array_equal(again.lookup([item]),
+                                    store.lookup([item]))
 
   def test_impressions_are_logged_as_model_rows(self):
     reqs = [_request(self.rows, i) for i in (3, 4)]

@@ -1,7 +1,10 @@
 """Tests for the serving store (mmrec.serving.vector_store): lookups against the
 arrays it was built from, the delta log, restarts, torn records, versions."""
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import absltest
@@ -9,6 +12,35 @@ import numpy as np
 
 from mmrec import int8
 from mmrec.serving import vector_store
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A writer under a file-size limit (a full disk, as the kernel reports it
+# with SIGXFSZ ignored: EFBIG) from the 3rd add until room is made before
+# the 5th (argv: the store root, the limit in bytes) -> JSON [[id or None,
+# the vector or the error], ...] for 6 adds.
+_FULL_DISK_WRITER = """
+import json, resource, signal, sys
+import numpy as np
+from mmrec.serving import vector_store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+rng = np.random.default_rng(0)
+out = []
+with vector_store.VectorStore(sys.argv[1], writable=True) as s:
+  resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), hard))
+  for i in range(6):
+    if i == 4:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+    v = rng.normal(size=s.dim)
+    v /= np.linalg.norm(v)
+    try:
+      out.append([s.add(v, (i, i)), v.tolist()])
+    except (vector_store.StoreError, OSError) as e:
+      out.append([None, str(e)])
+print(json.dumps(out))
+"""
 
 
 def _unit(n, d, seed=0):
@@ -140,6 +172,32 @@ class VectorStoreTest(absltest.TestCase):
       self.assertEqual(s.count, 55)
       np.testing.assert_array_equal(s.lookup([54])[0],
                                     int8.quantize(self.vecs[0]))
+
+  def test_failed_write_is_rolled_back_and_adds_resume(self):
+    with vector_store.VectorStore(self.root) as s:
+      size = s._record.size  # pylint: disable=protected-access
+    path = os.path.join(self.root, 'v1', vector_store.DELTA)
+    # Room for 2.5 records: the 3rd add's write is cut short, the 4th's too.
+    run = subprocess.run(
+        [sys.executable, '-c', _FULL_DISK_WRITER, self.root,
+         str(2 * size + size // 2)], cwd=ROOT, capture_output=True,
+        text=True, timeout=120, check=False)
+    self.assertEqual(run.returncode, 0, run.stderr)
+    got = json.loads(run.stdout)
+    self.assertEqual([i for i, _ in got], [50, 51, None, None, 52, 53])
+    self.assertEqual(os.path.getsize(path), 4 * size)
+    # A restart (the writer's open, too) holds every acknowledged item.
+    for writable in (False, True):
+      with vector_store.VectorStore(self.root, writable=writable) as s:
+        self.assertEqual(s.count, 54)
+        np.testing.assert_array_equal(
+            s.lookup([50, 51, 52, 53]),
+            int8.quantize(np.array([v for i, v in got if i is not None])))
+        np.testing.assert_array_equal(s.attributes([52, 53]),
+                                      [[4, 4], [5, 5]])
+    for _, error in got[2:4]:  # a StoreError saying what happened
+      self.assertRegex(error, f'{path}: writing item 52 failed .*File too '
+                       'large.*rolled back')
 
   def test_one_writer(self):
     with vector_store.VectorStore(self.root, writable=True):

@@ -41,6 +41,7 @@ code. `create` takes arrays; reading the embedding job's table is the
 exporter's business (export.py).
 """
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -65,6 +66,15 @@ FORMAT_VERSION = 1
 
 class StoreError(ValueError):
   """A store is missing, corrupt, or asked for something it does not hold."""
+
+
+class StoreWriteError(StoreError):
+  """An add whose delta record could not be written (e.g. a full disk);
+  `errno` is the OSError's. Rolled back unless the message says not."""
+
+  def __init__(self, msg, error_number):
+    super().__init__(msg)
+    self.errno = error_number
 
 
 def _as_int8(vectors):
@@ -194,8 +204,11 @@ class VectorStore:
     self._n = 0
     self._offset = 0  # bytes of delta.log read so far (whole records)
     self._log = None
+    self._unwritable = None  # why adds are refused: a failed rollback
     if writable:
-      self._log = open(os.path.join(self.path, DELTA), 'ab')
+      # Unbuffered: a failed write leaves no bytes queued to go out with
+      # the next add (under the same id); `add` writes whole records.
+      self._log = open(os.path.join(self.path, DELTA), 'ab', buffering=0)
       try:
         fcntl.flock(self._log, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError as e:
@@ -303,15 +316,40 @@ class VectorStore:
                        f'{self.attr_names}')
     attrs = attrs.astype(np.int32)
     with self._lock:
+      if self._unwritable:
+        raise StoreWriteError(self._unwritable, errno.EIO)
       item = self.count
       head = struct.pack(f'<q{len(attrs)}i{self.dim}b', item, *attrs.tolist(),
                          *vector.tolist())
-      self._log.write(head + struct.pack('<I', zlib.crc32(head)))
-      self._log.flush()
-      os.fsync(self._log.fileno())
+      record = memoryview(head + struct.pack('<I', zlib.crc32(head)))
+      fd = self._log.fileno()
+      try:
+        while record:  # os.write may write part (a file-size limit)
+          record = record[os.write(fd, record):]
+        os.fsync(fd)
+      except OSError as e:
+        self._roll_back(item, e)
       self._offset += self._record.size
       self._append(item, attrs, vector)
     return item
+
+  def _roll_back(self, item, error):
+    """After a failed append: cuts the log back to its last whole record
+    (what is left of this one was never acknowledged), so the next add
+    starts at a record boundary; raises StoreWriteError."""
+    path = os.path.join(self.path, DELTA)
+    what = f'{path}: writing item {item} failed ({error.strerror})'
+    try:
+      os.ftruncate(self._log.fileno(), self._offset)  # needs no space
+      os.fsync(self._log.fileno())
+    except OSError as e:
+      # The log may end in part of a record: no add may follow it. A new
+      # writer's open cuts a torn tail (or reads the record, if whole).
+      self._unwritable = (f'{what} and rolling it back failed ({e.strerror}): '
+                          'no more adds until the store is reopened')
+      raise StoreWriteError(self._unwritable, error.errno) from error
+    raise StoreWriteError(f'{what}; rolled back, the item was not added',
+                          error.errno) from error
 
   # ---------------------------------------------------------------- lookups
 
