@@ -316,7 +316,8 @@ class ServiceTest(parameterized.TestCase):
     path = os.path.join(store.path, vector_store.DELTA)
     size = store._record.size  # pylint: disable=protected-access
     good = os.path.getsize(path) if os.path.exists(path) else 0
-    item = self.client.get('/health').json()['items']
+    health = self.client.get('/health').json()
+    item = health['items']
     body = {'vector': [0.25] * DIM, 'category': 1, 'shop': 1}
     # Room for half a record, for these two requests only (the limit is
     # the process's): each write is cut short, then refused.
@@ -332,7 +333,8 @@ class ServiceTest(parameterized.TestCase):
       self.assertEqual(r.status_code, 507, r.text)
       self.assertIn('File too large', r.json()['detail'][0]['msg'])
     self.assertEqual(os.path.getsize(path), good)
-    self.assertEqual(self.client.get('/health').json()['items'], item)
+    self.assertEqual(self.client.get('/health').json(), health)  # index too
+    self.assertEqual(self.state.live.count, item)  # and the live table
     r = self.client.post('/items', json=body)
     self.assertEqual(r.status_code, 200, r.text)
     self.assertEqual(r.json()['item_id'], item)
