@@ -8,7 +8,9 @@
                               encoded by the warm exported encoder; its
                               item features) -> its id; written to the
                               store's delta (fsynced), the index and the
-                              live vector table before the response
+                              live vector table before the response; a
+                              write that fails (a full disk) is rolled
+                              back and answered with a 507
   GET  /items/{id}/similar    nearest items by vector cosine (the index)
   POST /impressions           items shown to a user and their clicks ->
                               the near-line log (impression_log.py; with
@@ -25,7 +27,8 @@ clients).
 
 Every input is validated (pydantic types and size limits, then the model's
 vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
-names the field (`loc`), as FastAPI's own validation errors do; bodies over
+names the field (`loc`), as FastAPI's own validation errors do (NaN and
+infinities included: echoed as strings, JSON has no such numbers); bodies over
 `MAX_BODY_BYTES` (requests.py) get a 413 before they are read.
 
 Store versions: the service opens the store version its model pins (the
