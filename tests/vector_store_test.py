@@ -1,11 +1,13 @@
 """Tests for the serving store (mmrec.serving.vector_store): lookups against the
 arrays it was built from, the delta log, restarts, torn records, versions."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -198,6 +200,29 @@ class VectorStoreTest(absltest.TestCase):
     for _, error in got[2:4]:  # a StoreError saying what happened
       self.assertRegex(error, f'{path}: writing item 52 failed .*File too '
                        'large.*rolled back')
+
+  def test_full_disk_and_a_failed_rollback_stop_adds_until_reopened(self):
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      self.assertEqual(s.add(self.vecs[0], (1, 1)), 50)
+      with mock.patch.object(vector_store.os, 'write', side_effect=full):
+        with self.assertRaisesRegex(vector_store.StoreWriteError,
+                                    'No space left.*rolled back') as e:
+          s.add(self.vecs[1], (1, 1))
+      self.assertEqual((e.exception.errno, s.count), (errno.ENOSPC, 51))
+      # The cut fails too: the log may end in part of a record, so no add
+      # may follow until a writer's open has looked at it.
+      with mock.patch.object(vector_store.os, 'write', side_effect=full), \
+           mock.patch.object(vector_store.os, 'ftruncate',
+                             side_effect=OSError(errno.EIO, 'I/O error')):
+        with self.assertRaisesRegex(vector_store.StoreWriteError,
+                                    'rolling it back failed'):
+          s.add(self.vecs[1], (1, 1))
+      with self.assertRaisesRegex(vector_store.StoreWriteError,
+                                  'no more adds until the store is reopened'):
+        s.add(self.vecs[1], (1, 1))
+    with vector_store.VectorStore(self.root, writable=True) as s:
+      self.assertEqual(s.add(self.vecs[1], (1, 1)), 51)
 
   def test_one_writer(self):
     with vector_store.VectorStore(self.root, writable=True):

@@ -338,15 +338,16 @@ class VectorStore:
     (what is left of this one was never acknowledged), so the next add
     starts at a record boundary; raises StoreWriteError."""
     path = os.path.join(self.path, DELTA)
-    what = f'{path}: writing item {item} failed ({error.strerror})'
+    what = f'{path}: writing item {item} failed ({error.strerror or error})'
     try:
       os.ftruncate(self._log.fileno(), self._offset)  # needs no space
       os.fsync(self._log.fileno())
     except OSError as e:
       # The log may end in part of a record: no add may follow it. A new
       # writer's open cuts a torn tail (or reads the record, if whole).
-      self._unwritable = (f'{what} and rolling it back failed ({e.strerror}): '
-                          'no more adds until the store is reopened')
+      self._unwritable = (f'{what} and rolling it back failed '
+                          f'({e.strerror or e}): no more adds until the '
+                          'store is reopened')
       raise StoreWriteError(self._unwritable, error.errno) from error
     raise StoreWriteError(f'{what}; rolled back, the item was not added',
                           error.errno) from error
