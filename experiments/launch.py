@@ -8,7 +8,9 @@ Each worker gets JAX_PLATFORMS=cpu, `devices_per_process` fake CPU devices
 (XLA_FLAGS, other XLA flags kept) and, with several processes, a loopback
 coordinator (JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID, read by `main._maybe_initialize_distributed`;
-CPU collectives go through gloo). The job then runs as on several hosts: one
+CPU collectives go through gloo). The coordinator listens on that loopback
+address only (JAX_COORDINATOR_BIND_ADDRESS, read by jax): jax's default is
+every interface, which would let anyone on the network join the job. The job then runs as on several hosts: one
 global mesh over all processes' devices, each process reading its slice of
 every global batch, checkpoints written collectively to the shared workdir.
 
@@ -62,10 +64,13 @@ def worker_env(rank, num_processes, devices, address, base=None):
            if not f.startswith(DEVICE_FLAG)]
   env.update(JAX_PLATFORMS='cpu',
              XLA_FLAGS=' '.join(flags + [f'{DEVICE_FLAG}={devices}']))
-  for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+  for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_BIND_ADDRESS',
+            'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     env.pop(k, None)
   if num_processes > 1:
+    # Bound where the workers reach it (loopback), not jax's [::]:port.
     env.update(JAX_COORDINATOR_ADDRESS=address,
+               JAX_COORDINATOR_BIND_ADDRESS=address,
                JAX_NUM_PROCESSES=str(num_processes),
                JAX_PROCESS_ID=str(rank))
   return env

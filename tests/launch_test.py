@@ -27,6 +27,27 @@ TIMEOUT_S = 300
 STEPS = 6  # Checkpoints at 3 and 6.
 
 
+# Run with a worker's environment: jax.distributed as experiments.main starts
+# it, then the local addresses listening on the coordinator's port (argv[1]),
+# from /proc/net/tcp{,6}, as hex ('0100007F' is 127.0.0.1, 32 zeros [::]).
+_LISTENING = """
+import json, sys
+import jax
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(num_processes=1, process_id=0)
+port = '%04X' % int(sys.argv[1])
+found = []
+for name in ('/proc/net/tcp', '/proc/net/tcp6'):
+  with open(name) as f:
+    for line in list(f)[1:]:
+      local, state = line.split()[1], line.split()[3]
+      if state == '0A' and local.endswith(':' + port):  # LISTEN
+        found.append(local.rsplit(':', 1)[0])
+print(json.dumps(found))
+jax.distributed.shutdown()
+"""
+
+
 class _Launch:
   """`experiments.launch` of experiments.main, started now (output to files,
   so concurrent runs never block on a full pipe)."""
@@ -103,6 +124,24 @@ class LauncherUnitTest(absltest.TestCase):
     single = launch.worker_env(0, 1, 8, '127.0.0.1:1234', base)
     self.assertNotIn('JAX_PROCESS_ID', single)
     self.assertNotIn('JAX_COORDINATOR_ADDRESS', single)
+    self.assertNotIn('JAX_COORDINATOR_BIND_ADDRESS', single)
+
+  def test_coordinator_listens_on_loopback_only(self):
+    """The coordinator rank 0 starts from the launcher's environment listens
+    on 127.0.0.1, not on every interface (jax's default, [::]:port)."""
+    env = launch.worker_env(0, 2, 1, f'127.0.0.1:{launch.free_port()}')
+    self.assertTrue(env['JAX_COORDINATOR_BIND_ADDRESS'].startswith(
+        '127.0.0.1:'))
+    port = int(env['JAX_COORDINATOR_ADDRESS'].rsplit(':', 1)[1])
+    env['JAX_NUM_PROCESSES'] = '1'  # no peer to wait for: it starts at once
+    out = subprocess.run(
+        [sys.executable, '-c', _LISTENING, str(port)], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    found = json.loads(out)
+    self.assertNotEmpty(found)
+    # 127.0.0.1, as IPv4 or IPv4-mapped IPv6 (gRPC's choice), and only it.
+    self.assertContainsSubset(found, {'0100007F',
+                                      '0000000000000000FFFF00000100007F'})
 
 
 class LaunchTest(absltest.TestCase):

@@ -11,11 +11,14 @@ import base64
 import concurrent.futures
 import json
 import os
+import resource
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -173,6 +176,59 @@ MALFORMED = [
 ]
 
 
+# Bad numbers as raw JSON text (json.dumps writes NaN and Infinity; 1e400
+# parses as inf), put in every numeric field of every request.
+NOT_AN_ID = ('NaN', 'Infinity', '-Infinity', '1e400', '-1', str(2**63),
+             '1.5', '"3"', 'true', 'null')
+NOT_A_FLOAT = ('NaN', 'Infinity', '-Infinity', '1e400', '"3"', 'true', 'null')
+_SLOT = '"__bad__"'
+_IMPRESSION = {'user': USER, 'history': [1, 2], 'items': [4, 5],
+               'labels': [0, 1]}
+_VECTOR_ITEM = {'vector': [0.25] * DIM, 'category': 1, 'shop': 1}
+# (name, path, body, where the bad value goes, field named in `loc`, values)
+BAD_NUMBER_FIELDS = [
+    ('score_user_id', '/score', GOOD, ('user', 'user_id'), 'user_id',
+     NOT_AN_ID),
+    ('score_age', '/score', GOOD, ('user', 'age'), 'age', NOT_AN_ID),
+    ('score_gender', '/score', GOOD, ('user', 'gender'), 'gender', NOT_AN_ID),
+    ('score_city', '/score', GOOD, ('user', 'city'), 'city', NOT_AN_ID),
+    ('score_history', '/score', GOOD, ('history', 0), 'history', NOT_AN_ID),
+    ('score_long_history', '/score', _with(long_history=[1]),
+     ('long_history', 0), 'long_history', NOT_AN_ID),
+    ('score_candidates', '/score', GOOD, ('candidates', 1), 'candidates',
+     NOT_AN_ID),
+    ('impression_user_id', '/impressions', _IMPRESSION, ('user', 'user_id'),
+     'user_id', NOT_AN_ID),
+    ('impression_history', '/impressions', _IMPRESSION, ('history', 1),
+     'history', NOT_AN_ID),
+    ('impression_items', '/impressions', _IMPRESSION, ('items', 0), 'items',
+     NOT_AN_ID),
+    ('impression_labels', '/impressions', _IMPRESSION, ('labels', 1),
+     'labels', NOT_AN_ID),
+    ('item_vector', '/items', _VECTOR_ITEM, ('vector', 3), 'vector',
+     NOT_A_FLOAT),
+    ('item_category', '/items', _VECTOR_ITEM, ('category',), 'category',
+     NOT_AN_ID),
+    ('item_shop', '/items', _VECTOR_ITEM, ('shop',), 'shop', NOT_AN_ID),
+    ('item_title', '/items', ITEM, ('title', 2), 'title', NOT_AN_ID),
+    ('item_image', '/items', ITEM, ('image',), 'image',
+     tuple(v for v in NOT_AN_ID if v != 'null')),  # null: no image, below
+    ('similar_item_id', '/items/{}/similar', None, (), 'item_id', NOT_AN_ID),
+    ('similar_k', '/items/3/similar?k={}', None, (), 'k', NOT_AN_ID),
+]
+
+
+def _raw_with(body, where, text):
+  """`body` as JSON text with the value at `where` replaced by `text`."""
+  body = json.loads(json.dumps(body))
+  *parents, last = where
+  node = body
+  for key in parents:
+    node = node[key]
+  node[last] = _SLOT[1:-1]
+  return json.dumps(body).replace(_SLOT, text)
+
+
 class ServiceTest(parameterized.TestCase):
 
   @classmethod
@@ -227,6 +283,64 @@ class ServiceTest(parameterized.TestCase):
       locs = [d['loc'] for d in r.json()['detail']]
       self.assertTrue(any(field in map(str, loc) for loc in locs),
                       f'{field!r} not named in {locs}')
+
+  @parameterized.named_parameters(*BAD_NUMBER_FIELDS)
+  def test_bad_number_gets_4xx_naming_the_field(self, path, body, where,
+                                                field, values):
+    # Server errors come back as 500s here, as a client would see them.
+    client = testclient.TestClient(self.app, raise_server_exceptions=False)
+    items = self.state.store.count
+    wrong = []
+    for text in values:
+      if body is None:  # a path or query value: as it is, URL-quoted
+        r = client.get(path.format(urllib.parse.quote(text)))
+      else:
+        r = client.post(path, content=_raw_with(body, where, text),
+                        headers={'content-type': 'application/json'})
+      if r.status_code != 422:
+        wrong.append(f'{text}: {r.status_code} {r.text[:200]}')
+        continue
+      locs = [d['loc'] for d in r.json()['detail']]
+      if not any(field in map(str, loc) for loc in locs):
+        wrong.append(f'{text}: {field!r} not named in {locs}')
+    self.assertEqual(wrong, [])
+    self.assertEqual(client.get('/health').status_code, 200)
+    self.assertEqual(self.state.store.count, items)  # nothing was added
+
+  def test_full_disk_add_gets_507_and_adds_resume(self):
+    """An add whose delta write fails (a file-size limit: the kernel's
+    EFBIG, as ENOSPC on a full disk) gets a 507 and leaves no trace; once
+    there is room, adds resume and the store opens with every item."""
+    store = self.state.store
+    path = os.path.join(store.path, vector_store.DELTA)
+    size = store._record.size  # pylint: disable=protected-access
+    good = os.path.getsize(path) if os.path.exists(path) else 0
+    health = self.client.get('/health').json()
+    item = health['items']
+    body = {'vector': [0.25] * DIM, 'category': 1, 'shop': 1}
+    # Room for half a record, for these two requests only (the limit is
+    # the process's): each write is cut short, then refused.
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (good + size // 2, hard))
+      full = [self.client.post('/items', json=body) for _ in range(2)]
+    finally:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+      signal.signal(signal.SIGXFSZ, handler)
+    for r in full:
+      self.assertEqual(r.status_code, 507, r.text)
+      self.assertIn('File too large', r.json()['detail'][0]['msg'])
+    self.assertEqual(os.path.getsize(path), good)
+    self.assertEqual(self.client.get('/health').json(), health)  # index too
+    self.assertEqual(self.state.live.count, item)  # and the live table
+    r = self.client.post('/items', json=body)
+    self.assertEqual(r.status_code, 200, r.text)
+    self.assertEqual(r.json()['item_id'], item)
+    with vector_store.VectorStore(os.path.dirname(store.path)) as again:
+      self.assertEqual(again.count, item + 1)  # opens: every item, once
+      np.testing.assert_array_equal(again.lookup([item]),
+                                    store.lookup([item]))
 
   def test_impressions_are_logged_as_model_rows(self):
     reqs = [_request(self.rows, i) for i in (3, 4)]

@@ -4,9 +4,13 @@ The request schema is the dataset's (a model manifest's `schema`,
 layout.serving_schema): `request_models` builds its pydantic models, so a
 missing, extra or mistyped field is FastAPI's own 422 naming it; ids are
 checked against the live model's vocabularies by the service. `bad` makes
-the service's own 4xx in the same shape.
+the service's own 4xx in the same shape. Python's JSON parser takes NaN,
+Infinity and 1e400 (inf) as numbers: they are refused (422) like any wrong
+type, and `jsonable` keeps them out of the 422's echo of the input (JSON
+has no such numbers: rendering one would turn the 422 into a 500).
 """
 
+import math
 from typing import Annotated
 
 import fastapi
@@ -24,7 +28,10 @@ Id = Annotated[int, pydantic.Field(strict=True, ge=0, le=2**31 - 1)]
 
 
 class Strict(pydantic.BaseModel):
-  model_config = pydantic.ConfigDict(extra='forbid', strict=True)
+  # allow_inf_nan: a NaN or infinite float (the vector's) is the field's
+  # own 422, not a value the service checks later.
+  model_config = pydantic.ConfigDict(extra='forbid', strict=True,
+                                     allow_inf_nan=False)
 
 
 class ItemBase(Strict):
@@ -84,11 +91,23 @@ def request_models(schema):
   return ScoreRequest, ImpressionRequest, item
 
 
+def jsonable(value):
+  """`value` (JSON-able but for floats) with each NaN or infinite float as
+  its repr ('nan', 'inf', '-inf'): what a 4xx echoes of a request."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return repr(value)
+  if isinstance(value, dict):
+    return {k: jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  return value
+
+
 def bad(loc, msg, value=None, status=422):
   """A 4xx in FastAPI's validation-error shape, naming the field."""
   detail = {'loc': list(loc), 'msg': msg, 'type': 'value_error'}
   if value is not None:
-    detail['input'] = value
+    detail['input'] = jsonable(value)
   return fastapi.HTTPException(status_code=status, detail=[detail])
 
 

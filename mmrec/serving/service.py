@@ -8,7 +8,9 @@
                               encoded by the warm exported encoder; its
                               item features) -> its id; written to the
                               store's delta (fsynced), the index and the
-                              live vector table before the response
+                              live vector table before the response; a
+                              write that fails (a full disk) is rolled
+                              back and answered with a 507
   GET  /items/{id}/similar    nearest items by vector cosine (the index)
   POST /impressions           items shown to a user and their clicks ->
                               the near-line log (impression_log.py; with
@@ -25,7 +27,8 @@ clients).
 
 Every input is validated (pydantic types and size limits, then the model's
 vocabularies and the store's ids): a bad request gets a 4xx whose `detail`
-names the field (`loc`), as FastAPI's own validation errors do; bodies over
+names the field (`loc`), as FastAPI's own validation errors do (NaN and
+infinities included: echoed as strings, JSON has no such numbers); bodies over
 `MAX_BODY_BYTES` (requests.py) get a 413 before they are read.
 
 Store versions: the service opens the store version its model pins (the
@@ -52,6 +55,8 @@ import time
 from typing import Annotated
 
 import fastapi
+from fastapi import encoders
+from fastapi import exceptions
 from fastapi import responses
 import jax
 
@@ -123,6 +128,14 @@ def create_app(serving_dir, reload_interval_s=1.0, **logging_kwargs):
   app.router.add_event_handler('shutdown', serving.close)
 
   app.add_middleware(LimitAndTime, serving=serving)
+
+  @app.exception_handler(exceptions.RequestValidationError)
+  async def invalid(request, exc):
+    # FastAPI's own handler, but for the echoed input: a NaN or an infinity
+    # (JSON text Python parses as a float) would make its 422 a 500.
+    del request
+    return responses.JSONResponse(status_code=422, content={
+        'detail': reqs.jsonable(encoders.jsonable_encoder(exc.errors()))})
 
   @app.exception_handler(vector_store.StoreError)
   async def store_error(request, exc):  # e.g. an id the store lost

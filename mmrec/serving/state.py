@@ -314,7 +314,13 @@ class Serving:
         raise reqs.bad(['body'], f'the model {live.model.version} holds at '
                        f'most {cap} items; export it with a larger '
                        'config.item_capacity', status=507)
-      item = self.store.add(v, attrs)
+      try:
+        item = self.store.add(v, attrs)
+      except vector_store.StoreWriteError as e:
+        # The store rolled the write back: nothing was added, the next add
+        # may succeed once there is room (not the client's fault: no 422).
+        raise reqs.bad(['body'], f'the item was not stored: {e}',
+                       status=507) from e
       with self._index_lock:
         self.index.add(v[None], [item])
       table = live.table

@@ -18,9 +18,18 @@ CURRENT is rewritten by rename, so a reader never sees half a version. The
 base rows are memory-mapped (read-only, shared by every process that opens
 the store); only the delta lives in memory. Delta records are appended,
 flushed and fsynced before `add` returns, so an acknowledged item survives a
-crash; a torn last record (crash mid-write) fails its CRC and is cut off when
-the log is next opened for writing. New items take the next free id: ids stay
-dense, so a model's table can be indexed by them.
+crash. New items take the next free id: ids stay dense, so a model's table
+can be indexed by them, and an id is never handed out twice.
+
+Damage to delta.log: a final record shorter than a record (a crash
+mid-append, or an append still being written) is not read; the writer cuts
+it off when it opens the log (`_cut_torn_tail` says why that is safe). A bad
+record with records after it is corruption, not a torn append: opening or
+refreshing raises StoreError naming the file, the byte and how many records
+follow, and nothing is cut (that would lose those items and give their ids
+to the next ones). A whole final record failing its CRC is ignored by
+readers and refused by a writer (it may be an acknowledged item). Readers
+never write the log.
 
 The next batch embedding becomes a new version with `create_carrying`: the
 batch table's rows, then the items the current version holds beyond them,
@@ -32,6 +41,7 @@ code. `create` takes arrays; reading the embedding job's table is the
 exporter's business (export.py).
 """
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -56,6 +66,15 @@ FORMAT_VERSION = 1
 
 class StoreError(ValueError):
   """A store is missing, corrupt, or asked for something it does not hold."""
+
+
+class StoreWriteError(StoreError):
+  """An add whose delta record could not be written (e.g. a full disk);
+  `errno` is the OSError's. Rolled back unless the message says not."""
+
+  def __init__(self, msg, error_number):
+    super().__init__(msg)
+    self.errno = error_number
 
 
 def _as_int8(vectors):
@@ -183,17 +202,26 @@ class VectorStore:
     self._dv = np.zeros((16, self.dim), np.int8)
     self._da = np.zeros((16, a), np.int32)
     self._n = 0
-    self._offset = 0  # bytes of delta.log read so far
+    self._offset = 0  # bytes of delta.log read so far (whole records)
     self._log = None
+    self._unwritable = None  # why adds are refused: a failed rollback
     if writable:
-      self._log = open(os.path.join(self.path, DELTA), 'ab')
+      # Unbuffered: a failed write leaves no bytes queued to go out with
+      # the next add (under the same id); `add` writes whole records.
+      self._log = open(os.path.join(self.path, DELTA), 'ab', buffering=0)
       try:
         fcntl.flock(self._log, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError as e:
         self._log.close()
         raise StoreError(f'{where}: another process has it open for '
                          'writing (one writer per store)') from e
-    self.refresh(truncate=writable)
+    try:
+      self.refresh()
+      if writable:
+        self._cut_torn_tail()
+    except BaseException:
+      self.close()
+      raise
 
   # ------------------------------------------------------------------ delta
 
@@ -207,9 +235,14 @@ class VectorStore:
     self._dv[self._n], self._da[self._n] = vector, attrs
     self._n += 1
 
-  def refresh(self, truncate=False):
+  def _bad(self, rec):
+    return zlib.crc32(rec[:-4]) != self._record.unpack(rec)[-1]
+
+  def refresh(self):
     """Reads delta records appended since the last call (by this or another
-    process); returns how many. With `truncate`, cuts off a torn tail."""
+    process); returns how many. A bad final record is left unread (torn, or
+    being appended now: read once whole); a bad record followed by more is
+    corruption: StoreError, nothing read past it. Never writes the log."""
     path = os.path.join(self.path, DELTA)
     if not os.path.exists(path):
       return 0
@@ -219,17 +252,52 @@ class VectorStore:
     size, a, added = self._record.size, len(self.attr_names), 0
     for off in range(0, len(data) - size + 1, size):
       rec = data[off:off + size]
-      fields = self._record.unpack(rec)
-      if zlib.crc32(rec[:-4]) != fields[-1]:
+      if self._bad(rec):
+        if len(data) - off > size:
+          raise self._corrupt(path, self._offset, data[off + size:])
         break
+      fields = self._record.unpack(rec)
       self._append(fields[0], fields[1:1 + a], fields[1 + a:-1])
       self._offset += size
       added += 1
-    if truncate and os.path.getsize(path) != self._offset:
-      # A crash mid-append leaves a torn record: it was never acknowledged.
-      with open(path, 'r+b') as f:
-        f.truncate(self._offset)
     return added
+
+  def _corrupt(self, path, offset, later):
+    size = self._record.size
+    whole = [later[i:i + size] for i in range(0, len(later) - size + 1, size)]
+    valid = sum(not self._bad(rec) for rec in whole)
+    n = -(-len(later) // size)  # a torn one at the end counts
+    follow = f'{n} later record' + (' follows' if n == 1 else 's follow')
+    return StoreError(
+        f'{path}: the record at byte {offset} (item {self.count}) fails its '
+        f'CRC check and {follow} it '
+        f'({valid} whole and valid): the log is corrupt, not torn by a '
+        'crash. It is not opened and not cut (cutting would lose those items '
+        'and give their ids to new ones): restore it from a copy, or cut it '
+        f'at byte {offset} by hand knowing that')
+
+  def _cut_torn_tail(self):
+    """The writer's open: cuts a torn final record, so appends follow the
+    last whole one (appended after it, a torn record would be a bad one
+    mid-log). Safe only here: `add` acknowledges an item once its whole
+    record is fsynced, so a final record shorter than a record was never
+    acknowledged and its id never handed out; and the exclusive lock (taken
+    before `refresh`) means no append is in flight that the cut could
+    tear. A whole bad final record is not cut: it may be an acknowledged
+    item with a damaged byte, and the next add would reuse its id."""
+    path = os.path.join(self.path, DELTA)
+    tail = os.path.getsize(path) - self._offset
+    if not tail:
+      return
+    if tail >= self._record.size:  # == (refresh raised for more)
+      raise StoreError(
+          f'{path}: the final record (byte {self._offset}, item '
+          f'{self.count}) is whole but fails its CRC check: it may be an '
+          'acknowledged item with a damaged byte, so it is not cut (its id '
+          'would be handed out again); readers ignore it. Restore the log '
+          f'from a copy, or cut it at byte {self._offset} by hand')
+    os.ftruncate(self._log.fileno(), self._offset)
+    os.fsync(self._log.fileno())
 
   def add(self, vector, attrs=()):
     """Appends one item (unit float vector or int8 row); returns its id.
@@ -248,15 +316,41 @@ class VectorStore:
                        f'{self.attr_names}')
     attrs = attrs.astype(np.int32)
     with self._lock:
+      if self._unwritable:
+        raise StoreWriteError(self._unwritable, errno.EIO)
       item = self.count
       head = struct.pack(f'<q{len(attrs)}i{self.dim}b', item, *attrs.tolist(),
                          *vector.tolist())
-      self._log.write(head + struct.pack('<I', zlib.crc32(head)))
-      self._log.flush()
-      os.fsync(self._log.fileno())
+      record = memoryview(head + struct.pack('<I', zlib.crc32(head)))
+      fd = self._log.fileno()
+      try:
+        while record:  # os.write may write part (a file-size limit)
+          record = record[os.write(fd, record):]
+        os.fsync(fd)
+      except OSError as e:
+        self._roll_back(item, e)
       self._offset += self._record.size
       self._append(item, attrs, vector)
     return item
+
+  def _roll_back(self, item, error):
+    """After a failed append: cuts the log back to its last whole record
+    (what is left of this one was never acknowledged), so the next add
+    starts at a record boundary; raises StoreWriteError."""
+    path = os.path.join(self.path, DELTA)
+    what = f'{path}: writing item {item} failed ({error.strerror or error})'
+    try:
+      os.ftruncate(self._log.fileno(), self._offset)  # needs no space
+      os.fsync(self._log.fileno())
+    except OSError as e:
+      # The log may end in part of a record: no add may follow it. A new
+      # writer's open cuts a torn tail (or reads the record, if whole).
+      self._unwritable = (f'{what} and rolling it back failed '
+                          f'({e.strerror or e}): no more adds until the '
+                          'store is reopened')
+      raise StoreWriteError(self._unwritable, error.errno) from error
+    raise StoreWriteError(f'{what}; rolled back, the item was not added',
+                          error.errno) from error
 
   # ---------------------------------------------------------------- lookups
 
