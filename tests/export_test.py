@@ -121,14 +121,18 @@ class ExportTest(parameterized.TestCase):
     script = f"""
 import json, sys
 import numpy as np
+from mmrec.serving import service, served_model, vector_store  # the whole server
 m = served_model.ServingModel({directory!r})
 with vector_store.VectorStore({os.path.join(serving, 'vectors')!r}) as s:
   table = m.device_table(s.dense())
 rows = dict(np.load({inputs!r}))
 p = m.score(rows, table)
 bad = sorted(k for k in sys.modules if k == 'flax' or k.startswith(
-    ('flax.', 'optax', 'orbax', 'grain', 'mmrec.train', 'mmrec.ctr_model',
-     'mmrec.serving.export', 'tensorflow_datasets')))
+    ('flax.', 'optax', 'orbax', 'grain', 'tensorflow_datasets',
+     'mmrec.train', 'mmrec.ctr_', 'mmrec.embed', 'mmrec.item_encoder',
+     'mmrec.pretrain', 'mmrec.sharding', 'mmrec.checkpointing',
+     'mmrec.serving.export', 'mmrec.serving.model_export',
+     'mmrec.serving.layout', 'mmrec.serving.nearline')))
 print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
 """
     env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')

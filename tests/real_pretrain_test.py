@@ -19,6 +19,7 @@ from experiments import claims
 from experiments import pretrain_sweep
 from experiments import report
 from experiments import reproduce
+from experiments import reproduce_inputs
 from experiments import stages
 from experiments.configs import paper
 from experiments.configs import pretrain_sweep as sweep_config
@@ -241,7 +242,7 @@ class RealPretrainTest(absltest.TestCase):
     def choose(choice, m, ran=(), table=None):
       c = paper.get_config('tiny')
       c.ctr_vectors = choice
-      return reproduce._ctr_vectors(c, m, '/d', '/p', list(ran), table or {})
+      return reproduce_inputs.ctr_vectors(c, m, '/d', '/p', list(ran), table or {})
 
     shipped = self.m
     bare = self.ml_m  # ships no vectors
