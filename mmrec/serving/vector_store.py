@@ -1,5 +1,8 @@
 """The serving side's item store: versioned int8 vectors + item attributes,
 looked up by item id, with a delta log for items added since the batch job.
+(Over the house's ~450 lines on purpose: a version's base rows and its delta
+log are read, appended, rolled back and carried under one lock, and read
+better as one class than split.)
 
 Layout under a store root:
 
