@@ -10,9 +10,10 @@ coordinator (JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID, read by `main._maybe_initialize_distributed`;
 CPU collectives go through gloo). The coordinator listens on that loopback
 address only (JAX_COORDINATOR_BIND_ADDRESS, read by jax): jax's default is
-every interface, which would let anyone on the network join the job. The job then runs as on several hosts: one
-global mesh over all processes' devices, each process reading its slice of
-every global batch, checkpoints written collectively to the shared workdir.
+every interface, which would let anyone on the network join the job. The
+job then runs as on several hosts: one global mesh over all processes' devices,
+each process reading its slice of every global batch, checkpoints written
+collectively to the shared workdir.
 
 Worker output lines are prefixed with `[rank] `. If a worker fails (non-zero
 exit or a signal), the others are terminated and the launcher exits non-zero

@@ -12,9 +12,12 @@ made without touching the test day.
 import dataclasses
 import functools
 
+from absl import logging
 import numpy as np
 
+from mmrec import ctr_model
 from mmrec import embedding
+from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import manifest
 from mmrec.data import pipelines
@@ -132,6 +135,17 @@ def train_columns(data_dir):
   for v in out.values():
     v.flags.writeable = False  # shared by every caller of the cache
   return out
+
+
+def host_vectors(config, num_items):
+  """The frozen (V, Dv) table a CTR config's model reads
+  (vector_table.load_vectors), or None for a model that reads none."""
+  if ctr_model.reads_vectors(config):
+    return vector_table.load_vectors(config, num_items)
+  if config.vectors_path:
+    logging.info("variant 'id' (no retrieval) reads no item vectors; "
+                 'ignoring config.vectors_path=%s', config.vectors_path)
+  return None
 
 
 def check_batch(batch, model, where, first_test_day=None, test=False):

@@ -162,12 +162,7 @@ def run(config, workdir):
   data = ctr_data.CtrData.load(data_dir, validation=config.validation)
   split = eval_split(config)
   model = ctr_model.build_model(config, data.sizes)
-  host_vectors = None
-  if ctr_model.reads_vectors(config):
-    host_vectors = vector_table.load_vectors(config, data.sizes['num_items'])
-  elif config.vectors_path:
-    logging.info("variant 'id' (no retrieval) reads no item vectors; "
-                 'ignoring config.vectors_path=%s', config.vectors_path)
+  host_vectors = ctr_data.host_vectors(config, data.sizes['num_items'])
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
 
   # Bad input fails here, before anything compiles.

@@ -410,8 +410,7 @@ def offline_predictions(c, workdir):
   """`ctr_eval.predict` of the run's latest checkpoint on the test day."""
   data = ctr_data.CtrData.load(c.data_dir)
   model = ctr_model.build_model(c, data.sizes)
-  host_vectors = (vector_table.load_vectors(c, data.sizes['num_items'])
-                  if ctr_model.reads_vectors(c) else None)
+  host_vectors = ctr_data.host_vectors(c, data.sizes['num_items'])
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
   first = data.dataset('test', c.eval_batch_size)[0]
   example = {k: v[:2] for k, v in first.items()}

@@ -137,6 +137,18 @@ class RealPretrainTest(absltest.TestCase):
         "behaviour history.*bag_of_tokens's evaluation"):
       train_scl.run(_scl('bag_of_tokens', out), tempfile.mkdtemp())
 
+  def _check_sweep(self, workdir, ran, skipped, not_run):
+    """A sweep's plan (what ran, what was skipped, co-click evaluation) and
+    its table (the reason for a skipped scl, the item slice)."""
+    plan = json.loads(_read(os.path.join(workdir, pretrain_sweep.PLAN_FILE)))
+    self.assertEqual(plan['ran'], ran)
+    self.assertEqual(set(plan['skipped']), skipped)
+    self.assertEqual(plan['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
+    text = _read(os.path.join(workdir, f'{pretrain_sweep.TABLE_FILE}.md'))
+    self.assertIn(not_run, text)
+    self.assertIn(' item recall@10 |', text)
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'scl')))
+
   def test_sweep_runs_what_the_dataset_allows(self):
     # Titles only (MovieLens): the bag-of-tokens reference alone runs.
     c = sweep_config.get_config('tiny')
@@ -145,29 +157,18 @@ class RealPretrainTest(absltest.TestCase):
     table = pretrain_sweep.run(c, workdir)
     self.assertEqual(set(table), {'bag_of_tokens'})
     self.assertIn('item', table['bag_of_tokens'])
-    plan = json.loads(_read(os.path.join(workdir, pretrain_sweep.PLAN_FILE)))
-    self.assertEqual(plan['ran'], ['bag_of_tokens'])
-    self.assertEqual(set(plan['skipped']), {'scl', 'clip_o', 'raw_pixels'})
-    self.assertEqual(plan['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
-    text = _read(os.path.join(workdir, f'{pretrain_sweep.TABLE_FILE}.md'))
-    self.assertIn("scl: not run (dataset 'movielens' has no", text)
-    self.assertIn(' item recall@10 |', text)
-    self.assertFalse(os.path.exists(os.path.join(workdir, 'scl')))
+    self._check_sweep(workdir, ['bag_of_tokens'],
+                      {'scl', 'clip_o', 'raw_pixels'},
+                      "scl: not run (dataset 'movielens' has no")
     res = json.loads(_read(os.path.join(workdir, 'bag_of_tokens', 'seed_0',
                                         pretrain_eval.EVAL_FILE)))
     self.assertIsNone(res['metrics']['image'])
     self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
     # The own data's pre-training stage (the pipeline's sweep): what its
     # plan ran and skipped, and its table.
-    pre_dir = self.pretrain_dir()
-    plan = json.loads(_read(os.path.join(pre_dir, pretrain_sweep.PLAN_FILE)))
-    self.assertEqual(plan['ran'], ['clip_e', 'raw_pixels'])
-    self.assertEqual(set(plan['skipped']), {'scl', 'scl_no_queue', 'clip_o'})
-    self.assertEqual(plan['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
-    text = _read(os.path.join(pre_dir, f'{pretrain_sweep.TABLE_FILE}.md'))
-    self.assertIn('scl: not run (dataset \'parquet\' has no mmrec_search', text)
-    self.assertIn(' item recall@10 |', text)
-    self.assertFalse(os.path.exists(os.path.join(pre_dir, 'scl')))
+    self._check_sweep(self.pretrain_dir(), ['clip_e', 'raw_pixels'],
+                      {'scl', 'scl_no_queue', 'clip_o'},
+                      "scl: not run (dataset 'parquet' has no mmrec_search")
 
   def test_paper_pipeline_on_converted_data(self):
     c, workdir, results = self.pipeline()

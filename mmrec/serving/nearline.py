@@ -114,8 +114,7 @@ class Trainer:
         resolver.recorded_data_dir(c, config.ctr_workdir),
         validation=bool(c.validation))
     self.model = ctr_model.build_model(c, self.data.sizes)
-    host = (vector_table.load_vectors(c, self.data.sizes['num_items'])
-            if ctr_model.reads_vectors(c) else None)
+    host = ctr_data.host_vectors(c, self.data.sizes['num_items'])
     self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
     self.vectors = vector_table.put(host, self.mesh)
     self.vectors_key = ctr_steps.shape_key(host)

@@ -27,29 +27,33 @@ def check_ids(values, loc, size, what):
   return arr
 
 
+class _Column:
+  """One store attribute column (or a bag's columns) indexed by item id."""
+
+  def __init__(self, ids, attrs, cols):
+    self._ids, self._attrs, self._cols = ids, attrs, cols
+
+  def __getitem__(self, items):
+    # Every id asked for is in `ids` except padding (id 0), which masked
+    # slots never read: any row will do for it.
+    rows = np.minimum(np.searchsorted(self._ids, items), len(self._ids) - 1)
+    return self._attrs[rows][..., self._cols]
+
+
 class _StoreColumns:
   """The store's attribute columns for a request's item ids, indexed by item
   id as a catalogue's columns are (what ctr_rows joins): one store read."""
 
-  def __init__(self, store, ids):
-    self._ids = np.unique(ids)  # sorted; id 0 (padding) may be absent, the
-    self._attrs = store.attributes(self._ids)  # masked slots never read it
-    self._names = store.attr_names
-    self._bags = {}
-
-  def add_bag(self, name, width):
-    self._bags[name] = [self._names.index(f'{name}/{k}') for k in range(width)]
+  def __init__(self, store, ids, bags):
+    self._ids = np.unique(ids)  # sorted
+    self._attrs = store.attributes(self._ids)
+    names = store.attr_names
+    self._cols = {f: [names.index(f'{f}/{k}') for k in range(b['width'])]
+                  for f, b in bags.items()}
+    self._cols.update((f, names.index(f)) for f in names if '/' not in f)
 
   def __getitem__(self, field):
-    cols = (self._bags[field] if field in self._bags else
-            self._names.index(field))
-    ids, attrs = self._ids, self._attrs
-
-    class Column:
-      def __getitem__(self, items):
-        rows = np.minimum(np.searchsorted(ids, items), max(len(ids) - 1, 0))
-        return attrs[rows][..., cols]
-    return Column()
+    return _Column(self._ids, self._attrs, self._cols[field])
 
 
 def _right_aligned(ids, length):
@@ -91,9 +95,8 @@ def inputs(live, store, user, history, items, loc, long_history=None):
   else:
     long = hist[-long_len:] if long_len else hist[:0]
   hist = hist[-model.seq_len:]
-  fields = _StoreColumns(store, np.concatenate([items, hist, long]))
-  for f, bag in schema['bags'].items():
-    fields.add_bag(f, bag['width'])
+  fields = _StoreColumns(store, np.concatenate([items, hist, long]),
+                         schema['bags'])
   one = {f: np.array([getattr(user, f)], np.int64) for f in users}
   for f, bag in schema.get('user_bags', {}).items():
     ids = check_ids(getattr(user, f), ['body', 'user', f], bag['size'], f)
