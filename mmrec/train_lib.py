@@ -192,6 +192,15 @@ class Loop:
   eval_steps: tuple[int, ...] = ()
   final_eval: bool = False
   stop_at: int = 0  # > 0: stop (checkpointed) after this step
+  # Metrics that must stay finite: checked before every checkpoint, so a
+  # NaN or infinite value stops the run (NonFiniteError) before a state it
+  # produced is saved.
+  finite_metrics: tuple[str, ...] = ()
+
+
+class NonFiniteError(FloatingPointError):
+  """A metric in `Loop.finite_metrics` went NaN or infinite; nothing after
+  the step before it was saved."""
 
 
 class FitResult(NamedTuple):
@@ -199,6 +208,20 @@ class FitResult(NamedTuple):
   step: int
   history: list  # [{'step': s, **metrics}] in step order
   last_eval: Any  # (step, metrics, outputs) of the last evaluation, or None
+
+
+def _check_finite(loop, watched):
+  """Raises NonFiniteError at the first step in `watched` whose metrics in
+  `loop.finite_metrics` are not all finite."""
+  host = sharding.to_host([v for _, v in watched])  # one transfer
+  for (step, _), values in zip(watched, host):
+    values = [float(v) for v in values]
+    if not np.isfinite(values).all():
+      raise NonFiniteError(
+          f'{loop.name}: step {step} has '
+          f'{dict(zip(loop.finite_metrics, values))}: stopped before saving '
+          f'a checkpoint (the last saved state in {loop.workdir} is still '
+          'good); check the data and the learning rate')
 
 
 def fit(loop: Loop, programs: Programs, it, mesh, step_args=()):
@@ -255,11 +278,14 @@ def fit(loop: Loop, programs: Programs, it, mesh, step_args=()):
     progress = Progress(stop, loop.batch_size, name=loop.name)
     rng = jax.random.key(loop.seed + 1)
     eval_steps = set(loop.eval_steps)
+    watched = []  # (step, device scalars) since the last checkpoint
     while step < stop:
       batch = sharding.shard_batch(next(it), mesh)
       state, metrics = programs.train_step(state, batch, fold_rng(rng, step),
                                            *step_args)
       step += 1
+      if loop.finite_metrics:  # device scalars: no sync per step
+        watched.append((step, [metrics[k] for k in loop.finite_metrics]))
       if step % loop.log_every == 0 or step == stop:
         metrics = sharding.to_host(metrics)
         writer.write(step, metrics, prefix='train/')
@@ -269,6 +295,8 @@ def fit(loop: Loop, programs: Programs, it, mesh, step_args=()):
       if step in eval_steps and loop.evaluate:
         last_eval = evaluate(state, step)
       if step % loop.checkpoint_every == 0 or step == stop:
+        _check_finite(loop, watched)
+        watched = []
         ckpt.save(step, state, data_iterator=it, config=cfg_dict,
                   history=history_list(), force=step == stop)
     # The final state: evaluated unless just done (or, for an eval step,

@@ -25,6 +25,7 @@ from mmrec import ctr_data
 from mmrec.data import builders
 from mmrec.serving import export
 from mmrec.serving import layout
+from mmrec.serving import model_export
 from mmrec.serving import served_model
 from mmrec.serving import vector_store
 
@@ -208,6 +209,18 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
     many = {k: np.concatenate([v] * 24)[:70] for k, v in rows.items()}
     np.testing.assert_allclose(model.score(many, table)[:3],
                                model.score(rows, table), atol=1e-6)
+
+  def test_non_finite_parameters_are_not_exported(self):
+    table = np.zeros((5, 4), np.float32)
+    table[3, 1] = np.nan
+    variables = {'params': {'embed': {'item': {'embedding': table}}}}
+    models = os.path.join(tempfile.mkdtemp(), 'models')
+    with self.assertRaisesRegex(
+        ValueError, r'params/embed/item/embedding \(5, 4\) holds 1 NaN'):
+      model_export.write_version(
+          models, 3, None, variables, variant='id', sizes={}, schema={},
+          seq_len=1, store={}, uses_vectors=False, capacity=8, buckets=(8,))
+    self.assertFalse(os.path.exists(models))
 
 
 class LongHistoryExportTest(parameterized.TestCase):

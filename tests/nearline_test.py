@@ -14,6 +14,7 @@ import time
 import warnings
 
 from absl.testing import absltest
+from fastapi import testclient
 import fixtures
 import jax
 import numpy as np
@@ -24,6 +25,7 @@ from mmrec import ctr_data
 from mmrec.serving import impression_log
 from mmrec.serving import nearline
 from mmrec.serving import served_model
+from mmrec.serving import service
 
 
 def _rows(n):
@@ -150,6 +152,62 @@ class NearlineTest(absltest.TestCase):
     self.assertEqual([_steps(wd, seg) for seg in range(3)], before)
     with open(os.path.join(wd, nearline.RESULT_FILE)) as f:
       self.assertEqual(json.load(f)['final_step'], 16)
+
+
+class NewItemTest(absltest.TestCase):
+
+  def test_new_item_in_the_log_trains_and_serves(self):
+    """Defect: an item added through the service and shown in the log made
+    near-line train a NaN model (its id was past the batch model's tables),
+    which went live. Now its ID row grows (zero, as served) and trains."""
+    _, batch_wd, serving_src, _ = fixtures.exported_ctr('simtier_official')
+    root = tempfile.mkdtemp()
+    serving, log = os.path.join(root, 'serving'), os.path.join(root, 'log')
+    shutil.copytree(serving_src, serving)
+    app = service.create_app(serving, reload_interval_s=0, log_dir=log,
+                             segment_records=10**6, segment_seconds=3600)
+    client = testclient.TestClient(app)
+    serving_state = app.state.serving
+    dim = serving_state.store.dim
+    r = client.post('/items', json={'vector': [0.25] * dim, 'category': 1,
+                                    'shop': 1})
+    self.assertEqual(r.status_code, 200, r.text)
+    item = r.json()['item_id']
+    rows = _rows(48)
+    for i in range(48):  # one row in three shows the new item
+      mask = rows['seq_mask'][i]
+      target = item if i % 3 == 0 else int(rows['item_id'][i])
+      r = client.post('/impressions', json={
+          'user': {k: int(rows[k][i]) for k in ('user_id', 'age', 'gender',
+                                                'city')},
+          'history': rows['seq_item'][i][mask].tolist(), 'items': [target],
+          'labels': [int(rows['label'][i])]})
+      self.assertEqual(r.status_code, 200, r.text)
+    serving_state.logger.close()  # closes the segment
+    c = _config(batch_wd, serving, log)
+    c.replay_split, c.batch_size = '', 16
+    result = nearline.run(c, os.path.join(root, 'nearline'))
+    self.assertEqual(result['final_step'], 10 + 3)
+    version = os.path.join(serving, 'models', 'v13')
+    self.assertEqual(served_model.current(os.path.join(serving, 'models')),
+                     version)
+    with np.load(os.path.join(version, served_model.VARIABLES_FILE)) as f:
+      for k in f.files:
+        self.assertTrue(np.isfinite(f[k]).all(), k)
+      table = f['params/embed/item/embedding']
+    self.assertEqual(table.shape[0], c.item_capacity)
+    self.assertTrue(np.any(table[item]))  # trained from zero
+    self.assertFalse(np.any(table[item + 1:]))  # never seen: still zero
+    # Served: the service reloads it and scores the new item.
+    self.assertTrue(serving_state.reload())
+    r = client.post('/score', json={
+        'user': {'user_id': 1, 'age': 1, 'gender': 0, 'city': 1},
+        'history': [1, item], 'candidates': [item, 4]})
+    self.assertEqual(r.status_code, 200, r.text)
+    self.assertEqual(r.json()['model_version'], 'v13')
+    self.assertTrue(np.isfinite(r.json()['probabilities']).all())
+    self.assertIsNone(client.get('/health').json()['last_failed_reload'])
+    serving_state.close()
 
 
 if __name__ == '__main__':

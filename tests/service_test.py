@@ -598,6 +598,37 @@ class NextBatchEmbeddingTest(absltest.TestCase):
       again.close()
 
 
+class NonFiniteVersionTest(absltest.TestCase):
+
+  def test_nan_version_is_refused_kept_out_and_reported(self):
+    """A version whose warm-up scores are NaN (checksums intact: only its
+    outputs tell) never goes live; /health names it."""
+    serving = _serving_copy()
+    bad = _new_version(serving, 11)
+    path = os.path.join(bad, served_model.VARIABLES_FILE)
+    with np.load(path) as f:
+      arrays = {k: np.full_like(f[k], np.nan) for k in f.files}
+    np.savez(path, **arrays)
+    with open(os.path.join(bad, served_model.MANIFEST)) as f:
+      m = json.load(f)
+    m['sha256'][served_model.VARIABLES_FILE] = served_model.sha256_file(path)
+    with open(os.path.join(bad, served_model.MANIFEST), 'w') as f:
+      json.dump(m, f)
+    state = state_lib.Serving(serving, reload_interval_s=0)
+    try:
+      self.assertIsNone(state.health()['last_failed_reload'])
+      _point(serving, 11)
+      with self.assertRaisesRegex(served_model.ModelError, 'NaN or infinite'):
+        state.reload()
+      self.assertEqual(state.live.model.version, 'v10')
+      failed = state.health()['last_failed_reload']
+      self.assertEqual(failed['version'], 'v11')
+      self.assertIn('NaN or infinite', failed['error'])
+      self.assertFalse(state.reload())  # not retried until CURRENT moves
+    finally:
+      state.close()
+
+
 class LongHistoryServiceTest(parameterized.TestCase):
   """/score with a long history, for models trained with one (the official
   setting, small: SimTier over the 30-long history; and a GSU)."""

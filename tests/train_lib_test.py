@@ -97,6 +97,22 @@ class FitTest(absltest.TestCase):
     self.assertEqual(evals, [7])  # only the final state, for its outputs
     self.assertEqual(again.history, full.history)
 
+  def test_non_finite_loss_stops_before_its_checkpoint(self):
+    def batch(b):  # step 5 (batch 4) reads NaN inputs
+      x = np.full((8, 3), np.nan, np.float32) if b == 4 else _X[:8]
+      return {'x': x, 'y': _Y[:8]}
+    workdir = tempfile.mkdtemp()
+    loop = train_lib.Loop(
+        name='toy', workdir=workdir, num_steps=7, batch_size=8, seed=0,
+        config={'toy': True}, checkpoint_every=3, log_every=100,
+        finite_metrics=('loss',))
+    it = pipelines.iterator(grain.MapDataset.range(7).map(batch),
+                            prefetch_threads=1)
+    with self.assertRaisesRegex(train_lib.NonFiniteError,
+                                r'toy: step 5 has \{.loss.: nan\}'):
+      train_lib.fit(loop, self.programs, it, self.mesh)
+    self.assertEqual(self._steps(workdir), [3])  # nothing after it saved
+
   def test_init_from_takes_params_only(self):
     src = tempfile.mkdtemp()
     first, _ = self._fit(src)

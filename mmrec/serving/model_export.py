@@ -108,6 +108,17 @@ def pad_item_table(variables, capacity):
   return out
 
 
+def check_finite(variables, where):
+  """Raises ValueError naming the first array of `variables` (a nested dict)
+  holding NaN or infinity: such a version would score every request NaN."""
+  for name, x in flatten(variables).items():
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+      bad = int(np.size(x) - np.isfinite(x).sum())
+      raise ValueError(f'{where}: parameter {name} {x.shape} holds {bad} NaN '
+                       'or infinite values; not exported (train it again)')
+
+
 def export_function(model, variables, seq_len, vectors_shape, schema,
                     long_seq_len=0):
   """jax.export of `(variables, batch, vectors) -> {'logit', 'probability'}`
@@ -226,6 +237,7 @@ def write_version(models_dir, step, model, variables, *, variant, sizes,
   none; `long_fields` says whether the model reads it).
   """
   final = os.path.join(models_dir, f'v{step}')
+  check_finite(variables, f'model version {final} ({checkpoint or variant})')
   padded = pad_item_table(variables, capacity)
   served = with_item_capacity(model, capacity)
   vec_shape = (capacity, store['dim']) if uses_vectors else None

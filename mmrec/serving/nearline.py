@@ -42,6 +42,7 @@ from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec import ctr_model
 from mmrec import ctr_steps
+from mmrec import embedding as embedding_lib
 from mmrec import files
 from mmrec import sharding
 from mmrec import train_lib
@@ -49,7 +50,9 @@ from mmrec import vector_table
 from mmrec.data import pipelines
 from mmrec.data import resolver
 from mmrec.serving import impression_log
+from mmrec.serving import layout
 from mmrec.serving import model_export
+from mmrec.serving import vector_store
 
 EMPTY = 'EMPTY'
 RESULT_FILE = 'nearline.json'
@@ -66,29 +69,76 @@ def _latest_step_dir(workdir):
 
 @dataclasses.dataclass(frozen=True)
 class _ReadSegmentRows(grain.transforms.Map):
-  """Batch of record indices -> a batch of the segment's rows."""
+  """Batch of record indices -> a batch of the segment's rows; with
+  `embedding`, every batch's ids are checked against its vocabularies (a
+  device lookup past a table gives NaN, not an error)."""
   path: str
+  embedding: embedding_lib.EmbeddingConfig | None = None
 
   def map(self, indices):
-    return impression_log.read_rows(self.path, indices.tolist())
+    batch = impression_log.read_rows(self.path, indices.tolist())
+    if self.embedding is not None:
+      try:
+        embedding_lib.check_ids(batch, self.embedding)
+      except ValueError as e:
+        raise ValueError(f'segment {self.path}, records '
+                         f'{indices[0]}..: {e}') from e
+    return batch
 
 
-def segment_dataset(path, batch_size, *, seed=0, shuffle=True):
+def segment_dataset(path, batch_size, *, seed=0, shuffle=True,
+                    embedding=None):
   """grain batches of one closed segment (full batches when shuffled); one
-  process: the near-line trainer runs on one host."""
+  process: the near-line trainer runs on one host. `embedding`: the
+  vocabularies every batch's ids are checked against."""
   ds = grain.MapDataset.range(impression_log.num_records(path))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   return ds.batch(batch_size, drop_remainder=shuffle).map(
-      _ReadSegmentRows(path))
+      _ReadSegmentRows(path, embedding))
 
 
-def _warm_start(source):
+def _is_item_table(path):
+  """A leaf of the item ID table (its params or its optimizer moments)."""
+  keys = [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
+  return any(keys[i:i + 3] == ['embed', 'item', 'embedding']
+             for i in range(len(keys)))
+
+
+def restore_grown(step_dir, state, rows):
+  """The TrainState saved in `step_dir`, whose item ID table (and its
+  optimizer moments) has `rows` rows, into `state`'s shapes: rows past
+  `rows` are zeros (a new item's ID embedding starts as the exported
+  model's padding row does, and Adam's moments as a fresh parameter's)."""
+  capacity = []
+
+  def as_saved(path, x):
+    if _is_item_table(path) and x.shape[0] != rows:
+      capacity.append(x.shape[0])
+      # Replicated: `rows` need not divide over the mesh's 'model' axis.
+      sharding = jax.sharding.NamedSharding(x.sharding.mesh,
+                                            jax.sharding.PartitionSpec())
+      return jax.ShapeDtypeStruct((rows,) + x.shape[1:], x.dtype,
+                                  sharding=sharding)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+  target = jax.tree_util.tree_map_with_path(as_saved, state)
+  restored, _ = checkpointing.restore_from(step_dir, target)
+  if not capacity:
+    return restored
+  return jax.tree.map(
+      lambda r, x: r if r.shape == x.shape else jnp.pad(
+          r, [(0, x.shape[0] - r.shape[0])] + [(0, 0)] * (r.ndim - 1)),
+      restored, state)
+
+
+def _warm_start(source, rows):
   """on_start: the whole state (params, optimizer, batch stats) of a step
-  directory, with the step counter back at 0 (a segment's own steps)."""
+  directory (item table of `rows` rows, grown), with the step counter back
+  at 0 (a segment's own steps)."""
 
   def on_start(state):
-    restored, _ = checkpointing.restore_from(source, state)
+    restored = restore_grown(source, state, rows)
     return restored.replace(step=jnp.zeros_like(restored.step))
   return on_start
 
@@ -113,11 +163,54 @@ class Trainer:
     self.data = ctr_data.CtrData.load(
         resolver.recorded_data_dir(c, config.ctr_workdir),
         validation=bool(c.validation))
-    self.model = ctr_model.build_model(c, self.data.sizes)
-    host = ctr_data.host_vectors(c, self.data.sizes['num_items'])
+    # Items added through the service (ids >= the batch model's) appear in
+    # the log: the item table grows to the export's capacity, new rows zero
+    # (as the served model pads it), so they train like any item.
+    self.trained_items = self.data.sizes['num_items']
+    self.capacity = max(config.item_capacity, self.trained_items)
+    self.model = model_export.with_item_capacity(
+        ctr_model.build_model(c, self.data.sizes), self.capacity)
     self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
+    self._base_vectors = ctr_data.host_vectors(c, self.trained_items)
+    self.known_items = None
+    self.vectors = self.vectors_key = None
+    self.refresh_items()
+
+  def refresh_items(self):
+    """Reads how many items exist (the serving store's count, which holds
+    the service's new items; else the batch model's) and, for a model that
+    reads vectors, their rows into the (capacity, Dv) table (zeros past
+    them). Returns the number of items ids may name."""
+    known, rows = self.trained_items, None
+    store_dir = (os.path.join(self.config.serving_dir, layout.VECTORS)
+                 if self.config.serving_dir else '')
+    if store_dir and vector_store.versions(store_dir):
+      with vector_store.VectorStore(store_dir, verify=False) as store:
+        known = min(max(store.count, known), self.capacity)
+        if self._base_vectors is not None and known > self.trained_items:
+          rows = store.dense(self.trained_items, known)
+    if known == self.known_items:
+      return known
+    host = self._base_vectors
+    if host is not None:
+      if rows is not None and host.dtype != rows.dtype:
+        raise ValueError(
+            f'the serving store holds {rows.dtype} vectors, the batch model '
+            f'reads {host.dtype}: new items cannot be trained near-line')
+      grown = np.zeros((self.capacity,) + host.shape[1:], host.dtype)
+      grown[:len(host)] = host
+      if rows is not None:
+        grown[self.trained_items:known] = rows
+      host = grown
     self.vectors = vector_table.put(host, self.mesh)
     self.vectors_key = ctr_steps.shape_key(host)
+    self.known_items = known
+    return known
+
+  def saved_rows(self, step_dir):
+    """Rows of the item table saved in `step_dir`: the batch run's, or a
+    segment's (grown)."""
+    return self.trained_items if step_dir == self.base_dir else self.capacity
 
   def programs(self, example):
     return ctr_steps.programs(
@@ -137,17 +230,22 @@ class Trainer:
             'records': impression_log.num_records(path),
             'batch_size': c.batch_size})
       return previous, 0
-    ds = segment_dataset(path, c.batch_size, seed=c.seed + n)
-    first = ds[0]
-    example = {k: v[:2] for k, v in first.items()}
-    ctr_data.check_batch(first, self.model, f'segment {path}')
+    # Ids of every batch (not only the first) against the items that
+    # exist now: the store's, which the segment's new items were added to
+    # before they were shown.
+    known = self.refresh_items()
+    emb = self.model.config.embedding
+    ds = segment_dataset(path, c.batch_size, seed=c.seed + n,
+                         embedding=dataclasses.replace(emb, num_items=known))
+    example = {k: v[:2] for k, v in ds[0].items()}
     progs = self.programs(example)
     loop = train_lib.Loop(
         name=f'nearline/seg-{n:06d}', workdir=seg_dir, num_steps=steps,
         batch_size=c.batch_size, seed=c.seed + n, config=c,
         checkpoint_every=self.config.checkpoint_every,
         log_every=max(1, min(c.log_every, steps)),
-        on_start=_warm_start(previous))
+        on_start=_warm_start(previous, self.saved_rows(previous)),
+        finite_metrics=('loss',))  # a NaN segment is never committed
     res = train_lib.fit(loop, progs.train,
                         pipelines.iterator(ds, prefetch_threads=1), self.mesh,
                         (self.vectors,))
@@ -160,8 +258,8 @@ class Trainer:
     example = {k: v[:2] for k, v in self.data.dataset(
         'test', self.ctr.eval_batch_size)[0].items()}
     progs = self.programs(example)
-    state, _ = checkpointing.restore_from(
-        step_dir, progs.train.init_state(jax.random.key(0)))
+    state = restore_grown(step_dir, progs.train.init_state(jax.random.key(0)),
+                          self.saved_rows(step_dir))
     return state, progs
 
   def evaluate(self, step_dir, split='test'):

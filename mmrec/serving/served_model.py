@@ -214,17 +214,27 @@ class ServingModel:
   def warm(self, vectors=None, rows=True):
     """Compiles every bucket's programs (before the version takes traffic):
     `score_request`'s, and `score`'s if `rows` (the service, which scores
-    requests only, skips them: half the compiling at a reload)."""
+    requests only, skips them: half the compiling at a reload). Raises
+    ModelError if a warm-up score is not finite: a version with NaN
+    parameters would answer every request with a 500 (or garbage), so it
+    must never go live."""
     one = {name: np.zeros([1] + spec['shape'], spec['dtype'])
            for name, spec in self.fields.items()}
     for b in self.buckets:
+      outs = []
       if rows or self._request is None:
-        self.score({k: np.repeat(v, b, 0) for k, v in one.items()}, vectors)
+        outs.append(self.score({k: np.repeat(v, b, 0)
+                                for k, v in one.items()}, vectors))
       if self._request is not None:
         spec = self.request_fields
-        self.score_request({k: one[k] for k in spec['user']},
-                           {k: np.repeat(one[k], b, 0)
-                            for k in spec['candidates']}, vectors)
+        outs.append(self.score_request({k: one[k] for k in spec['user']},
+                                       {k: np.repeat(one[k], b, 0)
+                                        for k in spec['candidates']},
+                                       vectors))
+      if not all(np.isfinite(p).all() for p in outs):
+        raise ModelError(f'model {self.directory} scores a warm-up batch of '
+                         f'{b} rows as NaN or infinite: not served (non-'
+                         'finite parameters or inputs)')
 
 
 class ServingEncoder:

@@ -60,6 +60,9 @@ class Serving:
                                                             (start, 0)))
     self.reloads, self.reload_errors = 0, 0
     self._failed = None
+    # The last version that failed to load, and why (/health says so: the
+    # service keeps serving the old version, which looks healthy).
+    self.failed_reload = None
     self.live = None
     self.schema = None  # the first version's: the requests' shape
     self._load(served_model.current(self.models_dir))
@@ -197,8 +200,11 @@ class Serving:
       return False
     try:
       self._load(directory)
-    except Exception:
+    except Exception as e:
       self._failed = directory  # not retried until CURRENT moves on
+      self.failed_reload = {'version': os.path.basename(directory),
+                            'error': f'{type(e).__name__}: {e}'[:2000],
+                            'at': time.time()}
       raise
     self.reloads += 1
     log.info('model %s -> %s', old.version, self.live.model.version)
@@ -351,7 +357,8 @@ class Serving:
             'new_items': self.store.delta_count,
             'index_items': self.index.count,
             'encoder': self.encoder is not None,
-            'item_capacity': live.manifest['item_capacity']}
+            'item_capacity': live.manifest['item_capacity'],
+            'last_failed_reload': self.failed_reload}
 
   def observe(self, path, status, seconds):
     self.requests[f'{path} {status}'] += 1
