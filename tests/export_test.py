@@ -10,14 +10,17 @@ cached).
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import fixtures
+import jax
 import numpy as np
 
 from experiments.configs import export as export_config
@@ -221,6 +224,109 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
           models, 3, None, variables, variant='id', sizes={}, schema={},
           seq_len=1, store={}, uses_vectors=False, capacity=8, buckets=(8,))
     self.assertFalse(os.path.exists(models))
+
+
+class _Killed(BaseException):
+  """Stands for a kill -9: raised right after a rename, caught by nothing."""
+
+
+def _program_text(path):
+  """An exported program's StableHLO without its source locations (the
+  call stack it was exported from, which differs between call sites)."""
+  with open(path, 'rb') as f:
+    text = jax.export.deserialize(bytearray(f.read())).mlir_module()
+  return re.sub(r' loc\(#loc\d*\)', '', '\n'.join(
+      line for line in text.splitlines() if not line.startswith('#loc')))
+
+
+def _snapshot(serving_dir):
+  """What a serving directory holds, by visible path (the temporaries an
+  interrupted build leaves under '.' names are invisible to readers):
+  file contents, JSON without its creation times, programs without their
+  source locations (a manifest's checksums of them checked, then dropped)."""
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(serving_dir):
+    dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+    for name in filenames:
+      path = os.path.join(dirpath, name)
+      rel = os.path.relpath(path, serving_dir)
+      if name.startswith('.'):
+        continue
+      if name.endswith('.json'):
+        with open(path) as f:
+          m = json.load(f)
+        m.pop('created', None)
+        for program, digest in list(m.get('sha256', {}).items()):
+          if program.endswith('.jaxexport'):
+            assert served_model.sha256_file(
+                os.path.join(dirpath, program)) == digest, (rel, program)
+            del m['sha256'][program]
+        out[rel] = m
+      elif name.endswith('.jaxexport'):
+        out[rel] = _program_text(path)
+      elif name.endswith('.npz'):
+        with np.load(path) as f:
+          out[rel] = {k: f[k].tolist() for k in f.files}
+      else:
+        with open(path, 'rb') as f:
+          out[rel] = f.read()
+  return out
+
+
+class InterruptedExportTest(absltest.TestCase):
+
+  def test_kill_after_any_step_then_rerun_equals_uninterrupted(self):
+    """Defect: killed between the store's CURRENT and the index, a rerun
+    skipped the index and the directory never started. Killed after each
+    durable step (every rename into a visible path), a rerun now leaves
+    the uninterrupted export's directory."""
+    _, wd, _, _ = fixtures.exported_ctr('id')
+    config = export_config.get_config('tiny')
+    # The export job's path after its restore (done once: seconds each).
+    model, variables, ctr_config, step, data = export.restore(
+        os.path.abspath(wd))
+
+    def run_export(serving):
+      model_export.export_version(config, serving, step, model, variables,
+                                  ctr_config, data, checkpoint=wd)
+    root = tempfile.mkdtemp()
+    ref = os.path.join(root, 'ref')
+    run_export(ref)
+    want = _snapshot(ref)
+    self.assertIn(os.path.join(layout.INDEX, 'index.json'), want)
+    real = {'rename': os.rename, 'replace': os.replace}
+    kill_at = 1
+    while True:
+      serving = os.path.join(root, f'killed_{kill_at}')
+      done = []
+
+      def renamed(src, dst, fn, serving=serving, done=done):
+        fn(src, dst)
+        rel = os.path.relpath(os.path.abspath(dst), serving)
+        if not rel.startswith('..') and not any(
+            p.startswith('.') for p in rel.split(os.sep)):
+          done.append(rel)
+          if len(done) == kill_at:
+            raise _Killed(rel)
+
+      with mock.patch.object(os, 'rename', lambda a, b: renamed(
+          a, b, real['rename'])), mock.patch.object(
+              os, 'replace', lambda a, b: renamed(a, b, real['replace'])):
+        try:
+          run_export(serving)
+          finished = True
+        except _Killed:
+          finished = False
+      if finished:  # no rename left to kill after
+        break
+      run_export(serving)  # the rerun
+      got = _snapshot(serving)
+      self.assertEqual(sorted(got), sorted(want), f'killed after {done[-1]}')
+      self.assertEqual([k for k in want if got[k] != want[k]], [],
+                       f'killed after {done[-1]} (rename {kill_at})')
+      kill_at += 1
+    # store v1 + CURRENT, index.faiss + index.json, models/v10 + CURRENT
+    self.assertEqual(kill_at, 7)
 
 
 class LongHistoryExportTest(parameterized.TestCase):

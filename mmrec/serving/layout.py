@@ -42,6 +42,7 @@ from absl import logging
 import numpy as np
 
 from mmrec import ctr_data
+from mmrec import files
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import manifest as manifest_lib
@@ -54,7 +55,6 @@ MODELS, VECTORS, INDEX, ENCODER = 'models', 'vectors', 'index', 'encoder'
 MODEL_FILE, VARIABLES_FILE, MANIFEST, CURRENT = (
     served_model.MODEL_FILE, served_model.VARIABLES_FILE,
     served_model.MANIFEST, served_model.CURRENT)
-REQUEST_FILE = served_model.REQUEST_FILE
 REQUEST_FILE = served_model.REQUEST_FILE
 
 
@@ -92,8 +92,10 @@ def attribute_rows(schema, items, n):
 
 
 def ensure_store(serving_dir, table_path, data_dir):
-  """The serving store holding `table_path`'s vectors (built if needed) and
-  its index; returns the store's manifest.
+  """Export step 1: the serving store's CURRENT version holds
+  `table_path`'s vectors (built if needed); returns its manifest. The
+  index is step 2 (`ensure_index`): each step checks its own output, so an
+  export killed anywhere and run again finishes what is missing.
 
   A new table (the next batch embedding) over a store that has served
   becomes a new version that carries over the items added since the
@@ -106,12 +108,9 @@ def ensure_store(serving_dir, table_path, data_dir):
   the previous encoder keeps that encoder's vector."""
   table, meta = vector_table.load(table_path, dtype='int8')
   root = os.path.join(serving_dir, VECTORS)
-  try:
-    with vector_store.VectorStore(root, verify=False) as store:
-      if store.manifest['source'].get('table_sha256') == meta['sha256']:
-        return store.manifest
-  except vector_store.StoreError:
-    pass
+  found = _store_holding(root, meta['sha256'])
+  if found is not None:
+    return found
   items = builders.load_table(data_dir, manifest_lib.ITEMS, 'catalogue')
   num_items = manifest_lib.load(data_dir).num_items
   if num_items != len(table):
@@ -122,27 +121,74 @@ def ensure_store(serving_dir, table_path, data_dir):
   schema = serving_schema(
       dict(ctr_data.world_sizes(data_dir), user_bags=()), items, {})
   attrs = attribute_rows(schema, items, num_items)
-  return build_store(serving_dir, table, attrs, item_attributes(schema), {
-      'table': os.path.abspath(table_path), 'table_sha256': meta['sha256'],
-      'method': meta.get('method'), 'encoder_workdir':
-          meta.get('encoder_workdir'), 'encoder_step': meta.get(
-              'encoder_step'), 'data_dir': os.path.abspath(data_dir)},
-                     carry=True)
+  vector_store.create_carrying(
+      root, table, attrs, item_attributes(schema), {
+          'table': os.path.abspath(table_path),
+          'table_sha256': meta['sha256'], 'method': meta.get('method'),
+          'encoder_workdir': meta.get('encoder_workdir'),
+          'encoder_step': meta.get('encoder_step'),
+          'data_dir': os.path.abspath(data_dir)})
+  return store_manifest(root)
 
 
-def build_store(serving_dir, table, attrs, names, source, carry=False,
-                **index_params):
-  """A new store version of (N, D) vectors + (N, A) attributes (columns
-  `names`, see `item_attributes`) and its index; `source` must hold
-  'table_sha256' (what models are checked against). With `carry`, the
-  version also holds the current one's items beyond the N
-  (`vector_store.create_carrying`). Returns the store's manifest."""
+def store_manifest(root, version=None):
+  """The manifest of store version `version` (default: CURRENT's)."""
+  with vector_store.VectorStore(root, version, verify=False) as store:
+    return store.manifest
+
+
+def _store_holding(root, sha256):
+  """The manifest of the store's current version if it holds the table
+  `sha256`; else, if a version newer than CURRENT holds it (an export
+  killed between writing that version and pointing CURRENT at it), points
+  CURRENT there and returns its manifest; else None."""
+  try:
+    current = vector_store.current_version(root)
+  except vector_store.StoreError:
+    current = 0  # no store yet, or CURRENT not written
+  for version in reversed(vector_store.versions(root)):
+    if version < current:
+      break
+    manifest = store_manifest(root, version)
+    if manifest['source'].get('table_sha256') == sha256:
+      if version != current:
+        logging.info('store %s v%d holds the table but is not current (an '
+                     'interrupted export): pointing CURRENT at it', root,
+                     version)
+        files.write_pointer(root, f'v{version}', vector_store.CURRENT)
+      return manifest
+    if version == current:
+      break
+  return None
+
+
+def ensure_index(serving_dir, **index_params):
+  """Export step 2: `index/` covers the store's current version (built
+  from its items if it is missing, unreadable or covers another version);
+  returns the index's store version."""
   root = os.path.join(serving_dir, VECTORS)
-  (vector_store.create_carrying if carry else vector_store.create)(
-      root, table, attrs, names, source)
-  with vector_store.VectorStore(root) as store:
+  index_dir = os.path.join(serving_dir, INDEX)
+  with vector_store.VectorStore(root, verify=False) as store:
+    try:
+      index = ann_index.AnnIndex.load(index_dir)
+      if (index.covers.get('store_version') == store.version and
+          index.dim == store.dim):
+        return store.version
+    except (ann_index.AnnIndexError, OSError, ValueError, KeyError):
+      pass  # missing or half-written: built again below
     index = ann_index.AnnIndex.build(store.dense(), **index_params)
-    index.save(os.path.join(serving_dir, INDEX), store.version, store.count)
+    index.save(index_dir, store.version, store.count)
     logging.info('vector store %s v%d: %d items; index %s', root,
                  store.version, store.count, index.kind)
-    return store.manifest
+    return store.version
+
+
+def build_store(serving_dir, table, attrs, names, source, **index_params):
+  """A new store version of (N, D) vectors + (N, A) attributes (columns
+  `names`, see `item_attributes`) and its index; `source` must hold
+  'table_sha256' (what models are checked against). Returns the store's
+  manifest."""
+  root = os.path.join(serving_dir, VECTORS)
+  vector_store.create(root, table, attrs, names, source)
+  ensure_index(serving_dir, **index_params)
+  return store_manifest(root)

@@ -310,6 +310,18 @@ def export_version(config, serving_dir, step, model, variables, ctr_config,
   """models/v{step} of a trained CTR model (once), the store and encoder it
   is served with; CURRENT points at it if `make_current`. Returns its dir.
 
+  A sequence of idempotent steps, each checking its own output (not a
+  neighbour's) and doing its work only if that is missing, so an export
+  killed anywhere and run again leaves what an uninterrupted one does:
+    1. the store's CURRENT version holds the table (layout.ensure_store);
+    2. index/ covers that version (layout.ensure_index);
+    3. encoder/ made that table (ensure_encoder);
+    4. models/v{step} is whole (write_version, built aside and renamed);
+    5. models/CURRENT names it.
+  A version already there pins its store version: steps 1 and 3 are then
+  only checked, not redone (re-exporting an old run never makes a store
+  version for an old table).
+
   `variables`: the model's ({'params', 'batch_stats'}, numpy), or a
   function returning them (called only if the version is not there yet);
   `config`: the export settings (item_capacity, buckets, and vectors_path
@@ -317,8 +329,13 @@ def export_version(config, serving_dir, step, model, variables, ctr_config,
   """
   models = os.path.join(serving_dir, MODELS)
   final = os.path.join(models, f'v{step}')
-  if os.path.exists(os.path.join(final, MANIFEST)):
+  exists = os.path.exists(os.path.join(final, MANIFEST))
+  if exists:
     logging.info('model version %s exists; not exported again', final)
+    with open(os.path.join(final, MANIFEST)) as f:
+      pinned = json.load(f)['vector_store']['version']
+    store = layout.store_manifest(os.path.join(serving_dir, layout.VECTORS),
+                                  pinned)
   else:
     uses_vectors = ctr_model.reads_vectors(ctr_config)
     if uses_vectors and ctr_config.vectors_dtype != 'int8':
@@ -334,7 +351,10 @@ def export_version(config, serving_dir, step, model, variables, ctr_config,
                        'table (item_vectors.npz)')
     store = layout.ensure_store(serving_dir, vector_table.resolve(table_path),
                                 data.data_dir)
+  current = layout.ensure_index(serving_dir)
+  if store['version'] == current:
     ensure_encoder(serving_dir, store)
+  if not exists:
     m = manifest_lib.load(data.data_dir)
     write_version(
         models, step, model, variables() if callable(variables) else
@@ -344,6 +364,6 @@ def export_version(config, serving_dir, step, model, variables, ctr_config,
         uses_vectors=uses_vectors,
         capacity=max(config.item_capacity, data.sizes['num_items']),
         buckets=config.buckets, checkpoint=checkpoint)
-  if make_current:
+  if make_current and files.read_pointer(models) != f'v{step}':
     files.write_pointer(models, f'v{step}')
   return final
