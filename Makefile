@@ -2,7 +2,9 @@
 #   make demo   create .venv, install, reproduce the paper on the embedded world
 #               (experiments/configs/paper.py; report in workdir/demo/report.md)
 #   make test   create .venv, install, run the whole suite
-#   make serve  export the demo's CTR model and serve it on 127.0.0.1:$(PORT)
+#   make serve  serve the newest committed model version on 127.0.0.1:$(PORT)
+#               (a near-line one stays current); the demo's CTR model is
+#               exported only if there is none, or with EXPORT=1
 # Set PYTHON=python3.12 (etc.) to pick the interpreter that creates .venv.
 
 PYTHON ?= python3
@@ -15,6 +17,7 @@ SERVE_VARIANT ?= simtier_make
 CTR_RUN ?= $(shell ls -td $(WORKDIR)/ctr-*/$(SERVE_VARIANT)/seed_0 2>/dev/null | head -1)
 SERVING ?= $(WORKDIR)/serving
 PORT ?= 8000
+EXPORT ?= 0
 
 .PHONY: demo test bench serve clean
 
@@ -39,9 +42,9 @@ bench: $(STAMP)
 	  --workdir=bench_results
 
 serve: $(STAMP)
-	@test -n "$(CTR_RUN)" || { echo "no $(SERVE_VARIANT) CTR run under $(WORKDIR): run make demo first, or set CTR_RUN=<ctr workdir>"; exit 1; }
 	$(BIN)/python -m experiments.main --config=experiments/configs/export.py \
-	  --config.ctr_workdir=$(CTR_RUN) --workdir=$(SERVING)
+	  --config.ctr_workdir=$(CTR_RUN) --workdir=$(SERVING) \
+	  --config.only_if_none=$(if $(filter 1,$(EXPORT)),False,True)
 	MMREC_SERVING_DIR=$(SERVING) $(BIN)/uvicorn --factory \
 	  mmrec.serving.service:app_from_env --host 127.0.0.1 --port $(PORT)
 

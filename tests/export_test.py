@@ -226,6 +226,43 @@ print(json.dumps({{'p': p.tolist(), 'bad': bad}}))
     self.assertFalse(os.path.exists(models))
 
 
+class ServeDecisionTest(absltest.TestCase):
+  """make serve (export.run with only_if_none): serves the committed
+  version, exports only into a directory without one (or when asked)."""
+
+  def test_keeps_a_newer_current_version(self):
+    serving = tempfile.mkdtemp()
+    models = os.path.join(serving, layout.MODELS)
+    for step in (10, 16):  # the demo run's version, then near-line's
+      os.makedirs(os.path.join(models, f'v{step}'))
+      with open(os.path.join(models, f'v{step}', layout.MANIFEST), 'w') as f:
+        json.dump({'step': step}, f)
+    with open(os.path.join(models, layout.CURRENT), 'w') as f:
+      f.write('v16\n')
+    config = export_config.get_config('tiny')
+    config.ctr_workdir, config.only_if_none = '/the/demo/ctr/run', True
+    exported = []
+    with mock.patch.object(export, 'export',
+                           lambda c, wd, s: exported.append(wd) or 'new'):
+      self.assertEqual(export.run(config, serving),
+                       os.path.join(models, 'v16'))
+      self.assertEqual(exported, [])  # CURRENT stays at near-line's v16
+      config.only_if_none = False  # make serve EXPORT=1
+      self.assertEqual(export.run(config, serving), 'new')
+      config.only_if_none = True
+      # A CURRENT naming a version that is not whole: exported again.
+      with open(os.path.join(models, layout.CURRENT), 'w') as f:
+        f.write('v17\n')
+      self.assertEqual(export.run(config, serving), 'new')
+      # No version at all: exported.
+      self.assertEqual(export.run(config, tempfile.mkdtemp()), 'new')
+      self.assertEqual(exported, ['/the/demo/ctr/run'] * 3)
+      config.ctr_workdir = ''
+      with self.assertRaisesRegex(ValueError, 'no model version in .* make '
+                                  'demo'):
+        export.run(config, tempfile.mkdtemp())
+
+
 class _Killed(BaseException):
   """Stands for a kill -9: raised right after a rename, caught by nothing."""
 

@@ -12,6 +12,8 @@ vector store with item attributes) and `index/` (faiss IVF) from the run's
 items added through the service since (same ids), and the service switches
 to it with the model version exported against it. Seconds on a 2-core CPU
 for the demo world. `:tiny` shrinks the item capacity and buckets.
+`--config.only_if_none=True` (make serve) exports only into a serving
+directory that has no current model version yet.
 """
 
 import ml_collections
@@ -31,6 +33,10 @@ def get_config(arg=None):
   # Padded batch sizes: one compiled program each (a request of 100
   # candidates runs at 128).
   c.buckets = (8, 32, 128, 512)
+  # True: a serving_dir whose models/CURRENT names a whole version is left
+  # as it is (no export, CURRENT not moved back from a newer near-line
+  # version); `make serve` sets it unless EXPORT=1.
+  c.only_if_none = False
   if arg == 'tiny':
     c.item_capacity = 4096
     c.buckets = (8, 64)

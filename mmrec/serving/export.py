@@ -9,6 +9,7 @@ too).
 
 import os
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 from mmrec import checkpointing
 from mmrec import ctr_data
 from mmrec import ctr_model
+from mmrec import files
 from mmrec import vector_table
 from mmrec.data import resolver
 from mmrec.serving import layout
@@ -73,8 +75,31 @@ def export(config, ctr_workdir, serving_dir, make_current=True):
                                    str(step))), make_current)
 
 
+def committed_version(serving_dir):
+  """The version models/CURRENT names, if it is whole (its manifest is
+  written last), else None: what a service started now would serve."""
+  models = os.path.join(serving_dir, MODELS)
+  name = files.read_pointer(models, layout.CURRENT)
+  if name and os.path.exists(os.path.join(models, name, MANIFEST)):
+    return os.path.join(models, name)
+  return None
+
+
 def run(config, workdir):
-  """The export job (experiments/configs/export.py)."""
+  """The export job (experiments/configs/export.py). With
+  `config.only_if_none`, a serving directory that already serves a version
+  is left as it is: near-line may have made a newer one current than the
+  CTR run's, and exporting the run again would point CURRENT back at it."""
+  serving_dir = config.serving_dir or workdir
+  if config.get('only_if_none'):
+    current = committed_version(serving_dir)
+    if current:
+      logging.info('%s is current: not exporting (only_if_none; make serve '
+                   'EXPORT=1 exports anyway)', current)
+      return current
   if not config.ctr_workdir:
-    raise ValueError('config.ctr_workdir must name a CTR run\'s workdir')
-  return export(config, config.ctr_workdir, config.serving_dir or workdir)
+    raise ValueError(f'no model version in {serving_dir} and '
+                     'config.ctr_workdir is empty: name a CTR run\'s workdir '
+                     '(make serve: run make demo first, or set CTR_RUN=<ctr '
+                     'workdir>)')
+  return export(config, config.ctr_workdir, serving_dir)
