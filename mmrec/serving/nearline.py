@@ -21,6 +21,13 @@ the uninterrupted run's. A segment with fewer impressions than a batch is
 committed by a marker file (`EMPTY`); a segment's last (records mod batch)
 impressions are not trained, so the compiled step keeps one shape.
 
+Items the service added after the batch run (ids past its item table) are
+trained like any item: the model's item table has `config.item_capacity`
+rows (as the exported one), new rows zero (the served cold-start row), and
+a model reading vectors gets their rows from the serving store. Every
+batch's ids are checked against the items that exist; a non-finite loss
+stops the segment before it is committed (train_lib.NonFiniteError).
+
 After committing segment n the model is exported into `config.serving_dir`
 as version v{batch step + steps through n}, and `models/CURRENT` points at
 it: the service hot-reloads it. The export is idempotent, so a kill between
