@@ -4,6 +4,7 @@ run, exports a version per segment, and killed mid-segment (or between a
 commit and its export), then restarted, ends exactly where an uninterrupted
 run does, having trained every segment once."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,9 +20,11 @@ import fixtures
 import jax
 import numpy as np
 
+from experiments.configs import ctr as ctr_config
 from experiments.configs import nearline as nearline_config
 from mmrec import checkpointing
 from mmrec import ctr_data
+from mmrec import ctr_model
 from mmrec.serving import impression_log
 from mmrec.serving import nearline
 from mmrec.serving import served_model
@@ -67,6 +70,31 @@ class ImpressionLogTest(absltest.TestCase):
     self.assertEqual(sorted(os.listdir(log))[-1], 'seg-000003.array_record')
     with self.assertRaisesRegex(ValueError, 'lacks'):
       impression_log.SegmentWriter(log).write({'label': 1})
+
+  def test_every_batch_ids_are_checked(self):
+    """Not only the first batch: an id past the vocabulary in a later one
+    fails with the segment, field and id (a device lookup gives NaN)."""
+    log = tempfile.mkdtemp()
+    rows = _rows(40)
+    writer = impression_log.SegmentWriter(log, max_records=100,
+                                          max_seconds=3600)
+    writer.write_batch(rows)
+    writer.close()
+    (_, path), = impression_log.closed_segments(log)
+    data = ctr_data.CtrData.load(fixtures.small_ctr_world_dir())
+    emb = ctr_model.build_model(ctr_config.get_config('id,tiny'),
+                                data.sizes).config.embedding
+    limit = int(max(rows['item_id'][:10].max(),
+                    rows['seq_item'][:10].max())) + 1
+    self.assertGreater(rows['item_id'][10:].max(), limit - 1)  # a later one
+    ds = nearline.segment_dataset(
+        path, 10, shuffle=False,
+        embedding=dataclasses.replace(emb, num_items=limit))
+    ds[0]  # pylint: disable=pointless-statement
+    with self.assertRaisesRegex(ValueError, rf"{path}, records \d+..: Field "
+                                r"'(seq_)?item(_id)?' has id \d+ outside"):
+      for i in range(1, len(ds)):
+        ds[i]  # pylint: disable=pointless-statement
 
 
 def _config(batch_workdir, serving, log_dir):
@@ -173,22 +201,25 @@ class NewItemTest(absltest.TestCase):
                                     'shop': 1})
     self.assertEqual(r.status_code, 200, r.text)
     item = r.json()['item_id']
-    rows = _rows(48)
-    for i in range(48):  # one row in three shows the new item
+    rows = _rows(150)
+    for i in range(3):  # 3 users shown 50 items each, one in five new
       mask = rows['seq_mask'][i]
-      target = item if i % 3 == 0 else int(rows['item_id'][i])
+      shown = rows['item_id'][i * 50:(i + 1) * 50].copy()
+      shown[::5] = item
       r = client.post('/impressions', json={
           'user': {k: int(rows[k][i]) for k in ('user_id', 'age', 'gender',
                                                 'city')},
-          'history': rows['seq_item'][i][mask].tolist(), 'items': [target],
-          'labels': [int(rows['label'][i])]})
+          'history': rows['seq_item'][i][mask].tolist()[
+              1 - rows['seq_item'].shape[1]:] + [item],
+          'items': shown.tolist(),
+          'labels': rows['label'][i * 50:(i + 1) * 50].tolist()})
       self.assertEqual(r.status_code, 200, r.text)
     serving_state.logger.close()  # closes the segment
     c = _config(batch_wd, serving, log)
-    c.replay_split, c.batch_size = '', 16
+    c.replay_split = ''  # one step of the batch run's 128 rows
     result = nearline.run(c, os.path.join(root, 'nearline'))
-    self.assertEqual(result['final_step'], 10 + 3)
-    version = os.path.join(serving, 'models', 'v13')
+    self.assertEqual(result['final_step'], 10 + 1)
+    version = os.path.join(serving, 'models', 'v11')
     self.assertEqual(served_model.current(os.path.join(serving, 'models')),
                      version)
     with np.load(os.path.join(version, served_model.VARIABLES_FILE)) as f:
@@ -204,7 +235,7 @@ class NewItemTest(absltest.TestCase):
         'user': {'user_id': 1, 'age': 1, 'gender': 0, 'city': 1},
         'history': [1, item], 'candidates': [item, 4]})
     self.assertEqual(r.status_code, 200, r.text)
-    self.assertEqual(r.json()['model_version'], 'v13')
+    self.assertEqual(r.json()['model_version'], 'v11')
     self.assertTrue(np.isfinite(r.json()['probabilities']).all())
     self.assertIsNone(client.get('/health').json()['last_failed_reload'])
     serving_state.close()
