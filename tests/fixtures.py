@@ -7,6 +7,7 @@ No test module imports another: what two of them share lives here.
 
 import functools
 import os
+import shutil
 import tempfile
 
 import flax.linen as nn
@@ -102,6 +103,14 @@ def exported_ctr(variant):
   train_ctr.run(c, workdir)
   return c, workdir, serving, export.export(export_config.get_config('tiny'),
                                             workdir, serving)
+
+
+def serving_copy(variant):
+  """A writable copy of `exported_ctr(variant)`'s serving directory."""
+  _, _, serving, _ = exported_ctr(variant)
+  path = os.path.join(tempfile.mkdtemp(), 'serving')
+  shutil.copytree(serving, path)
+  return path
 
 
 @functools.lru_cache(maxsize=None)

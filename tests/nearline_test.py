@@ -142,6 +142,10 @@ class NearlineTest(absltest.TestCase):
                      os.path.join(models, 'v16'))
     self.assertTrue(os.path.exists(os.path.join(root, 'ref', 'seg-000003',
                                                 nearline.EMPTY)))
+    # The service reads this workdir the same way (its log's retention):
+    # every segment committed, none past them.
+    self.assertEqual(impression_log.committed_segments(
+        os.path.join(root, 'ref'), range(5)), {0, 1, 2, 3})
     # Killed before saving step 2 of segment 0 (its commit; a checkpoint
     # every step, so step 1's is on disk), then restarted: the same state.
     wd, serv = os.path.join(root, 'killed'), os.path.join(root, 'serving')

@@ -46,13 +46,6 @@ from mmrec.serving import vector_store
 VARIANT = 'simtier_official'
 
 
-def _serving_copy():
-  _, _, serving, _ = fixtures.exported_ctr(VARIANT)
-  path = os.path.join(tempfile.mkdtemp(), 'serving')
-  shutil.copytree(serving, path)
-  return path
-
-
 def _request(rows, i):
   """The /score request of test row i: its user, history and target."""
   mask = rows['seq_mask'][i]
@@ -234,7 +227,7 @@ class ServiceTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.serving = _serving_copy()
+    cls.serving = fixtures.serving_copy(VARIANT)
     fixtures.export_untrained_encoder(cls.serving)
     cls.log_dir = tempfile.mkdtemp()
     cls.app = service.create_app(cls.serving, reload_interval_s=0,
@@ -415,7 +408,7 @@ class ServiceTest(parameterized.TestCase):
     """Bounded loopback load: 4 clients score while items arrive and new
     versions are published (one corrupt); every request succeeds and every
     item added during the load is retrievable and scorable."""
-    serving = _serving_copy()
+    serving = fixtures.serving_copy(VARIANT)
     with socket.socket() as s:
       s.bind(('127.0.0.1', 0))
       port = s.getsockname()[1]

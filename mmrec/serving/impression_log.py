@@ -14,6 +14,14 @@ never changes. A crash loses the open segment (its `.open` file is removed
 when a writer next opens the directory): logging is at most once, training
 on what was logged exactly once (nearline.py).
 
+A writer holds the log to a byte budget (`max_bytes`: closed segments as
+they are on disk, the open one as the JSON written to it, an upper bound of
+its compressed size). A batch that would pass it first retires the closed
+segments the near-line job has committed (`committed_segments`, if the
+writer is given that job's workdir), then, if it still does not fit, is
+refused whole (`LogFull`: the service's 507), so a flood of impressions
+fills its budget, not the disk.
+
 Producers: the service's impression logger (POST /impressions), or
 `replay` of a stored world day. Reading needs array_record only (the
 service imports this module; nearline.py wraps `read_rows` in grain).
@@ -32,6 +40,15 @@ PREFIX, SUFFIX, OPEN = 'seg-', '.array_record', '.open'
 # Every record has these; the dataset's declared features come on top.
 REQUIRED = ('user_id', 'item_id', 'seq_item', 'seq_mask', 'label')
 NOT_LOGGED = ('day',)  # a stored day's batches carry it; the model does not
+DEFAULT_MAX_BYTES = 1 << 30  # the service's default budget (1 GiB)
+# The near-line job's workdir as nearline.py writes it (read here: the
+# runtime imports no job): segment n is trained in seg-{n:06d}/, in log
+# order, and one with no full batch is committed by an EMPTY file there.
+NEARLINE_SEGMENT, NEARLINE_EMPTY = 'seg-{:06d}', 'EMPTY'
+
+
+class LogFull(Exception):
+  """The log's byte budget is spent: nothing of the batch was written."""
 
 
 def segment_path(log_dir, n):
@@ -51,15 +68,37 @@ def closed_segments(log_dir):
   return sorted(out)
 
 
-class SegmentWriter:
-  """Appends impressions; rotates segments by count and age. Thread-safe."""
+def committed_segments(nearline_dir, numbers):
+  """Those of segment `numbers` the near-line job in `nearline_dir` has
+  committed: each below its newest segment directory (near-line starts
+  segment n+1 only once n is committed), and each whose directory holds
+  EMPTY."""
+  if not nearline_dir or not os.path.isdir(nearline_dir):
+    return set()
+  started = [int(name[len(PREFIX):]) for name in os.listdir(nearline_dir)
+             if name.startswith(PREFIX) and name[len(PREFIX):].isdigit()]
+  if not started:
+    return set()
+  newest = max(started)
+  return {n for n in numbers if n < newest or os.path.exists(os.path.join(
+      nearline_dir, NEARLINE_SEGMENT.format(n), NEARLINE_EMPTY))}
 
-  def __init__(self, log_dir, max_records=10000, max_seconds=60.0):
+
+class SegmentWriter:
+  """Appends impressions; rotates segments by count and age; holds the log
+  to `max_bytes` (None: no budget), retiring the segments near-line in
+  `nearline_dir` committed when it is spent. Thread-safe."""
+
+  def __init__(self, log_dir, max_records=10000, max_seconds=60.0,
+               max_bytes=None, nearline_dir=None):
     if max_records < 1 or max_seconds <= 0:
       raise ValueError(f'max_records ({max_records}) must be >= 1 and '
                        f'max_seconds ({max_seconds}) > 0')
+    if max_bytes is not None and max_bytes < 1:
+      raise ValueError(f'max_bytes ({max_bytes}) must be >= 1 (or None)')
     self.log_dir, self.max_records, self.max_seconds = (
         log_dir, max_records, max_seconds)
+    self.max_bytes, self.nearline_dir = max_bytes, nearline_dir
     os.makedirs(log_dir, exist_ok=True)
     for name in os.listdir(log_dir):
       if name.endswith(OPEN):  # a crashed writer's unfinished segment
@@ -68,6 +107,9 @@ class SegmentWriter:
     self._next = segments[-1][0] + 1 if segments else 0
     self._lock = threading.Lock()
     self._writer, self._count, self._opened = None, 0, 0.0
+    self._open_bytes = 0  # JSON written to the open segment
+    self._closed_bytes = self._measure()
+    self.retired = 0  # segments deleted to keep to the budget
     self.fields = None  # of the first record: the model's input + label
 
   def _open_path(self):
@@ -75,33 +117,78 @@ class SegmentWriter:
 
   def write(self, record):
     """Appends one impression (a dict with REQUIRED and the features of
-    the writer's first record)."""
+    the writer's first record); `LogFull` if over the budget."""
+    self._append([self._encode(record)])
+
+  def write_batch(self, batch):
+    """Appends every row of a batch (dict of arrays, as `write`): all of
+    them, or none (`LogFull`)."""
+    self._append([self._encode({f: v[i] for f, v in batch.items()})
+                  for i in range(len(batch['label']))])
+
+  def _encode(self, record):
     fields = tuple(f for f in record if f not in NOT_LOGGED)
     missing = [f for f in REQUIRED if f not in record]
     if missing:
       raise ValueError(f'impression lacks fields {missing}')
     data = json.dumps({f: np.asarray(record[f]).tolist() for f in fields})
+    return fields, data.encode()
+
+  def _append(self, records):
     with self._lock:
       # A segment must read back as one batch layout (nearline.py).
-      if self.fields is None:
-        self.fields = fields
-      elif set(fields) != set(self.fields):
-        raise ValueError(f'impression has fields {sorted(fields)}, this log '
-                         f'{sorted(self.fields)}')
-      if self._writer is None:
-        self._writer = array_record_module.ArrayRecordWriter(
-            self._open_path(), 'group_size:1')
-        self._count, self._opened = 0, time.monotonic()
-      self._writer.write(data.encode())
-      self._count += 1
-      if self._count >= self.max_records or (
-          time.monotonic() - self._opened >= self.max_seconds):
-        self._close()
+      for fields, _ in records:
+        if self.fields is None:
+          self.fields = fields
+        elif set(fields) != set(self.fields):
+          raise ValueError(f'impression has fields {sorted(fields)}, this '
+                           f'log {sorted(self.fields)}')
+      self._make_room(sum(len(data) for _, data in records))
+      for _, data in records:
+        if self._writer is None:
+          self._writer = array_record_module.ArrayRecordWriter(
+              self._open_path(), 'group_size:1')
+          self._count, self._opened, self._open_bytes = (
+              0, time.monotonic(), 0)
+        self._writer.write(data)
+        self._count += 1
+        self._open_bytes += len(data)
+        if self._count >= self.max_records or (
+            time.monotonic() - self._opened >= self.max_seconds):
+          self._close()
 
-  def write_batch(self, batch):
-    """Appends every row of a batch (dict of arrays, as `write`)."""
-    for i in range(len(batch['label'])):
-      self.write({f: v[i] for f, v in batch.items()})
+  def used_bytes(self):
+    """What the log holds by the budget's count (closed + open)."""
+    return self._closed_bytes + self._open_bytes
+
+  def _measure(self):
+    return sum(os.path.getsize(p) for _, p in closed_segments(self.log_dir))
+
+  def _make_room(self, need):
+    """Retires committed segments until `need` more bytes fit the budget,
+    or raises LogFull."""
+    if self.max_bytes is None or self.used_bytes() + need <= self.max_bytes:
+      return
+    self._closed_bytes = self._measure()  # an operator may have cleared some
+    segments = closed_segments(self.log_dir)
+    committed = committed_segments(self.nearline_dir,
+                                   [n for n, _ in segments])
+    for n, path in segments:
+      if self.used_bytes() + need <= self.max_bytes:
+        break
+      if n in committed:
+        size = os.path.getsize(path)
+        os.remove(path)
+        self._closed_bytes -= size
+        self.retired += 1
+    if self.used_bytes() + need > self.max_bytes:
+      trained = (f'; near-line ({self.nearline_dir}) has committed no more '
+                 'of its segments' if self.nearline_dir else
+                 '; no near-line workdir is set to retire trained segments')
+      raise LogFull(
+          f'the impression log {self.log_dir} holds {self.used_bytes()} '
+          f'bytes of its {self.max_bytes}-byte budget; {need} more do not '
+          f'fit{trained}')
 
   def maybe_close(self):
     """Closes the open segment if it is older than max_seconds (call it
@@ -113,8 +200,10 @@ class SegmentWriter:
 
   def _close(self):
     self._writer.close()
-    os.rename(self._open_path(), segment_path(self.log_dir, self._next))
-    self._writer = None
+    final = segment_path(self.log_dir, self._next)
+    os.rename(self._open_path(), final)
+    self._closed_bytes += os.path.getsize(final)
+    self._writer, self._open_bytes = None, 0
     self._next += 1
 
   def close(self):

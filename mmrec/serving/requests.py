@@ -18,7 +18,10 @@ import pydantic
 
 from mmrec.serving import served_model
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = 1 << 20  # counted as it arrives, chunked or not
+# A body must have arrived whole this long after its request started: a
+# client trickling or stalling it holds no handler for longer.
+BODY_TIMEOUT_S = 10.0
 MAX_CANDIDATES = 1000
 MAX_HISTORY = 1000
 MAX_LONG_HISTORY = 10000  # a body's bound; the model's own length is checked
@@ -91,15 +94,22 @@ def request_models(schema):
   return ScoreRequest, ImpressionRequest, item
 
 
-def jsonable(value):
+ECHO_DEPTH = 8  # how deep a 4xx echoes a request's input
+
+
+def jsonable(value, depth=ECHO_DEPTH):
   """`value` (JSON-able but for floats) with each NaN or infinite float as
-  its repr ('nan', 'inf', '-inf'): what a 4xx echoes of a request."""
+  its repr ('nan', 'inf', '-inf') and what is nested deeper than `depth`
+  as '...': what a 4xx echoes of a request (a 900-deep list is valid JSON,
+  and walking it whole would exhaust Python's recursion limit: a 500)."""
   if isinstance(value, float) and not math.isfinite(value):
     return repr(value)
+  if isinstance(value, (dict, list, tuple)) and depth <= 0:
+    return '...'
   if isinstance(value, dict):
-    return {k: jsonable(v) for k, v in value.items()}
+    return {k: jsonable(v, depth - 1) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [jsonable(v) for v in value]
+    return [jsonable(v, depth - 1) for v in value]
   return value
 
 

@@ -30,6 +30,11 @@ from mmrec.serving import vector_store
 
 ENV_DIR = 'MMREC_SERVING_DIR'
 ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
+# Optional, with ENV_LOG_DIR: the log's byte budget (default
+# impression_log.DEFAULT_MAX_BYTES), and the near-line job's workdir whose
+# committed segments are deleted when the budget is spent.
+ENV_LOG_BYTES = 'MMREC_IMPRESSION_LOG_BYTES'
+ENV_NEARLINE_DIR = 'MMREC_NEARLINE_WORKDIR'
 log = logging.getLogger('mmrec.serving.state')
 
 
@@ -45,7 +50,9 @@ class Serving:
   """The service's state: store (writable), index, live model, metrics."""
 
   def __init__(self, serving_dir, reload_interval_s=1.0, log_dir=None,
-               segment_records=10000, segment_seconds=60.0):
+               segment_records=10000, segment_seconds=60.0,
+               log_max_bytes=impression_log.DEFAULT_MAX_BYTES,
+               nearline_dir=None):
     self.dir = serving_dir
     self.models_dir = os.path.join(serving_dir, 'models')
     self.index_dir = os.path.join(serving_dir, 'index')
@@ -74,7 +81,8 @@ class Serving:
     self.latency = collections.defaultdict(lambda: collections.deque(
         maxlen=10000))
     self.logger = (None if not log_dir else impression_log.SegmentWriter(
-        log_dir, segment_records, segment_seconds))
+        log_dir, segment_records, segment_seconds, max_bytes=log_max_bytes,
+        nearline_dir=nearline_dir))
     self._stop = threading.Event()
     self._poller = None
     if reload_interval_s:
@@ -253,7 +261,11 @@ class Serving:
     batch = rows.rows(self.live, self.store, req.user, reqs.history(req),
                       req.items, 'items', req.long_history)
     batch['label'] = np.asarray(req.labels)
-    self.logger.write_batch(batch)
+    try:
+      self.logger.write_batch(batch)
+    except impression_log.LogFull as e:  # nothing of it was written
+      raise reqs.bad(['body'], f'the impressions were not logged: {e}',
+                     status=507) from e
     return {'logged': len(req.items)}
 
   # ------------------------------------------------------------------ items
@@ -295,8 +307,9 @@ class Serving:
                                    req.title is not None):
       raise reqs.bad(['body', 'vector'], 'send a vector or an image + title, '
                      'not both')
-    v = np.asarray(req.vector if req.vector is not None else
-                   self._encode(req), np.float32)
+    with np.errstate(over='ignore'):  # 1e300 -> inf: refused just below
+      v = np.asarray(req.vector if req.vector is not None else
+                     self._encode(req), np.float32)
     if len(v) != self.store.dim:
       raise reqs.bad(['body', 'vector'], f'has {len(v)} values, items are '
                      f'{self.store.dim}-d vectors')
@@ -376,4 +389,8 @@ class Serving:
             'requests': dict(self.requests), 'latency': lat,
             'model_version': self.live.model.version,
             'reloads': self.reloads, 'reload_errors': self.reload_errors,
-            'items': self.store.count, 'new_items': self.store.delta_count}
+            'items': self.store.count, 'new_items': self.store.delta_count,
+            'impression_log': None if self.logger is None else {
+                'bytes': self.logger.used_bytes(),
+                'budget': self.logger.max_bytes,
+                'retired_segments': self.logger.retired}}
