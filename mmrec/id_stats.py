@@ -15,6 +15,7 @@ from absl import logging
 from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec.data import builders
+from mmrec.data import ctr_rows
 from mmrec.data import id_features
 from mmrec.data import manifest
 from mmrec.data import resolver
@@ -67,7 +68,8 @@ def run(config, workdir):
   logging.info('id_stats: fit on day %d (%d rows), coefficients %s',
                first_test_day - 1, len(y_fit), model.coefficients())
   pred = {'logit': model.logit(x_test), 'label': test['label'],
-          'user_id': test['user_id'], 'item_id': test['item_id']}
+          'user_id': test['user_id'], 'user_key': ctr_rows.user_key(test),
+          'item_id': test['item_id']}
   groups = ctr_eval.exposure_groups(pred, data_dir,
                                     train_ids=train['item_id'])
   result = {'variant': config.variant, 'seed': config.seed,

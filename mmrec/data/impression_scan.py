@@ -81,7 +81,8 @@ class ImpressionScan:
   """The passes over `source_dir`'s impressions (see the module docstring).
 
   After `scan_days`: t0, num_days, first_test_day, validation_days; after
-  `scan_ids`: users, items (`id_maps.IdMap`), trained_items (raw ids seen in
+  `scan_ids`: users, items, user_keys (`id_maps.IdMap`; user_keys maps every
+  raw user of every split to its own id), trained_items (raw ids seen in
   training), launch_day (per item id), rows (per split).
   """
 
@@ -184,6 +185,7 @@ class ImpressionScan:
     """
     users, items, shown = (id_maps.Counter(), id_maps.Counter(),
                            id_maps.Counter())
+    everyone = id_maps.Counter()  # every raw user of every split
     launch = id_maps.Counter(np.minimum)
     clicks = []  # (user, day, time, item) of every click (histories)
     rows = {'train': 0, 'test': 0}
@@ -200,6 +202,7 @@ class ImpressionScan:
       rows['train'] += int(train.sum())
       rows['test'] += int((~train).sum())
       users.add(user[train])
+      everyone.add(user)
       items.add(item[train])
       shown.add(item)
       launch.add(item, day.astype(np.int64))
@@ -226,6 +229,10 @@ class ImpressionScan:
     m = self.opt.min_count
     ukeys, ucount = users.result()
     self.users = id_maps.IdMap(ukeys[ucount >= m])
+    # The real person of each row, for per-user evaluation (GAUC, the
+    # bootstrap): user_id maps cold and rare users to 0, which would lump
+    # them into one 'user'.
+    self.user_keys = id_maps.IdMap(everyone.result()[0])
     ikeys, icount = items.result()
     skeys, _ = shown.result()
     new = skeys[id_maps.lookup(ikeys, icount, skeys, 0) == 0]
@@ -287,7 +294,8 @@ class ImpressionScan:
       else:
         start, end, values = self._built_history(user, day)
       seq, n = self._sequences(start, end, values, self.opt.seq_len)
-      out = {'user_id': self.users(user), 'item_id': self.items(item),
+      out = {'user_id': self.users(user), 'user_key': self.user_keys(user),
+             'item_id': self.items(item),
              'day': day, 'label': label, 'seq_item': seq, 'seq_len': n}
       if self.opt.long_seq_len:
         out['long_seq_item'], out['long_seq_len'] = self._sequences(
@@ -296,7 +304,9 @@ class ImpressionScan:
 
   def impression_example(self):
     L, Lh = self.opt.seq_len, self.opt.long_seq_len
-    out = {'user_id': np.zeros(0, np.int32), 'item_id': np.zeros(0, np.int32),
+    out = {'user_id': np.zeros(0, np.int32),
+           'user_key': np.zeros(0, np.int32),
+           'item_id': np.zeros(0, np.int32),
            'day': np.zeros(0, np.int32), 'label': np.zeros(0, np.int8),
            'seq_item': np.zeros((0, L), np.int32),
            'seq_len': np.zeros(0, np.int32)}
