@@ -102,19 +102,17 @@ def concept_features(world, rows):
 
 def id_stats_scores(world, seed=0):
   """(v) and (vi): the ID-statistics LR without and with concept features,
-  fit on the last training day (id_stats' protocol), scores of the test
+  fit on every training day (id_stats' protocol), scores of the test
   days."""
   imp = world.impressions
   train, test = _split(world)
   rows = {k: imp[k][train] for k in imp}
   test_rows = {k: imp[k][test] for k in imp}
   (x_fit, y_fit), x_test = id_features.fit_and_test_features(
-      rows, test_rows, world.items, world.first_test_day,
-      len(world.items['item_id']), len(world.users['user_id']))
-  fit_rows = {k: v[rows['day'] == world.first_test_day - 1]
-              for k, v in rows.items()}
+      rows, test_rows, world.items, len(world.items['item_id']),
+      len(world.users['user_id']))
   floor = id_features.fit(x_fit, y_fit, seed).logit(x_test)
-  x_fit = np.concatenate([x_fit, concept_features(world, fit_rows)], 1)
+  x_fit = np.concatenate([x_fit, concept_features(world, rows)], 1)
   x_test = np.concatenate([x_test, concept_features(world, test_rows)], 1)
   return floor, id_features.fit(x_fit, y_fit, seed).logit(x_test)
 
