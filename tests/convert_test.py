@@ -100,13 +100,17 @@ class ConvertTest(absltest.TestCase):
     item_ids = np.unique(raw['item'])
     rday = (raw['time'] - (T0 - 3600)) // DAY
     order = np.lexsort((raw['time'], np.searchsorted(users, raw['user'])))
-    # Reference: a row's history = the user's clicks on earlier days, by time.
+    # Reference: a row's history = the user's clicks strictly before its
+    # time (earlier the same day too), by time. Rows keep file order.
     for split, table in (('train', imp), ('test', test)):
+      raw_rows = np.flatnonzero((rday < NUM_DAYS - 1) == (split == 'train'))
       for r in range(0, len(table['label']), 37):
         u = users[table['user_id'][r] - 1]
-        d = table['day'][r]
+        self.assertEqual(raw['user'][raw_rows[r]], u)
+        t = raw['time'][raw_rows[r]]
         want = [np.searchsorted(item_ids, raw['item'][i]) + 1 for i in order
-                if raw['user'][i] == u and rday[i] < d and raw['label'][i]]
+                if raw['user'][i] == u and raw['time'][i] < t and
+                raw['label'][i]]
         want = want[-10:]
         n = table['seq_len'][r]
         self.assertEqual(n, len(want), (split, r))
@@ -357,6 +361,38 @@ class MinCountTest(absltest.TestCase):
     imp = builders.load_table(out, manifest.IMPRESSIONS, 'train')
     self.assertEqual(int((imp['user_id'] == 0).sum()),
                      int(uc[uc < 8].sum()))
+
+
+class HistoryByTimeTest(absltest.TestCase):
+
+  def test_earlier_clicks_of_the_day_count_same_time_and_later_do_not(self):
+    src = tempfile.mkdtemp()
+    day = lambda d, h: T0 + d * DAY + h * 3600
+    # User a: clicks on day 0, then day 2 at 01:00 (two at 02:00), the
+    # impressions to check at 02:00 and 03:00 of day 2; the test day is 3.
+    rows = [('a', 1, 1, day(0, 5)), ('a', 2, 1, day(2, 1)),
+            ('a', 3, 1, day(2, 2)), ('a', 4, 0, day(2, 2)),
+            ('a', 5, 1, day(2, 3)), ('a', 6, 1, day(2, 4)),
+            ('a', 7, 0, day(3, 0)), ('b', 1, 1, day(1, 0)),
+            ('b', 2, 0, day(3, 0))]
+    user, item, label, time = map(list, zip(*rows))
+    pq.write_table(pa.table({'user': user, 'item': item, 'label': label,
+                             'time': time}),
+                   os.path.join(src, 'impressions.parquet'))
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    dataset_job.run(fixtures.own_data_config(src, validation_days=0), out)
+    train = builders.load_table(out, manifest.IMPRESSIONS, 'train')
+    test = builders.load_table(out, manifest.IMPRESSIONS, 'test')
+
+    def hist(table, r):
+      return table['seq_item'][r, 10 - table['seq_len'][r]:].tolist()
+
+    # Raw items 1..7 are ids 1..7.
+    self.assertEqual([hist(train, r) for r in range(6)],
+                     [[], [1], [1, 2], [1, 2], [1, 2, 3], [1, 2, 3, 5]])
+    self.assertEqual(hist(train, 6), [])  # b's first click
+    self.assertEqual(hist(test, 0), [1, 2, 3, 5, 6])
+    self.assertEqual(hist(test, 1), [1])
 
 
 class ColdUsersTest(absltest.TestCase):

@@ -54,7 +54,8 @@ FIELD_DOCS = {
     'held_out': 'True for held-out sessions (the test split)',
     'day': 'day of the impression',
     'label': '1 = click',
-    'seq_item': 'behaviour item ids before this day, right-aligned, 0 = pad',
+    'seq_item': 'behaviour item ids before this impression, right-aligned, '
+                '0 = pad',
     'seq_len': 'number of real (right-most) entries of seq_item',
     'caption': 'generic appearance caption token ids',
 }

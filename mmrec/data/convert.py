@@ -34,8 +34,11 @@ What the conversion does:
     shown on a later day: the new items, kept for the content route
     (id_maps.py).
   * histories: right-aligned `seq_item` (L = seq_len) + `seq_len` as the
-    world's; built when not given from the user's clicks on days before the
-    impression's day (oldest first), as the world's behaviour sequences.
+    world's; built when not given from the user's clicks strictly before the
+    impression's time (earlier the same day too; a click at the same second
+    is not yet seen), oldest first. Data shipped split has no time: there,
+    the clicks of earlier splits (the world has day resolution alike: day
+    d's clicks enter day d + 1).
   * items: launch_day = the first day an item was shown (new items:
     launch_day >= first test day); categorical values remapped to 1..V-1 by
     sorted value (0 = missing); bags to fixed width `max_bag`; titles

@@ -7,7 +7,9 @@ test days; `scan_ids` reads every column once, counts ids over the training
 days into the id maps (id_maps.py), notes launch days and clicks, and keeps
 what the dataset stores of each row in a scratch file per split (`_Spill`);
 `impressions` then yields the stored rows with their behaviour sequences
-(given histories, or built from earlier clicks). The search log
+(given histories, or built from the user's clicks strictly before the row's
+time -- earlier that day too; data shipped split has no time, so there
+earlier splits). The search log
 (search_sessions.py) reads its ids and days through the same scan.
 """
 
@@ -28,19 +30,22 @@ class _Spill:
   """The rows of one split that the dataset stores, from scan to writing.
 
   An Arrow IPC stream in the scratch directory, one batch per input chunk:
-  raw ids, label, day and (given histories) the kept behaviours; a fraction
-  of the input when histories are long, and read back without parsing.
+  raw ids, label, day and either the kept behaviours (given histories) or
+  the row's time (histories built from earlier clicks); a fraction of the
+  input when histories are long, and read back without parsing.
   """
 
   def __init__(self, path):
     self.path, self.sink, self.writer = path, None, None
 
-  def add(self, mine, user, item, label, day, history):
+  def add(self, mine, user, item, label, day, history, when=None):
     if not mine.any():
       return
     item = pa.array(item[mine])
     cols = {'user': pa.array(user[mine]), 'item': item,
             'label': pa.array(label[mine]), 'day': pa.array(day[mine])}
+    if when is not None:
+      cols['when'] = pa.array(when[mine])
     if history is not None:
       offsets, flat = history
       start, end = offsets[:-1][mine], offsets[1:][mine]
@@ -61,7 +66,8 @@ class _Spill:
       self.sink.close()
 
   def __iter__(self):
-    """(user, item, label, day, history or None) numpy chunks."""
+    """(user, item, label, day, history or None, when or None) numpy
+    chunks."""
     if self.writer is None:
       return
     with pa.OSFile(self.path) as source:
@@ -69,12 +75,14 @@ class _Spill:
         user, item, label, day = (
             batch.column(k).to_numpy(zero_copy_only=False)
             for k in ('user', 'item', 'label', 'day'))
-        history = None
+        history = when = None
         if 'history' in batch.schema.names:
           col = batch.column('history')
           history = (col.offsets.to_numpy(),
                      col.values.to_numpy(zero_copy_only=False))
-        yield user, item, label, day, history
+        if 'when' in batch.schema.names:
+          when = batch.column('when').to_numpy()
+        yield user, item, label, day, history, when
 
 
 class ImpressionScan:
@@ -187,7 +195,7 @@ class ImpressionScan:
                            id_maps.Counter())
     everyone = id_maps.Counter()  # every raw user of every split
     launch = id_maps.Counter(np.minimum)
-    clicks = []  # (user, day, time, item) of every click (histories)
+    clicks = []  # (user, when, time, item) of every click (histories)
     rows = {'train': 0, 'test': 0}
     self.spills = {s: _Spill(os.path.join(scratch, f'{s}.arrows'))
                    for s in rows}
@@ -215,9 +223,11 @@ class ImpressionScan:
                                        offsets[1:][train])])
       else:
         c = label == 1
-        clicks.append((user[c], day[c], t[c], item[c]))
+        when = self._when(day, t)
+        clicks.append((user[c], when[c], t[c], item[c]))
       for split, mine in (('train', train), ('test', ~train)):
-        self.spills[split].add(mine, user, item, label, day, history)
+        self.spills[split].add(mine, user, item, label, day, history,
+                               None if self.has_history else when)
     for spill in self.spills.values():
       spill.close()
     for split, n in rows.items():
@@ -247,28 +257,36 @@ class ImpressionScan:
     logging.info('converted ids: %d users, %d items (min_count %d); rows %s',
                  len(self.users), len(self.items), m, rows)
 
+  def _when(self, day, t):
+    """What orders behaviours: the time (epoch seconds), or for data shipped
+    split (no time) the split's day, so that only earlier splits count."""
+    return day.astype(np.int64) if self.by_split else t
+
   def _index_clicks(self, clicks):
-    """Clicks sorted by (user, day) with a searchable key (histories)."""
-    user, day, t, item = (np.concatenate([c[k] for c in clicks])
-                          for k in range(4))
+    """Clicks sorted by (user, when) with a searchable key (histories)."""
+    user, when, t, item = (np.concatenate([c[k] for c in clicks])
+                           for k in range(4))
     # Every raw user (kept or not): histories are per person, not per id.
     self.click_users = np.unique(user)
     u = np.searchsorted(self.click_users, user)
-    # By day, then time, per user (oldest first; ties keep file order): a
+    # By when, then time, per user (oldest first; ties keep file order): a
     # shipped split's days need not follow file order.
-    order = np.lexsort((t, day, u))
-    self.click_key = u[order] * (self.num_days + 1) + day[order].astype(
-        np.int64)
+    order = np.lexsort((t, when, u))
+    self.click_times = np.unique(when)
+    rank = np.searchsorted(self.click_times, when[order])
+    self.click_key = u[order] * (len(self.click_times) + 1) + rank
     self.click_item = self.items(item[order])
 
-  def _built_history(self, user, day):
-    """(start, end) into the sorted clicks: the user's clicks before day."""
+  def _built_history(self, user, when):
+    """(start, end) into the sorted clicks: the user's clicks strictly before
+    `when` (an earlier time; a click at the same time is not yet seen)."""
     u = np.searchsorted(self.click_users, user)
     known = (u < len(self.click_users))
     known[known] = self.click_users[u[known]] == user[known]
-    base = u.astype(np.int64) * (self.num_days + 1)
+    base = u.astype(np.int64) * (len(self.click_times) + 1)
     start = np.searchsorted(self.click_key, base)
-    end = np.searchsorted(self.click_key, base + day)
+    end = np.searchsorted(self.click_key,
+                          base + np.searchsorted(self.click_times, when))
     end = np.where(known, end, start)
     return start, end, self.click_item
 
@@ -287,12 +305,12 @@ class ImpressionScan:
 
   def impressions(self, split):
     """Pass 3 (one per split): chunks of the stored impression rows."""
-    for user, item, label, day, history in self.spills[split]:
+    for user, item, label, day, history, when in self.spills[split]:
       if self.has_history:
         offsets, flat = history
         start, end, values = offsets[:-1], offsets[1:], self.items(flat)
       else:
-        start, end, values = self._built_history(user, day)
+        start, end, values = self._built_history(user, when)
       seq, n = self._sequences(start, end, values, self.opt.seq_len)
       out = {'user_id': self.users(user), 'user_key': self.user_keys(user),
              'item_id': self.items(item),
