@@ -540,13 +540,17 @@ class AmazonTest(absltest.TestCase):
     np.testing.assert_array_equal(items['launch_day'][1:],
                                   [first[a] for a in asins])
     self.assertGreaterEqual(sum(first[a] >= test_day for a in asins), 2)
-    # Histories: the user's reviews on earlier days, oldest first (last 10).
+    # Histories: the user's reviews strictly before the row's time, oldest
+    # first (last 10). The staged rows (same settings) give the times.
+    staged = _stage_amazon(src, image_dir=images, negatives=2)[1]
+    when = staged['time'].to_numpy()
+    when = when[(when - T0) // DAY >= test_day]
     rows = np.flatnonzero(imp['user_id'] > 0)[:5]
     for r in rows:
       u = users[imp['user_id'][r] - 1]
       mine = sorted((rt, asins.index(x['parent_asin']) + 1)
-                    for x, rt, dd in zip(reviews, t, day)
-                    if x['user_id'] == u and dd < imp['day'][r])
+                    for x, rt in zip(reviews, t)
+                    if x['user_id'] == u and rt < when[r])
       want = [i for _, i in mine][-10:]
       n = imp['seq_len'][r]
       self.assertEqual(n, len(want))
