@@ -25,7 +25,9 @@ What the conversion does:
   * days: day = whole days since midnight (UTC) of the first impression; the
     last `test_days` days are the test split, the `validation_days` before
     them the validation day(s) (held out of training by the CTR job's
-    `--config.validation`). With `split` instead of time: train = day 0,
+    `--config.validation`); with split='share' instead the fewest last days
+    holding `test_share` of the impressions, and the fewest days before them
+    holding `validation_share` (a log thinning out towards its end). With `split` instead of time: train = day 0,
     validation (if any) = day 1, test = the day after.
   * ids: 0 is reserved for "rare or unknown" (users and items), real ids run
     1..N in sorted order of the raw ids. A user or item with fewer than
@@ -77,8 +79,14 @@ class Options:
   """Conversion settings (config.convert of experiments/configs/data.py)."""
   name: str = 'parquet'
   source: str = ''
+  # 'days': the last test_days days test, validation_days before them;
+  # 'share': the fewest last days holding test_share of the impressions,
+  # then validation_share (impression_scan.split_days).
+  split: str = 'days'
   test_days: int = 1
   validation_days: int = 1
+  test_share: float = 0.1
+  validation_share: float = 0.1
   min_count: int = 1
   seq_len: int = 50
   # > 0: also store the last `long_seq_len` behaviours (`long_seq_item`,

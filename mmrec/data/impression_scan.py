@@ -26,6 +26,50 @@ DAY = 86400
 SPLITS = ('train', 'validation', 'test')  # values of a `split` column
 
 
+def split_policy(opt):
+  """The split of convert.Options `opt`, in words."""
+  if opt.split == 'share':
+    return (f'split=share: test days holding >= {opt.test_share:.0%} of the '
+            f'impressions, validation days >= {opt.validation_share:.0%}')
+  return (f'split=days: test_days={opt.test_days}, '
+          f'validation_days={opt.validation_days}')
+
+
+def _days_covering(counts, end, rows):
+  """The latest day d < end such that days d..end-1 hold >= `rows`
+  impressions (at least one day; day 0 if none does)."""
+  held = np.cumsum(counts[:end][::-1])  # rows of the last k + 1 days
+  k = min(int(np.searchsorted(held, rows)), end - 1)
+  return end - 1 - k
+
+
+def split_days(counts, opt):
+  """(first test day, validation days) of impressions per day `counts`.
+
+  split='days': the last `test_days` days, the `validation_days` before;
+  split='share': the fewest last days holding `test_share` of the
+  impressions, then the fewest days before them holding `validation_share`
+  (0: no validation day). A fixed number of days is the wrong unit for a
+  log that thins out towards its end (MovieLens: a week held 2% of ml-100k).
+  """
+  if opt.split == 'days':
+    return len(counts) - opt.test_days, opt.validation_days
+  if opt.split != 'share':
+    raise columns.InputError(f"convert.split={opt.split!r}: expected 'days' "
+                             "or 'share'")
+  for name in ('test_share', 'validation_share'):
+    if not 0 <= getattr(opt, name) < 1:
+      raise columns.InputError(f'convert.{name}={getattr(opt, name)}: '
+                               'expected a share in [0, 1)')
+  total = counts.sum()
+  first_test = _days_covering(counts, len(counts), opt.test_share * total)
+  validation = 0
+  if opt.validation_share > 0 and first_test > 0:
+    validation = first_test - _days_covering(counts, first_test,
+                                             opt.validation_share * total)
+  return first_test, validation
+
+
 class _Spill:
   """The rows of one split that the dataset stores, from scan to writing.
 
@@ -166,24 +210,37 @@ class ImpressionScan:
       self.first_test_day = self.num_days - 1
       return
     lo, hi = None, None
+    per_day = id_maps.Counter()  # impressions per (absolute) day
     for path, row0, batch in columns.chunks(self.paths, ['time'], (),
                                             self.opt.chunk_rows):
       t = columns.times(batch.column(0), path, 'time', row0)
       if len(t):
         lo = t.min() if lo is None else min(lo, t.min())
         hi = t.max() if hi is None else max(hi, t.max())
+        per_day.add(t // DAY)
     if lo is None:
       raise columns.InputError(f'{self.paths[0]}: no impressions')
     self.t0 = int(lo - lo % DAY)
     self.num_days = int((hi - self.t0) // DAY) + 1
-    self.first_test_day = self.num_days - self.opt.test_days
-    self.validation_days = self.opt.validation_days
+    days, n = per_day.result()
+    counts = np.zeros(self.num_days, np.int64)
+    counts[days - self.t0 // DAY] = n
+    self.first_test_day, self.validation_days = split_days(
+        counts, self.opt)
     if self.first_test_day - self.validation_days < 1:
       raise columns.InputError(
           f'{self.src}: the impressions span {self.num_days} day(s) '
           f'(from {np.datetime64(int(lo), "s")} to {np.datetime64(int(hi), "s")}'
-          f'); test_days={self.opt.test_days} + validation_days='
-          f'{self.validation_days} leave no training day')
+          f'); {split_policy(self.opt)} leaves no training day')
+    logging.info(
+        'split (%s): test days %d-%d (%d impressions), %d validation day(s) '
+        '(%d), %d training day(s) before them (%d)', split_policy(self.opt),
+        self.first_test_day, self.num_days - 1,
+        counts[self.first_test_day:].sum(), self.validation_days,
+        counts[self.first_test_day - self.validation_days:
+               self.first_test_day].sum(),
+        self.first_test_day - self.validation_days,
+        counts[:self.first_test_day - self.validation_days].sum())
 
   def scan_ids(self, scratch):
     """Pass 2: id counts over the training days, launch days, clicks.
@@ -194,6 +251,8 @@ class ImpressionScan:
     users, items, shown = (id_maps.Counter(), id_maps.Counter(),
                            id_maps.Counter())
     everyone = id_maps.Counter()  # every raw user of every split
+    # Test users with a click / a non-click: the bootstrap's unit.
+    test_pos, test_neg = id_maps.Counter(), id_maps.Counter()
     launch = id_maps.Counter(np.minimum)
     clicks = []  # (user, when, time, item) of every click (histories)
     rows = {'train': 0, 'test': 0}
@@ -211,6 +270,8 @@ class ImpressionScan:
       rows['test'] += int((~train).sum())
       users.add(user[train])
       everyone.add(user)
+      test_pos.add(user[~train & (label == 1)])
+      test_neg.add(user[~train & (label == 0)])
       items.add(item[train])
       shown.add(item)
       launch.add(item, day.astype(np.int64))
@@ -243,6 +304,8 @@ class ImpressionScan:
     # bootstrap): user_id maps cold and rare users to 0, which would lump
     # them into one 'user'.
     self.user_keys = id_maps.IdMap(everyone.result()[0])
+    self.test_users_both = len(np.intersect1d(test_pos.result()[0],
+                                              test_neg.result()[0]))
     ikeys, icount = items.result()
     skeys, _ = shown.result()
     new = skeys[id_maps.lookup(ikeys, icount, skeys, 0) == 0]
