@@ -320,13 +320,15 @@ def run(config, workdir):
   parsed = [split_variant(v) for v in variants]
   if any(src == ID_SOURCE for _, src in parsed):
     items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
-    weights = {f: w for f, w in id_vectors.WEIGHTS.items() if f in items}
-    if not weights:
+    weights, bag = id_vectors.fields_of(
+        items, m.ctr.get('category_fields', ()), m.ctr.get('category_bag'))
+    if not weights and not bag:
       skip(ID_SOURCE, f'the items table has none of the ID fields '
-           f'{sorted(id_vectors.WEIGHTS)} the ID-similarity control is made '
-           'of')
+           f'{sorted(id_vectors.WEIGHTS)}, and the dataset declares no '
+           'category fields or category bag, which the ID-similarity control '
+           'is made of')
     elif not os.path.exists(id_vectors_path(workdir)):
-      id_vectors.write(id_vectors_path(workdir), items, weights)
+      id_vectors.write(id_vectors_path(workdir), items, weights, bag)
   for modality in vector_table.MODALITIES:
     if any(src == modality for _, src in parsed):
       path = (vector_table.modality_path(config.vectors_path, modality)

@@ -48,7 +48,8 @@ def run(config, workdir):
   first_test_day = m.first_test_day
   items = id_features.category_tables(
       builders.load_table(data_dir, 'mmrec_items', 'catalogue'),
-      m.ctr.get('category_fields', ()), m.num_items)
+      m.ctr.get('category_fields', ()), m.num_items,
+      m.ctr.get('category_bag'))
   train = builders.load_table(data_dir, 'mmrec_impressions', 'train')
   test = builders.load_table(data_dir, 'mmrec_impressions', 'test')
   split = 'test'

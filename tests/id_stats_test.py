@@ -162,6 +162,31 @@ class FeaturesTest(absltest.TestCase):
     big['user_id'] = big['user_id'] % 9
     self.assertIn('9 users', id_features.fit_set_warning(big))
 
+  def test_bag_shares_against_plain_python(self):
+    # Genres as a bag (0 = empty slot): the leaf share is the history's
+    # share with the target's exact value set, the top share its share
+    # sharing any value (the value order within a bag does not matter).
+    bag = np.array([[0, 0, 0], [1, 2, 0], [2, 1, 0], [3, 0, 0], [2, 0, 0],
+                    [0, 0, 0]])
+    items = id_features.category_tables({'genres': bag}, [], NUM_ITEMS,
+                                        'genres')
+    x = id_features.features(TRAIN, id_features.counts(
+        TRAIN, NUM_ITEMS, NUM_USERS), items)
+    sets = [set(b) - {0} for b in bag.tolist()]
+    for i in range(len(TRAIN['label'])):
+      n = int(TRAIN['seq_len'][i])
+      hist = TRAIN['seq_item'][i][L - n:].tolist() if n else []
+      t = sets[TRAIN['item_id'][i]]
+      exact = sum(bool(t) and sets[h] == t for h in hist)
+      shared = sum(bool(sets[h] & t) for h in hist)
+      self.assertAlmostEqual(x[i, 2], exact / n if n else 0.0)
+      self.assertAlmostEqual(x[i, 3], shared / n if n else 0.0)
+    self.assertTrue((x[:, 2] != x[:, 3]).any())  # two signals, not one
+    # Chunks give the same shares.
+    np.testing.assert_array_equal(
+        np.stack(id_features.bag_shares(TRAIN, bag, chunk=3)),
+        np.stack(id_features.bag_shares(TRAIN, bag)))
+
   def test_fit_standardises_on_fit_rows(self):
     (x_fit, y_fit), x_test = _features()
     model = id_features.fit(x_fit, y_fit)

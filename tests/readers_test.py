@@ -66,6 +66,9 @@ class MovieLensTest(parameterized.TestCase):
     self.assertEqual(m.num_users, len(np.unique(user[train])) + 1)
     self.assertIn('genres', m.bags[manifest.ITEMS])
     self.assertEqual(m.ctr['item_bags'], ['genres'])
+    # No categorical item field: the genres stand in for the category.
+    self.assertEqual((m.ctr['category_fields'], m.ctr['category_bag']),
+                     ([], 'genres'))
     self.assertEqual(m.text['tokenizer'], 'tokenizer.json')
     imp = builders.load_table(d, manifest.IMPRESSIONS, 'train')
     self.assertEqual(int(imp['label'].sum()), int((rating[train] >= 4).sum()))

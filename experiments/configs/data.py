@@ -81,6 +81,9 @@ def get_config(arg=None):
   # None = the first item field.
   v.seq_features = ml_collections.FieldReference(None, field_type=tuple)
   v.category_fields = ml_collections.FieldReference(None, field_type=tuple)
+  # Without a categorical item field: the item bag standing in for the
+  # category (id_stats' shares, the @ids control); None = the first bag.
+  v.category_bag = ml_collections.FieldReference(None, field_type=str)
   if source == 'movielens':
     # Ratings span months to years and thin out towards the end (the last
     # week of ml-100k: 2% of the ratings, 52 users): the last days holding

@@ -104,6 +104,10 @@ class Options:
   seq_features: tuple | None = None
   # [leaf, top] fields for id_stats' category shares; None = the first.
   category_fields: tuple | None = None
+  # An item bag standing in for the category when there is no categorical
+  # item field (MovieLens genres): id_stats' shares and the @ids control
+  # use it. None = the first item bag then; '' = none.
+  category_bag: str | None = None
 
   @classmethod
   def from_config(cls, c):
@@ -144,6 +148,15 @@ class Converter:
     out[ids[rows]] = images.read_many(self.src, raw_paths[rows],
                                       self.opt.image_size, path, 'image', rows)
     return out
+
+  def _category_bag(self, cat_fields, bags):
+    if self.opt.category_bag is not None:
+      if self.opt.category_bag and self.opt.category_bag not in bags:
+        raise columns.InputError(
+            f'convert.category_bag={self.opt.category_bag!r}: not a bag of '
+            f'{self.src}/items.parquet (bags: {bags})')
+      return self.opt.category_bag or None
+    return bags[0] if bags and not cat_fields else None
 
   # --- Everything ---------------------------------------------------------
 
@@ -217,7 +230,8 @@ class Converter:
         ctr={'user_features': list(ucats), 'item_features': names,
              'seq_features': list(seq), 'item_bags': list(ibags),
              'user_bags': list(ubags),
-             'category_fields': list(cat_fields)},
+             'category_fields': list(cat_fields),
+             'category_bag': self._category_bag(cat_fields, list(ibags))},
         image_size=image_size, text=text, vectors=vectors,
         retrieval_candidates=candidates,
         seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)

@@ -13,8 +13,11 @@ behaviour sequence is its earlier history):
   user_ctr              the same for the user
   leaf_share            share of the behaviour sequence in the target's leaf
                         category (0 without history); leaf and top are the
-                        manifest's ctr.category_fields (`category_tables`)
-  top_share             the same for its top category
+                        manifest's ctr.category_fields (`category_tables`);
+                        over a category bag (genres): the share with the
+                        target's exact value set
+  top_share             the same for its top category; over a bag: the
+                        share sharing any value with the target
   log_item_impressions  log(1 + the item's impressions)
   log_history_length    log(1 + seq_len)
 
@@ -100,14 +103,42 @@ def category_shares(rows, category, top_category):
   return tuple(out)
 
 
-def category_tables(items, fields, num_items):
-  """{'category', 'top_category'} of the dataset's declared [leaf, top] fields.
+def bag_shares(rows, bag, chunk=4096):
+  """(N,) shares of each row's history with the target's exact value set
+  (the 'leaf') and sharing any value with it (the 'top'), over a bag table
+  (num_items, K) with 0 = empty slot: a multi-valued field (MovieLens
+  genres) standing in for a category. Rows in chunks: (chunk, L, K, K)."""
+  bag = np.sort(np.asarray(bag), axis=1)  # a value set, in one order
+  seq, seq_len = rows['seq_item'], rows['seq_len']
+  length = seq.shape[1]
+  same, anyv = (np.zeros(len(seq_len)) for _ in range(2))
+  for lo in range(0, len(seq_len), chunk):
+    s, n = seq[lo:lo + chunk], seq_len[lo:lo + chunk]
+    valid = np.arange(length)[None] >= length - n[:, None]  # (n, L)
+    target = bag[rows['item_id'][lo:lo + chunk]][:, None]  # (n, 1, K)
+    hist = bag[s]  # (n, L, K)
+    shared = ((hist[..., :, None] == target[..., None, :]) &
+              (hist > 0)[..., :, None]).any((-1, -2))
+    exact = (hist == target).all(-1) & (target > 0).any(-1)
+    denom = np.maximum(n, 1)
+    same[lo:lo + chunk] = (exact & valid).sum(1) / denom
+    anyv[lo:lo + chunk] = (shared & valid).sum(1) / denom
+  return same, anyv
+
+
+def category_tables(items, fields, num_items, bag=None):
+  """{'category', 'top_category'} of the dataset's declared [leaf, top]
+  fields, or {'bag'} of its category bag (manifest ctr.category_bag) when it
+  declares no field (`bag_shares`).
 
   A dataset declaring one category field uses it for both shares; one
-  declaring none gets a single constant category, so both shares are 1 for
-  every row with a history (the features then carry no category signal).
+  declaring neither fields nor a bag gets a single constant category, so
+  both shares are 1 for every row with a history (the features then carry
+  no category signal).
   """
   fields = list(fields)
+  if not fields and bag:
+    return {'bag': np.asarray(items[bag])}
   if not fields:
     zero = np.zeros(num_items, np.int32)
     return {'category': zero, 'top_category': zero}
@@ -118,7 +149,9 @@ def features(rows, stats, items):
   """(N, F) features (order FEATURES) of `rows` given the earlier `stats`."""
   p0 = stats.global_ctr
   item, user = rows['item_id'], rows['user_id']
-  leaf, top = category_shares(rows, items['category'], items['top_category'])
+  leaf, top = (bag_shares(rows, items['bag']) if 'bag' in items else
+               category_shares(rows, items['category'],
+                               items['top_category']))
   return np.stack([
       smoothed_ctr(stats.item_clicks[item], stats.item_shows[item], p0),
       smoothed_ctr(stats.user_clicks[user], stats.user_shows[user], p0),
