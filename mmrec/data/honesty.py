@@ -92,7 +92,10 @@ def concept_features(world, rows):
   valid = np.arange(seq.shape[1])[None] >= seq.shape[1] - seq_len[:, None]
   denom = np.maximum(seq_len, 1)
   target, hist = concept[rows['item_id']], concept[seq]
-  cos = np.einsum('nd,nld->nl', tax.concept_vec[target], tax.concept_vec[hist])
+  # Through the (K, K) concept cosines: an (N, L, D) gather of concept
+  # vectors over every training row would take gigabytes on the default world.
+  sim = tax.concept_vec @ tax.concept_vec.T
+  cos = sim[target[:, None], hist]
   out = [np.where(valid, cos, 0).sum(1) / denom,
          np.where(valid, cos, -1).max(1) * (seq_len > 0)]
   for attr in (tax.concept_colour, tax.concept_pattern, tax.concept_style):
