@@ -23,6 +23,7 @@ from mmrec import metrics
 from mmrec import train_ctr
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import ctr_rows
 from mmrec.data import manifest
 from mmrec.data import resolver
 
@@ -112,7 +113,7 @@ def oracle_ceiling(data_dir):
   # Impressions are stored in day order: the test split is the tail.
   p = p[len(p) - len(test['label']):]
   return {'auc': metrics.auc(test['label'], p),
-          'gauc': metrics.gauc(test['label'], p, test['user_id']),
+          'gauc': metrics.gauc(test['label'], p, ctr_rows.user_key(test)),
           'logloss': metrics.logloss(test['label'], p)}
 
 
@@ -185,7 +186,9 @@ def intervals(predictions, resamples, seed=0):
         if not np.array_equal(p[k], ref[k]):
           raise ValueError(f'{variant} seed {i} predicted other test rows '
                            f'than id seed 0 ({k} differs): not paired')
-  r = bootstrap.Resampler(ref['label'], ref['user_id'], resamples, seed)
+  # Users drawn by real user: user_id lumps every cold user into id 0.
+  r = bootstrap.Resampler(ref['label'], ctr_rows.user_key(ref), resamples,
+                          seed)
   masks = slice_masks(ref['exposure_group'])
   runs = {v: {name: [r.resample(p['logit'], m) for p in preds]
               for name, m in masks.items()}
@@ -317,13 +320,15 @@ def run(config, workdir):
   parsed = [split_variant(v) for v in variants]
   if any(src == ID_SOURCE for _, src in parsed):
     items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
-    weights = {f: w for f, w in id_vectors.WEIGHTS.items() if f in items}
-    if not weights:
+    weights, bag = id_vectors.fields_of(
+        items, m.ctr.get('category_fields', ()), m.ctr.get('category_bag'))
+    if not weights and not bag:
       skip(ID_SOURCE, f'the items table has none of the ID fields '
-           f'{sorted(id_vectors.WEIGHTS)} the ID-similarity control is made '
-           'of')
+           f'{sorted(id_vectors.WEIGHTS)}, and the dataset declares no '
+           'category fields or category bag, which the ID-similarity control '
+           'is made of')
     elif not os.path.exists(id_vectors_path(workdir)):
-      id_vectors.write(id_vectors_path(workdir), items, weights)
+      id_vectors.write(id_vectors_path(workdir), items, weights, bag)
   for modality in vector_table.MODALITIES:
     if any(src == modality for _, src in parsed):
       path = (vector_table.modality_path(config.vectors_path, modality)

@@ -90,7 +90,27 @@ def main(argv):
   logging.info('job %s, process %d of %d, devices: %s', config.job,
                jax.process_index(), jax.process_count(), jax.devices())
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
+  try:
+    _run(config, workdir)
+  except BaseException:
+    if created:  # A failed run leaves no empty directory behind.
+      _remove_if_empty(workdir)
+    raise
+
+
+def _remove_if_empty(workdir):
+  """Removes `workdir` if it holds nothing but an empty compilation cache."""
+  for path in (os.path.join(workdir, COMPILATION_CACHE), workdir):
+    try:
+      os.rmdir(path)  # only ever removes an empty directory
+    except OSError:
+      pass
+
+
+def _run(config, workdir):
+  """The job of `config` in `workdir` (which exists)."""
   # The world and data jobs' workdir is the dataset itself (built aside,
   # renamed in): they compile nothing, so no cache there.
   if (config.job not in ('world', 'data') and

@@ -11,6 +11,9 @@ combined inside each resample (the mean over seeds of the per-seed
 difference). The interval is over test users only: training seeds are
 averaged, not resampled (two or three seeds are too few to resample), so
 the seed spread is reported beside it (std over seeds in ctr_table).
+A user is a real person (predictions' `user_key`, data/ctr_rows.user_key),
+never an embedding id: a converted dataset's user_id is 0 for every user
+cold in training, which would resample them all as one user.
 
 Exact and fast, without materialising a single resampled table:
 - GAUC: a user's AUC does not change when their rows are copied k times
@@ -304,7 +307,8 @@ def paired(labels, user_id, logits_a, logits_b, mask=None,
   """`difference` of models A and B from their logits on the same rows.
 
   Args:
-    labels, user_id: (N,) the test rows.
+    labels, user_id: (N,) the test rows; user_id the real user
+      (ctr_rows.user_key), not the embedding id.
     logits_a, logits_b: per seed, (N,) logits of A and of B (lists of equal
       length; seed i of A is paired with seed i of B).
     mask: optional (N,) bool, the slice to compare on.

@@ -1,7 +1,9 @@
 """CTR evaluation: the ordered test pass, AUC / GAUC / logloss, slices by
 training exposure and new items, evaluation points of multi-epoch runs, and
 the result files: ctr_eval.json (the metrics) and predictions.npz (every test
-row's logit, label, user, item and exposure group, in the split's order, so
+row's logit, label, user id, real user (`user_key`: per-user metrics group
+by it, as user_id is 0 for every user cold in training), item and exposure
+group, in the split's order, so
 that two runs on the same split can be compared row by row: see
 mmrec/bootstrap.py).
 """
@@ -17,6 +19,7 @@ from mmrec import ctr_data
 from mmrec import files
 from mmrec import metrics as metrics_lib
 from mmrec import sharding
+from mmrec.data import ctr_rows
 from mmrec.data import pipelines
 
 EVAL_FILE = 'ctr_eval.json'
@@ -25,7 +28,7 @@ PREDICTIONS_FILE = 'predictions.npz'
 # test rows' predictions the paired bootstrap reads.
 RESULT_FILES = (EVAL_FILE, PREDICTIONS_FILE)
 # Batch fields the test pass brings back to the host for the metrics.
-EVAL_FIELDS = ('label', 'user_id', 'item_id')
+EVAL_FIELDS = ('label', 'user_id', 'user_key', 'item_id')
 
 
 def predict(eval_fn, state, vectors, data, batch_size, mesh, split='test'):
@@ -63,12 +66,13 @@ def predict(eval_fn, state, vectors, data, batch_size, mesh, split='test'):
 
 
 def ctr_metrics(pred):
-  """AUC, GAUC (by user) and logloss of test predictions."""
+  """AUC, GAUC (by real user: ctr_rows.user_key) and logloss of test
+  predictions."""
   logit = pred['logit'].astype(np.float64)
   prob = 1.0 / (1.0 + np.exp(-logit))
   return {'auc': metrics_lib.auc(pred['label'], pred['logit']),
           'gauc': metrics_lib.gauc(pred['label'], pred['logit'],
-                                   pred['user_id']),
+                                   ctr_rows.user_key(pred)),
           'logloss': metrics_lib.logloss(pred['label'], prob)}
 
 
@@ -88,7 +92,7 @@ def slice_metrics(pred, groups):
   """{'group_0'...'group_8', 'new': {count, auc, gauc}} by training exposure
   (`groups` from exposure_groups)."""
   flat = metrics_lib.sliced(pred['label'], pred['logit'], groups,
-                            users=pred['user_id'])
+                            users=ctr_rows.user_key(pred))
   out = {}
   for key, value in flat.items():
     name, metric = key.split('/')
@@ -115,20 +119,28 @@ def eval_points(num_epochs, steps_per_epoch, fractions):
 
 
 def write_predictions(path, pred, groups):
-  """predictions.npz: logit (float32), label, user_id, item_id and
-  exposure_group (-1: new item) of every row, in the split's order."""
+  """predictions.npz: logit (float32), label, user_id, user_key, item_id
+  and exposure_group (-1: new item) of every row, in the split's order."""
   files.write_npz(path, {
       'logit': np.asarray(pred['logit'], np.float32),
       'label': np.asarray(pred['label']),
       'user_id': np.asarray(pred['user_id']),
+      'user_key': np.asarray(ctr_rows.user_key(pred)),
       'item_id': np.asarray(pred['item_id']),
       'exposure_group': np.asarray(groups, np.int8)})
 
 
 def load_predictions(workdir):
   """The arrays of `workdir`'s predictions.npz (see write_predictions)."""
-  with np.load(os.path.join(workdir, PREDICTIONS_FILE)) as z:
-    return dict(z)
+  path = os.path.join(workdir, PREDICTIONS_FILE)
+  with np.load(path) as z:
+    out = dict(z)
+  if 'user_key' not in out:
+    # Written before real-user keys: its per-user metrics lump cold users.
+    logging.warning('%s has no user_key: grouping users by user_id, which '
+                    'is 0 for every user cold in training; rerun the CTR job '
+                    'for per-user metrics by real user', path)
+  return out
 
 
 def write_result(workdir, result, pred, groups):

@@ -15,6 +15,7 @@ from absl import logging
 from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec.data import builders
+from mmrec.data import ctr_rows
 from mmrec.data import id_features
 from mmrec.data import manifest
 from mmrec.data import resolver
@@ -23,16 +24,14 @@ from mmrec.data import resolver
 def unmet_need(m, validation=False):
   """Why id_stats cannot run on the dataset of manifest `m`, or None.
 
-  It fits on the last training day with features from the days before it,
-  so it needs two training days (Taobao-MM, shipped as train / test, has
-  one).
+  It fits on the training days before the evaluated split, so it needs one.
   """
   first = m.first_validation_day if validation else m.first_test_day
-  if first >= 2:
+  if first >= 1:
     return None
-  return (f'dataset {m.name!r} has {first} training day(s) before its '
+  return (f'dataset {m.name!r} has no training day before its '
           f'{"validation" if validation else "test"} split: id_stats fits on '
-          'the last training day with features from the days before it')
+          'the training days')
 
 
 def run(config, workdir):
@@ -49,7 +48,8 @@ def run(config, workdir):
   first_test_day = m.first_test_day
   items = id_features.category_tables(
       builders.load_table(data_dir, 'mmrec_items', 'catalogue'),
-      m.ctr.get('category_fields', ()), m.num_items)
+      m.ctr.get('category_fields', ()), m.num_items,
+      m.ctr.get('category_bag'))
   train = builders.load_table(data_dir, 'mmrec_impressions', 'train')
   test = builders.load_table(data_dir, 'mmrec_impressions', 'test')
   split = 'test'
@@ -61,13 +61,17 @@ def run(config, workdir):
     test = id_features.take(train, train['day'] >= first_test_day)
     train = id_features.take(train, train['day'] < first_test_day)
   (x_fit, y_fit), x_test = id_features.fit_and_test_features(
-      train, test, items, first_test_day, sizes['num_items'],
-      sizes['num_users'])
+      train, test, items, sizes['num_items'], sizes['num_users'])
   model = id_features.fit(x_fit, y_fit, seed=config.seed)
-  logging.info('id_stats: fit on day %d (%d rows), coefficients %s',
-               first_test_day - 1, len(y_fit), model.coefficients())
+  small = id_features.fit_set_warning(train)
+  if small:
+    logging.warning('%s: %s', data_dir, small)
+  logging.info('id_stats: fit on days 0-%d (%d rows, %d-fold statistics), '
+               'coefficients %s', first_test_day - 1, len(y_fit),
+               id_features.FOLDS, model.coefficients())
   pred = {'logit': model.logit(x_test), 'label': test['label'],
-          'user_id': test['user_id'], 'item_id': test['item_id']}
+          'user_id': test['user_id'], 'user_key': ctr_rows.user_key(test),
+          'item_id': test['item_id']}
   groups = ctr_eval.exposure_groups(pred, data_dir,
                                     train_ids=train['item_id'])
   result = {'variant': config.variant, 'seed': config.seed,
@@ -76,7 +80,9 @@ def run(config, workdir):
             'num_test': int(len(pred['label'])),
             **ctr_eval.ctr_metrics(pred),
             'slices': ctr_eval.slice_metrics(pred, groups),
-            'fit_day': first_test_day - 1, 'num_fit': int(len(y_fit)),
+            'fit_days': [0, first_test_day - 1], 'num_fit': int(len(y_fit)),
+            'fit_users': int(len(set(train['user_id'].tolist()))),
+            'folds': id_features.FOLDS, 'fit_warning': small,
             'prior_impressions': id_features.PRIOR_IMPRESSIONS,
             'coefficients': model.coefficients()}
   return ctr_eval.write_result(workdir, result, pred, groups)

@@ -371,10 +371,12 @@ def retrieval_accuracy(similarity, target_index,
                        candidate_mask=None) -> dict[str, float]:
   """Top-1 accuracy and recall@K of retrieving each query's target.
 
-  The target's rank is the number of (unmasked) other candidates scoring >=
-  the target: ties are pessimistic, the target ranks after every candidate
-  with an equal score, so a degenerate model (all scores equal) scores ~0
-  rather than 1.
+  The target's rank (`retrieval_ranks`) is the number of (unmasked) other
+  candidates scoring above it plus its place among those scoring the same,
+  drawn uniformly (random tie-breaking): a degenerate model (all scores
+  equal) scores chance, k / C, and a candidate sharing the target's vector
+  (two listings whose titles hold the same words, for bag-of-tokens) wins
+  half the time, not always.
 
   Args:
     similarity: (Q, C) score of each query against each candidate.
@@ -424,19 +426,36 @@ def retrieval_accuracy(similarity, target_index,
   return out
 
 
-def _target_ranks(sim, target, mask):
-  """(Q,) 0-based rank of each query's target (pessimistic ties)."""
+# Scores within this (relative) distance of the target's are ties: float32
+# dot products of two identical vectors with a query can differ in their
+# last bits (BLAS blocks rows differently), which must not decide a rank.
+TIE_TOLERANCE = 1e-6
+
+
+def _target_ranks(sim, target, mask, seed=0):
+  """(Q,) 0-based rank of each query's target: the candidates above it,
+  plus a uniform draw of its place among the t tied ones (0..t; a fixed
+  seed, so the same inputs give the same ranks)."""
   rows = np.arange(sim.shape[0])
-  target_score = sim[rows, target][:, None]
-  ahead = (sim >= target_score) & mask
-  ahead[rows, target] = False  # The target does not outrank itself.
-  return ahead.sum(axis=1)
+  target_score = sim[rows, target][:, None].astype(np.float64)
+  tol = TIE_TOLERANCE * np.maximum(1.0, np.abs(target_score))
+  with np.errstate(invalid='ignore'):  # NaN padding of masked candidates
+    above = (sim > target_score + tol) & mask
+    tied = (np.abs(sim - target_score) <= tol) & mask
+  tied[rows, target] = False  # The target does not tie with itself.
+  num_tied = tied.sum(axis=1)
+  draw = np.random.default_rng(seed).integers(0, num_tied + 1)
+  return above.sum(axis=1) + draw
 
 
-def retrieval_ranks(similarity, target_index, candidate_mask=None):
+def retrieval_ranks(similarity, target_index, candidate_mask=None, seed=0):
   """(Q,) int 0-based rank of each query's target, as retrieval_accuracy
-  counts it (the number of unmasked other candidates scoring >= the target):
-  per-query hits (rank < k) for paired comparisons of encoders."""
+  counts it: the unmasked other candidates scoring above the target plus
+  its place among the tied ones, drawn uniformly (random tie-breaking,
+  `seed` fixed; within TIE_TOLERANCE is a tie). Per-query hits (rank < k)
+  for paired comparisons of encoders; callers ranking queries in chunks
+  pass a seed per chunk.
+  """
   sim = np.asarray(similarity)
   target = np.asarray(target_index)
   mask = (np.ones(sim.shape, bool) if candidate_mask is None else
@@ -445,4 +464,4 @@ def retrieval_ranks(similarity, target_index, candidate_mask=None):
     raise ValueError(f'similarity (Q, C), target_index (Q,) and '
                      f'candidate_mask (Q, C) expected, got {sim.shape}, '
                      f'{target.shape} and {mask.shape}.')
-  return _target_ranks(sim, target, mask)
+  return _target_ranks(sim, target, mask, seed)

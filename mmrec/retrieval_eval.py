@@ -94,7 +94,7 @@ def query_ranks(sessions, item_vectors, image_query_vectors=None,
 
   Returns:
     {'image': (S,), 'text': (S,)} int64: the rank (metrics.retrieval_ranks:
-    ties pessimistic) for the sessions of that query modality, -1 for the
+    random tie-breaking) for the sessions of that query modality, -1 for the
     others and everywhere when the encoder has no such side. Session i is
     row i of the held-out split: the same query for every encoder, so ranks
     of two encoders pair by row.
@@ -138,7 +138,7 @@ def _catalogue_query_ranks(sessions, items, image_query_vectors,
       for lo in range(0, len(rows), chunk):
         sel = rows[lo:lo + chunk]
         rank[sel] = metrics.retrieval_ranks(q[lo:lo + chunk] @ cand.T,
-                                            pos[sel])
+                                            pos[sel], seed=lo)
     out[modality] = rank
   return out
 
@@ -297,9 +297,9 @@ def catalogue_ranks(query_vectors, pairs, item_vectors, candidates,
     candidates: sorted (C,) item ids.
     chunk: queries scored at once ((chunk, C) similarities).
 
-  The count of other candidates scoring >= the target (ties pessimistic, as
-  metrics.retrieval_ranks), never the query's own item (a candidate or
-  not).
+  The count of other candidates scoring above the target plus its place
+  among the tied ones, drawn uniformly (metrics.retrieval_ranks), never
+  counting the query's own item (a candidate or not).
   """
   cand = _unit(np.asarray(item_vectors)[candidates])
   q = _unit(query_vectors)
@@ -309,7 +309,7 @@ def catalogue_ranks(query_vectors, pairs, item_vectors, candidates,
     hi = min(lo + chunk, len(pairs))
     sim = q[lo:hi] @ cand.T
     mask = candidates[None, :] != pairs[lo:hi, :1]
-    out[lo:hi] = metrics.retrieval_ranks(sim, pos_t[lo:hi], mask)
+    out[lo:hi] = metrics.retrieval_ranks(sim, pos_t[lo:hi], mask, seed=lo)
   return out
 
 

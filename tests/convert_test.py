@@ -11,19 +11,25 @@ from absl.testing import parameterized
 from fastapi import testclient
 import fixtures
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sklearn import metrics as sk_metrics
 
 from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
+from mmrec import bootstrap
 from mmrec import ctr_data
+from mmrec import ctr_eval
 from mmrec import id_stats
+from mmrec import metrics as mmrec_metrics
 from mmrec import train_ctr
 from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import ctr_rows
 from mmrec.data import dataset_job
 from mmrec.data import images
 from mmrec.data import manifest
@@ -94,13 +100,17 @@ class ConvertTest(absltest.TestCase):
     item_ids = np.unique(raw['item'])
     rday = (raw['time'] - (T0 - 3600)) // DAY
     order = np.lexsort((raw['time'], np.searchsorted(users, raw['user'])))
-    # Reference: a row's history = the user's clicks on earlier days, by time.
+    # Reference: a row's history = the user's clicks strictly before its
+    # time (earlier the same day too), by time. Rows keep file order.
     for split, table in (('train', imp), ('test', test)):
+      raw_rows = np.flatnonzero((rday < NUM_DAYS - 1) == (split == 'train'))
       for r in range(0, len(table['label']), 37):
         u = users[table['user_id'][r] - 1]
-        d = table['day'][r]
+        self.assertEqual(raw['user'][raw_rows[r]], u)
+        t = raw['time'][raw_rows[r]]
         want = [np.searchsorted(item_ids, raw['item'][i]) + 1 for i in order
-                if raw['user'][i] == u and rday[i] < d and raw['label'][i]]
+                if raw['user'][i] == u and raw['time'][i] < t and
+                raw['label'][i]]
         want = want[-10:]
         n = table['seq_len'][r]
         self.assertEqual(n, len(want), (split, r))
@@ -352,6 +362,91 @@ class MinCountTest(absltest.TestCase):
     self.assertEqual(int((imp['user_id'] == 0).sum()),
                      int(uc[uc < 8].sum()))
 
+
+class HistoryByTimeTest(absltest.TestCase):
+
+  def test_earlier_clicks_of_the_day_count_same_time_and_later_do_not(self):
+    src = tempfile.mkdtemp()
+    day = lambda d, h: T0 + d * DAY + h * 3600
+    # User a: clicks on day 0, then day 2 at 01:00 (two at 02:00), the
+    # impressions to check at 02:00 and 03:00 of day 2; the test day is 3.
+    rows = [('a', 1, 1, day(0, 5)), ('a', 2, 1, day(2, 1)),
+            ('a', 3, 1, day(2, 2)), ('a', 4, 0, day(2, 2)),
+            ('a', 5, 1, day(2, 3)), ('a', 6, 1, day(2, 4)),
+            ('a', 7, 0, day(3, 0)), ('b', 1, 1, day(1, 0)),
+            ('b', 2, 0, day(3, 0))]
+    user, item, label, time = map(list, zip(*rows))
+    pq.write_table(pa.table({'user': user, 'item': item, 'label': label,
+                             'time': time}),
+                   os.path.join(src, 'impressions.parquet'))
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    dataset_job.run(fixtures.own_data_config(src, validation_days=0), out)
+    train = builders.load_table(out, manifest.IMPRESSIONS, 'train')
+    test = builders.load_table(out, manifest.IMPRESSIONS, 'test')
+
+    def hist(table, r):
+      return table['seq_item'][r, 10 - table['seq_len'][r]:].tolist()
+
+    # Raw items 1..7 are ids 1..7.
+    self.assertEqual([hist(train, r) for r in range(6)],
+                     [[], [1], [1, 2], [1, 2], [1, 2, 3], [1, 2, 3, 5]])
+    self.assertEqual(hist(train, 6), [])  # b's first click
+    self.assertEqual(hist(test, 0), [1, 2, 3, 5, 6])
+    self.assertEqual(hist(test, 1), [1])
+
+
+class ColdUsersTest(absltest.TestCase):
+  """Users cold in training share user_id 0 but stay apart in evaluation."""
+
+  def test_gauc_bootstrap_and_counts_group_by_the_real_user(self):
+    src = tempfile.mkdtemp()
+    raw = fixtures.write_own_data(src, rows=600, with_vectors=False)
+    rday = (raw['time'] - (T0 - 3600)) // DAY
+    test_rows = np.flatnonzero(rday == NUM_DAYS - 1)
+    # Five users seen only on the test day, each with clicks and non-clicks.
+    user = raw['user'].copy()
+    label = raw['label'].copy()
+    for k, rows in enumerate(np.array_split(test_rows[:40], 5)):
+      user[rows] = f'cold{k}'
+      label[rows] = np.arange(len(rows)) % 2
+    pq.write_table(pa.table(dict(raw, user=user, label=label)),
+                   os.path.join(src, 'impressions.parquet'))
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    dataset_job.run(fixtures.own_data_config(src), out)
+    test = builders.load_table(out, manifest.IMPRESSIONS, 'test')
+    cold = np.isin(test['user_key'], np.unique(test['user_key'][
+        test['user_id'] == 0]))
+    self.assertEqual(len(np.unique(test['user_key'][cold])), 5)
+    self.assertTrue((test['user_id'][cold] == 0).all())
+    logit = np.random.default_rng(0).normal(size=len(test['label']))
+    pred = {'logit': logit, 'label': test['label'],
+            'user_id': test['user_id'], 'user_key': test['user_key'],
+            'item_id': test['item_id']}
+    # Reference: per raw user AUC (pandas groupby + sklearn), row-weighted.
+    raw_test = pd.DataFrame({'u': user[test_rows], 'y': label[test_rows]})
+    frame = pd.DataFrame({'u': test['user_key'], 'y': test['label'],
+                          's': logit})
+    # The stored rows keep the raw users: one key per raw user.
+    self.assertEqual(frame.u.nunique(), raw_test.u.nunique())
+    num = den = both = 0
+    for _, g in frame.groupby('u'):
+      if g.y.nunique() == 2:
+        num += len(g) * sk_metrics.roc_auc_score(g.y, g.s)
+        den += len(g)
+        both += 1
+    got = ctr_eval.ctr_metrics(pred)['gauc']
+    self.assertAlmostEqual(got, num / den, places=9)
+    self.assertNotAlmostEqual(
+        got, mmrec_metrics.gauc(test['label'], logit, test['user_id']), 6)
+    run = bootstrap.Resampler(test['label'], ctr_rows.user_key(pred),
+                              resamples=20).resample(logit)
+    self.assertEqual(run.users_both, both)
+    self.assertAlmostEqual(run.point['gauc'], num / den, places=9)
+    path = os.path.join(tempfile.mkdtemp(), ctr_eval.PREDICTIONS_FILE)
+    ctr_eval.write_predictions(path, pred, np.zeros(len(logit), np.int8))
+    np.testing.assert_array_equal(
+        ctr_eval.load_predictions(os.path.dirname(path))['user_key'],
+        test['user_key'])
 
 
 class SameDataSameFilesTest(absltest.TestCase):

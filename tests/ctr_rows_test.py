@@ -51,9 +51,19 @@ class CtrRowsTest(absltest.TestCase):
       for k, v in want.items():
         np.testing.assert_array_equal(out[k], v, err_msg=k)
     self.assertCountEqual(out, [
-        'age', 'user_id', 'item_id', 'category', 'tags', 'seq_item',
+        'age', 'user_id', 'user_key', 'item_id', 'category', 'tags', 'seq_item',
         'seq_mask', 'seq_category', 'label', 'day', 'long_seq_item',
         'long_seq_mask', 'long_seq_category'])
+
+  def test_user_key_is_the_stored_real_user_else_the_user_id(self):
+    # The world's user ids are real users; a converted dataset stores the
+    # real user apart, as its cold users all have user_id 0.
+    out = ctr_rows.join(self.b, self.items, self.users, ())
+    np.testing.assert_array_equal(out['user_key'], self.b['user_id'])
+    key = np.arange(6) + 100
+    out = ctr_rows.join(dict(self.b, user_key=key), self.items, self.users,
+                        ())
+    np.testing.assert_array_equal(out['user_key'], key)
 
   def test_no_long_history_no_long_fields(self):
     b = {k: v for k, v in self.b.items() if not k.startswith('long_')}

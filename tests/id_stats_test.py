@@ -55,9 +55,9 @@ TEST = _rows([
 ])
 
 
-def _reference(rows, history):
-  """Features row by row in plain Python, `history` the earlier impressions."""
-  k = id_features.PRIOR_IMPRESSIONS
+def _reference(rows, history, strength=id_features.PRIOR_IMPRESSIONS):
+  """Features row by row in plain Python, `history` the counted impressions."""
+  k = strength
   n = len(history['label'])
   p0 = sum(int(x) for x in history['label']) / n
   out = []
@@ -86,36 +86,47 @@ def _take(rows, mask):
 
 
 def _features(train=TRAIN, test=TEST):
-  return id_features.fit_and_test_features(train, test, ITEMS, FIRST_TEST_DAY,
-                                        NUM_ITEMS, NUM_USERS)
+  return id_features.fit_and_test_features(train, test, ITEMS, NUM_ITEMS,
+                                           NUM_USERS)
+
+
+def _scaled(x, scale):
+  """Reference features with counts scaled: CTRs keep their ratio."""
+  x = x.copy()
+  x[:, 4] = np.log1p(np.expm1(x[:, 4]) * scale)
+  return x
 
 
 class FeaturesTest(absltest.TestCase):
 
-  def test_against_plain_python(self):
+  def test_fit_on_every_training_day_out_of_fold(self):
     (x_fit, y_fit), x_test = _features()
-    fit_day = TRAIN['day'] == FIRST_TEST_DAY - 1
-    np.testing.assert_allclose(
-        x_fit, _reference(_take(TRAIN, fit_day), _take(TRAIN, ~fit_day)),
-        rtol=1e-12)
-    np.testing.assert_array_equal(y_fit, TRAIN['label'][fit_day])
+    k = id_features.FOLDS
+    fold = id_features.folds(len(TRAIN['label']))
+    np.testing.assert_array_equal(np.bincount(fold), [4, 4, 3, 3, 3])
+    np.testing.assert_array_equal(y_fit, TRAIN['label'])  # every day
+    for f in range(k):
+      mine = fold == f
+      # Counts from the other folds, scaled by k / (k - 1): the smoothed
+      # CTRs are those of the other folds with a prior worth K / scale.
+      other = _take(TRAIN, ~mine)
+      scale = k / (k - 1)
+      want = _reference(_take(TRAIN, mine), other, strength=(
+          id_features.PRIOR_IMPRESSIONS / scale))
+      np.testing.assert_allclose(x_fit[mine], _scaled(want, scale),
+                                 rtol=1e-12)
     np.testing.assert_allclose(x_test, _reference(TEST, TRAIN), rtol=1e-12)
 
   def test_new_item_and_empty_history(self):
-    (x_fit, _), x_test = _features()
+    _, x_test = _features()
     p_train = TRAIN['label'].mean()
     new = TEST['item_id'] == 5
     # A new item gets the prior: the global training CTR, zero impressions.
     np.testing.assert_allclose(x_test[new, 0], p_train)
     np.testing.assert_array_equal(x_test[new, 4], 0.0)
-    # Item 4 is new on the fit day: the CTR before it is the prior there.
-    fit_rows = _take(TRAIN, TRAIN['day'] == 2)
-    before = TRAIN['label'][TRAIN['day'] < 2].mean()
-    np.testing.assert_allclose(x_fit[fit_rows['item_id'] == 4, 0], before)
     # User 3 never has a history: shares and log length are 0.
     no_hist = TEST['user_id'] == 3
     np.testing.assert_array_equal(x_test[no_hist][:, [2, 3, 5]], 0.0)
-    self.assertTrue(np.isfinite(x_test).all() and np.isfinite(x_fit).all())
 
   def test_no_leakage(self):
     (x_fit, y_fit), x_test = _features()
@@ -126,22 +137,57 @@ class FeaturesTest(absltest.TestCase):
     np.testing.assert_array_equal(x_fit2, x_fit)
     np.testing.assert_array_equal(y_fit2, y_fit)
     np.testing.assert_array_equal(x_test2, x_test)
-    # The fit day's labels change only the fit targets (and the test
-    # features, which count every training day), never the fit features.
-    train = dict(TRAIN, label=TRAIN['label'].copy())
-    fit_day = train['day'] == FIRST_TEST_DAY - 1
-    train['label'][fit_day] ^= 1
-    (x_fit3, y_fit3), x_test3 = _features(train=train)
-    np.testing.assert_array_equal(x_fit3, x_fit)
-    np.testing.assert_array_equal(y_fit3, 1 - y_fit)
-    self.assertFalse(np.array_equal(x_test3, x_test))
+    # A fit row's label changes no feature of its own fold (its own row
+    # included), only its target and the other folds' features.
+    fold = id_features.folds(len(TRAIN['label']))
+    for r in range(len(TRAIN['label'])):
+      train = dict(TRAIN, label=TRAIN['label'].copy())
+      train['label'][r] ^= 1
+      (x_fit3, y_fit3), _ = _features(train=train)
+      same = fold == fold[r]
+      np.testing.assert_array_equal(x_fit3[same], x_fit[same])
+      self.assertFalse(np.array_equal(x_fit3[~same], x_fit[~same]))
+      self.assertEqual(y_fit3[r], 1 - y_fit[r])
 
-  def test_needs_two_training_days(self):
-    train = _take(TRAIN, TRAIN['day'] == 2)
-    with self.assertRaisesRegex(ValueError, 'two training days'):
-      _features(train=train)
+  def test_too_few_rows(self):
+    with self.assertRaisesRegex(ValueError, 'at least 10 training rows'):
+      _features(train=_take(TRAIN, TRAIN['day'] == 2))
 
-  def test_fit_standardises_on_fit_day(self):
+  def test_small_fit_set_is_warned_about(self):
+    msg = id_features.fit_set_warning(TRAIN)
+    self.assertIn('17 rows from 4 users', msg)
+    big = {'label': np.zeros(id_features.SMALL_FIT_ROWS),
+           'user_id': np.arange(id_features.SMALL_FIT_ROWS) % 60}
+    self.assertIsNone(id_features.fit_set_warning(big))
+    big['user_id'] = big['user_id'] % 9
+    self.assertIn('9 users', id_features.fit_set_warning(big))
+
+  def test_bag_shares_against_plain_python(self):
+    # Genres as a bag (0 = empty slot): the leaf share is the history's
+    # share with the target's exact value set, the top share its share
+    # sharing any value (the value order within a bag does not matter).
+    bag = np.array([[0, 0, 0], [1, 2, 0], [2, 1, 0], [3, 0, 0], [2, 0, 0],
+                    [0, 0, 0]])
+    items = id_features.category_tables({'genres': bag}, [], NUM_ITEMS,
+                                        'genres')
+    x = id_features.features(TRAIN, id_features.counts(
+        TRAIN, NUM_ITEMS, NUM_USERS), items)
+    sets = [set(b) - {0} for b in bag.tolist()]
+    for i in range(len(TRAIN['label'])):
+      n = int(TRAIN['seq_len'][i])
+      hist = TRAIN['seq_item'][i][L - n:].tolist() if n else []
+      t = sets[TRAIN['item_id'][i]]
+      exact = sum(bool(t) and sets[h] == t for h in hist)
+      shared = sum(bool(sets[h] & t) for h in hist)
+      self.assertAlmostEqual(x[i, 2], exact / n if n else 0.0)
+      self.assertAlmostEqual(x[i, 3], shared / n if n else 0.0)
+    self.assertTrue((x[:, 2] != x[:, 3]).any())  # two signals, not one
+    # Chunks give the same shares.
+    np.testing.assert_array_equal(
+        np.stack(id_features.bag_shares(TRAIN, bag, chunk=3)),
+        np.stack(id_features.bag_shares(TRAIN, bag)))
+
+  def test_fit_standardises_on_fit_rows(self):
     (x_fit, y_fit), x_test = _features()
     model = id_features.fit(x_fit, y_fit)
     np.testing.assert_allclose(model.mean, x_fit.mean(0))
@@ -174,6 +220,10 @@ class RunTest(absltest.TestCase):
     self.assertGreater(written['gauc'], 0.55)
     self.assertTrue(np.isfinite(written['logloss']))
     self.assertContainsSubset({'new', 'group_0'}, set(written['slices']))
+    # Fit on every training day, warned about when small.
+    self.assertEqual(written['fit_days'][0], 0)
+    self.assertEqual(written['folds'], id_features.FOLDS)
+    self.assertGreater(written['num_fit'], written['num_test'])
     pred = ctr_eval.load_predictions(workdir)
     self.assertLen(pred['logit'], written['num_test'])
     self.assertAlmostEqual(metrics.auc(pred['label'], pred['logit']),

@@ -52,12 +52,25 @@ class WorldJobTest(absltest.TestCase):
     self.assertIn('orderings: OK', out.getvalue())
 
   def test_bad_config_fails_at_start_naming_the_field(self):
+    workdir = os.path.join(tempfile.mkdtemp(), 'new')
     result = _main('--config=experiments/configs/world.py:tiny',
-                   '--config.world.num_test_days=7',
-                   f'--workdir={tempfile.mkdtemp()}')
+                   '--config.world.num_test_days=7', f'--workdir={workdir}')
     self.assertNotEqual(result.returncode, 0)
     self.assertIn('num_test_days', result.stderr)
     self.assertIn('allowed range', result.stderr)
+    self.assertFalse(os.path.exists(workdir))  # a failed run leaves nothing
+
+
+class FailedRunTest(absltest.TestCase):
+
+  def test_refused_workdir_inside_the_source_is_not_left_behind(self):
+    src = tempfile.mkdtemp()
+    workdir = os.path.join(src, 'converted')
+    result = _main('--config=experiments/configs/data.py:parquet',
+                   f'--config.source_dir={src}', f'--workdir={workdir}')
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn('is inside config.source_dir', result.stderr)
+    self.assertEqual(os.listdir(src), [])
 
 
 class BenchJobTest(absltest.TestCase):

@@ -27,16 +27,18 @@ def _gauc_reference(labels, scores, users):
   return num / den if den else float('nan')
 
 
-def _retrieval_reference(sim, target, ks, mask):
-  hits = {x: 0 for x in ks}
+def _retrieval_reference(sim, target, mask):
+  """(Q,) candidates scoring above each target and tied with it, by loops."""
+  above, tied = [], []
   for i in range(sim.shape[0]):
-    rank = 0
+    a = t = 0
     for j in range(sim.shape[1]):
-      if j != target[i] and mask[i, j] and sim[i, j] >= sim[i, target[i]]:
-        rank += 1
-    for x in ks:
-      hits[x] += rank < x
-  return {x: hits[x] / sim.shape[0] for x in ks}
+      if j != target[i] and mask[i, j]:
+        a += sim[i, j] > sim[i, target[i]]
+        t += sim[i, j] == sim[i, target[i]]
+    above.append(a)
+    tied.append(t)
+  return np.array(above), np.array(tied)
 
 
 class AucTest(parameterized.TestCase):
@@ -292,23 +294,40 @@ class RetrievalAccuracyTest(parameterized.TestCase):
   def test_matches_reference(self, seed, use_mask):
     rng = np.random.default_rng(seed)
     q, c = 40, 30
-    sim = np.round(rng.normal(size=(q, c)), 1)  # Many ties.
+    sim = np.round(2 * rng.normal(size=(q, c))) / 2  # Many (exact) ties.
     target = rng.integers(0, c, q)
     sim[np.arange(q), target] += 0.5  # Better than chance.
     mask = rng.random((q, c)) < 0.7 if use_mask else np.ones((q, c), bool)
     mask[np.arange(q), target] = True
     ks = (1, 5, 10)
-    out = metrics.retrieval_accuracy(
-        sim, target, k=ks, candidate_mask=mask if use_mask else None)
-    ref = _retrieval_reference(sim, target, ks, mask)
-    self.assertEqual(out, {'accuracy@1': ref[1], 'recall@5': ref[5],
-                           'recall@10': ref[10]})
+    m = mask if use_mask else None
+    out = metrics.retrieval_accuracy(sim, target, k=ks, candidate_mask=m)
+    rank = metrics.retrieval_ranks(sim, target, m)
+    above, tied = _retrieval_reference(sim, target, mask)
+    self.assertTrue((tied > 0).any())
+    # Above every better candidate, somewhere among the tied ones.
+    self.assertTrue(((rank >= above) & (rank <= above + tied)).all())
+    np.testing.assert_array_equal(rank[tied == 0], above[tied == 0])
+    self.assertEqual(out, {'accuracy@1': np.mean(rank < 1),
+                           'recall@5': np.mean(rank < 5),
+                           'recall@10': np.mean(rank < 10)})
 
-  def test_ties_are_pessimistic(self):
-    sim = np.zeros((2, 5))
-    out = metrics.retrieval_accuracy(sim, [0, 3], k=(1, 4, 5))
-    self.assertEqual(out, {'accuracy@1': 0.0, 'recall@4': 0.0,
-                           'recall@5': 1.0})
+  def test_ties_are_broken_at_random(self):
+    # All scores equal: the target's place is uniform, so hits are chance
+    # (k / C), not 0 (ties against) or 1 (ties for).
+    sim = np.zeros((4000, 5))
+    target = np.arange(4000) % 5
+    out = metrics.retrieval_accuracy(sim, target, k=(1, 4, 5))
+    self.assertAlmostEqual(out['accuracy@1'], 0.2, delta=0.02)
+    self.assertAlmostEqual(out['recall@4'], 0.8, delta=0.02)
+    self.assertEqual(out['recall@5'], 1.0)
+    # Deterministic: the same inputs give the same ranks.
+    np.testing.assert_array_equal(metrics.retrieval_ranks(sim, target),
+                                  metrics.retrieval_ranks(sim, target))
+    # Last-bit differences of one vector's scores are ties too.
+    sim = np.array([[0.5, np.nextafter(np.float32(0.5), 1)]], np.float32)
+    ranks = [metrics.retrieval_ranks(sim, [0], seed=s)[0] for s in range(40)]
+    self.assertEqual(set(ranks), {0, 1})
 
   def test_masked_nan_ignored(self):
     sim = np.array([[0.9, np.nan, 0.95, 0.1]])

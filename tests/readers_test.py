@@ -1,6 +1,7 @@
 """Readers of real releases, on fixtures written in their exact on-disk formats
 (and the Taobao-MM demo files of the release, where shared/ has them)."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -21,7 +22,9 @@ from mmrec import train_ctr
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import columns
+from mmrec.data import convert
 from mmrec.data import dataset_job
+from mmrec.data import impression_scan
 from mmrec.data import manifest
 from mmrec.data.readers import amazon
 
@@ -49,14 +52,23 @@ class MovieLensTest(parameterized.TestCase):
     m, d = fixtures.convert(fixtures.data_config_for('movielens', src))
     self.assertEqual(m.source, f'movielens:{src}')
     self.assertEqual(m.num_days, 30)
-    self.assertEqual((m.first_test_day, m.validation_days), (23, 7))
     day = (time - T0) // DAY
-    train = day < 23
+    # The default: the fewest last days holding 10% of the ratings, then
+    # the fewest before them holding 10%.
+    per_day = np.bincount(day, minlength=30)
+    first = max(d for d in range(30) if per_day[d:].sum() >= 60)
+    val = first - max(d for d in range(first)
+                      if per_day[d:first].sum() >= 60)
+    self.assertEqual((m.first_test_day, m.validation_days), (first, val))
+    train = day < first
     self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits'],
                      {'train': int(train.sum()), 'test': int((~train).sum())})
     self.assertEqual(m.num_users, len(np.unique(user[train])) + 1)
     self.assertIn('genres', m.bags[manifest.ITEMS])
     self.assertEqual(m.ctr['item_bags'], ['genres'])
+    # No categorical item field: the genres stand in for the category.
+    self.assertEqual((m.ctr['category_fields'], m.ctr['category_bag']),
+                     ([], 'genres'))
     self.assertEqual(m.text['tokenizer'], 'tokenizer.json')
     imp = builders.load_table(d, manifest.IMPRESSIONS, 'train')
     self.assertEqual(int(imp['label'].sum()), int((rating[train] >= 4).sum()))
@@ -72,7 +84,7 @@ class MovieLensTest(parameterized.TestCase):
     src = tempfile.mkdtemp()
     fixtures.write_movielens(src, 'ml-1m', seed=1)
     m, d = fixtures.convert(fixtures.data_config_for(
-        'movielens', src, test_days=5, validation_days=5))
+        'movielens', src, split='days', test_days=5, validation_days=5))
     # 30 days, test from day 25: the validation split is days 20..24.
     data = ctr_data.CtrData.load(d, validation=True)
     day = builders.load_table(d, manifest.IMPRESSIONS, 'train')['day']
@@ -85,6 +97,47 @@ class MovieLensTest(parameterized.TestCase):
     res = id_stats.run(c, tempfile.mkdtemp())
     self.assertEqual((res['split'], res['num_test']),
                      ('validation', int((day >= 20).sum())))
+
+  def test_thinning_ratings_split_by_share_and_few_test_users_warned(self):
+    # Ratings thin out towards the end: a test week holds 2% of them, the
+    # default split 10%; 30 users are too few for intervals: warned.
+    src = tempfile.mkdtemp()
+    fixtures.write_movielens(src, 'ml-100k')
+    rng = np.random.default_rng(5)
+    t = T0 + (120 * DAY * rng.power(0.4, 3000)).astype(np.int64)
+    t[0] = T0 + 120 * DAY - 1  # 120 days
+    u, i = rng.integers(1, 21, 3000), rng.integers(1, 26, 3000)
+    x = rng.integers(1, 6, 3000)
+    with open(os.path.join(src, 'u.data'), 'w') as f:
+      f.writelines(f'{a}\t{b}\t{c}\t{d}\n' for a, b, c, d in zip(u, i, x, t))
+    with self.assertLogs(level='WARNING') as logs:
+      m, d = fixtures.convert(fixtures.data_config_for('movielens', src))
+    day = (t - T0) // DAY
+    test = day >= m.first_test_day
+    self.assertGreaterEqual(test.mean(), 0.1)
+    self.assertLess(((day >= m.first_test_day + 1)).mean(), 0.1)
+    self.assertLess((day >= 113).mean(), 0.05)  # what a test week held
+    val = (day >= m.first_test_day - m.validation_days) & ~test
+    self.assertGreaterEqual(val.mean(), 0.1)
+    both = len(set(u[test & (x >= 4)]) & set(u[test & (x < 4)]))
+    self.assertLess(both, 30)
+    self.assertIn(f'the test split has {both} users with both a click and a '
+                  'non-click; the paired bootstrap needs 30',
+                  ' '.join(logs.output))
+
+  def test_split_days_by_share_and_by_days(self):
+    opt = convert.Options(split='share', test_share=0.1,
+                          validation_share=0.1)
+    counts = np.array([100] * 20 + [10] * 10)  # 2100 rows: 210 each
+    self.assertEqual(impression_scan.split_days(counts, opt), (18, 3))
+    opt = dataclasses.replace(opt, validation_share=0.0)
+    self.assertEqual(impression_scan.split_days(counts, opt), (18, 0))
+    opt = dataclasses.replace(opt, split='days', test_days=7,
+                              validation_days=7)
+    self.assertEqual(impression_scan.split_days(counts, opt), (23, 7))
+    with self.assertRaisesRegex(columns.InputError, "split='weeks'"):
+      impression_scan.split_days(counts, dataclasses.replace(
+          opt, split='weeks'))
 
   def test_bad_ratings_line_names_file_and_line(self):
     src = tempfile.mkdtemp()
@@ -540,13 +593,17 @@ class AmazonTest(absltest.TestCase):
     np.testing.assert_array_equal(items['launch_day'][1:],
                                   [first[a] for a in asins])
     self.assertGreaterEqual(sum(first[a] >= test_day for a in asins), 2)
-    # Histories: the user's reviews on earlier days, oldest first (last 10).
+    # Histories: the user's reviews strictly before the row's time, oldest
+    # first (last 10). The staged rows (same settings) give the times.
+    staged = _stage_amazon(src, image_dir=images, negatives=2)[1]
+    when = staged['time'].to_numpy()
+    when = when[(when - T0) // DAY >= test_day]
     rows = np.flatnonzero(imp['user_id'] > 0)[:5]
     for r in rows:
       u = users[imp['user_id'][r] - 1]
       mine = sorted((rt, asins.index(x['parent_asin']) + 1)
-                    for x, rt, dd in zip(reviews, t, day)
-                    if x['user_id'] == u and dd < imp['day'][r])
+                    for x, rt in zip(reviews, t)
+                    if x['user_id'] == u and rt < when[r])
       want = [i for _, i in mine][-10:]
       n = imp['seq_len'][r]
       self.assertEqual(n, len(want))

@@ -50,8 +50,21 @@ def get_config(arg=None):
   # How the converter builds the dataset (mmrec.data.convert.Options).
   v = ml_collections.ConfigDict()
   v.name = source
-  v.test_days = 1  # the last day(s) are the test split
-  v.validation_days = 1  # the day(s) before them: --config.validation
+  # The split policy (mmrec.data.impression_scan.split_days):
+  #   'days'   the last `test_days` day(s) are the test split, the
+  #            `validation_days` before them the validation split
+  #            (--config.validation); own data's default: one day each
+  #   'share'  the fewest last days holding `test_share` of the
+  #            impressions, then the fewest days before them holding
+  #            `validation_share`: for logs that thin out towards their end
+  # Shipped splits (taobao_mm, microlens, taobao_ad) keep theirs. The data
+  # job warns when the test split has fewer users with both classes than
+  # the bootstrap needs for intervals (mmrec.bootstrap.MIN_USERS).
+  v.split = 'days'
+  v.test_days = 1
+  v.validation_days = 1
+  v.test_share = 0.1
+  v.validation_share = 0.1
   # Ids seen fewer times in the training days map to 0 ("rare"): 1 keeps all.
   v.min_count = 1
   v.seq_len = 50  # behaviour sequence length L (as the world)
@@ -68,9 +81,14 @@ def get_config(arg=None):
   # None = the first item field.
   v.seq_features = ml_collections.FieldReference(None, field_type=tuple)
   v.category_fields = ml_collections.FieldReference(None, field_type=tuple)
+  # Without a categorical item field: the item bag standing in for the
+  # category (id_stats' shares, the @ids control); None = the first bag.
+  v.category_bag = ml_collections.FieldReference(None, field_type=str)
   if source == 'movielens':
-    # Ratings span years: a test week and a validation week.
-    v.test_days = v.validation_days = 7
+    # Ratings span months to years and thin out towards the end (the last
+    # week of ml-100k: 2% of the ratings, 52 users): the last days holding
+    # 10% of the ratings test, the 10% before them validation.
+    v.split = 'share'
   if source == 'taobao_mm':
     v.chunk_rows = 8192  # 1000-long histories: ~64 MB of ids per chunk
   if source == 'amazon':

@@ -42,6 +42,7 @@ FIELD_DOCS = {
     'image': 'catalogue image, RGB uint8',
     'title': 'title token ids, left-aligned, 0 = padding',
     'user_id': 'user id in [0, num_users)',
+    'user_key': 'the real user (own ids for cold / rare users): evaluation',
     'age': 'age bucket', 'gender': 'gender id', 'city': 'city id',
     'session_id': 'search session id',
     'query_is_image': 'True: image query, False: text query',
@@ -53,7 +54,8 @@ FIELD_DOCS = {
     'held_out': 'True for held-out sessions (the test split)',
     'day': 'day of the impression',
     'label': '1 = click',
-    'seq_item': 'behaviour item ids before this day, right-aligned, 0 = pad',
+    'seq_item': 'behaviour item ids before this impression, right-aligned, '
+                '0 = pad',
     'seq_len': 'number of real (right-most) entries of seq_item',
     'caption': 'generic appearance caption token ids',
 }

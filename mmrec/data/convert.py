@@ -25,7 +25,9 @@ What the conversion does:
   * days: day = whole days since midnight (UTC) of the first impression; the
     last `test_days` days are the test split, the `validation_days` before
     them the validation day(s) (held out of training by the CTR job's
-    `--config.validation`). With `split` instead of time: train = day 0,
+    `--config.validation`); with split='share' instead the fewest last days
+    holding `test_share` of the impressions, and the fewest days before them
+    holding `validation_share` (a log thinning out towards its end). With `split` instead of time: train = day 0,
     validation (if any) = day 1, test = the day after.
   * ids: 0 is reserved for "rare or unknown" (users and items), real ids run
     1..N in sorted order of the raw ids. A user or item with fewer than
@@ -34,8 +36,11 @@ What the conversion does:
     shown on a later day: the new items, kept for the content route
     (id_maps.py).
   * histories: right-aligned `seq_item` (L = seq_len) + `seq_len` as the
-    world's; built when not given from the user's clicks on days before the
-    impression's day (oldest first), as the world's behaviour sequences.
+    world's; built when not given from the user's clicks strictly before the
+    impression's time (earlier the same day too; a click at the same second
+    is not yet seen), oldest first. Data shipped split has no time: there,
+    the clicks of earlier splits (the world has day resolution alike: day
+    d's clicks enter day d + 1).
   * items: launch_day = the first day an item was shown (new items:
     launch_day >= first test day); categorical values remapped to 1..V-1 by
     sorted value (0 = missing); bags to fixed width `max_bag`; titles
@@ -74,8 +79,14 @@ class Options:
   """Conversion settings (config.convert of experiments/configs/data.py)."""
   name: str = 'parquet'
   source: str = ''
+  # 'days': the last test_days days test, validation_days before them;
+  # 'share': the fewest last days holding test_share of the impressions,
+  # then validation_share (impression_scan.split_days).
+  split: str = 'days'
   test_days: int = 1
   validation_days: int = 1
+  test_share: float = 0.1
+  validation_share: float = 0.1
   min_count: int = 1
   seq_len: int = 50
   # > 0: also store the last `long_seq_len` behaviours (`long_seq_item`,
@@ -93,6 +104,10 @@ class Options:
   seq_features: tuple | None = None
   # [leaf, top] fields for id_stats' category shares; None = the first.
   category_fields: tuple | None = None
+  # An item bag standing in for the category when there is no categorical
+  # item field (MovieLens genres): id_stats' shares and the @ids control
+  # use it. None = the first item bag then; '' = none.
+  category_bag: str | None = None
 
   @classmethod
   def from_config(cls, c):
@@ -133,6 +148,15 @@ class Converter:
     out[ids[rows]] = images.read_many(self.src, raw_paths[rows],
                                       self.opt.image_size, path, 'image', rows)
     return out
+
+  def _category_bag(self, cat_fields, bags):
+    if self.opt.category_bag is not None:
+      if self.opt.category_bag and self.opt.category_bag not in bags:
+        raise columns.InputError(
+            f'convert.category_bag={self.opt.category_bag!r}: not a bag of '
+            f'{self.src}/items.parquet (bags: {bags})')
+      return self.opt.category_bag or None
+    return bags[0] if bags and not cat_fields else None
 
   # --- Everything ---------------------------------------------------------
 
@@ -206,7 +230,8 @@ class Converter:
         ctr={'user_features': list(ucats), 'item_features': names,
              'seq_features': list(seq), 'item_bags': list(ibags),
              'user_bags': list(ubags),
-             'category_fields': list(cat_fields)},
+             'category_fields': list(cat_fields),
+             'category_bag': self._category_bag(cat_fields, list(ibags))},
         image_size=image_size, text=text, vectors=vectors,
         retrieval_candidates=candidates,
         seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)

@@ -25,6 +25,17 @@ def history(seq, seq_len, item_fields, seq_fields, prefix='seq_'):
   return out
 
 
+def user_key(rows):
+  """(N,) the real user of each row: what per-user evaluation (GAUC, the
+  user-level bootstrap) groups by.
+
+  A converted dataset stores `user_key`, since its `user_id` maps every
+  user unseen (or rare) in training to 0; in the world every user id is a
+  real user.
+  """
+  return rows['user_key'] if 'user_key' in rows else rows['user_id']
+
+
 def join(b, item_fields, user_fields, seq_fields):
   """Stored impression rows `b` -> the model's rows.
 
@@ -32,11 +43,13 @@ def join(b, item_fields, user_fields, seq_fields):
   long history, long_seq_item (B, Lh), long_seq_len). Output: user_id, the
   `user_fields`, item_id, the `item_fields` (a bag: (B, K)), the history
   (`history`), label, day; with a long history also long_seq_item,
-  long_seq_<f>, long_seq_mask. The world: user_id, age, gender, city,
+  long_seq_<f>, long_seq_mask; and user_key (`user_key`), which no model
+  reads. The world: user_id, age, gender, city,
   item_id, category, shop, seq_item, seq_category, seq_mask, label, day.
   """
   out = {k: v[b['user_id']] for k, v in user_fields.items()}
-  out.update(user_id=b['user_id'], item_id=b['item_id'])
+  out.update(user_id=b['user_id'], user_key=user_key(b),
+             item_id=b['item_id'])
   out.update({k: v[b['item_id']] for k, v in item_fields.items()})
   out.update(history(b['seq_item'], b['seq_len'], item_fields, seq_fields),
              label=b['label'], day=b['day'])

@@ -19,6 +19,7 @@ import time
 
 from absl import logging
 
+from mmrec import bootstrap
 from mmrec import files
 from mmrec.data import convert
 from mmrec.data import manifest
@@ -108,13 +109,23 @@ def run(config, workdir):
       staged = os.path.join(tmp, STAGING)
       os.makedirs(staged)
       reader.stage(source_dir, staged, config)
-    m = convert.Converter(staged, options).write(tmp)
+    converter = convert.Converter(staged, options)
+    m = converter.write(tmp)
+    fill.test_users_both = converter.scan.test_users_both
     shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)
     files.write_json(os.path.join(tmp, CONVERSION_FILE), wanted)
     fill.manifest = m
 
   files.build_aside(workdir, fill)
   m = fill.manifest
+  if fill.test_users_both < bootstrap.MIN_USERS:
+    logging.warning(
+        '%s: the test split has %d users with both a click and a non-click; '
+        'the paired bootstrap needs %d for intervals (every claim on it will '
+        'read "insufficient data"): choose more test days '
+        '(--config.convert.test_days, or --config.convert.split=share with '
+        'a larger --config.convert.test_share)', workdir,
+        fill.test_users_both, bootstrap.MIN_USERS)
   print(f'{m.name}: {m.num_users} users, {m.num_items} items, '
         f'{m.num_days} days (test from day {m.first_test_day}), impressions '
         f'{m.tables[manifest.IMPRESSIONS]["splits"]}; written in '

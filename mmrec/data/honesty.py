@@ -92,7 +92,10 @@ def concept_features(world, rows):
   valid = np.arange(seq.shape[1])[None] >= seq.shape[1] - seq_len[:, None]
   denom = np.maximum(seq_len, 1)
   target, hist = concept[rows['item_id']], concept[seq]
-  cos = np.einsum('nd,nld->nl', tax.concept_vec[target], tax.concept_vec[hist])
+  # Through the (K, K) concept cosines: an (N, L, D) gather of concept
+  # vectors over every training row would take gigabytes on the default world.
+  sim = tax.concept_vec @ tax.concept_vec.T
+  cos = sim[target[:, None], hist]
   out = [np.where(valid, cos, 0).sum(1) / denom,
          np.where(valid, cos, -1).max(1) * (seq_len > 0)]
   for attr in (tax.concept_colour, tax.concept_pattern, tax.concept_style):
@@ -102,19 +105,17 @@ def concept_features(world, rows):
 
 def id_stats_scores(world, seed=0):
   """(v) and (vi): the ID-statistics LR without and with concept features,
-  fit on the last training day (id_stats' protocol), scores of the test
+  fit on every training day (id_stats' protocol), scores of the test
   days."""
   imp = world.impressions
   train, test = _split(world)
   rows = {k: imp[k][train] for k in imp}
   test_rows = {k: imp[k][test] for k in imp}
   (x_fit, y_fit), x_test = id_features.fit_and_test_features(
-      rows, test_rows, world.items, world.first_test_day,
-      len(world.items['item_id']), len(world.users['user_id']))
-  fit_rows = {k: v[rows['day'] == world.first_test_day - 1]
-              for k, v in rows.items()}
+      rows, test_rows, world.items, len(world.items['item_id']),
+      len(world.users['user_id']))
   floor = id_features.fit(x_fit, y_fit, seed).logit(x_test)
-  x_fit = np.concatenate([x_fit, concept_features(world, fit_rows)], 1)
+  x_fit = np.concatenate([x_fit, concept_features(world, rows)], 1)
   x_test = np.concatenate([x_test, concept_features(world, test_rows)], 1)
   return floor, id_features.fit(x_fit, y_fit, seed).logit(x_test)
 

@@ -2,8 +2,9 @@
 
 The floor every CTR table shows (world.md: "a competent ID model"): no
 content, no embeddings, only counts a production system keeps anyway.
-Features of an impression on day d, computed from the impressions of the
-days *before* d (the row's own behaviour sequence is history before d too):
+Features of an impression, its counts computed from training impressions
+that never include its own label (see the protocol below; the row's own
+behaviour sequence is its earlier history):
 
   item_ctr              (clicks + K p0) / (impressions + K) of the item,
                         p0 the global CTR, K = PRIOR_IMPRESSIONS: a Beta
@@ -12,16 +13,25 @@ days *before* d (the row's own behaviour sequence is history before d too):
   user_ctr              the same for the user
   leaf_share            share of the behaviour sequence in the target's leaf
                         category (0 without history); leaf and top are the
-                        manifest's ctr.category_fields (`category_tables`)
-  top_share             the same for its top category
+                        manifest's ctr.category_fields (`category_tables`);
+                        over a category bag (genres): the share with the
+                        target's exact value set
+  top_share             the same for its top category; over a bag: the
+                        share sharing any value with the target
   log_item_impressions  log(1 + the item's impressions)
   log_history_length    log(1 + seq_len)
 
-Protocol (no leakage): the LR is fit on the last training day F with
-features from days < F, and scores the test split with features from all
-training days (< first test day; test labels are never counted). Features
-are standardised with the fit day's mean and std. The CTR variant 'id_stats' (id_stats.py) and
-the world's honesty checks (honesty.py) use them.
+Protocol (no leakage): the LR is fit on every training row (all training
+days; with a validation split, the days before it). A fit row's label-derived
+statistics (item_ctr, user_ctr, log_item_impressions) are out of fold: the
+rows are split into FOLDS random folds and a row's counts come from the other
+folds, scaled by FOLDS / (FOLDS - 1) to the size of the whole training set,
+so no row sees its own label. The test split is scored with counts from all
+training rows (test labels are never counted). Features are standardised
+with the fit rows' mean and std. A fit set below SMALL_FIT_ROWS rows or
+SMALL_FIT_USERS users is warned about (`fit_set_warning`): an LR on a few
+hundred rows is no floor. The CTR variant 'id_stats' (id_stats.py) and the
+world's honesty checks (honesty.py) use them.
 
 Shape letters: N impressions, L behaviour-sequence length, F features.
 """
@@ -37,6 +47,13 @@ FEATURES = ('item_ctr', 'user_ctr', 'leaf_share', 'top_share',
 # at a 3-6% CTR, 20 impressions are ~1 prior click, so an item's own clicks
 # dominate after a few dozen impressions (as data/honesty.py's ID scorer).
 PRIOR_IMPRESSIONS = 20.0
+# Out-of-fold statistics of the fit rows: 5 folds, each row's counts from
+# the other 80% of the training rows.
+FOLDS = 5
+# Below these, the fit set is too small to be the floor it claims to be
+# (issue 22 found 368 rows from 9 users on a single MovieLens day).
+SMALL_FIT_ROWS = 2000
+SMALL_FIT_USERS = 50
 # Inverse L2 strength of the LR; with six standardised features and
 # thousands of rows it barely matters (sklearn's default).
 LR_C = 1.0
@@ -86,14 +103,42 @@ def category_shares(rows, category, top_category):
   return tuple(out)
 
 
-def category_tables(items, fields, num_items):
-  """{'category', 'top_category'} of the dataset's declared [leaf, top] fields.
+def bag_shares(rows, bag, chunk=4096):
+  """(N,) shares of each row's history with the target's exact value set
+  (the 'leaf') and sharing any value with it (the 'top'), over a bag table
+  (num_items, K) with 0 = empty slot: a multi-valued field (MovieLens
+  genres) standing in for a category. Rows in chunks: (chunk, L, K, K)."""
+  bag = np.sort(np.asarray(bag), axis=1)  # a value set, in one order
+  seq, seq_len = rows['seq_item'], rows['seq_len']
+  length = seq.shape[1]
+  same, anyv = (np.zeros(len(seq_len)) for _ in range(2))
+  for lo in range(0, len(seq_len), chunk):
+    s, n = seq[lo:lo + chunk], seq_len[lo:lo + chunk]
+    valid = np.arange(length)[None] >= length - n[:, None]  # (n, L)
+    target = bag[rows['item_id'][lo:lo + chunk]][:, None]  # (n, 1, K)
+    hist = bag[s]  # (n, L, K)
+    shared = ((hist[..., :, None] == target[..., None, :]) &
+              (hist > 0)[..., :, None]).any((-1, -2))
+    exact = (hist == target).all(-1) & (target > 0).any(-1)
+    denom = np.maximum(n, 1)
+    same[lo:lo + chunk] = (exact & valid).sum(1) / denom
+    anyv[lo:lo + chunk] = (shared & valid).sum(1) / denom
+  return same, anyv
+
+
+def category_tables(items, fields, num_items, bag=None):
+  """{'category', 'top_category'} of the dataset's declared [leaf, top]
+  fields, or {'bag'} of its category bag (manifest ctr.category_bag) when it
+  declares no field (`bag_shares`).
 
   A dataset declaring one category field uses it for both shares; one
-  declaring none gets a single constant category, so both shares are 1 for
-  every row with a history (the features then carry no category signal).
+  declaring neither fields nor a bag gets a single constant category, so
+  both shares are 1 for every row with a history (the features then carry
+  no category signal).
   """
   fields = list(fields)
+  if not fields and bag:
+    return {'bag': np.asarray(items[bag])}
   if not fields:
     zero = np.zeros(num_items, np.int32)
     return {'category': zero, 'top_category': zero}
@@ -104,7 +149,9 @@ def features(rows, stats, items):
   """(N, F) features (order FEATURES) of `rows` given the earlier `stats`."""
   p0 = stats.global_ctr
   item, user = rows['item_id'], rows['user_id']
-  leaf, top = category_shares(rows, items['category'], items['top_category'])
+  leaf, top = (bag_shares(rows, items['bag']) if 'bag' in items else
+               category_shares(rows, items['category'],
+                               items['top_category']))
   return np.stack([
       smoothed_ctr(stats.item_clicks[item], stats.item_shows[item], p0),
       smoothed_ctr(stats.user_clicks[user], stats.user_shows[user], p0),
@@ -118,26 +165,56 @@ def take(rows, mask):
   return {k: v[mask] for k, v in rows.items()}
 
 
-def fit_and_test_features(train, test, items, first_test_day, num_items,
-                          num_users):
+def folds(n, num_folds=FOLDS, seed=0):
+  """(n,) fold of each row: a fixed random permutation cut into equal parts."""
+  out = np.empty(n, np.int64)
+  out[np.random.default_rng(seed).permutation(n)] = np.arange(n) % num_folds
+  return out
+
+
+def out_of_fold_features(rows, items, num_items, num_users,
+                         num_folds=FOLDS):
+  """(N, F) features of `rows`, each row's counts from the other folds."""
+  n = len(rows['label'])
+  if n < 2 * num_folds:
+    raise ValueError(f'id_stats needs at least {2 * num_folds} training rows '
+                     f'for {num_folds}-fold statistics; got {n}')
+  fold = folds(n, num_folds)
+  scale = num_folds / (num_folds - 1)
+  every = counts(rows, num_items, num_users)
+  x = np.empty((n, len(FEATURES)))
+  for f in range(num_folds):
+    mine = fold == f
+    held = counts(take(rows, mine), num_items, num_users)
+    # All rows minus this fold's, scaled to the whole training set's size.
+    other = Counts(*(scale * (getattr(every, k.name) - getattr(held, k.name))
+                     for k in dataclasses.fields(Counts)))
+    x[mine] = features(take(rows, mine), other, items)
+  return x
+
+
+def fit_and_test_features(train, test, items, num_items, num_users):
   """((x_fit, y_fit), x_test): the protocol of the module docstring."""
-  fit_day = first_test_day - 1
-  day = train['day']
-  if fit_day < 1 or not (day < fit_day).any():
-    raise ValueError(
-        f'id_stats fits on the last training day ({fit_day}) with features '
-        'from the days before it: the world needs at least two training '
-        f'days with impressions (first test day {first_test_day}).')
-  fit = take(train, day == fit_day)
-  before_fit = counts(take(train, day < fit_day), num_items, num_users)
-  all_train = counts(train, num_items, num_users)
-  return ((features(fit, before_fit, items), fit['label']),
-          features(test, all_train, items))
+  if not len(train['label']):
+    raise ValueError('id_stats needs training impressions to fit on')
+  return ((out_of_fold_features(train, items, num_items, num_users),
+           train['label']),
+          features(test, counts(train, num_items, num_users), items))
+
+
+def fit_set_warning(train):
+  """Why the fit set is too small to trust as a floor, or None."""
+  rows, users = len(train['label']), len(np.unique(train['user_id']))
+  if rows >= SMALL_FIT_ROWS and users >= SMALL_FIT_USERS:
+    return None
+  return (f'id_stats fits on {rows} rows from {users} users (fewer than '
+          f'{SMALL_FIT_ROWS} rows or {SMALL_FIT_USERS} users): its '
+          'coefficients are noisy and it is a weak floor')
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """A fitted LR over features standardised with the fit day's statistics."""
+  """A fitted LR over features standardised with the fit rows' statistics."""
   mean: np.ndarray  # (F,)
   std: np.ndarray  # (F,)
   lr: linear_model.LogisticRegression

@@ -7,7 +7,9 @@ test days; `scan_ids` reads every column once, counts ids over the training
 days into the id maps (id_maps.py), notes launch days and clicks, and keeps
 what the dataset stores of each row in a scratch file per split (`_Spill`);
 `impressions` then yields the stored rows with their behaviour sequences
-(given histories, or built from earlier clicks). The search log
+(given histories, or built from the user's clicks strictly before the row's
+time -- earlier that day too; data shipped split has no time, so there
+earlier splits). The search log
 (search_sessions.py) reads its ids and days through the same scan.
 """
 
@@ -24,23 +26,70 @@ DAY = 86400
 SPLITS = ('train', 'validation', 'test')  # values of a `split` column
 
 
+def split_policy(opt):
+  """The split of convert.Options `opt`, in words."""
+  if opt.split == 'share':
+    return (f'split=share: test days holding >= {opt.test_share:.0%} of the '
+            f'impressions, validation days >= {opt.validation_share:.0%}')
+  return (f'split=days: test_days={opt.test_days}, '
+          f'validation_days={opt.validation_days}')
+
+
+def _days_covering(counts, end, rows):
+  """The latest day d < end such that days d..end-1 hold >= `rows`
+  impressions (at least one day; day 0 if none does)."""
+  held = np.cumsum(counts[:end][::-1])  # rows of the last k + 1 days
+  k = min(int(np.searchsorted(held, rows)), end - 1)
+  return end - 1 - k
+
+
+def split_days(counts, opt):
+  """(first test day, validation days) of impressions per day `counts`.
+
+  split='days': the last `test_days` days, the `validation_days` before;
+  split='share': the fewest last days holding `test_share` of the
+  impressions, then the fewest days before them holding `validation_share`
+  (0: no validation day). A fixed number of days is the wrong unit for a
+  log that thins out towards its end (MovieLens: a week held 2% of ml-100k).
+  """
+  if opt.split == 'days':
+    return len(counts) - opt.test_days, opt.validation_days
+  if opt.split != 'share':
+    raise columns.InputError(f"convert.split={opt.split!r}: expected 'days' "
+                             "or 'share'")
+  for name in ('test_share', 'validation_share'):
+    if not 0 <= getattr(opt, name) < 1:
+      raise columns.InputError(f'convert.{name}={getattr(opt, name)}: '
+                               'expected a share in [0, 1)')
+  total = counts.sum()
+  first_test = _days_covering(counts, len(counts), opt.test_share * total)
+  validation = 0
+  if opt.validation_share > 0 and first_test > 0:
+    validation = first_test - _days_covering(counts, first_test,
+                                             opt.validation_share * total)
+  return first_test, validation
+
+
 class _Spill:
   """The rows of one split that the dataset stores, from scan to writing.
 
   An Arrow IPC stream in the scratch directory, one batch per input chunk:
-  raw ids, label, day and (given histories) the kept behaviours; a fraction
-  of the input when histories are long, and read back without parsing.
+  raw ids, label, day and either the kept behaviours (given histories) or
+  the row's time (histories built from earlier clicks); a fraction of the
+  input when histories are long, and read back without parsing.
   """
 
   def __init__(self, path):
     self.path, self.sink, self.writer = path, None, None
 
-  def add(self, mine, user, item, label, day, history):
+  def add(self, mine, user, item, label, day, history, when=None):
     if not mine.any():
       return
     item = pa.array(item[mine])
     cols = {'user': pa.array(user[mine]), 'item': item,
             'label': pa.array(label[mine]), 'day': pa.array(day[mine])}
+    if when is not None:
+      cols['when'] = pa.array(when[mine])
     if history is not None:
       offsets, flat = history
       start, end = offsets[:-1][mine], offsets[1:][mine]
@@ -61,7 +110,8 @@ class _Spill:
       self.sink.close()
 
   def __iter__(self):
-    """(user, item, label, day, history or None) numpy chunks."""
+    """(user, item, label, day, history or None, when or None) numpy
+    chunks."""
     if self.writer is None:
       return
     with pa.OSFile(self.path) as source:
@@ -69,19 +119,22 @@ class _Spill:
         user, item, label, day = (
             batch.column(k).to_numpy(zero_copy_only=False)
             for k in ('user', 'item', 'label', 'day'))
-        history = None
+        history = when = None
         if 'history' in batch.schema.names:
           col = batch.column('history')
           history = (col.offsets.to_numpy(),
                      col.values.to_numpy(zero_copy_only=False))
-        yield user, item, label, day, history
+        if 'when' in batch.schema.names:
+          when = batch.column('when').to_numpy()
+        yield user, item, label, day, history, when
 
 
 class ImpressionScan:
   """The passes over `source_dir`'s impressions (see the module docstring).
 
   After `scan_days`: t0, num_days, first_test_day, validation_days; after
-  `scan_ids`: users, items (`id_maps.IdMap`), trained_items (raw ids seen in
+  `scan_ids`: users, items, user_keys (`id_maps.IdMap`; user_keys maps every
+  raw user of every split to its own id), trained_items (raw ids seen in
   training), launch_day (per item id), rows (per split).
   """
 
@@ -157,24 +210,37 @@ class ImpressionScan:
       self.first_test_day = self.num_days - 1
       return
     lo, hi = None, None
+    per_day = id_maps.Counter()  # impressions per (absolute) day
     for path, row0, batch in columns.chunks(self.paths, ['time'], (),
                                             self.opt.chunk_rows):
       t = columns.times(batch.column(0), path, 'time', row0)
       if len(t):
         lo = t.min() if lo is None else min(lo, t.min())
         hi = t.max() if hi is None else max(hi, t.max())
+        per_day.add(t // DAY)
     if lo is None:
       raise columns.InputError(f'{self.paths[0]}: no impressions')
     self.t0 = int(lo - lo % DAY)
     self.num_days = int((hi - self.t0) // DAY) + 1
-    self.first_test_day = self.num_days - self.opt.test_days
-    self.validation_days = self.opt.validation_days
+    days, n = per_day.result()
+    counts = np.zeros(self.num_days, np.int64)
+    counts[days - self.t0 // DAY] = n
+    self.first_test_day, self.validation_days = split_days(
+        counts, self.opt)
     if self.first_test_day - self.validation_days < 1:
       raise columns.InputError(
           f'{self.src}: the impressions span {self.num_days} day(s) '
           f'(from {np.datetime64(int(lo), "s")} to {np.datetime64(int(hi), "s")}'
-          f'); test_days={self.opt.test_days} + validation_days='
-          f'{self.validation_days} leave no training day')
+          f'); {split_policy(self.opt)} leaves no training day')
+    logging.info(
+        'split (%s): test days %d-%d (%d impressions), %d validation day(s) '
+        '(%d), %d training day(s) before them (%d)', split_policy(self.opt),
+        self.first_test_day, self.num_days - 1,
+        counts[self.first_test_day:].sum(), self.validation_days,
+        counts[self.first_test_day - self.validation_days:
+               self.first_test_day].sum(),
+        self.first_test_day - self.validation_days,
+        counts[:self.first_test_day - self.validation_days].sum())
 
   def scan_ids(self, scratch):
     """Pass 2: id counts over the training days, launch days, clicks.
@@ -184,8 +250,11 @@ class ImpressionScan:
     """
     users, items, shown = (id_maps.Counter(), id_maps.Counter(),
                            id_maps.Counter())
+    everyone = id_maps.Counter()  # every raw user of every split
+    # Test users with a click / a non-click: the bootstrap's unit.
+    test_pos, test_neg = id_maps.Counter(), id_maps.Counter()
     launch = id_maps.Counter(np.minimum)
-    clicks = []  # (user, day, time, item) of every click (histories)
+    clicks = []  # (user, when, time, item) of every click (histories)
     rows = {'train': 0, 'test': 0}
     self.spills = {s: _Spill(os.path.join(scratch, f'{s}.arrows'))
                    for s in rows}
@@ -200,6 +269,9 @@ class ImpressionScan:
       rows['train'] += int(train.sum())
       rows['test'] += int((~train).sum())
       users.add(user[train])
+      everyone.add(user)
+      test_pos.add(user[~train & (label == 1)])
+      test_neg.add(user[~train & (label == 0)])
       items.add(item[train])
       shown.add(item)
       launch.add(item, day.astype(np.int64))
@@ -212,9 +284,11 @@ class ImpressionScan:
                                        offsets[1:][train])])
       else:
         c = label == 1
-        clicks.append((user[c], day[c], t[c], item[c]))
+        when = self._when(day, t)
+        clicks.append((user[c], when[c], t[c], item[c]))
       for split, mine in (('train', train), ('test', ~train)):
-        self.spills[split].add(mine, user, item, label, day, history)
+        self.spills[split].add(mine, user, item, label, day, history,
+                               None if self.has_history else when)
     for spill in self.spills.values():
       spill.close()
     for split, n in rows.items():
@@ -226,6 +300,12 @@ class ImpressionScan:
     m = self.opt.min_count
     ukeys, ucount = users.result()
     self.users = id_maps.IdMap(ukeys[ucount >= m])
+    # The real person of each row, for per-user evaluation (GAUC, the
+    # bootstrap): user_id maps cold and rare users to 0, which would lump
+    # them into one 'user'.
+    self.user_keys = id_maps.IdMap(everyone.result()[0])
+    self.test_users_both = len(np.intersect1d(test_pos.result()[0],
+                                              test_neg.result()[0]))
     ikeys, icount = items.result()
     skeys, _ = shown.result()
     new = skeys[id_maps.lookup(ikeys, icount, skeys, 0) == 0]
@@ -240,28 +320,36 @@ class ImpressionScan:
     logging.info('converted ids: %d users, %d items (min_count %d); rows %s',
                  len(self.users), len(self.items), m, rows)
 
+  def _when(self, day, t):
+    """What orders behaviours: the time (epoch seconds), or for data shipped
+    split (no time) the split's day, so that only earlier splits count."""
+    return day.astype(np.int64) if self.by_split else t
+
   def _index_clicks(self, clicks):
-    """Clicks sorted by (user, day) with a searchable key (histories)."""
-    user, day, t, item = (np.concatenate([c[k] for c in clicks])
-                          for k in range(4))
+    """Clicks sorted by (user, when) with a searchable key (histories)."""
+    user, when, t, item = (np.concatenate([c[k] for c in clicks])
+                           for k in range(4))
     # Every raw user (kept or not): histories are per person, not per id.
     self.click_users = np.unique(user)
     u = np.searchsorted(self.click_users, user)
-    # By day, then time, per user (oldest first; ties keep file order): a
+    # By when, then time, per user (oldest first; ties keep file order): a
     # shipped split's days need not follow file order.
-    order = np.lexsort((t, day, u))
-    self.click_key = u[order] * (self.num_days + 1) + day[order].astype(
-        np.int64)
+    order = np.lexsort((t, when, u))
+    self.click_times = np.unique(when)
+    rank = np.searchsorted(self.click_times, when[order])
+    self.click_key = u[order] * (len(self.click_times) + 1) + rank
     self.click_item = self.items(item[order])
 
-  def _built_history(self, user, day):
-    """(start, end) into the sorted clicks: the user's clicks before day."""
+  def _built_history(self, user, when):
+    """(start, end) into the sorted clicks: the user's clicks strictly before
+    `when` (an earlier time; a click at the same time is not yet seen)."""
     u = np.searchsorted(self.click_users, user)
     known = (u < len(self.click_users))
     known[known] = self.click_users[u[known]] == user[known]
-    base = u.astype(np.int64) * (self.num_days + 1)
+    base = u.astype(np.int64) * (len(self.click_times) + 1)
     start = np.searchsorted(self.click_key, base)
-    end = np.searchsorted(self.click_key, base + day)
+    end = np.searchsorted(self.click_key,
+                          base + np.searchsorted(self.click_times, when))
     end = np.where(known, end, start)
     return start, end, self.click_item
 
@@ -280,14 +368,15 @@ class ImpressionScan:
 
   def impressions(self, split):
     """Pass 3 (one per split): chunks of the stored impression rows."""
-    for user, item, label, day, history in self.spills[split]:
+    for user, item, label, day, history, when in self.spills[split]:
       if self.has_history:
         offsets, flat = history
         start, end, values = offsets[:-1], offsets[1:], self.items(flat)
       else:
-        start, end, values = self._built_history(user, day)
+        start, end, values = self._built_history(user, when)
       seq, n = self._sequences(start, end, values, self.opt.seq_len)
-      out = {'user_id': self.users(user), 'item_id': self.items(item),
+      out = {'user_id': self.users(user), 'user_key': self.user_keys(user),
+             'item_id': self.items(item),
              'day': day, 'label': label, 'seq_item': seq, 'seq_len': n}
       if self.opt.long_seq_len:
         out['long_seq_item'], out['long_seq_len'] = self._sequences(
@@ -296,7 +385,9 @@ class ImpressionScan:
 
   def impression_example(self):
     L, Lh = self.opt.seq_len, self.opt.long_seq_len
-    out = {'user_id': np.zeros(0, np.int32), 'item_id': np.zeros(0, np.int32),
+    out = {'user_id': np.zeros(0, np.int32),
+           'user_key': np.zeros(0, np.int32),
+           'item_id': np.zeros(0, np.int32),
            'day': np.zeros(0, np.int32), 'label': np.zeros(0, np.int8),
            'seq_item': np.zeros((0, L), np.int32),
            'seq_len': np.zeros(0, np.int32)}

@@ -44,7 +44,9 @@ class Manifest:
     'item_features' (the target's), 'seq_features' (a prefix of
     item_features: also looked up for every behaviour), 'item_bags',
     'user_bags' (bags the target / the user is embedded with),
-    'category_fields' ([leaf, top] for id_stats' category shares, may be []).
+    'category_fields' ([leaf, top] for id_stats' category shares, may be
+    []), 'category_bag' (a bag of items standing in for them when there is
+    no categorical item field, e.g. MovieLens genres; absent or None: none).
   """
   name: str
   source: str
@@ -128,6 +130,11 @@ class Manifest:
       if f not in item_cat:
         raise DatasetError(f'{where}: ctr.category_fields names {f!r}, not a '
                            'categorical item field')
+    bag = self.ctr.get('category_bag')
+    if bag is not None and bag not in self.bags.get(ITEMS, {}):
+      raise DatasetError(f'{where}: ctr.category_bag names {bag!r}, not a '
+                         f'declared bag of {ITEMS} '
+                         f'({sorted(self.bags.get(ITEMS, {}))})')
 
   # --- What a dataset has ---------------------------------------------------
 
