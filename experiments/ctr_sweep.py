@@ -14,6 +14,7 @@ import time
 from absl import logging
 import numpy as np
 
+from experiments import seed_stats
 from mmrec import bootstrap
 from mmrec import ctr_eval
 from mmrec import files
@@ -31,6 +32,13 @@ HISTOGRAM_FILE = 'cosine_histogram.json'
 METRICS = ('auc', 'gauc', 'logloss')
 # Variants that read no item vectors: the ID model and the ID-statistics LR.
 NO_VECTORS = ('id', 'id_stats')
+# The ID baselines a multimodal gain is judged against (claims.py, the
+# content curve): per metric, the stronger of those that ran on the
+# validation split (`select_baseline`; never on the test day the tables
+# report). Every variant gets bootstrap intervals against each.
+BASELINES = ('id', 'id_stats')
+# <workdir>/VALIDATION_DIR/<baseline>/seed_0: the baselines' validation runs.
+VALIDATION_DIR = 'validation'
 # Variants without randomness (a deterministic LR fit): run once, reused for
 # every seed so that deltas stay paired by seed.
 DETERMINISTIC = ('id_stats',)
@@ -48,13 +56,14 @@ ID_VECTORS_DIR = 'id_similarity'
 TAIL_GROUPS = 3
 # The pairwise comparisons claims.claims tests: (better, worse) as paper.md
 # says "SimTier and MAKE each clearly beat Vector and SimScore".
-# Then the baselines a multimodal gain is also read against: the ID-statistics
-# LR (the content curve's best ID baseline may be it) and the ID-similarity
-# control (SimTier over vectors of category / shop IDs).
+# Then the same-model controls: each SimTier / MAKE model on the content
+# vectors against itself on the ID-similarity table (vectors of category /
+# shop IDs), so that "content beats ID similarity" compares one model on two
+# tables.
+CONTROLS = ('simtier_make', 'simtier_official')
 PAIRS = tuple((b, w) for b in ('simtier_paper', 'simtier_official', 'make')
-              for w in ('vector', 'simscore')) + (
-                  ('simtier_make', 'id_stats'),
-                  ('simtier_official', 'simtier_official@ids'))
+              for w in ('vector', 'simscore')) + tuple(
+                  (m, f'{m}@{ID_SOURCE}') for m in CONTROLS)
 
 
 def split_variant(name):
@@ -145,14 +154,6 @@ def cosine_histogram(data_dir, vectors_path, num_impressions, bins,
   return out
 
 
-def _stats(values):
-  values = [v for v in values if v is not None and np.isfinite(v)]
-  if not values:
-    return None
-  return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
-          'runs': len(values)}
-
-
 def _rel(x, ref):
   if x is None or ref is None or not np.isfinite(x) or not ref:
     return None
@@ -174,9 +175,10 @@ def intervals(predictions, resamples, seed=0):
     resamples: the number of user draws.
 
   Returns:
-    {variant: {'vs_id': {'all'|'tail'|'new': bootstrap.difference,
-    'tail_minus_all'|'new_minus_all': bootstrap.difference_of_differences},
-    'vs_<worse>': {'all': ...} for the PAIRS the variant wins}}.
+    {variant: {'vs_<baseline>': {'all'|'tail'|'new': bootstrap.difference,
+    'tail_minus_all'|'new_minus_all': bootstrap.difference_of_differences}
+    for each of the BASELINES that ran (id_stats: only vs. id), 'vs_<worse>':
+    {'all': ...} for the PAIRS the variant wins}}.
   """
   ref = predictions['id'][0]
   for variant, runs in predictions.items():
@@ -190,20 +192,73 @@ def intervals(predictions, resamples, seed=0):
   runs = {v: {name: [r.resample(p['logit'], m) for p in preds]
               for name, m in masks.items()}
           for v, preds in predictions.items()}
-  out = {}
-  for v in runs:
-    if v == 'id':
-      continue
-    c = {name: bootstrap.difference(runs['id'][name], runs[v][name])
-         for name in masks}
-    for name in ('tail', 'new'):
-      c[f'{name}_minus_all'] = bootstrap.difference_of_differences(
-          runs['id'][name], runs[v][name], runs['id']['all'], runs[v]['all'])
-    out[v] = {'vs_id': c}
+  out = {v: {} for v in runs if v != 'id'}
+  for base in [b for b in BASELINES if b in runs]:
+    for v in out:
+      if v == base or (v in BASELINES and base != 'id'):
+        continue
+      c = {name: bootstrap.difference(runs[base][name], runs[v][name])
+           for name in masks}
+      for name in ('tail', 'new'):
+        c[f'{name}_minus_all'] = bootstrap.difference_of_differences(
+            runs[base][name], runs[v][name], runs[base]['all'],
+            runs[v]['all'])
+      out[v][f'vs_{base}'] = c
   for better, worse in PAIRS:
     if better in runs and worse in runs:
       out[better][f'vs_{worse}'] = {'all': bootstrap.difference(
           runs[worse]['all'], runs[better]['all'])}
+  return out
+
+
+def select_baseline(config, variants, data_dir, workdir, results):
+  """Per metric, the stronger of the BASELINES that ran, on validation.
+
+  Each baseline (seed 0) trains without the last training day(s) and is
+  scored on them (config.ctr.validation; a sweep that already evaluates on
+  validation reads its own runs), in <workdir>/VALIDATION_DIR/. Without a
+  second baseline or a validation split it falls back to 'id', and says
+  why.
+
+  Returns:
+    {'auc'|'gauc': {'variant', 'split' ('validation' or None), 'values':
+    {baseline: validation metric}}, 'why': None or the reason for the
+    fallback}.
+  """
+  bases = [b for b in BASELINES if b in variants]
+  m = manifest.load(data_dir)
+  why = None
+  if 'id' not in bases:
+    return None
+  if len(bases) < 2:
+    why = 'id_stats did not run: judged against id'
+  elif not config.ctr.validation and m.validation_days < 1:
+    why = (f'dataset {m.name!r} declares no validation split (manifest '
+           'validation_days = 0): judged against id')
+  elif not config.ctr.validation and id_stats.unmet_need(m, True):
+    why = (f'id_stats cannot run on the validation split '
+           f'({id_stats.unmet_need(m, True)}): judged against id')
+  if why:
+    logging.warning('CTR baseline: %s', why)
+    return {**{x: {'variant': 'id', 'split': None, 'values': {}}
+               for x in ('auc', 'gauc')}, 'why': why}
+  if config.ctr.validation:  # the sweep's own runs are on validation
+    runs = {b: results[b][0] for b in bases}
+  else:
+    v = config.copy_and_resolve_references()
+    v.ctr.validation = True
+    runs = {b: run_one(v, b, 0, data_dir, os.path.join(workdir,
+                                                       VALIDATION_DIR))
+            for b in bases}
+  out = {'why': None}
+  for x in ('auc', 'gauc'):
+    values = {b: runs[b].get(x) for b in bases}
+    scored = [(values[b], -i, b) for i, b in enumerate(bases)
+              if values[b] is not None and np.isfinite(values[b])]
+    out[x] = {'variant': max(scored)[2] if scored else 'id',
+              'split': 'validation', 'values': values}
+  logging.info('CTR baseline (validation, seed 0): AUC %s, GAUC %s',
+               out['auc']['variant'], out['gauc']['variant'])
   return out
 
 
@@ -214,18 +269,22 @@ def summarise(results, oracle=None, boot=None):
   table = {}
   for variant, runs in results.items():
     row = {}
+    # A deterministic variant's seeds are one run, copied: one value, not a
+    # spread of zero (its deltas vs. the ID model do vary by seed).
+    own = runs[:1] if split_variant(variant)[0] in DETERMINISTIC else runs
     for m in METRICS:
-      row[m] = _stats([r.get(m) for r in runs])
+      row[m] = seed_stats.cell([r.get(m) for r in own])
       if variant != 'id' and ids:
-        row[f'delta_{m}_pct'] = _stats([
+        row[f'delta_{m}_pct'] = seed_stats.cell([
             _rel(r.get(m), ids.get(r['seed'], {}).get(m)) for r in runs])
     slices = {}
     for name in sorted({s for r in runs for s in r.get('slices', {})}):
       cell = {}
       for m in ('auc', 'gauc'):
-        cell[m] = _stats([r['slices'].get(name, {}).get(m) for r in runs])
+        cell[m] = seed_stats.cell([r['slices'].get(name, {}).get(m)
+                                   for r in own])
         if variant != 'id' and ids:
-          cell[f'delta_{m}_pct'] = _stats([
+          cell[f'delta_{m}_pct'] = seed_stats.cell([
               _rel(r['slices'].get(name, {}).get(m),
                    ids.get(r['seed'], {}).get('slices', {}).get(name, {}).get(
                        m)) for r in runs])
@@ -240,10 +299,6 @@ def summarise(results, oracle=None, boot=None):
   return out
 
 
-def _fmt(s, digits=4):
-  return 'n/a' if s is None else f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
-
-
 def _ci(row, name, metric):
   """'+x.xx [+lo, +hi]' of the bootstrap's relative delta on a slice."""
   cell = (((row.get('bootstrap') or {}).get('vs_id') or {}).get(name) or {})
@@ -256,28 +311,83 @@ def _ci(row, name, metric):
   return f'{d["delta_pct"]:+.2f} [{lo:+.2f}, {hi:+.2f}]'
 
 
+def slice_support(variants, name):
+  """(test rows, users with both classes or None, too few: bool) of a slice
+  ('new', 'tail', 'all'), from the ID model's slice counts and any
+  variant's bootstrap record; too few = under bootstrap.MIN_USERS users
+  with both classes (then a delta on it is noise, not a finding)."""
+  rows = None
+  if name == 'new':
+    rows = (((variants.get('id') or {}).get('slices') or {}).get('new') or
+            {}).get('count')
+  for row in variants.values():
+    rec = (((row or {}).get('bootstrap') or {}).get('vs_id') or {}).get(name)
+    if rec:
+      return rows, rec['users_both'], rec['users_both'] < bootstrap.MIN_USERS
+  return rows, None, False
+
+
+def support_note(variants, name, label):
+  """One sentence flagging a slice too thin for its deltas, or ''."""
+  rows, users, few = slice_support(variants, name)
+  if not few:
+    return ''
+  where = f'{rows} test rows, ' if rows is not None else ''
+  return (f'{label}: {where}{users} users with both classes (fewer than '
+          f'{bootstrap.MIN_USERS}): its deltas are printed but are noise, not '
+          'a finding.')
+
+
+def baseline_text(baseline):
+  """Which ID baseline the claims are judged against, and why, in words
+  (`baseline`: select_baseline's record, or None)."""
+  if not baseline:
+    return 'Claims: no ID model ran, so no baseline.'
+  if baseline.get('why'):
+    return f'Claims are judged against id: {baseline["why"]}.'
+  parts = []
+  for m in ('auc', 'gauc'):
+    b = baseline[m]
+    vals = ', '.join(f'{k} {v:.4f}' for k, v in b['values'].items()
+                     if v is not None)
+    parts.append(f'{m.upper()} against **{b["variant"]}** (validation '
+                 f'{m.upper()}: {vals})')
+  return ('Claims are judged against the stronger ID baseline on the '
+          'validation split (the last training day held out, seed 0): ' +
+          '; '.join(parts) + '.')
+
+
 def markdown(summary):
   v = summary['variants']
+  fmt = seed_stats.text
   lines = ['| variant | AUC | GAUC | logloss | ΔAUC % | ΔAUC % 95% CI | '
            'ΔGAUC % | ΔGAUC % 95% CI | new-item GAUC | Δ new-item GAUC % | '
            f'tail (groups 0-{TAIL_GROUPS - 1}) ΔGAUC % 95% CI |',
            '|---|---|---|---|---|---|---|---|---|---|---|']
+  thin = '†' if slice_support(v, 'new')[2] else ''
   for name, row in v.items():
     new = row['slices'].get('new', {})
     lines.append(
-        f'| {name} | {_fmt(row["auc"])} | {_fmt(row["gauc"])} | '
-        f'{_fmt(row["logloss"])} | {_fmt(row.get("delta_auc_pct"), 2)} | '
-        f'{_ci(row, "all", "auc")} | '
-        f'{_fmt(row.get("delta_gauc_pct"), 2)} | '
-        f'{_ci(row, "all", "gauc")} | {_fmt(new.get("gauc"))} | '
-        f'{_fmt(new.get("delta_gauc_pct"), 2)} | '
+        f'| {name} | {fmt(row["auc"])} | {fmt(row["gauc"])} | '
+        f'{fmt(row["logloss"])} | {fmt(row.get("delta_auc_pct"), 2)} | '
+        f'{_ci(row, "all", "auc")} | {fmt(row.get("delta_gauc_pct"), 2)} | '
+        f'{_ci(row, "all", "gauc")} | {fmt(new.get("gauc"))}{thin} | '
+        f'{fmt(new.get("delta_gauc_pct"), 2)}{thin} | '
         f'{_ci(row, "tail", "gauc")} |')
   if 'oracle' in summary:
     o = summary['oracle']
     lines.append(f'| oracle (ceiling) | {o["auc"]:.4f} | {o["gauc"]:.4f} | '
                  f'{o["logloss"]:.4f} | | | | | | | |')
   lines += ['', 'CI: paired user-level bootstrap vs. the ID model '
-            '(mmrec/bootstrap.py), seeds combined, 95% percentile interval.']
+            '(mmrec/bootstrap.py), seeds combined, 95% percentile interval. '
+            'A single run prints its number alone (no spread measured).']
+  if summary.get('baseline'):
+    lines.append(baseline_text(summary['baseline']))
+  for name, label in (('new', '† New items'),
+                      ('tail', f'The tail (groups 0-{TAIL_GROUPS - 1})')):
+    note = support_note(v, name, label)
+    if note:
+      lines.append(note)
   for name, why in summary.get('skipped', {}).items():
     lines.append(f'\n{name}: not run ({why})')
   return '\n'.join(lines)
@@ -356,6 +466,9 @@ def run(config, workdir):
                  config.bootstrap_resamples, len(variants), config.seeds,
                  time.time() - t0)
   summary = summarise(results, oracle_ceiling(data_dir), boot)
+  baseline = select_baseline(config, variants, data_dir, workdir, results)
+  if baseline:
+    summary['baseline'] = baseline
   if skipped:
     summary['skipped'] = skipped
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), summary)

@@ -86,6 +86,15 @@ class CtrSweepTest(absltest.TestCase):
       text = f.read()
     self.assertIn('oracle (ceiling)', text)
     self.assertIn('95% CI', text)
+    # One seed: numbers alone, no "± 0.0000" posing as a measured spread.
+    self.assertNotIn('±', text)
+    self.assertIn(f'| {v["id"]["auc"]["mean"]:.4f} |', text)
+    # No id_stats in this sweep: the claims' baseline is id, and says why.
+    self.assertEqual(summary['baseline']['gauc']['variant'], 'id')
+    self.assertIn('id_stats did not run', summary['baseline']['why'])
+    self.assertIn('Claims are judged against id: id_stats did not run', text)
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 ctr_sweep.VALIDATION_DIR)))
 
   def test_intervals_pair_variants_and_slices(self):
     rng = np.random.default_rng(0)
@@ -115,6 +124,16 @@ class CtrSweepTest(absltest.TestCase):
                                               tail) if t and l} &
                          {u for u, l, t in zip(rows['user_id'], rows['label'],
                                               tail) if t and not l}))
+    # With the ID-statistics LR: every variant against both baselines, the
+    # LR itself against the ID model only.
+    preds['id_stats'] = [run(b) for b in better]
+    out = ctr_sweep.intervals(preds, resamples=100)
+    self.assertEqual(set(out['id_stats']), {'vs_id'})
+    self.assertContainsSubset({'vs_id', 'vs_id_stats'}, set(out['make']))
+    self.assertEqual(set(out['make']['vs_id_stats']),
+                     {'all', 'tail', 'new', 'tail_minus_all', 'new_minus_all'})
+    self.assertEqual(out['make']['vs_id_stats']['all']['gauc']['ci'],
+                     [0.0, 0.0])  # the same logits
     preds['make'][1] = dict(preds['make'][1], user_id=rows['user_id'] + 1)
     with self.assertRaisesRegex(ValueError, 'not paired'):
       ctr_sweep.intervals(preds, resamples=10)
@@ -142,6 +161,23 @@ class CtrSweepTest(absltest.TestCase):
     # No text table was written: that variant is skipped, with the reason.
     self.assertNotIn('simtier_official@text', summary['variants'])
     self.assertIn('no text table', summary['skipped']['simtier_official@text'])
+
+  def test_baseline_is_the_stronger_on_validation(self):
+    c = _config('id,id_stats')
+    c.ctr.validation = True  # the sweep's own runs are on validation
+    results = {'id': [{'auc': 0.70, 'gauc': 0.66}],
+               'id_stats': [{'auc': 0.69, 'gauc': 0.68}]}
+    got = ctr_sweep.select_baseline(c, ['id', 'id_stats'], c.data_dir,
+                                    tempfile.mkdtemp(), results)
+    self.assertEqual((got['auc']['variant'], got['gauc']['variant']),
+                     ('id', 'id_stats'))
+    self.assertEqual(got['gauc']['values'], {'id': 0.66, 'id_stats': 0.68})
+    self.assertEqual(got['auc']['split'], 'validation')
+    self.assertIsNone(got['why'])
+    self.assertIn('GAUC against **id_stats** (validation GAUC: id 0.6600, '
+                  'id_stats 0.6800)', ctr_sweep.baseline_text(got))
+    self.assertIsNone(ctr_sweep.select_baseline(c, ['id_stats'], c.data_dir,
+                                                '', results))
 
   def test_vectors_path_required(self):
     c = _config('id,simscore')
