@@ -6,7 +6,7 @@ zero in the paper's direction and, where the paper gives a number, the
 interval overlaps the band RATIO_RANGE times that number (`gain_verdict`);
 slices with too few users having both classes are 'insufficient data',
 never a pass. CTR gains are judged against the stronger of the ID model and
-the ID-statistics LR on the validation split (ctr_sweep.select_baseline),
+the ID-statistics LR on the validation split (baselines.select),
 the ID-similarity control with the same model on both tables, and
 pre-training orderings per query modality on accuracy@1 and recall@10.
 """
@@ -193,7 +193,7 @@ def _pretrain_claim(cid, claim, pairs, modality, pretraining, comparisons):
 
 def _baseline(baseline, metric):
   """(variant, words) of the ID baseline a `metric` gain is judged against
-  (ctr_sweep.select_baseline's record; None: the ID model, as before)."""
+  (baselines.select's record; None: the ID model, as before)."""
   b = (baseline or {}).get(metric)
   if not b:
     return 'id', 'id (no baseline selection recorded)'
@@ -262,7 +262,7 @@ def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None,
   """Each claim of paper.md ("Reported result", and SCL's), checked.
 
   CTR claims read the bootstrap intervals of ctr_table (ctr_sweep.intervals)
-  against `baseline` (ctr_sweep.select_baseline: per metric, the stronger of
+  against `baseline` (baselines.select: per metric, the stronger of
   id and id_stats on the validation split; None: id); pre-training claims
   `pretrain_comparisons` (pretrain_sweep.comparisons), per query modality.
   Every record has a 'verdict' (VERDICTS), the 95% 'interval'(s) it rests

@@ -3,9 +3,12 @@
 Besides mean and std over seeds, every variant gets paired user-level
 bootstrap intervals (mmrec/bootstrap.py, from the runs' predictions.npz, one
 draw of test users shared by every variant and seed, seeds combined) under
-`bootstrap`: vs. the ID model on all rows, on the exposure tail and on new
-items, the tail's and new items' delta minus the overall one, and the
-pairwise comparisons the paper's claims need (PAIRS).
+`bootstrap`: vs. each ID baseline (the ID model, the ID-statistics LR) on
+all rows, on the exposure tail and on new items, the tail's and new items'
+delta minus the overall one, and the pairwise comparisons the paper's
+claims need (PAIRS). baselines.py chooses, on the validation split, the ID
+model's settings every variant trains with (`id_search`) and the baseline
+the claims judge each metric's gains against (`baseline`).
 """
 
 import os
@@ -14,6 +17,7 @@ import time
 from absl import logging
 import numpy as np
 
+from experiments import baselines
 from experiments import seed_stats
 from mmrec import bootstrap
 from mmrec import ctr_eval
@@ -32,13 +36,9 @@ HISTOGRAM_FILE = 'cosine_histogram.json'
 METRICS = ('auc', 'gauc', 'logloss')
 # Variants that read no item vectors: the ID model and the ID-statistics LR.
 NO_VECTORS = ('id', 'id_stats')
-# The ID baselines a multimodal gain is judged against (claims.py, the
-# content curve): per metric, the stronger of those that ran on the
-# validation split (`select_baseline`; never on the test day the tables
-# report). Every variant gets bootstrap intervals against each.
-BASELINES = ('id', 'id_stats')
-# <workdir>/VALIDATION_DIR/<baseline>/seed_0: the baselines' validation runs.
-VALIDATION_DIR = 'validation'
+# The ID baselines a multimodal gain is judged against (baselines.py):
+# every variant gets bootstrap intervals against each.
+BASELINES = baselines.BASELINES
 # Variants without randomness (a deterministic LR fit): run once, reused for
 # every seed so that deltas stay paired by seed.
 DETERMINISTIC = ('id_stats',)
@@ -211,57 +211,6 @@ def intervals(predictions, resamples, seed=0):
   return out
 
 
-def select_baseline(config, variants, data_dir, workdir, results):
-  """Per metric, the stronger of the BASELINES that ran, on validation.
-
-  Each baseline (seed 0) trains without the last training day(s) and is
-  scored on them (config.ctr.validation; a sweep that already evaluates on
-  validation reads its own runs), in <workdir>/VALIDATION_DIR/. Without a
-  second baseline or a validation split it falls back to 'id', and says
-  why.
-
-  Returns:
-    {'auc'|'gauc': {'variant', 'split' ('validation' or None), 'values':
-    {baseline: validation metric}}, 'why': None or the reason for the
-    fallback}.
-  """
-  bases = [b for b in BASELINES if b in variants]
-  m = manifest.load(data_dir)
-  why = None
-  if 'id' not in bases:
-    return None
-  if len(bases) < 2:
-    why = 'id_stats did not run: judged against id'
-  elif not config.ctr.validation and m.validation_days < 1:
-    why = (f'dataset {m.name!r} declares no validation split (manifest '
-           'validation_days = 0): judged against id')
-  elif not config.ctr.validation and id_stats.unmet_need(m, True):
-    why = (f'id_stats cannot run on the validation split '
-           f'({id_stats.unmet_need(m, True)}): judged against id')
-  if why:
-    logging.warning('CTR baseline: %s', why)
-    return {**{x: {'variant': 'id', 'split': None, 'values': {}}
-               for x in ('auc', 'gauc')}, 'why': why}
-  if config.ctr.validation:  # the sweep's own runs are on validation
-    runs = {b: results[b][0] for b in bases}
-  else:
-    v = config.copy_and_resolve_references()
-    v.ctr.validation = True
-    runs = {b: run_one(v, b, 0, data_dir, os.path.join(workdir,
-                                                       VALIDATION_DIR))
-            for b in bases}
-  out = {'why': None}
-  for x in ('auc', 'gauc'):
-    values = {b: runs[b].get(x) for b in bases}
-    scored = [(values[b], -i, b) for i, b in enumerate(bases)
-              if values[b] is not None and np.isfinite(values[b])]
-    out[x] = {'variant': max(scored)[2] if scored else 'id',
-              'split': 'validation', 'values': values}
-  logging.info('CTR baseline (validation, seed 0): AUC %s, GAUC %s',
-               out['auc']['variant'], out['gauc']['variant'])
-  return out
-
-
 def summarise(results, oracle=None, boot=None):
   """{variant: {metric: stats, delta_<metric>_pct: stats, slices: ...,
   bootstrap: ...}} (`boot`: from intervals)."""
@@ -288,6 +237,9 @@ def summarise(results, oracle=None, boot=None):
               _rel(r['slices'].get(name, {}).get(m),
                    ids.get(r['seed'], {}).get('slices', {}).get(name, {}).get(
                        m)) for r in runs])
+      # Test rows of the slice (the same rows for every run and variant).
+      cell['count'] = next((r['slices'][name].get('count') for r in own
+                            if name in r.get('slices', {})), None)
       slices[name] = cell
     row['slices'] = slices
     if boot and variant in boot:
@@ -338,25 +290,6 @@ def support_note(variants, name, label):
           'a finding.')
 
 
-def baseline_text(baseline):
-  """Which ID baseline the claims are judged against, and why, in words
-  (`baseline`: select_baseline's record, or None)."""
-  if not baseline:
-    return 'Claims: no ID model ran, so no baseline.'
-  if baseline.get('why'):
-    return f'Claims are judged against id: {baseline["why"]}.'
-  parts = []
-  for m in ('auc', 'gauc'):
-    b = baseline[m]
-    vals = ', '.join(f'{k} {v:.4f}' for k, v in b['values'].items()
-                     if v is not None)
-    parts.append(f'{m.upper()} against **{b["variant"]}** (validation '
-                 f'{m.upper()}: {vals})')
-  return ('Claims are judged against the stronger ID baseline on the '
-          'validation split (the last training day held out, seed 0): ' +
-          '; '.join(parts) + '.')
-
-
 def markdown(summary):
   v = summary['variants']
   fmt = seed_stats.text
@@ -382,7 +315,11 @@ def markdown(summary):
             '(mmrec/bootstrap.py), seeds combined, 95% percentile interval. '
             'A single run prints its number alone (no spread measured).']
   if summary.get('baseline'):
-    lines.append(baseline_text(summary['baseline']))
+    lines.append(baselines.text(summary['baseline']))
+  if summary.get('id_search'):
+    lines += ['', 'The ID model\'s settings, chosen on the validation split '
+              '(every variant trains on them):', '',
+              baselines.search_markdown(summary['id_search'])]
   for name, label in (('new', '† New items'),
                       ('tail', f'The tail (groups 0-{TAIL_GROUPS - 1})')):
     note = support_note(v, name, label)
@@ -449,6 +386,14 @@ def run(config, workdir):
     raise ValueError('config.vectors_path must name an item-vector table '
                      '(item_vectors.npz) for the variants other than '
                      f'{", ".join(NO_VECTORS)}')
+  searched, id_validation = (
+      baselines.search_id(config, data_dir, workdir, run_one)
+      if 'id' in variants else (None, None))
+  if searched:
+    # Every variant trains on the chosen ID settings: the integration
+    # variants are the ID model plus a module.
+    config = config.copy_and_resolve_references()
+    config.ctr.update(searched['chosen'])
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:
@@ -466,9 +411,13 @@ def run(config, workdir):
                  config.bootstrap_resamples, len(variants), config.seeds,
                  time.time() - t0)
   summary = summarise(results, oracle_ceiling(data_dir), boot)
-  baseline = select_baseline(config, variants, data_dir, workdir, results)
+  baseline = baselines.select(
+      config, variants, data_dir, workdir, results, run_one,
+      {'id': id_validation} if id_validation else None)
   if baseline:
     summary['baseline'] = baseline
+  if searched:
+    summary['id_search'] = searched
   if skipped:
     summary['skipped'] = skipped
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), summary)

@@ -9,6 +9,7 @@ generic captions CLIP-O cannot run, and CLIP-E then trains from scratch on
 item image <-> title (the plan says so).
 """
 
+import json
 import os
 
 from absl import logging
@@ -306,6 +307,27 @@ def markdown(table, skipped=None, notes=None):
   return '\n'.join(lines)
 
 
+def _write_comparisons(config, workdir, methods):
+  out = files.json_safe(comparisons(load_queries(workdir, methods,
+                                                 config.seeds),
+                                    config.bootstrap_resamples))
+  files.write_json(os.path.join(workdir, COMPARISONS_FILE), out)
+  return out
+
+
+def load_comparisons(config, workdir, methods):
+  """A finished sweep's COMPARISONS_FILE; recomputed from the runs' stored
+  per-query ranks (and rewritten) when it is missing or predates the
+  per-modality cells, so that a resumed pipeline's claims get them."""
+  path = os.path.join(workdir, COMPARISONS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      got = json.load(f)
+    if all('by_modality' in c for c in got.values()):
+      return got
+  return _write_comparisons(config, workdir, methods)
+
+
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.scl.world, workdir)
   methods, skipped, notes = plan(
@@ -322,9 +344,7 @@ def run(config, workdir):
   files.write_json(os.path.join(workdir, PLAN_FILE), files.json_safe({
       'ran': methods, 'skipped': skipped, 'notes': notes,
       'eval': pretrain_eval.eval_info(data_dir, items)}))
-  files.write_json(os.path.join(workdir, COMPARISONS_FILE), files.json_safe(
-      comparisons(load_queries(workdir, methods, config.seeds),
-                  config.bootstrap_resamples)))
+  _write_comparisons(config, workdir, methods)
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), table)
   text = markdown(table, skipped, notes)
   files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), text)

@@ -13,6 +13,7 @@ import os
 from matplotlib import figure
 import numpy as np
 
+from experiments import baselines
 from experiments import claims as claims_lib
 from experiments import ctr_sweep
 from experiments import pretrain_sweep
@@ -396,6 +397,12 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
   ctr_table = {'variants': ctr, 'skipped': data.get('ctr_skipped') or {}}
   if oracle and all(v is not None for v in oracle.values()):
     ctr_table['oracle'] = oracle
+  table_file = os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json')
+  if os.path.exists(table_file):  # the ID model's selection table, if any
+    with open(table_file) as f:
+      searched = json.load(f).get('id_search')
+    if searched:
+      ctr_table['id_search'] = searched
   task = (pre.get('eval') or {}).get('task', 'search')
   curve_md = (f'Not drawn: {skipped["content curve"]}.'
               if 'content curve' in skipped else
@@ -415,7 +422,7 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       f'{config.ctr.seeds} seed(s); CTR item vectors: '
       f'{vectors_label(results, config)}. Numbers: `results.json`.',
       '## Claims', _claims_md(results['claims']), _RULES,
-      ctr_sweep.baseline_text(results.get('ctr_baseline')),
+      baselines.text(results.get('ctr_baseline')),
   ] + (['## Flags', 'Read the numbers above with these in mind:\n\n' +
         '\n'.join(f'- {f["text"]}' for f in results['flags'])]
        if results.get('flags') else []) + [

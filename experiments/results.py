@@ -16,7 +16,7 @@ best_id_{auc,gauc}}: see `curve_point`), claims (a list of {id, claim,
 metric, measured, paper, criterion, interval, ratio_to_paper, verdict,
 statement, reproduced, testable}: see claims.py), ctr_baseline (the ID
 baseline per metric the CTR claims are judged against, chosen on validation:
-ctr_sweep.select_baseline; null without the ID model), flags (a list of
+baselines.select; null without the ID model), flags (a list of
 {id, text}: inputs too weak for their numbers, flags.py) and data ({dataset,
 source, data_dir, pretraining: {eval, ran, skipped, notes}, ctr_vectors:
 {source, method, path, why}, ctr_skipped: {variant: why}, skipped: {section:

@@ -8,6 +8,7 @@ from absl.testing import absltest
 import fixtures
 import numpy as np
 
+from experiments import baselines
 from experiments import ctr_sweep
 from experiments.configs import ctr_sweep as sweep_config
 from mmrec import vector_table
@@ -94,7 +95,7 @@ class CtrSweepTest(absltest.TestCase):
     self.assertIn('id_stats did not run', summary['baseline']['why'])
     self.assertIn('Claims are judged against id: id_stats did not run', text)
     self.assertFalse(os.path.exists(os.path.join(workdir,
-                                                 ctr_sweep.VALIDATION_DIR)))
+                                                 baselines.VALIDATION_DIR)))
 
   def test_intervals_pair_variants_and_slices(self):
     rng = np.random.default_rng(0)
@@ -161,23 +162,6 @@ class CtrSweepTest(absltest.TestCase):
     # No text table was written: that variant is skipped, with the reason.
     self.assertNotIn('simtier_official@text', summary['variants'])
     self.assertIn('no text table', summary['skipped']['simtier_official@text'])
-
-  def test_baseline_is_the_stronger_on_validation(self):
-    c = _config('id,id_stats')
-    c.ctr.validation = True  # the sweep's own runs are on validation
-    results = {'id': [{'auc': 0.70, 'gauc': 0.66}],
-               'id_stats': [{'auc': 0.69, 'gauc': 0.68}]}
-    got = ctr_sweep.select_baseline(c, ['id', 'id_stats'], c.data_dir,
-                                    tempfile.mkdtemp(), results)
-    self.assertEqual((got['auc']['variant'], got['gauc']['variant']),
-                     ('id', 'id_stats'))
-    self.assertEqual(got['gauc']['values'], {'id': 0.66, 'id_stats': 0.68})
-    self.assertEqual(got['auc']['split'], 'validation')
-    self.assertIsNone(got['why'])
-    self.assertIn('GAUC against **id_stats** (validation GAUC: id 0.6600, '
-                  'id_stats 0.6800)', ctr_sweep.baseline_text(got))
-    self.assertIsNone(ctr_sweep.select_baseline(c, ['id_stats'], c.data_dir,
-                                                '', results))
 
   def test_vectors_path_required(self):
     c = _config('id,simscore')

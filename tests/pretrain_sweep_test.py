@@ -10,6 +10,7 @@ import numpy as np
 
 from experiments import pretrain_sweep
 from experiments.configs import pretrain_sweep as sweep_config
+from mmrec import pretrain_eval
 
 
 class SweepTest(absltest.TestCase):
@@ -108,6 +109,29 @@ class SweepTest(absltest.TestCase):
            for m, runs in queries.items()}
     self.assertIsNone(pretrain_sweep.comparisons(few, 50)[
         'scl-scl_no_queue']['ci'])
+
+  def test_old_comparisons_are_recomputed_from_the_stored_ranks(self):
+    # A pre-training stage finished before the per-modality cells existed:
+    # its claims would all read "insufficient data" without them.
+    workdir = tempfile.mkdtemp()
+    rng = np.random.default_rng(0)
+    for method in ('scl', 'scl_no_queue'):
+      os.makedirs(os.path.join(workdir, method, 'seed_0'))
+      np.savez(os.path.join(workdir, method, 'seed_0',
+                            pretrain_eval.QUERIES_FILE),
+               image_rank=rng.integers(0, 20, 100),
+               text_rank=rng.integers(0, 20, 100))
+    path = os.path.join(workdir, pretrain_sweep.COMPARISONS_FILE)
+    with open(path, 'w') as f:
+      json.dump({'scl-scl_no_queue': {'delta': 0.0, 'ci': [0.0, 0.0]}}, f)
+    c = sweep_config.get_config('tiny')
+    c.seeds, c.bootstrap_resamples = 1, 20
+    got = pretrain_sweep.load_comparisons(c, workdir, ['scl', 'scl_no_queue'])
+    self.assertEqual(set(got['scl-scl_no_queue']['by_modality']),
+                     {'image', 'text'})
+    with open(path) as f:
+      self.assertEqual(json.load(f), got)  # rewritten: read once, not twice
+    self.assertEqual(pretrain_sweep.load_comparisons(c, workdir, []), got)
 
   def test_clip_e_needs_clip_o(self):
     c = sweep_config.get_config('tiny')

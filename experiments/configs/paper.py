@@ -131,6 +131,13 @@ def get_config(arg=None):
     # the ID-similarity control and the bootstrap joined the sweep. (A 2-seed
     # run's seed spread of the deltas, 0.0-0.6 points, is in README.md.)
     c.ctr.seeds = 1
+    # The ID search within the demo's minutes: epochs (1 or 2: measured,
+    # not assumed) and the dense LR, 3 validation runs; :full searches
+    # every knob of configs/ctr_sweep.py. (Not yet timed in a fresh-clone
+    # make demo: 2 epochs chosen would double the CTR sweep.)
+    c.ctr.id_search = ml_collections.ConfigDict(dict(
+        num_epochs=(1, 2), dense_lr=(c.ctr.ctr.dense_lr, 3e-4)))
+    c.ctr.id_search_budget = 3
     c.ctr.ctr.make.stage_a_epochs = 2
     c.one_epoch.num_epochs = 2
     # E = 2 only (the sweep's own MAKE run): a fresh-clone make demo with
