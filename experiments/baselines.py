@@ -41,12 +41,6 @@ def _value(x):
   return tuple(x) if isinstance(x, list) else x
 
 
-def plain(x):
-  """A config value as JSON writes it back (lists for tuples), so that a
-  record read from ctr_table.json compares equal to the one written."""
-  return list(x) if isinstance(x, tuple) else x
-
-
 def _label(settings):
   return ', '.join(f'{k}={v}' for k, v in settings.items()) or 'defaults'
 
@@ -162,7 +156,6 @@ def search_id(config, data_dir, workdir, run):
 
   record = search(base, knobs, evaluate, config.get('id_search_budget', 1),
                   config.get('id_search_metric', 'gauc'))
-  record['chosen'] = {k: plain(v) for k, v in record['chosen'].items()}
   logging.info('ID search (validation %s): %s', record['metric'],
                record['chosen'])
   return record, results[_slug(record['chosen'])]

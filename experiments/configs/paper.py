@@ -31,8 +31,12 @@ Three sizes:
   (default)  what `make demo` runs: a 4,000-user / 3,000-item world over 4
              days (~112k impressions), every pre-training method but i2i
              for 120 steps (one seed), every CTR variant but @image with one
-             seed, MAKE stage A for 2 epochs, the ID model for 2 epochs.
-             Measured: 7 min 53 s from a fresh clone on an idle 2-core
+             seed (the ID model's epochs and dense LR chosen on validation
+             first, 3 runs), MAKE stage A for 2 epochs, the ID model for 2
+             epochs in the one-epoch curve.
+             Measured (before the ID search, the validation runs of id /
+             id_stats and simtier_make@ids: not re-timed since): 7 min 53 s
+             from a fresh clone on an idle 2-core
              CPU (docs/results.md: the run, its results); big enough that the
              CTR comparison says something, too small for the pre-training
              comparison to (120 steps: SCL's image retrieval is still near
