@@ -3,9 +3,12 @@
 Besides mean and std over seeds, every variant gets paired user-level
 bootstrap intervals (mmrec/bootstrap.py, from the runs' predictions.npz, one
 draw of test users shared by every variant and seed, seeds combined) under
-`bootstrap`: vs. the ID model on all rows, on the exposure tail and on new
-items, the tail's and new items' delta minus the overall one, and the
-pairwise comparisons the paper's claims need (PAIRS).
+`bootstrap`: vs. each ID baseline (the ID model, the ID-statistics LR) on
+all rows, on the exposure tail and on new items, the tail's and new items'
+delta minus the overall one, and the pairwise comparisons the paper's
+claims need (PAIRS). baselines.py chooses, on the validation split, the ID
+model's settings every variant trains with (`id_search`) and the baseline
+the claims judge each metric's gains against (`baseline`).
 """
 
 import os
@@ -14,6 +17,8 @@ import time
 from absl import logging
 import numpy as np
 
+from experiments import baselines
+from experiments import seed_stats
 from mmrec import bootstrap
 from mmrec import ctr_eval
 from mmrec import files
@@ -32,6 +37,9 @@ HISTOGRAM_FILE = 'cosine_histogram.json'
 METRICS = ('auc', 'gauc', 'logloss')
 # Variants that read no item vectors: the ID model and the ID-statistics LR.
 NO_VECTORS = ('id', 'id_stats')
+# The ID baselines a multimodal gain is judged against (baselines.py):
+# every variant gets bootstrap intervals against each.
+BASELINES = baselines.BASELINES
 # Variants without randomness (a deterministic LR fit): run once, reused for
 # every seed so that deltas stay paired by seed.
 DETERMINISTIC = ('id_stats',)
@@ -49,13 +57,14 @@ ID_VECTORS_DIR = 'id_similarity'
 TAIL_GROUPS = 3
 # The pairwise comparisons claims.claims tests: (better, worse) as paper.md
 # says "SimTier and MAKE each clearly beat Vector and SimScore".
-# Then the baselines a multimodal gain is also read against: the ID-statistics
-# LR (the content curve's best ID baseline may be it) and the ID-similarity
-# control (SimTier over vectors of category / shop IDs).
+# Then the same-model controls: each SimTier / MAKE model on the content
+# vectors against itself on the ID-similarity table (vectors of category /
+# shop IDs), so that "content beats ID similarity" compares one model on two
+# tables.
+CONTROLS = ('simtier_make', 'simtier_official')
 PAIRS = tuple((b, w) for b in ('simtier_paper', 'simtier_official', 'make')
-              for w in ('vector', 'simscore')) + (
-                  ('simtier_make', 'id_stats'),
-                  ('simtier_official', 'simtier_official@ids'))
+              for w in ('vector', 'simscore')) + tuple(
+                  (m, f'{m}@{ID_SOURCE}') for m in CONTROLS)
 
 
 def split_variant(name):
@@ -146,14 +155,6 @@ def cosine_histogram(data_dir, vectors_path, num_impressions, bins,
   return out
 
 
-def _stats(values):
-  values = [v for v in values if v is not None and np.isfinite(v)]
-  if not values:
-    return None
-  return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
-          'runs': len(values)}
-
-
 def _rel(x, ref):
   if x is None or ref is None or not np.isfinite(x) or not ref:
     return None
@@ -175,9 +176,10 @@ def intervals(predictions, resamples, seed=0):
     resamples: the number of user draws.
 
   Returns:
-    {variant: {'vs_id': {'all'|'tail'|'new': bootstrap.difference,
-    'tail_minus_all'|'new_minus_all': bootstrap.difference_of_differences},
-    'vs_<worse>': {'all': ...} for the PAIRS the variant wins}}.
+    {variant: {'vs_<baseline>': {'all'|'tail'|'new': bootstrap.difference,
+    'tail_minus_all'|'new_minus_all': bootstrap.difference_of_differences}
+    for each of the BASELINES that ran (id_stats: only vs. id), 'vs_<worse>':
+    {'all': ...} for the PAIRS the variant wins}}.
   """
   ref = predictions['id'][0]
   for variant, runs in predictions.items():
@@ -193,16 +195,18 @@ def intervals(predictions, resamples, seed=0):
   runs = {v: {name: [r.resample(p['logit'], m) for p in preds]
               for name, m in masks.items()}
           for v, preds in predictions.items()}
-  out = {}
-  for v in runs:
-    if v == 'id':
-      continue
-    c = {name: bootstrap.difference(runs['id'][name], runs[v][name])
-         for name in masks}
-    for name in ('tail', 'new'):
-      c[f'{name}_minus_all'] = bootstrap.difference_of_differences(
-          runs['id'][name], runs[v][name], runs['id']['all'], runs[v]['all'])
-    out[v] = {'vs_id': c}
+  out = {v: {} for v in runs if v != 'id'}
+  for base in [b for b in BASELINES if b in runs]:
+    for v in out:
+      if v == base or (v in BASELINES and base != 'id'):
+        continue
+      c = {name: bootstrap.difference(runs[base][name], runs[v][name])
+           for name in masks}
+      for name in ('tail', 'new'):
+        c[f'{name}_minus_all'] = bootstrap.difference_of_differences(
+            runs[base][name], runs[v][name], runs[base]['all'],
+            runs[v]['all'])
+      out[v][f'vs_{base}'] = c
   for better, worse in PAIRS:
     if better in runs and worse in runs:
       out[better][f'vs_{worse}'] = {'all': bootstrap.difference(
@@ -217,21 +221,28 @@ def summarise(results, oracle=None, boot=None):
   table = {}
   for variant, runs in results.items():
     row = {}
+    # A deterministic variant's seeds are one run, copied: one value, not a
+    # spread of zero (its deltas vs. the ID model do vary by seed).
+    own = runs[:1] if split_variant(variant)[0] in DETERMINISTIC else runs
     for m in METRICS:
-      row[m] = _stats([r.get(m) for r in runs])
+      row[m] = seed_stats.cell([r.get(m) for r in own])
       if variant != 'id' and ids:
-        row[f'delta_{m}_pct'] = _stats([
+        row[f'delta_{m}_pct'] = seed_stats.cell([
             _rel(r.get(m), ids.get(r['seed'], {}).get(m)) for r in runs])
     slices = {}
     for name in sorted({s for r in runs for s in r.get('slices', {})}):
       cell = {}
       for m in ('auc', 'gauc'):
-        cell[m] = _stats([r['slices'].get(name, {}).get(m) for r in runs])
+        cell[m] = seed_stats.cell([r['slices'].get(name, {}).get(m)
+                                   for r in own])
         if variant != 'id' and ids:
-          cell[f'delta_{m}_pct'] = _stats([
+          cell[f'delta_{m}_pct'] = seed_stats.cell([
               _rel(r['slices'].get(name, {}).get(m),
                    ids.get(r['seed'], {}).get('slices', {}).get(name, {}).get(
                        m)) for r in runs])
+      # Test rows of the slice (the same rows for every run and variant).
+      cell['count'] = next((r['slices'][name].get('count') for r in own
+                            if name in r.get('slices', {})), None)
       slices[name] = cell
     row['slices'] = slices
     if boot and variant in boot:
@@ -241,10 +252,6 @@ def summarise(results, oracle=None, boot=None):
   if oracle:
     out['oracle'] = oracle
   return out
-
-
-def _fmt(s, digits=4):
-  return 'n/a' if s is None else f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
 
 
 def _ci(row, name, metric):
@@ -259,28 +266,68 @@ def _ci(row, name, metric):
   return f'{d["delta_pct"]:+.2f} [{lo:+.2f}, {hi:+.2f}]'
 
 
+def slice_support(variants, name):
+  """(test rows, users with both classes or None, too few: bool) of a slice
+  ('new', 'tail', 'all'), from the ID model's slice counts and any
+  variant's bootstrap record; too few = under bootstrap.MIN_USERS users
+  with both classes (then a delta on it is noise, not a finding)."""
+  rows = None
+  if name == 'new':
+    rows = (((variants.get('id') or {}).get('slices') or {}).get('new') or
+            {}).get('count')
+  for row in variants.values():
+    rec = (((row or {}).get('bootstrap') or {}).get('vs_id') or {}).get(name)
+    if rec:
+      return rows, rec['users_both'], rec['users_both'] < bootstrap.MIN_USERS
+  return rows, None, False
+
+
+def support_note(variants, name, label):
+  """One sentence flagging a slice too thin for its deltas, or ''."""
+  rows, users, few = slice_support(variants, name)
+  if not few:
+    return ''
+  where = f'{rows} test rows, ' if rows is not None else ''
+  return (f'{label}: {where}{users} users with both classes (fewer than '
+          f'{bootstrap.MIN_USERS}): its deltas are printed but are noise, not '
+          'a finding.')
+
+
 def markdown(summary):
   v = summary['variants']
+  fmt = seed_stats.text
   lines = ['| variant | AUC | GAUC | logloss | ΔAUC % | ΔAUC % 95% CI | '
            'ΔGAUC % | ΔGAUC % 95% CI | new-item GAUC | Δ new-item GAUC % | '
            f'tail (groups 0-{TAIL_GROUPS - 1}) ΔGAUC % 95% CI |',
            '|---|---|---|---|---|---|---|---|---|---|---|']
+  thin = '†' if slice_support(v, 'new')[2] else ''
   for name, row in v.items():
     new = row['slices'].get('new', {})
     lines.append(
-        f'| {name} | {_fmt(row["auc"])} | {_fmt(row["gauc"])} | '
-        f'{_fmt(row["logloss"])} | {_fmt(row.get("delta_auc_pct"), 2)} | '
-        f'{_ci(row, "all", "auc")} | '
-        f'{_fmt(row.get("delta_gauc_pct"), 2)} | '
-        f'{_ci(row, "all", "gauc")} | {_fmt(new.get("gauc"))} | '
-        f'{_fmt(new.get("delta_gauc_pct"), 2)} | '
+        f'| {name} | {fmt(row["auc"])} | {fmt(row["gauc"])} | '
+        f'{fmt(row["logloss"])} | {fmt(row.get("delta_auc_pct"), 2)} | '
+        f'{_ci(row, "all", "auc")} | {fmt(row.get("delta_gauc_pct"), 2)} | '
+        f'{_ci(row, "all", "gauc")} | {fmt(new.get("gauc"))}{thin} | '
+        f'{fmt(new.get("delta_gauc_pct"), 2)}{thin} | '
         f'{_ci(row, "tail", "gauc")} |')
   if 'oracle' in summary:
     o = summary['oracle']
     lines.append(f'| oracle (ceiling) | {o["auc"]:.4f} | {o["gauc"]:.4f} | '
                  f'{o["logloss"]:.4f} | | | | | | | |')
   lines += ['', 'CI: paired user-level bootstrap vs. the ID model '
-            '(mmrec/bootstrap.py), seeds combined, 95% percentile interval.']
+            '(mmrec/bootstrap.py), seeds combined, 95% percentile interval. '
+            'A single run prints its number alone (no spread measured).']
+  if summary.get('baseline'):
+    lines.append(baselines.text(summary['baseline']))
+  if summary.get('id_search'):
+    lines += ['', 'The ID model\'s settings, chosen on the validation split '
+              '(every variant trains on them):', '',
+              baselines.search_markdown(summary['id_search'])]
+  for name, label in (('new', '† New items'),
+                      ('tail', f'The tail (groups 0-{TAIL_GROUPS - 1})')):
+    note = support_note(v, name, label)
+    if note:
+      lines.append(note)
   for name, why in summary.get('skipped', {}).items():
     lines.append(f'\n{name}: not run ({why})')
   return '\n'.join(lines)
@@ -344,6 +391,14 @@ def run(config, workdir):
     raise ValueError('config.vectors_path must name an item-vector table '
                      '(item_vectors.npz) for the variants other than '
                      f'{", ".join(NO_VECTORS)}')
+  searched, id_validation = (
+      baselines.search_id(config, data_dir, workdir, run_one)
+      if 'id' in variants else (None, None))
+  if searched:
+    # Every variant trains on the chosen ID settings: the integration
+    # variants are the ID model plus a module.
+    config = config.copy_and_resolve_references()
+    config.ctr.update(searched['chosen'])
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:
@@ -361,6 +416,13 @@ def run(config, workdir):
                  config.bootstrap_resamples, len(variants), config.seeds,
                  time.time() - t0)
   summary = summarise(results, oracle_ceiling(data_dir), boot)
+  baseline = baselines.select(
+      config, variants, data_dir, workdir, results, run_one,
+      {'id': id_validation} if id_validation else None)
+  if baseline:
+    summary['baseline'] = baseline
+  if searched:
+    summary['id_search'] = searched
   if skipped:
     summary['skipped'] = skipped
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), summary)

@@ -9,11 +9,13 @@ generic captions CLIP-O cannot run, and CLIP-E then trains from scratch on
 item image <-> title (the plan says so).
 """
 
+import json
 import os
 
 from absl import logging
 import numpy as np
 
+from experiments import seed_stats
 from experiments.configs import scl as scl_config
 from mmrec import bootstrap
 from mmrec import files
@@ -123,9 +125,7 @@ def summarise(results):
     for s in slices:
       vals = [r['metrics'][s] for r in runs if r['metrics'].get(s)]
       table[method][s] = None if not vals else {
-          m: {'mean': float(np.mean([v[m] for v in vals])),
-              'std': float(np.std([v[m] for v in vals])),
-              'runs': len(vals)} for m in METRICS}
+          m: seed_stats.cell([v[m] for v in vals]) for m in METRICS}
   return table
 
 
@@ -147,22 +147,33 @@ def best_method(table, methods):
   return max(scored)[2] if scored else methods[0]
 
 
+# The per-modality cells of `comparisons` ('by_modality'): metric -> k.
+HIT_METRICS = {'accuracy@1': 1, 'recall@10': 10}
+
+
+def _hits(ranks, weights, modality, k, protocol=''):
+  """(hit rate at k, its value on each resample, queries asked) of one query
+  modality, or None where no session asks it (the method has no such side).
+  k = 1 is accuracy@1, k = 10 recall@10; resamples are the columns of
+  `weights` ((S, R) multiplicities of sessions)."""
+  rank = ranks[f'{modality}{protocol}_rank']
+  asked = rank >= 0
+  if not asked.any():
+    return None
+  hit = (asked & (rank < k)).astype(np.float64)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    samples = (hit @ weights) / (asked.astype(np.float64) @ weights)
+  return hit.sum() / asked.sum(), samples, int(asked.sum())
+
+
 def _accuracy(ranks, weights, protocol=''):
-  """accuracy@1, the mean over the query modalities a method has (as
-  reproduce's claims read the table), on the held-out sessions and on each
-  resample (a column of `weights`, (S, R) multiplicities of sessions).
-  `protocol`: '' (paper.md's pool) or '_catalogue'."""
-  point, samples = [], []
-  for m in ('image', 'text'):
-    rank = ranks[f'{m}{protocol}_rank']
-    asked = rank >= 0
-    if not asked.any():
-      continue
-    hit = (rank == 0).astype(np.float64)
-    point.append(hit.sum() / asked.sum())
-    with np.errstate(invalid='ignore', divide='ignore'):
-      samples.append((hit @ weights) / (asked.astype(np.float64) @ weights))
-  return float(np.mean(point)), np.mean(samples, axis=0)
+  """accuracy@1, the mean over the query modalities a method has, on the
+  held-out sessions and on each resample. `protocol`: '' (paper.md's pool)
+  or '_catalogue'."""
+  got = [h for h in (_hits(ranks, weights, m, 1, protocol)
+                     for m in ('image', 'text')) if h]
+  return (float(np.mean([h[0] for h in got])),
+          np.mean([h[1] for h in got], axis=0))
 
 
 def comparisons(queries, resamples, seed=0):
@@ -179,10 +190,14 @@ def comparisons(queries, resamples, seed=0):
   Returns:
     {'<better>-<worse>': {'a', 'b' (the worse / better accuracy, mean over
     seeds), 'delta', 'ci', 'delta_pct', 'ci_pct', 'queries', 'resamples',
-    'seeds'}} for the PAIRS whose methods ran, and the same under
-    '<better>-<worse>_catalogue' for search queries ranked against the
-    catalogue; the intervals are None with fewer than bootstrap.MIN_USERS
-    held-out sessions.
+    'seeds', 'by_modality'}} for the PAIRS whose methods ran, and the same
+    under '<better>-<worse>_catalogue' for search queries ranked against the
+    catalogue. The headline cell is accuracy@1 averaged over the query
+    modalities; 'by_modality' keeps them apart (an average can rest on one
+    modality alone): {'image' | 'text': {'accuracy@1' | 'recall@10': {'a',
+    'b', 'delta', 'ci', 'queries'}}, or None where either method lacks that
+    side}. An interval is None with fewer than bootstrap.MIN_USERS held-out
+    sessions (of that modality, in 'by_modality').
   """
   lengths = {len(r['image_rank']) for runs in queries.values() for r in runs}
   if len(lengths) > 1:
@@ -218,7 +233,31 @@ def _compare(queries, weights, sessions, resamples, protocol):
         'a': float(pw.mean()), 'b': float(pb.mean()),
         'delta': float(np.mean(pb - pw)), 'ci': ci(np.mean(sb - sw, 0)),
         'delta_pct': float(np.mean(rel)), 'ci_pct': ci(np.mean(rel_s, 0)),
-        'queries': sessions, 'resamples': resamples, 'seeds': len(pb)}
+        'queries': sessions, 'resamples': resamples, 'seeds': len(pb),
+        'by_modality': {m: _by_modality(queries[better], queries[worse],
+                                        weights, m, protocol)
+                        for m in ('image', 'text')}}
+  return out
+
+
+def _by_modality(better, worse, weights, modality, protocol):
+  """{metric: difference cell} of one query modality (seeds paired and
+  combined), or None where either method has no such side."""
+  out = {}
+  for metric, k in HIT_METRICS.items():
+    hb = [_hits(r, weights, modality, k, protocol) for r in better]
+    hw = [_hits(r, weights, modality, k, protocol) for r in worse]
+    if not all(hb) or not all(hw):
+      return None
+    asked = min(h[2] for h in hb + hw)
+    pb, pw = np.array([h[0] for h in hb]), np.array([h[0] for h in hw])
+    diff = np.mean(np.stack([h[1] for h in hb]) -
+                   np.stack([h[1] for h in hw]), 0)
+    out[metric] = {'a': float(pw.mean()), 'b': float(pb.mean()),
+                   'delta': float(np.mean(pb - pw)),
+                   'ci': (None if asked < bootstrap.MIN_USERS else
+                          bootstrap.interval(diff)),
+                   'queries': asked}
   return out
 
 
@@ -245,8 +284,7 @@ def _markdown_table(table, slices):
     for s in slices:
       for m in METRICS:
         v = row.get(s)
-        cells.append('n/a' if v is None else
-                     f'{v[m]["mean"]:.3f} ± {v[m]["std"]:.3f}')
+        cells.append(seed_stats.text((v or {}).get(m), 3))
     lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -269,6 +307,27 @@ def markdown(table, skipped=None, notes=None):
   return '\n'.join(lines)
 
 
+def _write_comparisons(config, workdir, methods):
+  out = files.json_safe(comparisons(load_queries(workdir, methods,
+                                                 config.seeds),
+                                    config.bootstrap_resamples))
+  files.write_json(os.path.join(workdir, COMPARISONS_FILE), out)
+  return out
+
+
+def load_comparisons(config, workdir, methods):
+  """A finished sweep's COMPARISONS_FILE; recomputed from the runs' stored
+  per-query ranks (and rewritten) when it is missing or predates the
+  per-modality cells, so that a resumed pipeline's claims get them."""
+  path = os.path.join(workdir, COMPARISONS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      got = json.load(f)
+    if all('by_modality' in c for c in got.values()):
+      return got
+  return _write_comparisons(config, workdir, methods)
+
+
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.scl.world, workdir)
   methods, skipped, notes = plan(
@@ -285,9 +344,7 @@ def run(config, workdir):
   files.write_json(os.path.join(workdir, PLAN_FILE), files.json_safe({
       'ran': methods, 'skipped': skipped, 'notes': notes,
       'eval': pretrain_eval.eval_info(data_dir, items)}))
-  files.write_json(os.path.join(workdir, COMPARISONS_FILE), files.json_safe(
-      comparisons(load_queries(workdir, methods, config.seeds),
-                  config.bootstrap_resamples)))
+  _write_comparisons(config, workdir, methods)
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), table)
   text = markdown(table, skipped, notes)
   files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), text)

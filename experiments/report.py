@@ -13,8 +13,11 @@ import os
 from matplotlib import figure
 import numpy as np
 
+from experiments import baselines
+from experiments import claims as claims_lib
 from experiments import ctr_sweep
 from experiments import pretrain_sweep
+from experiments import seed_stats
 from mmrec import files
 from mmrec import pretrain_eval
 
@@ -138,7 +141,8 @@ def _content_curve_md(points):
           f' [{ci[0]:+.2f}, {ci[1]:+.2f}]' if ci else '')
     lines.append(
         f'| {p["content_weight"]:g} | {p.get("best_id_auc", "n/a")} / '
-        f'{p.get("best_id_gauc", "n/a")} | {cell("id", "auc")} | '
+        f'{p.get("best_id_gauc", "n/a")} (on '
+        f'{p.get("best_id_gauc_split", "test")}) | {cell("id", "auc")} | '
         f'{cell("id_stats", "auc")} | {cell("simtier_make", "auc")} | '
         f'{gain("auc")} | {cell("id", "gauc")} | {cell("id_stats", "gauc")} '
         f'| {cell("simtier_make", "gauc")} | {gain("gauc")} |')
@@ -235,10 +239,23 @@ def _f(x, digits=4):
   return 'n/a' if x is None else f'{x:.{digits}f}'
 
 
-def _ms(cell, digits=2):
-  if not cell or cell.get('mean') is None:
-    return 'n/a'
-  return f'{cell["mean"]:.{digits}f} ± {_f(cell.get("std"), digits)}'
+# How report.md states the claims' rules (claims.py decides them).
+_RULES = (
+    'Intervals: paired user-level bootstrap of the test day '
+    '(mmrec/bootstrap.py; CTR seeds combined) or, for pre-training, of the '
+    'held-out queries. A claim is reproduced only when its 95% interval '
+    'excludes 0 in the paper\'s direction and, where the paper gives a '
+    f'number, the interval overlaps the band {claims_lib.RATIO_RANGE[0]:g}x-'
+    f'{claims_lib.RATIO_RANGE[1]:g}x of that number; an interval wholly above '
+    'or below the band is "direction only" (the statement says which). CTR '
+    'gains are judged against the stronger of the ID model (`id`) and the '
+    'ID-statistics LR (`id_stats`) on the validation split, per metric; '
+    '"content beats ID similarity" compares one model on the content vectors '
+    'and on the ID-similarity table; pre-training orderings are judged per '
+    'query modality, on accuracy@1 and recall@10, every step of an ordering '
+    'on both. A slice with fewer than '
+    f'{claims_lib.bootstrap.MIN_USERS} test users having both classes is '
+    '"insufficient data".')
 
 
 def _claims_md(claims):
@@ -264,7 +281,7 @@ def _slices_md(ctr):
     if v == 'id':
       continue
     lines.append(f'| {v} | ' + ' | '.join(
-        _ms((row['slices'].get(s) or {}).get('delta_gauc_pct'))
+        seed_stats.text((row['slices'].get(s) or {}).get('delta_gauc_pct'), 2)
         for s in names) + ' |')
   return '\n'.join(lines)
 
@@ -380,6 +397,12 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
   ctr_table = {'variants': ctr, 'skipped': data.get('ctr_skipped') or {}}
   if oracle and all(v is not None for v in oracle.values()):
     ctr_table['oracle'] = oracle
+  table_file = os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json')
+  if os.path.exists(table_file):  # the ID model's selection table, if any
+    with open(table_file) as f:
+      searched = json.load(f).get('id_search')
+    if searched:
+      ctr_table['id_search'] = searched
   task = (pre.get('eval') or {}).get('task', 'search')
   curve_md = (f'Not drawn: {skipped["content curve"]}.'
               if 'content curve' in skipped else
@@ -398,13 +421,11 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       f'{dataset}Pre-training: {config.pretrain.seeds} seed(s); CTR: '
       f'{config.ctr.seeds} seed(s); CTR item vectors: '
       f'{vectors_label(results, config)}. Numbers: `results.json`.',
-      '## Claims', _claims_md(results['claims']),
-      'Intervals: paired user-level bootstrap of the test day '
-      '(mmrec/bootstrap.py; CTR seeds combined) or, for pre-training, of '
-      'the held-out queries. A claim is reproduced only when its 95% '
-      'interval excludes 0 in the paper\'s direction and, where the paper '
-      'gives a number, the measured delta is 0.5x to 2x of it (else '
-      '"direction only").',
+      '## Claims', _claims_md(results['claims']), _RULES,
+      baselines.text(results.get('ctr_baseline')),
+  ] + (['## Flags', 'Read the numbers above with these in mind:\n\n' +
+        '\n'.join(f'- {f["text"]}' for f in results['flags'])]
+       if results.get('flags') else []) + [
       '## World' if not data.get('dataset') or data['dataset'] == 'world'
       else '## Dataset', _world_md(results['world'], skipped),
       f'## Pre-training ({_EVAL_HEADINGS.get(task, task)})',

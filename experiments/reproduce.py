@@ -47,7 +47,7 @@ from mmrec.data import manifest
 
 REPORT_MARKER = 'report_stage.json'
 # In the report stage's key: a results.json of an older layout is rewritten.
-REPORT_FORMAT = 2  # 2: the 'data' section
+REPORT_FORMAT = 3  # 2: the 'data' section; 3: ctr_baseline, flags
 CURVES_FILE = 'curves.json'
 CONTENT_CURVE_FILE = 'content_curve.json'
 
@@ -208,7 +208,8 @@ def run(config, workdir):
   else:
     logging.info('stage report: writing results.json, report.md and plots')
     t0 = time.time()
-    comparisons = os.path.join(pre_dir, pretrain_sweep.COMPARISONS_FILE)
+    comparisons = pretrain_sweep.load_comparisons(
+        config.pretrain, pre_dir, [x for x in methods if x in ran])
     plan = os.path.join(pre_dir, pretrain_sweep.PLAN_FILE)
     plan = stages.read_json(plan) if os.path.exists(plan) else {}
     summary = os.path.join(world_dir, build.SUMMARY_FILE)
@@ -223,7 +224,7 @@ def run(config, workdir):
         {'statistics': results_lib.dataset_statistics(m), 'honesty_auc': {},
          'honesty_problems': []},
         pretrain_table, ctr_summary, methods, variants, curve,
-        stages.read_json(comparisons) if os.path.exists(comparisons) else None,
+        comparisons,
         data=data)
     files.write_json(results_path, results, allow_nan=False)
     curves = stages.read_json(os.path.join(extra_dir, CURVES_FILE))

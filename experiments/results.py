@@ -5,7 +5,7 @@ CTR sweep's summary, the content-knob curve and the claims (claims.py);
 `dataset_statistics` stands in for the world's statistics on a converted
 dataset; `curve_point` is one entry of the content curve.
 
-results.json has six top-level keys: world (statistics, honesty table,
+results.json has eight top-level keys: world (statistics, honesty table,
 oracle ceiling; for a dataset other than the world its manifest's
 statistics, no honesty table, a null oracle), pretraining ({method that ran:
 {image|text|image_new|text_new|...: {accuracy@1|recall@10: {mean, std,
@@ -14,13 +14,17 @@ runs}} or null}}), ctr ({variant that ran: {auc, gauc, logloss, delta_*_pct:
 content_weight of {variants: {auc, gauc}, gain_{auc,gauc}_pct,
 best_id_{auc,gauc}}: see `curve_point`), claims (a list of {id, claim,
 metric, measured, paper, criterion, interval, ratio_to_paper, verdict,
-statement, reproduced, testable}: see claims.py) and data ({dataset, source,
-data_dir, pretraining: {eval, ran, skipped, notes}, ctr_vectors: {source,
-method, path, why}, ctr_skipped: {variant: why}, skipped: {section: why}}).
-Non-finite numbers are written as null.
+statement, reproduced, testable}: see claims.py), ctr_baseline (the ID
+baseline per metric the CTR claims are judged against, chosen on validation:
+baselines.select; null without the ID model), flags (a list of
+{id, text}: inputs too weak for their numbers, flags.py) and data ({dataset,
+source, data_dir, pretraining: {eval, ran, skipped, notes}, ctr_vectors:
+{source, method, path, why}, ctr_skipped: {variant: why}, skipped: {section:
+why}}). Non-finite numbers are written as null.
 """
 
 from experiments import claims as claims_lib
+from experiments import flags
 from mmrec import files
 from mmrec.data import manifest
 
@@ -30,8 +34,10 @@ RESULTS_FILE = 'results.json'
 def curve_point(content_weight, summary):
   """The multimodal gain at one knob value: SimTier + MAKE over the best ID
   baseline (the ID model or the ID-statistics LR, whichever is higher on
-  the metric), relative %, from a ctr_sweep summary, with the paired
-  bootstrap's 95% interval where the sweep has it."""
+  the metric on the validation split: the sweep's `baseline`; a sweep
+  without one, on the test day: 'best_id_<m>_split' says which), relative
+  %, from a ctr_sweep summary, with the paired bootstrap's 95% interval
+  where the sweep has it."""
   v = summary['variants']
   point = {'content_weight': content_weight,
            'variants': {k: {m: claims_lib.mean(row.get(m))
@@ -43,12 +49,21 @@ def curve_point(content_weight, summary):
             if k in v]
     base = [b for b in base if b[0] is not None]
     mm = claims_lib.mean((v.get('simtier_make') or {}).get(m))
-    if base and mm is not None:
-      ref, name = max(base)
-      point[f'best_id_{m}'] = name
-      point[f'gain_{m}_pct'] = 100.0 * (mm - ref) / ref
-      cell = ((boot.get(f'vs_{name}') or {}).get('all') or {}).get(m) or {}
-      point[f'gain_{m}_ci_pct'] = cell.get('ci_pct')
+    if not base or mm is None:
+      continue
+    ref, name = max(base)
+    split = 'test'
+    chosen = (summary.get('baseline') or {}).get(m) or {}
+    if chosen.get('split') == 'validation' and chosen['variant'] in v:
+      name, split = chosen['variant'], 'validation'
+      ref = claims_lib.mean(v[name].get(m))
+    if not ref:
+      continue
+    point[f'best_id_{m}'] = name
+    point[f'best_id_{m}_split'] = split
+    point[f'gain_{m}_pct'] = 100.0 * (mm - ref) / ref
+    cell = ((boot.get(f'vs_{name}') or {}).get('all') or {}).get(m) or {}
+    point[f'gain_{m}_ci_pct'] = cell.get('ci_pct')
   return point
 
 
@@ -85,8 +100,12 @@ def build_results(world_summary, pretrain_table, ctr_summary, methods,
   data = data or {}
   not_run = dict((data.get('pretraining') or {}).get('skipped') or {})
   not_run.update(data.get('ctr_skipped') or {})
-  return files.json_safe({'world': world, 'pretraining': pretraining,
-                          'ctr': ctr, 'content_curve': list(content_curve),
-                          'claims': claims_lib.claims(
-                              pretraining, ctr, pretrain_comparisons, not_run),
-                          'data': data})
+  baseline = ctr_summary.get('baseline')
+  return files.json_safe({
+      'world': world, 'pretraining': pretraining, 'ctr': ctr,
+      'content_curve': list(content_curve),
+      'claims': claims_lib.claims(pretraining, ctr, pretrain_comparisons,
+                                  not_run, baseline),
+      'ctr_baseline': baseline,
+      'flags': flags.flags(pretraining, ctr, data, baseline),
+      'data': data})

@@ -10,6 +10,8 @@ import numpy as np
 
 from experiments import claims
 from experiments import ctr_sweep
+from experiments import flags
+from experiments import seed_stats
 from mmrec import bootstrap
 
 N, USERS, SEEDS = 12_000, 400, 2
@@ -87,8 +89,8 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
       self.assertEqual(c[cid]['verdict'], claims.NOT_REPRODUCED, cid)
       self.assertFalse(c[cid]['reproduced'])
       self.assertEqual(c[cid]['interval'], [0.0, 0.0])
-    self.assertEqual(c['gains_largest_on_long_tail_and_new_items']['verdict'],
-                     claims.NOT_REPRODUCED)
+    for cid in ('gains_largest_on_long_tail', 'gains_largest_on_new_items'):
+      self.assertEqual(c[cid]['verdict'], claims.NOT_REPRODUCED, cid)
 
   def test_effect_inside_the_noise_is_not_reproduced(self):
     m = self._models()
@@ -106,29 +108,37 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     m = self._models()
     c = _claims({'id': m.model(2.0), 'simtier_make': m.model(1.0)})
     gain = c['simtier_make_gauc_gain']
-    self.assertGreater(gain['interval'][0], 0)
-    self.assertGreater(gain['ratio_to_paper'], 2)  # ~10% GAUC vs. +1.25%
+    # ~10% GAUC vs. +1.25%: the whole interval lies above the paper's band.
+    self.assertGreater(gain['interval'][0], 2 * claims.PAPER_GAUC_GAIN)
+    self.assertGreater(gain['ratio_to_paper'], 2)
     self.assertEqual(gain['verdict'], claims.DIRECTION_ONLY)
     self.assertFalse(gain['reproduced'])
     self.assertTrue(gain['statement'].startswith('direction only: +'))
+    self.assertIn('lies wholly above the paper\'s band', gain['statement'])
+    self.assertIn('against id (no baseline selection recorded)',
+                  gain['statement'])
 
   def test_gains_largest_on_tail_and_new_items(self):
     m = self._models()
     better_there = m.model(1.0, where=self.tail | self.new)
     c = _claims({'id': m.model(2.0), 'simtier_make': better_there})
-    claim = c['gains_largest_on_long_tail_and_new_items']
-    self.assertEqual(claim['verdict'], claims.REPRODUCED, claim)
-    self.assertGreater(claim['interval']['tail - all'][0], 0)
-    self.assertGreater(claim['measured']['tail'], claim['measured']['all'])
+    for cid, name in (('gains_largest_on_long_tail', 'tail'),
+                      ('gains_largest_on_new_items', 'new')):
+      claim = c[cid]
+      self.assertEqual(claim['verdict'], claims.REPRODUCED, claim)
+      self.assertGreater(claim['interval'][0], 0)
+      self.assertGreater(claim['measured'][name], claim['measured']['all'])
+      self.assertIn('(holds)', claim['statement'])
 
   def test_tail_gain_below_overall_is_not_reproduced(self):
     m = self._models()
     # Better everywhere but the tail: the tail's delta is below the overall.
     better_elsewhere = m.model(1.0, where=~self.tail)
     c = _claims({'id': m.model(2.0), 'simtier_make': better_elsewhere})
-    claim = c['gains_largest_on_long_tail_and_new_items']
+    claim = c['gains_largest_on_long_tail']
     self.assertEqual(claim['verdict'], claims.NOT_REPRODUCED)
-    self.assertLess(claim['interval']['tail - all'][1], 0)
+    self.assertLess(claim['interval'][1], 0)
+    self.assertIn('(fails)', claim['statement'])
 
   def test_degenerate_slice_is_insufficient_data(self):
     rows = dict(self.rows)
@@ -139,11 +149,16 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
     m = _Models(rows)
     c = _claims({'id': m.model(2.0),
                  'simtier_make': m.model(1.0, where=self.tail | self.new)})
-    claim = c['gains_largest_on_long_tail_and_new_items']
+    claim = c['gains_largest_on_new_items']
     self.assertEqual(claim['verdict'], claims.INSUFFICIENT, claim)
-    self.assertIsNone(claim['interval']['new - all'])
+    self.assertIsNone(claim['interval'])
     self.assertFalse(claim['reproduced'])
-    self.assertIn('insufficient data', claim['statement'])
+    self.assertLess(claim['measured']['users_both'], bootstrap.MIN_USERS)
+    self.assertIn(f'{claim["measured"]["users_both"]} users with both '
+                  'classes, 30 needed', claim['statement'])
+    # The thin new-item slice no longer hides the tail's own verdict.
+    self.assertEqual(c['gains_largest_on_long_tail']['verdict'],
+                     claims.REPRODUCED)
 
   def test_simtier_and_make_beat_vector_and_simscore(self):
     m = self._models()
@@ -161,33 +176,135 @@ class CtrClaimsFromPredictionsTest(absltest.TestCase):
 
 
 class GainVerdictTest(absltest.TestCase):
-  """The ratio rules on hand-made interval cells (% deltas)."""
+  """The band rule on hand-made interval cells (% deltas): the interval, not
+  the point, is held against [0.5x, 2x] of the paper's number."""
 
   def _verdict(self, delta, ci, paper=1.25):
     return claims.gain_verdict({'delta_pct': delta, 'ci_pct': ci}, paper)
 
   def test_verdicts(self):
-    for delta, ci, want in (
-        (1.3, [0.6, 2.0], claims.REPRODUCED),
-        (0.7, [0.1, 1.3], claims.REPRODUCED),  # 0.56x
-        (6.25, [4.0, 8.5], claims.DIRECTION_ONLY),  # 5x
-        (0.3, [0.1, 0.5], claims.DIRECTION_ONLY),  # 0.24x
-        (1.3, [-0.2, 2.8], claims.NOT_REPRODUCED),  # inside the noise
-        (-1.3, [-2.0, -0.6], claims.NOT_REPRODUCED),  # wrong direction
-        (0.0, [0.0, 0.0], claims.NOT_REPRODUCED)):
-      self.assertEqual(self._verdict(delta, ci)[0], want, (delta, ci))
+    for delta, ci, paper, want in (
+        (1.3, [0.6, 2.0], 1.25, claims.REPRODUCED),
+        (0.7, [0.1, 1.3], 1.25, claims.REPRODUCED),  # 0.56x
+        # The point is outside the band but the interval reaches into it:
+        # a size the paper's cannot be told apart from (issue 23's +1.76%
+        # [+0.96, +2.53] AUC at 2.3x the paper's +0.75%).
+        (1.76, [0.96, 2.53], 0.75, claims.REPRODUCED),
+        (0.5, [0.05, 0.7], 1.25, claims.REPRODUCED),  # 0.4x, reaches 0.56x
+        (6.25, [4.0, 8.5], 1.25, claims.DIRECTION_ONLY),  # wholly above
+        (2.7, [2.55, 2.9], 1.25, claims.DIRECTION_ONLY),  # just above 2.5
+        (0.3, [0.1, 0.5], 1.25, claims.DIRECTION_ONLY),  # wholly below
+        (1.3, [-0.2, 2.8], 1.25, claims.NOT_REPRODUCED),  # inside the noise
+        (-1.3, [-2.0, -0.6], 1.25, claims.NOT_REPRODUCED),  # wrong direction
+        (0.0, [0.0, 0.0], 1.25, claims.NOT_REPRODUCED),
+        # A negative paper number: the band is [2x, 0.5x] below zero.
+        (-1.0, [-1.5, -0.4], -1.0, claims.REPRODUCED),
+        (-3.0, [-3.5, -2.2], -1.0, claims.DIRECTION_ONLY),
+        (1.0, [0.4, 1.5], -1.0, claims.NOT_REPRODUCED)):
+      self.assertEqual(self._verdict(delta, ci, paper)[0], want,
+                       (delta, ci, paper))
 
-  def test_statement_quotes_the_numbers(self):
-    verdict, ratio, text = self._verdict(3.1, [1.2, 5.0])
+  def test_band_edges_count_as_overlap(self):
+    lo, hi = claims.band(1.25)
+    self.assertEqual((lo, hi), (0.625, 2.5))
+    self.assertEqual(claims.band(-1.0), (-2.0, -0.5))
+    self.assertEqual(self._verdict(3.0, [2.5, 3.5])[0], claims.REPRODUCED)
+    self.assertEqual(self._verdict(3.0, [2.51, 3.5])[0],
+                     claims.DIRECTION_ONLY)
+
+  def test_statement_quotes_the_numbers_and_says_which(self):
+    verdict, ratio, text = self._verdict(6.25, [4.0, 8.5])
     self.assertEqual(verdict, claims.DIRECTION_ONLY)
-    self.assertAlmostEqual(ratio, 3.1 / 1.25)
-    self.assertEqual(text, "direction only: +3.10% [+1.20, +5.00] is 2.5x "
-                     "the paper's +1.25%")
+    self.assertAlmostEqual(ratio, 5.0)
+    self.assertEqual(text, "direction only: +6.25% [+4.00, +8.50] (5.0x the "
+                     "paper's +1.25%); the interval lies wholly above the "
+                     "paper's band [+0.62, +2.50] (0.5x-2x)")
+    text = self._verdict(0.3, [0.1, 0.5])[2]
+    self.assertIn('lies wholly below', text)
+    text = self._verdict(3.1, [1.2, 5.0])[2]
+    self.assertEqual(text, "reproduced: +3.10% [+1.20, +5.00] (2.5x the "
+                     "paper's +1.25%); the interval overlaps the paper's band "
+                     "[+0.62, +2.50] (0.5x-2x)")
 
   def test_no_interval_is_insufficient_data(self):
     self.assertEqual(claims.gain_verdict(None, 1.25)[0],
                      claims.INSUFFICIENT)
     self.assertEqual(self._verdict(5.0, None)[0], claims.INSUFFICIENT)
+
+
+class BaselineAndControlTest(absltest.TestCase):
+  """Gains judged against the stronger ID baseline; the same-model control."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    m = _Models(_rows())
+    # The neural ID model trained poorly; the ID-statistics LR is strong and
+    # SimTier + MAKE sits between them.
+    cls.preds = {'id': m.model(3.0), 'id_stats': m.model(1.0),
+                 'simtier_make': m.model(2.0)}
+    cls.ctr = _ctr(cls.preds)
+
+  def _baseline(self, variant):
+    values = {'id': 0.70, 'id_stats': 0.72}
+    return {**{x: {'variant': variant, 'split': 'validation',
+                   'values': values} for x in ('auc', 'gauc')}, 'why': None}
+
+  def test_gain_over_a_weak_id_model_fails_against_the_stronger_baseline(self):
+    over_id = _by_id(claims.claims({}, self.ctr,
+                                   baseline=self._baseline('id')))
+    over_stats = _by_id(claims.claims({}, self.ctr,
+                                      baseline=self._baseline('id_stats')))
+    for cid in ('simtier_make_gauc_gain', 'simtier_make_auc_gain'):
+      self.assertGreater(over_id[cid]['interval'][0], 0, cid)
+      self.assertIn(over_id[cid]['verdict'],
+                    (claims.REPRODUCED, claims.DIRECTION_ONLY))
+      c = over_stats[cid]
+      self.assertEqual(c['verdict'], claims.NOT_REPRODUCED, c)
+      self.assertLess(c['interval'][1], 0)
+      self.assertEqual(c['baseline'], 'id_stats')
+      self.assertIn('against id_stats, the stronger ID baseline on the '
+                    'validation split', c['statement'])
+    # The slices are read against the same baseline.
+    self.assertEqual(over_stats['gains_largest_on_long_tail']['baseline'],
+                     'id_stats')
+
+  def test_fallback_baseline_says_why(self):
+    why = 'id_stats did not run: judged against id'
+    base = {**{x: {'variant': 'id', 'split': None, 'values': {}}
+               for x in ('auc', 'gauc')}, 'why': why}
+    c = _by_id(claims.claims({}, self.ctr, baseline=base))
+    self.assertIn(f'against id ({why})',
+                  c['simtier_make_gauc_gain']['statement'])
+
+  def test_content_beats_id_similarity_with_the_same_model(self):
+    m = _Models(_rows(), seed=3)
+    weak = m.model(2.0)
+    preds = {'id': weak, 'simtier_make': m.model(1.0),
+             'simtier_make@ids': m.model(2.0),
+             # A different model beaten by its own control: not read.
+             'simtier_official': weak, 'simtier_official@ids': m.model(1.0)}
+    c = _by_id(claims.claims({}, _ctr(preds)))['content_beats_id_similarity']
+    self.assertEqual(c['verdict'], claims.REPRODUCED, c)
+    self.assertEqual(c['model'], 'simtier_make')
+    self.assertEqual(set(c['interval']),
+                     {'simtier_make - simtier_make@ids AUC',
+                      'simtier_make - simtier_make@ids GAUC'})
+    # Only simtier_official has its control: it is the one compared.
+    del preds['simtier_make@ids']
+    c = _by_id(claims.claims({}, _ctr(preds)))['content_beats_id_similarity']
+    self.assertEqual(c['model'], 'simtier_official')
+    self.assertEqual(c['verdict'], claims.NOT_REPRODUCED)
+    # No control at all: not testable, and why.
+    c = _by_id(claims.claims({}, _ctr({'id': weak, 'simtier_make': weak})))[
+        'content_beats_id_similarity']
+    self.assertEqual(c['verdict'], claims.NOT_TESTABLE)
+    self.assertIn('simtier_make@ids', c['statement'])
+    c = _by_id(claims.claims(
+        {}, _ctr({'id': weak, 'simtier_make': weak}),
+        not_run={'simtier_make@ids': 'no ID fields'}))[
+            'content_beats_id_similarity']
+    self.assertIn('simtier_make@ids not run (no ID fields)', c['statement'])
 
 
 class PretrainClaimsTest(absltest.TestCase):
@@ -196,25 +313,132 @@ class PretrainClaimsTest(absltest.TestCase):
     c = _by_id(claims.claims({}, {}))
     for cid in ('scl_over_clip_e_over_clip_o', 'queue_adds',
                 'hard_negatives_add'):
-      self.assertEqual(c[cid]['verdict'], claims.INSUFFICIENT)
+      for modality in ('image', 'text'):
+        self.assertEqual(c[f'{cid}_{modality}']['verdict'],
+                         claims.INSUFFICIENT)
     self.assertEqual(c['online_gains']['verdict'], claims.NOT_TESTABLE)
     self.assertFalse(c['online_gains']['testable'])
     for claim in c.values():
       self.assertIn(claim['verdict'], claims.VERDICTS)
       self.assertTrue(claim['statement'].startswith(claim['verdict']))
 
-  def test_ordering_needs_every_step(self):
+  def test_each_modality_and_metric_has_its_own_interval(self):
     cell = lambda lo, hi: {'delta': (lo + hi) / 2, 'ci': [lo, hi]}
-    comparisons = {'scl-clip_e': cell(0.01, 0.03),
-                   'clip_e-clip_o': cell(-0.01, 0.02),
-                   'scl-scl_no_queue': cell(0.002, 0.01),
-                   'scl-scl_no_hard_neg': cell(-0.03, -0.01)}
-    c = _by_id(claims.claims({}, {}, comparisons))
-    self.assertEqual(c['scl_over_clip_e_over_clip_o']['verdict'],
-                     claims.NOT_REPRODUCED)
-    self.assertEqual(c['queue_adds']['verdict'], claims.REPRODUCED)
-    self.assertEqual(c['hard_negatives_add']['verdict'],
-                     claims.NOT_REPRODUCED)
+    both = lambda acc, rec: {'accuracy@1': acc, 'recall@10': rec}
+    up, down, noise = cell(0.01, 0.03), cell(-0.03, -0.01), cell(-0.01, 0.02)
+    comparisons = {
+        # SCL over CLIP-E: ahead on text, behind on image accuracy@1 (the
+        # average over modalities would hide it).
+        'scl-clip_e': {'by_modality': {'image': both(down, up),
+                                       'text': both(up, up)}},
+        'clip_e-clip_o': {'by_modality': {'image': both(up, up),
+                                          'text': both(up, up)}},
+        'scl-scl_no_queue': {'by_modality': {'image': both(up, noise),
+                                             'text': both(up, up)}},
+        # No image side for one of the pair: that claim has no interval.
+        'scl-scl_no_hard_neg': {'by_modality': {'image': None,
+                                                'text': both(up, up)}}}
+    table = {'scl': {'image': {'accuracy@1': {'mean': 0.004},
+                               'recall@10': {'mean': 0.03}}}}
+    c = _by_id(claims.claims(table, {}, comparisons))
+    image = c['scl_over_clip_e_over_clip_o_image']
+    self.assertEqual(image['verdict'], claims.NOT_REPRODUCED)
+    self.assertIn('scl - clip_e accuracy@1 -0.0200 [-0.0300, -0.0100] '
+                  '(fails)', image['statement'])
+    self.assertIn('scl - clip_e recall@10 +0.0200 [+0.0100, +0.0300] '
+                  '(holds)', image['statement'])
+    self.assertLen(image['interval'], 4)  # 2 steps x 2 metrics
+    self.assertEqual(image['measured']['scl'],
+                     {'accuracy@1': 0.004, 'recall@10': 0.03})
+    self.assertEqual(c['scl_over_clip_e_over_clip_o_text']['verdict'],
+                     claims.REPRODUCED)
+    self.assertEqual(c['queue_adds_image']['verdict'], claims.NOT_REPRODUCED)
+    self.assertEqual(c['queue_adds_text']['verdict'], claims.REPRODUCED)
+    self.assertEqual(c['hard_negatives_add_image']['verdict'],
+                     claims.INSUFFICIENT)
+    self.assertEqual(c['hard_negatives_add_text']['verdict'],
+                     claims.REPRODUCED)
+    # A method the dataset cannot serve makes both modalities untestable.
+    c = _by_id(claims.claims(table, {}, comparisons,
+                             not_run={'scl_no_queue': 'no search log'}))
+    for modality in ('image', 'text'):
+      self.assertEqual(c[f'queue_adds_{modality}']['verdict'],
+                       claims.NOT_TESTABLE)
+
+
+class FlagsTest(absltest.TestCase):
+  """Inputs too weak for their numbers are flagged (issue 22, item 12)."""
+
+  def _data(self, candidates=1682, queries=900, method='bag_of_tokens'):
+    return {'ctr_vectors': {'source': 'pretrained', 'method': method},
+            'pretraining': {'eval': {'task': 'co_click', 'queries': queries,
+                                     'candidates': candidates}}}
+
+  def _table(self, recall, slices=('item',)):
+    return {'bag_of_tokens': {s: {'recall@10': {'mean': r}}
+                              for s, r in zip(slices, recall)}}
+
+  def test_vectors_at_chance(self):
+    # MovieLens: untrained bag-of-tokens, co-click recall@10 0.007 against
+    # 1,682 items (chance 0.006).
+    got = flags.flags(self._table([0.007]), {}, self._data())
+    self.assertEqual([f['id'] for f in got], ['vectors_at_chance'])
+    self.assertIn('recall@10 item 0.007 vs. chance 0.006', got[0]['text'])
+    self.assertIn('no measured content signal', got[0]['text'])
+    # Well above chance: nothing to flag.
+    self.assertEqual(flags.flags(self._table([0.2]), {}, self._data()), [])
+    # Search: one modality at chance, the other not.
+    got = flags.flags(
+        self._table([0.004, 0.3], ('image_catalogue', 'text_catalogue')),
+        {}, self._data(candidates=3000))
+    self.assertIn('partly: recall@10 image_catalogue 0.004',
+                  got[0]['text'])
+    self.assertNotIn('text_catalogue', got[0]['text'])
+    # Shipped vectors were not evaluated here: no verdict on them.
+    data = self._data()
+    data['ctr_vectors'] = {'source': 'shipped', 'method': None}
+    self.assertEqual(flags.flags(self._table([0.001]), {}, data), [])
+
+  def test_at_chance_rule(self):
+    self.assertAlmostEqual(flags.chance_recall(1000), 0.01)
+    self.assertTrue(flags.at_chance(0.019, 1000, 10_000))  # < 2x chance
+    self.assertFalse(flags.at_chance(0.03, 1000, 10_000))
+    # Few queries: 0.05 is within the noise of chance 0.01 on 20 queries.
+    self.assertTrue(flags.at_chance(0.05, 1000, 20))
+    self.assertEqual(flags.chance_recall(5), 1.0)
+
+  def test_thin_new_item_slice_and_unvalidated_baseline(self):
+    rows = _rows()
+    # 14 new-item rows, as on MovieLens: one user with both classes.
+    new = np.flatnonzero(rows['exposure_group'] == -1)
+    rows['exposure_group'][new[14:]] = 5
+    m = _Models(rows)
+    ctr = _ctr({'id': m.model(2.0), 'simtier_make': m.model(1.0)})
+    ctr['id']['slices'] = {'new': {'count': 14}}
+    base = {'auc': {'variant': 'id'}, 'gauc': {'variant': 'id'},
+            'why': 'id_stats did not run: judged against id'}
+    got = {f['id']: f['text'] for f in flags.flags({}, ctr, {}, base)}
+    self.assertEqual(set(got), {'thin_slice_new', 'baseline_not_validated'})
+    self.assertRegex(got['thin_slice_new'],
+                     r'New items: 14 test rows, \d users with both classes '
+                     r'\(fewer than 30\)')
+    self.assertIn('id_stats did not run', got['baseline_not_validated'])
+    # A table of these runs marks the new-item columns and says why.
+    text = ctr_sweep.markdown({'variants': {
+        v: {'auc': None, 'logloss': None, 'slices': {}, **row}
+        for v, row in ctr.items()}})
+    self.assertIn('†', text)
+    self.assertIn('† New items: 14 test rows', text)
+
+
+class SeedStatsTest(absltest.TestCase):
+
+  def test_a_single_run_prints_the_number_alone(self):
+    self.assertEqual(seed_stats.text(seed_stats.cell([0.745])), '0.7450')
+    self.assertEqual(seed_stats.text(seed_stats.cell([0.7, 0.8]), 2),
+                     '0.75 ± 0.05')
+    self.assertEqual(seed_stats.text(None), 'n/a')
+    self.assertIsNone(seed_stats.cell([None, float('nan')]))
 
 
 if __name__ == '__main__':

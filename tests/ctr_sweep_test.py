@@ -8,6 +8,7 @@ from absl.testing import absltest
 import fixtures
 import numpy as np
 
+from experiments import baselines
 from experiments import ctr_sweep
 from experiments.configs import ctr_sweep as sweep_config
 from mmrec import vector_table
@@ -86,6 +87,15 @@ class CtrSweepTest(absltest.TestCase):
       text = f.read()
     self.assertIn('oracle (ceiling)', text)
     self.assertIn('95% CI', text)
+    # One seed: numbers alone, no "± 0.0000" posing as a measured spread.
+    self.assertNotIn('±', text)
+    self.assertIn(f'| {v["id"]["auc"]["mean"]:.4f} |', text)
+    # No id_stats in this sweep: the claims' baseline is id, and says why.
+    self.assertEqual(summary['baseline']['gauc']['variant'], 'id')
+    self.assertIn('id_stats did not run', summary['baseline']['why'])
+    self.assertIn('Claims are judged against id: id_stats did not run', text)
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 baselines.VALIDATION_DIR)))
 
   def test_intervals_pair_variants_and_slices(self):
     rng = np.random.default_rng(0)
@@ -115,6 +125,16 @@ class CtrSweepTest(absltest.TestCase):
                                               tail) if t and l} &
                          {u for u, l, t in zip(rows['user_id'], rows['label'],
                                               tail) if t and not l}))
+    # With the ID-statistics LR: every variant against both baselines, the
+    # LR itself against the ID model only.
+    preds['id_stats'] = [run(b) for b in better]
+    out = ctr_sweep.intervals(preds, resamples=100)
+    self.assertEqual(set(out['id_stats']), {'vs_id'})
+    self.assertContainsSubset({'vs_id', 'vs_id_stats'}, set(out['make']))
+    self.assertEqual(set(out['make']['vs_id_stats']),
+                     {'all', 'tail', 'new', 'tail_minus_all', 'new_minus_all'})
+    self.assertEqual(out['make']['vs_id_stats']['all']['gauc']['ci'],
+                     [0.0, 0.0])  # the same logits
     preds['make'][1] = dict(preds['make'][1], user_id=rows['user_id'] + 1)
     with self.assertRaisesRegex(ValueError, 'not paired'):
       ctr_sweep.intervals(preds, resamples=10)

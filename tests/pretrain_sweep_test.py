@@ -10,6 +10,7 @@ import numpy as np
 
 from experiments import pretrain_sweep
 from experiments.configs import pretrain_sweep as sweep_config
+from mmrec import pretrain_eval
 
 
 class SweepTest(absltest.TestCase):
@@ -28,7 +29,9 @@ class SweepTest(absltest.TestCase):
     with open(os.path.join(workdir, 'pretrain_table.json')) as f:
       self.assertEqual(json.load(f), table)
     with open(os.path.join(workdir, 'pretrain_table.md')) as f:
-      self.assertIn('| raw_pixels |', f.read())
+      text = f.read()
+    self.assertIn('| raw_pixels |', text)
+    self.assertIn(' ± ', text)  # two seeds: a spread was measured
     # The per-query ranks give back the table's accuracy.
     queries = pretrain_sweep.load_queries(workdir, ['bag_of_tokens'], 2)
     ranks = queries['bag_of_tokens'][0]
@@ -81,11 +84,54 @@ class SweepTest(absltest.TestCase):
     self.assertLess(lo, 0)
     self.assertGreater(hi, 0)
     self.assertEqual((queue['queries'], queue['seeds']), (sessions, 2))
+    # Each query modality apart, on accuracy@1 and recall@10.
+    for m in ('image', 'text'):
+      asked = is_image if m == 'image' else ~is_image
+      hit = lambda r, k: (r[f'{m}_rank'][asked] < k).mean()
+      for metric, k in pretrain_sweep.HIT_METRICS.items():
+        cell = queue['by_modality'][m][metric]
+        self.assertAlmostEqual(cell['delta'], np.mean(
+            [hit(b, k) - hit(a, k) for a, b in zip(queries['scl_no_queue'],
+                                                   queries['scl'])]))
+        self.assertEqual(cell['queries'], asked.sum())
+      # Ranks 0 or 5: every query is a hit at 10, for both methods.
+      self.assertEqual(queue['by_modality'][m]['recall@10']['ci'], [0.0, 0.0])
+      self.assertGreater(queue['by_modality'][m]['accuracy@1']['ci'][0], 0)
+    # A method without an image side: no image cell, the text one stays.
+    queries['scl_no_queue'] = [dict(r, image_rank=np.full(sessions, -1))
+                               for r in queries['scl_no_queue']]
+    by = pretrain_sweep.comparisons(queries, 50)['scl-scl_no_queue'][
+        'by_modality']
+    self.assertIsNone(by['image'])
+    self.assertIsNotNone(by['text'])
     # Too few held-out queries: no interval.
     few = {m: [{k: v[:20] for k, v in r.items()} for r in runs]
            for m, runs in queries.items()}
     self.assertIsNone(pretrain_sweep.comparisons(few, 50)[
         'scl-scl_no_queue']['ci'])
+
+  def test_old_comparisons_are_recomputed_from_the_stored_ranks(self):
+    # A pre-training stage finished before the per-modality cells existed:
+    # its claims would all read "insufficient data" without them.
+    workdir = tempfile.mkdtemp()
+    rng = np.random.default_rng(0)
+    for method in ('scl', 'scl_no_queue'):
+      os.makedirs(os.path.join(workdir, method, 'seed_0'))
+      np.savez(os.path.join(workdir, method, 'seed_0',
+                            pretrain_eval.QUERIES_FILE),
+               image_rank=rng.integers(0, 20, 100),
+               text_rank=rng.integers(0, 20, 100))
+    path = os.path.join(workdir, pretrain_sweep.COMPARISONS_FILE)
+    with open(path, 'w') as f:
+      json.dump({'scl-scl_no_queue': {'delta': 0.0, 'ci': [0.0, 0.0]}}, f)
+    c = sweep_config.get_config('tiny')
+    c.seeds, c.bootstrap_resamples = 1, 20
+    got = pretrain_sweep.load_comparisons(c, workdir, ['scl', 'scl_no_queue'])
+    self.assertEqual(set(got['scl-scl_no_queue']['by_modality']),
+                     {'image', 'text'})
+    with open(path) as f:
+      self.assertEqual(json.load(f), got)  # rewritten: read once, not twice
+    self.assertEqual(pretrain_sweep.load_comparisons(c, workdir, []), got)
 
   def test_clip_e_needs_clip_o(self):
     c = sweep_config.get_config('tiny')

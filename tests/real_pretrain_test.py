@@ -198,9 +198,9 @@ class RealPretrainTest(absltest.TestCase):
     self.assertEqual(set(data['skipped']),
                      {'oracle ceiling', 'honesty table', 'content curve'})
     by_id = {x['id']: x for x in results['claims']}
-    self.assertEqual(by_id['queue_adds']['verdict'], claims.NOT_TESTABLE)
+    self.assertEqual(by_id['queue_adds_image']['verdict'], claims.NOT_TESTABLE)
     self.assertIn('scl not run (dataset \'parquet\' has no mmrec_search',
-                  by_id['queue_adds']['statement'])
+                  by_id['queue_adds_image']['statement'])
     text = _read(os.path.join(workdir, report.REPORT_FILE))
     for part in ('## Dataset', '## Not run', '- oracle ceiling: ',
                  '- honesty table: ', '- content curve: ',

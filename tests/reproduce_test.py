@@ -24,7 +24,7 @@ from experiments.configs import paper
 METHODS = {'raw_pixels', 'bag_of_tokens', 'clip_o', 'clip_e', 'scl',
            'scl_no_queue', 'scl_no_hard_neg', 'i2i'}
 VARIANTS = {'id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
-            'make', 'simtier_make', 'id_stats', 'simtier_official@ids',
+            'make', 'simtier_make', 'id_stats', 'simtier_make@ids',
             'simtier_official@image'}
 STAGES = {'world', 'pretrain', 'ctr', 'extra', 'world_cw0', 'ctr_cw0',
           'report'}
@@ -87,7 +87,7 @@ class ReproduceTest(absltest.TestCase):
   def test_results_structure(self):
     r = self.results
     self.assertEqual(set(r), {'world', 'pretraining', 'ctr', 'content_curve',
-                              'claims', 'data'})
+                              'claims', 'ctr_baseline', 'flags', 'data'})
     # The built world serves every method, variant and section.
     self.assertEqual(r['data']['dataset'], 'world')
     self.assertEqual(r['data']['pretraining']['ran'],
@@ -104,10 +104,26 @@ class ReproduceTest(absltest.TestCase):
     self.assertEqual([p['content_weight'] for p in curve],
                      [0.0, paper.get_config('tiny').world.content_weight])
     for p in curve:
-      best = max(p['variants'][k]['gauc'] for k in ('id', 'id_stats'))
+      # Against the baseline chosen on validation, not the test day's best.
+      self.assertEqual(p['best_id_gauc_split'], 'validation')
+      best = p['variants'][p['best_id_gauc']]['gauc']
       self.assertAlmostEqual(
           p['gain_gauc_pct'],
           100 * (p['variants']['simtier_make']['gauc'] - best) / best)
+    # The main sweep's baseline: id and id_stats each ran once on the
+    # validation day, and the claims name the stronger per metric.
+    base = r['ctr_baseline']
+    self.assertIsNone(base['why'])
+    for m in ('auc', 'gauc'):
+      self.assertEqual(base[m]['split'], 'validation')
+      self.assertEqual(set(base[m]['values']), {'id', 'id_stats'})
+      self.assertEqual(base[m]['variant'],
+                       max(base[m]['values'], key=base[m]['values'].get))
+    ctr_dir = self.progress['stages']['ctr']['dir']
+    for b in ('id', 'id_stats'):
+      with open(os.path.join(ctr_dir, 'validation', b, 'seed_0',
+                             'ctr_eval.json')) as f:
+        self.assertEqual(json.load(f)['split'], 'validation')
     self.assertEqual(r['world']['statistics']['users'], 500)
     self.assertEqual(set(r['world']['oracle_ceiling']),
                      {'auc', 'gauc', 'logloss'})
@@ -133,9 +149,12 @@ class ReproduceTest(absltest.TestCase):
         self.assertContainsSubset({'mean', 'std'}, row['delta_gauc_pct'])
     ids = [c['id'] for c in r['claims']]
     self.assertContainsSubset(
-        {'scl_over_clip_e_over_clip_o', 'queue_adds', 'hard_negatives_add',
+        {'scl_over_clip_e_over_clip_o_image',
+         'scl_over_clip_e_over_clip_o_text', 'queue_adds_image', 'queue_adds_text', 'hard_negatives_add_image',
+         'hard_negatives_add_text',
          'simtier_and_make_beat_vector_and_simscore', 'simtier_make_gauc_gain',
-         'simtier_make_auc_gain', 'gains_largest_on_long_tail_and_new_items'},
+         'simtier_make_auc_gain', 'gains_largest_on_long_tail',
+         'gains_largest_on_new_items', 'content_beats_id_similarity'},
         ids)
     for c in r['claims']:
       self.assertIsInstance(c['reproduced'], bool)
@@ -144,9 +163,22 @@ class ReproduceTest(absltest.TestCase):
       self.assertEqual(c['reproduced'], c['verdict'] == claims.REPRODUCED)
       self.assertTrue(c['statement'].startswith(c['verdict']))
     self.assertIn('bootstrap', r['ctr']['simtier_make'])
-    gain = r['claims'][ids.index('simtier_make_gauc_gain')]
-    self.assertAlmostEqual(gain['measured']['delta_gauc_pct'],
-                           r['ctr']['simtier_make']['delta_gauc_pct']['mean'])
+    by_id = dict(zip(ids, r['claims']))
+    gain = by_id['simtier_make_gauc_gain']
+    base = r['ctr_baseline']['gauc']['variant']
+    self.assertEqual(gain['baseline'], base)
+    self.assertAlmostEqual(
+        gain['measured']['delta_gauc_pct'],
+        r['ctr']['simtier_make']['bootstrap'][f'vs_{base}']['all']['gauc'][
+            'delta_pct'])
+    control = by_id['content_beats_id_similarity']
+    self.assertEqual(control['model'], 'simtier_make')
+    self.assertIn('simtier_make - simtier_make@ids GAUC', control['statement'])
+    # Per query modality, each with its own intervals.
+    self.assertIn('scl - clip_e recall@10',
+                  by_id['scl_over_clip_e_over_clip_o_image']['statement'])
+    for f in r['flags']:
+      self.assertEqual(set(f), {'id', 'text'})
 
   def test_every_number_is_finite(self):
     numbers = list(_numbers(self.results))
@@ -158,8 +190,17 @@ class ReproduceTest(absltest.TestCase):
     with open(os.path.join(self.workdir, report.REPORT_FILE)) as f:
       text = f.read()
     for section in ('## Claims', '## World', '## Pre-training', '## CTR',
-                    'oracle (ceiling)', 'Wall time', '95% CI'):
+                    'oracle (ceiling)', 'Wall time', '95% CI',
+                    'the interval overlaps the band 0.5x-2x',
+                    'Claims are judged against the stronger ID baseline on '
+                    'the validation split'):
       self.assertIn(section, text)
+    # :tiny runs one seed: no "± 0.000" anywhere.
+    self.assertNotIn('± 0.000', text)
+    for f in self.results['flags']:
+      self.assertIn(f'- {f["text"]}', text)
+    if self.results['flags']:
+      self.assertIn('## Flags', text)
     for c in self.results['claims']:  # wording follows results.json
       self.assertIn(f'**{c["verdict"]}**', text)
     for name in report.PLOTS:

@@ -31,8 +31,12 @@ Three sizes:
   (default)  what `make demo` runs: a 4,000-user / 3,000-item world over 4
              days (~112k impressions), every pre-training method but i2i
              for 120 steps (one seed), every CTR variant but @image with one
-             seed, MAKE stage A for 2 epochs, the ID model for 2 epochs.
-             Measured: 7 min 53 s from a fresh clone on an idle 2-core
+             seed (the ID model's epochs and dense LR chosen on validation
+             first, 3 runs), MAKE stage A for 2 epochs, the ID model for 2
+             epochs in the one-epoch curve.
+             Measured (before the ID search, the validation runs of id /
+             id_stats and simtier_make@ids: not re-timed since): 7 min 53 s
+             from a fresh clone on an idle 2-core
              CPU (docs/results.md: the run, its results); big enough that the
              CTR comparison says something, too small for the pre-training
              comparison to (120 steps: SCL's image retrieval is still near
@@ -131,6 +135,13 @@ def get_config(arg=None):
     # the ID-similarity control and the bootstrap joined the sweep. (A 2-seed
     # run's seed spread of the deltas, 0.0-0.6 points, is in README.md.)
     c.ctr.seeds = 1
+    # The ID search within the demo's minutes: epochs (1 or 2: measured,
+    # not assumed) and the dense LR, 3 validation runs; :full searches
+    # every knob of configs/ctr_sweep.py. (Not yet timed in a fresh-clone
+    # make demo: 2 epochs chosen would double the CTR sweep.)
+    c.ctr.id_search = ml_collections.ConfigDict(dict(
+        num_epochs=(1, 2), dense_lr=(c.ctr.ctr.dense_lr, 3e-4)))
+    c.ctr.id_search_budget = 3
     c.ctr.ctr.make.stage_a_epochs = 2
     c.one_epoch.num_epochs = 2
     # E = 2 only (the sweep's own MAKE run): a fresh-clone make demo with

@@ -1,0 +1,86 @@
+"""When a reproduction's inputs cannot carry its numbers: results.json
+`flags` and report.md's "Flags" section.
+
+A claim's verdict says whether an interval excludes zero; it does not say
+that what went in was worth testing. Flagged here:
+- the CTR item vectors at chance on held-out retrieval (e.g. untrained
+  bag-of-tokens vectors picked as "the best" of the one method that ran):
+  every content variant then tests the integration with no content signal;
+- a CTR slice (new items, the exposure tail) with too few test users having
+  both classes for its deltas to mean anything, although the tables print
+  them;
+- the CTR baseline chosen without a validation split.
+"""
+
+import math
+
+from experiments import ctr_sweep
+
+# Vectors "at chance": recall@K of the item table on held-out queries
+# ranked against the whole catalogue (C candidates) is within
+# CHANCE_FACTOR of a random ranking's K / C, or not above it at ~95% (one
+# sided, normal approximation over the queries). Both: with a large
+# catalogue 2x chance is still nothing; with few queries the noise is.
+K = 10
+CHANCE_FACTOR = 2.0
+Z = 1.96
+
+
+def chance_recall(candidates, k=K):
+  """recall@k of a random ranking of `candidates` items."""
+  return min(1.0, k / max(candidates, 1))
+
+
+def at_chance(recall, candidates, queries, k=K):
+  """True when `recall` (recall@k on `queries` held-out queries ranked
+  against `candidates` items) cannot be told apart from chance."""
+  p0 = chance_recall(candidates, k)
+  se = math.sqrt(p0 * (1 - p0) / max(queries, 1))
+  return recall <= max(CHANCE_FACTOR * p0, p0 + Z * se)
+
+
+def _vector_flags(pretraining, data):
+  """The CTR vectors' held-out recall@10 against the catalogue vs. chance:
+  the 'item' slice (co-clicks) or the search queries' '_catalogue' slices."""
+  v = data.get('ctr_vectors') or {}
+  if v.get('source') != 'pretrained':
+    return []
+  ev = (data.get('pretraining') or {}).get('eval') or {}
+  candidates, queries = ev.get('candidates'), ev.get('queries')
+  row = pretraining.get(v.get('method')) or {}
+  names = ('item',) if row.get('item') else ('image_catalogue',
+                                              'text_catalogue')
+  recall = {n: ((row.get(n) or {}).get('recall@10') or {}).get('mean')
+            for n in names}
+  recall = {n: r for n, r in recall.items() if r is not None}
+  if not candidates or not queries or not recall:
+    return []
+  low = {n: r for n, r in recall.items() if at_chance(r, candidates, queries)}
+  if not low:
+    return []
+  chance = chance_recall(candidates)
+  where = ', '.join(f'{n} {r:.3f}' for n, r in low.items())
+  whole = len(low) == len(recall)
+  return [{'id': 'vectors_at_chance', 'text': (
+      f'CTR item vectors {v["method"]} are at chance on held-out retrieval '
+      f'({"" if whole else "partly: "}recall@10 {where} vs. chance '
+      f'{chance:.3f}, {K} of {candidates} candidates, {queries} queries)'
+      + (': the content variants read vectors with no measured content '
+         'signal, so their deltas test the integration, not the content'
+         if whole else ''))}]
+
+
+def flags(pretraining, ctr, data, baseline=None):
+  """[{'id', 'text'}] of what the report's reader must know before reading
+  its numbers; [] when nothing is flagged."""
+  out = _vector_flags(pretraining, data or {})
+  for name, label in (('new', 'New items'),
+                      ('tail', f'The exposure tail (groups 0-'
+                               f'{ctr_sweep.TAIL_GROUPS - 1})')):
+    note = ctr_sweep.support_note(ctr, name, label)
+    if note:
+      out.append({'id': f'thin_slice_{name}', 'text': note})
+  if baseline and baseline.get('why'):
+    out.append({'id': 'baseline_not_validated',
+                'text': f'CTR baseline: {baseline["why"]}'})
+  return out
