@@ -105,7 +105,14 @@ def run(config, workdir):
   results = {'host': _host(), 'benchmarks': {}}
   for name in names:
     logging.info('benchmark %s ...', name)
+    # The machine may be shared: its load beside each entry says how far
+    # absolute numbers can be trusted (the ratios inside an entry are
+    # measured under the same load).
+    load = os.getloadavg()[0]
     results['benchmarks'][name] = BENCHMARKS[name](config, workdir)
+    results['benchmarks'][name].update(
+        load_average_1min_start=round(load, 2),
+        load_average_1min_end=round(os.getloadavg()[0], 2))
     logging.info('benchmark %s: %s', name, results['benchmarks'][name])
   files.write_json(os.path.join(workdir, 'results.json'), results)
   files.write_text(os.path.join(workdir, 'results.md'), _markdown(results))

@@ -6,7 +6,9 @@
 - `embed`: the embedding job's encoder: items/s in batches, and the latency
   of one new item;
 - `ctr_train`: the CTR trainer's own step in examples/s, for the ID model,
-  SimTier + MAKE, the official 1000-long-history setting and the GSU setting.
+  SimTier + MAKE, the official 1000-long-history setting and the GSU setting,
+  each against its memory limit (`ctr_step_bytes` / `copy_rates`, measured
+  in the same run).
 """
 
 import functools
@@ -42,6 +44,12 @@ def _matmul_flops_per_s(n=2048, repeats=10):
     out = f(a)
   out.block_until_ready()
   return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def _flops(lowered):
+  """XLA's FLOP count of a lowered program (0 if the backend gives none)."""
+  cost = lowered.compile().cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost).get('flops', 0.0)
 
 
 def _conv_layer_fraction(batch, side, width, peak, repeats=3):
@@ -108,8 +116,7 @@ def _scl_step_throughput(config, width=None, kind=None):
   state, step = progs.init_state(jax.random.key(0)), progs.train_step
   x = sharding.shard_batch(batch, mesh)
   rng = jax.random.key(1)
-  flops = step.lower(state, x, rng).compile().cost_analysis()
-  flops = (flops[0] if isinstance(flops, list) else flops).get('flops', 0.0)
+  flops = _flops(step.lower(state, x, rng))
   for _ in range(3):
     state, m = step(state, x, rng)
   jax.block_until_ready(m)
@@ -186,6 +193,13 @@ def bench_embed(config, workdir):
   t0 = time.perf_counter()
   encoder.items(images, titles)
   items_s = n / (time.perf_counter() - t0)
+  # Its reference: the encoder's forward FLOPs per item (XLA's count for one
+  # full batch) at the rate of a large matmul, measured now.
+  forward = jax.jit(lambda p, i, t: model.apply({'params': p}, i, t,
+                                                method='encode_item'))
+  bs = encoder.batch_size
+  item_flops = _flops(forward.lower(params, images[:bs], titles[:bs])) / bs
+  peak = _matmul_flops_per_s()
   for i in range(5):
     encoder.encode_one(images[i], titles[i])
   lat = []
@@ -198,6 +212,10 @@ def bench_embed(config, workdir):
   return {
       'items': n, 'batch_size': encoder.batch_size,
       'items_per_second': round(items_s, 1),
+      'forward_mflop_per_item': round(item_flops / 1e6, 3),
+      'achieved_gflop_per_second': round(items_s * item_flops / 1e9, 2),
+      'matmul_gflop_per_second': round(peak / 1e9, 2),
+      'fraction_of_matmul': round(items_s * item_flops / peak, 3),
       'new_item_latency_ms_p50': round(float(np.percentile(lat, 50)), 3),
       'new_item_latency_ms_p99': round(float(np.percentile(lat, 99)), 3),
   }
@@ -244,8 +262,9 @@ def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
   return batches
 
 
-def _ctr_examples_per_second(config, variant, batches, table, **overrides):
-  """Train-step throughput of the trainer's own step (`ctr_steps.programs`).
+def _ctr_step_seconds(config, variant, batches, table, **overrides):
+  """Seconds per step of the trainer's own step (`ctr_steps.programs`), and
+  the model's embedding config and parameter bytes.
 
   The model, optimizer and jitted step are built as `train_ctr` builds them
   for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
@@ -277,12 +296,60 @@ def _ctr_examples_per_second(config, variant, batches, table, **overrides):
   run(2)  # compile, and one more
   t0 = time.perf_counter()
   run(config.timed_steps)
-  return len(batches[0]['label']) * config.timed_steps / (
-      time.perf_counter() - t0)
+  seconds = (time.perf_counter() - t0) / config.timed_steps
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
+  return seconds, model.config.embedding, param_bytes
+
+
+def copy_rates(table, ids, repeats=5):
+  """Copy bandwidth, bytes/s: {'gather': numpy gathering the rows `ids` of
+  `table` (the history's vectors), 'memcpy': a plain copy of as many bytes}.
+
+  The medians of `repeats` copies into buffers written once beforehand: the
+  first write to fresh memory pays page faults (on this machine several
+  times the copy itself), which a step's reused buffers do not.
+  """
+  out = np.zeros(ids.shape + table.shape[1:], table.dtype)
+  src = np.ones_like(out)
+
+  def median_seconds(copy):
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      copy()
+      times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+  # mode='clip': with the default 'raise' numpy buffers `out` (a 2nd copy).
+  gather = median_seconds(
+      lambda: np.take(table, ids, axis=0, out=out, mode='clip'))
+  memcpy = median_seconds(lambda: np.copyto(out, src))
+  return {'gather': out.nbytes / gather, 'memcpy': out.nbytes / memcpy}
+
+
+def ctr_step_bytes(b, vector_width, vector_histories, attended, emb,
+                   param_bytes):
+  """Bytes a CTR train step must read at least once: the lower bound of its
+  memory traffic.
+
+  b: batch size; vector_width: Dv (int8 bytes per vector);
+  vector_histories: the lengths of the histories whose vectors the step
+  reads (each behaviour's vector, int32 id and bool mask: Dv + 5 bytes);
+  attended: the length of the history the target attention reads (its ID
+  embeddings, ids and mask); emb: the model's `EmbeddingConfig` (its
+  fields, float32 width D); param_bytes: the parameters, read once.
+  """
+  d = 4 * emb.dim  # float32 bytes of one embedding
+  ids = 4 * (len(emb.user_fields) + len(emb.target_fields) + 1)  # + label
+  histories = sum(b * t * (vector_width + 5) for t in vector_histories)
+  embeddings = b * (len(emb.user_fields) + len(emb.target_fields)) * d
+  attention = b * attended * (len(emb.seq_fields) * (d + 4) + 1)
+  return histories + b * ids + embeddings + attention + param_bytes
 
 
 def bench_ctr_train(config, workdir):
-  """CTR training examples/s of the trainer's step, on the world's vocabulary.
+  """CTR training examples/s of the trainer's step, on the world's vocabulary,
+  each setting against its memory limit.
 
   - `id` and `simtier_make` (frozen MAKE, as configured) at L = the world's
     seq_len (50);
@@ -296,12 +363,22 @@ def bench_ctr_train(config, workdir):
     most recent: similar work, not identical.
   Batch `ctr_batch_size` (1000), 16-d ids, 128-d int8 vectors;
   `ctr_num_batches` different batches cycled, histories partly padded.
+
+  The limit: `ctr_step_bytes` (for the official setting ~137 MB per batch
+  of 1000, nearly all the long history's int8 vectors) at the copy
+  bandwidth of this run (`copy_rates`: gathering the long history's rows
+  from the same table, and a memcpy; the faster of the two, measured just
+  before each setting). `*_step_over_limit` = step time / limit time: 1 is
+  a step that does nothing but read its inputs once. The short-history
+  settings read little (~10 MB) and are bound by the attention's compute,
+  not memory: their ratio is large by nature.
   """
   del workdir
   rng = np.random.default_rng(0)
   sizes = ctr_data.sizes(config.world.to_dict())
   b, seq_len = config.ctr_batch_size, config.world.seq_len
-  vectors = rng.normal(size=(sizes['num_items'], 128)).astype(np.float32)
+  dv = 128
+  vectors = rng.normal(size=(sizes['num_items'], dv)).astype(np.float32)
   vectors = int8.quantize(
       vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
   out = {'batch_size': b, 'seq_len': seq_len,
@@ -309,14 +386,34 @@ def bench_ctr_train(config, workdir):
          'batches_cycled': config.ctr_num_batches,
          'num_items': sizes['num_items'], 'num_users': sizes['num_users']}
   short = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len)
-  for variant in ('id', 'simtier_make'):
-    out[f'{variant}_examples_per_second'] = round(
-        _ctr_examples_per_second(config, variant, short, vectors))
   long = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len,
                       long_len=config.long_history)
-  out['official_setting_examples_per_second'] = round(
-      _ctr_examples_per_second(config, 'simtier_official', long, vectors))
-  out['gsu_setting_examples_per_second'] = round(_ctr_examples_per_second(
-      config, 'simtier_official', long, vectors,
-      retrieve_top_k=config.gsu_top_k, simtier_mask_padding=False))
+  long_ids = long[0]['long_seq_item']
+  # name: (variant, batches, vector histories, attended length, overrides)
+  settings = {
+      'id': ('id', short, (), seq_len, {}),
+      'simtier_make': ('simtier_make', short, (seq_len,), seq_len, {}),
+      'official_setting': ('simtier_official', long, (config.long_history,),
+                           seq_len, {}),
+      'gsu_setting': ('simtier_official', long,
+                      (config.long_history, seq_len), config.gsu_top_k,
+                      dict(retrieve_top_k=config.gsu_top_k,
+                           simtier_mask_padding=False)),
+  }
+  rates = []
+  for name, (variant, batches, histories, attended, overrides) in (
+      settings.items()):
+    rates.append(copy_rates(vectors, long_ids))  # just before: same load
+    rate = max(rates[-1].values())
+    seconds, emb, param_bytes = _ctr_step_seconds(
+        config, variant, batches, vectors, **overrides)
+    limit = ctr_step_bytes(b, dv, histories, attended, emb, param_bytes)
+    out[f'{name}_examples_per_second'] = round(b / seconds)
+    out[f'{name}_step_ms'] = round(seconds * 1e3, 1)
+    out[f'{name}_limit_mb'] = round(limit / 1e6, 1)
+    out[f'{name}_limit_ms'] = round(limit / rate * 1e3, 2)
+    out[f'{name}_step_over_limit'] = round(seconds * rate / limit, 2)
+  for kind in ('gather', 'memcpy'):
+    out[f'{kind}_gb_per_second'] = round(
+        float(np.median([r[kind] for r in rates])) / 1e9, 2)
   return out

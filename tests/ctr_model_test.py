@@ -1,8 +1,10 @@
 """Tests for the CTR model, its variants, layers (Dice; TargetAttention: see
 attention_test.py), ID embeddings and the optimizer."""
 
+import contextlib
 import dataclasses
 import functools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -20,6 +22,7 @@ from mmrec import layers
 from mmrec import make
 from mmrec import optimizer
 from mmrec import sharding
+from mmrec import simtier
 
 B, L, DV = fixtures.TINY_B, fixtures.TINY_L, fixtures.TINY_DV
 EMB = fixtures.TINY_EMB
@@ -326,6 +329,38 @@ class RetrievalTest(parameterized.TestCase):
     np.testing.assert_allclose(logits, logits1, rtol=1e-5, atol=1e-6)
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
                                    atol=1e-6), g, g1)
+
+
+def reference_paths():
+  """The long-history computations before the fast paths: cosines through
+  the gathered (B, T, Dv) rows, SimTier counts through a one-hot."""
+  def counts(bins, weights, num_bins):
+    return jnp.einsum('btn,bt->bn', jax.nn.one_hot(bins, num_bins), weights)
+  stack = contextlib.ExitStack()
+  stack.enter_context(mock.patch.object(simtier, 'table_cosine',
+                                        simtier.gathered_cosine))
+  stack.enter_context(mock.patch.object(simtier, 'bin_counts', counts))
+  return stack
+
+
+class FastPathTest(parameterized.TestCase):
+  """The official and GSU settings on an int8 table (all-pairs cosines,
+  scatter-add counts) give the logits of the reference paths. (Gradients
+  follow: no gradient flows through the cosines or the counts.)"""
+
+  @parameterized.named_parameters(('official', 0, True), ('gsu', K, False))
+  def test_equals_reference(self, k, mask_padding):
+    model = ctr_model.CtrModel(dataclasses.replace(
+        tiny_config('simtier_official'), retrieve_top_k=k,
+        simtier_mask_padding=mask_padding))
+    batch, vectors = long_data()
+    q = np.round(vectors * 127).astype(np.int8)
+    variables = model.init(jax.random.key(0), batch, q)
+    # A fresh trace each time, so that the patches take effect.
+    logits = jax.jit(lambda b: model.apply(variables, b, q))(batch)
+    with reference_paths():
+      want = jax.jit(lambda b: model.apply(variables, b, q))(batch)
+    np.testing.assert_allclose(logits, want, rtol=0, atol=1e-6)
 
 
 class DiceTest(absltest.TestCase):

@@ -5,6 +5,7 @@ import math
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmrec import simtier
@@ -193,6 +194,89 @@ class TableCosineTest(parameterized.TestCase):
       self.assertEqual(got[0, 0], 0.0)
       self.assertEqual(got[2, 0], 0.0)
       self.assertEqual(simtier.official_bins(got)[0, 0], 10)
+
+
+def reference_counts(bins, weights, num_bins):
+  """The counts as computed before the scatter-add: a (B, T, N) one-hot
+  summed over T."""
+  return jnp.einsum('btn,bt->bn', jax.nn.one_hot(bins, num_bins), weights)
+
+
+def largest_intermediate(fn, *args):
+  """Elements of the largest value `fn`'s jaxpr computes (nested too)."""
+  def walk(jaxpr):
+    sizes = [0]
+    for eqn in jaxpr.eqns:
+      sizes += [math.prod(getattr(v.aval, 'shape', ())) for v in eqn.outvars]
+      for p in eqn.params.values():
+        for sub in p if isinstance(p, (list, tuple)) else (p,):
+          if hasattr(sub, 'eqns'):
+            sizes.append(walk(sub))
+          elif hasattr(sub, 'jaxpr') and hasattr(sub.jaxpr, 'eqns'):
+            sizes.append(walk(sub.jaxpr))
+    return max(sizes)
+  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+class FastPathTest(parameterized.TestCase):
+  """The long-history fast paths against the computations they replaced."""
+
+  def _data(self, b=8, t=64, v=200, dv=32):
+    # V <= ALL_PAIRS_ROWS_PER_POSITION * T: the all-pairs path.
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(v, dv))
+    table = np.round(x / np.linalg.norm(x, axis=1, keepdims=True) *
+                     127).astype(np.int8)
+    table[1] = 0  # a row without a vector: cosine 0, not NaN
+    item = rng.integers(0, v, b).astype(np.int32)
+    seq = rng.integers(0, v, (b, t)).astype(np.int32)
+    seq[:, 0] = item  # the target itself: cosine 1
+    seq[0, 1] = 1
+    mask = rng.random((b, t)) < 0.8
+    mask[:, :2] = True
+    mask[-1] = False  # an all-padded row
+    return table, item, seq, mask
+
+  def test_all_pairs_cosine_equals_gathered(self):
+    table, item, seq, mask = self._data()
+    self.assertLessEqual(
+        table.shape[0], simtier.ALL_PAIRS_ROWS_PER_POSITION * seq.shape[1])
+    got = np.asarray(jax.jit(simtier.table_cosine)(table, item, seq, mask))
+    want = np.asarray(simtier.gathered_cosine(table, item, seq, mask))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # Exact integer dots either way: the same SimTier bins, bit for bit.
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got[:, 0][mask[:, 0]], 1.0, atol=1e-6)
+    self.assertEqual(got[0, 1], 0.0)
+    # Float tables, and int8 tables too large for all pairs, gather.
+    f = table.astype(np.float32) / 127
+    np.testing.assert_array_equal(simtier.table_cosine(f, item, seq, mask),
+                                  simtier.gathered_cosine(f, item, seq, mask))
+
+  def test_no_history_sized_copy_of_the_vectors(self):
+    """Neither the cosines nor the counts build a (B, T, Dv) or (B, T, N)
+    tensor (the old path built both; with T = 1000 they were the step)."""
+    table, item, seq, mask = self._data()
+    b, t = seq.shape
+    self.assertLess(largest_intermediate(simtier.table_cosine, table, item,
+                                         seq, mask), b * t * table.shape[1])
+    sims = simtier.table_cosine(table, item, seq, mask)
+    self.assertLess(largest_intermediate(
+        simtier.simtier_official_counts, sims, mask), b * t * 2)
+    # What the reference builds, for contrast.
+    self.assertGreaterEqual(largest_intermediate(
+        simtier.gathered_cosine, table, item, seq, mask),
+                            b * t * table.shape[1])
+
+  @parameterized.parameters(True, False)
+  def test_counts_equal_one_hot(self, mask_padding):
+    table, item, seq, mask = self._data()
+    sims = simtier.table_cosine(table, item, seq, mask)
+    s, w = simtier._counted(sims, mask, mask_padding)
+    for bins, n in ((simtier.official_bins(s), simtier.OFFICIAL_NUM_BINS),
+                    (simtier.paper_bins(s, 20), 20)):
+      np.testing.assert_array_equal(simtier.bin_counts(bins, w, n),
+                                    reference_counts(bins, w, n))
 
 
 if __name__ == '__main__':
