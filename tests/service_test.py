@@ -596,7 +596,7 @@ class NonFiniteVersionTest(absltest.TestCase):
   def test_nan_version_is_refused_kept_out_and_reported(self):
     """A version whose warm-up scores are NaN (checksums intact: only its
     outputs tell) never goes live; /health names it."""
-    serving = _serving_copy()
+    serving = fixtures.serving_copy(VARIANT)
     bad = _new_version(serving, 11)
     path = os.path.join(bad, served_model.VARIABLES_FILE)
     with np.load(path) as f:
