@@ -286,6 +286,37 @@ class ConvertTest(absltest.TestCase):
                       os.path.join(self.src, 'out'))
 
 
+class ChangedSourceTest(absltest.TestCase):
+
+  def test_a_source_that_gained_rows_is_refused_not_reused(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200)
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    dataset_job.run(fixtures.own_data_config(src), out)
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=260)
+    with self.assertRaisesRegex(FileExistsError,
+                                'the source changed since.*new --workdir'):
+      dataset_job.run(fixtures.own_data_config(src), out)
+    m = dataset_job.run(fixtures.own_data_config(src),
+                        os.path.join(tempfile.mkdtemp(), 'd'))
+    self.assertEqual(sum(m.tables[manifest.IMPRESSIONS]['splits'].values()),
+                     260)
+
+  def test_an_outlier_time_converts_when_allowed(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200)
+    path = os.path.join(src, 'impressions.parquet')
+    t = pq.read_table(path)
+    x = t['time'].to_numpy().copy()
+    x[13] *= 1000
+    pq.write_table(t.set_column(t.column_names.index('time'), 'time',
+                                pa.array(x)), path)
+    m, _ = fixtures.convert(fixtures.own_data_config(src, max_days=0,
+                                                     min_test_users=0))
+    self.assertGreater(m.num_days, 10**7)
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits']['test'], 1)
+
+
 class SearchTest(absltest.TestCase):
 
   def test_search_sessions_and_a_tiny_scl_run(self):

@@ -24,6 +24,10 @@ DAY = 86400
 SPLITS = ('train', 'validation', 'test')  # values of a `split` column
 
 
+def _when(t):
+  return np.datetime64(int(t), 's')
+
+
 class _Spill:
   """The rows of one split that the dataset stores, from scan to writing.
 
@@ -156,25 +160,53 @@ class ImpressionScan:
       self.t0, self.num_days = 0, 2 + self.validation_days
       self.first_test_day = self.num_days - 1
       return
-    lo, hi = None, None
+    lo = hi = None  # (time, file, row) of the first and the last row
     for path, row0, batch in columns.chunks(self.paths, ['time'], (),
                                             self.opt.chunk_rows):
       t = columns.times(batch.column(0), path, 'time', row0)
       if len(t):
-        lo = t.min() if lo is None else min(lo, t.min())
-        hi = t.max() if hi is None else max(hi, t.max())
+        i, j = int(t.argmin()), int(t.argmax())
+        if lo is None or t[i] < lo[0]:
+          lo = (int(t[i]), path, row0 + i)
+        if hi is None or t[j] > hi[0]:
+          hi = (int(t[j]), path, row0 + j)
     if lo is None:
       raise columns.InputError(f'{self.paths[0]}: no impressions')
-    self.t0 = int(lo - lo % DAY)
-    self.num_days = int((hi - self.t0) // DAY) + 1
+    self.t0 = int(lo[0] - lo[0] % DAY)
+    self.num_days = int((hi[0] - self.t0) // DAY) + 1
+    self._check_day_range(lo, hi)
     self.first_test_day = self.num_days - self.opt.test_days
     self.validation_days = self.opt.validation_days
     if self.first_test_day - self.validation_days < 1:
       raise columns.InputError(
           f'{self.src}: the impressions span {self.num_days} day(s) '
-          f'(from {np.datetime64(int(lo), "s")} to {np.datetime64(int(hi), "s")}'
+          f'(from {_when(lo[0])} to {_when(hi[0])}'
           f'); test_days={self.opt.test_days} + validation_days='
           f'{self.validation_days} leave no training day')
+
+  def _check_day_range(self, lo, hi):
+    """Refuses a day range no log has: one outlier (a time in milliseconds,
+    a year typed wrong) would make the test split that one row."""
+    limit = self.opt.max_days
+    if limit and self.num_days > limit:
+      raise columns.InputError(
+          f"{hi[1]}, column 'time', row {hi[2]}: {hi[0]} ({_when(hi[0])}) "
+          f'lies {self.num_days - 1} days after the first impression '
+          f"({lo[1]}, row {lo[2]}: {_when(lo[0])}); more than max_days="
+          f'{limit}. A time in milliseconds? Times are epoch seconds. If the '
+          'log really spans that long, set config.convert.max_days=0')
+
+  def _check_test_split(self, both):
+    """Refuses a test split too small to evaluate on: fewer than
+    min_test_users users with both a click and a non-click (GAUC's)."""
+    need = self.opt.min_test_users
+    if need and both < need:
+      raise columns.InputError(
+          f'{self.src}: the test split (day {self.first_test_day} of '
+          f'{self.num_days}, {self.rows["test"]} rows) has {both} user(s) '
+          f'with both a click and a non-click, fewer than min_test_users='
+          f'{need}: an outlier time or split value? (check the time / split '
+          'column; set config.convert.min_test_users=0 to convert anyway)')
 
   def scan_ids(self, scratch):
     """Pass 2: id counts over the training days, launch days, clicks.
@@ -184,6 +216,8 @@ class ImpressionScan:
     """
     users, items, shown = (id_maps.Counter(), id_maps.Counter(),
                            id_maps.Counter())
+    # Test users who clicked / did not (the test split's plausibility).
+    test_clicked, test_skipped = id_maps.Counter(), id_maps.Counter()
     launch = id_maps.Counter(np.minimum)
     clicks = []  # (user, day, time, item) of every click (histories)
     rows = {'train': 0, 'test': 0}
@@ -200,6 +234,8 @@ class ImpressionScan:
       rows['train'] += int(train.sum())
       rows['test'] += int((~train).sum())
       users.add(user[train])
+      test_clicked.add(user[~train & (label == 1)])
+      test_skipped.add(user[~train & (label == 0)])
       items.add(item[train])
       shown.add(item)
       launch.add(item, day.astype(np.int64))
@@ -223,6 +259,8 @@ class ImpressionScan:
             f'{self.src}: the {split} split is empty (first test day '
             f'{self.first_test_day} of {self.num_days}); check time / split')
     self.rows = rows
+    self._check_test_split(len(np.intersect1d(test_clicked.result()[0],
+                                              test_skipped.result()[0])))
     m = self.opt.min_count
     ukeys, ucount = users.result()
     self.users = id_maps.IdMap(ukeys[ucount >= m])
