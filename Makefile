@@ -2,6 +2,8 @@
 #   make demo   create .venv, install, reproduce the paper on the embedded world
 #               (experiments/configs/paper.py; report in workdir/demo/report.md)
 #   make test   create .venv, install, run the whole suite
+#   make faults kill -9 / corrupt / fill the disk under the serving path and data
+#               job, check nothing acknowledged is lost (bench_results/faults.md)
 #   make serve  export the demo's CTR model and serve it on 127.0.0.1:$(PORT)
 # Set PYTHON=python3.12 (etc.) to pick the interpreter that creates .venv.
 
@@ -16,7 +18,7 @@ CTR_RUN ?= $(shell ls -td $(WORKDIR)/ctr-*/$(SERVE_VARIANT)/seed_0 2>/dev/null |
 SERVING ?= $(WORKDIR)/serving
 PORT ?= 8000
 
-.PHONY: demo test bench serve clean
+.PHONY: demo test bench faults serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -37,6 +39,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m experiments.main --config=experiments/configs/bench.py \
 	  --workdir=bench_results
+
+# kill -9 of the service, export, near-line and converter at random points, a
+# corrupt delta log, a full disk: bench_results/faults.md (experiments/bench_faults.py)
+faults: $(STAMP)
+	$(BIN)/python -m experiments.main --config=experiments/configs/bench.py \
+	  --config.benchmarks=faults --workdir=bench_results
 
 serve: $(STAMP)
 	@test -n "$(CTR_RUN)" || { echo "no $(SERVE_VARIANT) CTR run under $(WORKDIR): run make demo first, or set CTR_RUN=<ctr workdir>"; exit 1; }
