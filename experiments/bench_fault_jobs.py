@@ -122,26 +122,29 @@ def _startable(serving):
 
 
 def _kill_chains(name, kills, chain, rng, make_args, window, check, out):
-  """`kills` kills, in chains of `chain` (each a rerun of the killed one),
+  """`kills` kills, in chains of up to `chain` (each run a rerun of the
+  killed one; a run that finishes before its kill time ends the chain),
   each chain followed by an uninterrupted rerun, then `check(target)`."""
   result, done = row(), 0
   first, total = window
   lo, hi = max(0.0, first - 1.0), total
   k = 0
-  while done < kills:
+  while done < kills and k < 3 * kills:  # reruns may finish before a kill
     target, log = make_args(k)
     killed = 0
     for _ in range(min(chain, kills - done)):
       rc, _ = run_job(target, log, kill_at=rng.uniform(lo, hi))
       if rc is None:
         killed += 1
-      elif rc != 0:
+        continue
+      if rc != 0:
         result['notes'].append(f'chain {k}: a rerun exited {rc} ({log})')
+      break
     rc, _ = run_job(target, log)
     problem = (f'the final rerun exited {rc} ({log})' if rc != 0
                else check(k))
     result['trials'] += killed
-    done += max(killed, 1)  # a run that finished first still counts once
+    done += killed
     if problem:
       result['corrupt'] += 1
       result['notes'].append(f'chain {k} ({killed} kills): {problem}')

@@ -1,6 +1,7 @@
 """The Parquet converter and the data job on generated own-data fixtures."""
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -296,6 +297,15 @@ class ChangedSourceTest(absltest.TestCase):
     fixtures.write_own_data(src, num_users=20, num_items=12, rows=260)
     with self.assertRaisesRegex(FileExistsError,
                                 'the source changed since.*new --workdir'):
+      dataset_job.run(fixtures.own_data_config(src), out)
+    path = os.path.join(out, dataset_job.CONVERSION_FILE)
+    with open(path) as f:
+      old = json.load(f)
+    del old['source_files']  # a dataset converted before fingerprints
+    with open(path, 'w') as f:
+      json.dump(old, f)
+    with self.assertRaisesRegex(FileExistsError, 'whether the source changed '
+                                'since is unknown'):
       dataset_job.run(fixtures.own_data_config(src), out)
     m = dataset_job.run(fixtures.own_data_config(src),
                         os.path.join(tempfile.mkdtemp(), 'd'))

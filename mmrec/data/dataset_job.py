@@ -92,10 +92,16 @@ def check_target(source_dir, target, wanted):
         found = json.load(f)
     if found and found.get('source_files') != wanted['source_files'] and (
         dict(found, source_files=None) == dict(wanted, source_files=None)):
-      was, now = found.get('source_files') or {}, wanted['source_files']
+      was, now = found.get('source_files'), wanted['source_files']
+      if was is None:
+        raise FileExistsError(
+            f'{target} holds a dataset converted before conversions recorded '
+            "their source's files, so whether the source changed since is "
+            'unknown: point config.data_dir at it as it is, or convert into '
+            'a new --workdir')
       raise FileExistsError(
           f'{target} holds a dataset converted from {source_dir} when it had '
-          f'{was.get("files", "?")} files, {was.get("bytes", "?")} bytes; it '
+          f'{was["files"]} files, {was["bytes"]} bytes; it '
           f'now has {now["files"]} files, {now["bytes"]} bytes (or changed '
           'files): the source changed since. Convert it into a new '
           '--workdir (or remove this one); the old dataset is not reused')
