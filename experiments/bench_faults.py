@@ -322,11 +322,12 @@ def bench_faults(config, workdir):
   os.makedirs(root)
   rng = random.Random(config.faults_seed)
   out = {}
-  serving = os.path.join(root, 'serving')
-  bench_serving.build_serving_dir(serving, _serving_config(config))
-  acked = _service_kills(config, serving, rng, out)
-  _delta_corrupt(serving, root, out)
-  _full_disk(config, serving, acked, out)
+  if config.faults_service_kills:  # 0: the jobs' rows only
+    serving = os.path.join(root, 'serving')
+    bench_serving.build_serving_dir(serving, _serving_config(config))
+    acked = _service_kills(config, serving, rng, out)
+    _delta_corrupt(serving, root, out)
+    _full_disk(config, serving, acked, out)
   bench_fault_jobs.job_kills(config, root, rng, out)
   seconds = time.perf_counter() - t0
   files.write_json(os.path.join(workdir, 'faults.json'),
