@@ -2,6 +2,8 @@
 #   make demo   create .venv, install, reproduce the paper on the embedded world
 #               (experiments/configs/paper.py; report in workdir/demo/report.md)
 #   make test   create .venv, install, run the whole suite
+#   make faults kill -9 / corrupt / fill the disk under the serving path and data
+#               job, check nothing acknowledged is lost (bench_results/faults.md)
 #   make serve  serve the newest committed model version on 127.0.0.1:$(PORT)
 #               (a near-line one stays current); the demo's CTR model is
 #               exported only if there is none, or with EXPORT=1
@@ -19,7 +21,7 @@ SERVING ?= $(WORKDIR)/serving
 PORT ?= 8000
 EXPORT ?= 0
 
-.PHONY: demo test bench serve clean
+.PHONY: demo test bench faults serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -40,6 +42,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m experiments.main --config=experiments/configs/bench.py \
 	  --workdir=bench_results
+
+# kill -9 of the service, export, near-line and converter at random points, a
+# corrupt delta log, a full disk: bench_results/faults.md (experiments/bench_faults.py)
+faults: $(STAMP)
+	$(BIN)/python -m experiments.main --config=experiments/configs/bench.py \
+	  --config.benchmarks=faults --workdir=bench_results
 
 serve: $(STAMP)
 	$(BIN)/python -m experiments.main --config=experiments/configs/export.py \

@@ -4,10 +4,13 @@ Each benchmark is a function `(config, workdir) -> dict` of flat, named
 measurements; the host is recorded with them so numbers stay comparable.
 The benchmarks live by concept: bench_data.py (world generation, the
 own-data converter), bench_train.py (SCL and CTR train steps, the embedding
-encoder), bench_serving.py (ANN index, the service under load, near-line);
-GAUC's, a metric's, is here.
+encoder), bench_serving.py (ANN index, the service under load, near-line),
+bench_faults.py (kills, corruption, a full disk: `make faults`); GAUC's, a
+metric's, is here. A run of some benchmarks keeps the others' earlier
+results in results.json (`make faults` beside `make bench`).
 """
 
+import json
 import os
 import platform
 import time
@@ -17,6 +20,7 @@ import jax
 import numpy as np
 
 from experiments import bench_data
+from experiments import bench_faults
 from experiments import bench_serving
 from experiments import bench_train
 from mmrec import files
@@ -73,6 +77,7 @@ BENCHMARKS = {
     'ann': bench_serving.bench_ann,
     'serving': bench_serving.bench_serving,
     'nearline': bench_serving.bench_nearline,
+    'faults': bench_faults.bench_faults,  # make faults (not in make bench)
 }
 
 
@@ -103,6 +108,10 @@ def run(config, workdir):
     raise ValueError(f'config.benchmarks names unknown benchmarks {unknown}; '
                      f'known: {sorted(BENCHMARKS)}')
   results = {'host': _host(), 'benchmarks': {}}
+  path = os.path.join(workdir, 'results.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      results['benchmarks'] = json.load(f).get('benchmarks', {})
   for name in names:
     logging.info('benchmark %s ...', name)
     # The machine may be shared: its load beside each entry says how far
@@ -114,7 +123,7 @@ def run(config, workdir):
         load_average_1min_start=round(load, 2),
         load_average_1min_end=round(os.getloadavg()[0], 2))
     logging.info('benchmark %s: %s', name, results['benchmarks'][name])
-  files.write_json(os.path.join(workdir, 'results.json'), results)
+  files.write_json(path, results)
   files.write_text(os.path.join(workdir, 'results.md'), _markdown(results))
   print(_markdown(results))
   return results

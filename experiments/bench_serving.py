@@ -59,7 +59,7 @@ from mmrec.serving import service
 logging.getLogger('httpx').setLevel(logging.WARNING)
 
 # The near-line trainer's subprocess runs `-m experiments.main` from here.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def catalogue(n, dim, seed=0, per_concept=20, noise=0.6, chunk=100_000):
@@ -142,15 +142,16 @@ def bench_ann(config, workdir):
 # The service under load.
 
 
-def _start_service(directory):
+def start_service(directory, timeout_s=300, **popen):
   """uvicorn in its own process on a free loopback port; returns (process,
-  url) once /health answers."""
+  url) once /health answers. `popen`: more subprocess.Popen arguments (a
+  preexec_fn, stderr)."""
   port = _free_port()
   env = dict(os.environ, **{service.ENV_DIR: directory})
   server = subprocess.Popen(
       [sys.executable, '-m', 'uvicorn', '--factory',
        'mmrec.serving.service:app_from_env', '--host', '127.0.0.1', '--port',
-       str(port), '--log-level', 'warning'], env=env)
+       str(port), '--log-level', 'warning'], env=env, cwd=REPO, **popen)
   url = f'http://127.0.0.1:{port}'
   t0 = time.perf_counter()
   while True:
@@ -159,9 +160,11 @@ def _start_service(directory):
         return server, url
     except httpx.TransportError:
       pass
-    if server.poll() is not None or time.perf_counter() - t0 > 300:
-      server.terminate()
-      raise RuntimeError('the service did not start')
+    if server.poll() is not None or time.perf_counter() - t0 > timeout_s:
+      server.kill()
+      server.wait()
+      raise RuntimeError(
+          f'the service did not start (exit {server.returncode})')
     time.sleep(0.2)
 
 
@@ -183,7 +186,7 @@ def bench_nearline(config, workdir):
                                                                  'serving')
   train_ctr.run(batch, batch_dir)
   export.export(export_config.get_config(tiny), batch_dir, serving)
-  server, url = _start_service(serving)
+  server, url = start_service(serving)
   live, stop = [], threading.Event()
 
   def watch():  # when each version went live
@@ -209,7 +212,7 @@ def bench_nearline(config, workdir):
             '--config.replay_split=validation', '--config.evaluate=True',
             f'--config.segment_records={config.nearline_segment_records}',
             f'--workdir={nl_dir}']
-    subprocess.run(args, check=True, cwd=_REPO,
+    subprocess.run(args, check=True, cwd=REPO,
                    preexec_fn=lambda: os.nice(config.nearline_nice))
     with open(os.path.join(nl_dir, nearline.RESULT_FILE)) as f:
       result.update(json.load(f))
@@ -310,7 +313,7 @@ def bench_serving(config, workdir):
   shutil.rmtree(directory, ignore_errors=True)
   sizes = build_serving_dir(directory, config)
   t0 = time.perf_counter()
-  server, url = _start_service(directory)
+  server, url = start_service(directory)
   try:
     start_s = time.perf_counter() - t0
 

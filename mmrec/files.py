@@ -12,7 +12,9 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 
 import numpy as np
 
@@ -28,24 +30,87 @@ def write_with(path, write_fn):
       os.remove(tmp)
 
 
+# Aside directories of builds on another host (a shared file system, where
+# a process id says nothing) are stale once untouched for this long.
+FOREIGN_STALE_S = 7 * 86400
+_live = set()  # aside directories this process is building now
+
+
+def _aside_prefix(base, kind):
+  return f'.{base}.{kind}-{socket.gethostname()}-'
+
+
+def _owner_dead(name, prefix):
+  """True if the aside directory `name` (prefix + pid-XXXX) was made by a
+  process of this host that no longer runs."""
+  pid = name[len(prefix):].split('-', 1)[0]
+  if not pid.isdigit():
+    return False
+  if int(pid) == os.getpid():  # an earlier run that had this pid (containers)
+    return True
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:  # another user's live process
+    return False
+  return False
+
+
+def clean_stale(target):
+  """Removes aside directories of `target` left by killed builds: made on
+  this host by a process that is gone, or on another host and untouched for
+  FOREIGN_STALE_S. A live build's (here or elsewhere) is never removed.
+  Returns the names removed."""
+  parent = os.path.dirname(os.path.abspath(target))
+  base = os.path.basename(target)
+  if not os.path.isdir(parent):
+    return []
+  removed = []
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name)
+    if path in _live:
+      continue
+    for kind in ('building', 'old'):
+      if not name.startswith(f'.{base}.{kind}-'):
+        continue
+      ours = _aside_prefix(base, kind)
+      try:
+        age = time.time() - os.path.getmtime(path)
+      except FileNotFoundError:
+        break
+      if (_owner_dead(name, ours) if name.startswith(ours)
+          else age > FOREIGN_STALE_S):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+      break
+  return removed
+
+
 def build_aside(target, fill, replace=False):
   """`fill(tmp)` a new directory beside `target`, then rename it to `target`.
 
   On any failure the half-built directory is removed: a reader sees no
   directory or a whole one. `target` must be absent or empty, unless
   `replace`: then one already there is swapped out only once the new one is
-  whole (and removed after).
+  whole (and removed after). A kill -9 leaves its aside directory: the next
+  build of `target` removes it (`clean_stale`); the names carry host and pid.
   """
   parent = os.path.dirname(os.path.abspath(target))
   os.makedirs(parent, exist_ok=True)
   base = os.path.basename(target)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{base}.building-')
+  clean_stale(target)
+  tmp = tempfile.mkdtemp(
+      dir=parent, prefix=f'{_aside_prefix(base, "building")}{os.getpid()}-')
+  _live.add(tmp)
   old = None
   try:
     fill(tmp)
     if os.path.isdir(target):
       if replace:
-        old = tempfile.mkdtemp(dir=parent, prefix=f'.{base}.old-')
+        old = tempfile.mkdtemp(
+            dir=parent, prefix=f'{_aside_prefix(base, "old")}{os.getpid()}-')
+        _live.add(old)
         os.rename(target, os.path.join(old, base))
       else:
         os.rmdir(target)  # empty (checked by the caller)
@@ -54,8 +119,10 @@ def build_aside(target, fill, replace=False):
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   finally:
+    _live.discard(tmp)
     if old:
       shutil.rmtree(old, ignore_errors=True)
+      _live.discard(old)
 
 
 POINTER = 'CURRENT'

@@ -3,7 +3,9 @@ file, column (and row), value and what was expected, and leaves nothing
 behind that could pass for a dataset."""
 
 import os
+import struct
 import tempfile
+import zlib
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -149,7 +151,66 @@ def _unknown_candidates(d):
                  os.path.join(d, 'candidates.parquet'))
 
 
+def _time_in_ms(d):
+  def fn(t):
+    x = t['time'].to_numpy().copy()
+    x[13] *= 1000  # one row in milliseconds: 19.6M days
+    return _set(t, 'time', x)
+  _edit(d, 'impressions', fn)
+
+
+def _one_row_a_year_later(d):
+  def fn(t):
+    x = t['time'].to_numpy().copy()
+    x[13] = x.max() + 365 * fixtures.DAY  # the test split: that one row
+    return _set(t, 'time', x)
+  _edit(d, 'impressions', fn)
+
+
+def _image_bytes(d):
+  _edit(d, 'items', lambda t: _set(
+      t, 'image', [b'\x89PNG...'] * len(t), pa.binary()))
+
+
+def _image_ints(d):
+  _edit(d, 'items', lambda t: _set(t, 'image', np.arange(len(t))))
+
+
+def _decompression_bomb(d):
+  # A 90-byte PNG whose header claims 100000 x 100000 pixels.
+  def chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data +
+            struct.pack('>I', zlib.crc32(kind + data)))
+  with open(os.path.join(d, 'img', '3.png'), 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + chunk(
+        b'IHDR', struct.pack('>IIBBBBB', 100_000, 100_000, 8, 2, 0, 0, 0)) +
+            chunk(b'IDAT', zlib.compress(b'\0' * 64)) + chunk(b'IEND', b''))
+
+
+def _items_of_another_log(d):
+  _edit(d, 'items', lambda t: _set(t, 'item', t['item'].to_numpy() + 5))
+
+
 CASES = (
+    ('time_in_ms', _time_in_ms,
+     r"impressions.parquet, column 'time', row 13: \d+ \(.*\) lies \d+ days "
+     r'after the first impression .*more than max_days=36525. A time in '
+     r'milliseconds\?'),
+    ('one_row_a_year_later', _one_row_a_year_later,
+     r'the test split \(day 370 of 371, 1 rows\) has 0 user\(s\) with both a '
+     r'click and a non-click, fewer than min_test_users=1'),
+    ('image_bytes', _image_bytes,
+     r"items.parquet, column 'image', row 0: bytes b'\\x89PNG...', expected "
+     r'the path of an image file'),
+    ('image_ints', _image_ints,
+     r"items.parquet, column 'image', row 0: int 0, expected the path of an "
+     r'image file'),
+    ('decompression_bomb', _decompression_bomb,
+     r"items.parquet, column 'image', row 3: image .*3.png refused: Image "
+     r'size \(10000000000 pixels\) exceeds limit'),
+    ('items_of_another_log', _items_of_another_log,
+     r"items.parquet, column 'item': none of its ids is a item of the "
+     r'impressions.*\(so no item has a title\)'),
     ('missing_file', _missing_file, r'missing impressions.parquet'),
     ('renamed_column', _renamed_column,
      r"impressions.parquet: missing column\(s\) \['label'\]; found "

@@ -1,6 +1,7 @@
 """The Parquet converter and the data job on generated own-data fixtures."""
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -294,6 +295,46 @@ class ConvertTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'never writes into the directory'):
       dataset_job.run(fixtures.own_data_config(self.src),
                       os.path.join(self.src, 'out'))
+
+
+class ChangedSourceTest(absltest.TestCase):
+
+  def test_a_source_that_gained_rows_is_refused_not_reused(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200)
+    out = os.path.join(tempfile.mkdtemp(), 'd')
+    dataset_job.run(fixtures.own_data_config(src), out)
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=260)
+    with self.assertRaisesRegex(FileExistsError,
+                                'the source changed since.*new --workdir'):
+      dataset_job.run(fixtures.own_data_config(src), out)
+    path = os.path.join(out, dataset_job.CONVERSION_FILE)
+    with open(path) as f:
+      old = json.load(f)
+    del old['source_files']  # a dataset converted before fingerprints
+    with open(path, 'w') as f:
+      json.dump(old, f)
+    with self.assertRaisesRegex(FileExistsError, 'whether the source changed '
+                                'since is unknown'):
+      dataset_job.run(fixtures.own_data_config(src), out)
+    m = dataset_job.run(fixtures.own_data_config(src),
+                        os.path.join(tempfile.mkdtemp(), 'd'))
+    self.assertEqual(sum(m.tables[manifest.IMPRESSIONS]['splits'].values()),
+                     260)
+
+  def test_an_outlier_time_converts_when_allowed(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200)
+    path = os.path.join(src, 'impressions.parquet')
+    t = pq.read_table(path)
+    x = t['time'].to_numpy().copy()
+    x[13] *= 1000
+    pq.write_table(t.set_column(t.column_names.index('time'), 'time',
+                                pa.array(x)), path)
+    m, _ = fixtures.convert(fixtures.own_data_config(src, max_days=0,
+                                                     min_test_users=0))
+    self.assertGreater(m.num_days, 10**7)
+    self.assertEqual(m.tables[manifest.IMPRESSIONS]['splits']['test'], 1)
 
 
 class SearchTest(absltest.TestCase):

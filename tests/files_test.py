@@ -3,6 +3,8 @@ finished-run rule every sweep uses."""
 
 import json
 import os
+import socket
+import subprocess
 import tempfile
 
 from absl.testing import absltest
@@ -36,6 +38,32 @@ class BuildAsideTest(absltest.TestCase):
     with self.assertRaises(KeyboardInterrupt):
       files.build_aside(self.target, fill)
     self.assertEqual(os.listdir(self.root), [])
+
+  def test_a_killed_builds_leftovers_go_but_live_ones_stay(self):
+    host = socket.gethostname()
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    alive = subprocess.Popen(['sleep', '60'])  # a concurrent build's owner
+    self.addCleanup(alive.wait)
+    self.addCleanup(alive.kill)
+    names = {
+        'dead': f'.v1.building-{host}-{gone.pid}-x1',
+        'dead_old': f'.v1.old-{host}-{gone.pid}-x2',
+        'live': f'.v1.building-{host}-{alive.pid}-x3',
+        'foreign_recent': '.v1.building-elsewhere-1-x4',
+        'foreign_ancient': '.v1.building-elsewhere-2-x5',
+        'other_target': f'.v2.building-{host}-{gone.pid}-x6',
+    }
+    for name in names.values():
+      os.makedirs(os.path.join(self.root, name, 'part'))
+    ancient = os.path.join(self.root, names['foreign_ancient'])
+    t = os.path.getmtime(ancient) - files.FOREIGN_STALE_S - 60
+    os.utime(ancient, (t, t))
+    files.build_aside(self.target, self._fill('one'))
+    self.assertEqual(
+        sorted(os.listdir(self.root)),
+        sorted(['v1', names['live'], names['foreign_recent'],
+                names['other_target']]))
 
   def test_refuses_a_non_empty_target_unless_replacing(self):
     files.build_aside(self.target, self._fill('one'))

@@ -95,6 +95,31 @@ class BenchJobTest(absltest.TestCase):
       self.assertGreater(scl[key], 0, key)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'results.md')))
 
+  def test_fault_job_tiny_loses_nothing(self):
+    """bench.py:tiny's `faults`: one kill -9 of the service during adds, a
+    flipped delta byte, a full disk, one kill of the data job; the table is
+    written and every row is clean (export and near-line kills: make
+    faults only)."""
+    workdir = tempfile.mkdtemp()
+    result = _main('--config=experiments/configs/bench.py:tiny',
+                   '--config.benchmarks=faults',
+                   '--config.faults_service_kills=1', f'--workdir={workdir}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(workdir, 'faults.json')) as f:
+      rows = json.load(f)['faults']
+    self.assertEqual(sorted(rows), ['convert_kill', 'delta_corrupt',
+                                    'full_disk', 'service_kill'])
+    self.assertGreater(rows['service_kill']['acknowledged'], 0)
+    self.assertGreater(rows['full_disk']['acknowledged'], 0)
+    for name, row in rows.items():
+      self.assertGreaterEqual(row['trials'], 1, name)
+      for column in ('lost', 'corrupt', '5xx'):
+        self.assertEqual(row[column], 0, (name, column, row['notes']))
+    self.assertIn('refused: delta.log', rows['delta_corrupt']['notes'][0])
+    with open(os.path.join(workdir, 'faults.md')) as f:
+      self.assertIn('| fault | trials | acknowledged | lost | corrupt | 5xx',
+                    f.read())
+
 
 if __name__ == '__main__':
   absltest.main()

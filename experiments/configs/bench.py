@@ -4,7 +4,9 @@ r"""Benchmarks (`make bench`): long measurements, never timed tests.
       --workdir=bench_results
 
 Writes `results.json` and `results.md` (one table per benchmark) to the
-workdir. `--config.benchmarks=world` runs a subset. The `:tiny` variant
+workdir. `--config.benchmarks=world` runs a subset; `faults` (`make faults`,
+bench_faults.py: kills, corruption, a full disk; ~10 min) is not in the
+default list and also writes `faults.json` / `faults.md`. The `:tiny` variant
 shrinks every workload so the harness itself can be tested in seconds.
 """
 
@@ -71,6 +73,17 @@ def get_config(arg=None):
   # requests (0 = no load): the service's latency while versions publish.
   config.nearline_nice = 10
   config.nearline_load_concurrency = 2
+  # Faults (bench_faults.py; `make faults`, not in the default list): kill -9
+  # counts, kills per chain before an uninterrupted rerun, how long a burst
+  # of adds runs before its kill (uniform, seconds), the own data's rows.
+  config.faults_seed = 0
+  config.faults_service_kills = 20
+  config.faults_export_kills = 10
+  config.faults_nearline_kills = 5
+  config.faults_convert_kills = 5
+  config.faults_chain = 5
+  config.faults_burst_s = (0.3, 2.0)
+  config.faults_convert_rows = 20_000
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
@@ -105,4 +118,13 @@ def get_config(arg=None):
     config.serving_reload_after_s = 0.5
     config.nearline_world = {}
     config.nearline_segment_records = 1024
+    # The service's faults and one converter kill; the export and near-line
+    # kills need a CTR run: the full fault job only.
+    config.faults_service_kills = 2
+    config.faults_export_kills = 0
+    config.faults_nearline_kills = 0
+    config.faults_convert_kills = 1
+    config.faults_chain = 1
+    config.faults_burst_s = (0.3, 0.8)
+    config.faults_convert_rows = 2000
   return config

@@ -25,7 +25,8 @@ SOURCE (default `parquet`) is one of
               `amazon.image_dir`/<parent_asin>.jpg
 
 The source directory is only read; the dataset is built beside --workdir and
-renamed into place (new or empty workdir; the same conversion is reused).
+renamed into place (new or empty workdir; the same conversion of the same
+source files (names, sizes, mtimes) is reused; a changed source is refused).
 `:tiny` shrinks sequence length, image size and vocabulary (for tests).
 Time on a 2-core CPU: see experiments/README.md (data job).
 """
@@ -77,6 +78,11 @@ def get_config(arg=None):
   v.vocab_size = 8000  # WordPiece vocabulary of the titles
   v.max_bag = 8  # slots of a multi-valued field (genres, tags)
   v.chunk_rows = 65536  # impressions / search rows per chunk: bounds memory
+  # Plausibility: a longer span (a time in ms among seconds) or a test split
+  # with fewer users having both a click and a non-click stops the job,
+  # naming the outlier; 0 = allow it.
+  v.max_days = 36525
+  v.min_test_users = 1
   # Which item fields behaviours carry / feed id_stats' category shares;
   # None = the first item field.
   v.seq_features = ml_collections.FieldReference(None, field_type=tuple)

@@ -41,6 +41,10 @@ def read(src, table, key, id_map, kinds, max_bag, reserved=()):
                              f'twice (rows {rows})')
   ids = id_map(keys)
   keep = ids > 0
+  if len(keys) and not keep.any():
+    # Said here, as its fields then hold nothing (the converter refuses
+    # titles that no impression's item has: convert.py).
+    logging.warning('%s', unmatched(path, key, id_map, keys[0]))
   for name in t.column_names:
     if name == key:
       continue
@@ -52,6 +56,15 @@ def read(src, table, key, id_map, kinds, max_bag, reserved=()):
                                      len(id_map), max_bag)
     (bags if is_bag else cats)[name] = size
   return out, cats, bags, raw, path
+
+
+def unmatched(path, key, id_map, example=None):
+  """The message for a table none of whose ids is one of the impressions'."""
+  there = id_map.keys[0] if len(id_map.keys) else None
+  here = f'{example!r} here, ' if example is not None else ''
+  return (f'{path}, column {key!r}: none of its ids is a {key} of the '
+          f'impressions (e.g. {here}{there!r} there; or all below '
+          'min_count): another id scheme, or the wrong file?')
 
 
 def _field(col, path, name, ids, keep, n, max_bag):

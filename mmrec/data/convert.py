@@ -27,8 +27,12 @@ What the conversion does:
     them the validation day(s) (held out of training by the CTR job's
     `--config.validation`); with split='share' instead the fewest last days
     holding `test_share` of the impressions, and the fewest days before them
-    holding `validation_share` (a log thinning out towards its end). With `split` instead of time: train = day 0,
-    validation (if any) = day 1, test = the day after.
+    holding `validation_share` (a log thinning out towards its end). With
+    `split` instead of time: train = day 0, validation (if any) = day 1,
+    test = the day after. A span over `max_days` days (one time in
+    milliseconds among seconds) or a test split with fewer than
+    `min_test_users` users who both clicked and did not is an error naming
+    the outlier row (0 = allow it).
   * ids: 0 is reserved for "rare or unknown" (users and items), real ids run
     1..N in sorted order of the raw ids. A user or item with fewer than
     `min_count` occurrences in the training days (impressions, and history
@@ -99,6 +103,9 @@ class Options:
   max_bag: int = 8
   max_hard_negatives: int = 3  # slots per search session (search.parquet)
   chunk_rows: int = 65536
+  # Plausibility (impression_scan.py); 0 turns a check off.
+  max_days: int = 36525
+  min_test_users: int = 1
   # Item categorical fields the behaviours carry too (a prefix of the item
   # fields in column order); None = the first item field, if any.
   seq_features: tuple | None = None
@@ -128,7 +135,10 @@ class Converter:
 
   # --- Catalogue tables -------------------------------------------------
 
-  def _titles(self, raw_titles, ids, keep, num_items, directory):
+  def _titles(self, raw_titles, ids, keep, num_items, directory, path):
+    if len(keep) and not keep.any():
+      raise columns.InputError(catalogue_tables.unmatched(
+          path, 'item', self.scan.items) + ' (so no item has a title)')
     text = np.full(num_items, '', dtype=object)
     v = raw_titles
     text[ids[keep]] = [s if isinstance(s, str) else '' for s in v[keep]]
@@ -183,7 +193,7 @@ class Converter:
     text = image_size = tok = None
     if 'title' in iraw:
       items['title'], tok = self._titles(*iraw['title'], len(scan.items),
-                                         directory)
+                                         directory, ipath)
       text = {'tokenizer': titles.FILE, 'vocab_size': tok.get_vocab_size(),
               'length': self.opt.title_length}
     if 'image' in iraw:

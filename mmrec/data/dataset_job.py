@@ -7,10 +7,13 @@ SOURCE picks a reader (mmrec/data/readers/): each maps its dataset's files
 onto the Parquet schema of convert.py (staged in the build directory, never
 in the source directory), then `convert.Converter` writes the dataset. The
 dataset is built beside NEW_DIR and renamed into place; NEW_DIR must be new
-or empty, or already hold this very conversion (then it is reused).
+or empty, or already hold this very conversion (then it is reused): the
+same config and the same source files (names, sizes, mtimes:
+`source_fingerprint`), so a source that changed is refused, never reused.
 """
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -38,9 +41,28 @@ READERS = {
 }
 
 
+def source_fingerprint(source_dir):
+  """Files, bytes and a digest of (path, size, mtime) of every file under
+  `source_dir`: a source that gained, lost or rewrote a file converts again
+  (reading no file's contents: a listing is cheap at any size)."""
+  h = hashlib.sha256()
+  count = size = 0
+  for root, dirs, names in os.walk(source_dir):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      st = os.stat(path)
+      rel = os.path.relpath(path, source_dir)
+      h.update(f'{rel}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+      count += 1
+      size += st.st_size
+  return {'files': count, 'bytes': size, 'sha256': h.hexdigest()}
+
+
 def _conversion(config):
-  out = {'source': config.source,
-         'source_dir': os.path.abspath(os.path.expanduser(config.source_dir)),
+  source_dir = os.path.abspath(os.path.expanduser(config.source_dir))
+  out = {'source': config.source, 'source_dir': source_dir,
+         'source_files': source_fingerprint(source_dir),
          'convert': json.loads(config.convert.to_json_best_effort())}
   # A reader's own settings (config.<source>, e.g. Amazon's negatives) shape
   # the dataset too: a rerun with other ones must not reuse it.
@@ -69,6 +91,21 @@ def check_target(source_dir, target, wanted):
     if os.path.exists(path):
       with open(path) as f:
         found = json.load(f)
+    if found and found.get('source_files') != wanted['source_files'] and (
+        dict(found, source_files=None) == dict(wanted, source_files=None)):
+      was, now = found.get('source_files'), wanted['source_files']
+      if was is None:
+        raise FileExistsError(
+            f'{target} holds a dataset converted before conversions recorded '
+            "their source's files, so whether the source changed since is "
+            'unknown: point config.data_dir at it as it is, or convert into '
+            'a new --workdir')
+      raise FileExistsError(
+          f'{target} holds a dataset converted from {source_dir} when it had '
+          f'{was["files"]} files, {was["bytes"]} bytes; it '
+          f'now has {now["files"]} files, {now["bytes"]} bytes (or changed '
+          'files): the source changed since. Convert it into a new '
+          '--workdir (or remove this one); the old dataset is not reused')
     if found != wanted:
       raise FileExistsError(
           f'{target} already holds a dataset built from another source or '
@@ -113,6 +150,9 @@ def run(config, workdir):
     m = converter.write(tmp)
     fill.test_users_both = converter.scan.test_users_both
     shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)
+    if source_fingerprint(source_dir) != wanted['source_files']:
+      raise RuntimeError(f'{source_dir} changed while it was converted; '
+                         'nothing was written: run again once it is whole')
     files.write_json(os.path.join(tmp, CONVERSION_FILE), wanted)
     fill.manifest = m
 

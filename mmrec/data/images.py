@@ -16,6 +16,11 @@ from mmrec.data import columns
 def read(source_dir, rel, size, where):
   """(size, size, 3) uint8 of `source_dir/rel`; `where` names file, column
   and row for errors."""
+  if not isinstance(rel, str):
+    raise columns.InputError(
+        f'{where}: {type(rel).__name__} {_short(rel)}, expected the path of '
+        'an image file (a string, relative to the source directory); image '
+        'bytes or pixels in the table are not read: write them to files')
   full = os.path.join(source_dir, rel)
   try:
     with Image.open(full) as im:
@@ -24,9 +29,17 @@ def read(source_dir, rel, size, where):
   except FileNotFoundError:
     raise columns.InputError(f'{where}: image {rel!r} not found (looked for '
                              f'{full})') from None
+  except Image.DecompressionBombError as e:
+    # Pillow's guard against a small file claiming billions of pixels.
+    raise columns.InputError(f'{where}: image {full} refused: {e}') from None
   except (OSError, ValueError) as e:
     raise columns.InputError(f'{where}: cannot read image {full} ({e})'
                              ) from None
+
+
+def _short(value):
+  text = repr(value)
+  return text if len(text) <= 40 else text[:37] + '...'
 
 
 def read_many(source_dir, paths, size, path, column, rows=None):

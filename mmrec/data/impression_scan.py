@@ -70,6 +70,10 @@ def split_days(counts, opt):
   return first_test, validation
 
 
+def _when(t):
+  return np.datetime64(int(t), 's')
+
+
 class _Spill:
   """The rows of one split that the dataset stores, from scan to writing.
 
@@ -209,19 +213,23 @@ class ImpressionScan:
       self.t0, self.num_days = 0, 2 + self.validation_days
       self.first_test_day = self.num_days - 1
       return
-    lo, hi = None, None
+    lo = hi = None  # (time, file, row) of the first and the last row
     per_day = id_maps.Counter()  # impressions per (absolute) day
     for path, row0, batch in columns.chunks(self.paths, ['time'], (),
                                             self.opt.chunk_rows):
       t = columns.times(batch.column(0), path, 'time', row0)
       if len(t):
-        lo = t.min() if lo is None else min(lo, t.min())
-        hi = t.max() if hi is None else max(hi, t.max())
+        i, j = int(t.argmin()), int(t.argmax())
+        if lo is None or t[i] < lo[0]:
+          lo = (int(t[i]), path, row0 + i)
+        if hi is None or t[j] > hi[0]:
+          hi = (int(t[j]), path, row0 + j)
         per_day.add(t // DAY)
     if lo is None:
       raise columns.InputError(f'{self.paths[0]}: no impressions')
-    self.t0 = int(lo - lo % DAY)
-    self.num_days = int((hi - self.t0) // DAY) + 1
+    self.t0 = int(lo[0] - lo[0] % DAY)
+    self.num_days = int((hi[0] - self.t0) // DAY) + 1
+    self._check_day_range(lo, hi)
     days, n = per_day.result()
     counts = np.zeros(self.num_days, np.int64)
     counts[days - self.t0 // DAY] = n
@@ -230,7 +238,7 @@ class ImpressionScan:
     if self.first_test_day - self.validation_days < 1:
       raise columns.InputError(
           f'{self.src}: the impressions span {self.num_days} day(s) '
-          f'(from {np.datetime64(int(lo), "s")} to {np.datetime64(int(hi), "s")}'
+          f'(from {_when(lo[0])} to {_when(hi[0])}'
           f'); {split_policy(self.opt)} leaves no training day')
     logging.info(
         'split (%s): test days %d-%d (%d impressions), %d validation day(s) '
@@ -241,6 +249,30 @@ class ImpressionScan:
                self.first_test_day].sum(),
         self.first_test_day - self.validation_days,
         counts[:self.first_test_day - self.validation_days].sum())
+
+  def _check_day_range(self, lo, hi):
+    """Refuses a day range no log has: one outlier (a time in milliseconds,
+    a year typed wrong) would make the test split that one row."""
+    limit = self.opt.max_days
+    if limit and self.num_days > limit:
+      raise columns.InputError(
+          f"{hi[1]}, column 'time', row {hi[2]}: {hi[0]} ({_when(hi[0])}) "
+          f'lies {self.num_days - 1} days after the first impression '
+          f"({lo[1]}, row {lo[2]}: {_when(lo[0])}); more than max_days="
+          f'{limit}. A time in milliseconds? Times are epoch seconds. If the '
+          'log really spans that long, set config.convert.max_days=0')
+
+  def _check_test_split(self, both):
+    """Refuses a test split too small to evaluate on: fewer than
+    min_test_users users with both a click and a non-click (GAUC's)."""
+    need = self.opt.min_test_users
+    if need and both < need:
+      raise columns.InputError(
+          f'{self.src}: the test split (day {self.first_test_day} of '
+          f'{self.num_days}, {self.rows["test"]} rows) has {both} user(s) '
+          f'with both a click and a non-click, fewer than min_test_users='
+          f'{need}: an outlier time or split value? (check the time / split '
+          'column; set config.convert.min_test_users=0 to convert anyway)')
 
   def scan_ids(self, scratch):
     """Pass 2: id counts over the training days, launch days, clicks.
@@ -306,6 +338,7 @@ class ImpressionScan:
     self.user_keys = id_maps.IdMap(everyone.result()[0])
     self.test_users_both = len(np.intersect1d(test_pos.result()[0],
                                               test_neg.result()[0]))
+    self._check_test_split(self.test_users_both)
     ikeys, icount = items.result()
     skeys, _ = shown.result()
     new = skeys[id_maps.lookup(ikeys, icount, skeys, 0) == 0]
