@@ -64,10 +64,13 @@ def method_config(config, method, seed, data_dir, workdir, clip_o=True):
   return c
 
 
-def plan(methods, data_dir):
+def plan(methods, data_dir, num_pairs=None):
   """(runnable methods in `methods`' order, {skipped method: why}, {method:
   note}): what the dataset at `data_dir` can serve, checked before anything
-  trains."""
+  trains. `num_pairs`: the co-click methods' config.num_i2i_pairs (their
+  data is checked too: a log without clicks has no pair)."""
+  if num_pairs is None:
+    num_pairs = scl_config.get_config().num_i2i_pairs
   m = manifest.load(data_dir)
   items = None
   skipped = {}
@@ -77,6 +80,7 @@ def plan(methods, data_dir):
       if pretrain_eval.eval_task(m) == pretrain_eval.CO_CLICK_EVAL and items is None:
         items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
       pretrain_eval.check_evaluable(data_dir, items, method)
+      train_scl.check_data(method, data_dir, num_pairs)
     except manifest.DatasetError as e:
       logging.warning('pre-training: skipping %s: %s', method, e)
       skipped[method] = str(e)
@@ -272,7 +276,8 @@ def markdown(table, skipped=None, notes=None):
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.scl.world, workdir)
   methods, skipped, notes = plan(
-      [m for m in config.methods.split(',') if m], data_dir)
+      [m for m in config.methods.split(',') if m], data_dir,
+      config.scl.num_i2i_pairs)
   order = sorted(methods, key=lambda m: m == 'clip_e')  # after clip_o
   clip_o = 'clip_e' not in notes
   results = {m: [] for m in methods}
