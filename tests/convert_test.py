@@ -534,3 +534,61 @@ class StreamedSearchTest(parameterized.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+# Chinese text queries none of whose characters a title holds (issue 22).
+ZH_QUERIES = ['猫咪玩具', '狗狗外套', '运动跑鞋']
+
+
+class QueryTokenizerTest(absltest.TestCase):
+  """The tokenizer learns the training queries' words; a user's replaces it."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.src = tempfile.mkdtemp()
+    fixtures.write_own_data(cls.src, rows=400, with_vectors=False,
+                            sessions=120)
+    path = os.path.join(cls.src, 'search.parquet')
+    t = pq.read_table(path)
+    text = [None if q is None else ZH_QUERIES[i % 3]
+            for i, q in enumerate(t.column('query_text').to_pylist())]
+    pq.write_table(t.set_column(t.schema.get_field_index('query_text'),
+                                'query_text', pa.array(text, pa.string())),
+                   path)
+
+  def test_queries_train_the_tokenizer(self):
+    _, out = fixtures.convert(fixtures.own_data_config(self.src))
+    tok = titles.load(out)
+    unk = titles.unknown_id(tok)
+    # Trained on titles alone, every character of these was unknown.
+    self.assertFalse((titles.encode(tok, ZH_QUERIES, 8) == unk).any())
+    for split in ('train', 'test'):
+      s = builders.load_table(out, manifest.SEARCH, split)
+      text = s['query_text'][~s['query_is_image']]
+      self.assertGreater(len(text), 0)
+      self.assertFalse((text == unk).any())
+
+  def test_user_tokenizer_and_the_unknown_warning(self):
+    # A tokenizer of English titles: the Chinese queries are unknown, said.
+    tok = titles.train(['red shirt', 'blue cotton hat'], 100)
+    path = os.path.join(tempfile.mkdtemp(), 'tokenizer.json')
+    tok.save(path)
+    with self.assertLogs(level='WARNING') as logs:
+      m, out = fixtures.convert(fixtures.own_data_config(self.src,
+                                                         tokenizer=path))
+    self.assertEqual(titles.load(out).get_vocab(), tok.get_vocab())
+    self.assertEqual(m.text['vocab_size'], tok.get_vocab_size())
+    said = [r for r in logs.output if 'mostly unknown tokens' in r]
+    self.assertTrue(any('train text queries' in r for r in said), said)
+    self.assertTrue(any('item titles' in r for r in said), said)  # Chinese
+    # Id 0 must be padding: titles are 0-padded.
+    bad = titles.train(['red shirt'], 100)
+    vocab = dict(bad.get_vocab())
+    vocab['[PAD]'], vocab['red'] = vocab['red'], 0
+    bad.model = type(bad.model)(vocab, unk_token=titles.UNK)
+    bad_path = os.path.join(tempfile.mkdtemp(), 'tokenizer.json')
+    bad.save(bad_path)
+    with self.assertRaisesRegex(ValueError, "id 0 is 'red'; it must be the "
+                                'padding token'):
+      fixtures.convert(fixtures.own_data_config(self.src, tokenizer=bad_path))

@@ -61,7 +61,11 @@ def get_config(arg=None):
   v.long_seq_len = 0
   v.image_size = 32  # images resized to this (as the world)
   v.title_length = 16
-  v.vocab_size = 8000  # WordPiece vocabulary of the titles
+  v.vocab_size = 8000  # WordPiece vocabulary of the titles and queries
+  # A tokenizer.json (HF `tokenizers` format, id 0 = padding) to use instead
+  # of training one; '' = train on the training split's titles and queries.
+  v.tokenizer = ''
+  v.max_hard_negatives = 3  # hard-negative slots per search session
   v.max_bag = 8  # slots of a multi-valued field (genres, tags)
   v.chunk_rows = 65536  # impressions / search rows per chunk: bounds memory
   # Which item fields behaviours carry / feed id_stats' category shares;

@@ -40,8 +40,10 @@ What the conversion does:
     launch_day >= first test day); categorical values remapped to 1..V-1 by
     sorted value (0 = missing); bags to fixed width `max_bag`; titles
     tokenised by a WordPiece tokenizer trained on the titles of the items of
-    the training days (titles.py); images read, converted to RGB and resized
-    to `image_size`.
+    the training days and the training search sessions' text queries, or
+    the user's `tokenizer` (titles.py; a warning when many titles or
+    queries are mostly unknown tokens); images read, converted to RGB and
+    resized to `image_size`.
   * streaming: impressions are read in chunks of `chunk_rows`, never whole:
     the time column alone (days), then every column once (counts, clicks).
     That pass keeps what the dataset stores of each row (ids, label, day and
@@ -87,6 +89,9 @@ class Options:
   vocab_size: int = 8000
   max_bag: int = 8
   max_hard_negatives: int = 3  # slots per search session (search.parquet)
+  # '' = train a WordPiece tokenizer; else a tokenizer.json to use (titles.
+  # from_file): its vocabulary size replaces vocab_size.
+  tokenizer: str = ''
   chunk_rows: int = 65536
   # Item categorical fields the behaviours carry too (a prefix of the item
   # fields in column order); None = the first item field, if any.
@@ -113,7 +118,10 @@ class Converter:
 
   # --- Catalogue tables -------------------------------------------------
 
-  def _titles(self, raw_titles, ids, keep, num_items, directory):
+  def _titles(self, raw_titles, ids, keep, num_items, directory,
+              queries=()):
+    """(encoded titles, tokenizer): the user's `tokenizer` or one trained on
+    the titles of the training days' items and the training `queries`."""
     text = np.full(num_items, '', dtype=object)
     v = raw_titles
     text[ids[keep]] = [s if isinstance(s, str) else '' for s in v[keep]]
@@ -122,9 +130,16 @@ class Converter:
     if not corpus:
       raise columns.InputError(f'{self.src}: items.parquet has a title column '
                                'but no item of the training days has a title')
-    tok = titles.train(corpus, self.opt.vocab_size)
+    if self.opt.tokenizer:
+      tok = titles.from_file(self.opt.tokenizer)
+    else:
+      tok = titles.train(corpus + [q for q in queries if q],
+                         self.opt.vocab_size)
     titles.save(tok, directory)
-    return titles.encode(tok, list(text), self.opt.title_length), tok
+    encoded = titles.encode(tok, list(text), self.opt.title_length)
+    titles.warn_unknown(tok, int(keep.sum()), int(titles.mostly_unknown(
+        tok, encoded[ids[keep]]).sum()), 'item titles')
+    return encoded, tok
 
   def _images(self, raw_paths, ids, keep, num_items, path):
     out = np.zeros((num_items, self.opt.image_size, self.opt.image_size, 3),
@@ -157,9 +172,13 @@ class Converter:
         self.src, 'users', 'user', scan.users, scan.kinds, self.opt.max_bag)
     items['launch_day'] = scan.launch_day
     text = image_size = tok = None
+    # The search log's first pass before the titles: its training queries
+    # are part of the tokenizer's corpus.
+    search = search_sessions.convert(scan, 'title' in iraw)
     if 'title' in iraw:
-      items['title'], tok = self._titles(*iraw['title'], len(scan.items),
-                                         directory)
+      items['title'], tok = self._titles(
+          *iraw['title'], len(scan.items), directory,
+          search.train_texts if search else ())
       text = {'tokenizer': titles.FILE, 'vocab_size': tok.get_vocab_size(),
               'length': self.opt.title_length}
     if 'image' in iraw:
@@ -169,7 +188,8 @@ class Converter:
                                        directory)
     candidates = catalogue_tables.candidates(self.src, scan.kinds, scan.items,
                                              directory)
-    search = search_sessions.convert(scan, tok)
+    if search:
+      search.tok = tok
     tables = [
         (builders.Items, {'catalogue': items}, None),
         (builders.Users, {'catalogue': users}, None),
