@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from experiments import ctr_sweep
 from experiments.configs import ctr as ctr_config
+from experiments.configs import data as data_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
@@ -592,3 +593,49 @@ class QueryTokenizerTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "id 0 is 'red'; it must be the "
                                 'padding token'):
       fixtures.convert(fixtures.own_data_config(self.src, tokenizer=bad_path))
+
+
+class OwnDataGapsTest(absltest.TestCase):
+  """Issue 22's own-data gaps: transparency, hard-negative slots, items and
+  sessions the impressions do not know."""
+
+  def test_transparency_hard_negatives_and_unknown_items(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, rows=600, with_vectors=False, sessions=100)
+    # Item 1's picture: a fully transparent PNG (an icon's background).
+    images.Image.new('RGBA', (10, 12), (0, 0, 0, 0)).save(
+        os.path.join(src, 'img', '1.png'))
+    # Two listed items no impression shows, and sessions buying them.
+    path = os.path.join(src, 'items.parquet')
+    t = pq.read_table(path)
+    extra = t.slice(0, 2).set_column(0, 'item', pa.array([7, 8], pa.int64()))
+    pq.write_table(pa.concat_tables([t, extra]), path)
+    path = os.path.join(src, 'search.parquet')
+    t = pq.read_table(path)
+    extra = t.slice(0, 3).set_column(t.schema.get_field_index('item'), 'item',
+                                     pa.array([7, 8, 7], pa.int64()))
+    pq.write_table(pa.concat_tables([t, extra]), path)
+    c = fixtures.own_data_config(src, max_hard_negatives=1)
+    with self.assertLogs(level='WARNING') as logs:
+      m, out = fixtures.convert(c)
+    text = '\n'.join(logs.output)
+    self.assertIn('2 of 42 items never appear in the impressions', text)
+    self.assertIn('3 of 103 search sessions buy an item the impressions do '
+                  'not have', text)
+    self.assertEqual(m.num_items, 41)
+    items = builders.load_table(out, manifest.ITEMS, 'catalogue')
+    white = (items['image'] == 255).all(axis=(1, 2, 3))
+    self.assertEqual(white.sum(), 1)  # not black: composited on white
+    train = builders.load_table(out, manifest.SEARCH, 'train')
+    self.assertEqual(train['hard_negatives'].shape[1], 1)
+    self.assertIn('max_hard_negatives', data_config.get_config().convert)
+
+  def test_declared_background(self):
+    im = images.Image.new('LA', (2, 2), (0, 0))
+    im.putpixel((0, 0), (40, 255))  # one opaque dark pixel
+    got = np.asarray(images.to_rgb(im, (0, 0, 255)))
+    np.testing.assert_array_equal(got[0, 0], [40, 40, 40])
+    np.testing.assert_array_equal(got[1, 1], [0, 0, 255])
+    with self.assertRaisesRegex(ValueError, r'image_background = \(1, 2\): '
+                                'expected 3 integers'):
+      images.check_background((1, 2))

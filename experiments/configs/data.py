@@ -60,6 +60,8 @@ def get_config(arg=None):
   # MUSE code's Taobao-MM setting (4 KB per impression).
   v.long_seq_len = 0
   v.image_size = 32  # images resized to this (as the world)
+  # Transparent pixels (icons, emoji) are composited on this RGB colour.
+  v.image_background = (255, 255, 255)
   v.title_length = 16
   v.vocab_size = 8000  # WordPiece vocabulary of the titles and queries
   # A tokenizer.json (HF `tokenizers` format, id 0 = padding) to use instead

@@ -41,6 +41,15 @@ def read(src, table, key, id_map, kinds, max_bag, reserved=()):
                              f'twice (rows {rows})')
   ids = id_map(keys)
   keep = ids > 0
+  if not keep.all():
+    # The impressions define who and what exists (ids); a row they do not
+    # know is left out, and said, not silently (issue 22).
+    logging.warning(
+        '%s: %d of %d %ss never appear in the impressions%s (or are rarer '
+        'than convert.min_count) and are left out of the dataset (id 0: no '
+        'row, no content); e.g. %s', path, int((~keep).sum()), len(keys), key,
+        ' or histories' if key == 'item' else '',
+        ', '.join(map(repr, keys[~keep][:3].tolist())))
   for name in t.column_names:
     if name == key:
       continue

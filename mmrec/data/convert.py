@@ -43,7 +43,8 @@ What the conversion does:
     the training days and the training search sessions' text queries, or
     the user's `tokenizer` (titles.py; a warning when many titles or
     queries are mostly unknown tokens); images read, converted to RGB and
-    resized to `image_size`.
+    resized to `image_size` (transparency composited on `image_background`,
+    white by default).
   * streaming: impressions are read in chunks of `chunk_rows`, never whole:
     the time column alone (days), then every column once (counts, clicks).
     That pass keeps what the dataset stores of each row (ids, label, day and
@@ -85,6 +86,8 @@ class Options:
   # (config.retrieve_top_k), the MUSE code's 1000-long setting.
   long_seq_len: int = 0
   image_size: int = 32
+  # What transparent pixels are composited on (RGB; images.py).
+  image_background: tuple = images.WHITE
   title_length: int = 16
   vocab_size: int = 8000
   max_bag: int = 8
@@ -105,6 +108,8 @@ class Options:
     for k in ('seq_features', 'category_fields'):
       if d.get(k) is not None:
         d[k] = tuple(d[k])
+    if 'image_background' in d:
+      d['image_background'] = images.check_background(d['image_background'])
     return cls(**d)
 
 
@@ -146,7 +151,8 @@ class Converter:
                    np.uint8)
     rows = np.flatnonzero(keep)
     out[ids[rows]] = images.read_many(self.src, raw_paths[rows],
-                                      self.opt.image_size, path, 'image', rows)
+                                      self.opt.image_size, path, 'image', rows,
+                                      self.opt.image_background)
     return out
 
   # --- Everything ---------------------------------------------------------

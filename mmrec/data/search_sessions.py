@@ -30,6 +30,7 @@ every-10th fallback and the row an error names are that global position.
 import contextlib
 import os
 
+from absl import logging
 import numpy as np
 
 from mmrec.data import columns
@@ -161,6 +162,12 @@ class Sessions:
           (code == _TRAIN) & ~image_q)]
     self.counts = {s: int((self.code == k).sum())
                    for s, k in zip(SPLITS, (_TRAIN, _TEST))}
+    dropped = int((self.code == _DROPPED).sum())
+    if dropped:
+      logging.warning(
+          '%s: %d of %d search sessions buy an item the impressions do not '
+          'have (or rarer than convert.min_count): left out of pre-training',
+          self.log, dropped, self.num_rows)
     for split, n in self.counts.items():
       if not n:
         raise columns.InputError(
@@ -270,7 +277,8 @@ class Sessions:
     if len(rows):
       rel = np.asarray(batch.column('query_image').to_pylist(), object)[rows]
       out['query_image'][image] = images.read_many(
-          self.conv.src, rel, opt.image_size, path, 'query_image', g + rows)
+          self.conv.src, rel, opt.image_size, path, 'query_image', g + rows,
+          opt.image_background)
     rows = mine[~image]
     if len(rows):
       out['query_text'][~image] = titles.encode(
