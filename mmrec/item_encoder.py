@@ -48,19 +48,23 @@ def build_encoder(config, vocab_size, max_len, modalities=None):
       multimodal_encoder.MultimodalConfig.from_dict(enc))
 
 
-def modalities(m):
-  """The item modalities of manifest `m`: ('image', 'text'), one of them,
-  or () (no content: nothing for an encoder to read)."""
+def modalities(m, method=None):
+  """The towers an encoder of `method` has on manifest `m`: the item
+  modalities (('image', 'text'), one of them, or () with no content), and
+  both for CLIP-O where the dataset has (image, caption) pairs: it trains
+  on them whatever the items hold."""
+  if method == 'clip_o' and m.has(manifest.CAPTIONS, 'image', 'caption'):
+    return multimodal_encoder.MODALITIES
   return tuple(k for k, field in (('image', 'image'), ('text', 'title'))
                if m.has(manifest.ITEMS, field))
 
 
-def item_shapes(data_dir):
-  """(vocabulary size, title length, image size, modalities) from a
-  dataset's manifest (None for the sizes of a modality it has not); a
+def item_shapes(data_dir, method=None):
+  """(vocabulary size, text length, image size, modalities) of an encoder
+  of `method` on a dataset (None for the sizes of a modality it has not); a
   dataset without item images or titles cannot feed an encoder."""
   m = manifest.load(data_dir)
-  mods = modalities(m)
+  mods = modalities(m, method)
   if not mods:
     m.require('pre-training', manifest.ITEMS, ('title',),
               why='the item encoder needs item images or titles')
@@ -77,14 +81,14 @@ def _vocab_size(m, data_dir):
 def encoder_model(config, data_dir):
   """`build_encoder` for the vocabulary, title length and modalities of a
   dataset."""
-  vocab, length, _, mods = item_shapes(data_dir)
+  vocab, length, _, mods = item_shapes(data_dir, config.get('method'))
   return build_encoder(config, vocab, length, mods)
 
 
-def example_inputs(data_dir):
+def example_inputs(data_dir, method=None):
   """Dummy (image, text) inputs with the dataset's shapes, for `init` (None
-  for a modality the dataset has not)."""
-  _, t, s, _ = item_shapes(data_dir)
+  for a modality the encoder has not)."""
+  _, t, s, _ = item_shapes(data_dir, method)
   return {'image': None if s is None else np.zeros((1, s, s, 3), np.uint8),
           'text': None if t is None else np.ones((1, t), np.int32)}
 
@@ -237,7 +241,7 @@ def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
   data_dir = data_dir or config.data_dir
   mesh = mesh or sharding.make_mesh()
   model = encoder_model(config, data_dir)
-  example = example_inputs(data_dir)
+  example = example_inputs(data_dir, config.get('method'))
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), example['image'], example['text'])['params']))
   abstract = jax.tree.map(

@@ -445,7 +445,8 @@ def run(config, workdir):
   model = item_encoder.encoder_model(config, data_dir)
   tx = build_optimizer(config)
   progs = train_lib.compile_programs(
-      init_fn(model, obj, tx, item_encoder.example_inputs(data_dir)),
+      init_fn(model, obj, tx, item_encoder.example_inputs(data_dir,
+                                                          config.method)),
       functools.partial(train_step, model=model, objective=obj, tx=tx), mesh)
 
   def on_init_from(state, params):  # the momentum encoder starts there too

@@ -15,16 +15,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from experiments import ctr_sweep
+from experiments import pretrain_sweep
 from experiments.configs import ctr as ctr_config
 from experiments.configs import data as data_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from mmrec import ctr_data
 from mmrec import id_stats
+from mmrec import item_encoder
 from mmrec import train_ctr
 from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
+from mmrec.data import columns
 from mmrec.data import dataset_job
 from mmrec.data import images
 from mmrec.data import manifest
@@ -639,3 +642,31 @@ class OwnDataGapsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r'image_background = \(1, 2\): '
                                 'expected 3 integers'):
       images.check_background((1, 2))
+
+  def test_captions_let_clip_o_run_and_clip_e_start_from_it(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_items=120, rows=1500, with_vectors=False)
+    pq.write_table(pa.table({
+        'image': [f'img/{i}.png' for i in range(6)],
+        'caption': [ZH_QUERIES[i % 3] for i in range(6)]}),
+                   os.path.join(src, 'captions.parquet'))
+    m, out = fixtures.convert(fixtures.own_data_config(src))
+    self.assertEqual(m.tables[manifest.CAPTIONS]['splits'], {'train': 6})
+    caps = builders.load_table(out, manifest.CAPTIONS, 'train')
+    self.assertEqual(caps['image'].shape, (6, 16, 16, 3))
+    self.assertEqual(int(caps['image'][1].mean()), 6)  # img/1.png's grey
+    tok = titles.load(out)  # the captions' words are in the vocabulary
+    self.assertFalse((caps['caption'] == titles.unknown_id(tok)).any())
+    self.assertTrue((caps['caption'][:, 0] > 1).all())
+    ran, _, notes = pretrain_sweep.plan(['clip_o', 'clip_e'], out)
+    self.assertEqual(ran, ['clip_o', 'clip_e'])
+    self.assertEqual(notes, {})  # clip_e starts from clip_o
+    # A catalogue of images only: CLIP-O still has both towers (captions).
+    self.assertEqual(item_encoder.modalities(m, 'clip_o'), ('image', 'text'))
+    bad = os.path.join(src, 'captions.parquet')
+    pq.write_table(pa.table({'image': ['img/1.png', None],
+                             'caption': ['a', 'b']}), bad)
+    with self.assertRaisesRegex(columns.InputError,
+                                r"captions.parquet, column 'image', row 1: "
+                                'None, expected a non-empty string'):
+      fixtures.convert(fixtures.own_data_config(src))
