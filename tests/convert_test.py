@@ -269,10 +269,20 @@ class ConvertTest(absltest.TestCase):
   def test_jobs_say_what_the_dataset_lacks(self):
     with self.assertRaisesRegex(
         manifest.DatasetError,
-        "dataset 'parquet' has no mmrec_search table: scl needs query -> "
-        'purchase pairs; methods that can run: clip_e, i2i, raw_pixels, '
-        'bag_of_tokens'):
-      train_scl.check_dataset('scl', self.m)
+        "dataset 'parquet' has no mmrec_captions table: clip_o needs generic "
+        r'\(image, caption\) pairs; methods that can run: scl, scl_no_queue, '
+        'scl_no_hard_neg, clip_e, i2i, raw_pixels, bag_of_tokens'):
+      train_scl.check_dataset('clip_o', self.m)
+    # Neither search sessions nor histories: SCL has no positives.
+    bare = manifest.Manifest.from_dict(dict(
+        self.m.to_dict(), tables={k: v for k, v in self.m.tables.items()
+                                  if k != manifest.IMPRESSIONS}))
+    with self.assertRaisesRegex(
+        manifest.DatasetError,
+        r"has neither mmrec_search \['purchased_item'\] nor "
+        r"mmrec_impressions \['seq_item', 'seq_len'\]: scl needs query -> "
+        'purchase pairs or co-clicks'):
+      train_scl.check_dataset('scl', bare)
     world = manifest.from_world_config(fixtures.tiny_config().to_dict())
     for method in train_scl.NEEDS:
       train_scl.check_dataset(method, world)
