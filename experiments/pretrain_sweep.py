@@ -26,13 +26,14 @@ from mmrec.data import resolver
 # '<s>_catalogue': search queries ranked against the catalogue instead of
 # paper.md's pool (retrieval_eval.py); '<m>_concept': a top-k item of the
 # purchased item's concept (the world only). '<m>_on_<m>': queries of modality m
-# ranked by m's own item table. 'item',
+# ranked by m's own item table (and '_catalogue' against the catalogue). 'item',
 # 'item_new': the item table on itself (co-click evaluation only); a table
 # shows the slices its runs have.
 SLICES = ('image', 'text', 'image_new', 'text_new', 'image_catalogue',
           'text_catalogue', 'image_new_catalogue', 'text_new_catalogue',
           'image_concept', 'text_concept',
-          'image_on_image', 'text_on_text', 'item', 'item_new')
+          'image_on_image', 'text_on_text', 'image_on_image_catalogue',
+          'text_on_text_catalogue', 'item', 'item_new')
 METRICS = ('accuracy@1', 'recall@10')
 TABLE_FILE = 'pretrain_table'
 COMPARISONS_FILE = 'pretrain_comparisons.json'
