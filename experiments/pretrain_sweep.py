@@ -28,13 +28,14 @@ from mmrec.data import resolver
 # '<s>_catalogue': search queries ranked against the catalogue instead of
 # paper.md's pool (retrieval_eval.py); '<m>_concept': a top-k item of the
 # purchased item's concept (the world only). '<m>_on_<m>': queries of modality m
-# ranked by m's own item table. 'item',
+# ranked by m's own item table (and '_catalogue' against the catalogue). 'item',
 # 'item_new': the item table on itself (co-click evaluation only); a table
 # shows the slices its runs have.
 SLICES = ('image', 'text', 'image_new', 'text_new', 'image_catalogue',
           'text_catalogue', 'image_new_catalogue', 'text_new_catalogue',
           'image_concept', 'text_concept',
-          'image_on_image', 'text_on_text', 'item', 'item_new')
+          'image_on_image', 'text_on_text', 'image_on_image_catalogue',
+          'text_on_text_catalogue', 'item', 'item_new')
 METRICS = ('accuracy@1', 'recall@10')
 TABLE_FILE = 'pretrain_table'
 COMPARISONS_FILE = 'pretrain_comparisons.json'
@@ -66,10 +67,13 @@ def method_config(config, method, seed, data_dir, workdir, clip_o=True):
   return c
 
 
-def plan(methods, data_dir):
+def plan(methods, data_dir, num_pairs=None):
   """(runnable methods in `methods`' order, {skipped method: why}, {method:
   note}): what the dataset at `data_dir` can serve, checked before anything
-  trains."""
+  trains. `num_pairs`: the co-click methods' config.num_i2i_pairs (their
+  data is checked too: a log without clicks has no pair)."""
+  if num_pairs is None:
+    num_pairs = scl_config.get_config().num_i2i_pairs
   m = manifest.load(data_dir)
   items = None
   skipped = {}
@@ -79,6 +83,7 @@ def plan(methods, data_dir):
       if pretrain_eval.eval_task(m) == pretrain_eval.CO_CLICK_EVAL and items is None:
         items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
       pretrain_eval.check_evaluable(data_dir, items, method)
+      train_scl.check_data(method, data_dir, num_pairs)
     except manifest.DatasetError as e:
       logging.warning('pre-training: skipping %s: %s', method, e)
       skipped[method] = str(e)
@@ -331,7 +336,8 @@ def load_comparisons(config, workdir, methods):
 def run(config, workdir):
   data_dir = resolver.data_dir(config.data_dir, config.scl.world, workdir)
   methods, skipped, notes = plan(
-      [m for m in config.methods.split(',') if m], data_dir)
+      [m for m in config.methods.split(',') if m], data_dir,
+      config.scl.num_i2i_pairs)
   order = sorted(methods, key=lambda m: m == 'clip_e')  # after clip_o
   clip_o = 'clip_e' not in notes
   results = {m: [] for m in methods}

@@ -134,7 +134,8 @@ def run(config, workdir):
   skipped = reproduce_inputs.world_only(config, m, world_dir)
   # Before any stage: what pre-training can run, and that the CTR vectors
   # asked for will exist.
-  ran, pre_skipped, notes = pretrain_sweep.plan(methods, world_dir)
+  ran, pre_skipped, notes = pretrain_sweep.plan(
+      methods, world_dir, config.pretrain.scl.num_i2i_pairs)
   if config.ctr_vectors == 'shipped' or (config.ctr_vectors == 'pretrained'
                                          and not ran):
     reproduce_inputs.ctr_vectors(config, m, world_dir, '', ran, {})

@@ -27,7 +27,7 @@ def run(config, workdir):
       batch_size=config.batch_size)
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   t0 = time.time()
-  tables = encoder.item_tables(items['image'], items['title'])
+  tables = encoder.item_tables(items.get('image'), items.get('title'))
   seconds = time.time() - t0
   meta = vector_table.save_tables(workdir, tables, {
       'encoder_workdir': os.path.abspath(config.encoder_workdir),

@@ -27,23 +27,51 @@ from mmrec.data import manifest
 REFERENCE_METHODS = ('raw_pixels', 'bag_of_tokens')
 
 
-def build_encoder(config, vocab_size, max_len):
-  """The MultimodalEncoder of `config.encoder` for a vocabulary and length."""
+def build_encoder(config, vocab_size, max_len, modalities=None):
+  """The MultimodalEncoder of `config.encoder` for a vocabulary and length.
+
+  `modalities`: the towers to build (default both). An `item_mode` naming a
+  modality not among them becomes the one there is (a method whose item
+  vector is the image tower, on titles only, embeds items by their titles).
+  """
   enc = config.encoder.to_dict()
-  enc['text'] = dict(enc['text'], vocab_size=vocab_size, max_len=max_len)
+  mods = tuple(modalities or multimodal_encoder.MODALITIES)
+  # Without a text tower its config is never built into a module, but the
+  # dataclass wants a vocabulary and length.
+  enc['text'] = dict(enc['text'], vocab_size=vocab_size or 2,
+                     max_len=max_len or 1)
+  if enc.get('item_mode', 'fused') not in mods + ('fused',):
+    enc['item_mode'] = mods[0]
   enc.update(min_temperature=config.min_temperature,
-             max_temperature=config.max_temperature)
+             max_temperature=config.max_temperature, modalities=mods)
   return multimodal_encoder.MultimodalEncoder(
       multimodal_encoder.MultimodalConfig.from_dict(enc))
 
 
-def item_shapes(data_dir):
-  """(vocabulary size, title length, image size) from a dataset's manifest;
-  a dataset without item images and titles cannot feed an encoder."""
+def modalities(m, method=None):
+  """The towers an encoder of `method` has on manifest `m`: the item
+  modalities (('image', 'text'), one of them, or () with no content), and
+  both for CLIP-O where the dataset has (image, caption) pairs: it trains
+  on them whatever the items hold."""
+  if method == 'clip_o' and m.has(manifest.CAPTIONS, 'image', 'caption'):
+    return multimodal_encoder.MODALITIES
+  return tuple(k for k, field in (('image', 'image'), ('text', 'title'))
+               if m.has(manifest.ITEMS, field))
+
+
+def item_shapes(data_dir, method=None):
+  """(vocabulary size, text length, image size, modalities) of an encoder
+  of `method` on a dataset (None for the sizes of a modality it has not); a
+  dataset without item images or titles cannot feed an encoder."""
   m = manifest.load(data_dir)
-  m.require('pre-training', manifest.ITEMS, ('image', 'title'),
-            why='the item encoder needs item images and titles')
-  return _vocab_size(m, data_dir), m.text['length'], m.image_size
+  mods = modalities(m, method)
+  if not mods:
+    m.require('pre-training', manifest.ITEMS, ('title',),
+              why='the item encoder needs item images or titles')
+  vocab = length = None
+  if 'text' in mods:
+    vocab, length = _vocab_size(m, data_dir), m.text['length']
+  return vocab, length, (m.image_size if 'image' in mods else None), mods
 
 
 def _vocab_size(m, data_dir):
@@ -51,16 +79,18 @@ def _vocab_size(m, data_dir):
 
 
 def encoder_model(config, data_dir):
-  """`build_encoder` for the vocabulary and title length of a dataset."""
-  vocab, length, _ = item_shapes(data_dir)
-  return build_encoder(config, vocab, length)
+  """`build_encoder` for the vocabulary, title length and modalities of a
+  dataset."""
+  vocab, length, _, mods = item_shapes(data_dir, config.get('method'))
+  return build_encoder(config, vocab, length, mods)
 
 
-def example_inputs(data_dir):
-  """Dummy (image, text) inputs with the dataset's shapes, for `init`."""
-  _, t, s = item_shapes(data_dir)
-  return {'image': np.zeros((1, s, s, 3), np.uint8),
-          'text': np.ones((1, t), np.int32)}
+def example_inputs(data_dir, method=None):
+  """Dummy (image, text) inputs with the dataset's shapes, for `init` (None
+  for a modality the encoder has not)."""
+  _, t, s, _ = item_shapes(data_dir, method)
+  return {'image': None if s is None else np.zeros((1, s, s, 3), np.uint8),
+          'text': None if t is None else np.ones((1, t), np.int32)}
 
 
 class Encoder:
@@ -78,14 +108,20 @@ class Encoder:
     self._tables = apply('encode_tables')
     self._one = None
 
+  def has(self, modality):
+    return modality in self.model.config.modalities
+
   def _batched(self, fn, *arrays):
-    n = len(arrays[0])
+    """`fn(params, *arrays)` in padded, sharded batches; a None array (a
+    modality the items have not) stays None."""
+    n = len(next(a for a in arrays if a is not None))
     out = []
     for lo in range(0, n, self.batch_size):
-      chunk = {str(i): a[lo:lo + self.batch_size] for i, a in enumerate(arrays)}
+      chunk = {str(i): a[lo:lo + self.batch_size] for i, a in enumerate(arrays)
+               if a is not None}
       chunk, valid = sharding.pad_batch(chunk, self.batch_size)
       x = sharding.shard_batch(chunk, self.mesh)
-      y = fn(self.params, *(x[str(i)] for i in range(len(arrays))))
+      y = fn(self.params, *(x.get(str(i)) for i in range(len(arrays))))
       out.append(jax.tree.map(lambda v: v[:valid], sharding.to_host(y)))
     if not out:
       return np.zeros((0, 0), np.float32)
@@ -104,10 +140,11 @@ class Encoder:
     return self._batched(self._tables, images, titles)
 
   def image_queries(self, images):
-    return self._batched(self._images, images)
+    """(N, E), or None without an image tower (as ReferenceEncoder)."""
+    return self._batched(self._images, images) if self.has('image') else None
 
   def text_queries(self, tokens):
-    return self._batched(self._texts, tokens)
+    return self._batched(self._texts, tokens) if self.has('text') else None
 
   def encode_one(self, image, title):
     """One new item -> (D,) vector: the path that makes new items servable.
@@ -119,7 +156,8 @@ class Encoder:
       device = jax.devices()[0]
       self._one_params = jax.device_put(self.params, device)
       self._one = jax.jit(lambda p, i, t: self.model.apply(
-          {'params': p}, i[None], t[None], method='encode_item')[0])
+          {'params': p}, None if i is None else i[None],
+          None if t is None else t[None], method='encode_item')[0])
     return np.asarray(self._one(self._one_params, image, title))
 
 
@@ -203,7 +241,7 @@ def load_encoder(encoder_workdir, data_dir=None, mesh=None, batch_size=1024):
   data_dir = data_dir or config.data_dir
   mesh = mesh or sharding.make_mesh()
   model = encoder_model(config, data_dir)
-  example = example_inputs(data_dir)
+  example = example_inputs(data_dir, config.get('method'))
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), example['image'], example['text'])['params']))
   abstract = jax.tree.map(

@@ -145,7 +145,7 @@ def evaluate_encoder(encoder, data_dir, items):
   '_catalogue' ranked against the catalogue; on the world 'image_concept'
   and 'text_concept', retrieval_eval.concept_hits) plus 'image_on_image'
   and 'text_on_text' (queries of a modality ranked by that modality's item
-  table, where the encoder has it); `encoder.item_tables`; and the
+  table, where the encoder has it; with '_catalogue' against the catalogue); `encoder.item_tables`; and the
   per-query ranks (retrieval_eval.query_ranks) under the same slice names.
   On a dataset without search sessions the queries are co-clicks
   (retrieval_eval.co_click_evaluate), which add the 'item' and 'item_new'
@@ -196,10 +196,16 @@ def evaluate_encoder(encoder, data_dir, items):
         concept))
   for m in vector_table.MODALITIES:
     if m in tables and q[m] is not None:
-      own = retrieval_eval.query_ranks(sessions, tables[m],
-                                       **{f'{m}_query_vectors': q[m]})
-      ranks[f'{m}_on_{m}'] = own[m]
-      metrics[f'{m}_on_{m}'] = retrieval_eval.summarise(own, sessions)[m]
+      # Against paper.md's pool and against the catalogue, as the item
+      # table: whether the fused vector loses to its own tower's (issue 22)
+      # is a question of the harder ranking too.
+      for suffix, against in (('', {}), ('_catalogue', dict(
+          candidates=candidates, canonical=canonical))):
+        own = retrieval_eval.query_ranks(
+            sessions, tables[m], **{f'{m}_query_vectors': q[m]}, **against)
+        ranks[f'{m}_on_{m}{suffix}'] = own[m]
+        metrics[f'{m}_on_{m}{suffix}'] = retrieval_eval.summarise(
+            own, sessions)[m]
   return metrics, tables, ranks
 
 

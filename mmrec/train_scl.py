@@ -23,6 +23,10 @@ One objective object per family; `train_lib.fit` runs the loop. Objectives
                           text query are not negatives of each other.
          scl_no_queue     in-batch negatives, online keys (CLIP-style).
          scl_no_hard_neg  lambda = 0.
+                          Without a search log the sessions are co-clicks
+                          (pretrain_pipelines.co_click_sessions: the
+                          earlier item's image or title is the query, no
+                          hard negatives).
   Clip   clip_o / clip_e  symmetric in-batch InfoNCE of image vs text on
                           generic captions / on catalogue image vs title (old
                           items only); rows with identical caption / title
@@ -31,6 +35,8 @@ One objective object per family; `train_lib.fit` runs the loop. Objectives
                           pairs sharing an item are not negatives.
 The duplicate masks beyond the same purchased item follow
 config.mask_duplicates (off: the unmasked baselines, for comparison).
+On a catalogue with one modality (titles only, images only) the encoder has
+that tower alone and the fused head reads it (item_encoder.modalities).
 The temperature is learned (clipped) in every case. The reference methods
 (raw pixels, bag of tokens) train nothing: `run` only evaluates them.
 
@@ -118,8 +124,10 @@ class I2i(Clip):
         num_pairs=c.num_i2i_pairs)
 
   def pair(self, apply, batch):
-    return (apply(batch['a_image'], batch['a_title'], method='encode_item'),
-            apply(batch['b_image'], batch['b_title'], method='encode_item'))
+    return (apply(batch.get('a_image'), batch.get('a_title'),
+                  method='encode_item'),
+            apply(batch.get('b_image'), batch.get('b_title'),
+                  method='encode_item'))
 
   def duplicates(self, batch):
     # Pairs sharing an item, in either position: a_i's partner b_j is then
@@ -169,6 +177,10 @@ class Scl:
 
   def dataset(self, data_dir, items):
     c = self.config
+    if uses_co_clicks(c.method, manifest.load(data_dir)):
+      return pretrain_pipelines.co_click_sessions(
+          data_dir, items, batch_size=c.batch_size, seed=c.seed,
+          num_pairs=c.num_i2i_pairs)
     return pretrain_pipelines.search_sessions(
         data_dir, items, batch_size=c.batch_size, seed=c.seed,
         augment=c.augment)
@@ -182,18 +194,21 @@ class Scl:
     temp = apply(method='temperature')
     metrics = {'temperature': temp}
     use_triplet = c.triplet_weight > 0
-    query, items = apply(batch['query_is_image'], batch['query_image'],
-                         batch['query_text'], batch['pos_image'][:, None],
-                         batch['pos_title'][:, None], method='encode_batch')
+    # A catalogue with one modality has no batch fields of the other (None).
+    q_image, q_text = batch.get('query_image'), batch.get('query_text')
+    pos_in = [batch.get(f'pos_{k}') for k in ('image', 'title')]
+    pos_in = [None if x is None else x[:, None] for x in pos_in]
+    query, items = apply(batch['query_is_image'], q_image, q_text, *pos_in,
+                         method='encode_batch')
     pos = items[:, 0]
-    m_image, m_title = batch['pos_image'][:, None], batch['pos_title'][:, None]
+    m_in = pos_in
     if use_triplet:
-      m_image = jnp.concatenate([m_image, batch['neg_image']], 1)
-      m_title = jnp.concatenate([m_title, batch['neg_title']], 1)
+      m_in = [None if x is None else jnp.concatenate(
+          [x, batch[f'neg_{k}']], 1) for x, k in zip(pos_in,
+                                                     ('image', 'title'))]
     m_query, m_items = jax.lax.stop_gradient(model.apply(
-        {'params': extra['momentum']}, batch['query_is_image'],
-        batch['query_image'], batch['query_text'], m_image, m_title,
-        method='encode_batch'))
+        {'params': extra['momentum']}, batch['query_is_image'], q_image,
+        q_text, *m_in, method='encode_batch'))
     m_pos = m_items[:, 0]
     # The InfoNCE keys: the item key scores the query, the query key the
     # item. Online keys carry gradient, so both towers learn from both sides.
@@ -254,10 +269,14 @@ def scl_duplicates(batch, config):
   identically, so each one's item is a positive of the other, in both
   directions. Image queries are not compared: rendered user photos carry
   noise and are never pixel-identical here (a real log with repeated photos
-  would need an id from the pipeline).
+  would need an id from the pipeline). Co-click sessions have that id
+  (`query_item`): the same query item is the same query.
   """
   same = contrastive.same_rows(batch['pos_item'])
-  if config.mask_duplicates:
+  if config.mask_duplicates and 'query_item' in batch:
+    # Co-click sessions: the same query item, in either modality.
+    same |= contrastive.same_rows(batch['query_item'])
+  elif config.mask_duplicates and 'query_text' in batch:
     text = ~batch['query_is_image']
     same |= (contrastive.same_rows(batch['query_text'])
              & text[:, None] & text[None])
@@ -268,30 +287,46 @@ OBJECTIVES = {'scl': Scl, 'scl_no_queue': Scl, 'scl_no_hard_neg': Scl,
               'clip_o': Clip, 'clip_e': Clip, 'i2i': I2i}
 
 
-# What each method reads, as (table, fields, why) (manifest.require): its
-# training data. Its evaluation (pretrain_eval.evaluate_encoder) needs one of
+# What each method reads: needs, each (alternatives, why), met when the
+# dataset has any one alternative (table, fields) (manifest.has): its
+# training data. Items need one modality, not both: the encoder has the
+# towers of the modalities the catalogue has (item_encoder.modalities), and
+# the SCL family takes its positives from search sessions, else from
+# co-clicks. Its evaluation (pretrain_eval.evaluate_encoder) needs one of
 # _EVAL_ANY: held-out search sessions, or test-split clicks with behaviour
-# histories (every dataset has impressions; whether any such click exists
-# is checked on the data, pretrain_eval.check_evaluable).
-_ITEMS = (manifest.ITEMS, ('image', 'title'), 'needs item images and titles')
+# histories (whether any such click exists, and whether co-click training
+# has a pair, is checked on the data: check_data).
+_ANY_ITEMS = (((manifest.ITEMS, ('image',)), (manifest.ITEMS, ('title',))),
+              'needs item images or titles')
+_BOTH = (((manifest.ITEMS, ('image', 'title')),),
+         'aligns each item image with its title: needs both')
+_CO_CLICKS = (manifest.IMPRESSIONS, ('seq_item', 'seq_len'))
 _EVAL_ANY = ((manifest.SEARCH, ('query_text', 'purchased_item'),
               'evaluation needs held-out query -> purchase sessions'),
              (manifest.IMPRESSIONS, ('item_id', 'label', 'seq_item',
                                      'seq_len'),
               'evaluation needs held-out clicks with behaviour histories'))
+SCL_METHODS = ('scl', 'scl_no_queue', 'scl_no_hard_neg')
 NEEDS = {
-    **{m: (_ITEMS, (manifest.SEARCH, ('query_image', 'purchased_item',
-                                      'hard_negatives'),
-                    'needs query -> purchase pairs'))
-       for m in ('scl', 'scl_no_queue', 'scl_no_hard_neg')},
-    'clip_o': (_ITEMS, (manifest.CAPTIONS, ('image', 'caption'),
-                        'needs generic (image, caption) pairs')),
-    'clip_e': (_ITEMS,),
-    'i2i': (_ITEMS, (manifest.IMPRESSIONS, ('user_id', 'item_id', 'label'),
-                     'needs co-clicks from impressions')),
-    'raw_pixels': ((manifest.ITEMS, ('image',), 'needs item images'),),
-    'bag_of_tokens': ((manifest.ITEMS, ('title',), 'needs item titles'),),
+    **{m: (_ANY_ITEMS, (((manifest.SEARCH, ('purchased_item',)), _CO_CLICKS),
+                        'needs query -> purchase pairs or co-clicks in '
+                        'behaviour histories'))
+       for m in SCL_METHODS},
+    'clip_o': ((((manifest.ITEMS, ('image',)),), 'needs item images (its '
+                'item vector is the image tower)'),
+               (((manifest.CAPTIONS, ('image', 'caption')),),
+                'needs generic (image, caption) pairs')),
+    'clip_e': (_BOTH,),
+    'i2i': (_ANY_ITEMS, ((_CO_CLICKS,), 'needs co-clicks from behaviour '
+                         'histories')),
+    'raw_pixels': ((((manifest.ITEMS, ('image',)),), 'needs item images'),),
+    'bag_of_tokens': ((((manifest.ITEMS, ('title',)),),
+                       'needs item titles'),),
 }
+
+
+def _met(m, need):
+  return any(m.has(table, *fields) for table, fields in need[0])
 
 
 def check_dataset(method, m):
@@ -301,15 +336,42 @@ def check_dataset(method, m):
     raise ValueError(f'config.method {method!r} is not a pre-training method '
                      f'({", ".join(NEEDS)})')
   evaluable = [n for n in _EVAL_ANY if m.has(n[0], *n[1])]
+  eval_need = tuple((((t, f),), why) for t, f, why in (
+      evaluable[:1] or _EVAL_ANY[:1]))
 
   def missing(name):
-    return [n for n in NEEDS[name] + tuple(evaluable[:1] or _EVAL_ANY[:1])
-            if not m.has(n[0], *n[1])]
+    return [n for n in NEEDS[name] + eval_need if not _met(m, n)]
   lacking = missing(method)
   if lacking:
-    table, fields, why = lacking[0]
-    m.require(method, table, fields, why=f'{method} {why}',
-              can_run=[k for k in NEEDS if not missing(k)])
+    alternatives, why = lacking[0]
+    can_run = [k for k in NEEDS if not missing(k)]
+    if len(alternatives) == 1:
+      table, fields = alternatives[0]
+      m.require(method, table, fields, why=f'{method} {why}', can_run=can_run)
+    what = ' nor '.join(f'{t} {list(f)}' for t, f in alternatives)
+    raise manifest.DatasetError(
+        f'dataset {m.name!r} has neither {what}: {method} {why}; methods '
+        f'that can run: {", ".join(can_run) or "none"}')
+
+
+def uses_co_clicks(method, m):
+  """Whether `method` trains on co-click pairs of dataset `m`: i2i, and the
+  SCL family without a search log."""
+  return method == 'i2i' or (method in SCL_METHODS
+                             and not m.has(manifest.SEARCH, 'purchased_item'))
+
+
+def check_data(method, data_dir, num_pairs, seed=0):
+  """Raises manifest.DatasetError when a co-click method has no pair to
+  train on (a log without clicks, or histories of one item), before any
+  training is spent (check_dataset reads only the manifest)."""
+  m = manifest.load(data_dir)
+  if uses_co_clicks(method, m) and not len(
+      pretrain_pipelines.co_click_pairs(data_dir, num_pairs, seed)):
+    raise manifest.DatasetError(
+        f'dataset {m.name!r} has no co-click pair (two distinct items clicked '
+        f'one after the other in a behaviour history): {method} trains on '
+        'co-clicks' + ('' if method == 'i2i' else ' without a search log'))
 
 
 def objective(config):
@@ -372,6 +434,7 @@ def run(config, workdir):
   check_dataset(config.method, manifest.load(data_dir))
   items = builders.load_table(data_dir, 'mmrec_items', 'catalogue')
   pretrain_eval.check_evaluable(data_dir, items, config.method)
+  check_data(config.method, data_dir, config.num_i2i_pairs, config.seed)
   if config.method in item_encoder.REFERENCE_METHODS:
     encoder = item_encoder.ReferenceEncoder(
         config.method, config.encoder.embed_dim, data_dir, seed=config.seed)
@@ -382,7 +445,8 @@ def run(config, workdir):
   model = item_encoder.encoder_model(config, data_dir)
   tx = build_optimizer(config)
   progs = train_lib.compile_programs(
-      init_fn(model, obj, tx, item_encoder.example_inputs(data_dir)),
+      init_fn(model, obj, tx, item_encoder.example_inputs(data_dir,
+                                                          config.method)),
       functools.partial(train_step, model=model, objective=obj, tx=tx), mesh)
 
   def on_init_from(state, params):  # the momentum encoder starts there too

@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 from sklearn import metrics as sk_metrics
 
 from experiments import ctr_sweep
+from experiments import pretrain_sweep
 from experiments.configs import ctr as ctr_config
+from experiments.configs import data as data_config
 from experiments.configs import export as export_config
 from experiments.configs import scl as scl_config
 from mmrec import bootstrap
@@ -26,11 +28,13 @@ from mmrec import ctr_data
 from mmrec import ctr_eval
 from mmrec import id_stats
 from mmrec import metrics as mmrec_metrics
+from mmrec import item_encoder
 from mmrec import train_ctr
 from mmrec import train_scl
 from mmrec import vector_table
 from mmrec.data import builders
 from mmrec.data import ctr_rows
+from mmrec.data import columns
 from mmrec.data import dataset_job
 from mmrec.data import images
 from mmrec.data import manifest
@@ -276,10 +280,20 @@ class ConvertTest(absltest.TestCase):
   def test_jobs_say_what_the_dataset_lacks(self):
     with self.assertRaisesRegex(
         manifest.DatasetError,
-        "dataset 'parquet' has no mmrec_search table: scl needs query -> "
-        'purchase pairs; methods that can run: clip_e, i2i, raw_pixels, '
-        'bag_of_tokens'):
-      train_scl.check_dataset('scl', self.m)
+        "dataset 'parquet' has no mmrec_captions table: clip_o needs generic "
+        r'\(image, caption\) pairs; methods that can run: scl, scl_no_queue, '
+        'scl_no_hard_neg, clip_e, i2i, raw_pixels, bag_of_tokens'):
+      train_scl.check_dataset('clip_o', self.m)
+    # Neither search sessions nor histories: SCL has no positives.
+    bare = manifest.Manifest.from_dict(dict(
+        self.m.to_dict(), tables={k: v for k, v in self.m.tables.items()
+                                  if k != manifest.IMPRESSIONS}))
+    with self.assertRaisesRegex(
+        manifest.DatasetError,
+        r"has neither mmrec_search \['purchased_item'\] nor "
+        r"mmrec_impressions \['seq_item', 'seq_len'\]: scl needs query -> "
+        'purchase pairs or co-clicks'):
+      train_scl.check_dataset('scl', bare)
     world = manifest.from_world_config(fixtures.tiny_config().to_dict())
     for method in train_scl.NEEDS:
       train_scl.check_dataset(method, world)
@@ -670,3 +684,135 @@ class StreamedSearchTest(parameterized.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+# Chinese text queries none of whose characters a title holds (issue 22).
+ZH_QUERIES = ['猫咪玩具', '狗狗外套', '运动跑鞋']
+
+
+class QueryTokenizerTest(absltest.TestCase):
+  """The tokenizer learns the training queries' words; a user's replaces it."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.src = tempfile.mkdtemp()
+    fixtures.write_own_data(cls.src, rows=400, with_vectors=False,
+                            sessions=120)
+    path = os.path.join(cls.src, 'search.parquet')
+    t = pq.read_table(path)
+    text = [None if q is None else ZH_QUERIES[i % 3]
+            for i, q in enumerate(t.column('query_text').to_pylist())]
+    pq.write_table(t.set_column(t.schema.get_field_index('query_text'),
+                                'query_text', pa.array(text, pa.string())),
+                   path)
+
+  def test_queries_train_the_tokenizer(self):
+    _, out = fixtures.convert(fixtures.own_data_config(self.src))
+    tok = titles.load(out)
+    unk = titles.unknown_id(tok)
+    # Trained on titles alone, every character of these was unknown.
+    self.assertFalse((titles.encode(tok, ZH_QUERIES, 8) == unk).any())
+    for split in ('train', 'test'):
+      s = builders.load_table(out, manifest.SEARCH, split)
+      text = s['query_text'][~s['query_is_image']]
+      self.assertGreater(len(text), 0)
+      self.assertFalse((text == unk).any())
+
+  def test_user_tokenizer_and_the_unknown_warning(self):
+    # A tokenizer of English titles: the Chinese queries are unknown, said.
+    tok = titles.train(['red shirt', 'blue cotton hat'], 100)
+    path = os.path.join(tempfile.mkdtemp(), 'tokenizer.json')
+    tok.save(path)
+    with self.assertLogs(level='WARNING') as logs:
+      m, out = fixtures.convert(fixtures.own_data_config(self.src,
+                                                         tokenizer=path))
+    self.assertEqual(titles.load(out).get_vocab(), tok.get_vocab())
+    self.assertEqual(m.text['vocab_size'], tok.get_vocab_size())
+    said = [r for r in logs.output if 'mostly unknown tokens' in r]
+    self.assertTrue(any('train text queries' in r for r in said), said)
+    self.assertTrue(any('item titles' in r for r in said), said)  # Chinese
+    # Id 0 must be padding: titles are 0-padded.
+    bad = titles.train(['red shirt'], 100)
+    vocab = dict(bad.get_vocab())
+    vocab['[PAD]'], vocab['red'] = vocab['red'], 0
+    bad.model = type(bad.model)(vocab, unk_token=titles.UNK)
+    bad_path = os.path.join(tempfile.mkdtemp(), 'tokenizer.json')
+    bad.save(bad_path)
+    with self.assertRaisesRegex(ValueError, "id 0 is 'red'; it must be the "
+                                'padding token'):
+      fixtures.convert(fixtures.own_data_config(self.src, tokenizer=bad_path))
+
+
+class OwnDataGapsTest(absltest.TestCase):
+  """Issue 22's own-data gaps: transparency, hard-negative slots, items and
+  sessions the impressions do not know."""
+
+  def test_transparency_hard_negatives_and_unknown_items(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, rows=600, with_vectors=False, sessions=100)
+    # Item 1's picture: a fully transparent PNG (an icon's background).
+    images.Image.new('RGBA', (10, 12), (0, 0, 0, 0)).save(
+        os.path.join(src, 'img', '1.png'))
+    # Two listed items no impression shows, and sessions buying them.
+    path = os.path.join(src, 'items.parquet')
+    t = pq.read_table(path)
+    extra = t.slice(0, 2).set_column(0, 'item', pa.array([7, 8], pa.int64()))
+    pq.write_table(pa.concat_tables([t, extra]), path)
+    path = os.path.join(src, 'search.parquet')
+    t = pq.read_table(path)
+    extra = t.slice(0, 3).set_column(t.schema.get_field_index('item'), 'item',
+                                     pa.array([7, 8, 7], pa.int64()))
+    pq.write_table(pa.concat_tables([t, extra]), path)
+    c = fixtures.own_data_config(src, max_hard_negatives=1)
+    with self.assertLogs(level='WARNING') as logs:
+      m, out = fixtures.convert(c)
+    text = '\n'.join(logs.output)
+    self.assertIn('2 of 42 items never appear in the impressions', text)
+    self.assertIn('3 of 103 search sessions buy an item the impressions do '
+                  'not have', text)
+    self.assertEqual(m.num_items, 41)
+    items = builders.load_table(out, manifest.ITEMS, 'catalogue')
+    white = (items['image'] == 255).all(axis=(1, 2, 3))
+    self.assertEqual(white.sum(), 1)  # not black: composited on white
+    train = builders.load_table(out, manifest.SEARCH, 'train')
+    self.assertEqual(train['hard_negatives'].shape[1], 1)
+    self.assertIn('max_hard_negatives', data_config.get_config().convert)
+
+  def test_declared_background(self):
+    im = images.Image.new('LA', (2, 2), (0, 0))
+    im.putpixel((0, 0), (40, 255))  # one opaque dark pixel
+    got = np.asarray(images.to_rgb(im, (0, 0, 255)))
+    np.testing.assert_array_equal(got[0, 0], [40, 40, 40])
+    np.testing.assert_array_equal(got[1, 1], [0, 0, 255])
+    with self.assertRaisesRegex(ValueError, r'image_background = \(1, 2\): '
+                                'expected 3 integers'):
+      images.check_background((1, 2))
+
+  def test_captions_let_clip_o_run_and_clip_e_start_from_it(self):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_items=120, rows=1500, with_vectors=False)
+    pq.write_table(pa.table({
+        'image': [f'img/{i}.png' for i in range(6)],
+        'caption': [ZH_QUERIES[i % 3] for i in range(6)]}),
+                   os.path.join(src, 'captions.parquet'))
+    m, out = fixtures.convert(fixtures.own_data_config(src))
+    self.assertEqual(m.tables[manifest.CAPTIONS]['splits'], {'train': 6})
+    caps = builders.load_table(out, manifest.CAPTIONS, 'train')
+    self.assertEqual(caps['image'].shape, (6, 16, 16, 3))
+    self.assertEqual(int(caps['image'][1].mean()), 6)  # img/1.png's grey
+    tok = titles.load(out)  # the captions' words are in the vocabulary
+    self.assertFalse((caps['caption'] == titles.unknown_id(tok)).any())
+    self.assertTrue((caps['caption'][:, 0] > 1).all())
+    ran, _, notes = pretrain_sweep.plan(['clip_o', 'clip_e'], out)
+    self.assertEqual(ran, ['clip_o', 'clip_e'])
+    self.assertEqual(notes, {})  # clip_e starts from clip_o
+    # A catalogue of images only: CLIP-O still has both towers (captions).
+    self.assertEqual(item_encoder.modalities(m, 'clip_o'), ('image', 'text'))
+    bad = os.path.join(src, 'captions.parquet')
+    pq.write_table(pa.table({'image': ['img/1.png', None],
+                             'caption': ['a', 'b']}), bad)
+    with self.assertRaisesRegex(columns.InputError,
+                                r"captions.parquet, column 'image', row 1: "
+                                'None, expected a non-empty string'):
+      fixtures.convert(fixtures.own_data_config(src))

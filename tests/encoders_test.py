@@ -8,6 +8,7 @@ cached jit (`_probe`) that several tests read; structure-only checks use
 `jax.eval_shape`, which traces without compiling.
 """
 
+import dataclasses
 import functools
 
 from absl.testing import absltest
@@ -217,6 +218,46 @@ class MultimodalEncoderTest(parameterized.TestCase):
                                atol=1e-6)
     np.testing.assert_allclose(tables['text'], apply('encode_text', tokens),
                                atol=1e-6)
+
+  def test_one_tower_reads_only_its_modality(self):
+    # A titles-only catalogue (MovieLens): the text tower alone, None for
+    # images; its outputs are the two-tower model's text path.
+    images, tokens = _inputs(2)
+    model = multimodal_encoder.MultimodalEncoder(dataclasses.replace(
+        _config('text'), modalities=('text',)))
+    abstract = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), None,
+                                       tokens))
+    self.assertEqual(set(abstract['params']),
+                     {'text_tower', 'text_head', 'log_temperature'})
+    variables = {'params': {k: v for k, v in _variables('text')[
+        'params'].items() if k in abstract['params']}}
+    full = jax.jit(_model('text').apply)(_variables('text'), images, tokens)
+    out = jax.jit(model.apply)(variables, None, tokens)
+    self.assertNotIn('image', out)
+    np.testing.assert_allclose(out['item'], full['text'], atol=1e-6)
+    # Every query goes through the one tower, whatever its flag says.
+    query, items = jax.jit(functools.partial(
+        model.apply, method='encode_batch'))(
+            variables, np.array([True, False, True]), None, tokens, None,
+            tokens[:, None])
+    np.testing.assert_allclose(query, full['text'], atol=1e-5)
+    np.testing.assert_allclose(items[:, 0], full['text'], atol=1e-5)
+    tables = jax.jit(functools.partial(model.apply, method='encode_tables'))(
+        variables, None, tokens)
+    self.assertEqual(set(tables), {'item', 'text'})
+    # Fused over one tower: the fused head reads that tower's features alone.
+    fused = multimodal_encoder.MultimodalEncoder(dataclasses.replace(
+        _config('fused'), modalities=('image',)))
+    abstract = nn.unbox(jax.eval_shape(fused.init, jax.random.key(0), images,
+                                       None))['params']
+    self.assertEqual(set(abstract), {'image_tower', 'image_head', 'fuse_head',
+                                     'log_temperature'})
+    kernels = [x.shape for x in jax.tree.leaves(abstract['fuse_head'])
+               if x.ndim == 2]  # (image width 32 -> 32 hidden -> E), not 64
+    self.assertEqual(sorted(kernels), [(32, E), (SMALL_IMAGE.width, 32)])
+    with self.assertRaisesRegex(ValueError, "item_mode 'image' needs that "
+                                'tower'):
+      dataclasses.replace(_config('image'), modalities=('text',))
 
   def test_outputs_are_unit_vectors(self):
     _, out = _probe()

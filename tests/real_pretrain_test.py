@@ -2,7 +2,9 @@
 
 Datasets without a search log, converted from the fixtures of
 fixtures.write_own_data (own Parquet data: images, titles, shipped vectors) and
-fixtures.write_movielens (MovieLens: titles only).
+fixtures.write_movielens (MovieLens: titles only). Without a search log the
+SCL family trains on co-click sessions, on whatever modalities the catalogue
+has (issue 22).
 """
 
 import json
@@ -30,13 +32,14 @@ from mmrec import vector_table
 from mmrec.data import dataset_job
 from mmrec.data import manifest
 
-CAN_RUN = 'methods that can run: clip_e, i2i, raw_pixels, bag_of_tokens'
+CAN_RUN = ('methods that can run: scl, scl_no_queue, scl_no_hard_neg, '
+           'clip_e, i2i, raw_pixels, bag_of_tokens')
 
 
 def _scl(method, data_dir, **overrides):
   c = scl_config.get_config(f'{method},tiny')
-  c.update(data_dir=data_dir, num_steps=3, batch_size=32, checkpoint_every=3,
-           **overrides)
+  c.update(dict(dict(data_dir=data_dir, num_steps=3, batch_size=32,
+                     checkpoint_every=3), **overrides))
   return c
 
 
@@ -64,12 +67,13 @@ class RealPretrainTest(absltest.TestCase):
   @classmethod
   def pipeline(cls):
     """The paper pipeline on the own data, run once for the tests that read
-    it: (config, workdir, results). Its pre-training stage trains clip_e (from
-    scratch) and raw_pixels; scl, scl_no_queue and clip_o cannot run."""
+    it: (config, workdir, results). Its pre-training stage trains scl_no_queue
+    (on co-clicks: no search log) and raw_pixels; clip_o cannot run (no
+    captions)."""
     if cls._pipeline is None:
       c = paper.get_config('tiny')
       c.data_dir = cls.out
-      c.pretrain.methods = 'scl,scl_no_queue,clip_o,clip_e,raw_pixels'
+      c.pretrain.methods = 'scl_no_queue,clip_o,raw_pixels'
       c.ctr.variants = 'id,id_stats,simtier_paper,simtier_official@image'
       c.one_epoch.num_epochs = 1
       c.make_epochs = ()
@@ -86,7 +90,7 @@ class RealPretrainTest(absltest.TestCase):
   def test_methods_run_and_rank_co_clicks_against_the_catalogue(self):
     # The pipeline's pre-training runs (train_scl through pretrain_sweep).
     self.assertNotIn(manifest.SEARCH, self.m.tables)
-    for method in ('clip_e', 'raw_pixels'):
+    for method in ('scl_no_queue', 'raw_pixels'):
       workdir = os.path.join(self.pretrain_dir(), method, 'seed_0')
       res = json.loads(_read(os.path.join(workdir, pretrain_eval.EVAL_FILE)))
       self.assertEqual(res['eval']['task'], pretrain_eval.CO_CLICK_EVAL)
@@ -107,14 +111,15 @@ class RealPretrainTest(absltest.TestCase):
     workdir = tempfile.mkdtemp()
     with self.assertRaisesRegex(
         manifest.DatasetError,
-        "dataset 'parquet' has no mmrec_search table: scl needs query -> "
-        f'purchase pairs; {CAN_RUN}$'):
-      train_scl.run(_scl('scl', self.out), workdir)
+        "dataset 'parquet' has no mmrec_captions table: clip_o needs generic "
+        f'\\(image, caption\\) pairs; {CAN_RUN}$'):
+      train_scl.run(_scl('clip_o', self.out), workdir)
     self.assertEqual(os.listdir(workdir), [])  # nothing trained
     with self.assertRaisesRegex(
         manifest.DatasetError,
         r"dataset 'movielens' has no field\(s\) \['image'\] in mmrec_items: "
-        'clip_e needs item images and titles; methods that can run: '
+        'clip_e aligns each item image with its title: needs both; methods '
+        'that can run: scl, scl_no_queue, scl_no_hard_neg, i2i, '
         'bag_of_tokens$'):
       train_scl.run(_scl('clip_e', self.ml), tempfile.mkdtemp())
 
@@ -137,6 +142,48 @@ class RealPretrainTest(absltest.TestCase):
         "behaviour history.*bag_of_tokens's evaluation"):
       train_scl.run(_scl('bag_of_tokens', out), tempfile.mkdtemp())
 
+  def test_clip_e_without_captions_starts_from_scratch(self):
+    ran, _, notes = pretrain_sweep.plan(['clip_e'], self.out)
+    self.assertEqual(ran, ['clip_e'])
+    self.assertIn('from scratch', notes['clip_e'])
+
+  def test_images_only_pretrain_with_scl(self):
+    # No titles: the image tower alone, its fused head, co-click sessions.
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_items=120, rows=1500, with_vectors=False)
+    path = os.path.join(src, 'items.parquet')
+    pq.write_table(pq.read_table(path).drop(['title']), path)
+    _, out = fixtures.convert(fixtures.own_data_config(src))
+    ran, skipped, _ = pretrain_sweep.plan(list(scl_config.METHODS), out)
+    self.assertEqual(ran, ['scl', 'scl_no_queue', 'scl_no_hard_neg', 'i2i',
+                           'raw_pixels'])
+    self.assertIn('clip_e aligns each item image with its title: needs both',
+                  skipped['clip_e'])
+    workdir = tempfile.mkdtemp()
+    res = train_scl.run(_scl('scl', out, num_steps=2, batch_size=16),
+                        workdir)
+    self.assertEqual(res['step'], 2)
+    self.assertIsNone(res['metrics']['text'])
+    self.assertGreater(res['metrics']['image_on_image']['queries'], 20)
+    self.assertEqual(
+        sorted(f for f in os.listdir(workdir) if f.startswith('item_vec')),
+        ['item_vectors.npz', 'item_vectors_image.npz'])
+
+  def test_co_click_methods_need_clicks(self):
+    # A search log but no click: i2i has no pair to train on (and is not
+    # listed as runnable); SCL trains on the sessions.
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_items=40, rows=400, with_vectors=False,
+                            sessions=200)
+    path = os.path.join(src, 'impressions.parquet')
+    t = pq.read_table(path)
+    pq.write_table(t.set_column(t.schema.get_field_index('label'), 'label',
+                                pa.array(np.zeros(len(t), np.int64))), path)
+    _, out = fixtures.convert(fixtures.own_data_config(src))
+    ran, skipped, _ = pretrain_sweep.plan(['scl', 'i2i'], out)
+    self.assertEqual(ran, ['scl'])
+    self.assertIn('has no co-click pair', skipped['i2i'])
+
   def _check_sweep(self, workdir, ran, skipped, not_run):
     """A sweep's plan (what ran, what was skipped, co-click evaluation) and
     its table (the reason for a skipped scl, the item slice)."""
@@ -147,28 +194,49 @@ class RealPretrainTest(absltest.TestCase):
     text = _read(os.path.join(workdir, f'{pretrain_sweep.TABLE_FILE}.md'))
     self.assertIn(not_run, text)
     self.assertIn(' item recall@10 |', text)
-    self.assertFalse(os.path.exists(os.path.join(workdir, 'scl')))
+    for method in skipped:
+      self.assertFalse(os.path.exists(os.path.join(workdir, method)))
 
   def test_sweep_runs_what_the_dataset_allows(self):
-    # Titles only (MovieLens): the bag-of-tokens reference alone runs.
+    # Titles only (MovieLens): SCL trains (co-click sessions, the text
+    # tower and the fused head over it), as does the bag-of-tokens reference.
     c = sweep_config.get_config('tiny')
     c.update(methods='scl,clip_o,raw_pixels,bag_of_tokens', data_dir=self.ml)
+    c.scl.update(num_steps=3, batch_size=16)
     workdir = tempfile.mkdtemp()
     table = pretrain_sweep.run(c, workdir)
-    self.assertEqual(set(table), {'bag_of_tokens'})
+    self.assertEqual(set(table), {'scl', 'bag_of_tokens'})
     self.assertIn('item', table['bag_of_tokens'])
-    self._check_sweep(workdir, ['bag_of_tokens'],
-                      {'scl', 'clip_o', 'raw_pixels'},
-                      "scl: not run (dataset 'movielens' has no")
-    res = json.loads(_read(os.path.join(workdir, 'bag_of_tokens', 'seed_0',
+    self._check_sweep(workdir, ['scl', 'bag_of_tokens'],
+                      {'clip_o', 'raw_pixels'},
+                      "clip_o: not run (dataset 'movielens' has no")
+    for method in ('scl', 'bag_of_tokens'):
+      res = json.loads(_read(os.path.join(workdir, method, 'seed_0',
+                                          pretrain_eval.EVAL_FILE)))
+      self.assertIsNone(res['metrics']['image'])
+      self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
+    self.assertEqual(res['step'], 0)  # the reference trains nothing
+    scl = json.loads(_read(os.path.join(workdir, 'scl', 'seed_0',
                                         pretrain_eval.EVAL_FILE)))
-    self.assertIsNone(res['metrics']['image'])
-    self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
+    self.assertEqual(scl['step'], 3)
+    with np.load(os.path.join(workdir, 'scl', 'seed_0',
+                              vector_table.FILE)) as z:
+      self.assertEqual(z['float32'].shape[0], self.ml_m.num_items)
+    self.assertFalse(os.path.exists(os.path.join(
+        workdir, 'scl', 'seed_0', 'item_vectors_image.npz')))
+    # The CTR stage reads that pre-training (config.vectors_method), not
+    # bag-of-tokens.
+    c = paper.get_config('tiny')
+    c.vectors_method = 'scl'
+    got = reproduce_inputs.ctr_vectors(c, self.ml_m, self.ml, workdir,
+                                       ['scl', 'bag_of_tokens'], table)
+    self.assertEqual((got['source'], got['method']), ('pretrained', 'scl'))
     # The own data's pre-training stage (the pipeline's sweep): what its
     # plan ran and skipped, and its table.
-    self._check_sweep(self.pretrain_dir(), ['clip_e', 'raw_pixels'],
-                      {'scl', 'scl_no_queue', 'clip_o'},
-                      "scl: not run (dataset 'parquet' has no mmrec_search")
+    self._check_sweep(self.pretrain_dir(), ['scl_no_queue', 'raw_pixels'],
+                      {'clip_o'},
+                      "clip_o: not run (dataset 'parquet' has no "
+                      'mmrec_captions')
 
   def test_paper_pipeline_on_converted_data(self):
     c, workdir, results = self.pipeline()
@@ -178,19 +246,16 @@ class RealPretrainTest(absltest.TestCase):
                      {'pretrain', 'ctr', 'extra', 'report'})  # no world
     data = results['data']
     self.assertEqual(data['dataset'], 'parquet')
-    self.assertEqual(data['pretraining']['ran'], ['clip_e', 'raw_pixels'])
-    self.assertEqual(set(data['pretraining']['skipped']),
-                     {'scl', 'scl_no_queue', 'clip_o'})
-    self.assertIn('from scratch', data['pretraining']['notes']['clip_e'])
-    self.assertEqual(set(results['pretraining']), {'clip_e', 'raw_pixels'})
-    # scl_no_queue cannot run: the CTR stage reads the best method's
-    # vectors, and says so.
+    self.assertEqual(data['pretraining']['ran'],
+                     ['scl_no_queue', 'raw_pixels'])
+    self.assertEqual(set(data['pretraining']['skipped']), {'clip_o'})
+    self.assertEqual(set(results['pretraining']),
+                     {'scl_no_queue', 'raw_pixels'})
+    # SCL (on co-clicks: no search log) feeds the CTR stage.
     vectors = data['ctr_vectors']
-    self.assertEqual(vectors['source'], 'pretrained')
-    best = pretrain_sweep.best_method(results['pretraining'],
-                                      ['clip_e', 'raw_pixels'])
-    self.assertEqual(vectors['method'], best)
-    self.assertIn("'scl_no_queue' did not run", vectors['why'])
+    self.assertEqual((vectors['source'], vectors['method'], vectors['why']),
+                     ('pretrained', 'scl_no_queue', 'config.vectors_method'))
+    best = 'scl_no_queue'
     self.assertEqual(set(results['ctr']), {'id', 'id_stats', 'simtier_paper',
                                            'simtier_official@image'})
     self.assertIsNone(results['world']['oracle_ceiling'])
@@ -198,13 +263,14 @@ class RealPretrainTest(absltest.TestCase):
     self.assertEqual(set(data['skipped']),
                      {'oracle ceiling', 'honesty table', 'content curve'})
     by_id = {x['id']: x for x in results['claims']}
-    self.assertEqual(by_id['queue_adds_image']['verdict'], claims.NOT_TESTABLE)
-    self.assertIn('scl not run (dataset \'parquet\' has no mmrec_search',
-                  by_id['queue_adds_image']['statement'])
+    claim = by_id['scl_over_clip_e_over_clip_o_image']
+    self.assertEqual(claim['verdict'], claims.NOT_TESTABLE)
+    self.assertIn('clip_o not run (dataset \'parquet\' has no mmrec_captions',
+                  claim['statement'])
     text = _read(os.path.join(workdir, report.REPORT_FILE))
     for part in ('## Dataset', '## Not run', '- oracle ceiling: ',
                  '- honesty table: ', '- content curve: ',
-                 '- pre-training scl: ', '- pre-training clip_o: ',
+                 '- pre-training clip_o: ',
                  'held-out co-clicks ranked against the catalogue',
                  f'CTR item vectors: {best} (seed 0): '):
       self.assertIn(part, text)
@@ -221,7 +287,7 @@ class RealPretrainTest(absltest.TestCase):
   def test_shipped_vectors_feed_ctr_when_asked_or_nothing_pretrains(self):
     c = paper.get_config('tiny')
     c.data_dir = self.out
-    c.pretrain.methods = 'scl_no_queue'  # cannot run here
+    c.pretrain.methods = c.vectors_method = 'clip_o'  # no captions here
     c.ctr.variants = 'id,simtier_paper,simtier_official@image'
     c.one_epoch.num_epochs = 1
     c.make_epochs = (1,)

@@ -133,7 +133,9 @@ class ReproduceTest(absltest.TestCase):
                                   'image_catalogue', 'text_catalogue',
                                   'image_new_catalogue', 'text_new_catalogue',
                                   'image_concept', 'text_concept',
-                                  'image_on_image', 'text_on_text'})
+                                  'image_on_image', 'text_on_text',
+                                  'image_on_image_catalogue',
+                                  'text_on_text_catalogue'})
       for cell in row.values():
         if cell is not None:
           self.assertEqual(set(cell), {'accuracy@1', 'recall@10'})

@@ -403,15 +403,22 @@ class TrainAndResumeTest(absltest.TestCase):
     self.assertEqual(set(ranks), {'image_rank', 'text_rank',
                                   'image_catalogue_rank',
                                   'text_catalogue_rank',
-                                  'image_on_image_rank', 'text_on_text_rank'})
-    for name in ('image_on_image_rank', 'image_catalogue_rank'):
+                                  'image_on_image_rank', 'text_on_text_rank',
+                                  'image_on_image_catalogue_rank',
+                                  'text_on_text_catalogue_rank'})
+    for name in ('image_on_image_rank', 'image_catalogue_rank',
+                 'image_on_image_catalogue_rank'):
       np.testing.assert_array_equal(ranks[name] >= 0,
                                     ranks['image_rank'] >= 0)
-    # The world's catalogue holds paper.md's pool and more.
+    # The world's catalogue holds paper.md's pool and more (for the item
+    # table and each modality's own table).
     for m in ('image', 'text'):
       asked = ranks[f'{m}_rank'] >= 0
-      self.assertTrue((ranks[f'{m}_catalogue_rank'][asked] >=
-                       ranks[f'{m}_rank'][asked]).all())
+      for pool, catalogue in ((f'{m}_rank', f'{m}_catalogue_rank'),
+                              (f'{m}_on_{m}_rank',
+                               f'{m}_on_{m}_catalogue_rank')):
+        self.assertTrue((ranks[catalogue][asked] >=
+                         ranks[pool][asked]).all())
     rows = train_lib.read_metrics(self.full)
     self.assertTrue(any('train/loss' in r for r in rows))
     self.assertTrue(any('eval/image/recall@10' in r for r in rows))

@@ -74,8 +74,14 @@ def get_config(arg=None):
   # MUSE code's Taobao-MM setting (4 KB per impression).
   v.long_seq_len = 0
   v.image_size = 32  # images resized to this (as the world)
+  # Transparent pixels (icons, emoji) are composited on this RGB colour.
+  v.image_background = (255, 255, 255)
   v.title_length = 16
-  v.vocab_size = 8000  # WordPiece vocabulary of the titles
+  v.vocab_size = 8000  # WordPiece vocabulary of the titles and queries
+  # A tokenizer.json (HF `tokenizers` format, id 0 = padding) to use instead
+  # of training one; '' = train on the training split's titles and queries.
+  v.tokenizer = ''
+  v.max_hard_negatives = 3  # hard-negative slots per search session
   v.max_bag = 8  # slots of a multi-valued field (genres, tags)
   v.chunk_rows = 65536  # impressions / search rows per chunk: bounds memory
   # Plausibility: a longer span (a time in ms among seconds) or a test split

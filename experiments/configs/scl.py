@@ -5,7 +5,9 @@ r"""Pre-training of the item encoder: SCL and the methods it is compared with.
 
 METHOD (default `scl`) is one of
   scl              semantic-aware contrastive learning: search -> purchase
-                   positives, MoCo momentum encoder + queues, learnable
+                   positives (without a search log: co-clicks, the earlier
+                   item's image or title as the query), MoCo momentum
+                   encoder + queues, learnable
                    temperature, triplet loss on clicked-not-bought items
   scl_no_queue     SCL with in-batch negatives and online keys on both
                    sides (`negatives` and `key_encoder` below set each alone)
@@ -18,8 +20,9 @@ METHOD (default `scl`) is one of
   bag_of_tokens    untrained reference: random projection of token counts
 
 The dataset is read from `config.data_dir` (a world or converted real
-data; empty: a world built in <workdir>/world from `config.world`); a method
-it cannot serve stops before training, naming what is missing and the
+data; empty: a world built in <workdir>/world from `config.world`); with
+titles only or images only the encoder has that one tower (the fused head
+reads it); a method it cannot serve stops before training, naming what is missing and the
 methods that can run. Writes checkpoints, metrics.jsonl, TensorBoard events
 and `pretrain_eval.json` (accuracy@1 / recall@10 on held-out search
 sessions, or without a search log on held-out co-clicks ranked against the

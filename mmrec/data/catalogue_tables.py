@@ -45,6 +45,15 @@ def read(src, table, key, id_map, kinds, max_bag, reserved=()):
     # Said here, as its fields then hold nothing (the converter refuses
     # titles that no impression's item has: convert.py).
     logging.warning('%s', unmatched(path, key, id_map, keys[0]))
+  elif not keep.all():
+    # The impressions define who and what exists (ids); a row they do not
+    # know is left out, and said, not silently (issue 22).
+    logging.warning(
+        '%s: %d of %d %ss never appear in the impressions%s (or are rarer '
+        'than convert.min_count) and are left out of the dataset (id 0: no '
+        'row, no content); e.g. %s', path, int((~keep).sum()), len(keys), key,
+        ' or histories' if key == 'item' else '',
+        ', '.join(map(repr, keys[~keep][:3].tolist())))
   for name in t.column_names:
     if name == key:
       continue

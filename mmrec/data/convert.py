@@ -18,6 +18,8 @@ Input, one directory (docs/data_format.md, "Your own data"):
     vectors, written as the dataset's item_vectors.npz
   search.parquet (optional): search -> purchase sessions for pre-training
     (search_sessions.py)
+  captions.parquet (optional): image (a path), caption (text): generic
+    (image, caption) pairs, CLIP-O's training data (and so CLIP-E's start)
   candidates.parquet (optional): item: the candidates held-out retrieval
     ranks (else the whole catalogue; retrieval_eval.py)
 
@@ -49,8 +51,11 @@ What the conversion does:
     launch_day >= first test day); categorical values remapped to 1..V-1 by
     sorted value (0 = missing); bags to fixed width `max_bag`; titles
     tokenised by a WordPiece tokenizer trained on the titles of the items of
-    the training days (titles.py); images read, converted to RGB and resized
-    to `image_size`.
+    the training days and the training search sessions' text queries, or
+    the user's `tokenizer` (titles.py; a warning when many titles or
+    queries are mostly unknown tokens); images read, converted to RGB and
+    resized to `image_size` (transparency composited on `image_background`,
+    white by default).
   * streaming: impressions are read in chunks of `chunk_rows`, never whole:
     the time column alone (days), then every column once (counts, clicks).
     That pass keeps what the dataset stores of each row (ids, label, day and
@@ -98,10 +103,15 @@ class Options:
   # (config.retrieve_top_k), the MUSE code's 1000-long setting.
   long_seq_len: int = 0
   image_size: int = 32
+  # What transparent pixels are composited on (RGB; images.py).
+  image_background: tuple = images.WHITE
   title_length: int = 16
   vocab_size: int = 8000
   max_bag: int = 8
   max_hard_negatives: int = 3  # slots per search session (search.parquet)
+  # '' = train a WordPiece tokenizer; else a tokenizer.json to use (titles.
+  # from_file): its vocabulary size replaces vocab_size.
+  tokenizer: str = ''
   chunk_rows: int = 65536
   # Plausibility (impression_scan.py); 0 turns a check off.
   max_days: int = 36525
@@ -122,6 +132,8 @@ class Options:
     for k in ('seq_features', 'category_fields'):
       if d.get(k) is not None:
         d[k] = tuple(d[k])
+    if 'image_background' in d:
+      d['image_background'] = images.check_background(d['image_background'])
     return cls(**d)
 
 
@@ -135,7 +147,8 @@ class Converter:
 
   # --- Catalogue tables -------------------------------------------------
 
-  def _titles(self, raw_titles, ids, keep, num_items, directory, path):
+  def _title_texts(self, raw_titles, ids, keep, num_items, path):
+    """(every item's title, '' without one; the training days' titles)."""
     if len(keep) and not keep.any():
       raise columns.InputError(catalogue_tables.unmatched(
           path, 'item', self.scan.items) + ' (so no item has a title)')
@@ -147,16 +160,54 @@ class Converter:
     if not corpus:
       raise columns.InputError(f'{self.src}: items.parquet has a title column '
                                'but no item of the training days has a title')
-    tok = titles.train(corpus, self.opt.vocab_size)
+    return text, corpus
+
+  def _tokenizer(self, corpus, directory):
+    """The user's `tokenizer`, or one trained on `corpus` (the training
+    days' titles, the training search queries, the captions), saved."""
+    if self.opt.tokenizer:
+      tok = titles.from_file(self.opt.tokenizer)
+    else:
+      tok = titles.train([t for t in corpus if t], self.opt.vocab_size)
     titles.save(tok, directory)
-    return titles.encode(tok, list(text), self.opt.title_length), tok
+    return tok
+
+  def _encode(self, tok, texts, what, rows=None):
+    """`texts` tokenised; a warning when many of them (of `rows`: the
+    listed items) are mostly unknown tokens."""
+    encoded = titles.encode(tok, list(texts), self.opt.title_length)
+    told = encoded if rows is None else encoded[rows]
+    titles.warn_unknown(tok, len(told), int(titles.mostly_unknown(
+        tok, told).sum()), what)
+    return encoded
+
+  def _captions(self):
+    """(path, image paths, caption texts) of captions.parquet, or None."""
+    paths = columns.table_files(self.src, 'captions', required=False,
+                                shards=False)
+    if not paths:
+      return None
+    t = columns.read_all(paths[0], ['image', 'caption'])
+    image = np.asarray(t.column('image').to_pylist(), object)
+    text = t.column('caption').to_pylist()
+    for name, values in (('image', image), ('caption', text)):
+      bad = [i for i, x in enumerate(values) if not isinstance(x, str) or not x]
+      if bad:
+        raise columns.InputError(
+            f'{paths[0]}, column {name!r}, row {bad[0]}: {values[bad[0]]!r}, '
+            'expected a non-empty string (every caption pairs an image path '
+            'with its text)')
+    if not len(text):
+      raise columns.InputError(f'{paths[0]}: no rows')
+    return paths[0], image, text
 
   def _images(self, raw_paths, ids, keep, num_items, path):
     out = np.zeros((num_items, self.opt.image_size, self.opt.image_size, 3),
                    np.uint8)
     rows = np.flatnonzero(keep)
     out[ids[rows]] = images.read_many(self.src, raw_paths[rows],
-                                      self.opt.image_size, path, 'image', rows)
+                                      self.opt.image_size, path, 'image', rows,
+                                      self.opt.image_background)
     return out
 
   def _category_bag(self, cat_fields, bags):
@@ -191,11 +242,24 @@ class Converter:
         self.src, 'users', 'user', scan.users, scan.kinds, self.opt.max_bag)
     items['launch_day'] = scan.launch_day
     text = image_size = tok = None
+    # The search log's first pass and the captions before the tokenizer:
+    # their training texts are part of its corpus.
+    search = search_sessions.convert(scan, 'title' in iraw)
+    caps = self._captions()
+    corpus = []
     if 'title' in iraw:
-      items['title'], tok = self._titles(*iraw['title'], len(scan.items),
-                                         directory, ipath)
+      title_text, corpus = self._title_texts(*iraw['title'], len(scan.items),
+                                             ipath)
+    if corpus or caps:
+      tok = self._tokenizer(
+          corpus + (search.train_texts if search else []) +
+          (caps[2] if caps else []), directory)
       text = {'tokenizer': titles.FILE, 'vocab_size': tok.get_vocab_size(),
               'length': self.opt.title_length}
+    if 'title' in iraw:
+      _, ids, keep = iraw['title']
+      items['title'] = self._encode(tok, title_text, 'item titles',
+                                    ids[keep])
     if 'image' in iraw:
       items['image'] = self._images(*iraw['image'], len(scan.items), ipath)
       image_size = self.opt.image_size
@@ -203,7 +267,8 @@ class Converter:
                                        directory)
     candidates = catalogue_tables.candidates(self.src, scan.kinds, scan.items,
                                              directory)
-    search = search_sessions.convert(scan, tok)
+    if search:
+      search.tok = tok
     tables = [
         (builders.Items, {'catalogue': items}, None),
         (builders.Users, {'catalogue': users}, None),
@@ -213,6 +278,12 @@ class Converter:
     ]
     if search:
       tables.append((builders.Search, search.splits, search.example))
+    if caps:
+      captions = {'image': images.read_many(
+          self.src, caps[1], self.opt.image_size, caps[0], 'image',
+          background=self.opt.image_background),
+                  'caption': self._encode(tok, caps[2], 'captions')}
+      tables.append((builders.Captions, {'train': captions}, None))
     builders.write_tables(directory, tables)
     names = list(icats)
     seq = (self.opt.seq_features if self.opt.seq_features is not None
@@ -234,7 +305,10 @@ class Converter:
                 'splits': dict(scan.rows)},
             **({manifest_lib.SEARCH: {
                 'fields': list(search.example),
-                'splits': dict(search.counts)}} if search else {})},
+                'splits': dict(search.counts)}} if search else {}),
+            **({manifest_lib.CAPTIONS: {
+                'fields': ['image', 'caption'],
+                'splits': {'train': len(caps[2])}}} if caps else {})},
         categorical={manifest_lib.ITEMS: icats, manifest_lib.USERS: ucats},
         bags={manifest_lib.ITEMS: ibags, manifest_lib.USERS: ubags},
         ctr={'user_features': list(ucats), 'item_features': names,
@@ -242,7 +316,8 @@ class Converter:
              'user_bags': list(ubags),
              'category_fields': list(cat_fields),
              'category_bag': self._category_bag(cat_fields, list(ibags))},
-        image_size=image_size, text=text, vectors=vectors,
+        image_size=image_size or (self.opt.image_size if caps else None),
+        text=text, vectors=vectors,
         retrieval_candidates=candidates,
         seq_len=self.opt.seq_len, long_seq_len=self.opt.long_seq_len)
     return m

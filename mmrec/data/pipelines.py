@@ -55,21 +55,24 @@ class JoinSearchFields(grain.transforms.Map):
 
   Output (B batch, H hard negatives): query_is_image, query_image, query_text,
   pos_item, pos_image, pos_title, neg_item (B, H), neg_image (B, H, ...),
-  neg_title (B, H, T), neg_mask (B, H).
+  neg_title (B, H, T), neg_mask (B, H). A catalogue without images (or
+  titles), `item_image` (`item_title`) None, gives no *_image (*_title).
   """
-  item_image: np.ndarray
-  item_title: np.ndarray
+  item_image: np.ndarray | None
+  item_title: np.ndarray | None
 
   def map(self, b):
     pos, neg = b['purchased_item'], b['hard_negatives']
-    return {
+    out = {
         'query_is_image': b['query_is_image'],
         'query_image': b['query_image'], 'query_text': b['query_text'],
-        'pos_item': pos, 'pos_image': self.item_image[pos],
-        'pos_title': self.item_title[pos],
-        'neg_item': neg, 'neg_image': self.item_image[neg],
-        'neg_title': self.item_title[neg], 'neg_mask': b['hard_negative_mask'],
+        'pos_item': pos, 'neg_item': neg, 'neg_mask': b['hard_negative_mask'],
     }
+    for name, table in (('image', self.item_image),
+                        ('title', self.item_title)):
+      if table is not None:
+        out[f'pos_{name}'], out[f'neg_{name}'] = table[pos], table[neg]
+    return out
 
 
 def _shard(process_index, process_count):
@@ -193,10 +196,11 @@ def pretrain_dataset(data_dir, split='train', *, batch_size, seed=0,
   ds = table_dataset(data_dir, 'mmrec_search', split, batch_size=batch_size,
                      seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      **kwargs)
-  ds = ds.map(JoinSearchFields(items['image'], items['title']))
+  ds = ds.map(JoinSearchFields(items.get('image'), items.get('title')))
   if augment is not None and not isinstance(augment, augment_lib.Options):
     augment = augment_lib.Options(**dict(augment))
-  if augment is not None and augment.enabled:
+  # A catalogue without images has no image tower to augment for.
+  if augment is not None and augment.enabled and 'image' in items:
     index, count = _shard(kwargs.get('process_index'),
                           kwargs.get('process_count'))
     fields = ('query_image', 'pos_image', 'neg_image')

@@ -6,6 +6,12 @@
   catalogue   (item image, item title) of items launched before the first
               test day, so new items stay unseen (CLIP-E)
   co_clicks   consecutive clicks of behaviour sequences (i2i)
+  co_click_sessions  the same pairs as search sessions (the SCL family on a
+              dataset without a search log): the earlier item's content is
+              the query, the later item the purchase, no hard negatives
+
+A catalogue with one modality (titles only, images only) gives batches
+without the other's fields: the encoder has no tower for it.
 
 Every family's batches come from `pipelines.index_batches` (seeded shuffle,
 this process's share of each global batch), so their iterator state is an
@@ -80,12 +86,43 @@ def co_click_pairs(data_dir, num_pairs, seed):
   return pairs[rng.permutation(len(pairs))[:num_pairs]]
 
 
+def _content(items, prefix, ids):
+  """{prefix_image, prefix_title} of `ids`, for the modalities items have."""
+  return {f'{prefix}_{k}': items[k][ids] for k in ('image', 'title')
+          if k in items}
+
+
 def co_clicks(data_dir, items, *, batch_size, seed, num_pairs):
   pairs = co_click_pairs(data_dir, num_pairs, seed)
 
   def gather(idx):
     a, b = pairs[idx, 0], pairs[idx, 1]
-    return {'a_image': items['image'][a], 'a_title': items['title'][a],
-            'b_image': items['image'][b], 'b_title': items['title'][b],
+    return {**_content(items, 'a', a), **_content(items, 'b', b),
             'a_item': a, 'b_item': b}
+  return _forever(len(pairs), batch_size, seed).map(_Gather(gather))
+
+
+def co_click_sessions(data_dir, items, *, batch_size, seed, num_pairs):
+  """Co-click pairs in the search batches' layout (pipelines.
+  JoinSearchFields): query = the earlier item's image (even pair index, when
+  items have images) or title, purchase = the later item, one hard-negative
+  slot, masked out (a co-click log has no clicked-not-bought item)."""
+  pairs = co_click_pairs(data_dir, num_pairs, seed)
+  has_image, has_title = 'image' in items, 'title' in items
+
+  def gather(idx):
+    a, b = pairs[idx, 0], pairs[idx, 1]
+    n = len(idx)
+    is_image = (idx % 2 == 0) if has_image and has_title else np.full(
+        n, has_image)
+    neg = np.zeros((n, 1), b.dtype)
+    out = {'query_is_image': is_image, 'query_item': a, 'pos_item': b,
+           'neg_item': neg,
+           'neg_mask': np.zeros((n, 1), bool),
+           **_content(items, 'pos', b), **_content(items, 'neg', neg)}
+    if has_image:
+      out['query_image'] = items['image'][a]
+    if has_title:
+      out['query_text'] = items['title'][a]
+    return out
   return _forever(len(pairs), batch_size, seed).map(_Gather(gather))

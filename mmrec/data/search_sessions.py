@@ -30,6 +30,7 @@ every-10th fallback and the row an error names are that global position.
 import contextlib
 import os
 
+from absl import logging
 import numpy as np
 
 from mmrec.data import columns
@@ -49,15 +50,17 @@ SPLITS = ('train', 'test')
 _DROPPED, _TRAIN, _TEST = 0, 1, 2
 
 
-def convert(conv, tok):
+def convert(conv, has_titles):
   """The search log's `Sessions`, or None without a log.
 
   `conv`: the converter's `impression_scan.ImpressionScan` (ids, days,
-  options, source directory);
-  `tok`: the titles' tokenizer (None without titles).
+  options, source directory); `has_titles`: whether items have titles (text
+  queries need the text tower they train). The first pass runs here; set
+  `tok` (the tokenizer, trained on the titles and `train_texts`) before the
+  tables are written.
   """
   paths = columns.table_files(conv.src, 'search', required=False)
-  return Sessions(conv, tok, paths) if paths else None
+  return Sessions(conv, has_titles, paths) if paths else None
 
 
 class Sessions:
@@ -68,10 +71,16 @@ class Sessions:
       iterator of {field: array} chunks} (see `builders.TableBuilder`).
     example: {field: array with no rows}: the features.
     counts: {'train' / 'test': number of sessions} (the manifest's).
+    train_texts: the text queries of the training sessions (the tokenizer
+      learns their words too: titles alone left 97% of Chinese query tokens
+      unknown on a real log, issue 22).
+    tok: the tokenizer that encodes the text queries (set by the converter).
   """
 
-  def __init__(self, conv, tok, paths):
-    self.conv, self.tok, self.paths = conv, tok, paths
+  def __init__(self, conv, has_titles, paths):
+    self.conv, self.has_titles, self.paths = conv, has_titles, paths
+    self.tok = None
+    self.train_texts = []
     self.log = paths[0] if len(paths) == 1 else (
         f'{os.path.dirname(paths[0])}/*.parquet ({len(paths)} shards)')
     self._schema()
@@ -142,15 +151,23 @@ class Sessions:
           self._users(batch, path, g)
         if 'hard_negatives' in self.optional:
           self._hard_negatives(batch, path, g)
-      if (~image_q).any() and self.tok is None:
+      if (~image_q).any() and not self.has_titles:
         raise columns.InputError(f'{self.log}: text queries need item titles '
                                  '(the tokenizer is trained on them); '
                                  "items.parquet has no 'title' column")
       held |= conv.launch_day[bought] >= conv.first_test_day
-      self.code[g:g + batch.num_rows] = np.where(
-          bought > 0, np.where(held, _TEST, _TRAIN), _DROPPED)
+      code = np.where(bought > 0, np.where(held, _TEST, _TRAIN), _DROPPED)
+      self.code[g:g + batch.num_rows] = code
+      self.train_texts += [text[r] for r in np.flatnonzero(
+          (code == _TRAIN) & ~image_q)]
     self.counts = {s: int((self.code == k).sum())
                    for s, k in zip(SPLITS, (_TRAIN, _TEST))}
+    dropped = int((self.code == _DROPPED).sum())
+    if dropped:
+      logging.warning(
+          '%s: %d of %d search sessions buy an item the impressions do not '
+          'have (or rarer than convert.min_count): left out of pre-training',
+          self.log, dropped, self.num_rows)
     for split, n in self.counts.items():
       if not n:
         raise columns.InputError(
@@ -233,12 +250,17 @@ class Sessions:
     rows = min(opt.chunk_rows, DECODE_ROWS,
                max(1, DECODE_BYTES // (3 * opt.image_size ** 2)))
     cols = [c for c in self.optional if c not in ('time', 'split')]
+    unknown = np.zeros(2, np.int64)  # text queries, mostly unknown ones
     for path, g, batch in self._chunks(cols, rows):
       mine = np.flatnonzero(self.code[g:g + batch.num_rows] == want)
       if len(mine):
         with self._numbered(path):
           out = self._table(batch, path, g, mine, split == 'test')
+        text = out['query_text'][~out['query_is_image']]
+        unknown += (len(text), titles.mostly_unknown(self.tok, text).sum())
         yield out
+    titles.warn_unknown(self.tok, *unknown, f'{split} text queries of '
+                        f'{self.log}')
 
   def _table(self, batch, path, g, mine, held):
     """The stored fields of rows `mine` of a chunk."""
@@ -255,7 +277,8 @@ class Sessions:
     if len(rows):
       rel = np.asarray(batch.column('query_image').to_pylist(), object)[rows]
       out['query_image'][image] = images.read_many(
-          self.conv.src, rel, opt.image_size, path, 'query_image', g + rows)
+          self.conv.src, rel, opt.image_size, path, 'query_image', g + rows,
+          opt.image_background)
     rows = mine[~image]
     if len(rows):
       out['query_text'][~image] = titles.encode(

@@ -1,9 +1,10 @@
 """Title tokenizer of a converted dataset: trained locally, saved with it.
 
 A WordPiece model of the `tokenizers` library (its vocabulary learnt here,
-the same on every run), trained on the titles of the training split only (no
-test text leaks into the vocabulary), saved as `tokenizer.json` in the
-dataset. BERT's normaliser puts spaces around CJK characters, so Chinese
+the same on every run), trained on the titles of the items of the training
+split and the text queries of its search sessions (no test text leaks into
+the vocabulary), saved as `tokenizer.json` in the dataset; or a
+user-supplied tokenizer.json (`from_file`), copied there. BERT's normaliser puts spaces around CJK characters, so Chinese
 titles become one token per character (or merged pieces) while English
 splits on words and punctuation. Ids: 0 = padding ([PAD]), 1 = unknown
 ([UNK]); titles are truncated / right-padded to a fixed length, the layout
@@ -14,6 +15,7 @@ import collections
 import heapq
 import os
 
+from absl import logging
 import numpy as np
 import tokenizers
 from tokenizers import decoders
@@ -24,6 +26,7 @@ from tokenizers import pre_tokenizers
 FILE = 'tokenizer.json'
 PAD, UNK = '[PAD]', '[UNK]'
 PREFIX = '##'  # WordPiece's mark of a piece that continues a word
+PAD_NAMES = (PAD, '<pad>')  # what id 0 of a user-supplied tokenizer may be
 
 
 def train(texts, vocab_size):
@@ -132,6 +135,54 @@ def encode(tok, texts, length):
     ids = enc.ids[:length]
     out[i, :len(ids)] = ids
   return out
+
+
+# A text is "mostly unknown" when over half its tokens are the unknown
+# token; the converter warns when more than this share of texts are.
+UNKNOWN_WARN_SHARE = 0.05
+
+
+def unknown_id(tok):
+  """The id of the tokenizer's unknown token (None if it has none)."""
+  name = getattr(tok.model, 'unk_token', None) or UNK
+  return tok.token_to_id(name)
+
+
+def mostly_unknown(tok, ids):
+  """(N,) bool: rows of (N, T) token ids (0 = padding) with more than half
+  of their tokens unknown."""
+  unk = unknown_id(tok)
+  if unk is None or not len(ids):
+    return np.zeros(len(ids), bool)
+  real = (ids != 0).sum(1)
+  return (ids == unk).sum(1) * 2 > real
+
+
+def warn_unknown(tok, total, unknown, what):
+  """Logs a warning when over UNKNOWN_WARN_SHARE of `total` texts are
+  mostly unknown tokens: their vectors say almost nothing, silently."""
+  if total and unknown > UNKNOWN_WARN_SHARE * total:
+    logging.warning(
+        '%d of %d %s (%.0f%%) are mostly unknown tokens to the tokenizer: '
+        'its vocabulary does not cover their words (train it on them, '
+        'or give convert.tokenizer one that does)', unknown, total, what,
+        100 * unknown / total)
+
+
+def from_file(path, source='convert.tokenizer'):
+  """A user-supplied tokenizer.json (`tokenizers` format), checked: id 0
+  must be the padding token (titles are 0-padded)."""
+  try:
+    tok = tokenizers.Tokenizer.from_file(path)
+  except Exception as e:  # the library raises plain Exceptions
+    raise ValueError(f'{source} = {path!r}: not a readable tokenizer.json '
+                     f'({e})') from e
+  pad = tok.id_to_token(0)
+  if pad not in PAD_NAMES:
+    raise ValueError(f'{source} = {path!r}: id 0 is {pad!r}; it must be the '
+                     f'padding token (one of {PAD_NAMES}): titles and queries '
+                     'are 0-padded')
+  return tok
 
 
 def save(tok, directory):

@@ -297,6 +297,11 @@ def ensure_encoder(serving_dir, store):
     return
   encoder, enc_config, step, data_dir = item_encoder.load_encoder(workdir)
   m = manifest_lib.load(data_dir)
+  if len(encoder.model.config.modalities) < 2:
+    # The served encoder's signature takes an image and a title.
+    logging.info('the store\'s encoder reads only %s: the service adds items '
+                 'by vector only', encoder.model.config.modalities)
+    return
   write_encoder(
       serving_dir, encoder.model, jax.tree.map(np.asarray, encoder.params),
       image_size=m.image_size, title_length=m.text['length'],
