@@ -3,6 +3,7 @@ a batch that does not fit is refused whole, the segments the near-line job
 committed are deleted first (oldest first, only as many as needed), and a
 reopened log counts what is on disk."""
 
+import json
 import os
 import tempfile
 
@@ -23,15 +24,18 @@ def _numbers(log_dir):
   return [n for n, _ in impression_log.closed_segments(log_dir)]
 
 
-def _nearline(committed_through, empty=()):
-  """A near-line workdir as nearline.py leaves it: segments 0..k started
-  (so 0..k-1 committed), and EMPTY markers in `empty`."""
+def _nearline(committed):
+  """A near-line workdir as nearline.py leaves it: COMMITTED markers in the
+  directories of segments `committed`, and a started, uncommitted one
+  after them."""
   path = tempfile.mkdtemp()
-  for n in range(committed_through + 1):
+  for n in list(committed) + [max(committed, default=-1) + 1]:
     os.makedirs(os.path.join(path, f'seg-{n:06d}'))
-  for n in empty:
-    with open(os.path.join(path, f'seg-{n:06d}', 'EMPTY'), 'w') as f:
-      f.write('{}')
+  for n in committed:
+    with open(os.path.join(path, f'seg-{n:06d}', 'COMMITTED'), 'w') as f:
+      json.dump({'segment': n, 'steps': 1, 'global_step': 10 + n,
+                 'checkpoint': f'seg-{n:06d}/checkpoints/1',
+                 'version': 10 + n}, f)
   return path
 
 
@@ -53,7 +57,7 @@ class BudgetTest(absltest.TestCase):
     sizes = [os.path.getsize(p) for _, p in
              impression_log.closed_segments(log)]
     with self.assertRaisesRegex(impression_log.LogFull,
-                                'budget.*no near-line workdir'):
+                                'budget.*no near-line job has named'):
       writer.write_batch(_batch(3))
     writer.close()
     self.assertEqual([os.path.getsize(p) for _, p in
@@ -61,8 +65,8 @@ class BudgetTest(absltest.TestCase):
     self.assertEqual(_numbers(log), [0, 1, 2, 3])  # nothing opened either
 
   def test_committed_segments_are_retired_oldest_first(self):
-    # Near-line started segment 2: 0 and 1 are committed, 2 and 3 not.
-    log, writer = self._log(_nearline(2))
+    # Near-line committed 0 and 1 (and started 2): 2 and 3 are kept.
+    log, writer = self._log(_nearline([0, 1]))
     writer.max_bytes = writer.used_bytes()  # full: a record needs room
     writer.write_batch(_batch(1, 100))
     self.assertEqual(_numbers(log), [1, 2, 3])  # one segment was enough
@@ -82,14 +86,47 @@ class BudgetTest(absltest.TestCase):
                                     range(4))
     np.testing.assert_array_equal(rows['user_id'], [100, 200, 201, 202])
 
-  def test_an_empty_segment_marker_commits_the_newest(self):
-    nearline = _nearline(3, empty=(3,))
+  def test_the_markers_say_what_is_committed(self):
+    # Only marked segments: a started one (a directory, even with later
+    # ones) is not, nor is a gap.
+    nearline = _nearline([0, 2, 3])
     self.assertEqual(impression_log.committed_segments(nearline,
-                                                       [0, 2, 3, 4]),
+                                                       [0, 1, 2, 3, 4]),
                      {0, 2, 3})
-    self.assertEqual(impression_log.committed_segments(_nearline(0),
+    self.assertEqual(impression_log.committed_segments(_nearline([]),
                                                        [0, 1]), set())
     self.assertEqual(impression_log.committed_segments(None, [0]), set())
+    self.assertEqual(impression_log.committed_markers(nearline)[2]
+                     ['global_step'], 12)
+
+  def test_a_bad_marker_retires_nothing_and_says_why(self):
+    nearline = _nearline([0, 1])
+    marker = os.path.join(nearline, 'seg-000001', 'COMMITTED')
+    with open(marker, 'w') as f:
+      json.dump({'segment': 7, 'steps': 1}, f)
+    with self.assertRaisesRegex(ValueError, f'{marker}: expected a commit '
+                                'marker of segment 1'):
+      impression_log.committed_markers(nearline)
+    log, writer = self._log(nearline)
+    writer.max_bytes = writer.used_bytes()
+    with self.assertRaisesRegex(impression_log.LogFull,
+                                'expected a commit marker'):
+      writer.write_batch(_batch(1, 100))
+    self.assertEqual(_numbers(log), [0, 1, 2, 3])
+
+  def test_the_log_finds_the_nearline_job_that_named_itself_there(self):
+    # No workdir given: the one near-line wrote into the log is read when
+    # the budget is spent (a job started after the writer counts too).
+    log, writer = self._log()
+    writer.max_bytes = writer.used_bytes()
+    with self.assertRaisesRegex(impression_log.LogFull,
+                                'no near-line job has named'):
+      writer.write_batch(_batch(1, 100))
+    with open(os.path.join(log, impression_log.NEARLINE_POINTER), 'w') as f:
+      json.dump({'workdir': _nearline([0, 1, 2])}, f)
+    writer.write_batch(_batch(1, 100))
+    self.assertEqual(_numbers(log), [1, 2, 3])
+    writer.close()
 
   def test_a_reopened_log_counts_its_segments_and_what_was_cleared(self):
     log, writer = self._log()

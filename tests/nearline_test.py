@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 import warnings
 
 from absl.testing import absltest
@@ -140,8 +141,16 @@ class NearlineTest(absltest.TestCase):
                      ['CURRENT', 'v12', 'v14', 'v16'])
     self.assertEqual(served_model.current(models),
                      os.path.join(models, 'v16'))
-    self.assertTrue(os.path.exists(os.path.join(root, 'ref', 'seg-000003',
-                                                nearline.EMPTY)))
+    # Each segment committed by its marker; the empty one carries the state
+    # (and version) of the one before.
+    markers = impression_log.committed_markers(os.path.join(root, 'ref'))
+    self.assertEqual(
+        [(m['steps'], m['global_step'], m['checkpoint'], m['version'])
+         for _, m in sorted(markers.items())],
+        [(2, 12, 'seg-000000/checkpoints/2', 12),
+         (2, 14, 'seg-000001/checkpoints/2', 14),
+         (2, 16, 'seg-000002/checkpoints/2', 16),
+         (0, 16, 'seg-000002/checkpoints/2', 16)])
     # The service reads this workdir the same way (its log's retention):
     # every segment committed, none past them.
     self.assertEqual(impression_log.committed_segments(
@@ -171,9 +180,13 @@ class NearlineTest(absltest.TestCase):
         np.testing.assert_array_equal(x, y)
     self.assertEqual(sorted(os.listdir(os.path.join(serv, 'models'))),
                      ['CURRENT', 'v12', 'v14', 'v16'])
-    # Killed between segment 2's commit and its export: a restart trains
-    # nothing and exports the missing version.
+    # Killed between segment 2's final checkpoint and its export (so before
+    # its marker, and segment 3's): a restart trains nothing and exports the
+    # missing version.
     shutil.rmtree(os.path.join(serv, 'models', 'v16'))
+    os.remove(os.path.join(wd, 'seg-000002',
+                           impression_log.NEARLINE_COMMITTED))
+    shutil.rmtree(os.path.join(wd, 'seg-000003'))
     before = [_steps(wd, seg) for seg in range(3)]
     again = nearline.run(_config(batch_wd, serv, os.path.join(root, 'log')),
                          wd)
@@ -184,6 +197,87 @@ class NearlineTest(absltest.TestCase):
     self.assertEqual([_steps(wd, seg) for seg in range(3)], before)
     with open(os.path.join(wd, nearline.RESULT_FILE)) as f:
       self.assertEqual(json.load(f)['final_step'], 16)
+    # A workdir from before the markers (none): its log walked again,
+    # nothing trained, no version moved back, each segment marked in passing.
+    markers = impression_log.committed_markers(wd)
+    for n in markers:
+      os.remove(os.path.join(wd, f'seg-{n:06d}',
+                             impression_log.NEARLINE_COMMITTED))
+    legacy = nearline.run(_config(batch_wd, serv, os.path.join(root, 'log')),
+                          wd)
+    self.assertEqual(legacy['final_step'], 16)
+    self.assertEqual(served_model.current(os.path.join(serv, 'models')),
+                     os.path.join(serv, 'models', 'v16'))
+    self.assertEqual(impression_log.committed_markers(wd), markers)
+    self.assertEqual([_steps(wd, seg) for seg in range(3)], before)
+    self._retire_then_resume(root, batch_wd, wd, serv, before)
+
+  def _retire_then_resume(self, root, batch_wd, wd, serv, before):
+    """Defect: with its trained segments deleted, a restarted near-line job
+    walked the log from the first segment left, from the batch checkpoint,
+    and exported a lower version (a rollback). Now the log retires what the
+    markers commit, and near-line resumes after the newest marker."""
+    log = os.path.join(root, 'log')
+    # The job named its workdir in the log: the writer finds the markers.
+    self.assertEqual(impression_log.nearline_workdir(log),
+                     os.path.abspath(wd))
+    rows = {k: v for k, v in _rows(128).items()
+            if k not in impression_log.NOT_LOGGED}
+    probe = impression_log.SegmentWriter(tempfile.mkdtemp(), 10**6, 1e9)
+    probe.write_batch(rows)
+    need = probe.used_bytes()  # what one segment of these rows takes
+    writer = impression_log.SegmentWriter(log, max_records=128,
+                                          max_seconds=1e9, max_bytes=need)
+    writer.write_batch(rows)  # fits only with every committed one retired
+    writer.close()
+    self.assertEqual(writer.retired, 4)
+    self.assertEqual([n for n, _ in impression_log.closed_segments(log)], [4])
+    with mock.patch.object(nearline, '_warm_start',
+                           wraps=nearline._warm_start) as warm:
+      got = nearline.run(_config(batch_wd, serv, log), wd)
+    # Only segment 4, from segment 2's final state (3 had no full batch),
+    # numbered on from the markers' global step.
+    self.assertEqual([(s['segment'], s['steps'], s['global_step'])
+                      for s in got['segments']], [(4, 1, 17)])
+    warm.assert_called_once_with(
+        os.path.join(wd, 'seg-000002', checkpointing.SUBDIR, '2'),
+        mock.ANY)
+    self.assertEqual([_steps(wd, seg) for seg in range(3)], before)
+    self.assertEqual(_steps(wd, 4), [1])
+    models = os.path.join(serv, 'models')
+    self.assertEqual(served_model.current(models),
+                     os.path.join(models, 'v17'))  # after v16, not v11
+    self.assertEqual(
+        impression_log.committed_markers(wd)[4]['version'], 17)
+    self.assertEqual(impression_log.committed_segments(wd, range(6)),
+                     {0, 1, 2, 3, 4})
+
+
+class ResumeTest(absltest.TestCase):
+  """Where a restart goes on from, without training."""
+
+  def test_an_unmarked_workdir_whose_segments_left_the_log_is_refused(self):
+    # A workdir from before the markers: its position cannot be known.
+    wd = tempfile.mkdtemp()
+    os.makedirs(os.path.join(wd, 'seg-000000', checkpointing.SUBDIR))
+    with self.assertRaisesRegex(ValueError, r'trained segments \[0\] that '
+                                'are no longer in the log.*no COMMITTED'):
+      nearline.resume_point(wd, None, [(1, 'seg-000001.array_record')])
+
+  def test_no_version_below_a_whole_one_is_exported(self):
+    serving = tempfile.mkdtemp()
+    models = os.path.join(serving, 'models')
+    for name in ('v12', 'v20', 'v30'):  # v30 unfinished: no manifest
+      os.makedirs(os.path.join(models, name))
+    for name in ('v12', 'v20'):
+      with open(os.path.join(models, name, 'manifest.json'), 'w') as f:
+        f.write('{}')
+    self.assertTrue(nearline._should_export(serving, 20))  # itself: idempotent
+    self.assertTrue(nearline._should_export(serving, 21))
+    # Passed again by a workdir from before the markers: left as it is.
+    self.assertFalse(nearline._should_export(serving, 12))
+    with self.assertRaisesRegex(RuntimeError, 'holds v20, newer than the v17'):
+      nearline._should_export(serving, 17)
 
 
 class NewItemTest(absltest.TestCase):

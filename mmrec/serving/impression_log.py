@@ -2,6 +2,7 @@
 
   <log_dir>/seg-000000.array_record   closed segments, numbered in order
   <log_dir>/.seg-000001.open          the segment being written
+  <log_dir>/NEARLINE.json             {"workdir": the near-line job's}
 
 A record is one impression with the CTR model's input fields as they were
 served (user profile, target item and its attributes, the right-aligned
@@ -17,10 +18,12 @@ on what was logged exactly once (nearline.py).
 A writer holds the log to a byte budget (`max_bytes`: closed segments as
 they are on disk, the open one as the JSON written to it, an upper bound of
 its compressed size). A batch that would pass it first retires the closed
-segments the near-line job has committed (`committed_segments`, if the
-writer is given that job's workdir), then, if it still does not fit, is
+segments the near-line job has committed (`committed_segments`: its
+COMMITTED markers; its workdir as the writer is given it, or as the job
+named it in this log, NEARLINE_POINTER), then, if it still does not fit, is
 refused whole (`LogFull`: the service's 507), so a flood of impressions
-fills its budget, not the disk.
+fills its budget, not the disk. Retiring is safe: a restarted near-line job
+resumes after its newest marker, never from the segments left.
 
 Producers: the service's impression logger (POST /impressions), or
 `replay` of a stored world day. Reading needs array_record only (the
@@ -42,10 +45,14 @@ REQUIRED = ('user_id', 'item_id', 'seq_item', 'seq_mask', 'label')
 NOT_LOGGED = ('day',)  # a stored day's batches carry it; the model does not
 DEFAULT_MAX_BYTES = 1 << 30  # the service's default budget (1 GiB)
 # The near-line job's workdir as nearline.py writes it (read here: the
-# runtime imports no job): segment n is trained in seg-{n:06d}/, in log
-# order, and one with no full batch is committed by an EMPTY file there.
-NEARLINE_SEGMENT, NEARLINE_EMPTY = 'seg-{:06d}', 'EMPTY'
-
+# runtime imports no job): segment n is trained in seg-{n:06d}/ and, once
+# trained and its version exported, committed by the marker COMMITTED there
+# (JSON written aside and renamed: segment, steps, global_step, checkpoint,
+# version). The job names its workdir in the log it reads (NEARLINE_POINTER),
+# so the log's writer finds whose markers say what it may retire.
+NEARLINE_SEGMENT, NEARLINE_COMMITTED = 'seg-{:06d}', 'COMMITTED'
+NEARLINE_POINTER = 'NEARLINE.json'
+MARKER_FIELDS = ('segment', 'steps', 'global_step', 'checkpoint', 'version')
 
 class LogFull(Exception):
   """The log's byte budget is spent: nothing of the batch was written."""
@@ -68,26 +75,62 @@ def closed_segments(log_dir):
   return sorted(out)
 
 
+def committed_markers(nearline_dir):
+  """{segment number: its COMMITTED marker} of a near-line workdir (empty if
+  there is none); ValueError naming the file for a marker that is not one."""
+  out = {}
+  if not nearline_dir or not os.path.isdir(nearline_dir):
+    return out
+  for name in os.listdir(nearline_dir):
+    number = name[len(PREFIX):]
+    path = os.path.join(nearline_dir, name, NEARLINE_COMMITTED)
+    if not (name.startswith(PREFIX) and number.isdigit() and
+            os.path.exists(path)):
+      continue
+    try:
+      with open(path) as f:
+        marker = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(f'{path}: unreadable near-line commit marker '
+                       f'({e})') from e
+    if (not isinstance(marker, dict) or
+        any(k not in marker for k in MARKER_FIELDS) or
+        marker['segment'] != int(number) or
+        not isinstance(marker['global_step'], int)):
+      raise ValueError(f'{path}: expected a commit marker of segment '
+                       f'{int(number)} with fields {list(MARKER_FIELDS)}, '
+                       f'got {str(marker)[:200]}')
+    out[int(number)] = marker
+  return out
+
+
 def committed_segments(nearline_dir, numbers):
   """Those of segment `numbers` the near-line job in `nearline_dir` has
-  committed: each below its newest segment directory (near-line starts
-  segment n+1 only once n is committed), and each whose directory holds
-  EMPTY."""
-  if not nearline_dir or not os.path.isdir(nearline_dir):
-    return set()
-  started = [int(name[len(PREFIX):]) for name in os.listdir(nearline_dir)
-             if name.startswith(PREFIX) and name[len(PREFIX):].isdigit()]
-  if not started:
-    return set()
-  newest = max(started)
-  return {n for n in numbers if n < newest or os.path.exists(os.path.join(
-      nearline_dir, NEARLINE_SEGMENT.format(n), NEARLINE_EMPTY))}
+  committed (its COMMITTED markers)."""
+  markers = committed_markers(nearline_dir)
+  return {n for n in numbers if n in markers}
 
+
+def nearline_workdir(log_dir):
+  """The workdir of the near-line job last started on `log_dir` (the
+  pointer it writes there), or None."""
+  path = os.path.join(log_dir, NEARLINE_POINTER)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      workdir = json.load(f)['workdir']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: expected {{"workdir": <near-line '
+                     f'workdir>}} ({e!r})') from e
+  return workdir
 
 class SegmentWriter:
   """Appends impressions; rotates segments by count and age; holds the log
-  to `max_bytes` (None: no budget), retiring the segments near-line in
-  `nearline_dir` committed when it is spent. Thread-safe."""
+  to `max_bytes` (None: no budget), retiring the segments near-line
+  committed when it is spent: the markers in `nearline_dir`, or (None) in
+  the workdir of the near-line job last started on this log (its pointer
+  here). Thread-safe."""
 
   def __init__(self, log_dir, max_records=10000, max_seconds=60.0,
                max_bytes=None, nearline_dir=None):
@@ -171,8 +214,12 @@ class SegmentWriter:
       return
     self._closed_bytes = self._measure()  # an operator may have cleared some
     segments = closed_segments(self.log_dir)
-    committed = committed_segments(self.nearline_dir,
-                                   [n for n, _ in segments])
+    try:  # read now: a near-line job may have started since
+      nearline = self.nearline_dir or nearline_workdir(self.log_dir)
+      committed, why = committed_segments(nearline,
+                                          [n for n, _ in segments]), None
+    except ValueError as e:  # retire nothing on a guess
+      committed, why = set(), str(e)
     for n, path in segments:
       if self.used_bytes() + need <= self.max_bytes:
         break
@@ -182,9 +229,11 @@ class SegmentWriter:
         self._closed_bytes -= size
         self.retired += 1
     if self.used_bytes() + need > self.max_bytes:
-      trained = (f'; near-line ({self.nearline_dir}) has committed no more '
-                 'of its segments' if self.nearline_dir else
-                 '; no near-line workdir is set to retire trained segments')
+      trained = (f'; {why}' if why else
+                 f'; near-line ({nearline}) has committed no more of its '
+                 'segments' if nearline else
+                 '; no near-line job has named its workdir here, so no '
+                 'segment is known to be trained')
       raise LogFull(
           f'the impression log {self.log_dir} holds {self.used_bytes()} '
           f'bytes of its {self.max_bytes}-byte budget; {need} more do not '

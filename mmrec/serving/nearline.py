@@ -10,16 +10,24 @@ state and config), then for every closed segment of `config.log_dir`
                      offline training: checkpoints with the data position,
                      metrics), starting from the state segment n-1 ended with
 
-Segment n is committed when its run's final checkpoint is complete: orbax
-renames a step directory into place whole, so the trained state and the log
-position (which segment it finished, implied by the directory) are
-committed by one rename. Killed anywhere, the trainer restarts at the first
-uncommitted segment, from that segment's own latest checkpoint (state and
-data position, as any resumed `fit`) or else from the previous segment's
-final state: no segment is trained twice or skipped, and the result equals
-the uninterrupted run's. A segment with fewer impressions than a batch is
-committed by a marker file (`EMPTY`); a segment's last (records mod batch)
-impressions are not trained, so the compiled step keeps one shape.
+Segment n's trained state is its run's final checkpoint (orbax renames a
+step directory into place whole). Once that exists and its version is
+exported, the segment is committed by a marker, workdir/seg-{n}/COMMITTED
+(written aside, synced and renamed): the segment, its steps, the global step
+after it, its final checkpoint (relative to the workdir; null: the batch
+checkpoint) and the version serving it. A (re)started job resumes after the
+newest marker, from the checkpoint and global step it names: segments up to
+it are never read again, so the log may delete them (impression_log.py's
+retention) and a restart neither trains from the batch checkpoint again nor
+numbers a version lower than one it exported. Killed anywhere, the trainer
+restarts at the first uncommitted segment, from that segment's own latest
+checkpoint (state and data position, as any resumed `fit`) or else from the
+previous segment's final state: no segment is trained twice or skipped, and
+the result equals the uninterrupted run's. A segment with fewer impressions
+than a batch is committed with 0 steps; a segment's last (records mod batch)
+impressions are not trained, so the compiled step keeps one shape. The job
+names its workdir in the log (impression_log.NEARLINE_POINTER), so the log's
+writer reads these markers without being told where they are.
 
 Items the service added after the batch run (ids past its item table) are
 trained like any item: the model's item table has `config.item_capacity`
@@ -28,13 +36,19 @@ a model reading vectors gets their rows from the serving store. Every
 batch's ids are checked against the items that exist; a non-finite loss
 stops the segment before it is committed (train_lib.NonFiniteError).
 
-After committing segment n the model is exported into `config.serving_dir`
+After training segment n the model is exported into `config.serving_dir`
 as version v{batch step + steps through n}, and `models/CURRENT` points at
-it: the service hot-reloads it. The export is idempotent, so a kill between
-commit and export only delays it to the restart.
+it: the service hot-reloads it. The export is idempotent, and the marker
+comes after it, so a kill between the final checkpoint and the export only
+delays it to the restart (which finds the checkpoint and trains nothing).
+A version is never exported under a number below a whole version already in
+`models/` (that would roll the service back): the job stops instead (or, if
+that number is itself there whole, leaves it: a workdir from before the
+markers walks its log again).
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -61,7 +75,6 @@ from mmrec.serving import layout
 from mmrec.serving import model_export
 from mmrec.serving import vector_store
 
-EMPTY = 'EMPTY'
 RESULT_FILE = 'nearline.json'
 
 
@@ -228,14 +241,10 @@ class Trainer:
     """Trains segment n (or finds it committed); returns (its final step
     directory or the `previous` one if it had no full batch, steps)."""
     c = self.ctr
-    seg_dir = os.path.join(self.workdir, f'seg-{n:06d}')
+    seg_dir = os.path.join(self.workdir,
+                           impression_log.NEARLINE_SEGMENT.format(n))
     steps = impression_log.num_records(path) // c.batch_size
     if steps == 0:
-      if not os.path.exists(os.path.join(seg_dir, EMPTY)):
-        os.makedirs(seg_dir, exist_ok=True)
-        files.write_json(os.path.join(seg_dir, EMPTY), {
-            'records': impression_log.num_records(path),
-            'batch_size': c.batch_size})
       return previous, 0
     # Ids of every batch (not only the first) against the items that
     # exist now: the store's, which the segment's new items were added to
@@ -303,40 +312,134 @@ def replay_day(config, trainer):
   impression_log.replay(batches, config.log_dir, config.segment_records)
 
 
+def _write_marker(workdir, marker):
+  """Commits segment marker['segment']: its COMMITTED file, written aside,
+  synced and renamed (a reader sees the whole marker or none)."""
+  seg_dir = os.path.join(workdir, impression_log.NEARLINE_SEGMENT.format(
+      marker['segment']))
+  os.makedirs(seg_dir, exist_ok=True)
+
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(marker, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+  files.write_with(os.path.join(seg_dir, impression_log.NEARLINE_COMMITTED),
+                   write)
+
+
+def resume_point(workdir, trainer, segments):
+  """(newest committed segment or -1, its checkpoint, global step, version
+  number or None): where the job goes on from. Without markers, the batch
+  checkpoint; a workdir whose trained segments left the log without being
+  marked (written before the markers) cannot say where it was: refused."""
+  markers = impression_log.committed_markers(workdir)
+  if markers:
+    newest = max(markers)
+    m = markers[newest]
+    checkpoint = (trainer.base_dir if m['checkpoint'] is None else
+                  os.path.join(workdir, m['checkpoint']))
+    if m['checkpoint'] is not None and not os.path.isdir(checkpoint):
+      raise FileNotFoundError(
+          f'{workdir}: segment {newest} is committed with checkpoint '
+          f'{checkpoint}, which is gone: near-line cannot resume from it')
+    return newest, checkpoint, m['global_step'], m['version']
+  in_log = {n for n, _ in segments}
+  gone = sorted(
+      int(name[len(impression_log.PREFIX):]) for name in
+      (os.listdir(workdir) if os.path.isdir(workdir) else ())
+      if name.startswith(impression_log.PREFIX) and
+      name[len(impression_log.PREFIX):].isdigit() and
+      int(name[len(impression_log.PREFIX):]) not in in_log)
+  if gone:
+    raise ValueError(
+        f'{workdir} trained segments {gone[:5]}{"..." if len(gone) > 5 else ""}'
+        ' that are no longer in the log, and holds no COMMITTED marker (a '
+        'workdir from before the markers): it cannot tell where to resume; '
+        'start near-line in a new workdir (it trains the segments left)')
+  return -1, trainer.base_dir, trainer.base_step, None
+
+
+def _should_export(serving_dir, step):
+  """Whether to export v{step}: not if that would roll `serving_dir`'s
+  models back. A whole version numbered above it: v{step} itself whole
+  (a workdir from before the markers walking its log again) is left as it
+  is (False); missing, it is refused."""
+  models = os.path.join(serving_dir, model_export.MODELS)
+
+  def whole(name):
+    return os.path.exists(os.path.join(models, name, model_export.MANIFEST))
+  newer = sorted(
+      int(name[1:]) for name in
+      (os.listdir(models) if os.path.isdir(models) else ())
+      if name[:1] == 'v' and name[1:].isdigit() and int(name[1:]) > step and
+      whole(name))
+  if not newer:
+    return True
+  if whole(f'v{step}'):
+    return False
+  raise RuntimeError(
+      f'{models} holds v{newer[-1]}, newer than the v{step} near-line would '
+      'export (a near-line workdir that lost its COMMITTED markers, or a '
+      'newer batch export): refusing to roll the service back')
+
+
 def run(config, workdir):
-  """The near-line job: every closed segment, in order (then, with
-  `config.follow`, new ones as they close)."""
+  """The near-line job: every closed segment after the newest committed one,
+  in order (then, with `config.follow`, new ones as they close)."""
   if not config.ctr_workdir:
     raise ValueError('config.ctr_workdir must name the batch CTR run')
   config.log_dir = config.log_dir or os.path.join(workdir, 'log')
   trainer = Trainer(config, workdir)
   if config.replay_split:
     replay_day(config, trainer)
-  previous, total = trainer.base_dir, trainer.base_step
-  done = set()
+  newest, previous, total, version = resume_point(
+      workdir, trainer, impression_log.closed_segments(config.log_dir))
+  if newest >= 0:
+    logging.info('near-line resumes after segment %d (global step %d, '
+                 'version %s)', newest, total, version)
+  # Names this workdir in the log: its writer retires what is marked here.
+  os.makedirs(config.log_dir, exist_ok=True)
+  files.write_json(os.path.join(config.log_dir,
+                                impression_log.NEARLINE_POINTER),
+                   {'workdir': os.path.abspath(workdir)})
+  trained = 0
   history = []
   while True:
     pending = [(n, p) for n, p in impression_log.closed_segments(
-        config.log_dir) if n not in done]
+        config.log_dir) if n > newest]
     if config.max_segments:
-      pending = pending[:max(0, config.max_segments - len(done))]
+      pending = pending[:max(0, config.max_segments - trained)]
     for n, path in pending:
+      if n != newest + 1 and newest >= 0:
+        logging.warning('near-line: segments %d..%d are not in the log '
+                        '(deleted untrained); going on with %d',
+                        newest + 1, n - 1, n)
       t0 = time.time()
       previous, steps = trainer.segment(n, path, previous)
       total += steps
-      done.add(n)
       # Wall-clock times, so a watcher of the service can line them up with
       # when each version went live (segment close -> serving).
       entry = {'segment': n, 'steps': steps, 'global_step': total,
                'closed_at': os.path.getmtime(path), 'started_at': t0,
                'committed_at': time.time()}
       if config.serving_dir and steps:
-        trainer.export(previous, total)
-        entry['exported_at'] = time.time()
+        if _should_export(config.serving_dir, total):
+          trainer.export(previous, total)
+          entry['exported_at'] = time.time()
+        version = total
+      _write_marker(workdir, {
+          'segment': n, 'steps': steps, 'global_step': total,
+          'batch_step': trainer.base_step,
+          'checkpoint': (None if previous == trainer.base_dir else
+                         os.path.relpath(previous, workdir)),
+          'version': version,
+          'records': impression_log.num_records(path)})
+      newest, trained = n, trained + 1
       history.append(entry)
       logging.info('near-line segment %d: %s', n, entry)
     if not config.follow or (config.max_segments and
-                             len(done) >= config.max_segments):
+                             trained >= config.max_segments):
       break
     time.sleep(config.poll_s)
   result = {'batch_step': trainer.base_step, 'final_step': total,

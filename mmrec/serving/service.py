@@ -17,8 +17,9 @@
                               MMREC_IMPRESSION_LOG set), as the model's rows;
                               a 507 once its byte budget is spent
                               (MMREC_IMPRESSION_LOG_BYTES, default 1 GiB)
-                              and no segment near-line committed
-                              (MMREC_NEARLINE_WORKDIR) is left to delete
+                              and no segment near-line committed is left
+                              to delete (its workdir: as the job named it
+                              in the log, or MMREC_NEARLINE_WORKDIR)
   GET  /health, GET /metrics  status; request counts and latency percentiles
 
 The request schema is the dataset's: `user` holds user_id and the declared

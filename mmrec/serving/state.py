@@ -32,7 +32,8 @@ ENV_DIR = 'MMREC_SERVING_DIR'
 ENV_LOG_DIR = 'MMREC_IMPRESSION_LOG'  # optional: where /impressions go
 # Optional, with ENV_LOG_DIR: the log's byte budget (default
 # impression_log.DEFAULT_MAX_BYTES), and the near-line job's workdir whose
-# committed segments are deleted when the budget is spent.
+# committed segments are deleted when the budget is spent (default: the one
+# the job named in the log, impression_log.nearline_workdir).
 ENV_LOG_BYTES = 'MMREC_IMPRESSION_LOG_BYTES'
 ENV_NEARLINE_DIR = 'MMREC_NEARLINE_WORKDIR'
 log = logging.getLogger('mmrec.serving.state')
