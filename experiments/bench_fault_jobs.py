@@ -127,9 +127,12 @@ def _kill_chains(name, kills, chain, rng, make_args, window, check, out):
   each chain followed by an uninterrupted rerun, then `check(target)`."""
   result, done = row(), 0
   first, total = window
-  lo, hi = max(0.0, first - 1.0), total
+  # Kill times from a second before the first write to halfway through the
+  # rest: a rerun is often faster than the timed run (warm caches), and a
+  # run that finishes before its kill is no trial.
+  lo, hi = max(0.0, first - 1.0), first + 0.5 * max(0.0, total - first)
   k = 0
-  while done < kills and k < 3 * kills:  # reruns may finish before a kill
+  while done < kills and k < 10 * kills:  # reruns may finish before a kill
     target, log = make_args(k)
     killed = 0
     for _ in range(min(chain, kills - done)):

@@ -435,7 +435,8 @@ class HistoryByTimeTest(absltest.TestCase):
                              'time': time}),
                    os.path.join(src, 'impressions.parquet'))
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    dataset_job.run(fixtures.own_data_config(src, validation_days=0), out)
+    dataset_job.run(fixtures.own_data_config(src, validation_days=0,
+                                                   min_test_users=0), out)
     train = builders.load_table(out, manifest.IMPRESSIONS, 'train')
     test = builders.load_table(out, manifest.IMPRESSIONS, 'test')
 

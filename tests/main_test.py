@@ -87,7 +87,8 @@ class BenchJobTest(absltest.TestCase):
     self.assertGreater(res['benchmarks']['world']['generate_seconds'], 0)
     scl = res['benchmarks']['scl_train']
     for key in ('images_per_second', 'fraction_of_matmul',
-                'width_32_images_per_second', 'width_32_fraction_of_matmul'):
+                'width_32_images_per_second', 'width_32_fraction_of_matmul',
+                'conv_images_per_second', 'conv_fraction_of_matmul'):
       self.assertGreater(scl[key], 0, key)
     ceilings = [k for k in scl if k.startswith('conv3x3_')]
     self.assertLen(ceilings, 6)  # 3 stages x (1, 4) x their widths

@@ -136,7 +136,8 @@ class RealPretrainTest(absltest.TestCase):
                              'title': ['red shirt', 'blue hat', 'wool hat']}),
                    os.path.join(src, 'items.parquet'))
     out = os.path.join(tempfile.mkdtemp(), 'd')
-    dataset_job.run(fixtures.own_data_config(src), out)
+    # A two-row test split: plausible for this test, not for the converter.
+    dataset_job.run(fixtures.own_data_config(src, min_test_users=0), out)
     with self.assertRaisesRegex(
         manifest.DatasetError, 'no search log and no test-split click with a '
         "behaviour history.*bag_of_tokens's evaluation"):
@@ -179,7 +180,8 @@ class RealPretrainTest(absltest.TestCase):
     t = pq.read_table(path)
     pq.write_table(t.set_column(t.schema.get_field_index('label'), 'label',
                                 pa.array(np.zeros(len(t), np.int64))), path)
-    _, out = fixtures.convert(fixtures.own_data_config(src))
+    # No click anywhere: the test split has no user with both classes.
+    _, out = fixtures.convert(fixtures.own_data_config(src, min_test_users=0))
     ran, skipped, _ = pretrain_sweep.plan(['scl', 'i2i'], out)
     self.assertEqual(ran, ['scl'])
     self.assertIn('has no co-click pair', skipped['i2i'])

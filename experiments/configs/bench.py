@@ -88,6 +88,7 @@ def get_config(arg=None):
     config.scl_batch_size = 16
     config.timed_steps = 2
     config.scl_widths = (32,)
+    config.scl_kinds = ('conv',)  # the default tower again: no ViT compile
     config.embed_items = 64
     config.embed_batch_size = 32
     config.latency_calls = 5
