@@ -4,7 +4,8 @@ Each benchmark is a function `(config, workdir) -> dict` of flat, named
 measurements; the host is recorded with them so numbers stay comparable.
 The benchmarks live by concept: bench_data.py (world generation, the
 own-data converter), bench_train.py (SCL and CTR train steps, the embedding
-encoder), bench_serving.py (ANN index, the service under load, near-line);
+encoder), bench_serving.py (ANN index, the service under load, near-line),
+bench_peer.py (our CTR step beside the authors' MUSE code; optional);
 GAUC's, a metric's, is here.
 """
 
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 from experiments import bench_data
+from experiments import bench_peer
 from experiments import bench_serving
 from experiments import bench_train
 from mmrec import files
@@ -73,6 +75,8 @@ BENCHMARKS = {
     'ann': bench_serving.bench_ann,
     'serving': bench_serving.bench_serving,
     'nearline': bench_serving.bench_nearline,
+    # Optional (not in make bench): needs config.peer.muse_dir and torch.
+    'peer': bench_peer.bench_peer,
 }
 
 

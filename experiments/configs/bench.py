@@ -71,6 +71,14 @@ def get_config(arg=None):
   # requests (0 = no load): the service's latency while versions publish.
   config.nearline_nice = 10
   config.nearline_load_concurrency = 2
+  # `peer` (optional, not in the default list; bench_peer.py): our CTR step
+  # (the ctr_train GSU setting) beside the authors' MUSE code's `din` step
+  # on the same batches, alternating. muse_dir: a checkout of
+  # github.com/alimama-tech/MUSE; python: an interpreter with torch, pandas
+  # and pyarrow (the [peer] extra; '' = this one).
+  config.peer = ml_collections.ConfigDict(dict(
+      muse_dir='', python='', method='din', batch_size=1000, history=1000,
+      top_k=50, num_batches=4, runs=4, steps=5, seed=0))
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
@@ -105,4 +113,7 @@ def get_config(arg=None):
     config.serving_reload_after_s = 0.5
     config.nearline_world = {}
     config.nearline_segment_records = 1024
+    # MUSE's trainer slices the 50 most recent: the history stays above it.
+    config.peer.update(batch_size=16, history=60, top_k=8, num_batches=2,
+                       runs=2, steps=1)
   return config
