@@ -30,8 +30,14 @@ Equal work, not identical models: both retrieve the top-k of the long
 history by cosine and attend over the recent 50; MUSE's `din` also runs an
 attention over the retrieved (output zeroed) and SimTier over both, and it
 embeds 5 user and 4 target fields (fields our world lacks are written as a
-one-value vocabulary: 130_4, 130_5, 214). The synthetic labels are random:
-this measures speed only (test AUC / GAUC side by side is not done here).
+one-value vocabulary: 130_4, 130_5, 214).
+
+4. Quality (config.peer.quality_steps > 0): the speed batches' labels are
+   random, so a second world with a planted signal (`learnable_batches`) is
+   written in the same layout; each side trains one pass over the same
+   batches from each seed of quality_seeds (its own defaults: MUSE's
+   config/din.json learning rates, ours experiments/configs/ctr.py's) and
+   scores the same test rows; AUC and GAUC (by user) by our metrics.
 """
 
 import json
@@ -47,6 +53,8 @@ import pyarrow.parquet as pq
 from experiments import bench_train
 from mmrec import ctr_data
 from mmrec import files
+from mmrec import int8
+from mmrec import metrics
 
 # MUSE's columns (trainer.FEATURE_BLOCKS, utils/muse_dataset.py).
 USER_COLUMNS = ('130_1', '130_2', '130_3', '130_4', '130_5')
@@ -146,6 +154,65 @@ def write_muse_layout(out_dir, train, test, vectors, sizes):
   files.build_aside(out_dir, fill, replace=True)
 
 
+def learnable_world(rng, sizes, dv=128):
+  """Per-item and per-user features, and item vectors near their category's
+  centre (so the GSU's cosine finds a category's items): (item_fields,
+  user_fields, vectors)."""
+  items = {name: rng.integers(0, size, sizes['num_items'])
+           for name, size in sizes['item_features']}
+  users = {name: rng.integers(0, size, sizes['num_users'])
+           for name, size in sizes['user_features']}
+  cats = items[sizes['seq_features'][0]]
+  centre = rng.normal(size=(cats.max() + 1, dv))
+  vectors = centre[cats] + rng.normal(size=(len(cats), dv))
+  return items, users, int8.quantize(
+      (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(
+          np.float32))
+
+
+def learnable_batches(rng, count, b, sizes, world, history, per_user=10):
+  """`count` batches (ctr_batches' fields) with a planted signal both models
+  can read: each user has a favourite category; half its history (50 to
+  `history` long) is of it; a target is of it with probability 0.3 and
+  clicked with probability 0.3 if so, else 0.03. `per_user` impressions
+  per user in a batch share its history (GAUC needs several per user)."""
+  items, users, _ = world
+  cat = sizes['seq_features'][0]
+  by_cat = [np.flatnonzero(items[cat] == c) for c in range(items[cat].max() + 1)]
+  cats = np.array([c for c, v in enumerate(by_cat) if len(v)])
+  if b % per_user:
+    raise ValueError(f'batch size {b} is not a multiple of per_user '
+                     f'{per_user}')
+  out = []
+  for _ in range(count):
+    n = b // per_user
+    fav = rng.choice(cats, n)
+    of_fav = lambda f: np.array([by_cat[c][rng.integers(len(by_cat[c]))]
+                                 for c in f.ravel()]).reshape(f.shape)
+    hist = np.where(rng.random((n, history)) < 0.5,
+                    of_fav(np.repeat(fav[:, None], history, 1)),
+                    rng.integers(0, sizes['num_items'], (n, history)))
+    length = rng.integers(RECENT, history + 1, n)
+    mask = np.arange(history)[None] >= history - length[:, None]
+    hist = np.where(mask, hist, 0)
+    row = np.repeat(np.arange(n), per_user)
+    target = np.where(rng.random(b) < 0.3, of_fav(fav[row]),
+                      rng.integers(0, sizes['num_items'], b))
+    clicked = rng.random(b) < np.where(items[cat][target] == fav[row], 0.3,
+                                       0.03)
+    user = rng.choice(sizes['num_users'], n, replace=False)[row]
+    long = {'long_seq_item': hist[row], 'long_seq_mask': mask[row],
+            f'long_seq_{cat}': np.where(mask, items[cat][hist], 0)[row]}
+    batch = {'user_id': user, 'item_id': target, 'label': clicked,
+             'day': np.zeros(b), **long}
+    batch.update({k[5:]: v[:, -RECENT:] for k, v in long.items()})
+    batch.update({k: v[user] for k, v in users.items()})
+    batch.update({k: v[target] for k, v in items.items()})
+    out.append({k: v.astype(bool if k.endswith('mask') else np.int32)
+                for k, v in batch.items()})
+  return out
+
+
 class MuseWorker:
   """muse_worker.py in its own process: `run(steps, metrics)` -> seconds."""
 
@@ -202,6 +269,51 @@ def _stats(values):
   return float(np.median(values)), float(np.min(values)), float(np.max(values))
 
 
+def _quality(config, python, workdir, sizes):
+  """Test AUC / GAUC of MUSE's `din` and ours (GSU setting) after one pass
+  over the same `quality_steps` batches of a learnable world, per seed of
+  `quality_seeds` (model init; the data are fixed)."""
+  p = config.peer
+  rng = np.random.default_rng(p.seed + 1)
+  world = learnable_world(rng, sizes)
+  per_user = int(np.gcd(p.batch_size, 10))
+  make = lambda n: learnable_batches(rng, n, p.batch_size, sizes, world,
+                                     p.history, per_user)
+  train, test = make(p.quality_steps), make(p.quality_test_batches)
+  data_dir = os.path.join(workdir, 'peer_quality_data')
+  write_muse_layout(data_dir, train, test, world[2], sizes)
+  labels = np.concatenate([b['label'] for b in test])
+  users = np.concatenate([b['user_id'] for b in test])
+  scores = {'muse': [], 'ours': []}
+  for seed in p.quality_seeds:
+    muse = MuseWorker(python, dict(
+        muse_dir=os.path.abspath(p.muse_dir), data_dir=data_dir,
+        method=p.method, batch_size=p.batch_size, history=p.history,
+        keep_top=p.top_k, num_batches=len(train), seed=seed, warm=0),
+        os.path.join(workdir, f'peer_quality_muse_{seed}.log'))
+    try:
+      muse.ask(run=len(train), metrics=False)
+      scores['muse'].append(np.array(muse.ask(predict=True)['probs']))
+    finally:
+      muse.close()
+    run, predict, _, _ = bench_train.ctr_stepper(
+        config, 'simtier_official', train, world[2], warm=0, seed=seed,
+        retrieve_top_k=p.top_k, simtier_mask_padding=False)
+    run(len(train))
+    scores['ours'].append(np.concatenate([predict(b) for b in test]))
+  out = {'quality_train_steps': len(train), 'quality_test_rows': len(labels),
+         'quality_test_positive_rate': round(float(labels.mean()), 4),
+         'quality_seeds': len(p.quality_seeds)}
+  for name, per_seed in scores.items():
+    for metric, fn in (('auc', lambda x: metrics.auc(labels, x)),
+                       ('gauc', lambda x: metrics.gauc(labels, x, users))):
+      values = [fn(x) for x in per_seed]
+      out[f'{name}_test_{metric}'] = round(float(np.mean(values)), 4)
+      out[f'{name}_test_{metric}_seed_range'] = (
+          f'{min(values):.4f}-{max(values):.4f}')
+  return out
+
+
 def bench_peer(config, workdir):
   """examples/s of MUSE's `din` training step and ours (GSU setting), and
   their ratio: alternating runs on the same batches; see the module doc."""
@@ -224,7 +336,7 @@ def bench_peer(config, workdir):
       num_batches=p.num_batches, seed=p.seed),
       os.path.join(workdir, 'peer_muse.log'))
   try:
-    ours, _, _ = bench_train.ctr_stepper(
+    ours, _, _, _ = bench_train.ctr_stepper(
         config, 'simtier_official', train, vectors, retrieve_top_k=top_k,
         simtier_mask_padding=False)
     times = {'muse': [], 'muse_with_metrics': [], 'ours': []}
@@ -249,4 +361,6 @@ def bench_peer(config, workdir):
     med, lo, hi = _stats(rate['ours'] / rate[ref])
     out[f'ours_over_{ref}'] = round(med, 2)
     out[f'ours_over_{ref}_range'] = f'{lo:.2f}-{hi:.2f}'
+  if p.quality_steps:
+    out.update(_quality(config, python, workdir, sizes))
   return out

@@ -270,10 +270,11 @@ def ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
   return batches
 
 
-def ctr_stepper(config, variant, batches, table, **overrides):
-  """The trainer's own step (`ctr_steps.programs`), compiled and warm: returns
-  (run, embedding config, parameter bytes); `run(steps)` takes `steps`
-  steps and blocks until the last is done.
+def ctr_stepper(config, variant, batches, table, warm=2, **overrides):
+  """The trainer's own step (`ctr_steps.programs`), compiled and warmed by
+  `warm` steps: returns (run, predict, embedding config, parameter bytes);
+  `run(steps)` takes `steps` steps and blocks until the last is done,
+  `predict(batch)` gives the logits of the eval step at the current state.
 
   The model, optimizer and jitted step are built as `train_ctr` builds them
   for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
@@ -297,21 +298,27 @@ def ctr_stepper(config, variant, batches, table, **overrides):
     nonlocal state, step
     for _ in range(steps):
       batch = sharding.shard_batch(batches[step % len(batches)], mesh)
-      state, metrics = progs.train.train_step(state, batch,
+      state, _ = progs.train.train_step(state, batch,
                                         train_lib.fold_rng(rng, step), vectors)
       step += 1
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
 
-  run(2)  # compile, and one more
+  def predict(batch):
+    b = len(batch['label'])
+    x = dict(batch, user_key=batch['user_id'], valid=np.ones(b, bool))
+    out = progs.eval_step(state, sharding.shard_batch(x, mesh), vectors)
+    return np.asarray(out['logit'])
+
+  run(warm)  # compile (with warm > 0), and one more
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
-  return run, model.config.embedding, param_bytes
+  return run, predict, model.config.embedding, param_bytes
 
 
 def _ctr_step_seconds(config, variant, batches, table, **overrides):
   """Seconds per step of `ctr_stepper`'s step (`config.timed_steps` timed),
   and the model's embedding config and parameter bytes."""
-  run, emb, param_bytes = ctr_stepper(config, variant, batches, table,
-                                      **overrides)
+  run, _, emb, param_bytes = ctr_stepper(config, variant, batches, table,
+                                         **overrides)
   t0 = time.perf_counter()
   run(config.timed_steps)
   seconds = (time.perf_counter() - t0) / config.timed_steps

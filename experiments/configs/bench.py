@@ -78,7 +78,10 @@ def get_config(arg=None):
   # and pyarrow (the [peer] extra; '' = this one).
   config.peer = ml_collections.ConfigDict(dict(
       muse_dir='', python='', method='din', batch_size=1000, history=1000,
-      top_k=50, num_batches=4, runs=4, steps=5, seed=0))
+      top_k=50, num_batches=4, runs=4, steps=5, seed=0,
+      # Test AUC / GAUC of both after one pass over this many batches of a
+      # learnable world, per seed (0 = skip).
+      quality_steps=20, quality_test_batches=3, quality_seeds=(0, 1, 2)))
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
@@ -115,5 +118,6 @@ def get_config(arg=None):
     config.nearline_segment_records = 1024
     # MUSE's trainer slices the 50 most recent: the history stays above it.
     config.peer.update(batch_size=16, history=60, top_k=8, num_batches=2,
-                       runs=2, steps=1)
+                       runs=2, steps=1, quality_steps=2,
+                       quality_test_batches=1, quality_seeds=(0,))
   return config
