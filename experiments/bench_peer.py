@@ -19,8 +19,8 @@ extra, or a separate venv named by config.peer.python); `make bench` and
    config.peer.python) with its `din` method, the batches read once through
    its own loader and kept in memory; ours is bench_train.ctr_stepper at the
    `ctr_train` GSU setting (top-50 of the 1000 by cosine, attention over
-   those, SimTier over the 50 most recent), on the same batches in the same
-   order.
+   those, SimTier over the 50 most recent), on the same batches (each side
+   cycles the `num_batches` in shard order).
 3. `runs` alternating runs of `steps` steps each: MUSE's step without its
    per-step metric bookkeeping, MUSE's step as its train_epoch runs it (with
    the per-step AUC / GAUC it logs), then ours. examples/s are medians over
