@@ -5,9 +5,10 @@ measurements; the host is recorded with them so numbers stay comparable.
 The benchmarks live by concept: bench_data.py (world generation, the
 own-data converter), bench_train.py (SCL and CTR train steps, the embedding
 encoder), bench_serving.py (ANN index, the service under load, near-line),
-bench_faults.py (kills, corruption, a full disk: `make faults`); GAUC's, a
-metric's, is here. A run of some benchmarks keeps the others' earlier
-results in results.json (`make faults` beside `make bench`).
+bench_faults.py (kills, corruption, a full disk: `make faults`), bench_peer.py
+(our CTR step beside the authors' MUSE code; optional); GAUC's, a metric's,
+is here. A run of some benchmarks keeps the others' earlier results in
+results.json (`make faults` beside `make bench`).
 """
 
 import json
@@ -21,6 +22,7 @@ import numpy as np
 
 from experiments import bench_data
 from experiments import bench_faults
+from experiments import bench_peer
 from experiments import bench_serving
 from experiments import bench_train
 from mmrec import files
@@ -78,6 +80,8 @@ BENCHMARKS = {
     'serving': bench_serving.bench_serving,
     'nearline': bench_serving.bench_nearline,
     'faults': bench_faults.bench_faults,  # make faults (not in make bench)
+    # Optional (not in make bench): needs config.peer.muse_dir and torch.
+    'peer': bench_peer.bench_peer,
 }
 
 

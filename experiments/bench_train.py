@@ -221,7 +221,15 @@ def bench_embed(config, workdir):
   }
 
 
-def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
+def unit_int8_vectors(rng, n, dv):
+  """`n` random unit vectors of width `dv`, int8-quantized (the item-vector
+  table's format)."""
+  vectors = rng.normal(size=(n, dv)).astype(np.float32)
+  return int8.quantize(vectors / np.linalg.norm(vectors, axis=1,
+                                                keepdims=True))
+
+
+def ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
   """`count` different host batches shaped as the CTR pipeline's.
 
   Behaviour histories are left-padded with random lengths in [0, H], H =
@@ -262,9 +270,11 @@ def _ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
   return batches
 
 
-def _ctr_step_seconds(config, variant, batches, table, **overrides):
-  """Seconds per step of the trainer's own step (`ctr_steps.programs`), and
-  the model's embedding config and parameter bytes.
+def ctr_stepper(config, variant, batches, table, warm=2, **overrides):
+  """The trainer's own step (`ctr_steps.programs`), compiled and warmed by
+  `warm` steps: returns (run, predict, embedding config, parameter bytes);
+  `run(steps)` takes `steps` steps and blocks until the last is done,
+  `predict(batch)` gives the logits of the eval step at the current state.
 
   The model, optimizer and jitted step are built as `train_ctr` builds them
   for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
@@ -288,17 +298,31 @@ def _ctr_step_seconds(config, variant, batches, table, **overrides):
     nonlocal state, step
     for _ in range(steps):
       batch = sharding.shard_batch(batches[step % len(batches)], mesh)
-      state, metrics = progs.train.train_step(state, batch,
+      state, _ = progs.train.train_step(state, batch,
                                         train_lib.fold_rng(rng, step), vectors)
       step += 1
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
 
-  run(2)  # compile, and one more
+  def predict(batch):
+    b = len(batch['label'])
+    x = dict(batch, user_key=batch['user_id'], valid=np.ones(b, bool))
+    out = progs.eval_step(state, sharding.shard_batch(x, mesh), vectors)
+    return np.asarray(out['logit'])
+
+  run(warm)  # compile (with warm > 0), and one more
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
+  return run, predict, model.config.embedding, param_bytes
+
+
+def _ctr_step_seconds(config, variant, batches, table, **overrides):
+  """Seconds per step of `ctr_stepper`'s step (`config.timed_steps` timed),
+  and the model's embedding config and parameter bytes."""
+  run, _, emb, param_bytes = ctr_stepper(config, variant, batches, table,
+                                         **overrides)
   t0 = time.perf_counter()
   run(config.timed_steps)
   seconds = (time.perf_counter() - t0) / config.timed_steps
-  param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
-  return seconds, model.config.embedding, param_bytes
+  return seconds, emb, param_bytes
 
 
 def copy_rates(table, ids, repeats=5):
@@ -378,15 +402,13 @@ def bench_ctr_train(config, workdir):
   sizes = ctr_data.sizes(config.world.to_dict())
   b, seq_len = config.ctr_batch_size, config.world.seq_len
   dv = 128
-  vectors = rng.normal(size=(sizes['num_items'], dv)).astype(np.float32)
-  vectors = int8.quantize(
-      vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+  vectors = unit_int8_vectors(rng, sizes['num_items'], dv)
   out = {'batch_size': b, 'seq_len': seq_len,
          'long_history': config.long_history, 'gsu_top_k': config.gsu_top_k,
          'batches_cycled': config.ctr_num_batches,
          'num_items': sizes['num_items'], 'num_users': sizes['num_users']}
-  short = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len)
-  long = _ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len,
+  short = ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len)
+  long = ctr_batches(rng, config.ctr_num_batches, b, sizes, seq_len,
                       long_len=config.long_history)
   long_ids = long[0]['long_seq_item']
   # name: (variant, batches, vector histories, attended length, overrides)

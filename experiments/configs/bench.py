@@ -84,6 +84,17 @@ def get_config(arg=None):
   config.faults_chain = 5
   config.faults_burst_s = (0.3, 2.0)
   config.faults_convert_rows = 20_000
+  # `peer` (optional, not in the default list; bench_peer.py): our CTR step
+  # (the ctr_train GSU setting) beside the authors' MUSE code's `din` step
+  # on the same batches, alternating. muse_dir: a checkout of
+  # github.com/alimama-tech/MUSE; python: an interpreter with torch, pandas
+  # and pyarrow (the [peer] extra; '' = this one).
+  config.peer = ml_collections.ConfigDict(dict(
+      muse_dir='', python='', method='din', batch_size=1000, history=1000,
+      top_k=50, num_batches=4, runs=4, steps=5, seed=0,
+      # Test AUC / GAUC of both after one pass over this many batches of a
+      # learnable world, per seed (0 = skip).
+      quality_steps=20, quality_test_batches=3, quality_seeds=(0, 1, 2)))
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
@@ -128,4 +139,8 @@ def get_config(arg=None):
     config.faults_chain = 1
     config.faults_burst_s = (0.3, 0.8)
     config.faults_convert_rows = 2000
+    # MUSE's trainer slices the 50 most recent: the history stays above it.
+    config.peer.update(batch_size=16, history=60, top_k=8, num_batches=2,
+                       runs=2, steps=1, quality_steps=2,
+                       quality_test_batches=1, quality_seeds=(0,))
   return config
