@@ -24,8 +24,7 @@ from experiments.configs import paper
 METHODS = {'raw_pixels', 'bag_of_tokens', 'clip_o', 'clip_e', 'scl',
            'scl_no_queue', 'scl_no_hard_neg', 'i2i'}
 VARIANTS = {'id', 'vector', 'simscore', 'simtier_paper', 'simtier_official',
-            'make', 'simtier_make', 'id_stats', 'simtier_make@ids',
-            'simtier_official@image'}
+            'make', 'simtier_make', 'id_stats', 'simtier_make@ids'}
 STAGES = {'world', 'pretrain', 'ctr', 'extra', 'world_cw0', 'ctr_cw0',
           'report'}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

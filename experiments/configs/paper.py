@@ -156,6 +156,14 @@ def get_config(arg=None):
   if tiny:
     c.world.update(num_users=500, num_items=800)
     c.content_curve.update(weights=(0.0,), seeds=1)
+    # Each curve and variant kind once, at the fewest runs (the tests' and
+    # the notebook's minutes): two MAKE epoch counts and two ID epochs draw
+    # a curve; @image is a vector variant like the others (ctr_sweep_test
+    # covers the per-modality tables).
+    c.make_epochs = (1, 2)
+    c.one_epoch.num_epochs = 2
+    c.ctr.variants = ','.join(
+        v for v in c.ctr.variants.split(',') if not v.endswith('@image'))
     c.ctr.ctr.update(tower=(16, 8), attention_mlp=(8,), embed_dim=8)
     c.ctr.ctr.make.update(attention_mlp=(8,), mlp=(8,), stage_a_epochs=1)
   return c
