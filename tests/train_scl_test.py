@@ -494,7 +494,7 @@ class ImageSizeTest(absltest.TestCase):
   embeds its catalogue."""
 
   def test_scl_on_a_24_px_world(self):
-    data_dir = tempfile.mkdtemp(prefix='mmrec_24px_world_')
+    data_dir = self.create_tempdir().full_path  # removed after the test
     world = world_lib.generate(fixtures.tiny_config(
         image_size=24, num_items=600, num_users=300))
     builders.write(world, data_dir)
