@@ -131,12 +131,7 @@ POINTER = 'CURRENT'
 def write_pointer(directory, name, pointer=POINTER):
   """Points `directory/pointer` at `name` (one line), durably and atomically:
   readers see the old name or the new one."""
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      f.write(name + '\n')
-      f.flush()
-      os.fsync(f.fileno())
-  write_with(os.path.join(directory, pointer), write)
+  write_text(os.path.join(directory, pointer), name + '\n', durable=True)
 
 
 def read_pointer(directory, pointer=POINTER):
@@ -156,15 +151,20 @@ def write_npz(path, arrays):
   write_with(path, write)
 
 
-def write_text(path, text):
+def write_text(path, text, durable=False):
+  """`text` at `path`, atomically; `durable`: synced to disk before the
+  rename (a commit marker or pointer that must survive a power cut)."""
   def write(tmp):
     with open(tmp, 'w') as f:
       f.write(text)
+      if durable:
+        f.flush()
+        os.fsync(f.fileno())
   write_with(path, write)
 
 
-def write_json(path, obj, **kwargs):
-  write_text(path, json.dumps(obj, indent=1, **kwargs))
+def write_json(path, obj, durable=False, **kwargs):
+  write_text(path, json.dumps(obj, indent=1, **kwargs), durable)
 
 
 def finished(workdir, result_files):

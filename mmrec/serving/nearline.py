@@ -48,7 +48,6 @@ markers walks its log again).
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -318,14 +317,8 @@ def _write_marker(workdir, marker):
   seg_dir = os.path.join(workdir, impression_log.NEARLINE_SEGMENT.format(
       marker['segment']))
   os.makedirs(seg_dir, exist_ok=True)
-
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      json.dump(marker, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-  files.write_with(os.path.join(seg_dir, impression_log.NEARLINE_COMMITTED),
-                   write)
+  files.write_json(os.path.join(seg_dir, impression_log.NEARLINE_COMMITTED),
+                   marker, durable=True)
 
 
 def resume_point(workdir, trainer, segments):
@@ -345,12 +338,11 @@ def resume_point(workdir, trainer, segments):
           f'{checkpoint}, which is gone: near-line cannot resume from it')
     return newest, checkpoint, m['global_step'], m['version']
   in_log = {n for n, _ in segments}
-  gone = sorted(
-      int(name[len(impression_log.PREFIX):]) for name in
-      (os.listdir(workdir) if os.path.isdir(workdir) else ())
-      if name.startswith(impression_log.PREFIX) and
-      name[len(impression_log.PREFIX):].isdigit() and
-      int(name[len(impression_log.PREFIX):]) not in in_log)
+  prefix = impression_log.PREFIX
+  trained = [name[len(prefix):] for name in
+             (os.listdir(workdir) if os.path.isdir(workdir) else ())
+             if name.startswith(prefix)]
+  gone = sorted(int(n) for n in trained if n.isdigit() and int(n) not in in_log)
   if gone:
     raise ValueError(
         f'{workdir} trained segments {gone[:5]}{"..." if len(gone) > 5 else ""}'
