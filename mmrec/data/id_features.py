@@ -39,7 +39,6 @@ Shape letters: N impressions, L behaviour-sequence length, F features.
 import dataclasses
 
 import numpy as np
-from sklearn import linear_model
 
 FEATURES = ('item_ctr', 'user_ctr', 'leaf_share', 'top_share',
             'log_item_impressions', 'log_history_length')
@@ -217,7 +216,7 @@ class Model:
   """A fitted LR over features standardised with the fit rows' statistics."""
   mean: np.ndarray  # (F,)
   std: np.ndarray  # (F,)
-  lr: linear_model.LogisticRegression
+  lr: 'sklearn.linear_model.LogisticRegression'
 
   def logit(self, x):
     return self.lr.decision_function((x - self.mean) / self.std)
@@ -234,6 +233,9 @@ def fit(x, y, seed=0):
   mean = x.mean(0)
   std = x.std(0)
   std = np.where(std > 0, std, 1.0)  # a constant feature stays 0
+  # Imported here: sklearn costs ~1 CPU-second to import, and every CTR
+  # process imports this module, most without fitting id_stats.
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   lr = linear_model.LogisticRegression(C=LR_C, max_iter=1000,
                                        random_state=seed)
   lr.fit((x - mean) / std, y)
