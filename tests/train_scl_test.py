@@ -462,7 +462,6 @@ class TrainAndResumeTest(absltest.TestCase):
   def test_corrupt_checkpoint_fails_clearly(self):
     broken = tempfile.mkdtemp()
     os.rmdir(broken)
-    import shutil  # pylint: disable=g-import-not-at-top
     shutil.copytree(self.full, broken)
     files = [p for p in glob.glob(os.path.join(
         broken, 'checkpoints', '7', 'state', '**', '*'), recursive=True)
