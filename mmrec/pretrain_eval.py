@@ -18,6 +18,7 @@ queries' top-k, for reports) and the vector tables (vector_table.save_tables).
 
 import os
 import time
+from typing import NamedTuple
 
 from absl import logging
 import numpy as np
@@ -188,10 +189,20 @@ def _search_metrics(ranks, sessions, new):
   return metrics
 
 
-def evaluate_encoder(encoder, data_dir, items):
+class Evaluation(NamedTuple):
+  """What evaluate_encoder returns (its docstring says what each holds)."""
+  metrics: dict
+  tables: dict
+  ranks: dict
+  validation: np.ndarray
+  examples: dict | None
+
+
+def evaluate_encoder(encoder, data_dir, items, num_examples=8, k=8):
   """Held-out retrieval with every vector table of the encoder.
 
-  Returns (metrics, tables, ranks, validation). metrics: {'validation',
+  Returns an Evaluation: metrics, tables, ranks, validation, examples.
+  metrics: {'validation',
   'test'} (retrieval_eval.PARTS): each part's retrieval_eval.summarise
   slices of the item vector ('image', 'text', 'image_new', 'text_new'; the
   same four with '_catalogue' ranked against the catalogue; on the world
@@ -203,7 +214,11 @@ def evaluate_encoder(encoder, data_dir, items):
   slice names; and `validation`, (queries,) bool: the validation part
   (retrieval_eval.validation_part). On a dataset without search sessions
   the queries are co-clicks (retrieval_eval.co_click_ranks), which add the
-  'item' and 'item_new' slices (the item table on itself).
+  'item' and 'item_new' slices (the item table on itself). examples: the
+  first `num_examples` image queries of the test part, their top-`k`
+  catalogue items by cosine and the images of both (what a report draws),
+  or None without an image side; co-clicks: the query is the clicked item's
+  picture, the answer ('purchased_item') the item clicked on the test day.
   """
   t0 = time.time()
   tables = encoder.item_tables(items.get('image'), items.get('title'))
@@ -218,7 +233,9 @@ def evaluate_encoder(encoder, data_dir, items):
     metrics = {part: retrieval_eval.co_click_summary(
         _rows(ranks, rows), pairs[rows], new)
                for part, rows in _parts(validation)}
-    return metrics, tables, ranks, validation
+    examples = _co_click_examples(encoder, data_dir, items, tables['item'],
+                                  num_examples, k, ~validation)
+    return Evaluation(metrics, tables, ranks, validation, examples)
   sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
   is_image = sessions['query_is_image']
 
@@ -264,7 +281,10 @@ def evaluate_encoder(encoder, data_dir, items):
   metrics = {part: _search_metrics(_rows(ranks, rows), _rows(asked, rows),
                                    new)
              for part, rows in _parts(validation)}
-  return metrics, tables, ranks, validation
+  # The examples reuse the session table and query vectors read above.
+  examples = _search_examples(sessions, q['image'], ~validation, items,
+                              tables['item'], num_examples, k)
+  return Evaluation(metrics, tables, ranks, validation, examples)
 
 
 def _parts(validation):
@@ -272,25 +292,16 @@ def _parts(validation):
   return (('validation', validation), ('test', ~validation))
 
 
-def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8,
-                       validation=None):
-  """The first held-out image queries of the test part, their top-k
-  catalogue items by cosine and the images of both (what a report draws),
-  or None without an image side. Co-clicks: the query is the clicked item's
-  picture, the answer ('purchased_item') the item clicked on the test day.
-  `validation`: held_out_validation's mask, computed here when not given."""
-  if validation is None:
-    validation = held_out_validation(data_dir, items)
-  if eval_task(manifest.load(data_dir)) == CO_CLICK_EVAL:
-    return _co_click_examples(encoder, data_dir, items, vectors, num_queries,
-                              k, ~validation)
-  sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
-  rows = np.flatnonzero(sessions['query_is_image'] & ~validation)[
-      :num_queries]
-  q = encoder.image_queries(sessions['query_image'][rows]) if len(rows) else None
-  if q is None:
+def _search_examples(sessions, image_queries, test, items, vectors,
+                     num_queries, k):
+  """The first test-part image queries' top-k items (`examples` of
+  evaluate_encoder), from the vectors the evaluation computed."""
+  rows = np.flatnonzero(sessions['query_is_image'] & test)[:num_queries]
+  if image_queries is None or not len(rows):
     return None
-  top = np.argsort(-(item_encoder.unit(q) @ item_encoder.unit(vectors).T), 1)[:, :k]
+  q = image_queries[rows]
+  top = np.argsort(-(item_encoder.unit(q) @ item_encoder.unit(vectors).T),
+                   1)[:, :k]
   purchased = sessions['purchased_item'][rows]
   return {'query_image': sessions['query_image'][rows], 'top_item': top,
           'top_image': items['image'][top], 'purchased_item': purchased,
@@ -321,16 +332,14 @@ def write_results(workdir, encoder, data_dir, items, info):
   'step'}), 'data_dir', 'eval' (eval_info), 'metrics' (the test part's
   slices: what tables and claims report) and 'validation_metrics' (the
   validation part's: what a pipeline chooses on)."""
-  metrics, tables, ranks, validation = evaluate_encoder(encoder, data_dir,
-                                                        items)
+  metrics, tables, ranks, validation, examples = evaluate_encoder(
+      encoder, data_dir, items)
   vector_table.save_tables(workdir, tables, dict(
       info, encoder_workdir=workdir, data_dir=data_dir))
   result = dict(info, data_dir=data_dir,
                 eval=eval_info(data_dir, items, validation),
                 metrics=metrics['test'],
                 validation_metrics=metrics['validation'])
-  examples = retrieval_examples(encoder, data_dir, items, tables['item'],
-                                validation=validation)
   if examples is not None:
     files.write_npz(os.path.join(workdir, EXAMPLES_FILE), examples)
   files.write_npz(os.path.join(workdir, QUERIES_FILE), dict(

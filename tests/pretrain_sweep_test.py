@@ -13,6 +13,7 @@ from experiments import reproduce_inputs
 from experiments.configs import paper
 from experiments.configs import pretrain_sweep as sweep_config
 from mmrec import pretrain_eval
+from mmrec.data import builders
 
 
 class SweepTest(absltest.TestCase):
@@ -65,6 +66,18 @@ class SweepTest(absltest.TestCase):
                               pretrain_eval.QUERIES_FILE)) as z:
       self.assertLen(z['text_rank'], counted)
       self.assertBetween(z['validation'].mean(), 0.3, 0.7)
+      test = ~z['validation']
+    # The report's retrieval grid draws the first image queries of the test
+    # part.
+    sessions = builders.load_table(c.data_dir, 'mmrec_search', 'test')
+    first = np.flatnonzero(sessions['query_is_image'] & test)[:8]
+    with np.load(os.path.join(workdir, 'raw_pixels', 'seed_0',
+                              pretrain_eval.EXAMPLES_FILE)) as z:
+      np.testing.assert_array_equal(z['purchased_item'],
+                                    sessions['purchased_item'][first])
+      np.testing.assert_array_equal(z['query_image'],
+                                    sessions['query_image'][first])
+      self.assertEqual(z['top_item'].shape, (8, 8))
     with open(os.path.join(workdir, pretrain_sweep.COMPARISONS_FILE)) as f:
       self.assertEqual(json.load(f), {})  # no claimed pair among these
     # A finished run is read back, not recomputed.
