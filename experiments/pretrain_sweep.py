@@ -388,10 +388,13 @@ def run(config, workdir):
                                      clip_o))
   table = summarise(results)
   validation = summarise(results, 'validation')
-  items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+  # What was ranked: every run's result says (the same for all of them).
+  ev = next((r['eval'] for runs in results.values() for r in runs), None)
+  if ev is None:
+    ev = pretrain_eval.eval_info(data_dir, builders.load_table(
+        data_dir, manifest.ITEMS, 'catalogue'))
   files.write_json(os.path.join(workdir, PLAN_FILE), files.json_safe({
-      'ran': methods, 'skipped': skipped, 'notes': notes,
-      'eval': pretrain_eval.eval_info(data_dir, items)}))
+      'ran': methods, 'skipped': skipped, 'notes': notes, 'eval': ev}))
   _write_comparisons(config, workdir, methods)
   files.write_json(os.path.join(workdir, f'{VALIDATION_TABLE_FILE}.json'),
                    validation)
