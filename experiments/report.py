@@ -388,7 +388,7 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
   methods = [m for m in config.report.grid_methods if m in ran] or ran[:2]
   if retrieval_grid(p(PLOTS[4]), pretrain_dir, methods,
                     config.report.retrieval_queries, config.report.retrieval_k):
-    made[PLOTS[4]] = (f'Retrieval: held-out image queries, top-'
+    made[PLOTS[4]] = (f'Retrieval: held-out image queries (test part), top-'
                       f'{config.report.retrieval_k} by cosine '
                       f'({", ".join(methods)}).')
   hist_file = os.path.join(ctr_dir, ctr_sweep.HISTOGRAM_FILE)
