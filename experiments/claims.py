@@ -187,7 +187,8 @@ def _pretrain_claim(cid, claim, pairs, modality, pretraining, comparisons):
       'item vector', measured, verdict, statement,
       ' and '.join(f'{b} > {w}' for b, w in pairs) + f' on {modality} '
       'queries, on accuracy@1 and on recall@10: each 95% interval of the '
-      'difference (bootstrap over held-out queries) excludes 0',
+      'difference (bootstrap over the test part of the held-out queries) '
+      'excludes 0',
       interval={k: ci for k, (ci, _) in parts.items()})
 
 

@@ -2,6 +2,11 @@
 and pretrain_comparisons.json: paired bootstrap intervals of the accuracy@1
 differences the paper's orderings claim (PAIRS), over held-out queries.
 
+Held-out queries come in two parts (pretrain_eval.py): pretrain_table.json
+and pretrain_comparisons.json are the test part's (what reports and claims
+read); pretrain_validation_table.json is the validation part's, what
+`best_method` chooses on. pretrain_table.md shows both, each named.
+
 Only the methods the dataset can serve run (`plan`: train_scl.check_dataset
 and pretrain_eval.check_evaluable, before the first run); the others are skipped
 with the reason, in pretrain_plan.json and pretrain_table.md. Without
@@ -37,7 +42,8 @@ SLICES = ('image', 'text', 'image_new', 'text_new', 'image_catalogue',
           'image_on_image', 'text_on_text', 'image_on_image_catalogue',
           'text_on_text_catalogue', 'item', 'item_new')
 METRICS = ('accuracy@1', 'recall@10')
-TABLE_FILE = 'pretrain_table'
+TABLE_FILE = 'pretrain_table'  # the test part
+VALIDATION_TABLE_FILE = 'pretrain_validation_table'  # .json
 COMPARISONS_FILE = 'pretrain_comparisons.json'
 # {'ran': [methods], 'skipped': {method: why}, 'notes': {method: note},
 # 'eval': pretrain_eval.eval_info}.
@@ -106,7 +112,7 @@ def plan(methods, data_dir, num_pairs=None):
 
 def run_one(config, method, seed, data_dir, workdir, clip_o=True):
   out = os.path.join(workdir, method, f'seed_{seed}')
-  result = files.finished(out, pretrain_eval.RESULT_FILES)
+  result = pretrain_eval.finished(out)
   if result:
     return result
   logging.info('pre-training %s seed %d -> %s', method, seed, out)
@@ -120,24 +126,29 @@ def _slices(rows):
   return [s for s in SLICES if any(s in r for r in rows)]
 
 
-def summarise(results):
+# Where each part's metrics are in a run's pretrain_eval.json.
+_PART_KEY = {'test': 'metrics', 'validation': 'validation_metrics'}
+
+
+def summarise(results, part='test'):
   """{method: {slice: {metric: {mean, std, runs}} or None}} over the slices
-  the runs' evaluations have."""
-  slices = _slices(r['metrics'] for runs in results.values() for r in runs)
+  the runs' evaluations have, on one part of the held-out queries."""
+  key = _PART_KEY[part]
+  slices = _slices(r[key] for runs in results.values() for r in runs)
   table = {}
   for method, runs in results.items():
     table[method] = {}
     for s in slices:
-      vals = [r['metrics'][s] for r in runs if r['metrics'].get(s)]
+      vals = [r[key][s] for r in runs if r[key].get(s)]
       table[method][s] = None if not vals else {
           m: seed_stats.cell([v[m] for v in vals]) for m in METRICS}
   return table
 
 
 def item_recall(row):
-  """recall@10 of a method's item table (what CTR reads) on held-out
-  queries: the 'item' slice (co-clicks), else the mean over image and text
-  queries (search); None without either."""
+  """recall@10 of a method's item table (what CTR reads) in a table row:
+  the 'item' slice (co-clicks), else the mean over image and text queries
+  (search); None without either."""
   row = row or {}
   cells = [row['item']] if row.get('item') else [
       row.get(s) for s in ('image', 'text')]
@@ -146,7 +157,9 @@ def item_recall(row):
 
 
 def best_method(table, methods):
-  """The first of `methods` with the highest item_recall in `table`."""
+  """The first of `methods` with the highest item_recall in `table`: the
+  validation part's table (VALIDATION_TABLE_FILE), so that the test part,
+  which the report shows, played no part in the choice."""
   scores = [(item_recall(table.get(m)), -i, m) for i, m in enumerate(methods)]
   scored = [x for x in scores if x[0] is not None]
   return max(scored)[2] if scored else methods[0]
@@ -189,7 +202,9 @@ def comparisons(queries, resamples, seed=0):
   seed; seeds combined (mean over seeds of the per-seed difference).
 
   Args:
-    queries: {method: [pretrain_eval_queries.npz arrays per seed]}.
+    queries: {method: [pretrain_eval_queries.npz rank arrays per seed]}, of
+      one part of the held-out queries (load_queries: the test part, for
+      the claims).
     resamples: the number of draws.
 
   Returns:
@@ -266,15 +281,25 @@ def _by_modality(better, worse, weights, modality, protocol):
   return out
 
 
-def load_queries(workdir, methods, seeds):
-  """{method: [pretrain_eval_queries.npz arrays per seed]}."""
+def load_queries(workdir, methods, seeds, part='test'):
+  """{method: [pretrain_eval_queries.npz rank arrays per seed]}, the rows
+  of one part of the held-out queries."""
   out = {}
   for m in methods:
     out[m] = []
     for seed in range(seeds):
-      with np.load(os.path.join(workdir, m, f'seed_{seed}',
-                                pretrain_eval.QUERIES_FILE)) as z:
-        out[m].append(dict(z))
+      path = os.path.join(workdir, m, f'seed_{seed}',
+                          pretrain_eval.QUERIES_FILE)
+      with np.load(path) as z:
+        z = dict(z)
+      if pretrain_eval.VALIDATION_KEY not in z:
+        raise ValueError(f'{path} has no {pretrain_eval.VALIDATION_KEY!r} '
+                         'array: written before the held-out queries had a '
+                         'validation part; rerun the sweep (finished runs '
+                         'are only re-evaluated)')
+      validation = z.pop(pretrain_eval.VALIDATION_KEY)
+      rows = validation if part == 'validation' else ~validation
+      out[m].append({k: v[rows] for k, v in z.items()})
   return out
 
 
@@ -294,17 +319,30 @@ def _markdown_table(table, slices):
   return lines
 
 
-def markdown(table, skipped=None, notes=None):
-  """The table (paper.md's protocol, then the catalogue ranking, if any);
-  `skipped` {method: why} and `notes` {method: note} follow, a line each."""
+# The validation table's columns in markdown: what best_method reads.
+_VALIDATION_SLICES = ('image', 'text', 'item')
+
+
+def markdown(table, skipped=None, notes=None, validation=None):
+  """The test part's table (paper.md's protocol, then the catalogue
+  ranking, if any), then `validation` (the validation part's table, its
+  image / text / item slices), if given; `skipped` {method: why} and
+  `notes` {method: note} follow, a line each."""
   rows = [r for r in table.values() if r]
   slices = _slices(rows)
   catalogue = [s for s in slices if s.endswith(('_catalogue', '_concept'))]
-  lines = _markdown_table(table, [s for s in slices if s not in catalogue])
+  lines = ['Test part of the held-out queries:', '']
+  lines += _markdown_table(table, [s for s in slices if s not in catalogue])
   if catalogue:
-    lines += ['', 'The same search queries ranked against the catalogue '
+    lines += ['', 'The same test queries ranked against the catalogue '
               '(`_concept`: a top-k item of the purchased item\'s concept):',
               ''] + _markdown_table(table, catalogue)
+  if validation:
+    shown = [s for s in _slices(r for r in validation.values() if r)
+             if s in _VALIDATION_SLICES]
+    lines += ['', 'Validation part (what the pipeline chooses on, e.g. the '
+              'CTR stage\'s vectors where `vectors_method` cannot run):',
+              ''] + _markdown_table(validation, shown)
   for method, note in (notes or {}).items():
     lines.append(f'\n{method}: {note}')
   for method, why in (skipped or {}).items():
@@ -313,9 +351,10 @@ def markdown(table, skipped=None, notes=None):
 
 
 def _write_comparisons(config, workdir, methods):
-  out = files.json_safe(comparisons(load_queries(workdir, methods,
-                                                 config.seeds),
-                                    config.bootstrap_resamples))
+  """The test part's comparisons (each cell says 'split': 'test')."""
+  out = comparisons(load_queries(workdir, methods, config.seeds, 'test'),
+                    config.bootstrap_resamples)
+  out = files.json_safe({k: dict(c, split='test') for k, c in out.items()})
   files.write_json(os.path.join(workdir, COMPARISONS_FILE), out)
   return out
 
@@ -323,12 +362,14 @@ def _write_comparisons(config, workdir, methods):
 def load_comparisons(config, workdir, methods):
   """A finished sweep's COMPARISONS_FILE; recomputed from the runs' stored
   per-query ranks (and rewritten) when it is missing or predates the
-  per-modality cells, so that a resumed pipeline's claims get them."""
+  per-modality cells or the test part, so that a resumed pipeline's claims
+  get them."""
   path = os.path.join(workdir, COMPARISONS_FILE)
   if os.path.exists(path):
     with open(path) as f:
       got = json.load(f)
-    if all('by_modality' in c for c in got.values()):
+    if all('by_modality' in c and c.get('split') == 'test'
+           for c in got.values()):
       return got
   return _write_comparisons(config, workdir, methods)
 
@@ -346,13 +387,19 @@ def run(config, workdir):
       results[method].append(run_one(config, method, seed, data_dir, workdir,
                                      clip_o))
   table = summarise(results)
-  items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+  validation = summarise(results, 'validation')
+  # What was ranked: every run's result says (the same for all of them).
+  ev = next((r['eval'] for runs in results.values() for r in runs), None)
+  if ev is None:
+    ev = pretrain_eval.eval_info(data_dir, builders.load_table(
+        data_dir, manifest.ITEMS, 'catalogue'))
   files.write_json(os.path.join(workdir, PLAN_FILE), files.json_safe({
-      'ran': methods, 'skipped': skipped, 'notes': notes,
-      'eval': pretrain_eval.eval_info(data_dir, items)}))
+      'ran': methods, 'skipped': skipped, 'notes': notes, 'eval': ev}))
   _write_comparisons(config, workdir, methods)
+  files.write_json(os.path.join(workdir, f'{VALIDATION_TABLE_FILE}.json'),
+                   validation)
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'), table)
-  text = markdown(table, skipped, notes)
+  text = markdown(table, skipped, notes, validation)
   files.write_text(os.path.join(workdir, f'{TABLE_FILE}.md'), text)
   print(text)
   return table

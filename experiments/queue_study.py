@@ -1,7 +1,10 @@
 """The queue study: SCL runs with overridden settings -> queue_study.{json,md}.
 
 One row per run of config.runs (see experiments/configs/queue_study.py):
-its settings and held-out recall@10 / accuracy@1 for image and text queries.
+its settings and recall@10 / accuracy@1 for image and text queries on the
+validation part of the held-out queries: the study chooses defaults (the
+paper pipeline's vectors_method, the demo's momentum and steps), so it reads
+the part that the reported tables leave out (pretrain_eval.py).
 """
 
 import os
@@ -29,7 +32,7 @@ def run_config(config, overrides, data_dir):
 
 def run_one(config, name, data_dir, workdir):
   out = os.path.join(workdir, name)
-  result = files.finished(out, pretrain_eval.RESULT_FILES)
+  result = pretrain_eval.finished(out)
   if result:
     return result
   logging.info('queue study: %s -> %s', name, out)
@@ -41,17 +44,19 @@ def row(c, result):
   if c.negatives != 'queue':
     out['queue_size'] = None  # no queue: its size means nothing
   for s in SLICES:
-    r = result['metrics'].get(s) or {}
+    r = result['validation_metrics'].get(s) or {}
     out.update({f'{s} {m}': r.get(m) for m in METRICS})
   return out
 
 
 def markdown(rows):
+  """The table; its numbers are the validation part's."""
   cols = ('run',) + SETTINGS + tuple(f'{s} {m}' for s in SLICES
                                      for m in METRICS)
   fmt = lambda v: ('' if v is None else f'{v:.3f}' if isinstance(v, float)
                    and v < 1 else str(v))
-  lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+  lines = ['Validation part of the held-out queries:', '',
+           '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
   for name, r in rows.items():
     lines.append('| ' + ' | '.join([name] + [fmt(r[k]) for k in cols[1:]])
                  + ' |')

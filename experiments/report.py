@@ -243,7 +243,8 @@ def _f(x, digits=4):
 _RULES = (
     'Intervals: paired user-level bootstrap of the test day '
     '(mmrec/bootstrap.py; CTR seeds combined) or, for pre-training, of the '
-    'held-out queries. A claim is reproduced only when its 95% interval '
+    'test part of the held-out queries (the validation part is what the '
+    'pipeline chooses on). A claim is reproduced only when its 95% interval '
     'excludes 0 in the paper\'s direction and, where the paper gives a '
     f'number, the interval overlaps the band {claims_lib.RATIO_RANGE[0]:g}x-'
     f'{claims_lib.RATIO_RANGE[1]:g}x of that number; an interval wholly above '
@@ -333,6 +334,18 @@ _EVAL_HEADINGS = {
 }
 
 
+def _parts_md(ev):
+  """Which part of the held-out queries each pre-training number is from."""
+  if not ev or 'validation_queries' not in ev:
+    return ''
+  return (f'Held-out queries in two fixed parts (a hash of each query\'s '
+          f'id, {ev["validation_share"]:.0%} validation): the tables and '
+          f'claims are on the test part ({ev["queries"]} queries), what the '
+          f'pipeline chooses (the CTR vectors\' method where '
+          '`vectors_method` cannot run) on the validation part '
+          f'({ev["validation_queries"]} queries).')
+
+
 def _skipped_md(data):
   """Every part that did not run, one line each, with the reason."""
   pre = (data.get('pretraining') or {}).get('skipped') or {}
@@ -375,7 +388,7 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
   methods = [m for m in config.report.grid_methods if m in ran] or ran[:2]
   if retrieval_grid(p(PLOTS[4]), pretrain_dir, methods,
                     config.report.retrieval_queries, config.report.retrieval_k):
-    made[PLOTS[4]] = (f'Retrieval: held-out image queries, top-'
+    made[PLOTS[4]] = (f'Retrieval: held-out image queries (test part), top-'
                       f'{config.report.retrieval_k} by cosine '
                       f'({", ".join(methods)}).')
   hist_file = os.path.join(ctr_dir, ctr_sweep.HISTOGRAM_FILE)
@@ -404,6 +417,7 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
     if searched:
       ctr_table['id_search'] = searched
   task = (pre.get('eval') or {}).get('task', 'search')
+  parts = _parts_md(pre.get('eval'))
   curve_md = (f'Not drawn: {skipped["content curve"]}.'
               if 'content curve' in skipped else
               _content_curve_md(results['content_curve']))
@@ -429,8 +443,10 @@ def write(workdir, config, results, curves, progress, *, pretrain_dir,
       '## World' if not data.get('dataset') or data['dataset'] == 'world'
       else '## Dataset', _world_md(results['world'], skipped),
       f'## Pre-training ({_EVAL_HEADINGS.get(task, task)})',
+  ] + ([parts] if parts else []) + [
       pretrain_sweep.markdown(results['pretraining'], pre.get('skipped'),
-                              pre.get('notes')),
+                              pre.get('notes'),
+                              results.get('pretraining_validation')),
       '## CTR (test day; deltas vs. the ID model, paired by seed)',
       ctr_sweep.markdown(ctr_table),
       '### GAUC delta % by training-exposure group (group_0 = tail) and on '

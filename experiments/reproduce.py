@@ -6,13 +6,15 @@ produced the stage and the hashes of the stages it reads:
   world     the marketplace (mmrec.data.build); not with config.data_dir,
             which names a dataset (e.g. converted real data) to read instead
   pretrain  pretrain_sweep: the methods the dataset can serve x seeds ->
-            pretrain_table.json, pretrain_plan.json (what ran, what was
-            skipped and why) and pretrain_comparisons.json (intervals of the
-            claimed orderings)
+            pretrain_table.json (the test part of the held-out queries),
+            pretrain_validation_table.json (the validation part),
+            pretrain_plan.json (what ran, what was skipped and why) and
+            pretrain_comparisons.json (intervals of the claimed orderings,
+            test part)
   ctr       ctr_sweep over the item vectors config.ctr_vectors picks (the
-            seed-0 vectors of config.vectors_method, or of the best method
-            that ran, or the dataset's own); without any vectors only the
-            variants that read none
+            seed-0 vectors of config.vectors_method, or of the method that
+            ran with the best validation-part recall@10, or the dataset's
+            own); without any vectors only the variants that read none
   extra     seed 0: the multi-epoch ID run (one-epoch curve) and a 'make' run
             per stage-A epoch count (curves.json)
   world_cw<c>, ctr_cw<c>  the content-knob curve (the built world only): for
@@ -47,7 +49,10 @@ from mmrec.data import manifest
 
 REPORT_MARKER = 'report_stage.json'
 # In the report stage's key: a results.json of an older layout is rewritten.
-REPORT_FORMAT = 3  # 2: the 'data' section; 3: ctr_baseline, flags
+REPORT_FORMAT = 4  # 2: the 'data' section; 3: ctr_baseline, flags;
+# 4: pretraining_validation
+# In the pre-training stage's key: a stage of an older layout runs again.
+PRETRAIN_FORMAT = 2  # 2: validation and test parts of the held-out queries
 CURVES_FILE = 'curves.json'
 CONTENT_CURVE_FILE = 'content_curve.json'
 
@@ -138,17 +143,20 @@ def run(config, workdir):
       methods, world_dir, config.pretrain.scl.num_i2i_pairs)
   if config.ctr_vectors == 'shipped' or (config.ctr_vectors == 'pretrained'
                                          and not ran):
-    reproduce_inputs.ctr_vectors(config, m, world_dir, '', ran, {})
+    reproduce_inputs.ctr_vectors(config, m, world_dir, '', ran)
 
   pre_cfg = stages.sub(config.pretrain, data_dir=world_dir)
-  pre_h = stages.config_hash(world_h, config.pretrain)
+  pre_h = stages.config_hash(world_h, config.pretrain,
+                             {'format': PRETRAIN_FORMAT})
   pre_dir = pipe.stage('pretrain', pre_h, config.pretrain,
                        lambda p: pretrain_sweep.run(pre_cfg, p))
   pretrain_table = stages.read_json(os.path.join(
       pre_dir, f'{pretrain_sweep.TABLE_FILE}.json'))
+  pretrain_validation = stages.read_json(os.path.join(
+      pre_dir, f'{pretrain_sweep.VALIDATION_TABLE_FILE}.json'))
 
-  vectors = reproduce_inputs.ctr_vectors(config, m, world_dir, pre_dir, ran,
-                                         pretrain_table)
+  # Where chosen, on the validation part: the report shows the test part.
+  vectors = reproduce_inputs.ctr_vectors(config, m, world_dir, pre_dir, ran)
   logging.info('CTR item vectors: %s (%s)', vectors['path'] or 'none',
                vectors['why'])
   # The CTR stages read one method's seed-0 vectors: key them on the config
@@ -226,7 +234,7 @@ def run(config, workdir):
          'honesty_problems': []},
         pretrain_table, ctr_summary, methods, variants, curve,
         comparisons,
-        data=data)
+        data=data, pretrain_validation=pretrain_validation)
     files.write_json(results_path, results, allow_nan=False)
     curves = stages.read_json(os.path.join(extra_dir, CURVES_FILE))
     report.write(workdir, config, results, curves, pipe.progress,

@@ -55,19 +55,25 @@ def world_only(config, m, data_dir):
   return out
 
 
-def ctr_vectors(config, m, data_dir, pre_dir, ran, table):
+def ctr_vectors(config, m, data_dir, pre_dir, ran):
   """Which item vectors feed the CTR stage (config.ctr_vectors):
-  {'source': 'pretrained' | 'shipped' | None, 'method', 'path', 'why'}."""
+  {'source': 'pretrained' | 'shipped' | None, 'method', 'path', 'why'}.
+  Where config.vectors_method did not run, the method of `ran` with the best
+  recall@10 on the validation part of the held-out queries (the sweep's
+  VALIDATION_TABLE_FILE in `pre_dir`): the test part, which the report
+  shows, plays no part in the choice."""
   choice = config.ctr_vectors
   if choice in ('auto', 'pretrained') and ran:
     if config.vectors_method in ran:
       method = config.vectors_method
       why = 'config.vectors_method'
     else:
-      method = pretrain_sweep.best_method(table, ran)
+      method = pretrain_sweep.best_method(stages.read_json(os.path.join(
+          pre_dir, f'{pretrain_sweep.VALIDATION_TABLE_FILE}.json')), ran)
       why = (f'config.vectors_method = {config.vectors_method!r} did not run; '
-             f'{method!r} has the best held-out recall@10 of its item table '
-             f'among {", ".join(ran)}')
+             f'{method!r} has the best recall@10 of its item table on the '
+             f'validation part of the held-out queries among '
+             f'{", ".join(ran)}')
     return {'source': 'pretrained', 'method': method, 'why': why,
             'path': os.path.join(pre_dir, method, 'seed_0',
                                  vector_table.FILE)}

@@ -5,11 +5,13 @@ CTR sweep's summary, the content-knob curve and the claims (claims.py);
 `dataset_statistics` stands in for the world's statistics on a converted
 dataset; `curve_point` is one entry of the content curve.
 
-results.json has eight top-level keys: world (statistics, honesty table,
+results.json has nine top-level keys: world (statistics, honesty table,
 oracle ceiling; for a dataset other than the world its manifest's
 statistics, no honesty table, a null oracle), pretraining ({method that ran:
 {image|text|image_new|text_new|...: {accuracy@1|recall@10: {mean, std,
-runs}} or null}}), ctr ({variant that ran: {auc, gauc, logloss, delta_*_pct:
+runs}} or null}}: the test part of the held-out queries, what the claims
+read), pretraining_validation (the same on the validation part: what the
+pipeline chose on, e.g. the CTR vectors' method), ctr ({variant that ran: {auc, gauc, logloss, delta_*_pct:
 {mean, std, runs}, slices: {...}}}), content_curve (a list by
 content_weight of {variants: {auc, gauc}, gain_{auc,gauc}_pct,
 best_id_{auc,gauc}}: see `curve_point`), claims (a list of {id, claim,
@@ -85,9 +87,11 @@ def dataset_statistics(m):
 
 def build_results(world_summary, pretrain_table, ctr_summary, methods,
                   variants, content_curve=(), pretrain_comparisons=None,
-                  data=None):
+                  data=None, pretrain_validation=None):
   """results.json; `data`: the dataset, the pre-training plan, the CTR
-  vectors and what did not run (see reproduce.run)."""
+  vectors and what did not run (see reproduce.run); `pretrain_table` and
+  `pretrain_validation`: the sweep's tables of the test and the validation
+  part."""
   world = {'statistics': world_summary['statistics'],
            'honesty_auc': world_summary['honesty_auc'],
            'honesty_ok': (not world_summary['honesty_problems']
@@ -95,6 +99,9 @@ def build_results(world_summary, pretrain_table, ctr_summary, methods,
            'honesty_problems': world_summary['honesty_problems'],
            'oracle_ceiling': ctr_summary.get('oracle')}
   pretraining = {m: pretrain_table[m] for m in methods if m in pretrain_table}
+  validation = pretrain_validation or {}
+  pretraining_validation = {m: validation[m] for m in methods
+                            if m in validation}
   ctr = {v: ctr_summary['variants'][v] for v in variants
          if v in ctr_summary['variants']}
   data = data or {}
@@ -102,7 +109,8 @@ def build_results(world_summary, pretrain_table, ctr_summary, methods,
   not_run.update(data.get('ctr_skipped') or {})
   baseline = ctr_summary.get('baseline')
   return files.json_safe({
-      'world': world, 'pretraining': pretraining, 'ctr': ctr,
+      'world': world, 'pretraining': pretraining,
+      'pretraining_validation': pretraining_validation, 'ctr': ctr,
       'content_curve': list(content_curve),
       'claims': claims_lib.claims(pretraining, ctr, pretrain_comparisons,
                                   not_run, baseline),

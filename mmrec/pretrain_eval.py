@@ -4,15 +4,21 @@ tables, and its result files.
 Where the dataset has a search log the queries are its held-out search
 sessions (image or text query -> the purchased item), ranked against
 paper.md's pool and against the catalogue; without one, held-out co-clicks
-ranked against the catalogue (retrieval_eval.py says why). Every method --
-trained or a reference encoder (item_encoder.py) -- is evaluated here, and
-`write_results` writes what sweeps and reports read: EVAL_FILE (metrics),
+ranked against the catalogue (retrieval_eval.py says why). The held-out
+queries are split in two fixed parts (retrieval_eval.validation_part):
+'validation', what a pipeline chooses on (pretrain_sweep.best_method, the
+queue study), and 'test', what tables and claims report; each query is in
+the same part for every method and seed. Every method -- trained or a
+reference encoder (item_encoder.py) -- is evaluated here, and
+`write_results` writes what sweeps and reports read: EVAL_FILE (metrics of
+both parts),
 QUERIES_FILE (per-query ranks, for paired bootstraps), EXAMPLES_FILE (a few
 queries' top-k, for reports) and the vector tables (vector_table.save_tables).
 """
 
 import os
 import time
+from typing import NamedTuple
 
 from absl import logging
 import numpy as np
@@ -28,17 +34,21 @@ from mmrec.data import manifest
 EVAL_FILE = 'pretrain_eval.json'
 EXAMPLES_FILE = 'retrieval_examples.npz'  # a few queries' top-k, for reports
 # Every held-out session's rank of its purchased item (image_rank,
-# text_rank: -1 where not that modality), by session row: paired bootstraps
-# of two methods (pretrain_sweep.comparisons).
+# text_rank: -1 where not that modality; <slice>_rank of every slice), by
+# session row, both parts, and VALIDATION_KEY: (queries,) bool, the
+# validation part: paired bootstraps of two methods on one part
+# (pretrain_sweep.comparisons).
 QUERIES_FILE = 'pretrain_eval_queries.npz'
+VALIDATION_KEY = 'validation'
 # What a finished pre-training run has written (files.finished).
 RESULT_FILES = (EVAL_FILE, QUERIES_FILE)
 # The evaluation tasks (eval_task): held-out search sessions, or held-out
 # co-clicks ranked against the catalogue (retrieval_eval.py says why).
 SEARCH_EVAL, CO_CLICK_EVAL = 'search', 'co_click'
 # Co-click queries drawn from the test split (in a seeded order, each
-# distinct (query, answer) pair once): a recall@10 near 0.1 to about +-0.01
-# (95%), and the reading stops there on a large log.
+# distinct (query, answer) pair once), about half of them in each part: a
+# recall@10 near 0.1 to about +-0.012 (95%) per part, and the reading stops
+# there on a large log.
 CO_CLICK_MAX_PAIRS = 5000
 
 
@@ -125,41 +135,107 @@ def check_evaluable(data_dir, items=None, method='pre-training'):
         'co-clicks and has no query (give search.parquet, or histories)')
 
 
-def eval_info(data_dir, items):
-  """What `evaluate_encoder` ranks on this dataset: {'task', 'queries',
-  'candidates'} (co-clicks) or {'task', 'queries'} (search sessions)."""
+def held_out_validation(data_dir, items):
+  """(queries,) bool: which held-out queries of the dataset (search
+  sessions, or co-click pairs) are in the validation part
+  (retrieval_eval.validation_part), in evaluate_encoder's order."""
   if eval_task(manifest.load(data_dir)) == SEARCH_EVAL:
-    n = manifest.load(data_dir).split_rows(manifest.SEARCH, 'test')
-    return {'task': SEARCH_EVAL, 'queries': n,
-            'candidates': int(len(search_candidates(data_dir, items)[0]))}
-  pairs, candidates = co_click_queries(data_dir, items)
-  return {'task': CO_CLICK_EVAL, 'queries': int(len(pairs)),
+    ids = builders.load_table(data_dir, manifest.SEARCH, 'test')['session_id']
+    return retrieval_eval.validation_part(ids)
+  pairs, _ = co_click_queries(data_dir, items)
+  return retrieval_eval.validation_part(retrieval_eval.co_click_keys(pairs))
+
+
+def eval_info(data_dir, items, validation=None):
+  """What `evaluate_encoder` ranks on this dataset: {'task', 'queries' (of
+  the test part: what tables and claims count), 'validation_queries',
+  'validation_share', 'candidates'}. `validation`: held_out_validation's
+  mask, computed here when not given."""
+  if validation is None:
+    validation = held_out_validation(data_dir, items)
+  if eval_task(manifest.load(data_dir)) == SEARCH_EVAL:
+    task = SEARCH_EVAL
+    candidates = search_candidates(data_dir, items)[0]
+  else:
+    task = CO_CLICK_EVAL
+    candidates = co_click_queries(data_dir, items)[1]
+  return {'task': task, 'queries': int((~validation).sum()),
+          'validation_queries': int(validation.sum()),
+          'validation_share': retrieval_eval.VALIDATION_SHARE,
           'candidates': int(len(candidates))}
 
 
-def evaluate_encoder(encoder, data_dir, items):
+def _rows(tree, rows):
+  return {k: v[rows] for k, v in tree.items()}
+
+
+def _search_metrics(ranks, sessions, new):
+  """Every slice's metrics of the sessions in `ranks` (evaluate_encoder's
+  per-session ranks, of all held-out sessions or of one part)."""
+  pick = lambda suffix: {m: ranks[f'{m}{suffix}'] for m in
+                         vector_table.MODALITIES if f'{m}{suffix}' in ranks}
+  metrics = retrieval_eval.summarise(pick(''), sessions, new)
+  for name, res in retrieval_eval.summarise(pick('_catalogue'), sessions,
+                                            new).items():
+    metrics[f'{name}_catalogue'] = res
+  for m, res in retrieval_eval.summarise(pick('_concept'), sessions).items():
+    metrics[f'{m}_concept'] = res
+  for m in vector_table.MODALITIES:
+    for suffix in ('', '_catalogue'):
+      name = f'{m}_on_{m}{suffix}'
+      if name in ranks:
+        metrics[name] = retrieval_eval.summarise({m: ranks[name]},
+                                                 sessions)[m]
+  return metrics
+
+
+class Evaluation(NamedTuple):
+  """What evaluate_encoder returns (its docstring says what each holds)."""
+  metrics: dict
+  tables: dict
+  ranks: dict
+  validation: np.ndarray
+  examples: dict | None
+
+
+def evaluate_encoder(encoder, data_dir, items, num_examples=8, k=8):
   """Held-out retrieval with every vector table of the encoder.
 
-  Returns (metrics, tables, ranks): retrieval_eval.summarise slices of the
-  item vector ('image', 'text', 'image_new', 'text_new'; the same four with
-  '_catalogue' ranked against the catalogue; on the world 'image_concept'
-  and 'text_concept', retrieval_eval.concept_hits) plus 'image_on_image'
-  and 'text_on_text' (queries of a modality ranked by that modality's item
-  table, where the encoder has it; with '_catalogue' against the catalogue); `encoder.item_tables`; and the
-  per-query ranks (retrieval_eval.query_ranks) under the same slice names.
-  On a dataset without search sessions the queries are co-clicks
-  (retrieval_eval.co_click_evaluate), which add the 'item' and 'item_new'
-  slices (the item table on itself).
+  Returns an Evaluation: metrics, tables, ranks, validation, examples.
+  metrics: {'validation',
+  'test'} (retrieval_eval.PARTS): each part's retrieval_eval.summarise
+  slices of the item vector ('image', 'text', 'image_new', 'text_new'; the
+  same four with '_catalogue' ranked against the catalogue; on the world
+  'image_concept' and 'text_concept', retrieval_eval.concept_ranks) plus
+  'image_on_image' and 'text_on_text' (queries of a modality ranked by that
+  modality's item table, where the encoder has it; with '_catalogue' against
+  the catalogue); `encoder.item_tables`; the per-query ranks of every
+  held-out query, both parts (retrieval_eval.query_ranks), under the same
+  slice names; and `validation`, (queries,) bool: the validation part
+  (retrieval_eval.validation_part). On a dataset without search sessions
+  the queries are co-clicks (retrieval_eval.co_click_ranks), which add the
+  'item' and 'item_new' slices (the item table on itself). examples: the
+  first `num_examples` image queries of the test part, their top-`k`
+  catalogue items by cosine and the images of both (what a report draws),
+  or None without an image side; co-clicks: the query is the clicked item's
+  picture, the answer ('purchased_item') the item clicked on the test day.
   """
   t0 = time.time()
   tables = encoder.item_tables(items.get('image'), items.get('title'))
   logging.info('encoded %d items (%s) in %.1fs', len(tables['item']),
                ', '.join(tables), time.time() - t0)
+  new = _new_items(data_dir, items)
   if eval_task(manifest.load(data_dir)) == CO_CLICK_EVAL:
     pairs, candidates = co_click_queries(data_dir, items)
-    metrics, ranks = retrieval_eval.co_click_evaluate(
-        tables, pairs, candidates, _new_items(data_dir, items))
-    return metrics, tables, ranks
+    ranks = retrieval_eval.co_click_ranks(tables, pairs, candidates)
+    validation = retrieval_eval.validation_part(
+        retrieval_eval.co_click_keys(pairs))
+    metrics = {part: retrieval_eval.co_click_summary(
+        _rows(ranks, rows), pairs[rows], new)
+               for part, rows in _parts(validation)}
+    examples = _co_click_examples(encoder, data_dir, items, tables['item'],
+                                  num_examples, k, ~validation)
+    return Evaluation(metrics, tables, ranks, validation, examples)
   sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
   is_image = sessions['query_is_image']
 
@@ -176,24 +252,20 @@ def evaluate_encoder(encoder, data_dir, items):
                         is_image),
        'text': queries(encoder.text_queries, sessions['query_text'],
                        ~is_image)}
-  new = _new_items(data_dir, items)
   ranks = retrieval_eval.query_ranks(sessions, tables['item'], q['image'],
                                      q['text'])
-  metrics = retrieval_eval.summarise(ranks, sessions, new)
   candidates, canonical = search_candidates(data_dir, items,
                                             sessions['purchased_item'])
   catalogue = retrieval_eval.query_ranks(
       sessions, tables['item'], q['image'], q['text'], candidates, canonical)
-  for name, res in retrieval_eval.summarise(catalogue, sessions, new).items():
-    metrics[f'{name}_catalogue'] = res
   ranks.update({f'{m}_catalogue': r for m, r in catalogue.items()})
   oracle = manifest.load(data_dir).oracle
   if oracle:
     with np.load(os.path.join(data_dir, oracle)) as z:
       concept = z['item_concept']  # not the whole oracle: one array
-    metrics.update(retrieval_eval.concept_hits(
+    ranks.update({f'{m}_concept': r for m, r in retrieval_eval.concept_ranks(
         sessions, tables['item'], q['image'], q['text'], candidates,
-        concept))
+        concept).items()})
   for m in vector_table.MODALITIES:
     if m in tables and q[m] is not None:
       # Against paper.md's pool and against the catalogue, as the item
@@ -204,36 +276,44 @@ def evaluate_encoder(encoder, data_dir, items):
         own = retrieval_eval.query_ranks(
             sessions, tables[m], **{f'{m}_query_vectors': q[m]}, **against)
         ranks[f'{m}_on_{m}{suffix}'] = own[m]
-        metrics[f'{m}_on_{m}{suffix}'] = retrieval_eval.summarise(
-            own, sessions)[m]
-  return metrics, tables, ranks
+  validation = retrieval_eval.validation_part(sessions['session_id'])
+  asked = {k: sessions[k] for k in ('query_is_image', 'purchased_item')}
+  metrics = {part: _search_metrics(_rows(ranks, rows), _rows(asked, rows),
+                                   new)
+             for part, rows in _parts(validation)}
+  # The examples reuse the session table and query vectors read above.
+  examples = _search_examples(sessions, q['image'], ~validation, items,
+                              tables['item'], num_examples, k)
+  return Evaluation(metrics, tables, ranks, validation, examples)
 
 
-def retrieval_examples(encoder, data_dir, items, vectors, num_queries=8, k=8):
-  """The first held-out image queries, their top-k catalogue items by cosine
-  and the images of both (what a report draws), or None without an image
-  side. Co-clicks: the query is the clicked item's picture, the answer
-  ('purchased_item') the item clicked on the test day."""
-  if eval_task(manifest.load(data_dir)) == CO_CLICK_EVAL:
-    return _co_click_examples(encoder, data_dir, items, vectors, num_queries,
-                              k)
-  sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
-  rows = np.flatnonzero(sessions['query_is_image'])[:num_queries]
-  q = encoder.image_queries(sessions['query_image'][rows]) if len(rows) else None
-  if q is None:
+def _parts(validation):
+  """(part, its rows) of retrieval_eval.PARTS."""
+  return (('validation', validation), ('test', ~validation))
+
+
+def _search_examples(sessions, image_queries, test, items, vectors,
+                     num_queries, k):
+  """The first test-part image queries' top-k items (`examples` of
+  evaluate_encoder), from the vectors the evaluation computed."""
+  rows = np.flatnonzero(sessions['query_is_image'] & test)[:num_queries]
+  if image_queries is None or not len(rows):
     return None
-  top = np.argsort(-(item_encoder.unit(q) @ item_encoder.unit(vectors).T), 1)[:, :k]
+  q = image_queries[rows]
+  top = np.argsort(-(item_encoder.unit(q) @ item_encoder.unit(vectors).T),
+                   1)[:, :k]
   purchased = sessions['purchased_item'][rows]
   return {'query_image': sessions['query_image'][rows], 'top_item': top,
           'top_image': items['image'][top], 'purchased_item': purchased,
           'hit': top == purchased[:, None]}
 
 
-def _co_click_examples(encoder, data_dir, items, vectors, num_queries, k):
+def _co_click_examples(encoder, data_dir, items, vectors, num_queries, k,
+                       test):
   if 'image' not in items:
     return None
   pairs, candidates = co_click_queries(data_dir, items)
-  pairs = pairs[:num_queries]
+  pairs = pairs[test][:num_queries]
   q = (encoder.image_queries(items['image'][pairs[:, 0]]) if len(pairs)
        else None)
   if q is None:
@@ -248,27 +328,45 @@ def _co_click_examples(encoder, data_dir, items, vectors, num_queries, k):
 
 def write_results(workdir, encoder, data_dir, items, info):
   """Evaluates `encoder`, writes the vector tables and result files to
-  `workdir`; returns the EVAL_FILE record. `info`: {'method', 'seed',
-  'step'}."""
-  metrics, tables, ranks = evaluate_encoder(encoder, data_dir, items)
+  `workdir`; returns the EVAL_FILE record: `info` ({'method', 'seed',
+  'step'}), 'data_dir', 'eval' (eval_info), 'metrics' (the test part's
+  slices: what tables and claims report) and 'validation_metrics' (the
+  validation part's: what a pipeline chooses on)."""
+  metrics, tables, ranks, validation, examples = evaluate_encoder(
+      encoder, data_dir, items)
   vector_table.save_tables(workdir, tables, dict(
       info, encoder_workdir=workdir, data_dir=data_dir))
-  result = dict(info, data_dir=data_dir, eval=eval_info(data_dir, items),
-                metrics=metrics)
-  examples = retrieval_examples(encoder, data_dir, items, tables['item'])
+  result = dict(info, data_dir=data_dir,
+                eval=eval_info(data_dir, items, validation),
+                metrics=metrics['test'],
+                validation_metrics=metrics['validation'])
   if examples is not None:
     files.write_npz(os.path.join(workdir, EXAMPLES_FILE), examples)
-  files.write_npz(os.path.join(workdir, QUERIES_FILE),
-                  {f'{m}_rank': r for m, r in ranks.items()})
+  files.write_npz(os.path.join(workdir, QUERIES_FILE), dict(
+      {f'{m}_rank': r for m, r in ranks.items()},
+      **{VALIDATION_KEY: validation}))
   files.write_json(os.path.join(workdir, EVAL_FILE), result)
   writer = train_lib.MetricWriter(workdir)
-  writer.write(info['step'], {f'{name}/{k}': v for name, r in metrics.items()
-                              if r for k, v in r.items() if k != 'queries'},
-               prefix='eval/')
+  # The test part under 'eval/', as before the split; 'eval_validation/'.
+  for part, by_slice in metrics.items():
+    writer.write(info['step'], {f'{name}/{k}': v
+                                for name, r in by_slice.items() if r
+                                for k, v in r.items() if k != 'queries'},
+                 prefix='eval/' if part == 'test' else f'eval_{part}/')
   writer.close()
-  for name, r in metrics.items():
-    if r:
-      logging.info('%s %-10s accuracy@1 %.4f recall@10 %.4f (%d queries)',
-                   info['method'], name, r['accuracy@1'], r['recall@10'],
-                   r['queries'])
+  for part in retrieval_eval.PARTS:
+    for name, r in metrics[part].items():
+      if r:
+        logging.info('%s %-10s %-10s accuracy@1 %.4f recall@10 %.4f (%d '
+                     'queries)', info['method'], part, name, r['accuracy@1'],
+                     r['recall@10'], r['queries'])
   return result
+
+
+def finished(workdir):
+  """A finished run's EVAL_FILE record (files.finished), or None: also for
+  a run evaluated before the validation part existed (no
+  'validation_metrics'), which runs again and, resuming from its final
+  checkpoint, is only evaluated."""
+  result = files.finished(workdir, RESULT_FILES)
+  return result if result and 'validation_metrics' in result else None

@@ -26,6 +26,15 @@ included. Image -> title retrieval of held-out items would measure only the
 image-title alignment CLIP-E is trained for, which the references cannot
 do and the CTR stage never uses.
 
+Validation and test: the held-out queries are split in two fixed parts
+(`validation_part`: a hash of the session's id, or of the co-click pair), each
+query in the same part for every method, seed and run. What a pipeline
+chooses (a default, the CTR stage's vectors) is chosen on 'validation'; the
+tables and claims report 'test'. The ranking itself is shared: every query is
+ranked once, against the same pool or catalogue, and each part's metrics are
+its queries' ranks (so the pool of paper.md's protocol still holds the
+purchased items of all held-out sessions).
+
 Duplicates are removed in both catalogue rankings: items with identical
 content (every vector table is a function of image and title) are one
 candidate (`canonical_items`), each co-click (query, answer) pair counts
@@ -57,7 +66,46 @@ def _distinct_outside(hard, mask, pool):
   return keep
 
 
-def _hits(rank, k):
+# The share of held-out queries in the validation part. Half: the selection
+# compares methods whose recall@10 differ by a few points, and the test
+# claims keep half the queries (intervals ~1.4x those of the whole set).
+VALIDATION_SHARE = 0.5
+PARTS = ('validation', 'test')
+
+
+def _mix64(x):
+  """splitmix64's finaliser: a fixed, well-spread hash of uint64 keys."""
+  x = np.asarray(x).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def validation_part(keys, share=VALIDATION_SHARE):
+  """(N,) bool: True for the held-out queries of the validation part.
+
+  keys: (N,) non-negative ints naming each query apart from where it sits:
+  a search session's `session_id`, a co-click pair's `co_click_keys`. A
+  hash of the key, not a draw over rows: a query stays in its part whatever
+  else is held out, in whatever order, for every method, seed and run.
+  """
+  keys = np.asarray(keys)
+  if keys.size and keys.min() < 0:
+    raise ValueError(f'query keys must be non-negative, got {keys.min()}')
+  return (_mix64(keys) >> np.uint64(11)) < np.uint64(int(share * 2 ** 53))
+
+
+def co_click_keys(pairs):
+  """(Q,) uint64 key of each (query, target) pair of canonical ids: both
+  ids, so a pair is one query wherever it was read."""
+  pairs = np.asarray(pairs, np.int64)
+  if len(pairs) and (pairs.min() < 0 or pairs.max() >= 2 ** 32):
+    raise ValueError('co-click item ids must be in [0, 2**32)')
+  return (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(
+      np.uint64)
+
+
+def hits(rank, k=(1, 10)):
   """{'accuracy@1', 'recall@<k>'..., 'queries'} of 0-based ranks, or None
   without queries or where a rank is -1 (not asked)."""
   if not len(rank) or (rank < 0).any():
@@ -143,20 +191,20 @@ def _catalogue_query_ranks(sessions, items, image_query_vectors,
   return out
 
 
-def concept_hits(sessions, item_vectors, image_query_vectors,
-                 text_query_vectors, candidates, concept, k=(1, 10),
-                 chunk=256):
-  """Concept-level hits against the catalogue (the world's diagnostic).
+def concept_ranks(sessions, item_vectors, image_query_vectors,
+                  text_query_vectors, candidates, concept, top=10, chunk=256):
+  """Each held-out session's 0-based place of the first candidate of the
+  purchased item's concept against the catalogue (the world's diagnostic).
 
-  A query hits at k when one of its top-k candidates is of the purchased
-  item's concept (`concept`: (num_items,) the oracle's item_concept). The
-  world's buyer picks one of ~20 listings of the sought concept, which no
-  encoder can tell apart by content, so exact-item ranking against the
-  catalogue is capped near 10 / 20 at recall@10; this slice shows whether
-  the concept was found.
+  `concept`: (num_items,) the oracle's item_concept. The world's buyer picks
+  one of ~20 listings of the sought concept, which no encoder can tell apart
+  by content, so exact-item ranking against the catalogue is capped near
+  10 / 20 at recall@10; this slice shows whether the concept was found.
 
-  Returns {'image_concept', 'text_concept'}: {'accuracy@1', 'recall@10',
-  'queries'} or None where the encoder has no such query.
+  Returns {'image': (S,), 'text': (S,)} int64 as `query_ranks`: the place
+  among the top `top` candidates, `top` when none of them is of the concept,
+  -1 for sessions of the other modality and where the encoder has no such
+  query.
   """
   items = _unit(item_vectors)[candidates]
   cand_concept = concept[candidates]
@@ -164,35 +212,46 @@ def concept_hits(sessions, item_vectors, image_query_vectors,
   out = {}
   for modality, rows, q in _queries(sessions, image_query_vectors,
                                     text_query_vectors):
-    if q is None:
-      out[f'{modality}_concept'] = None
-      continue
-    top = max(k)
-    first = np.empty(len(rows), np.int64)  # 0-based place of the first hit
-    for lo in range(0, len(rows), chunk):
+    first = np.full(len(want), -1, np.int64)
+    for lo in range(0, len(rows) if q is not None else 0, chunk):
       sim = q[lo:lo + chunk] @ items.T
       best = np.argpartition(-sim, top - 1, axis=1)[:, :top]
       order = np.take_along_axis(sim, best, 1).argsort(1)[:, ::-1]
       best = np.take_along_axis(best, order, 1)
       hit = cand_concept[best] == want[rows[lo:lo + chunk], None]
-      first[lo:lo + chunk] = np.where(hit.any(1), hit.argmax(1), top)
-    out[f'{modality}_concept'] = _hits(first, k)
+      first[rows[lo:lo + chunk]] = np.where(hit.any(1), hit.argmax(1), top)
+    out[modality] = first
   return out
+
+
+def concept_hits(sessions, item_vectors, image_query_vectors,
+                 text_query_vectors, candidates, concept, k=(1, 10),
+                 chunk=256):
+  """Concept-level hits (`concept_ranks`): {'image_concept',
+  'text_concept'}: {'accuracy@1', 'recall@10', 'queries'} or None where the
+  encoder has no such query."""
+  ranks = concept_ranks(sessions, item_vectors, image_query_vectors,
+                        text_query_vectors, candidates, concept, max(k),
+                        chunk)
+  return {f'{m}_concept': r
+          for m, r in summarise(ranks, sessions, k=k).items()}
 
 
 def summarise(ranks, sessions, new_items=None, k=(1, 10)):
   """{'image'|'text'|'image_new'|'text_new': {'accuracy@1', 'recall@10',
-  'queries'} or None} from `query_ranks`."""
+  'queries'} or None} from `query_ranks` (the modalities `ranks` has)."""
   out = {}
   purchased = sessions['purchased_item']
   for modality in ('image', 'text'):
+    if modality not in ranks:
+      continue
     rank = ranks[modality]
     want = sessions['query_is_image'] == (modality == 'image')
     subsets = {modality: want}
     if new_items is not None:
       subsets[f'{modality}_new'] = want & new_items[purchased]
     for name, rows in subsets.items():
-      out[name] = _hits(rank[rows], k)
+      out[name] = hits(rank[rows], k)
   return out
 
 
@@ -332,21 +391,41 @@ def co_click_evaluate(tables, pairs, candidates, new_items=None,
     metrics[slice] = {'accuracy@1', 'recall@10', 'queries'} or None, ranks
     [slice] = (Q,) with -1 where the encoder has no such table.
   """
-  runs = {'item': ('item', 'item'), 'image': ('image', 'item'),
-          'text': ('text', 'item'), 'image_on_image': ('image', 'image'),
-          'text_on_text': ('text', 'text')}
-  ranks, out = {}, {}
-  new = (np.zeros(len(pairs), bool) if new_items is None else
-         np.asarray(new_items)[pairs[:, 1]])
-  for name, (query, ranked) in runs.items():
+  ranks = co_click_ranks(tables, pairs, candidates)
+  return co_click_summary(ranks, pairs, new_items, k), ranks
+
+
+# The co-click slices: name -> (the query's table, the table ranked).
+CO_CLICK_RUNS = {'item': ('item', 'item'), 'image': ('image', 'item'),
+                 'text': ('text', 'item'),
+                 'image_on_image': ('image', 'image'),
+                 'text_on_text': ('text', 'text')}
+
+
+def co_click_ranks(tables, pairs, candidates):
+  """{slice: (Q,) rank} of `co_click_evaluate`, -1 where the encoder has no
+  such table."""
+  ranks = {}
+  for name, (query, ranked) in CO_CLICK_RUNS.items():
     rank = np.full(len(pairs), -1, np.int64)
     if query in tables and ranked in tables and len(pairs):
       rank = catalogue_ranks(tables[query][pairs[:, 0]], pairs,
                              tables[ranked], candidates)
     ranks[name] = rank
+  return ranks
+
+
+def co_click_summary(ranks, pairs, new_items=None, k=(1, 10)):
+  """The metrics of `co_click_evaluate` from its ranks (of any subset of
+  the pairs, with those pairs)."""
+  out = {}
+  new = (np.zeros(len(pairs), bool) if new_items is None else
+         np.asarray(new_items)[pairs[:, 1]])
+  for name in CO_CLICK_RUNS:
+    rank = ranks[name]
     subsets = {name: np.ones(len(pairs), bool)}
     if new_items is not None and '_on_' not in name:
       subsets[f'{name}_new'] = new
     for sub, rows in subsets.items():
-      out[sub] = _hits(rank[rows], k)
-  return out, ranks
+      out[sub] = hits(rank[rows], k)
+  return out

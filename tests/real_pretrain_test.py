@@ -101,8 +101,12 @@ class RealPretrainTest(absltest.TestCase):
       self.assertBetween(item['recall@10'], 0.0, 1.0)
       self.assertIsNotNone(res['metrics']['image_on_image'])
       with np.load(os.path.join(workdir, pretrain_eval.QUERIES_FILE)) as z:
-        rank = z['item_rank']
-      self.assertAlmostEqual((rank < 10).mean(), item['recall@10'])
+        rank, validation = z['item_rank'], z['validation']
+      # The metrics are the test part's; the pairs of both parts are stored.
+      self.assertEqual(res['eval']['validation_queries'], validation.sum())
+      self.assertGreater(validation.sum(), 0)
+      self.assertAlmostEqual((rank[~validation] < 10).mean(),
+                             item['recall@10'])
       self.assertTrue(os.path.exists(os.path.join(workdir,
                                                   vector_table.FILE)))
     self.assertIsNone(res['metrics']['text'])  # raw pixels: no text side
@@ -231,7 +235,7 @@ class RealPretrainTest(absltest.TestCase):
     c = paper.get_config('tiny')
     c.vectors_method = 'scl'
     got = reproduce_inputs.ctr_vectors(c, self.ml_m, self.ml, workdir,
-                                       ['scl', 'bag_of_tokens'], table)
+                                       ['scl', 'bag_of_tokens'])
     self.assertEqual((got['source'], got['method']), ('pretrained', 'scl'))
     # The own data's pre-training stage (the pipeline's sweep): what its
     # plan ran and skipped, and its table.
@@ -308,10 +312,15 @@ class RealPretrainTest(absltest.TestCase):
     self.assertIn('- CTR simtier_official@image: ', text)
 
   def test_ctr_vectors_choice(self):
+    pre_dir = self.create_tempdir().full_path
+
     def choose(choice, m, ran=(), table=None):
       c = paper.get_config('tiny')
       c.ctr_vectors = choice
-      return reproduce_inputs.ctr_vectors(c, m, '/d', '/p', list(ran), table or {})
+      with open(os.path.join(pre_dir, pretrain_sweep.VALIDATION_TABLE_FILE +
+                             '.json'), 'w') as f:
+        json.dump(table or {}, f)
+      return reproduce_inputs.ctr_vectors(c, m, '/d', pre_dir, list(ran))
 
     shipped = self.m
     bare = self.ml_m  # ships no vectors
@@ -319,8 +328,8 @@ class RealPretrainTest(absltest.TestCase):
     table = {'raw_pixels': row(0.1), 'clip_e': row(0.3)}
     got = choose('auto', shipped, ['raw_pixels', 'clip_e'], table)
     self.assertEqual((got['source'], got['method'], got['path']),
-                     ('pretrained', 'clip_e', '/p/clip_e/seed_0/'
-                      'item_vectors.npz'))
+                     ('pretrained', 'clip_e', os.path.join(
+                         pre_dir, 'clip_e/seed_0/item_vectors.npz')))
     self.assertEqual(choose('shipped', shipped, ['clip_e'], table)['path'],
                      '/d/item_vectors.npz')
     self.assertEqual(choose('auto', shipped)['source'], 'shipped')

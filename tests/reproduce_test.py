@@ -85,8 +85,15 @@ class ReproduceTest(absltest.TestCase):
 
   def test_results_structure(self):
     r = self.results
-    self.assertEqual(set(r), {'world', 'pretraining', 'ctr', 'content_curve',
-                              'claims', 'ctr_baseline', 'flags', 'data'})
+    self.assertEqual(set(r), {'world', 'pretraining', 'pretraining_validation',
+                              'ctr', 'content_curve', 'claims',
+                              'ctr_baseline', 'flags', 'data'})
+    # Two parts of the held-out queries: tables of both, the test part's
+    # the larger count nowhere assumed, each part's own numbers.
+    ev = r['data']['pretraining']['eval']
+    self.assertGreater(ev['queries'], 0)
+    self.assertGreater(ev['validation_queries'], 0)
+    self.assertEqual(set(r['pretraining_validation']), set(r['pretraining']))
     # The built world serves every method, variant and section.
     self.assertEqual(r['data']['dataset'], 'world')
     self.assertEqual(r['data']['pretraining']['ran'],
@@ -194,7 +201,9 @@ class ReproduceTest(absltest.TestCase):
                     'oracle (ceiling)', 'Wall time', '95% CI',
                     'the interval overlaps the band 0.5x-2x',
                     'Claims are judged against the stronger ID baseline on '
-                    'the validation split'):
+                    'the validation split',
+                    'the tables and claims are on the test part',
+                    'Validation part (what the pipeline chooses on'):
       self.assertIn(section, text)
     # :tiny runs one seed: no "± 0.000" anywhere.
     self.assertNotIn('± 0.000', text)

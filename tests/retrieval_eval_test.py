@@ -253,6 +253,58 @@ class CoClickTest(absltest.TestCase):
     self.assertEqual(metrics['text_on_text']['queries'], 3)
 
 
+class ValidationPartTest(absltest.TestCase):
+
+  def test_parts_are_fixed_by_the_key_disjoint_and_half(self):
+    keys = np.arange(20_000)
+    val = retrieval_eval.validation_part(keys)
+    self.assertEqual(val.dtype, bool)
+    self.assertBetween(val.mean(), 0.48, 0.52)
+    # Not alternating rows or a block: every 10th session (the converter's
+    # fallback) or a day's sessions still land in both parts.
+    for sub in (keys[::10], keys[:500], keys[-500:]):
+      self.assertBetween(retrieval_eval.validation_part(sub).mean(), 0.4,
+                         0.6)
+    # The key decides, not the row: shuffled, subset or alone, a query keeps
+    # its part (the same query is in the same part for every method).
+    order = np.random.default_rng(0).permutation(len(keys))
+    np.testing.assert_array_equal(retrieval_eval.validation_part(keys[order]),
+                                  val[order])
+    np.testing.assert_array_equal(retrieval_eval.validation_part(keys[7:9]),
+                                  val[7:9])
+    # Pinned: a change of the hash would move queries between the parts of
+    # stored runs.
+    self.assertEqual(np.flatnonzero(val[:12]).tolist(), [3, 4, 5, 7, 10, 11])
+    self.assertEqual(retrieval_eval.validation_part(keys, 0.0).sum(), 0)
+    self.assertTrue(retrieval_eval.validation_part(keys, 1.0).all())
+    with self.assertRaisesRegex(ValueError, 'non-negative'):
+      retrieval_eval.validation_part(np.array([3, -1]))
+
+  def test_co_click_keys_name_the_ordered_pair(self):
+    keys = retrieval_eval.co_click_keys(np.array([[1, 2], [2, 1], [1, 2]]))
+    self.assertLen(set(keys[:2].tolist()), 2)  # (1, 2) is not (2, 1)
+    self.assertEqual(keys[0], keys[2])
+    self.assertLen(retrieval_eval.co_click_keys(np.zeros((0, 2), int)), 0)
+
+  def test_a_part_summary_is_the_summary_of_its_rows(self):
+    # co_click_summary of some pairs' ranks = co_click_evaluate's metrics
+    # computed over those pairs alone (no tie among these vectors).
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(40, 8))
+    pairs = np.stack([rng.integers(0, 40, 60), rng.integers(0, 40, 60)], 1)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    cand = np.arange(40)
+    new = np.arange(40) >= 30
+    ranks = retrieval_eval.co_click_ranks({'item': items}, pairs, cand)
+    rows = retrieval_eval.validation_part(retrieval_eval.co_click_keys(pairs))
+    part = retrieval_eval.co_click_summary(
+        {k: v[rows] for k, v in ranks.items()}, pairs[rows], new)
+    alone, _ = retrieval_eval.co_click_evaluate({'item': items}, pairs[rows],
+                                                cand, new)
+    self.assertEqual(part, alone)
+    self.assertEqual(part['item']['queries'], rows.sum())
+
+
 class DeclaredCandidatesTest(absltest.TestCase):
 
   def test_read_and_checked(self):

@@ -408,12 +408,24 @@ class TrainAndResumeTest(absltest.TestCase):
       self.assertBetween(res['metrics'][f'{m}_on_{m}']['recall@10'], 0, 1)
     with np.load(os.path.join(self.full, pretrain_eval.QUERIES_FILE)) as z:
       ranks = dict(z)
+    validation = ranks.pop(pretrain_eval.VALIDATION_KEY)
     self.assertEqual(set(ranks), {'image_rank', 'text_rank',
                                   'image_catalogue_rank',
                                   'text_catalogue_rank',
+                                  'image_concept_rank', 'text_concept_rank',
                                   'image_on_image_rank', 'text_on_text_rank',
                                   'image_on_image_catalogue_rank',
                                   'text_on_text_catalogue_rank'})
+    # The result's metrics are the test part's; the validation part's apart.
+    for part, rows in (('metrics', ~validation),
+                       ('validation_metrics', validation)):
+      rank = ranks['text_rank'][rows]
+      cell = res[part]['text']
+      self.assertEqual(cell['queries'], (rank >= 0).sum())
+      self.assertAlmostEqual(cell['recall@10'], (rank[rank >= 0] < 10).mean())
+      rank = ranks['image_concept_rank'][rows]
+      self.assertAlmostEqual(res[part]['image_concept']['accuracy@1'],
+                             (rank[rank >= 0] < 1).mean())
     for name in ('image_on_image_rank', 'image_catalogue_rank',
                  'image_on_image_catalogue_rank'):
       np.testing.assert_array_equal(ranks[name] >= 0,

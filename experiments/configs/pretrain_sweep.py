@@ -10,9 +10,11 @@ from scratch where clip_o cannot run) in `<workdir>/<method>/seed_<k>/`,
 skipping runs whose `pretrain_eval.json` exists, then writes
 `pretrain_table.json` and `pretrain_table.md`: mean and std over seeds of
 accuracy@1 / recall@10 for image and text queries, all held-out queries and
-new items only; and
-`pretrain_comparisons.json`: bootstrap intervals (over held-out sessions) of
-the accuracy@1 differences of the claimed orderings.
+new items only, on the test part of the held-out queries;
+`pretrain_validation_table.json` the same on the validation part (what a
+pipeline chooses on; pretrain_table.md shows its image / text columns too);
+and `pretrain_comparisons.json`: bootstrap intervals (over the test part's
+sessions) of the differences of the claimed orderings.
 Default world, 3 seeds, on a 2-core CPU: about 1.5 hours.
 """
 
