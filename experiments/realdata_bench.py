@@ -26,15 +26,25 @@ import numpy as np
 from experiments import pretrain_sweep
 from mmrec import bootstrap
 from mmrec import files
+from mmrec import item_encoder
+from mmrec import pretrain_eval
+from mmrec.data import builders
+from mmrec.data import manifest
 
 TABLE_FILE = 'realdata_table'
+# A diagnosis of the fused head (config.sum_of_tables): the same towers'
+# image and text vectors of each item, unit-normalised and added, stand in
+# for the learned fused head's vector.
+SUM = 'sum of tables'
+SUM_FILE = 'sum_of_tables_queries.npz'
 METRICS = {'accuracy@1': 1, 'recall@10': 10}
 PROTOCOLS = {'pool': '', 'catalogue': '_catalogue'}
 # (query modality, rank key in pretrain_eval_queries.npz) of each vector a
 # method has: its fused item vector, then its per-modality tables.
 VECTORS = {'item vector': {'image': 'image', 'text': 'text'},
            'image table': {'image': 'image_on_image'},
-           'text table': {'text': 'text_on_text'}}
+           'text table': {'text': 'text_on_text'},
+           SUM: {'image': 'sum_image', 'text': 'sum_text'}}
 REFERENCES = {'image': 'raw_pixels', 'text': 'bag_of_tokens'}
 
 
@@ -153,6 +163,38 @@ def markdown(result):
   return '\n'.join(lines).lstrip('\n') + '\n'
 
 
+class _SumOfTables:
+  """A trained encoder whose item vector is unit(image) + unit(text)."""
+
+  def __init__(self, encoder):
+    self.encoder = encoder
+    self.image_queries = encoder.image_queries
+    self.text_queries = encoder.text_queries
+
+  def item_tables(self, images, titles):
+    t = dict(self.encoder.item_tables(images, titles))
+    t['item'] = item_encoder.unit(item_encoder.unit(t['image']) +
+                                  item_encoder.unit(t['text']))
+    return t
+
+
+def sum_of_tables(run_dir, data_dir):
+  """The per-query ranks of one run's encoder with the sum-of-tables item
+  vector, under the keys VECTORS[SUM] names (cached in the run's
+  directory)."""
+  run_dir = os.path.abspath(run_dir)
+  path = os.path.join(run_dir, SUM_FILE)
+  if not os.path.exists(path):
+    encoder = item_encoder.load_encoder(run_dir, data_dir)[0]
+    items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
+    _, _, ranks = pretrain_eval.evaluate_encoder(_SumOfTables(encoder),
+                                                 data_dir, items)
+    files.write_npz(path, {f'sum_{k}_rank': ranks[k] for k in (
+        'image', 'text', 'image_catalogue', 'text_catalogue')})
+  with np.load(path) as z:
+    return dict(z)
+
+
 def run(config, workdir):
   sweep_dir = os.path.join(workdir, 'sweep')
   os.makedirs(sweep_dir, exist_ok=True)
@@ -167,6 +209,12 @@ def run(config, workdir):
   with open(os.path.join(sweep_dir, pretrain_sweep.PLAN_FILE)) as f:
     plan = json.load(f)
   queries = pretrain_sweep.load_queries(sweep_dir, plan['ran'], sweep.seeds)
+  if config.sum_of_tables:
+    for m in plan['ran']:
+      if m.startswith('scl'):
+        for seed, ranks in enumerate(queries[m]):
+          ranks.update(sum_of_tables(os.path.join(
+              sweep_dir, m, f'seed_{seed}'), config.data_dir))
   result = table(queries, config.resamples)
   result.update(steps=sweep.scl.num_steps, batch_size=sweep.scl.batch_size,
                 sweep_minutes=minutes, data_dir=config.data_dir)

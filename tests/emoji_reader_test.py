@@ -201,6 +201,22 @@ class EmojiReaderTest(absltest.TestCase):
     self.assertEqual(sum(r['label'] for r in imp), len(self.t['search']))
     self.assertEqual({r['item'] for r in imp}, items)
 
+  def test_other_maker_queries(self):
+    _, t = stage(self.src, config(self.src, queries='other_maker',
+                                  catalogue_styles=1))
+    maker = lambda style: style.split('_')[0]  # openmoji_*, fluent_*
+    image = [r for r in t['search'] if r['query_image']]
+    self.assertLen(image, 2 * (N - 1))  # the other maker's two styles
+    for r in image:
+      key, style = r['item'].split('/')
+      q = os.path.basename(r['query_image'])[:-len(f'_{key}.png')]
+      self.assertNotEqual(maker(q), maker(style))
+    # The same maker's other style is neither a query nor an item.
+    self.assertLen(t['items'], N - 1)
+    with self.assertRaisesRegex(ValueError, "emoji.queries = 'same'"):
+      emoji.stage(self.src, tempfile.mkdtemp(), config(self.src,
+                                                       queries='same'))
+
   def test_licences_recorded_and_deterministic(self):
     with open(os.path.join(self.out, 'LICENSES.md')) as f:
       text = f.read()

@@ -20,7 +20,7 @@ def _ranks(image=None, text=None, **tables):
   for key, r in dict(image=image, text=text, **tables).items():
     out[f'{key}_rank'] = -np.ones(S, np.int64)
     if r is not None:
-      out[f'{key}_rank'][(slice(0, h) if key.startswith('image')
+      out[f'{key}_rank'][(slice(0, h) if 'image' in key
                           else slice(h, S))] = r
   for key in list(out):
     out[key.replace('_rank', '_catalogue_rank')] = np.where(
@@ -39,7 +39,7 @@ class RealdataBenchTest(absltest.TestCase):
         'raw_pixels': [_ranks(image=bad)],
         'bag_of_tokens': [_ranks(text=good)],
         'scl': [_ranks(image=good, text=bad, image_on_image=good,
-                       text_on_text=good)],
+                       text_on_text=good, sum_image=bad, sum_text=good)],
     }
     got = realdata_bench.table(queries, resamples=300)
     self.assertEqual((got['sessions'], got['seeds']), (S, 1))
@@ -47,7 +47,11 @@ class RealdataBenchTest(absltest.TestCase):
     self.assertEqual(set(rows), {('raw_pixels', 'item vector'),
                                  ('bag_of_tokens', 'item vector'),
                                  ('scl', 'item vector'), ('scl', 'image table'),
-                                 ('scl', 'text table')})
+                                 ('scl', 'text table'),
+                                 ('scl', 'sum of tables')})
+    self.assertAlmostEqual(
+        rows[('scl', 'sum of tables')]['text pool recall@10']['value'],
+        np.mean(good < 10))
     cell = rows[('scl', 'item vector')]['image pool accuracy@1']
     self.assertAlmostEqual(cell['value'], np.mean(good < 1))
     self.assertEqual(cell['queries'], h)

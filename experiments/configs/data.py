@@ -129,6 +129,9 @@ def get_config(arg=None):
     e.locales = 'en,zh,ja,de,fr,es'
     # Drawings of each concept in the catalogue (the rest are queries).
     e.catalogue_styles = 1
+    # 'any' other drawing queries it, or only an 'other_maker''s (not the
+    # same artist's line work in another rendering).
+    e.queries = 'any'
     e.held_out_share = 0.15  # concepts whose sessions are all held out
     e.text_queries = 12  # text sessions per concept (drawn from its texts)
     e.hard_negatives = 3  # other concepts' items, same subgroup (else group)

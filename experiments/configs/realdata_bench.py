@@ -21,6 +21,9 @@ def get_config(arg=None):
   c.job = 'realdata_bench'
   c.data_dir = ''  # the converted emoji set (make realdata: workdir/realdata)
   c.resamples = 200 if tiny else 1000  # bootstrap draws of held-out sessions
+  # Also rank with each SCL run's unit(image) + unit(text) table (the fused
+  # head's diagnosis: realdata_bench.SUM).
+  c.sum_of_tables = True
   c.sweep = pretrain_sweep.get_config('tiny' if tiny else None)
   # The methods issue 22 compares (clip_o: clip_e starts from it).
   c.sweep.methods = 'raw_pixels,bag_of_tokens,scl_no_queue,scl,clip_o,clip_e'

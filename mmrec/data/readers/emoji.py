@@ -70,20 +70,29 @@ class Style:
   package: str  # the npm package (a folder of node_modules)
   folder: str  # where its drawings are, one file per emoji
   artist: str  # for LICENSES.md: who drew it, where it comes from
+  maker: str  # styles of one maker share line work (emoji.queries)
 
 
 STYLES = {
     'openmoji_color': Style('openmoji', 'color/svg',
-                            'OpenMoji, HfG Schwaebisch Gmuend (openmoji.org)'),
+                            'OpenMoji, HfG Schwaebisch Gmuend (openmoji.org)',
+                            'openmoji'),
     'openmoji_black': Style('openmoji', 'black/svg',
-                            'OpenMoji, HfG Schwaebisch Gmuend (openmoji.org)'),
+                            'OpenMoji, HfG Schwaebisch Gmuend (openmoji.org)',
+                            'openmoji'),
     'fluent_flat': Style('@lobehub/fluent-emoji-flat', 'assets',
                          'Microsoft Fluent Emoji (github.com/microsoft/'
-                         'fluentui-emoji), packaged by LobeHub'),
+                         'fluentui-emoji), packaged by LobeHub', 'microsoft'),
     'fluent_3d': Style('@lobehub/fluent-emoji-3d', 'assets',
                        'Microsoft Fluent Emoji (github.com/microsoft/'
-                       'fluentui-emoji), packaged by LobeHub'),
+                       'fluentui-emoji), packaged by LobeHub', 'microsoft'),
 }
+# emoji.queries: which drawings of a concept query its catalogue drawing.
+# 'other_maker' keeps the queries an independent artist drew: one maker's
+# styles share outlines (OpenMoji's black is its colour set's line art;
+# Fluent's flat and 3D the same shapes), which raw pixels match almost
+# perfectly (docs/realdata.md).
+QUERIES = ('any', 'other_maker')
 IMAGE_EXTS = ('.svg', '.png', '.webp')
 INSTALL_HINT = ('make realdata installs them (npm install --prefix DIR '
                 'openmoji emojibase-data @lobehub/fluent-emoji-flat '
@@ -351,6 +360,9 @@ def stage(source_dir, out_dir, config):
   if not 0 < e.held_out_share < 1:
     raise ValueError(f'emoji.held_out_share = {e.held_out_share}: expected '
                      'a share in (0, 1)')
+  if e.queries not in QUERIES:
+    raise ValueError(f'emoji.queries = {e.queries!r}: expected one of '
+                     f'{QUERIES}')
   if e.catalogue_styles < 1:
     raise ValueError(f'emoji.catalogue_styles = {e.catalogue_styles}: '
                      'expected >= 1')
@@ -374,8 +386,12 @@ def stage(source_dir, out_dir, config):
     drawn = [s for s in styles if (k, s) in have]
     order = _rng(e.seed, 'catalogue', k).permutation(len(drawn))
     n = min(e.catalogue_styles, len(drawn) - 1)
-    concepts[k]['catalogue'] = [drawn[i] for i in sorted(order[:n])]
-    concepts[k]['query'] = [drawn[i] for i in sorted(order[n:])]
+    cat = [drawn[i] for i in sorted(order[:n])]
+    concepts[k]['catalogue'] = cat
+    concepts[k]['query'] = [
+        drawn[i] for i in sorted(order[n:])
+        if e.queries == 'any' or all(
+            STYLES[drawn[i]].maker != STYLES[c].maker for c in cat)]
   order = _rng(e.seed, 'held_out').permutation(len(keys))
   n_test = max(1, int(round(e.held_out_share * len(keys))))
   test = {keys[i] for i in order[:n_test]}
