@@ -7,6 +7,9 @@
 #   make serve  serve the newest committed model version on 127.0.0.1:$(PORT)
 #               (a near-line one stays current); the demo's CTR model is
 #               exported only if there is none, or with EXPORT=1
+#   make realdata  a real-image development set (docs/realdata.md): emoji
+#               sets from the npm registry (needs npm) converted into
+#               $(REALDATA); the images are never committed
 # Set PYTHON=python3.12 (etc.) to pick the interpreter that creates .venv.
 
 PYTHON ?= python3
@@ -20,8 +23,14 @@ CTR_RUN ?= $(shell ls -td $(WORKDIR)/ctr-*/$(SERVE_VARIANT)/seed_0 2>/dev/null |
 SERVING ?= $(WORKDIR)/serving
 PORT ?= 8000
 EXPORT ?= 0
+# make realdata: where npm installs the packages, and the dataset built from
+# them (OpenMoji CC BY-SA 4.0; Microsoft Fluent Emoji and emojibase MIT).
+REALDATA_NPM ?= workdir/realdata_npm
+REALDATA ?= workdir/realdata
+REALDATA_PACKAGES := openmoji@17.0.0 emojibase-data@17.0.0 \
+  @lobehub/fluent-emoji-flat@1.1.0 @lobehub/fluent-emoji-3d@1.1.0
 
-.PHONY: demo test bench faults serve clean
+.PHONY: demo test bench faults serve realdata clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -55,6 +64,20 @@ serve: $(STAMP)
 	  --config.only_if_none=$(if $(filter 1,$(EXPORT)),False,True)
 	MMREC_SERVING_DIR=$(SERVING) $(BIN)/uvicorn --factory \
 	  mmrec.serving.service:app_from_env --host 127.0.0.1 --port $(PORT)
+
+# Installed once (a reinstall rewrites npm's lock files, and the data job
+# refuses to reuse a dataset whose source changed): rm -r $(REALDATA_NPM)
+# to upgrade. resvg-py (the realdata extra) rasterises the SVG drawings.
+$(REALDATA_NPM)/.installed:
+	@command -v npm >/dev/null || { echo 'make realdata needs npm (Node.js)'; exit 1; }
+	npm install --prefix $(REALDATA_NPM) --save-exact --no-audit --no-fund \
+	  --ignore-scripts $(REALDATA_PACKAGES)
+	touch $@
+
+realdata: $(STAMP) $(REALDATA_NPM)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[realdata]'
+	$(BIN)/python -m experiments.main --config=experiments/configs/data.py:emoji \
+	  --config.source_dir=$(REALDATA_NPM)/node_modules --workdir=$(REALDATA)
 
 clean:
 	rm -rf $(VENV) workdir bench_results

@@ -56,6 +56,7 @@ JOBS = {
     'nearline': 'mmrec.serving.nearline',
     'ctr': 'mmrec.train_ctr',
     'pretrain_sweep': 'experiments.pretrain_sweep',
+    'realdata_bench': 'experiments.realdata_bench',
     'queue_study': 'experiments.queue_study',
     'ctr_sweep': 'experiments.ctr_sweep',
     'reproduce': 'experiments.reproduce',

@@ -23,6 +23,11 @@ SOURCE (default `parquet`) is one of
               sampled (`amazon.negatives` per review, `amazon.seed`);
               titles, main_category / store, categories (bag); images from
               `amazon.image_dir`/<parent_asin>.jpg
+  emoji       emoji sets from npm (`make realdata` installs them): the
+              same concepts drawn in several styles (OpenMoji, Microsoft
+              Fluent flat and 3D), image queries in another style, text
+              queries from CLDR labels / tags / shortcodes in `emoji.locales`;
+              source_dir = the npm prefix (or its node_modules)
 
 The source directory is only read; the dataset is built beside --workdir and
 renamed into place (new or empty workdir; the same conversion of the same
@@ -36,7 +41,7 @@ import ml_collections
 from experiments import configs
 
 SOURCES = ('parquet', 'movielens', 'taobao_mm', 'microlens', 'taobao_ad',
-           'amazon')
+           'amazon', 'emoji')
 
 
 def get_config(arg=None):
@@ -114,6 +119,25 @@ def get_config(arg=None):
     a.negatives = 1  # sampled non-clicks per review (implicit feedback)
     a.seed = 0  # of the negative sampler
     c.amazon = a
+  if source == 'emoji':
+    # The reader's settings (mmrec/data/readers/emoji.py; part of the
+    # conversion's identity).
+    e = ml_collections.ConfigDict()
+    e.styles = 'openmoji_color,openmoji_black,fluent_flat,fluent_3d'
+    # emojibase-data locales of the text queries (labels, tags; en also
+    # shortcodes); en is required (titles are its labels).
+    e.locales = 'en,zh,ja,de,fr,es'
+    # Drawings of each concept in the catalogue (the rest are queries).
+    e.catalogue_styles = 1
+    # 'any' other drawing queries it, or only an 'other_maker''s (not the
+    # same artist's line work in another rendering).
+    e.queries = 'any'
+    e.held_out_share = 0.15  # concepts whose sessions are all held out
+    e.text_queries = 12  # text sessions per concept (drawn from its texts)
+    e.hard_negatives = 3  # other concepts' items, same subgroup (else group)
+    e.users = 1000  # synthetic searchers the sessions are spread over
+    e.seed = 0
+    c.emoji = e
   c.convert = v
   if tiny:
     v.seq_len = 10

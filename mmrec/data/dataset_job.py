@@ -38,7 +38,11 @@ READERS = {
     'microlens': 'mmrec.data.readers.microlens',
     'taobao_ad': 'mmrec.data.readers.taobao_ad',
     'amazon': 'mmrec.data.readers.amazon',
+    'emoji': 'mmrec.data.readers.emoji',
 }
+# Licences and attribution of the source (a reader's, or your own data's):
+# copied into the dataset, which holds images derived from it.
+ATTRIBUTION_FILES = ('LICENSES.md',)
 
 
 def source_fingerprint(source_dir):
@@ -148,6 +152,9 @@ def run(config, workdir):
       reader.stage(source_dir, staged, config)
     converter = convert.Converter(staged, options)
     m = converter.write(tmp)
+    for name in ATTRIBUTION_FILES:
+      if os.path.isfile(os.path.join(staged, name)):
+        shutil.copyfile(os.path.join(staged, name), os.path.join(tmp, name))
     fill.test_users_both = converter.scan.test_users_both
     shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)
     if source_fingerprint(source_dir) != wanted['source_files']:

@@ -1,0 +1,105 @@
+"""The real-image benchmark's table and verdicts, on made-up per-query ranks
+(numpy only: the sweep it reads is tested in pretrain_sweep_test)."""
+
+from absl.testing import absltest
+import numpy as np
+
+from experiments import realdata_bench
+from experiments.configs import realdata_bench as realdata_bench_config
+
+S = 400  # held-out sessions: the first half image queries, the rest text
+
+
+def _ranks(image=None, text=None, **tables):
+  """A run's pretrain_eval_queries arrays: ranks (0 = first) of the image
+  queries (the first half of the sessions) and the text queries (the rest),
+  -1 where a vector has no such query; `tables`: image_on_image=...,
+  text_on_text=...; the catalogue ranking: the same ranks, one worse."""
+  h = S // 2
+  out = {}
+  for key, r in dict(image=image, text=text, **tables).items():
+    out[f'{key}_rank'] = -np.ones(S, np.int64)
+    if r is not None:
+      out[f'{key}_rank'][(slice(0, h) if 'image' in key
+                          else slice(h, S))] = r
+  for key in list(out):
+    out[key.replace('_rank', '_catalogue_rank')] = np.where(
+        out[key] >= 0, out[key] + 1, -1)
+  return out
+
+
+class RealdataBenchTest(absltest.TestCase):
+
+  def test_rows_claims_and_verdicts(self):
+    rng = np.random.default_rng(0)
+    h = S // 2
+    good = rng.integers(0, 4, h)  # ranks 0-3: acc@1 ~1/4, R@10 = 1
+    bad = rng.integers(0, 40, h)
+    queries = {
+        'raw_pixels': [_ranks(image=bad)],
+        'bag_of_tokens': [_ranks(text=good)],
+        'scl': [_ranks(image=good, text=bad, image_on_image=good,
+                       text_on_text=good, sum_image=bad, sum_text=good)],
+    }
+    got = realdata_bench.table(queries, resamples=300)
+    self.assertEqual((got['sessions'], got['seeds']), (S, 1))
+    rows = {(r['method'], r['vector']): r for r in got['rows']}
+    self.assertEqual(set(rows), {('raw_pixels', 'item vector'),
+                                 ('bag_of_tokens', 'item vector'),
+                                 ('scl', 'item vector'), ('scl', 'image table'),
+                                 ('scl', 'text table'),
+                                 ('scl', 'sum of tables')})
+    self.assertAlmostEqual(
+        rows[('scl', 'sum of tables')]['text pool recall@10']['value'],
+        np.mean(good < 10))
+    cell = rows[('scl', 'item vector')]['image pool accuracy@1']
+    self.assertAlmostEqual(cell['value'], np.mean(good < 1))
+    self.assertEqual(cell['queries'], h)
+    lo, hi = cell['ci']
+    self.assertLess(lo, cell['value'])
+    self.assertGreater(hi, cell['value'])
+    cat = rows[('raw_pixels', 'item vector')]['image catalogue recall@10']
+    self.assertAlmostEqual(cat['value'], np.mean(bad + 1 < 10))
+    self.assertIsNone(rows[('raw_pixels', 'item vector')]['text pool '
+                                                          'recall@10'])
+    verdict = {(c['modality'], c['against'], c['protocol'], c['metric']):
+               c['verdict'] for c in got['claims']}
+    # Image: far ahead of raw pixels, equal to its own image table.
+    self.assertEqual(verdict[('image', 'raw_pixels item vector', 'pool',
+                              'recall@10')], 'holds')
+    self.assertEqual(verdict[('image', 'scl image table', 'pool',
+                              'recall@10')], 'holds')  # level
+    # Text: far behind bag-of-tokens and its own text table.
+    self.assertEqual(verdict[('text', 'bag_of_tokens item vector',
+                              'catalogue', 'recall@10')], 'does not hold')
+    self.assertEqual(verdict[('text', 'scl text table', 'pool',
+                              'accuracy@1')], 'does not hold')
+    claim = next(c for c in got['claims'] if c['modality'] == 'text' and
+                 c['against'] == 'scl text table' and c['protocol'] == 'pool'
+                 and c['metric'] == 'recall@10')
+    self.assertAlmostEqual(claim['delta'],
+                           np.mean(bad < 10) - np.mean(good < 10))
+    self.assertLess(claim['ci'][1], 0)
+    text = realdata_bench.markdown(got)
+    self.assertIn('| scl | image table |', text)
+    self.assertIn('does not hold', text)
+
+  def test_few_sessions_have_no_interval(self):
+    zeros = np.zeros(S // 2, np.int64)
+    small = {m: [{k: v[:20] for k, v in r.items()}] for m, r in (
+        ('raw_pixels', _ranks(image=zeros)),
+        ('scl', _ranks(image=zeros, image_on_image=zeros)))}
+    got = realdata_bench.table(small, resamples=50)
+    self.assertTrue(all(c['verdict'] == 'insufficient data'
+                        for c in got['claims']))
+
+  def test_config(self):
+    c = realdata_bench_config.get_config()
+    self.assertEqual(c.job, 'realdata_bench')
+    self.assertIn('scl_no_queue', c.sweep.methods.split(','))
+    self.assertEqual(realdata_bench_config.get_config('tiny').sweep.scl
+                     .num_steps, 4)
+
+
+if __name__ == '__main__':
+  absltest.main()
