@@ -36,7 +36,8 @@ def embedding_sizes(m):
       item_bags=tuple((f, m.bags[manifest.ITEMS][f])
                       for f in ctr.get('item_bags', ())),
       user_bags=tuple((f, m.bags[manifest.USERS][f])
-                      for f in ctr.get('user_bags', ())))
+                      for f in ctr.get('user_bags', ())),
+      match_bags=manifest.match_bags(ctr))
 
 
 def world_sizes(data_dir):
