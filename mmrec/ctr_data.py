@@ -64,6 +64,10 @@ class CtrData:
   @classmethod
   def load(cls, data_dir, validation=False):
     m = manifest.load(data_dir)
+    # A catalogue and a search log only (own data without impressions):
+    # pre-training data, nothing to train a CTR model on.
+    m.require('CTR training', manifest.IMPRESSIONS,
+              why='needs impressions (impressions.parquet)')
     return cls(data_dir,
                builders.load_table(data_dir, manifest.ITEMS, 'catalogue'),
                builders.load_table(data_dir, manifest.USERS, 'catalogue'),
