@@ -89,11 +89,8 @@ class CatalogueScan:
     self.trained_items = self.items.keys  # every listed title trains it
     self.launch_day = np.zeros(len(self.items), np.int32)
 
-  def raw_ids(self, batch, path, row0, name):
-    col = batch.column(batch.schema.get_field_index(name))
-    space = 'user' if name == 'user' else 'item'
-    return self.kinds.check(space, columns.ids(col, path, name, row0), path,
-                            name)
+  # Checked raw ids of a search-log chunk, as the impressions' are.
+  raw_ids = impression_scan.ImpressionScan.raw_ids
 
 
 def catalogue_only(source_dir):
