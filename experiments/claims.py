@@ -181,6 +181,14 @@ def _pretrain_claim(cid, claim, pairs, modality, pretraining, comparisons):
   measured = {m: {metric: mean(((pretraining.get(m) or {}).get(modality) or
                                 {}).get(metric))
                   for metric in pretrain_sweep.HIT_METRICS} for m in methods}
+  ran = [m for m in methods if m in pretraining]
+  if (ran and all(ci is None for ci, _ in parts.values()) and
+      all(v is None for m in ran for v in measured[m].values())):
+    # Every method ran, none has a query of this modality (a catalogue
+    # without images, as MovieLens): nothing to test, not too little data.
+    verdict, statement = NOT_TESTABLE, (
+        f'{NOT_TESTABLE}: no held-out {modality} queries on this dataset '
+        f'(no item {"images" if modality == "image" else "titles"})')
   return _claim(
       f'{cid}_{modality}', f'{claim} ({modality} queries)',
       f'pre-training {modality} queries: accuracy@1 and recall@10 of the '

@@ -36,7 +36,8 @@ def embedding_sizes(m):
       item_bags=tuple((f, m.bags[manifest.ITEMS][f])
                       for f in ctr.get('item_bags', ())),
       user_bags=tuple((f, m.bags[manifest.USERS][f])
-                      for f in ctr.get('user_bags', ())))
+                      for f in ctr.get('user_bags', ())),
+      match_bags=manifest.match_bags(ctr))
 
 
 def world_sizes(data_dir):
@@ -63,6 +64,10 @@ class CtrData:
   @classmethod
   def load(cls, data_dir, validation=False):
     m = manifest.load(data_dir)
+    # A catalogue and a search log only (own data without impressions):
+    # pre-training data, nothing to train a CTR model on.
+    m.require('CTR training', manifest.IMPRESSIONS,
+              why='needs impressions (impressions.parquet)')
     return cls(data_dir,
                builders.load_table(data_dir, manifest.ITEMS, 'catalogue'),
                builders.load_table(data_dir, manifest.USERS, 'catalogue'),

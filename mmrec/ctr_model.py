@@ -162,12 +162,14 @@ def broadcast_history(batch):
           for k, v in batch.items()}
 
 
-def match_features(batch, seq_fields):
+def match_features(batch, seq_fields, seq_bag_fields=()):
   """(B, 2 F + 1) ID-match features of the target against its behaviours.
 
   For each field F the behaviours carry besides the item (seq_category
   [, seq_shop]): the share of real behaviours whose value equals the target's
-  and log(1 + their count); then log(1 + the history length). Why inputs and
+  and log(1 + their count); for each bag they carry (`seq_bag_fields`,
+  seq_genres (B, L, K): a category bag) the same of the behaviours sharing
+  any value with the target's bag; then log(1 + the history length). Why inputs and
   not left to attention: DIN's attention can count matches only once the ID
   embeddings of equal and unequal categories have moved apart, and from a
   0.05-scale init one epoch of a small log does not get there -- on the demo
@@ -183,10 +185,20 @@ def match_features(batch, seq_fields):
     if f == 'seq_item':
       continue
     same = (batch[f] == batch[f[len('seq_'):]][:, None]) & mask
-    count = same.sum(-1).astype(jnp.float32)
-    out += [count / jnp.maximum(length, 1.0), jnp.log1p(count)]
+    out += _share_and_log_count(same, length)
+  for f in seq_bag_fields:
+    hist = batch[f]  # (B, L, K) or (1, L, K) shared; 0 = empty slot
+    target = batch[f[len('seq_'):]][:, None, None, :]  # (B, 1, 1, K)
+    shared = ((hist[..., :, None] == target) &
+              (hist > 0)[..., :, None]).any((-1, -2))  # (B, L)
+    out += _share_and_log_count(shared & mask, length)
   out.append(jnp.log1p(length))
   return jnp.stack(out, axis=-1)
+
+
+def _share_and_log_count(hit, length):
+  count = hit.sum(-1).astype(jnp.float32)
+  return [count / jnp.maximum(length, 1.0), jnp.log1p(count)]
 
 
 class CtrModel(nn.Module):
@@ -243,7 +255,8 @@ class CtrModel(nn.Module):
     if cfg.retrieve_top_k and 'long_seq_item' in batch:
       embedding.check_vector_table(vectors, cfg.embedding.num_items)
       attended, retrieved = retrieve_behaviours(
-          batch, vectors, cfg.retrieve_top_k, cfg.embedding.seq_fields)
+          batch, vectors, cfg.retrieve_top_k,
+          cfg.embedding.seq_fields + cfg.embedding.seq_bag_fields)
     user, target, seq = embedding.IdEmbeddings(cfg.embedding, name='embed')(
         attended)
     mask = attended['seq_mask'].astype(bool)
@@ -251,7 +264,8 @@ class CtrModel(nn.Module):
     keys = seq
     tower_in = [user, target]
     if cfg.match_features:
-      tower_in.append(match_features(attended, cfg.embedding.seq_fields))
+      tower_in.append(match_features(attended, cfg.embedding.seq_fields,
+                                     cfg.embedding.seq_bag_fields))
     extra = None
 
     if cfg.uses_vectors:

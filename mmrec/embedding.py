@@ -38,6 +38,10 @@ class EmbeddingConfig:
     (the target only).
   user_bags: the same of the user (e.g. the categories of earlier
     purchases), pooled alike and appended to the user features.
+  match_bags: names of item bags the behaviours carry too (batch field
+    `seq_<name>` (B, L, K)), not embedded there: the model's match features
+    read them (a category bag, e.g. MovieLens genres: the share of the
+    history sharing any value with the target's).
   The world's schema is `world(...)`.
   """
   num_users: int
@@ -47,6 +51,7 @@ class EmbeddingConfig:
   seq_features: tuple[str, ...] = ()
   item_bags: tuple[tuple[str, int], ...] = ()
   user_bags: tuple[tuple[str, int], ...] = ()
+  match_bags: tuple[str, ...] = ()
   dim: int = 16
 
   def __post_init__(self):
@@ -56,6 +61,10 @@ class EmbeddingConfig:
                        f'must be a prefix of the item features {names}: the '
                        "behaviours' features are the attention's keys, the "
                        "target's first ones its query.")
+    bags = [n for n, _ in self.item_bags]
+    if set(self.match_bags) - set(bags):
+      raise ValueError(f'EmbeddingConfig.match_bags {self.match_bags} must '
+                       f'be item bags {bags}')
     taken = ['user', 'item'] + [n for n, _ in self.user_features] + names + [
         n for n, _ in self.item_bags + self.user_bags]
     if len(set(taken)) != len(taken):
@@ -74,6 +83,11 @@ class EmbeddingConfig:
   @property
   def seq_fields(self) -> tuple[str, ...]:
     return ('seq_item',) + tuple(f'seq_{f}' for f in self.seq_features)
+
+  @property
+  def seq_bag_fields(self) -> tuple[str, ...]:
+    """The behaviours' bag fields (B, L, K) the match features read."""
+    return tuple(f'seq_{b}' for b in self.match_bags)
 
   @property
   def user_fields(self) -> tuple[str, ...]:

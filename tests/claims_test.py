@@ -366,6 +366,18 @@ class PretrainClaimsTest(absltest.TestCase):
                        claims.NOT_TESTABLE)
 
 
+  def test_a_modality_without_queries_is_not_testable(self):
+    # A titles-only catalogue (MovieLens): every method ran, none has an
+    # image query; that is no claim to test, not too little data.
+    text = {'text': {'accuracy@1': {'mean': 0.01},
+                     'recall@10': {'mean': 0.05}}, 'image': None}
+    c = _by_id(claims.claims({'scl': text, 'scl_no_queue': text}, {}))
+    self.assertEqual(c['queue_adds_image']['verdict'], claims.NOT_TESTABLE)
+    self.assertIn('no held-out image queries on this dataset (no item '
+                  'images)', c['queue_adds_image']['statement'])
+    self.assertEqual(c['queue_adds_text']['verdict'], claims.INSUFFICIENT)
+
+
 class FlagsTest(absltest.TestCase):
   """Inputs too weak for their numbers are flagged (issue 22, item 12)."""
 

@@ -755,30 +755,69 @@ class OwnDataGapsTest(absltest.TestCase):
     # Item 1's picture: a fully transparent PNG (an icon's background).
     images.Image.new('RGBA', (10, 12), (0, 0, 0, 0)).save(
         os.path.join(src, 'img', '1.png'))
-    # Two listed items no impression shows, and sessions buying them.
+    # Two listed items no impression shows, and sessions buying them (kept:
+    # the items table is the catalogue), and two sessions buying an item
+    # listed nowhere (left out, counted).
     path = os.path.join(src, 'items.parquet')
     t = pq.read_table(path)
     extra = t.slice(0, 2).set_column(0, 'item', pa.array([7, 8], pa.int64()))
     pq.write_table(pa.concat_tables([t, extra]), path)
     path = os.path.join(src, 'search.parquet')
     t = pq.read_table(path)
-    extra = t.slice(0, 3).set_column(t.schema.get_field_index('item'), 'item',
-                                     pa.array([7, 8, 7], pa.int64()))
+    extra = t.slice(0, 5).set_column(t.schema.get_field_index('item'), 'item',
+                                     pa.array([7, 8, 7, 9, 9], pa.int64()))
     pq.write_table(pa.concat_tables([t, extra]), path)
-    c = fixtures.own_data_config(src, max_hard_negatives=1)
+    c = fixtures.own_data_config(src, max_hard_negatives=1, min_count=2)
     with self.assertLogs(level='WARNING') as logs:
       m, out = fixtures.convert(c)
     text = '\n'.join(logs.output)
-    self.assertIn('2 of 42 items never appear in the impressions', text)
-    self.assertIn('3 of 103 search sessions buy an item the impressions do '
-                  'not have', text)
-    self.assertEqual(m.num_items, 41)
+    self.assertNotIn('items never appear', text)
+    self.assertIn('2 of 105 search sessions buy an item neither items.parquet '
+                  'nor the impressions have', text)
+    self.assertEqual(m.num_items, 43)  # 40 shown, 2 listed only, id 0
+    self.assertEqual(sum(m.tables[manifest.SEARCH]['splits'].values()), 103)
     items = builders.load_table(out, manifest.ITEMS, 'catalogue')
+    # The listed-only items (raw 7, 8: the first ids) have their content.
+    np.testing.assert_array_equal(items['title'][1], items['title'][3])
+    self.assertTrue(items['title'][1].any())
+    self.assertEqual(items['launch_day'][1], 0)
     white = (items['image'] == 255).all(axis=(1, 2, 3))
-    self.assertEqual(white.sum(), 1)  # not black: composited on white
+    # Not black: composited on white (item 1's picture, and listed-only
+    # item 8's, a copy of its row).
+    self.assertEqual(np.flatnonzero(white).tolist(), [2, 4])
     train = builders.load_table(out, manifest.SEARCH, 'train')
     self.assertEqual(train['hard_negatives'].shape[1], 1)
     self.assertIn('max_hard_negatives', data_config.get_config().convert)
+
+  def test_pretraining_data_without_impressions(self):
+    # A catalogue and a search log: every listed item, sessions split by
+    # time; the CTR jobs refuse it, pre-training evaluates on the sessions.
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_items=30, with_vectors=False,
+                            sessions=120)
+    os.remove(os.path.join(src, 'impressions.parquet'))
+    with self.assertLogs(level='WARNING') as logs:
+      m, out = fixtures.convert(fixtures.own_data_config(src))
+    self.assertIn('users.parquet is not read', '\n'.join(logs.output))
+    self.assertNotIn(manifest.IMPRESSIONS, m.tables)
+    self.assertEqual((m.num_items, m.num_users), (31, 1))
+    # Days from the sessions' times (the default split: the last day tests).
+    self.assertEqual((m.num_days, m.first_test_day),
+                     (fixtures.OWN_NUM_DAYS, fixtures.OWN_NUM_DAYS - 1))
+    self.assertEqual(sum(m.tables[manifest.SEARCH]['splits'].values()), 120)
+    ran, skipped, _ = pretrain_sweep.plan(['scl', 'i2i', 'bag_of_tokens'], out)
+    self.assertEqual(ran, ['scl', 'bag_of_tokens'])
+    self.assertIn('no mmrec_impressions table', skipped['i2i'])
+    c = scl_config.get_config('bag_of_tokens,tiny')
+    c.data_dir = out
+    res = train_scl.run(c, tempfile.mkdtemp())
+    held = builders.load_table(out, manifest.SEARCH, 'test')
+    self.assertEqual(res['metrics']['text_catalogue']['queries'],
+                     int((~held['query_is_image']).sum()))
+    with self.assertRaisesRegex(manifest.DatasetError,
+                                'no mmrec_impressions table: CTR training '
+                                'needs impressions'):
+      ctr_data.CtrData.load(out)
 
   def test_declared_background(self):
     im = images.Image.new('LA', (2, 2), (0, 0))

@@ -58,6 +58,37 @@ class MatchFeaturesTest(absltest.TestCase):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     self.assertEqual(got[1].tolist(), [0.0, 0.0, 0.0])  # the empty history
 
+  def test_bag_share_matches_numpy(self):
+    # A category bag (MovieLens genres, K = 3 slots, 0 = empty): the share
+    # of real behaviours sharing any value with the target's bag.
+    batch, _ = tiny_data()
+    rng = np.random.default_rng(3)
+    bags = rng.integers(0, 4, (20, 3))  # per item id
+    bags[5] = 0  # an item with no genre shares nothing
+    b = dict(batch, genres=bags[batch['item_id']],
+             seq_genres=bags[batch['seq_item']])
+    got = np.asarray(ctr_model.match_features(b, ('seq_item',),
+                                              ('seq_genres',)))
+    mask = batch['seq_mask']
+    want_n = np.array([[bool(set(bags[s][bags[s] > 0]) &
+                             set(bags[t][bags[t] > 0])) and m
+                        for s, m in zip(seq, ms)]
+                       for t, seq, ms in zip(batch['item_id'],
+                                             batch['seq_item'], mask)]).sum(1)
+    length = mask.sum(1)
+    want = np.stack([want_n / np.maximum(length, 1), np.log1p(want_n),
+                     np.log1p(length)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    self.assertGreater(want_n.sum(), 0)
+    # One shared history row (serving) gives the same features.
+    shared = dict(b, **{k: b[k][:1] for k in ('seq_item', 'seq_mask',
+                                              'seq_genres')})
+    rows = dict(b, **{k: np.repeat(b[k][:1], B, 0)
+                      for k in ('seq_item', 'seq_mask', 'seq_genres')})
+    np.testing.assert_allclose(
+        ctr_model.match_features(shared, ('seq_item',), ('seq_genres',)),
+        ctr_model.match_features(rows, ('seq_item',), ('seq_genres',)))
+
   def test_tower_input_grows_only_with_the_option(self):
     batch, _ = tiny_data()
     widths = {}

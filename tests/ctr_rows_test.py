@@ -10,8 +10,8 @@ def _reference_history(seq, seq_len, item_fields, seq_fields, prefix):
   b, length = seq.shape
   out = {f'{prefix}item': np.zeros((b, length), np.int64),
          f'{prefix}mask': np.zeros((b, length), bool)}
-  out.update({f'{prefix}{k}': np.zeros((b, length), np.int64)
-              for k in seq_fields})
+  out.update({f'{prefix}{k}': np.zeros((b, length) + np.shape(
+      item_fields[k])[1:], np.int64) for k in seq_fields})
   for r in range(b):
     for j in range(length - seq_len[r], length):  # right-aligned
       out[f'{prefix}item'][r, j] = seq[r, j]
@@ -54,6 +54,17 @@ class CtrRowsTest(absltest.TestCase):
         'age', 'user_id', 'user_key', 'item_id', 'category', 'tags', 'seq_item',
         'seq_mask', 'seq_category', 'label', 'day', 'long_seq_item',
         'long_seq_mask', 'long_seq_category'])
+
+  def test_behaviours_carry_a_bag(self):
+    # A category bag (MovieLens genres) the match features read: (B, L, K),
+    # zero at padded slots.
+    out = ctr_rows.join(self.b, self.items, self.users, ('category', 'tags'))
+    want = _reference_history(self.b['seq_item'], self.b['seq_len'],
+                              self.items, ('tags',), 'seq_')
+    self.assertEqual(out['seq_tags'].shape, (6, 4, 3))
+    np.testing.assert_array_equal(out['seq_tags'], want['seq_tags'])
+    self.assertEqual(out['long_seq_tags'].shape, (6, 7, 3))
+    self.assertFalse(out['seq_tags'][0].any())  # an empty history
 
   def test_user_key_is_the_stored_real_user_else_the_user_id(self):
     # The world's user ids are real users; a converted dataset stores the

@@ -25,6 +25,8 @@ import numpy as np
 
 from experiments.configs import export as export_config
 from mmrec import ctr_data
+from mmrec import ctr_model
+from mmrec import embedding
 from mmrec.data import builders
 from mmrec.serving import export
 from mmrec.serving import layout
@@ -406,6 +408,47 @@ class LongHistoryExportTest(parameterized.TestCase):
     model = served_model.ServingModel(directory)
     self.assertEqual(model.long_seq_len, 0)
     self.assertFalse([f for f in model.fields if f.startswith('long_')])
+
+
+class BagMatchExportTest(absltest.TestCase):
+  """A model whose match features read a category bag (MovieLens genres):
+  the behaviours' bags are served (L, K) fields of the user's row."""
+
+  def test_exported_programs_equal_the_model(self):
+    emb = embedding.EmbeddingConfig(
+        num_users=6, num_items=12, item_bags=(('genres', 5),),
+        match_bags=('genres',), dim=4)
+    model = ctr_model.CtrModel(ctr_model.CtrConfig(
+        emb, variant='id', attention_mlp=(4,), tower=(6,)))
+    rng = np.random.default_rng(0)
+    bags = rng.integers(0, 5, (12, 3))
+    n, length = 5, 4
+    seq = rng.integers(1, 12, (1, length))
+    mask = np.array([[False, True, True, True]])
+    user = {'user_id': np.array([2]), 'seq_item': np.where(mask, seq, 0),
+            'seq_mask': mask, 'seq_genres': np.where(mask[..., None],
+                                                     bags[seq], 0)}
+    items = rng.integers(0, 12, n)
+    cands = {'item_id': items, 'genres': bags[items]}
+    rows = dict({k: np.repeat(v, n, 0) for k, v in user.items()}, **cands)
+    rows = {k: v.astype(bool if k == 'seq_mask' else np.int32)
+            for k, v in rows.items()}
+    variables = model.init(jax.random.key(0), rows)
+    schema = {'user': {}, 'item': {}, 'seq': ['genres'],
+              'bags': {'genres': {'size': 5, 'width': 3}}, 'user_bags': {}}
+    exported, fields = model_export.export_function(model, variables,
+                                                    length, None, schema)
+    self.assertEqual(fields['seq_genres']['shape'], [length, 3])
+    want = model.apply(variables, rows)
+    got = exported.call(variables, rows, None)['logit']
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    request, spec = model_export.request_function(model, variables, length,
+                                                  None, schema)
+    self.assertEqual(spec['user']['seq_genres']['shape'], [length, 3])
+    one = {k: rows[k][:1] for k in spec['user']}
+    got = request.call(variables, one, {k: rows[k] for k in
+                                        spec['candidates']}, None)['logit']
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 if __name__ == '__main__':

@@ -92,6 +92,14 @@ class MovieLensTest(parameterized.TestCase):
     batch = data.dataset('validation', 64)[0]
     self.assertTrue(((batch['day'] >= 20) & (batch['day'] < 25)).all())
     self.assertEqual(batch['genres'].shape, (64, 8))
+    # The behaviours carry the genres too: the ID model's match features
+    # read the share of the history sharing a genre with the target.
+    self.assertEqual(data.sizes['match_bags'], ('genres',))
+    self.assertEqual(batch['seq_genres'].shape, (64, 10, 8))
+    items = builders.load_table(d, manifest.ITEMS, 'catalogue')
+    np.testing.assert_array_equal(
+        batch['seq_genres'], np.where(batch['seq_mask'][..., None],
+                                      items['genres'][batch['seq_item']], 0))
     c = ctr_config.get_config('id_stats,tiny')
     c.update(data_dir=d, validation=True)
     res = id_stats.run(c, tempfile.mkdtemp())

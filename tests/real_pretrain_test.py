@@ -2,9 +2,9 @@
 
 Datasets without a search log, converted from the fixtures of
 fixtures.write_own_data (own Parquet data: images, titles, shipped vectors) and
-fixtures.write_movielens (MovieLens: titles only). Without a search log the
-SCL family trains on co-click sessions, on whatever modalities the catalogue
-has (issue 22).
+movielens_synth (a generated ml-1m copy at a small size, in the release's
+layout: titles only). Without a search log the SCL family trains on co-click
+sessions, on whatever modalities the catalogue has (issue 22).
 """
 
 import json
@@ -13,6 +13,7 @@ import tempfile
 
 from absl.testing import absltest
 import fixtures
+import movielens_synth
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,7 +25,6 @@ from experiments import reproduce
 from experiments import reproduce_inputs
 from experiments import stages
 from experiments.configs import paper
-from experiments.configs import pretrain_sweep as sweep_config
 from experiments.configs import scl as scl_config
 from mmrec import pretrain_eval
 from mmrec import train_scl
@@ -59,7 +59,7 @@ class RealPretrainTest(absltest.TestCase):
     cls.out = os.path.join(tempfile.mkdtemp(), 'data')
     cls.m = dataset_job.run(fixtures.own_data_config(src), cls.out)
     ml = tempfile.mkdtemp(prefix='movielens_')
-    fixtures.write_movielens(ml, 'ml-1m')
+    movielens_synth.write(ml, 'ml-1m', 'small')
     cls.ml_m, cls.ml = fixtures.convert(fixtures.data_config_for('movielens',
                                                                  ml))
     cls._pipeline = None
@@ -204,45 +204,59 @@ class RealPretrainTest(absltest.TestCase):
       self.assertFalse(os.path.exists(os.path.join(workdir, method)))
 
   def test_sweep_runs_what_the_dataset_allows(self):
-    # Titles only (MovieLens): SCL trains (co-click sessions, the text
-    # tower and the fused head over it), as does the bag-of-tokens reference.
-    c = sweep_config.get_config('tiny')
-    c.update(methods='scl,clip_o,raw_pixels,bag_of_tokens', data_dir=self.ml)
-    c.scl.update(num_steps=3, batch_size=16)
-    workdir = tempfile.mkdtemp()
-    table = pretrain_sweep.run(c, workdir)
-    self.assertEqual(set(table), {'scl', 'bag_of_tokens'})
-    self.assertIn('item', table['bag_of_tokens'])
-    self._check_sweep(workdir, ['scl', 'bag_of_tokens'],
-                      {'clip_o', 'raw_pixels'},
-                      "clip_o: not run (dataset 'movielens' has no")
-    for method in ('scl', 'bag_of_tokens'):
-      res = json.loads(_read(os.path.join(workdir, method, 'seed_0',
-                                          pretrain_eval.EVAL_FILE)))
-      self.assertIsNone(res['metrics']['image'])
-      self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
-    self.assertEqual(res['step'], 0)  # the reference trains nothing
-    scl = json.loads(_read(os.path.join(workdir, 'scl', 'seed_0',
-                                        pretrain_eval.EVAL_FILE)))
-    self.assertEqual(scl['step'], 3)
-    with np.load(os.path.join(workdir, 'scl', 'seed_0',
-                              vector_table.FILE)) as z:
-      self.assertEqual(z['float32'].shape[0], self.ml_m.num_items)
-    self.assertFalse(os.path.exists(os.path.join(
-        workdir, 'scl', 'seed_0', 'item_vectors_image.npz')))
-    # The CTR stage reads that pre-training (config.vectors_method), not
-    # bag-of-tokens.
-    c = paper.get_config('tiny')
-    c.vectors_method = 'scl'
-    got = reproduce_inputs.ctr_vectors(c, self.ml_m, self.ml, workdir,
-                                       ['scl', 'bag_of_tokens'])
-    self.assertEqual((got['source'], got['method']), ('pretrained', 'scl'))
     # The own data's pre-training stage (the pipeline's sweep): what its
     # plan ran and skipped, and its table.
     self._check_sweep(self.pretrain_dir(), ['scl_no_queue', 'raw_pixels'],
                       {'clip_o'},
                       "clip_o: not run (dataset 'parquet' has no "
                       'mmrec_captions')
+
+  def test_paper_pipeline_on_movielens(self):
+    # The documented MovieLens chain (data.py:movielens, then paper.py with
+    # --config.data_dir) on a generated ml-1m copy: titles only, ratings
+    # thinning out. Pre-training trains SCL (co-click sessions, the text
+    # tower and the fused head over it) and the bag-of-tokens reference;
+    # the CTR stage reads SCL's vectors; the test split holds enough users
+    # with both classes for the claims' intervals.
+    c = paper.get_config('tiny')
+    c.data_dir = self.ml
+    c.vectors_method = 'scl'
+    c.pretrain.methods = 'scl,clip_o,raw_pixels,bag_of_tokens'
+    c.pretrain.scl.update(num_steps=3, batch_size=16)
+    c.ctr.variants = 'id,simtier_official,simtier_official@ids'
+    c.one_epoch.num_epochs = 1
+    c.make_epochs = ()
+    workdir = tempfile.mkdtemp()
+    results = reproduce.run(c, workdir)
+    pre = json.loads(_read(os.path.join(workdir, stages.PROGRESS_FILE)))[
+        'stages']['pretrain']['dir']
+    self._check_sweep(pre, ['scl', 'bag_of_tokens'], {'clip_o', 'raw_pixels'},
+                      "clip_o: not run (dataset 'movielens' has no")
+    for method in ('scl', 'bag_of_tokens'):
+      res = json.loads(_read(os.path.join(pre, method, 'seed_0',
+                                          pretrain_eval.EVAL_FILE)))
+      self.assertIsNone(res['metrics']['image'])
+      self.assertGreater(res['metrics']['text_on_text']['queries'], 0)
+      self.assertEqual(res['step'], 3 if method == 'scl' else 0)
+    self.assertFalse(os.path.exists(os.path.join(
+        pre, 'scl', 'seed_0', 'item_vectors_image.npz')))
+    # The CTR stage reads SCL's vectors, not bag-of-tokens.
+    vectors = results['data']['ctr_vectors']
+    self.assertEqual((vectors['source'], vectors['method']),
+                     ('pretrained', 'scl'))
+    with np.load(vectors['path']) as z:
+      self.assertEqual(z['float32'].shape[0], self.ml_m.num_items)
+    # The ID model's match features read the genres (a category bag).
+    self.assertEqual(self.ml_m.ctr['category_bag'], 'genres')
+    # Claims with intervals: the same-model control has its two.
+    by_id = {x['id']: x for x in results['claims']}
+    control = by_id['content_beats_id_similarity']
+    self.assertNotIn(control['verdict'], (claims.INSUFFICIENT,
+                                          claims.NOT_TESTABLE))
+    self.assertEqual(len(control['interval']), 2)
+    self.assertTrue(all(ci is not None for ci in control['interval'].values()))
+    text = _read(os.path.join(workdir, report.REPORT_FILE))
+    self.assertIn('CTR item vectors: scl (seed 0): ', text)
 
   def test_paper_pipeline_on_converted_data(self):
     c, workdir, results = self.pipeline()

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from mmrec import vector_table
 from mmrec.data import columns
+from mmrec.data import id_maps
 
 CANDIDATES_FILE = 'retrieval_candidates.npy'
 
@@ -46,13 +47,16 @@ def read(src, table, key, id_map, kinds, max_bag, reserved=()):
     # titles that no impression's item has: convert.py).
     logging.warning('%s', unmatched(path, key, id_map, keys[0]))
   elif not keep.all():
-    # The impressions define who and what exists (ids); a row they do not
-    # know is left out, and said, not silently (issue 22).
+    # A row without an id is left out, and said, not silently (issue 22):
+    # items only when rarer than min_count in training (the catalogue's
+    # other items are kept, shown or not: impression_scan.scan_ids); users
+    # never seen in training, whose ids the CTR model has no row for.
     logging.warning(
-        '%s: %d of %d %ss never appear in the impressions%s (or are rarer '
-        'than convert.min_count) and are left out of the dataset (id 0: no '
-        'row, no content); e.g. %s', path, int((~keep).sum()), len(keys), key,
-        ' or histories' if key == 'item' else '',
+        '%s: %d of %d %ss %s and are left out of the dataset (id 0: no row, '
+        'no content); e.g. %s', path, int((~keep).sum()), len(keys), key,
+        'are rarer than convert.min_count in the training days'
+        if key == 'item' else 'never appear in the training impressions (or '
+        'are rarer than convert.min_count)',
         ', '.join(map(repr, keys[~keep][:3].tolist())))
   for name in t.column_names:
     if name == key:
@@ -106,6 +110,17 @@ def _field(col, path, name, ids, keep, n, max_bag):
         columns.spans(np.zeros_like(lengths), lengths)] = coded[
             columns.spans(start, start + lengths)]
   return table, size, True
+
+
+def item_keys(src):
+  """(path, raw item ids) of items.parquet (the catalogue), or None.
+
+  Every listed item gets an id (impression_scan.scan_ids), shown or not: the
+  content route (pre-training, retrieval against the catalogue, new items
+  at serving) needs no impression of it. Their id kind is checked there,
+  after the impressions' (whose errors come first)."""
+  got = _by_item(src, id_maps.Kinds(), 'items', [])
+  return None if got is None else (got[0], got[2])
 
 
 def _by_item(src, kinds, table, columns_):

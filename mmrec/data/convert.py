@@ -1,7 +1,9 @@
 """Bring your own data: Parquet tables -> a dataset in mmrec's format.
 
 Input, one directory (docs/data_format.md, "Your own data"):
-  impressions.parquet, or impressions/*.parquet shards (read in name order):
+  impressions.parquet, or impressions/*.parquet shards (read in name order;
+  without them items.parquet and a search log make a pre-training-only
+  dataset: catalogue_scan.py):
     user, item   ids: integers or strings, any values (remapped)
     label        0 / 1 (1 = click)
     time         epoch seconds, a timestamp or date, or an ISO-8601 string;
@@ -38,9 +40,9 @@ What the conversion does:
   * ids: 0 is reserved for "rare or unknown" (users and items), real ids run
     1..N in sorted order of the raw ids. A user or item with fewer than
     `min_count` occurrences in the training days (impressions, and history
-    entries for items) maps to 0, except items never shown in training but
-    shown on a later day: the new items, kept for the content route
-    (id_maps.py).
+    entries for items) maps to 0, except items never in a training row: the
+    new items (shown on a later day) and the items of items.parquet never
+    shown, kept for the content route (id_maps.py).
   * histories: right-aligned `seq_item` (L = seq_len) + `seq_len` as the
     world's; built when not given from the user's clicks strictly before the
     impression's time (earlier the same day too; a click at the same second
@@ -69,9 +71,11 @@ import dataclasses
 import os
 import tempfile
 
+from absl import logging
 import numpy as np
 
 from mmrec.data import builders
+from mmrec.data import catalogue_scan
 from mmrec.data import catalogue_tables
 from mmrec.data import columns
 from mmrec.data import images
@@ -143,7 +147,10 @@ class Converter:
   def __init__(self, source_dir, options):
     self.src = source_dir
     self.opt = options
-    self.scan = impression_scan.ImpressionScan(source_dir, options)
+    # No impression log: a catalogue and a search log, for pre-training.
+    self.scan = (catalogue_scan.CatalogueScan(source_dir, options)
+                 if catalogue_scan.catalogue_only(source_dir) else
+                 impression_scan.ImpressionScan(source_dir, options))
 
   # --- Catalogue tables -------------------------------------------------
 
@@ -234,12 +241,19 @@ class Converter:
     """Everything but the manifest, which it returns."""
     scan = self.scan
     scan.scan_days()
-    scan.scan_ids(scratch)
+    scan.scan_ids(scratch, catalogue_tables.item_keys(self.src))
     items, icats, ibags, iraw, ipath = catalogue_tables.read(
         self.src, 'items', 'item', scan.items, scan.kinds, self.opt.max_bag,
         ITEM_RESERVED)
-    users, ucats, ubags, _, _ = catalogue_tables.read(
-        self.src, 'users', 'user', scan.users, scan.kinds, self.opt.max_bag)
+    if scan.has_impressions:
+      users, ucats, ubags, _, _ = catalogue_tables.read(
+          self.src, 'users', 'user', scan.users, scan.kinds, self.opt.max_bag)
+    else:  # no CTR data: user fields have nothing to serve
+      users, ucats, ubags = {'user_id': np.zeros(1, np.int32)}, {}, {}
+      if columns.table_files(self.src, 'users', required=False):
+        logging.warning('%s: users.parquet is not read: without impressions '
+                        'the dataset is for pre-training, which reads no user '
+                        'fields', self.src)
     items['launch_day'] = scan.launch_day
     text = image_size = tok = None
     # The search log's first pass and the captions before the tokenizer:
@@ -272,10 +286,11 @@ class Converter:
     tables = [
         (builders.Items, {'catalogue': items}, None),
         (builders.Users, {'catalogue': users}, None),
-        (builders.Impressions,
-         {s: (lambda s=s: scan.impressions(s)) for s in ('train', 'test')},
-         scan.impression_example()),
     ]
+    if scan.has_impressions:
+      tables.append((builders.Impressions, {
+          s: (lambda s=s: scan.impressions(s)) for s in ('train', 'test')},
+                     scan.impression_example()))
     if search:
       tables.append((builders.Search, search.splits, search.example))
     if caps:
@@ -300,9 +315,9 @@ class Converter:
                                  'splits': {'catalogue': len(scan.items)}},
             manifest_lib.USERS: {'fields': list(users),
                                  'splits': {'catalogue': len(scan.users)}},
-            manifest_lib.IMPRESSIONS: {
+            **({manifest_lib.IMPRESSIONS: {
                 'fields': list(scan.impression_example()),
-                'splits': dict(scan.rows)},
+                'splits': dict(scan.rows)}} if scan.has_impressions else {}),
             **({manifest_lib.SEARCH: {
                 'fields': list(search.example),
                 'splits': dict(search.counts)}} if search else {}),

@@ -16,12 +16,15 @@ import numpy as np
 def history(seq, seq_len, item_fields, seq_fields, prefix='seq_'):
   """A (B, L) right-aligned history -> {prefix + 'item', prefix + 'mask',
   prefix + f for f in `seq_fields`}; `item_fields[f]` is indexed by item
-  ids (a catalogue column, or the service's store columns)."""
+  ids (a catalogue column, or the service's store columns; a bag's gives
+  (B, L, K))."""
   length = seq.shape[1]
   mask = np.arange(length)[None] >= length - np.asarray(seq_len)[:, None]
   out = {f'{prefix}item': np.where(mask, seq, 0), f'{prefix}mask': mask}
   for k in seq_fields:
-    out[f'{prefix}{k}'] = np.where(mask, item_fields[k][seq], 0)
+    v = item_fields[k][seq]  # (B, L), or (B, L, K) of a bag
+    out[f'{prefix}{k}'] = np.where(
+        mask.reshape(mask.shape + (1,) * (v.ndim - 2)), v, 0)
   return out
 
 

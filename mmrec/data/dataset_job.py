@@ -155,7 +155,8 @@ def run(config, workdir):
     for name in ATTRIBUTION_FILES:
       if os.path.isfile(os.path.join(staged, name)):
         shutil.copyfile(os.path.join(staged, name), os.path.join(tmp, name))
-    fill.test_users_both = converter.scan.test_users_both
+    # None: no impressions (a catalogue and a search log), no CTR split.
+    fill.test_users_both = getattr(converter.scan, 'test_users_both', None)
     shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)
     if source_fingerprint(source_dir) != wanted['source_files']:
       raise RuntimeError(f'{source_dir} changed while it was converted; '
@@ -165,7 +166,8 @@ def run(config, workdir):
 
   files.build_aside(workdir, fill)
   m = fill.manifest
-  if fill.test_users_both < bootstrap.MIN_USERS:
+  if (fill.test_users_both is not None and
+      fill.test_users_both < bootstrap.MIN_USERS):
     logging.warning(
         '%s: the test split has %d users with both a click and a non-click; '
         'the paired bootstrap needs %d for intervals (every claim on it will '
@@ -173,8 +175,11 @@ def run(config, workdir):
         '(--config.convert.test_days, or --config.convert.split=share with '
         'a larger --config.convert.test_share)', workdir,
         fill.test_users_both, bootstrap.MIN_USERS)
+  rows = (f'impressions {m.tables[manifest.IMPRESSIONS]["splits"]}'
+          if manifest.IMPRESSIONS in m.tables else
+          f'no impressions (pre-training only), search sessions '
+          f'{m.tables[manifest.SEARCH]["splits"]}')
   print(f'{m.name}: {m.num_users} users, {m.num_items} items, '
-        f'{m.num_days} days (test from day {m.first_test_day}), impressions '
-        f'{m.tables[manifest.IMPRESSIONS]["splits"]}; written in '
-        f'{time.time() - t0:.1f}s to {workdir}')
+        f'{m.num_days} days (test from day {m.first_test_day}), {rows}; '
+        f'written in {time.time() - t0:.1f}s to {workdir}')
   return m

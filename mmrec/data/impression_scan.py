@@ -142,6 +142,8 @@ class ImpressionScan:
   training), launch_day (per item id), rows (per split).
   """
 
+  has_impressions = True  # (catalogue_scan.CatalogueScan: none)
+
   def __init__(self, source_dir, options):
     self.src = source_dir
     self.opt = options
@@ -274,11 +276,13 @@ class ImpressionScan:
           f'{need}: an outlier time or split value? (check the time / split '
           'column; set config.convert.min_test_users=0 to convert anyway)')
 
-  def scan_ids(self, scratch):
+  def scan_ids(self, scratch, catalogue=None):
     """Pass 2: id counts over the training days, launch days, clicks.
 
     Also keeps the rows of each split in `scratch` (`_Spill`) for
     `impressions`, so that no input file is read a third time.
+    `catalogue`: (path, raw ids) of items.parquet; those never shown keep an
+    id too (launch day 0: not new, their search sessions split by time).
     """
     users, items, shown = (id_maps.Counter(), id_maps.Counter(),
                            id_maps.Counter())
@@ -341,7 +345,13 @@ class ImpressionScan:
     self._check_test_split(self.test_users_both)
     ikeys, icount = items.result()
     skeys, _ = shown.result()
-    new = skeys[id_maps.lookup(ikeys, icount, skeys, 0) == 0]
+    # Items never in a training row keep an id whatever min_count says: the
+    # new items (shown later) and the catalogue's items never shown.
+    listed = np.zeros(0, skeys.dtype)
+    if catalogue is not None:
+      listed = self._catalogue_only(*catalogue, np.union1d(skeys, ikeys))
+    unseen = np.union1d(skeys, listed)
+    new = unseen[id_maps.lookup(ikeys, icount, unseen, 0) == 0]
     self.items = id_maps.IdMap(np.union1d(ikeys[icount >= m], new))
     self.trained_items = ikeys[icount > 0]
     lkeys, lday = launch.result()
@@ -352,6 +362,21 @@ class ImpressionScan:
       self._index_clicks(clicks)
     logging.info('converted ids: %d users, %d items (min_count %d); rows %s',
                  len(self.users), len(self.items), m, rows)
+
+  def _catalogue_only(self, path, listed, logged):
+    """The items of items.parquet (`listed`) in no impression or history
+    (`logged`). If none of them is logged, the table is of another id scheme
+    (or, as the Taobao-MM demo files, of other items), not the catalogue:
+    none is kept (catalogue_tables.read warns; titles then stop the job)."""
+    self.kinds.check('item', listed, path, 'item')
+    if len(listed) and len(logged) and not np.isin(listed, logged).any():
+      return listed[:0]
+    only = np.setdiff1d(listed, logged)
+    if len(only):
+      logging.info('%s: %d of %d items are in no impression or history: '
+                   'kept (content only, no ID signal)', path, len(only),
+                   len(listed))
+    return only
 
   def _when(self, day, t):
     """What orders behaviours: the time (epoch seconds), or for data shipped

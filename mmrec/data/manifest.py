@@ -176,6 +176,15 @@ class Manifest:
     return self.first_test_day - self.validation_days
 
 
+def match_bags(ctr):
+  """The item bags the behaviours carry (`seq_<bag>` (B, L, K)) for the ID
+  model's match features, of a manifest's `ctr` section: its category bag
+  (a multi-valued field standing in for the category, e.g. MovieLens
+  genres), where it declares one."""
+  bag = ctr.get('category_bag')
+  return (bag,) if bag and bag in ctr.get('item_bags', ()) else ()
+
+
 def retrieval_candidates(data_dir, m):
   """The declared candidate item ids (int64), or None: the catalogue."""
   if m.retrieval_candidates is None:

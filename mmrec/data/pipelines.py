@@ -181,7 +181,7 @@ def ctr_dataset(data_dir, split, *, batch_size, seed=0, shuffle=True,
       {k: items[k] for k in item_names},
       {k: users[k] for k in list(ctr.get('user_features', ())) + list(
           ctr.get('user_bags', ()))},
-      tuple(ctr.get('seq_features', ()))))
+      tuple(ctr.get('seq_features', ())) + manifest.match_bags(ctr)))
 
 
 def pretrain_dataset(data_dir, split='train', *, batch_size, seed=0,

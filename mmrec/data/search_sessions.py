@@ -165,8 +165,9 @@ class Sessions:
     dropped = int((self.code == _DROPPED).sum())
     if dropped:
       logging.warning(
-          '%s: %d of %d search sessions buy an item the impressions do not '
-          'have (or rarer than convert.min_count): left out of pre-training',
+          '%s: %d of %d search sessions buy an item neither items.parquet '
+          'nor the impressions have (or one rarer than convert.min_count): '
+          'left out of pre-training',
           self.log, dropped, self.num_rows)
     for split, n in self.counts.items():
       if not n:

@@ -70,7 +70,10 @@ def serving_schema(sizes, items, users):
 
   return {'user': dict(sizes['user_features']),
           'item': dict(sizes['item_features']),
-          'seq': list(sizes['seq_features']),
+          # The behaviours' fields: categoricals, then the bags the match
+          # features read (ctr_rows.history gives them (1, L, K)).
+          'seq': list(sizes['seq_features']) + list(
+              sizes.get('match_bags', ())),
           'bags': bags('item_bags', items),
           'user_bags': bags('user_bags', users)}
 

@@ -59,8 +59,11 @@ def model_fields(model, schema):
   scalar.update({n: ((b['width'],), 'int32') for n, b in
                  list(schema['bags'].items()) +
                  list(schema['user_bags'].items())})
-  return scalar, {f: (('L',), 'int32') for f in emb.seq_fields +
-                  ('seq_mask',)}
+  seq = {f: (('L',), 'int32') for f in emb.seq_fields + ('seq_mask',)}
+  # The behaviours' bags (match features): (L, K).
+  seq.update((f, (('L', schema['bags'][f[len('seq_'):]]['width']), 'int32'))
+             for f in emb.seq_bag_fields)
+  return scalar, seq
 
 
 def long_fields(model, long_seq_len):
@@ -73,17 +76,25 @@ def long_fields(model, long_seq_len):
   if not long_seq_len:
     return ()
   if cfg.retrieve_top_k:
-    return tuple('long_' + f for f in cfg.embedding.seq_fields) + (
-        'long_seq_mask',)
+    return tuple('long_' + f for f in cfg.embedding.seq_fields +
+                 cfg.embedding.seq_bag_fields) + ('long_seq_mask',)
   if cfg.simtier_kind:
     return ('long_seq_item', 'long_seq_mask')
   return ()  # attention and MAKE read the short history only
 
 
-def _history_specs(fields, rows, length):
+def _history_specs(fields, rows, length, widths=None):
+  """Specs of history fields (rows, length) (a bag's: (rows, length, K),
+  K = `widths`[its name without long_])."""
+  widths = widths or {}
   return {f: jax.ShapeDtypeStruct(
-      (rows, length), jnp.bool_ if f.endswith('seq_mask') else jnp.int32)
-          for f in fields}
+      (rows, length) + widths.get(f.removeprefix('long_'), ()),
+      jnp.bool_ if f.endswith('seq_mask') else jnp.int32) for f in fields}
+
+
+def _bag_widths(seq):
+  """{seq field: (K,)} of `model_fields`' bag history fields."""
+  return {f: shape[1:] for f, (shape, _) in seq.items() if len(shape) > 1}
 
 
 def with_item_capacity(model, capacity):
@@ -127,9 +138,9 @@ def export_function(model, variables, seq_len, vectors_shape, schema,
   scalar, seq = model_fields(model, schema)
   specs = {f: jax.ShapeDtypeStruct((b,) + shape, jnp.int32)
            for f, (shape, _) in scalar.items()}
-  specs.update(_history_specs(seq, b, seq_len))
+  specs.update(_history_specs(seq, b, seq_len, _bag_widths(seq)))
   specs.update(_history_specs(long_fields(model, long_seq_len), b,
-                              long_seq_len))
+                              long_seq_len, _bag_widths(seq)))
 
   def serve(variables, batch, vectors):
     logit = model.apply(variables, batch, vectors, train=False)
@@ -158,8 +169,8 @@ def request_function(model, variables, seq_len, vectors_shape, schema,
   emb = model.config.embedding
   user = {f: jax.ShapeDtypeStruct((1,) + scalar[f][0], jnp.int32)
           for f in emb.user_fields + tuple(schema['user_bags'])}
-  user.update(_history_specs(seq, 1, seq_len))
-  user.update(_history_specs(long, 1, long_seq_len))
+  user.update(_history_specs(seq, 1, seq_len, _bag_widths(seq)))
+  user.update(_history_specs(long, 1, long_seq_len, _bag_widths(seq)))
   cands = {f: jax.ShapeDtypeStruct((c,) + shape, jnp.int32)
            for f, (shape, _) in scalar.items() if f not in user}
 
