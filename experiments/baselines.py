@@ -11,8 +11,11 @@ never on the test day the tables report:
   each knob in turn is set to each of its other values and the best
   validation metric keeps its value, until config.id_search_budget runs are
   spent. Every variant of the sweep then trains on the chosen settings (the
-  integration variants are the ID model plus a module). The table of what
-  was tried goes into ctr_table.json (`id_search`) and the report.
+  integration variants are the ID model plus a module). With several
+  `num_epochs` values, only the most epochs train: the fewer are read off
+  that run's validation metrics after each epoch (the same model, tested).
+  The table of what was tried goes into ctr_table.json (`id_search`) and
+  the report.
 - the baseline of every claim (`select`): per metric, the stronger of the
   ID model and the ID-statistics LR (claims.py, the content curve).
 
@@ -109,9 +112,12 @@ def search_markdown(record):
   for r in record['runs']:
     value = 'n/a' if r['value'] is None else f'{r["value"]:.4f}'
     mark = '**' if r['chosen'] else ''
-    lines.append(f'| {mark}{r["label"]}{mark} | {mark}{value}{mark} |')
-  lines += ['', f'{len(record["runs"])} validation run(s) of a budget of '
-            f'{record["budget"]} (seed 0, coordinate ascent on {m})' +
+    label = r['label'] + (f' ({r["read_off"]})' if r.get('read_off') else '')
+    lines.append(f'| {mark}{label}{mark} | {mark}{value}{mark} |')
+  trained = record.get('trained', len(record['runs']))
+  lines += ['', f'{len(record["runs"])} settings tried of a budget of '
+            f'{record["budget"]}, {trained} of them trained (seed 0, '
+            f'coordinate ascent on {m})' +
             ('; the budget ran out before every value was tried.'
              if record['exhausted'] else '.')]
   return '\n'.join(lines)
@@ -142,20 +148,48 @@ def search_id(config, data_dir, workdir, run):
       raise ValueError(f'config.id_search.{k}: not a field of config.ctr '
                        f'(the ID model\'s settings: {sorted(config.ctr)})')
   base = {k: config.ctr[k] for k in knobs}
-  results = {}
+  results, trained = {}, set()
+  epochs = sorted({int(e) for e in knobs.get('num_epochs', ())} |
+                  ({int(base['num_epochs'])} if 'num_epochs' in base else set()))
+  longest = epochs[-1] if len(epochs) > 1 else None
 
-  def evaluate(settings):
+  def train(settings):
     v = config.copy_and_resolve_references()
     v.ctr.update(settings)
     v.ctr.validation = True
+    if longest:  # validation metrics after every epoch, nothing between
+      v.ctr.update(eval_history=True, eval_points_in_first_epochs=())
     changed = {k: x for k, x in settings.items() if x != base[k]}
-    res = run(v, 'id', 0, data_dir, os.path.join(
+    trained.add(_slug(changed))
+    return run(v, 'id', 0, data_dir, os.path.join(
         workdir, VALIDATION_DIR, 'id_search', _slug(changed)))
+
+  def evaluate(settings):
+    if longest and int(settings['num_epochs']) < longest:
+      # Fewer epochs are read off the longest run's history, not trained
+      # again: with constant learning rates, the step's rng from the step
+      # and an epoch order that does not depend on the number of epochs,
+      # its state after epoch e is the e-epoch run's final state
+      # (baselines_test checks the metrics are equal).
+      long = train(dict(settings, num_epochs=longest))
+      e = int(settings['num_epochs'])
+      at = [h for h in long.get('history', [])
+            if abs(h['epoch_fraction'] - e) < 1e-9]
+      if not at:
+        raise RuntimeError(f'the {longest}-epoch ID-search run has no '
+                           f'validation metrics after epoch {e}')
+      res = dict(at[0], read_off=f'epoch {e} of the {longest}-epoch run')
+    else:
+      res = train(settings)
     results[_slug(settings)] = res
     return res
 
   record = search(base, knobs, evaluate, config.get('id_search_budget', 1),
                   config.get('id_search_metric', 'gauc'))
+  for r in record['runs']:
+    if results[_slug(r['settings'])].get('read_off'):
+      r['read_off'] = results[_slug(r['settings'])]['read_off']
+  record['trained'] = len(trained)
   logging.info('ID search (validation %s): %s', record['metric'],
                record['chosen'])
   return record, results[_slug(record['chosen'])]

@@ -1,6 +1,7 @@
 """The ID baselines chosen on validation (experiments/baselines.py): the ID
 model's settings and the stronger of id / id_stats, on fake validation runs
-(no training)."""
+(no training), and one real check of the epochs the search reads off a
+longer run."""
 
 import os
 import tempfile
@@ -9,6 +10,7 @@ from absl.testing import absltest
 import fixtures
 
 from experiments import baselines
+from experiments import ctr_sweep
 from experiments.configs import ctr_sweep as sweep_config
 
 
@@ -42,7 +44,8 @@ class SearchTest(absltest.TestCase):
                      'num_epochs=2, dense_lr=0.0003, attention=dot')
     text = baselines.search_markdown(rec)
     self.assertIn('| **num_epochs=2, dense_lr=0.0003** | **0.7300** |', text)
-    self.assertIn('4 validation run(s) of a budget of 8', text)
+    self.assertIn('4 settings tried of a budget of 8, 4 of them trained',
+                  text)
 
   def test_budget_stops_the_search_and_says_so(self):
     base = {'num_epochs': 1, 'dense_lr': 1e-3}
@@ -78,17 +81,27 @@ class SweepSearchTest(absltest.TestCase):
     def fake_run(config, variant, seed, data_dir, out):
       seen.append((config.ctr.validation, variant, seed, out))
       s = {k: config.ctr[k] for k in ('num_epochs', 'dense_lr')}
-      return {'gauc': _score(s), 'settings': s}
+      # Evaluated after every epoch (the search reads 1 epoch off the run).
+      self.assertTrue(config.ctr.eval_history)
+      self.assertEqual(tuple(config.ctr.eval_points_in_first_epochs), ())
+      return {'gauc': _score(s), 'settings': s, 'history': [
+          {'epoch_fraction': float(e), 'gauc': _score(dict(s, num_epochs=e))}
+          for e in range(1, s['num_epochs'] + 1)]}
 
     rec, chosen = baselines.search_id(c, c.data_dir, workdir, fake_run)
     self.assertEqual(rec['chosen'], {'num_epochs': 2, 'dense_lr': 3e-4})
     self.assertEqual(chosen['settings'], rec['chosen'])
     self.assertTrue(all(v and var == 'id' and seed == 0
                         for v, var, seed, _ in seen))
+    # One epoch is read off the 2-epoch run; only 2-epoch runs train.
     dirs = [os.path.relpath(out, workdir) for *_, out in seen]
     self.assertEqual(dirs[0], os.path.join('validation', 'id_search',
-                                           'defaults'))
-    self.assertLen(set(dirs), 3)
+                                           'num_epochs-2'))
+    self.assertLen(set(dirs), 2)
+    self.assertEqual(rec['runs'][0]['read_off'], 'epoch 1 of the 2-epoch run')
+    self.assertEqual(rec['runs'][0]['value'], 0.70)
+    self.assertIn('3 settings tried of a budget of 8, 2 of them trained',
+                  baselines.search_markdown(rec))
     # Off: no search, no run.
     c.id_search = type(c.id_search)()
     self.assertEqual(baselines.search_id(c, c.data_dir, workdir, fake_run),
@@ -114,6 +127,25 @@ class SweepSearchTest(absltest.TestCase):
                   'id_stats 0.6800)', baselines.text(got))
     self.assertIsNone(baselines.select(c, ['id_stats'], c.data_dir, '',
                                        results, None))
+
+
+class ReadOffTest(absltest.TestCase):
+
+  def test_epoch_one_of_a_two_epoch_search_run_is_the_one_epoch_run(self):
+    """What lets the search read fewer epochs off its longest run."""
+    c = sweep_config.get_config('tiny')
+    c.data_dir = fixtures.small_ctr_world_dir()
+    c.id_search.update(dict(num_epochs=(1, 2)))
+    c.id_search_budget = 2
+    c.ctr.batch_size = 256
+    workdir = tempfile.mkdtemp()
+    rec, _ = baselines.search_id(c, c.data_dir, workdir, ctr_sweep.run_one)
+    read = rec['runs'][0]
+    self.assertEqual(read['read_off'], 'epoch 1 of the 2-epoch run')
+    one = c.copy_and_resolve_references()
+    one.ctr.update(num_epochs=1, validation=True)
+    got = ctr_sweep.run_one(one, 'id', 0, c.data_dir, tempfile.mkdtemp())
+    self.assertAlmostEqual(read['value'], got['gauc'], places=6)
 
 
 if __name__ == '__main__':
