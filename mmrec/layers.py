@@ -170,7 +170,9 @@ class TargetAttention(nn.Module):
   mask may have one row, a history shared by the B queries (serving scores
   one user's candidates): the key side is then computed once, not B times
   (`_shared_first_layer`); without `extra`, and for every form but
-  'mlp_softmax' (broadcast to B rows, as before).
+  'mlp_softmax' (broadcast to B rows, as before). With per-row keys the
+  'din' / 'din_prelu' scorer's first layer is computed in parts as well
+  (`_paired_first_layer`: no (B, T, 4 D) input).
   `train`: Dice uses batch statistics (apply with `mutable=['batch_stats']`).
   """
   hidden: Sequence[int] = (64, 32)
@@ -206,12 +208,8 @@ class TargetAttention(nn.Module):
     else:
       h = None  # 'din' / 'din_prelu': the first layer is computed in parts
       if self.form == 'mlp_softmax':
-        q = jnp.broadcast_to(query[:, None, :], keys.shape)
-        feats = [q, keys, q - keys, q * keys]
-        if extra is not None:
-          feats.append(extra)
         h = MLP(self.hidden, activation=nn.sigmoid, final_activation=True,
-                name='mlp')(jnp.concatenate(feats, axis=-1))
+                name='mlp')(_pair_features(query, keys, extra))
       else:
         for i, f in enumerate(self.hidden):
           layer = dense(f, name=f'dense_{i}')
@@ -269,9 +267,14 @@ def _paired_first_layer(layer, query, keys, extra=None):
 def concat_first_layer(layer, query, keys, extra=None):
   """`layer([q, k, q - k, q * k (, extra)])` as written: the reference for
   `_paired_first_layer` (the form before it; same arguments)."""
+  return layer(_pair_features(query, keys, extra))
+
+
+def _pair_features(query, keys, extra=None):
+  """(B, T, 4 D (+ E)): [q, k, q - k, q * k (, extra)] per (query, key)."""
   q = jnp.broadcast_to(query[:, None, :], keys.shape)
   feats = [q, keys, q - keys, q * keys] + ([] if extra is None else [extra])
-  return layer(jnp.concatenate(feats, axis=-1))
+  return jnp.concatenate(feats, axis=-1)
 
 
 def _shared_first_layer(layer, query, keys):
