@@ -79,6 +79,7 @@ def _extra(config, variants, world_dir, ctr_cfg, ctr_dir, path, make=True):
   (`make`: False without item vectors)."""
   one = stages.sub(ctr_cfg)
   one.ctr.num_epochs = config.one_epoch.num_epochs
+  one.ctr.eval_history = True  # the curve is this run's eval history
   res = ctr_sweep.run_one(one, 'id', 0, world_dir,
                           os.path.join(path, 'one_epoch'))
   curves = {'one_epoch': {'num_epochs': config.one_epoch.num_epochs,

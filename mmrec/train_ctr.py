@@ -17,7 +17,9 @@ checkpoints, metrics.jsonl, TensorBoard events, `ctr_eval.json` and
   A, frozen or not (`config.make.freeze`).
 - With `num_epochs > 1` the model is also evaluated after every epoch and at
   `config.eval_points_in_first_epochs` of epochs 1 and 2, so that the
-  one-epoch phenomenon (the AUC drop at the start of epoch 2) shows.
+  one-epoch phenomenon (the AUC drop at the start of epoch 2) shows; not with
+  `config.eval_history = False` (the sweeps): then only the final state (and
+  stage A's after its last epoch) is evaluated, with the same results.
 - Resuming from the workdir's latest checkpoint (state + data iterator)
   reproduces the uninterrupted run: the data order comes from the iterator
   state and the step's rng from fold_in(step).
@@ -95,7 +97,9 @@ def _stage_a(config, workdir, data, vectors, mesh, example):
       'make_stage_a', cfg.stage_a_dir or os.path.join(workdir, STAGE_A_DIR),
       ctr_model.build_stage_a_model(config), True, config, data, vectors, mesh, example,
       num_epochs=cfg.stage_a_epochs,
-      eval_steps=[e * spe for e in range(1, cfg.stage_a_epochs + 1)],
+      eval_steps=[e * spe for e in range(
+          1 if config.eval_history else cfg.stage_a_epochs,
+          cfg.stage_a_epochs + 1)],
       final_eval=False)
   if res.step != loop.num_steps:
     raise RuntimeError(f'MAKE stage A stopped at step {res.step} of '
@@ -187,8 +191,9 @@ def run(config, workdir):
     on_start = _load_make(stage_a_state)
 
   spe = data.steps_per_epoch(config.batch_size)
-  points = ctr_eval.eval_points(config.num_epochs, spe,
-                                tuple(config.eval_points_in_first_epochs))
+  points = (ctr_eval.eval_points(config.num_epochs, spe,
+                                 tuple(config.eval_points_in_first_epochs))
+            if config.eval_history else {})
   loop, res = _fit(
       f'ctr/{config.variant}', workdir, model, False, config, data, vectors,
       mesh, example, num_epochs=config.num_epochs, eval_steps=points,

@@ -122,6 +122,28 @@ class CtrPipelineTest(absltest.TestCase):
                               batch_size=501, process_index=0,
                               process_count=2)
 
+  def test_in_memory_columns_give_the_same_batches(self):
+    # ctr_data keeps a sweep's impressions in memory: the batches must be
+    # the ones decoded from disk, dtypes included, shuffled or in order,
+    # over a subset of rows (the validation split) or all of them.
+    columns = builders.load_table(self.dir, 'mmrec_impressions', 'train')
+    rows = np.arange(3, len(columns['label']), 2)
+    for kw in (dict(seed=2, num_epochs=2), dict(shuffle=False),
+               dict(seed=1, rows=rows)):
+      disk = list(self._ds(**kw))
+      held = list(self._ds(columns=columns, **kw))
+      self.assertLen(held, len(disk))
+      for x, y in zip(disk, held):
+        self.assertEqual(sorted(x), sorted(y))
+        for k in x:
+          self.assertEqual(x[k].dtype, y[k].dtype, k)
+          np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    # ... and they do come from `columns`, not from the disk.
+    flipped = dict(columns, label=1 - columns['label'])
+    b = next(iter(self._ds(shuffle=False, columns=flipped)))
+    np.testing.assert_array_equal(b['label'],
+                                  1 - columns['label'][:len(b['label'])])
+
   def test_iterator_state_round_trip(self):
     for threads in (0, 2):
       it = pipelines.iterator(self._ds(seed=7), prefetch_threads=threads)

@@ -56,6 +56,9 @@ def get_config(arg=None):
   # claims' verdicts): >= 1000 for a stable 2.5% / 97.5% percentile.
   c.bootstrap_resamples = 200 if tiny else 1000
   c.ctr = ctr.get_config('id,tiny' if tiny else 'id')  # shared settings
+  # Final evaluations only: the table, the bootstrap and the claims read the
+  # final state's predictions, never a run's eval history.
+  c.ctr.eval_history = False
   # The ID model's settings chosen per dataset on the validation split
   # (experiments/id_search.py): {field of ctr: values to try, the first its
   # own}, coordinate ascent on id_search_metric, at most id_search_budget

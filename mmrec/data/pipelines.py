@@ -38,6 +38,17 @@ class ReadRows(grain.transforms.Map):
 
 
 @dataclasses.dataclass(frozen=True)
+class TakeColumns(grain.transforms.Map):
+  """Batch of row indices -> those rows of a split held in memory (`columns`:
+  name -> array over the split's rows, as `builders.load_table` returns):
+  the same arrays `ReadRows` decodes from the source, without decoding."""
+  columns: dict
+
+  def map(self, indices):
+    return {k: v[indices] for k, v in self.columns.items()}
+
+
+@dataclasses.dataclass(frozen=True)
 class JoinCtrFields(grain.transforms.Map):
   """Adds item and user fields by id: the CTR model's input (ctr_rows.join)."""
   item_fields: dict  # name -> (num_items,) or (num_items, K) ids
@@ -143,22 +154,29 @@ class TakeRows(grain.transforms.Map):
 
 def table_dataset(data_dir, name, split, *, batch_size, seed=0, shuffle=True,
                   num_epochs=1, drop_remainder=None, process_index=None,
-                  process_count=None, rows=None):
+                  process_count=None, rows=None, columns=None):
   """Raw batches of any stored table (e.g. items for CLIP-E, captions).
 
   `rows`: only these row indices of the split (in this order before any
   shuffle), e.g. the days of a split held out for validation.
+  `columns`: the whole split already in memory (`builders.load_table`), read
+  from there instead of the source: the same batches, without decoding
+  every row again (a sweep's runs share one copy: mmrec/ctr_data.py).
   """
-  source = builders.data_source(data_dir, name, split)
+  if columns is None:
+    source = builders.data_source(data_dir, name, split)
+    n = len(source)
+  else:
+    n = len(next(iter(columns.values())))
   if drop_remainder is None:
     drop_remainder = shuffle  # evaluation passes keep every row
-  n = len(source) if rows is None else len(rows)
+  n = n if rows is None else len(rows)
   ds = index_batches(n, batch_size, seed=seed, shuffle=shuffle,
                      num_epochs=num_epochs, drop_remainder=drop_remainder,
                      process_index=process_index, process_count=process_count)
   if rows is not None:
     ds = ds.map(TakeRows(np.asarray(rows)))
-  return ds.map(ReadRows(source))
+  return ds.map(ReadRows(source) if columns is None else TakeColumns(columns))
 
 
 def ctr_dataset(data_dir, split, *, batch_size, seed=0, shuffle=True,
