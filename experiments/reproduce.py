@@ -77,11 +77,13 @@ def _validate(config):
 def _extra(config, variants, world_dir, ctr_cfg, ctr_dir, path, make=True):
   """Seed 0: multi-epoch ID curve and final GAUC per MAKE stage-A epochs
   (`make`: False without item vectors)."""
-  one = stages.sub(ctr_cfg)
-  one.ctr.num_epochs = config.one_epoch.num_epochs
-  one.ctr.eval_history = True  # the curve is this run's eval history
-  res = ctr_sweep.run_one(one, 'id', 0, world_dir,
-                          os.path.join(path, 'one_epoch'))
+  res = {}
+  if config.one_epoch.num_epochs:  # 0: no curve (the ID search's epochs
+    one = stages.sub(ctr_cfg)       # table still compares 1 and 2)
+    one.ctr.num_epochs = config.one_epoch.num_epochs
+    one.ctr.eval_history = True  # the curve is this run's eval history
+    res = ctr_sweep.run_one(one, 'id', 0, world_dir,
+                            os.path.join(path, 'one_epoch'))
   curves = {'one_epoch': {'num_epochs': config.one_epoch.num_epochs,
                           'history': res.get('history', [])},
             'make_epochs': []}

@@ -109,50 +109,52 @@ def get_config(arg=None):
       retrieval_queries=6, retrieval_k=5, grid_methods=('scl', 'clip_o')))
 
   if demo:
-    # Sized for `make demo`: 7 min 53 s from a fresh clone on an idle 2-core
-    # CPU, 10 min 23 s with another job on one core (issue 10's budget: 15). CTR cost scales
-    # with impressions (users), pre-training with steps.
+    # `make demo`: the paper's headline question, end to end, within issue
+    # 24's 6 minutes from a fresh clone on an idle 2-core CPU (install ~1
+    # min). What it runs is chosen by what each part costs there (docs/ctr.md
+    # "Where make demo's CTR time went", docs/pretraining.md "What the demo's
+    # pre-training costs"); `:full` runs everything (about 4 hours).
     # 4 days (test on the 4th): as many training impressions as 7 days of
     # 2,000 users, but twice the test impressions, so deltas are less noisy.
     c.world.update(num_users=4000, num_items=3000, num_shops=150, num_days=4)
     c.pretrain.seeds = 1
-    # (Momentum: 0.99, scl.py's default, is even with 0.995 at 120 steps, text
-    # recall@10 0.213 vs 0.208 (queue study); 0.95 dropped it to 0.06, as
-    # MoCo reports for m = 0.9.)
+    # Pre-training: the vectors the CTR stage reads (scl_no_queue, ~85 s at
+    # 120 steps) and the two references it must beat (seconds). SCL with
+    # the MoCo queue, its hard-negative ablation and CLIP-O / CLIP-E (~210 s
+    # together) run in :full: at 120 steps their comparison says little
+    # (SCL's image retrieval is near chance), and the report lists them as
+    # not run.
+    c.pretrain.methods = 'scl_no_queue,raw_pixels,bag_of_tokens'
     # 120 steps: at 100 the queue variant's image side (0.025 recall@10) fell
-    # below raw pixels (0.028); at 120 it was 0.037.
-    # One checkpoint, the final step's (always saved): a save costs ~3.5
-    # CPU-s (orbax, fingerprints) of a ~110 CPU-s run, and a mid-run one
-    # only spares an interrupted run's first 60 steps (~30 s).
+    # below raw pixels (0.028); at 120 it was 0.037. One checkpoint, the
+    # final step's (always saved): a save costs ~3.5 CPU-s of a ~110 CPU-s
+    # run.
     c.pretrain.scl.update(num_steps=120, warmup_steps=20, queue_size=2048,
                           checkpoint_every=120)
-    # i2i (an image-only baseline, a sixth of the pre-training time) and the
-    # image-table CTR variant run in :full only: with them and the conv tower
-    # the demo took 16 min 44 s on a slower day of this machine.
-    c.pretrain.methods = ','.join(
-        m for m in c.pretrain.methods.split(',') if m != 'i2i')
-    c.ctr.variants = ','.join(
-        v for v in c.ctr.variants.split(',') if not v.endswith('@image'))
+    # CTR: the ID model and the ID-statistics floor (the claims' baseline is
+    # the stronger on validation), the headline SimTier + MAKE, and the
+    # same-model control pair SimTier vs SimTier on the ID-similarity table
+    # (simtier_make@ids trains its own MAKE stage A: ~110 s). Vector,
+    # SimScore, SimTier (paper), MAKE alone and the @ids / @image tables run
+    # in :full (or add them: --config.ctr.variants=...).
+    c.ctr.variants = ('id,id_stats,simtier_official,simtier_official@ids,'
+                      'simtier_make')
     # One CTR seed: the paired user-level bootstrap gives each delta its
-    # interval; two seeds put the demo over its 15 minutes once the floor,
-    # the ID-similarity control and the bootstrap joined the sweep. (A 2-seed
-    # run's seed spread of the deltas, 0.0-0.6 points, is in README.md.)
+    # interval. (A 2-seed run's seed spread of the deltas, 0.0-0.6 points,
+    # is in docs/results.md.)
     c.ctr.seeds = 1
-    # The ID search within the demo's minutes: epochs (1 or 2: measured,
-    # not assumed) and the dense LR, 3 validation runs; :full searches
-    # every knob of configs/ctr_sweep.py. (Not yet timed in a fresh-clone
-    # make demo: 2 epochs chosen would double the CTR sweep.)
-    c.ctr.id_search = ml_collections.ConfigDict(dict(
-        num_epochs=(1, 2), dense_lr=(c.ctr.ctr.dense_lr, 3e-4)))
-    c.ctr.id_search_budget = 3
+    # The ID search: 1 or 2 epochs (measured, not assumed), both read from
+    # one 2-epoch validation run; :full also searches the learning rates,
+    # attention form and match features.
+    c.ctr.id_search = ml_collections.ConfigDict(dict(num_epochs=(1, 2)))
+    c.ctr.id_search_budget = 2
     c.ctr.ctr.make.stage_a_epochs = 2
-    c.one_epoch.num_epochs = 2
-    # E = 2 only (the sweep's own MAKE run): a fresh-clone make demo with
-    # (1, 2) took 15 min 33 s, the E = 1 run ~1 min of it.
-    c.make_epochs = (2,)
-    # The curve costs a world and three CTR runs per value: `make demo`
-    # has only its own point; `--config.content_curve.weights=0,0.5,1`
-    # draws it (docs/results.md: the measured curve).
+    # No separate one-epoch curve (a 2-epoch run evaluated 8 times, ~60 s):
+    # the ID search's table compares the two epochs on validation. No MAKE
+    # stage-A curve (MAKE alone does not run) and no content-knob curve (a
+    # world and three CTR runs per value; docs/results.md has both).
+    c.one_epoch.num_epochs = 0
+    c.make_epochs = ()
     c.content_curve.weights = ()
     c.content_curve.seeds = c.ctr.seeds
 
