@@ -264,6 +264,8 @@ _CLAIM_NEEDS = {
     'gains_largest_on_long_tail': ('simtier_make',),
     'gains_largest_on_new_items': ('simtier_make',),
 }
+# Every method and variant some claim compares.
+NEEDED = frozenset(n for names in _CLAIM_NEEDS.values() for n in names)
 
 
 def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None,

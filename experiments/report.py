@@ -357,13 +357,23 @@ def _skipped_md(data):
 
 
 def _curves_md(curves):
-  lines = ['| epoch | AUC | GAUC | logloss |', '|---|---|---|---|']
-  lines += [f'| {h["epoch_fraction"]:.2f} | {_f(h["auc"])} | {_f(h["gauc"])} '
-            f'| {_f(h["logloss"])} |' for h in curves['one_epoch']['history']]
-  lines += ['', '| MAKE stage-A epochs | final AUC | final GAUC |',
-            '|---|---|---|']
-  lines += [f'| {r["stage_a_epochs"]} | {_f(r["auc"])} | {_f(r["gauc"])} |'
-            for r in curves['make_epochs']]
+  lines = []
+  if curves['one_epoch']['history']:
+    lines += ['| epoch | AUC | GAUC | logloss |', '|---|---|---|---|']
+    lines += [f'| {h["epoch_fraction"]:.2f} | {_f(h["auc"])} | '
+              f'{_f(h["gauc"])} | {_f(h["logloss"])} |'
+              for h in curves['one_epoch']['history']]
+  else:
+    lines += ['The one-epoch curve did not run (`one_epoch.num_epochs = 0`).']
+  lines.append('')
+  if curves['make_epochs']:
+    lines += ['| MAKE stage-A epochs | final AUC | final GAUC |',
+              '|---|---|---|']
+    lines += [f'| {r["stage_a_epochs"]} | {_f(r["auc"])} | {_f(r["gauc"])} |'
+              for r in curves['make_epochs']]
+  else:
+    lines.append('The MAKE stage-A curve did not run (`make_epochs` is '
+                 'empty, or no item vectors).')
   return '\n'.join(lines)
 
 

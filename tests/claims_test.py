@@ -11,6 +11,7 @@ import numpy as np
 from experiments import claims
 from experiments import ctr_sweep
 from experiments import flags
+from experiments import results
 from experiments import seed_stats
 from mmrec import bootstrap
 
@@ -376,6 +377,28 @@ class PretrainClaimsTest(absltest.TestCase):
     self.assertIn('no held-out image queries on this dataset (no item '
                   'images)', c['queue_adds_image']['statement'])
     self.assertEqual(c['queue_adds_text']['verdict'], claims.INSUFFICIENT)
+
+  def test_left_out_by_the_configuration_is_not_testable(self):
+    # make demo runs a subset: a claim over methods / variants the config
+    # left out says so, not "insufficient data".
+    text = {'text': {'accuracy@1': {'mean': 0.1}, 'recall@10': {'mean': 0.5}},
+            'image': None}
+    got = results.build_results(
+        {'statistics': {}, 'honesty_auc': None, 'honesty_problems': []},
+        {'scl_no_queue': text}, {'variants': {}},
+        ['scl_no_queue', 'raw_pixels'], ['id', 'simtier_make'])
+    c = _by_id(got['claims'])
+    for cid in ('scl_over_clip_e_over_clip_o_text', 'queue_adds_image',
+                'simtier_and_make_beat_vector_and_simscore'):
+      self.assertEqual(c[cid]['verdict'], claims.NOT_TESTABLE, cid)
+      self.assertIn("not in this configuration's pretrain.methods / "
+                    'ctr.variants', c[cid]['statement'])
+    self.assertIn('scl not run', c['queue_adds_image']['statement'])
+    self.assertNotIn('scl_no_queue not run',
+                     c['queue_adds_image']['statement'])
+    # simtier_make is configured (here it has no result): not "not run".
+    self.assertNotEqual(c['simtier_make_gauc_gain']['verdict'],
+                        claims.NOT_TESTABLE)
 
 
 class FlagsTest(absltest.TestCase):

@@ -28,19 +28,19 @@ CTR stage reads the vectors `ctr_vectors` picks, and the report lists every
 method, variant and world-only section it skipped, with the reason.
 
 Three sizes:
-  (default)  what `make demo` runs: a 4,000-user / 3,000-item world over 4
-             days (~112k impressions), every pre-training method but i2i
-             for 120 steps (one seed), every CTR variant but @image with one
-             seed (the ID model's epochs and dense LR chosen on validation
-             first, 3 runs), MAKE stage A for 2 epochs, the ID model for 2
-             epochs in the one-epoch curve.
-             Measured (before the ID search, the validation runs of id /
-             id_stats and simtier_make@ids: not re-timed since): 7 min 53 s
-             from a fresh clone on an idle 2-core
-             CPU (docs/results.md: the run, its results); big enough that the
-             CTR comparison says something, too small for the pre-training
-             comparison to (120 steps: SCL's image retrieval is still near
-             chance).
+  (default)  what `make demo` runs, the headline question within 6
+             minutes from a fresh clone on an idle 2-core CPU: a 3,500-user
+             / 3,000-item world over 4 days (~98k impressions); SCL (in-batch
+             negatives, the CTR stage's vectors) for 120 steps beside raw
+             pixels and bag-of-tokens; the ID model (1 or 2 epochs chosen on
+             validation from one 2-epoch run), id_stats, SimTier (official)
+             and its same-model control on the ID-similarity table, SimTier
+             + MAKE (stage A 2 epochs), one seed. Claims over methods and
+             variants it leaves out say "not testable: ... not in this
+             configuration". Big enough that the CTR comparison says
+             something; too small for the pre-training comparison to (120
+             steps: SCL's image retrieval is still near chance).
+             (docs/results.md: the run, its results, its time.)
   :full      every stage at its own defaults: the default 20k x 20k world,
              600 pre-training steps and 3 seeds of every method and variant,
              MAKE stage A for 3 epochs. About 4 hours on a 2-core CPU; the
@@ -114,9 +114,11 @@ def get_config(arg=None):
     # min). What it runs is chosen by what each part costs there (docs/ctr.md
     # "Where make demo's CTR time went", docs/pretraining.md "What the demo's
     # pre-training costs"); `:full` runs everything (about 4 hours).
-    # 4 days (test on the 4th): as many training impressions as 7 days of
-    # 2,000 users, but twice the test impressions, so deltas are less noisy.
-    c.world.update(num_users=4000, num_items=3000, num_shops=150, num_days=4)
+    # 4 days (test on the 4th): fewer days of more users give more test
+    # impressions per training impression, so deltas are less noisy.
+    # 3,500 users: 4,000 took 5 min 59 s with install (CTR stage 211 s), too
+    # close to the 6 minutes; CTR time scales with impressions.
+    c.world.update(num_users=3500, num_items=3000, num_shops=150, num_days=4)
     c.pretrain.seeds = 1
     # Pre-training: the vectors the CTR stage reads (scl_no_queue, ~85 s at
     # 120 steps) and the two references it must beat (seconds). SCL with
