@@ -63,7 +63,7 @@ def get_config(arg=None):
   config.serving_new_items = 200  # at most, one every add_interval_s
   config.serving_add_interval_s = 0.05
   config.serving_reload_after_s = 3.0  # then CURRENT -> v2 (hot reload)
-  # Near-line: make demo's world (overrides of world.py), the 'id' model
+  # Near-line: the 4,000-user demo world (overrides of world.py), the 'id' model
   # trained without its last training day, which is then replayed.
   config.nearline_world = dict(num_users=4000, num_items=3000, num_shops=150,
                                num_days=4)

@@ -3,7 +3,7 @@ r"""Where does MoCo's queue pay? SCL's negatives x keys, queue size, momentum.
   python -m experiments.main --config=experiments/configs/queue_study.py \
       --config.data_dir=/tmp/mmrec/demo_world --workdir=/tmp/mmrec/queue_study
 
-(the world: `make demo`'s, i.e. world.py with --config.world.num_users=4000
+(the world: the 4,000-user demo world of 2026-12-06, i.e. world.py with --config.world.num_users=4000
 --config.world.num_items=3000 --config.world.num_shops=150
 --config.world.num_days=4). Each run is `experiments/configs/scl.py:scl` at
 the demo's pre-training settings before this study (batch 256, warmup 20,
