@@ -211,7 +211,8 @@ CASES = (
     ('items_of_another_log', _items_of_another_log,
      r"items.parquet, column 'item': none of its ids is a item of the "
      r'impressions.*\(so no item has a title\)'),
-    ('missing_file', _missing_file, r'missing impressions.parquet'),
+    ('missing_file', _missing_file,
+     r'no impressions.parquet \(or impressions/\) and no search.parquet'),
     ('renamed_column', _renamed_column,
      r"impressions.parquet: missing column\(s\) \['label'\]; found "
      r"\['user', 'item', 'time', 'clicked'\]"),
