@@ -136,6 +136,10 @@ def search_id(config, data_dir, workdir, run):
   setting's validation result), or (None, None) when config.id_search is
   empty or the dataset has no validation split."""
   knobs = {k: list(v) for k, v in (config.get('id_search') or {}).items()}
+  # Epochs first: the base run's longer twin is then the epoch trial itself,
+  # so reading the base off it costs nothing (below), and the other knobs
+  # are tried at the chosen number of epochs.
+  knobs = dict(sorted(knobs.items(), key=lambda kv: kv[0] != 'num_epochs'))
   if not knobs:
     return None, None
   m = manifest.load(data_dir)
@@ -165,13 +169,18 @@ def search_id(config, data_dir, workdir, run):
         workdir, VALIDATION_DIR, 'id_search', _slug(changed)))
 
   def evaluate(settings):
-    if longest and int(settings['num_epochs']) < longest:
+    twin = dict(settings, num_epochs=longest) if longest else None
+    if (longest and int(settings['num_epochs']) < longest and
+        (not results or _slug({k: x for k, x in twin.items()
+                               if x != base[k]}) in trained)):
       # Fewer epochs are read off the longest run's history, not trained
       # again: with constant learning rates, the step's rng from the step
       # and an epoch order that does not depend on the number of epochs,
       # its state after epoch e is the e-epoch run's final state
-      # (baselines_test checks the metrics are equal).
-      long = train(dict(settings, num_epochs=longest))
+      # (baselines_test checks the metrics are equal). Only for the base
+      # (its twin is the epoch trial) or a twin already trained: otherwise
+      # the fewer epochs train as they are.
+      long = train(twin)
       e = int(settings['num_epochs'])
       at = [h for h in long.get('history', [])
             if abs(h['epoch_fraction'] - e) < 1e-9]

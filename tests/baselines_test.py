@@ -110,6 +110,29 @@ class SweepSearchTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'id_search.num_epoch'):
       baselines.search_id(c, c.data_dir, workdir, fake_run)
 
+  def test_after_one_epoch_wins_other_knobs_train_one_epoch(self):
+    # Reading 1 epoch off a 2-epoch run is for the base only: once 1 epoch
+    # is chosen, the other knobs' runs train 1 epoch, not 2.
+    c = sweep_config.get_config('tiny')
+    c.data_dir = fixtures.small_ctr_world_dir()
+    c.id_search.update(dict(dense_lr=(c.ctr.dense_lr, 3e-4),
+                            num_epochs=(1, 2)))
+    epochs = []
+
+    def fake_run(config, variant, seed, data_dir, out):
+      e = config.ctr.num_epochs
+      epochs.append(e)
+      score = lambda k: 0.7 - 0.02 * (k == 2) + 0.01 * (
+          config.ctr.dense_lr == 3e-4)
+      return {'gauc': score(e), 'history': [
+          {'epoch_fraction': float(k), 'gauc': score(k)}
+          for k in range(1, e + 1)]}
+
+    rec, _ = baselines.search_id(c, c.data_dir, tempfile.mkdtemp(), fake_run)
+    self.assertEqual(rec['chosen'], {'num_epochs': 1, 'dense_lr': 3e-4})
+    self.assertEqual(epochs, [2, 2, 1])  # base's twin, its reuse, the LR
+    self.assertEqual(rec['trained'], 2)
+
   def test_baseline_is_the_stronger_on_validation(self):
     c = sweep_config.get_config('tiny')
     c.data_dir = fixtures.small_ctr_world_dir()

@@ -61,8 +61,9 @@ def get_config(arg=None):
   c.ctr.eval_history = False
   # The ID model's settings chosen per dataset on the validation split
   # (experiments/id_search.py): {field of ctr: values to try, the first its
-  # own}, coordinate ascent on id_search_metric, at most id_search_budget
-  # ID runs (seed 0); every variant then trains on the chosen settings.
+  # own}, coordinate ascent on id_search_metric (num_epochs first), at most
+  # id_search_budget settings (seed 0); every variant then trains on the
+  # chosen settings.
   # Empty = ctr's settings as they are (:tiny: the plumbing's tests).
   c.id_search = ml_collections.ConfigDict()
   if not tiny:
