@@ -1,9 +1,9 @@
 r"""Every CTR variant x several seeds -> one comparison table vs. the ID model.
 
- (experiments/id_search.py): {field of ctr: values to trypython -m experiments.main --config=experiments/configs/ctr_sweep.py \
- (experiments/id_search.py): {field of ctr: values to try    --config.data_dir=/tmp/mmrec/world \
- (experiments/id_search.py): {field of ctr: values to try    --config.vectors_path=/tmp/mmrec/scl/item_vectors.npz \
- (experiments/id_search.py): {field of ctr: values to try    --workdir=/tmp/mmrec/ctr
+  python -m experiments.main --config=experiments/configs/ctr_sweep.py \
+      --config.data_dir=/tmp/mmrec/world \
+      --config.vectors_path=/tmp/mmrec/scl/item_vectors.npz \
+      --workdir=/tmp/mmrec/ctr
 
 Runs each variant of experiments/configs/ctr.py (including `id_stats`, the
 ID-statistics LR floor: deterministic, so its std over seeds is 0) in
@@ -34,45 +34,45 @@ from experiments.configs import ctr
 
 
 def get_config(arg=None):
- (experiments/id_search.py): {field of ctr: values to trytiny = arg == 'tiny'
- (experiments/id_search.py): {field of ctr: values to tryc = ml_collections.ConfigDict()
- (experiments/id_search.py): {field of ctr: values to tryc.job = 'ctr_sweep'
- (experiments/id_search.py): {field of ctr: values to try# `<model>@ids`: the same model over the ID-similarity control table
- (experiments/id_search.py): {field of ctr: values to try# (mmrec/id_vectors.py), so a multimodal gain is read against "similarity
- (experiments/id_search.py): {field of ctr: values to try# structure from IDs" with the model held fixed (claims.py: content beats
- (experiments/id_search.py): {field of ctr: values to try# ID similarity compares simtier_make with simtier_make@ids).
- (experiments/id_search.py): {field of ctr: values to try# `simtier_official@image`: over the image tower's vectors alone (the
- (experiments/id_search.py): {field of ctr: values to try# paper's online result is for image representations; skipped, with the
- (experiments/id_search.py): {field of ctr: values to try# reason, where vectors_path has no image table).
- (experiments/id_search.py): {field of ctr: values to trycontrols = ('simtier_make@ids',) + (() if tiny else
- (experiments/id_search.py): {field of ctr: values to try                                    ('simtier_official@ids',))
- (experiments/id_search.py): {field of ctr: values to tryc.variants = ','.join(ctr.VARIANTS + controls + ('simtier_official@image',))
- (experiments/id_search.py): {field of ctr: values to tryc.seeds = 1 if tiny else 3
- (experiments/id_search.py): {field of ctr: values to tryc.data_dir = ''  # '' = <workdir>/world, built if missing
- (experiments/id_search.py): {field of ctr: values to tryc.vectors_path = ''
- (experiments/id_search.py): {field of ctr: values to try# Test impressions sampled for cosine_histogram.json (what SimTier sees).
- (experiments/id_search.py): {field of ctr: values to tryc.histogram_impressions = 20_000
- (experiments/id_search.py): {field of ctr: values to try# User draws of the paired bootstrap (ctr_table's 95% intervals, the
- (experiments/id_search.py): {field of ctr: values to try# claims' verdicts): >= 1000 for a stable 2.5% / 97.5% percentile.
- (experiments/id_search.py): {field of ctr: values to tryc.bootstrap_resamples = 200 if tiny else 1000
- (experiments/id_search.py): {field of ctr: values to tryc.ctr = ctr.get_config('id,tiny' if tiny else 'id')  # shared settings
- (experiments/id_search.py): {field of ctr: values to try# Final evaluations only: the table, the bootstrap and the claims read the
- (experiments/id_search.py): {field of ctr: values to try# final state's predictions, never a run's eval history.
- (experiments/id_search.py): {field of ctr: values to tryc.ctr.eval_history = False
- (experiments/id_search.py): {field of ctr: values to try# The ID model's settings chosen per dataset on the validation split
- (experiments/id_search.py): {field of ctr: values to try# (experiments/id_search.py): {field of ctr: values to try, the first its
- (experiments/id_search.py): {field of ctr: values to try# own}, coordinate ascent on id_search_metric (num_epochs first), at most
- (experiments/id_search.py): {field of ctr: values to try# id_search_budget settings (seed 0); every variant then trains on the
- (experiments/id_search.py): {field of ctr: values to try# chosen settings.
- (experiments/id_search.py): {field of ctr: values to try# Empty = ctr's settings as they are (:tiny: the plumbing's tests).
- (experiments/id_search.py): {field of ctr: values to tryc.id_search = ml_collections.ConfigDict()
- (experiments/id_search.py): {field of ctr: values to tryif not tiny:
- (experiments/id_search.py): {field of ctr: values to try  c.id_search.update(dict(
- (experiments/id_search.py): {field of ctr: values to try      dense_lr=(c.ctr.dense_lr, 3e-4, 3e-3),
- (experiments/id_search.py): {field of ctr: values to try      embed_lr=(c.ctr.embed_lr, 1e-2),
- (experiments/id_search.py): {field of ctr: values to try      num_epochs=(1, 2),  # the one-epoch phenomenon: measured, not assumed
- (experiments/id_search.py): {field of ctr: values to try      attention=(c.ctr.attention, 'dot'),
- (experiments/id_search.py): {field of ctr: values to try      match_features=(True, False)))
- (experiments/id_search.py): {field of ctr: values to tryc.id_search_budget = 8  # 1 + every other value above: 1 + 2 + 1 + 1 + 1 + 1
- (experiments/id_search.py): {field of ctr: values to tryc.id_search_metric = 'gauc'
- (experiments/id_search.py): {field of ctr: values to tryreturn c
+  tiny = arg == 'tiny'
+  c = ml_collections.ConfigDict()
+  c.job = 'ctr_sweep'
+  # `<model>@ids`: the same model over the ID-similarity control table
+  # (mmrec/id_vectors.py), so a multimodal gain is read against "similarity
+  # structure from IDs" with the model held fixed (claims.py: content beats
+  # ID similarity compares simtier_make with simtier_make@ids).
+  # `simtier_official@image`: over the image tower's vectors alone (the
+  # paper's online result is for image representations; skipped, with the
+  # reason, where vectors_path has no image table).
+  controls = ('simtier_make@ids',) + (() if tiny else
+                                      ('simtier_official@ids',))
+  c.variants = ','.join(ctr.VARIANTS + controls + ('simtier_official@image',))
+  c.seeds = 1 if tiny else 3
+  c.data_dir = ''  # '' = <workdir>/world, built if missing
+  c.vectors_path = ''
+  # Test impressions sampled for cosine_histogram.json (what SimTier sees).
+  c.histogram_impressions = 20_000
+  # User draws of the paired bootstrap (ctr_table's 95% intervals, the
+  # claims' verdicts): >= 1000 for a stable 2.5% / 97.5% percentile.
+  c.bootstrap_resamples = 200 if tiny else 1000
+  c.ctr = ctr.get_config('id,tiny' if tiny else 'id')  # shared settings
+  # Final evaluations only: the table, the bootstrap and the claims read the
+  # final state's predictions, never a run's eval history.
+  c.ctr.eval_history = False
+  # The ID model's settings chosen per dataset on the validation split
+  # (experiments/baselines.py): {field of ctr: values to try, the first its
+  # own}, coordinate ascent on id_search_metric (num_epochs first), at most
+  # id_search_budget settings (seed 0); every variant then trains on the
+  # chosen settings.
+  # Empty = ctr's settings as they are (:tiny: the plumbing's tests).
+  c.id_search = ml_collections.ConfigDict()
+  if not tiny:
+    c.id_search.update(dict(
+        dense_lr=(c.ctr.dense_lr, 3e-4, 3e-3),
+        embed_lr=(c.ctr.embed_lr, 1e-2),
+        num_epochs=(1, 2),  # the one-epoch phenomenon: measured, not assumed
+        attention=(c.ctr.attention, 'dot'),
+        match_features=(True, False)))
+  c.id_search_budget = 8  # 1 + every other value above: 1 + 2 + 1 + 1 + 1 + 1
+  c.id_search_metric = 'gauc'
+  return c
