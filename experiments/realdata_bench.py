@@ -187,8 +187,8 @@ def sum_of_tables(run_dir, data_dir):
   if not os.path.exists(path):
     encoder = item_encoder.load_encoder(run_dir, data_dir)[0]
     items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
-    _, _, ranks = pretrain_eval.evaluate_encoder(_SumOfTables(encoder),
-                                                 data_dir, items)
+    ranks = pretrain_eval.evaluate_encoder(_SumOfTables(encoder), data_dir,
+                                           items).ranks
     files.write_npz(path, {f'sum_{k}_rank': ranks[k] for k in (
         'image', 'text', 'image_catalogue', 'text_catalogue')})
   with np.load(path) as z:

@@ -1,11 +1,18 @@
 """The real-image benchmark's table and verdicts, on made-up per-query ranks
-(numpy only: the sweep it reads is tested in pretrain_sweep_test)."""
+(numpy only: the sweep it reads is tested in pretrain_sweep_test), and its
+sum-of-tables diagnosis on a 2-step SCL run."""
+
+import os
+import tempfile
 
 from absl.testing import absltest
+import fixtures
 import numpy as np
 
 from experiments import realdata_bench
 from experiments.configs import realdata_bench as realdata_bench_config
+from experiments.configs import scl as scl_config
+from mmrec import train_scl
 
 S = 400  # held-out sessions: the first half image queries, the rest text
 
@@ -99,6 +106,24 @@ class RealdataBenchTest(absltest.TestCase):
     self.assertIn('scl_no_queue', c.sweep.methods.split(','))
     self.assertEqual(realdata_bench_config.get_config('tiny').sweep.scl
                      .num_steps, 4)
+
+
+class SumOfTablesTest(absltest.TestCase):
+
+  def test_ranks_of_the_summed_item_vector_are_cached(self):
+    c = scl_config.get_config('scl,tiny')
+    c.update(data_dir=fixtures.tiny_world_dir(), batch_size=16, num_steps=2,
+             checkpoint_every=2, queue_size=32)
+    run = tempfile.mkdtemp()
+    train_scl.run(c, run)
+    got = realdata_bench.sum_of_tables(run, c.data_dir)
+    self.assertEqual(set(got), {'sum_image_rank', 'sum_text_rank',
+                                'sum_image_catalogue_rank',
+                                'sum_text_catalogue_rank'})
+    # Every held-out session has a rank on its own modality's key.
+    self.assertTrue(((got['sum_image_rank'] >= 0) !=
+                     (got['sum_text_rank'] >= 0)).all())
+    self.assertTrue(os.path.exists(os.path.join(run, realdata_bench.SUM_FILE)))
 
 
 if __name__ == '__main__':
