@@ -154,11 +154,11 @@ def eval_info(data_dir, items, validation=None):
   if validation is None:
     validation = held_out_validation(data_dir, items)
   if eval_task(manifest.load(data_dir)) == SEARCH_EVAL:
-    task = SEARCH_EVAL
-    candidates = search_candidates(data_dir, items)[0]
-  else:
-    task = CO_CLICK_EVAL
-    candidates = co_click_queries(data_dir, items)[1]
+    return _info(SEARCH_EVAL, validation, search_candidates(data_dir, items)[0])
+  return _info(CO_CLICK_EVAL, validation, co_click_queries(data_dir, items)[1])
+
+
+def _info(task, validation, candidates):
   return {'task': task, 'queries': int((~validation).sum()),
           'validation_queries': int(validation.sum()),
           'validation_share': retrieval_eval.VALIDATION_SHARE,
@@ -196,12 +196,14 @@ class Evaluation(NamedTuple):
   ranks: dict
   validation: np.ndarray
   examples: dict | None
+  info: dict  # eval_info's, from the queries and candidates it ranked
 
 
 def evaluate_encoder(encoder, data_dir, items, num_examples=8, k=8):
   """Held-out retrieval with every vector table of the encoder.
 
-  Returns an Evaluation: metrics, tables, ranks, validation, examples.
+  Returns an Evaluation: metrics, tables, ranks, validation, examples,
+  info (eval_info's record, without reading the dataset again).
   metrics: {'validation',
   'test'} (retrieval_eval.PARTS): each part's retrieval_eval.summarise
   slices of the item vector ('image', 'text', 'image_new', 'text_new'; the
@@ -235,7 +237,8 @@ def evaluate_encoder(encoder, data_dir, items, num_examples=8, k=8):
                for part, rows in _parts(validation)}
     examples = _co_click_examples(encoder, data_dir, items, tables['item'],
                                   num_examples, k, ~validation)
-    return Evaluation(metrics, tables, ranks, validation, examples)
+    return Evaluation(metrics, tables, ranks, validation, examples,
+                      _info(CO_CLICK_EVAL, validation, candidates))
   sessions = builders.load_table(data_dir, 'mmrec_search', 'test')
   is_image = sessions['query_is_image']
 
@@ -284,7 +287,8 @@ def evaluate_encoder(encoder, data_dir, items, num_examples=8, k=8):
   # The examples reuse the session table and query vectors read above.
   examples = _search_examples(sessions, q['image'], ~validation, items,
                               tables['item'], num_examples, k)
-  return Evaluation(metrics, tables, ranks, validation, examples)
+  return Evaluation(metrics, tables, ranks, validation, examples,
+                    _info(SEARCH_EVAL, validation, candidates))
 
 
 def _parts(validation):
@@ -332,12 +336,11 @@ def write_results(workdir, encoder, data_dir, items, info):
   'step'}), 'data_dir', 'eval' (eval_info), 'metrics' (the test part's
   slices: what tables and claims report) and 'validation_metrics' (the
   validation part's: what a pipeline chooses on)."""
-  metrics, tables, ranks, validation, examples = evaluate_encoder(
+  metrics, tables, ranks, validation, examples, ev = evaluate_encoder(
       encoder, data_dir, items)
   vector_table.save_tables(workdir, tables, dict(
       info, encoder_workdir=workdir, data_dir=data_dir))
-  result = dict(info, data_dir=data_dir,
-                eval=eval_info(data_dir, items, validation),
+  result = dict(info, data_dir=data_dir, eval=ev,
                 metrics=metrics['test'],
                 validation_metrics=metrics['validation'])
   if examples is not None:

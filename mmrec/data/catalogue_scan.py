@@ -27,6 +27,7 @@ class CatalogueScan:
   """`impression_scan.ImpressionScan`'s attributes without impressions."""
 
   has_impressions = False
+  test_users_both = None  # no CTR test split to count users of
 
   def __init__(self, source_dir, options):
     self.src = source_dir

@@ -156,7 +156,7 @@ def run(config, workdir):
       if os.path.isfile(os.path.join(staged, name)):
         shutil.copyfile(os.path.join(staged, name), os.path.join(tmp, name))
     # None: no impressions (a catalogue and a search log), no CTR split.
-    fill.test_users_both = getattr(converter.scan, 'test_users_both', None)
+    fill.test_users_both = converter.scan.test_users_both
     shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)
     if source_fingerprint(source_dir) != wanted['source_files']:
       raise RuntimeError(f'{source_dir} changed while it was converted; '
