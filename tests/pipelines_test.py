@@ -3,11 +3,14 @@
 import itertools
 import tempfile
 
+from unittest import mock
+
 from absl.testing import absltest
 import fixtures
 import numpy as np
 
 from mmrec import checkpointing
+from mmrec import ctr_data
 from mmrec.data import augment
 from mmrec.data import builders
 from mmrec.data import pipelines
@@ -146,6 +149,23 @@ class CtrPipelineTest(absltest.TestCase):
     b = next(iter(self._ds(shuffle=False, columns=flipped)))
     np.testing.assert_array_equal(b['label'],
                                   1 - columns['label'][:len(b['label'])])
+
+  def test_a_split_over_the_memory_budget_is_read_from_disk(self):
+    # impression_columns keeps a split in memory only within
+    # IN_MEMORY_BYTES; over it CtrData reads every batch from the source,
+    # and the batches are the same.
+    ctr_data.impression_columns.cache_clear()
+    data = ctr_data.CtrData.load(self.dir)
+    held = next(iter(data.dataset('train', 64, shuffle=False)))
+    self.assertIsNotNone(ctr_data.impression_columns(self.dir, 'train'))
+    ctr_data.impression_columns.cache_clear()
+    with mock.patch.object(ctr_data, 'IN_MEMORY_BYTES', 0):
+      self.assertIsNone(ctr_data.impression_columns(self.dir, 'train'))
+      disk = next(iter(data.dataset('train', 64, shuffle=False)))
+    ctr_data.impression_columns.cache_clear()
+    self.assertEqual(sorted(held), sorted(disk))
+    for k in held:
+      np.testing.assert_array_equal(held[k], disk[k], err_msg=k)
 
   def test_iterator_state_round_trip(self):
     for threads in (0, 2):
