@@ -5,6 +5,10 @@ deltas by item-exposure group and on new items; the one-epoch curve; MAKE
 stage-A epochs vs. final GAUC; a retrieval grid (held-out image query -> top-k
 catalogue images, per encoder); SimTier cosines of clicked vs. non-clicked
 test impressions. A plot whose inputs are missing is left out and says so.
+
+(Over the house's ~450 lines on purpose: each plot sits beside the table
+that reads the same results, and `write` is the one place that orders
+them; a plots module and a tables module would share every helper.)
 """
 
 import json

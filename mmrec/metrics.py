@@ -5,6 +5,10 @@ day and computed once, so they run on the host over tens of millions of rows.
 All functions return Python floats (nan where the metric is undefined).
 
 Shape letters: N rows (impressions), Q queries, C candidates.
+
+(Over the house's ~450 lines on purpose: every metric here shares the
+label / score / group checks and the one sort-by-group-and-score kernel;
+split, each half would import the other's private helpers.)
 """
 
 from __future__ import annotations

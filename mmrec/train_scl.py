@@ -45,6 +45,10 @@ any training), trains, checkpoints (params, optimizer, momentum encoder,
 queues, step, data iterator, config), resumes, evaluates on held-out search
 sessions (or, without a search log, on held-out co-clicks ranked against the
 catalogue: pretrain_eval.evaluate_encoder) and writes the catalogue's vector table.
+
+(Over the house's ~450 lines on purpose: the objectives are small classes
+that only this trainer builds, and the data checks say which objective a
+dataset can serve; one module reads as the method's whole definition.)
 """
 
 import functools

@@ -11,6 +11,8 @@ what the dataset stores of each row in a scratch file per split (`_Spill`);
 time -- earlier that day too; data shipped split has no time, so there
 earlier splits). The search log
 (search_sessions.py) reads its ids and days through the same scan.
+(Just over the house's ~450 lines: the passes share one chunked reader
+and its scratch files, and read better together.)
 """
 
 import os

@@ -38,6 +38,9 @@ What is staged:
 SVGs are rasterised with resvg (`pip install resvg-py`, the `realdata`
 extra) at the conversion's image size; transparent pixels stay transparent
 here and are composited on white by the converter.
+
+(Over the house's ~450 lines on purpose: one reader, from the packages'
+files to the staged tables, as the other readers are.)
 """
 
 import dataclasses
