@@ -224,19 +224,6 @@ def concept_ranks(sessions, item_vectors, image_query_vectors,
   return out
 
 
-def concept_hits(sessions, item_vectors, image_query_vectors,
-                 text_query_vectors, candidates, concept, k=(1, 10),
-                 chunk=256):
-  """Concept-level hits (`concept_ranks`): {'image_concept',
-  'text_concept'}: {'accuracy@1', 'recall@10', 'queries'} or None where the
-  encoder has no such query."""
-  ranks = concept_ranks(sessions, item_vectors, image_query_vectors,
-                        text_query_vectors, candidates, concept, max(k),
-                        chunk)
-  return {f'{m}_concept': r
-          for m, r in summarise(ranks, sessions, k=k).items()}
-
-
 def summarise(ranks, sessions, new_items=None, k=(1, 10)):
   """{'image'|'text'|'image_new'|'text_new': {'accuracy@1', 'recall@10',
   'queries'} or None} from `query_ranks` (the modalities `ranks` has)."""
@@ -372,29 +359,6 @@ def catalogue_ranks(query_vectors, pairs, item_vectors, candidates,
   return out
 
 
-def co_click_evaluate(tables, pairs, candidates, new_items=None,
-                      k=(1, 10)):
-  """Metrics and ranks of one encoder's vector tables on co-click pairs.
-
-  Args:
-    tables: {'item', optionally 'image', 'text'}: (num_items, D) tables, as
-      Encoder.item_tables.
-    pairs, candidates: as catalogue_ranks.
-    new_items: optional (num_items,) bool: the '_new' slices' targets.
-
-  Returns:
-    (metrics, ranks). Slices (a query is the query item's vector in a table):
-    'item' (item table on item table: SimTier's cosine), 'image' / 'text'
-    (that tower's vector on the item table, as a search query of that
-    modality), 'image_on_image' / 'text_on_text' (on its own table), and
-    '<slice>_new' of the first three (targets new on the test days);
-    metrics[slice] = {'accuracy@1', 'recall@10', 'queries'} or None, ranks
-    [slice] = (Q,) with -1 where the encoder has no such table.
-  """
-  ranks = co_click_ranks(tables, pairs, candidates)
-  return co_click_summary(ranks, pairs, new_items, k), ranks
-
-
 # The co-click slices: name -> (the query's table, the table ranked).
 CO_CLICK_RUNS = {'item': ('item', 'item'), 'image': ('image', 'item'),
                  'text': ('text', 'item'),
@@ -403,8 +367,16 @@ CO_CLICK_RUNS = {'item': ('item', 'item'), 'image': ('image', 'item'),
 
 
 def co_click_ranks(tables, pairs, candidates):
-  """{slice: (Q,) rank} of `co_click_evaluate`, -1 where the encoder has no
-  such table."""
+  """{slice: (Q,) rank} of one encoder's vector tables on co-click pairs, -1
+  where the encoder has no such table.
+
+  tables: {'item', optionally 'image', 'text'}: (num_items, D) tables, as
+  Encoder.item_tables; pairs, candidates: as catalogue_ranks. Slices (a
+  query is the query item's vector in a table): 'item' (item table on item
+  table: SimTier's cosine), 'image' / 'text' (that tower's vector on the
+  item table, as a search query of that modality), 'image_on_image' /
+  'text_on_text' (on its own table).
+  """
   ranks = {}
   for name, (query, ranked) in CO_CLICK_RUNS.items():
     rank = np.full(len(pairs), -1, np.int64)
@@ -416,8 +388,10 @@ def co_click_ranks(tables, pairs, candidates):
 
 
 def co_click_summary(ranks, pairs, new_items=None, k=(1, 10)):
-  """The metrics of `co_click_evaluate` from its ranks (of any subset of
-  the pairs, with those pairs)."""
+  """{slice: {'accuracy@1', 'recall@10', 'queries'} or None} from
+  `co_click_ranks` (of any subset of the pairs, with those pairs), plus
+  '<slice>_new' of 'item', 'image', 'text' where `new_items` (a (num_items,)
+  bool) is given: the pairs whose target is new."""
   out = {}
   new = (np.zeros(len(pairs), bool) if new_items is None else
          np.asarray(new_items)[pairs[:, 1]])

@@ -11,6 +11,15 @@ from mmrec import retrieval_eval
 from mmrec.data import manifest
 
 
+def _concept_hits(sessions, items, image_q, text_q, candidates, concept,
+                  chunk=256):
+  """{'image_concept', 'text_concept'}: hits, as pretrain_eval reads them."""
+  ranks = retrieval_eval.concept_ranks(sessions, items, image_q, text_q,
+                                       candidates, concept, 10, chunk)
+  return {f'{m}_concept': r for m, r in
+          retrieval_eval.summarise(ranks, sessions).items()}
+
+
 class RetrievalEvalTest(absltest.TestCase):
 
   @classmethod
@@ -116,8 +125,7 @@ class RetrievalEvalTest(absltest.TestCase):
     s = self.sessions
     q = items[s['purchased_item']]
     cand = np.arange(len(items))
-    hits = retrieval_eval.concept_hits(s, items, q, None, cand, concept,
-                                       chunk=5)
+    hits = _concept_hits(s, items, q, None, cand, concept, chunk=5)
     self.assertEqual(hits['image_concept']['accuracy@1'], 1.0)
     self.assertEqual(hits['image_concept']['queries'],
                      int(s['query_is_image'].sum()))
@@ -127,8 +135,8 @@ class RetrievalEvalTest(absltest.TestCase):
     self.assertLess(exact['image']['accuracy@1'], 0.1)
     # Random items: hits at the rate of the concept's share of the top 10.
     rng = np.random.default_rng(0)
-    hits = retrieval_eval.concept_hits(s, rng.normal(size=items.shape), q, q,
-                                       cand, concept)
+    hits = _concept_hits(s, rng.normal(size=items.shape), q, q, cand,
+                         concept)
     share = np.bincount(concept).mean() / len(concept)
     self.assertLess(hits['text_concept']['recall@10'], 20 * share + 0.05)
 
@@ -241,9 +249,10 @@ class CoClickTest(absltest.TestCase):
     # A query item outside the candidates (a declared set) masks nothing.
     np.testing.assert_array_equal(retrieval_eval.catalogue_ranks(
         items[[1]], np.array([[1, 4]]), items, np.array([2, 3, 4])), [2])
-    metrics, out = retrieval_eval.co_click_evaluate(
-        {'item': items, 'text': items}, pairs, candidates,
-        new_items=np.array([False, False, False, False, True]))
+    out = retrieval_eval.co_click_ranks({'item': items, 'text': items},
+                                        pairs, candidates)
+    metrics = retrieval_eval.co_click_summary(
+        out, pairs, np.array([False, False, False, False, True]))
     np.testing.assert_array_equal(out['item'], ranks)
     np.testing.assert_array_equal(out['image'], [-1, -1, -1])
     self.assertIsNone(metrics['image'])
@@ -287,8 +296,8 @@ class ValidationPartTest(absltest.TestCase):
     self.assertLen(retrieval_eval.co_click_keys(np.zeros((0, 2), int)), 0)
 
   def test_a_part_summary_is_the_summary_of_its_rows(self):
-    # co_click_summary of some pairs' ranks = co_click_evaluate's metrics
-    # computed over those pairs alone (no tie among these vectors).
+    # co_click_summary of some pairs' ranks = the metrics computed over
+    # those pairs alone (no tie among these vectors).
     rng = np.random.default_rng(0)
     items = rng.normal(size=(40, 8))
     pairs = np.stack([rng.integers(0, 40, 60), rng.integers(0, 40, 60)], 1)
@@ -299,8 +308,8 @@ class ValidationPartTest(absltest.TestCase):
     rows = retrieval_eval.validation_part(retrieval_eval.co_click_keys(pairs))
     part = retrieval_eval.co_click_summary(
         {k: v[rows] for k, v in ranks.items()}, pairs[rows], new)
-    alone, _ = retrieval_eval.co_click_evaluate({'item': items}, pairs[rows],
-                                                cand, new)
+    alone = retrieval_eval.co_click_summary(retrieval_eval.co_click_ranks(
+        {'item': items}, pairs[rows], cand), pairs[rows], new)
     self.assertEqual(part, alone)
     self.assertEqual(part['item']['queries'], rows.sum())
 
