@@ -291,15 +291,7 @@ def load_queries(workdir, methods, seeds, part='test'):
       path = os.path.join(workdir, m, f'seed_{seed}',
                           pretrain_eval.QUERIES_FILE)
       with np.load(path) as z:
-        z = dict(z)
-      if pretrain_eval.VALIDATION_KEY not in z:
-        raise ValueError(f'{path} has no {pretrain_eval.VALIDATION_KEY!r} '
-                         'array: written before the held-out queries had a '
-                         'validation part; rerun the sweep (finished runs '
-                         'are only re-evaluated)')
-      validation = z.pop(pretrain_eval.VALIDATION_KEY)
-      rows = validation if part == 'validation' else ~validation
-      out[m].append({k: v[rows] for k, v in z.items()})
+        out[m].append(pretrain_eval.part_rows(z, part, path))
   return out
 
 

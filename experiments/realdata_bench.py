@@ -178,21 +178,27 @@ class _SumOfTables:
     return t
 
 
-def sum_of_tables(run_dir, data_dir):
+def sum_of_tables(run_dir, data_dir, part='test'):
   """The per-query ranks of one run's encoder with the sum-of-tables item
-  vector, under the keys VECTORS[SUM] names (cached in the run's
-  directory)."""
+  vector, under the keys VECTORS[SUM] names, on `part` of the held-out
+  queries: the rows pretrain_sweep.load_queries gives for that part (every
+  query's ranks and the parts are cached in the run's directory; a cache
+  from before the parts existed is recomputed)."""
   run_dir = os.path.abspath(run_dir)
   path = os.path.join(run_dir, SUM_FILE)
-  if not os.path.exists(path):
+  if os.path.exists(path):
+    with np.load(path) as z:
+      ranks = dict(z)
+  if not os.path.exists(path) or pretrain_eval.VALIDATION_KEY not in ranks:
     encoder = item_encoder.load_encoder(run_dir, data_dir)[0]
     items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
-    ranks = pretrain_eval.evaluate_encoder(_SumOfTables(encoder), data_dir,
-                                           items).ranks
-    files.write_npz(path, {f'sum_{k}_rank': ranks[k] for k in (
-        'image', 'text', 'image_catalogue', 'text_catalogue')})
-  with np.load(path) as z:
-    return dict(z)
+    ev = pretrain_eval.evaluate_encoder(_SumOfTables(encoder), data_dir,
+                                        items)
+    ranks = {f'sum_{k}_rank': ev.ranks[k] for k in (
+        'image', 'text', 'image_catalogue', 'text_catalogue')}
+    ranks[pretrain_eval.VALIDATION_KEY] = ev.validation
+    files.write_npz(path, ranks)
+  return pretrain_eval.part_rows(ranks, part, path)
 
 
 def run(config, workdir):
