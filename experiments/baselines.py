@@ -157,22 +157,23 @@ def search_id(config, data_dir, workdir, run):
                   ({int(base['num_epochs'])} if 'num_epochs' in base else set()))
   longest = epochs[-1] if len(epochs) > 1 else None
 
+  def changed(settings):  # a run's name: what differs from the base
+    return _slug({k: x for k, x in settings.items() if x != base[k]})
+
   def train(settings):
     v = config.copy_and_resolve_references()
     v.ctr.update(settings)
     v.ctr.validation = True
     if longest:  # validation metrics after every epoch, nothing between
       v.ctr.update(eval_history=True, eval_points_in_first_epochs=())
-    changed = {k: x for k, x in settings.items() if x != base[k]}
-    trained.add(_slug(changed))
+    trained.add(changed(settings))
     return run(v, 'id', 0, data_dir, os.path.join(
-        workdir, VALIDATION_DIR, 'id_search', _slug(changed)))
+        workdir, VALIDATION_DIR, 'id_search', changed(settings)))
 
   def evaluate(settings):
     twin = dict(settings, num_epochs=longest) if longest else None
     if (longest and int(settings['num_epochs']) < longest and
-        (not results or _slug({k: x for k, x in twin.items()
-                               if x != base[k]}) in trained)):
+        (not results or changed(twin) in trained)):
       # Fewer epochs are read off the longest run's history, not trained
       # again: with constant learning rates, the step's rng from the step
       # and an epoch order that does not depend on the number of epochs,

@@ -186,10 +186,11 @@ def sum_of_tables(run_dir, data_dir, part='test'):
   from before the parts existed is recomputed)."""
   run_dir = os.path.abspath(run_dir)
   path = os.path.join(run_dir, SUM_FILE)
+  ranks = {}
   if os.path.exists(path):
     with np.load(path) as z:
       ranks = dict(z)
-  if not os.path.exists(path) or pretrain_eval.VALIDATION_KEY not in ranks:
+  if pretrain_eval.VALIDATION_KEY not in ranks:
     encoder = item_encoder.load_encoder(run_dir, data_dir)[0]
     items = builders.load_table(data_dir, manifest.ITEMS, 'catalogue')
     ev = pretrain_eval.evaluate_encoder(_SumOfTables(encoder), data_dir,

@@ -40,22 +40,21 @@ EXAMPLES_FILE = 'retrieval_examples.npz'  # a few queries' top-k, for reports
 # (pretrain_sweep.comparisons).
 QUERIES_FILE = 'pretrain_eval_queries.npz'
 VALIDATION_KEY = 'validation'
-PARTS = ('test', 'validation')
 
 
 def part_rows(ranks, part, where):
   """The rows of one part of the held-out queries: `ranks` ({name: (Q,)}
   with VALIDATION_KEY, as QUERIES_FILE holds them) without the key, each
   array cut to `part`'s rows. `where` names the file in the error."""
-  if part not in PARTS:
-    raise ValueError(f'part must be one of {PARTS}, got {part!r}')
+  if part not in retrieval_eval.PARTS:
+    raise ValueError(f'part must be one of {retrieval_eval.PARTS}, got '
+                     f'{part!r}')
   ranks = dict(ranks)
   if VALIDATION_KEY not in ranks:
     raise ValueError(f'{where} has no {VALIDATION_KEY!r} array: written '
                      'before the held-out queries had a validation part; '
                      'rerun the sweep (finished runs are only re-evaluated)')
-  validation = ranks.pop(VALIDATION_KEY)
-  rows = validation if part == 'validation' else ~validation
+  rows = dict(_parts(ranks.pop(VALIDATION_KEY)))[part]
   return {k: v[rows] for k, v in ranks.items()}
 
 

@@ -138,9 +138,10 @@ def export_function(model, variables, seq_len, vectors_shape, schema,
   scalar, seq = model_fields(model, schema)
   specs = {f: jax.ShapeDtypeStruct((b,) + shape, jnp.int32)
            for f, (shape, _) in scalar.items()}
-  specs.update(_history_specs(seq, b, seq_len, _bag_widths(seq)))
+  widths = _bag_widths(seq)
+  specs.update(_history_specs(seq, b, seq_len, widths))
   specs.update(_history_specs(long_fields(model, long_seq_len), b,
-                              long_seq_len, _bag_widths(seq)))
+                              long_seq_len, widths))
 
   def serve(variables, batch, vectors):
     logit = model.apply(variables, batch, vectors, train=False)
@@ -169,8 +170,9 @@ def request_function(model, variables, seq_len, vectors_shape, schema,
   emb = model.config.embedding
   user = {f: jax.ShapeDtypeStruct((1,) + scalar[f][0], jnp.int32)
           for f in emb.user_fields + tuple(schema['user_bags'])}
-  user.update(_history_specs(seq, 1, seq_len, _bag_widths(seq)))
-  user.update(_history_specs(long, 1, long_seq_len, _bag_widths(seq)))
+  widths = _bag_widths(seq)
+  user.update(_history_specs(seq, 1, seq_len, widths))
+  user.update(_history_specs(long, 1, long_seq_len, widths))
   cands = {f: jax.ShapeDtypeStruct((c,) + shape, jnp.int32)
            for f, (shape, _) in scalar.items() if f not in user}
 
