@@ -136,7 +136,10 @@ def get_config(arg=None):
   c.num_i2i_pairs = 200_000  # i2i: co-click pairs mined from sequences
 
   if tiny:
-    c.encoder.image.update(conv_widths=(8, 16, 32), patch_size=4, width=32,
+    # One conv stage: tests and the quickstart compare runs, not quality, and
+    # on 2 CPU cores compiling dominates them (three stages compiled a tiny
+    # SCL step in 1.5x the time).
+    c.encoder.image.update(conv_widths=(8,), patch_size=4, width=32,
                            depth=1, num_heads=2, mlp_dim=64)
     c.encoder.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
     c.encoder.embed_dim = 32
