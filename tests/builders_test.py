@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 from unittest import mock
 
@@ -140,6 +141,37 @@ class ReadTest(absltest.TestCase):
     held = builders.load_table(self.dir, 'mmrec_search', 'test')
     self.assertTrue(held['held_out'].all())
     self.assertLen(held['session_id'], self.w.search['held_out'].sum())
+
+  def test_loaded_tables_are_shared_read_only_and_reread_when_rewritten(self):
+    path = tempfile.mkdtemp()
+    w = world_lib.generate(fixtures.tiny_config(seed=0, **_SMALL))
+    builders.write(w, path)
+    first = builders.load_table(path, 'mmrec_items', 'catalogue')
+    with self.assertRaisesRegex(ValueError, 'read-only'):
+      first['item_id'][0] = 7
+    with mock.patch.object(builders, 'data_source',
+                           side_effect=AssertionError('decoded again')):
+      again = builders.load_table(path, 'mmrec_items', 'catalogue')
+    self.assertIs(again['image'], first['image'])
+    again['mine'] = 1  # the dict is the caller's own
+    self.assertNotIn('mine', builders.load_table(path, 'mmrec_items',
+                                                 'catalogue'))
+    # Another world built aside and renamed into its place (as the resolver
+    # rebuilds): read afresh.
+    other = world_lib.generate(fixtures.tiny_config(seed=1, **_SMALL))
+    aside = tempfile.mkdtemp()
+    builders.write(other, aside)
+    shutil.rmtree(path)
+    os.rename(aside, path)
+    np.testing.assert_array_equal(
+        builders.load_table(path, 'mmrec_items', 'catalogue')['image'],
+        other.items['image'])
+    # A split over the bound is returned but not kept.
+    with mock.patch.object(builders, 'TABLES_MAX_BYTES', 0):
+      big = builders.load_table(path, 'mmrec_users', 'catalogue')
+      self.assertIsNot(
+          builders.load_table(path, 'mmrec_users', 'catalogue')['user_id'],
+          big['user_id'])
 
   def test_oracle_vocab_and_config(self):
     oracle = builders.load_oracle(self.dir)
