@@ -15,6 +15,9 @@ against the catalogue, each with a 95% interval; and the claimed orderings
 as paired differences (the same held-out sessions resampled for both
 vectors, seeds combined as in pretrain_sweep), each with a verdict:
 `beats` needs the interval above 0, `level` an interval reaching 0 or above.
+Where the dataset names slices of its search sessions
+(manifest.QUERY_SLICES_FILE: the emoji set's image queries drawn by the
+item's maker or by another), the image claims are also judged on each.
 """
 
 import json
@@ -46,6 +49,8 @@ VECTORS = {'item vector': {'image': 'image', 'text': 'text'},
            'text table': {'text': 'text_on_text'},
            SUM: {'image': 'sum_image', 'text': 'sum_text'}}
 REFERENCES = {'image': 'raw_pixels', 'text': 'bag_of_tokens'}
+SLICES_NOTE = ('slices are named by the dataset before any run, not '
+               'chosen from the results')
 
 
 def _hit_samples(runs, key, k, weights):
@@ -150,17 +155,52 @@ def markdown(result):
           _fmt(row[c]) for c in cols) + ' |')
   lines += ['', "The claims: the fused item vector beats the reference "
             '(interval above 0) and is level with its own tower (interval '
-            'reaching 0 or above):', '',
-            '| method | queries | against | protocol | metric | item vector '
-            '| other | difference [95%] | verdict |',
-            '|---|---|---|---|---|---|---|---|---|']
-  for c in result['claims']:
+            'reaching 0 or above):', ''] + _claim_lines(result['claims'])
+  for name, sliced in result.get('slices', {}).items():
+    image = [c for c in sliced['claims'] if c['modality'] == 'image']
+    queries = image[0]['queries'] if image else 0
+    lines += ['', f'The image claims on the dataset\'s slice "{name}" '
+              f'({queries} of the image queries; {SLICES_NOTE}):', '']
+    lines += _claim_lines(image)
+  return '\n'.join(lines).lstrip('\n') + '\n'
+
+
+def _claim_lines(claims):
+  lines = ['| method | queries | against | protocol | metric | item vector '
+           '| other | difference [95%] | verdict |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for c in claims:
     d = (f'{c["delta"]:+.3f}' + ('' if c['ci'] is None else
                                  f' [{c["ci"][0]:+.3f}, {c["ci"][1]:+.3f}]'))
     lines.append(f'| {c["method"]} | {c["modality"]} | {c["against"]} | '
                  f'{c["protocol"]} | {c["metric"]} | {c["a"]:.3f} | '
                  f'{c["b"]:.3f} | {d} | {c["verdict"]} |')
-  return '\n'.join(lines).lstrip('\n') + '\n'
+  return lines
+
+
+def slice_masks(data_dir, validation, part='test'):
+  """{name: (Q,) mask over `part` of the held-out queries} of the dataset's
+  query slices (manifest.QUERY_SLICES_FILE; {} without one). `validation`:
+  a run's validation mask over all held-out queries (the search log's test
+  split, in its order)."""
+  path = os.path.join(data_dir, manifest.QUERY_SLICES_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    slices = json.load(f)['slices']
+  ids = builders.load_table(data_dir, manifest.SEARCH, 'test')['session_id']
+  if len(ids) != len(validation):
+    raise ValueError(f'{path}: the runs ranked {len(validation)} held-out '
+                     f'queries, the search log holds {len(ids)}')
+  ids = pretrain_eval.part_rows(
+      {'id': ids, pretrain_eval.VALIDATION_KEY: validation}, part, path)['id']
+  return {name: np.isin(ids, np.asarray(s, np.int64))
+          for name, s in slices.items()}
+
+
+def _subset(queries, mask):
+  return {m: [{k: v[mask] for k, v in r.items()} for r in runs]
+          for m, runs in queries.items()}
 
 
 class _SumOfTables:
@@ -223,6 +263,12 @@ def run(config, workdir):
           ranks.update(sum_of_tables(os.path.join(
               sweep_dir, m, f'seed_{seed}'), config.data_dir))
   result = table(queries, config.resamples)
+  with np.load(os.path.join(sweep_dir, plan['ran'][0], 'seed_0',
+                            pretrain_eval.QUERIES_FILE)) as z:
+    validation = z[pretrain_eval.VALIDATION_KEY]
+  result['slices'] = {
+      name: table(_subset(queries, mask), config.resamples)
+      for name, mask in slice_masks(config.data_dir, validation).items()}
   result.update(steps=sweep.scl.num_steps, batch_size=sweep.scl.batch_size,
                 sweep_minutes=minutes, data_dir=config.data_dir)
   files.write_json(os.path.join(workdir, f'{TABLE_FILE}.json'),

@@ -173,6 +173,21 @@ class EmojiReaderTest(absltest.TestCase):
     for r in text:
       self.assertNotEqual(r['query_text'], titles[r['item'].split('/')[0]])
 
+  def test_query_slices_name_each_image_query_by_maker(self):
+    with open(os.path.join(self.out, manifest.QUERY_SLICES_FILE)) as f:
+      slices = json.load(f)['slices']
+    maker = lambda style: style.split('_')[0]  # openmoji_*, fluent_*
+    want = {'same maker': [], 'other maker': []}
+    for i, r in enumerate(self.t['search']):
+      if r['query_image']:
+        key, style = r['item'].split('/')
+        q = os.path.basename(r['query_image'])[:-len(f'_{key}.png')]
+        want['same maker' if maker(q) == maker(style)
+             else 'other maker'].append(i)
+    self.assertEqual(slices, want)
+    self.assertNotEmpty(want['same maker'])
+    self.assertNotEmpty(want['other maker'])
+
   def test_held_out_concepts_and_hard_negatives(self):
     train = {r['item'].split('/')[0] for r in self.t['search']
              if r['split'] == 'train'}
@@ -231,6 +246,15 @@ class EmojiReaderTest(absltest.TestCase):
     m, d = fixtures.convert(config(self.src))
     self.assertEqual(m.num_items, 2 * (N - 1) + 1)
     self.assertTrue(os.path.isfile(os.path.join(d, 'LICENSES.md')))
+    # The slices name session ids: the converted search log's rows.
+    with open(os.path.join(d, manifest.QUERY_SLICES_FILE)) as f:
+      slices = json.load(f)['slices']
+    held = builders.load_table(d, manifest.SEARCH, 'test')
+    imaged = set(held['session_id'][held['query_is_image']].tolist())
+    named = set(slices['same maker']) | set(slices['other maker'])
+    self.assertContainsSubset(imaged, named)
+    text = set(held['session_id'][~held['query_is_image']].tolist())
+    self.assertEmpty(text & named)
     splits = m.tables[manifest.SEARCH]['splits']
     self.assertEqual(splits['test'], 7 * round(0.25 * (N - 1)))
     items = builders.load_table(d, manifest.ITEMS, 'catalogue')

@@ -2,8 +2,10 @@
 (numpy only: the sweep it reads is tested in pretrain_sweep_test), and its
 sum-of-tables diagnosis on a 2-step SCL run."""
 
+import json
 import os
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import fixtures
@@ -14,6 +16,8 @@ from experiments.configs import realdata_bench as realdata_bench_config
 from experiments.configs import scl as scl_config
 from mmrec import pretrain_eval
 from mmrec import train_scl
+from mmrec.data import builders
+from mmrec.data import manifest
 
 S = 400  # held-out sessions: the first half image queries, the rest text
 
@@ -91,6 +95,50 @@ class RealdataBenchTest(absltest.TestCase):
     text = realdata_bench.markdown(got)
     self.assertIn('| scl | image table |', text)
     self.assertIn('does not hold', text)
+
+  def test_slices_judge_the_image_claims_on_their_own_sessions(self):
+    # Sessions 100.. in the search log's order; every third in the
+    # validation part. Raw pixels win the first 60 image queries ('same
+    # maker'), SCL the other image queries.
+    h = S // 2
+    ids = np.arange(100, 100 + S)
+    validation = np.arange(S) % 3 == 0
+    data_dir = tempfile.mkdtemp()
+    slices = {'slices': {'same maker': ids[:60].tolist(),
+                                'other maker': ids[60:h].tolist()}}
+    with open(os.path.join(data_dir, manifest.QUERY_SLICES_FILE), 'w') as f:
+      json.dump(slices, f)
+    with mock.patch.object(builders, 'load_table',
+                           return_value={'session_id': ids}):
+      masks = realdata_bench.slice_masks(data_dir, validation)
+      with self.assertRaisesRegex(ValueError, '399 held-out'):
+        realdata_bench.slice_masks(data_dir, validation[1:])
+    test_ids = ids[~validation]
+    np.testing.assert_array_equal(masks['same maker'], test_ids < 160)
+    np.testing.assert_array_equal(masks['other maker'],
+                                  (test_ids >= 160) & (test_ids < 100 + h))
+    self.assertEqual(realdata_bench.slice_masks(tempfile.mkdtemp(),
+                                                validation), {})
+    first = np.arange(h) < 60
+    raw = np.where(first, 0, 30)
+    scl = np.where(first, 30, 0)
+    part = lambda r: {k: v[~validation] for k, v in r.items()}
+    queries = {'raw_pixels': [part(_ranks(image=raw))],
+               'scl': [part(_ranks(image=scl, image_on_image=scl))]}
+    verdicts = {}
+    for name, mask in masks.items():
+      got = realdata_bench.table(realdata_bench._subset(queries, mask),
+                                 resamples=200)
+      verdicts[name] = {c['verdict'] for c in got['claims']
+                        if c['against'] == 'raw_pixels item vector'
+                        and c['protocol'] == 'pool'}
+    self.assertEqual(verdicts, {'same maker': {'does not hold'},
+                                'other maker': {'holds'}})
+    result = realdata_bench.table(queries, resamples=200)
+    result['slices'] = {'other maker': realdata_bench.table(
+        realdata_bench._subset(queries, masks['other maker']), resamples=200)}
+    text = realdata_bench.markdown(result)
+    self.assertIn('slice "other maker" (93 of the image queries', text)
 
   def test_few_sessions_have_no_interval(self):
     zeros = np.zeros(S // 2, np.int64)

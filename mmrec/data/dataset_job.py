@@ -40,9 +40,10 @@ READERS = {
     'amazon': 'mmrec.data.readers.amazon',
     'emoji': 'mmrec.data.readers.emoji',
 }
-# Licences and attribution of the source (a reader's, or your own data's):
-# copied into the dataset, which holds images derived from it.
-ATTRIBUTION_FILES = ('LICENSES.md',)
+# Files a reader (or your own data) stages beside the tables that the
+# dataset keeps: the source's licences and attribution (the dataset holds
+# images derived from it) and named slices of the search sessions.
+STAGED_EXTRAS = ('LICENSES.md', manifest.QUERY_SLICES_FILE)
 
 
 def source_fingerprint(source_dir):
@@ -152,7 +153,7 @@ def run(config, workdir):
       reader.stage(source_dir, staged, config)
     converter = convert.Converter(staged, options)
     m = converter.write(tmp)
-    for name in ATTRIBUTION_FILES:
+    for name in STAGED_EXTRAS:
       if os.path.isfile(os.path.join(staged, name)):
         shutil.copyfile(os.path.join(staged, name), os.path.join(tmp, name))
     # None: no impressions (a catalogue and a search log), no CTR split.

@@ -26,6 +26,10 @@ WORLD_CONFIG_FILE = 'world_config.json'  # builders.CONFIG_FILE (no import
 ITEMS, USERS = 'mmrec_items', 'mmrec_users'
 IMPRESSIONS, SEARCH, CAPTIONS = ('mmrec_impressions', 'mmrec_search',
                                  'mmrec_captions')
+# Optional, beside the tables: {"slices": {name: [session id, ...]}}, named
+# subsets of the search sessions that evaluation reports on their own (e.g.
+# the emoji set's image queries drawn by the item's maker or another).
+QUERY_SLICES_FILE = 'query_slices.json'
 
 
 class DatasetError(ValueError):

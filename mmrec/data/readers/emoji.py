@@ -34,6 +34,12 @@ What is staged:
   LICENSES.md  every package's name, version, licence and licence text;
                the data job copies it into the dataset (OpenMoji is
                share-alike: a dataset holding its drawings is CC BY-SA 4.0)
+  query_slices.json
+               the image query sessions (row numbers of search.parquet,
+               the converter's session ids) whose query drawing comes from
+               the catalogue item's maker ('same maker': a re-rendering of
+               the same line work) or another ('other maker'): the data job
+               copies it, realdata_bench reports each slice
 
 SVGs are rasterised with resvg (`pip install resvg-py`, the `realdata`
 extra) at the conversion's image size; transparent pixels stay transparent
@@ -55,7 +61,9 @@ import pyarrow.parquet as pq
 from absl import logging
 from PIL import Image
 
+from mmrec import files
 from mmrec.data import columns
+from mmrec.data import manifest
 
 TEXT_PACKAGE = 'emojibase-data'
 LICENSE_FILES = ('LICENSE', 'LICENSE.txt', 'LICENSE.md', 'LICENCE')
@@ -96,6 +104,9 @@ STYLES = {
 # Fluent's flat and 3D the same shapes), which raw pixels match almost
 # perfectly (docs/realdata.md).
 QUERIES = ('any', 'other_maker')
+SLICES_DOC = ('image query sessions (search.parquet rows = session ids) whose '
+              "query drawing is by the bought item's maker ('same maker': "
+              "the same line work re-rendered) or by another ('other maker')")
 IMAGE_EXTS = ('.svg', '.png', '.webp')
 INSTALL_HINT = ('make realdata installs them (npm install --prefix DIR '
                 'openmoji emojibase-data @lobehub/fluent-emoji-flat '
@@ -415,9 +426,12 @@ def stage(source_dir, out_dir, config):
       items['subgroup'].append(concepts[k]['subgroup'])
 
   search = {'item': [], 'query_text': [], 'query_image': [],
-            'hard_negatives': [], 'user': [], 'split': []}
-  def session(key, style, text, image, rng):
+            'hard_negatives': [], 'user': [], 'split': [], 'maker': []}
+  def session(key, style, text, image, rng, query_style=None):
     search['item'].append(f'{key}/{style}')
+    search['maker'].append(
+        None if query_style is None else 'same maker'
+        if STYLES[query_style].maker == STYLES[style].maker else 'other maker')
     search['query_text'].append(text)
     search['query_image'].append(image)
     search['hard_negatives'].append(_hard_negatives(
@@ -429,7 +443,8 @@ def stage(source_dir, out_dir, config):
     cat = concepts[k]['catalogue']
     for q in concepts[k]['query']:
       for s in cat:
-        session(k, s, None, have[(k, q)], _rng(e.seed, 'image', k, q, s))
+        session(k, s, None, have[(k, q)], _rng(e.seed, 'image', k, q, s),
+                query_style=q)
     texts = concepts[k]['texts']
     rng = _rng(e.seed, 'text', k)
     for i in rng.permutation(len(texts))[:e.text_queries]:
@@ -488,6 +503,10 @@ def stage(source_dir, out_dir, config):
                         f'{", ".join(locales)})')
   with open(os.path.join(out_dir, 'LICENSES.md'), 'w', encoding='utf8') as f:
     f.write(_licenses(root, used))
+  files.write_json(os.path.join(out_dir, manifest.QUERY_SLICES_FILE), {
+      'doc': SLICES_DOC,
+      'slices': {name: [i for i, r in enumerate(search['maker']) if r == name]
+                 for name in ('same maker', 'other maker')}})
   logging.info('emoji: %d concepts (%d held out), %d items in %d styles, '
                '%d search sessions', len(keys), len(test),
                len(items['item']), len(styles), len(search['item']))
