@@ -49,8 +49,8 @@ VECTORS = {'item vector': {'image': 'image', 'text': 'text'},
            'text table': {'text': 'text_on_text'},
            SUM: {'image': 'sum_image', 'text': 'sum_text'}}
 REFERENCES = {'image': 'raw_pixels', 'text': 'bag_of_tokens'}
-SLICES_NOTE = ('slices are named by the dataset before any run, not '
-               'chosen from the results')
+SLICES_NOTE = ("a slice is the dataset's (here: who drew the query), the "
+               'same for every run, not picked from results')
 
 
 def _hit_samples(runs, key, k, weights):
