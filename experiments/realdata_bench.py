@@ -186,16 +186,14 @@ def slice_masks(data_dir, validation, part='test'):
   path = os.path.join(data_dir, manifest.QUERY_SLICES_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    slices = json.load(f)['slices']
+  slices = manifest.load_query_slices(path)
   ids = builders.load_table(data_dir, manifest.SEARCH, 'test')['session_id']
   if len(ids) != len(validation):
     raise ValueError(f'{path}: the runs ranked {len(validation)} held-out '
                      f'queries, the search log holds {len(ids)}')
   ids = pretrain_eval.part_rows(
       {'id': ids, pretrain_eval.VALIDATION_KEY: validation}, part, path)['id']
-  return {name: np.isin(ids, np.asarray(s, np.int64))
-          for name, s in slices.items()}
+  return {name: np.isin(ids, s) for name, s in slices.items()}
 
 
 def _subset(queries, mask):

@@ -2,6 +2,7 @@
 file, column (and row), value and what was expected, and leaves nothing
 behind that could pass for a dataset."""
 
+import json
 import os
 import struct
 import tempfile
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 import fixtures
 from mmrec.data import columns
 from mmrec.data import dataset_job
+from mmrec.data import manifest
 
 
 def _edit(directory, table, fn):
@@ -269,6 +271,42 @@ class BadInputTest(parameterized.TestCase):
     with self.assertRaisesRegex(columns.InputError, message):
       dataset_job.run(fixtures.own_data_config(src), os.path.join(parent, 'd'))
     self.assertEqual(os.listdir(parent), [])  # no half-written dataset
+
+
+class QuerySlicesTest(parameterized.TestCase):
+  """Own data's query_slices.json is kept when it names search-log rows, and
+  refused, naming the file and the slice, when it does not."""
+
+  def _src(self, slices):
+    src = tempfile.mkdtemp()
+    fixtures.write_own_data(src, num_users=20, num_items=12, rows=200,
+                            sessions=40)
+    with open(os.path.join(src, manifest.QUERY_SLICES_FILE), 'w') as f:
+      f.write(slices if isinstance(slices, str) else json.dumps(slices))
+    return src
+
+  def test_kept_beside_the_tables(self):
+    m, d = fixtures.convert(fixtures.own_data_config(
+        self._src({'slices': {'odd': [1, 3, 39]}})))
+    self.assertEqual(sum(m.tables[manifest.SEARCH]['splits'].values()), 40)
+    got = manifest.load_query_slices(
+        os.path.join(d, manifest.QUERY_SLICES_FILE))
+    np.testing.assert_array_equal(got['odd'], [1, 3, 39])
+
+  @parameterized.named_parameters(
+      ('not_json', '{"slices": [1,', 'not a readable JSON file'),
+      ('no_slices', {'odd': [1]}, r'expected \{"slices"'),
+      ('not_ids', {'slices': {'odd': [1, 'x']}},
+       "slice 'odd': expected a list of integer session ids"),
+      ('past_the_log', {'slices': {'odd': [1, 40]}},
+       r"slice 'odd': session id 40 is not a row of the search log \(0..39\)"))
+  def test_bad_file_fails_the_job_and_leaves_nothing(self, slices, message):
+    src = self._src(slices)
+    parent = tempfile.mkdtemp()
+    with self.assertRaisesRegex(manifest.DatasetError,
+                                manifest.QUERY_SLICES_FILE + '.*' + message):
+      dataset_job.run(fixtures.own_data_config(src), os.path.join(parent, 'd'))
+    self.assertEqual(os.listdir(parent), [])
 
 
 # Search logs of 60 sessions cut into shards search/{0,1}.parquet at row 30;

@@ -156,6 +156,15 @@ def run(config, workdir):
     for name in STAGED_EXTRAS:
       if os.path.isfile(os.path.join(staged, name)):
         shutil.copyfile(os.path.join(staged, name), os.path.join(tmp, name))
+    if os.path.isfile(os.path.join(tmp, manifest.QUERY_SLICES_FILE)):
+      search = m.tables.get(manifest.SEARCH)
+      if search is None:
+        raise manifest.DatasetError(
+            f'{os.path.join(staged, manifest.QUERY_SLICES_FILE)} names search '
+            'sessions, but the data has no search log')
+      manifest.load_query_slices(  # fails the job, naming the file
+          os.path.join(staged, manifest.QUERY_SLICES_FILE),
+          sum(search['splits'].values()))
     # None: no impressions (a catalogue and a search log), no CTR split.
     fill.test_users_both = converter.scan.test_users_both
     shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)

@@ -221,6 +221,38 @@ def exists(data_dir):
              for f in (FILE, WORLD_CONFIG_FILE))
 
 
+def load_query_slices(path, num_sessions=None):
+  """{name: (n,) int64 session ids} of a QUERY_SLICES_FILE, checked: a
+  `{"slices": {name: [session id, ...]}}` object whose ids are rows of the
+  search log (< num_sessions where given)."""
+  try:
+    with open(path, encoding='utf8') as f:
+      obj = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DatasetError(f'{path}: not a readable JSON file ({e})') from e
+  slices = obj.get('slices') if isinstance(obj, dict) else None
+  if not isinstance(slices, dict) or not slices:
+    raise DatasetError(f'{path}: expected {{"slices": {{name: [session id, '
+                       f'...]}}}} with at least one slice, got '
+                       f'{str(obj)[:200]}')
+  out = {}
+  for name, ids in slices.items():
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids):
+      raise DatasetError(f'{path}: slice {name!r}: expected a list of '
+                         f'integer session ids, got {str(ids)[:200]}')
+    a = np.asarray(ids, np.int64)
+    limit = np.iinfo(np.int64).max if num_sessions is None else num_sessions
+    bad = a[(a < 0) | (a >= limit)]
+    if bad.size:
+      raise DatasetError(
+          f'{path}: slice {name!r}: session id {bad[0]} is not a row of the '
+          'search log (' + ('ids are >= 0' if num_sessions is None else
+                            f'0..{num_sessions - 1}') + ')')
+    out[name] = a
+  return out
+
+
 def load(data_dir):
   """The manifest of a complete dataset (or of a pre-manifest world)."""
   path = os.path.join(data_dir, FILE)
