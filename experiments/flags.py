@@ -9,7 +9,11 @@ that what went in was worth testing. Flagged here:
 - a CTR slice (new items, the exposure tail) with too few test users having
   both classes for its deltas to mean anything, although the tables print
   them;
-- the CTR baseline chosen without a validation split.
+- the CTR baseline chosen without a validation split;
+- a CTR model that ranks the test day's clicks no better than a random
+  ranking (AUC or GAUC at or below 0.5): deltas against it, or of it, say
+  nothing about content (the :tiny pipeline's ID model: test AUC 0.446,
+  GAUC 0.372; why is not known yet).
 """
 
 import math
@@ -83,4 +87,18 @@ def flags(pretraining, ctr, data, baseline=None):
   if baseline and baseline.get('why'):
     out.append({'id': 'baseline_not_validated',
                 'text': f'CTR baseline: {baseline["why"]}'})
+  low = []
+  for variant, row in (ctr or {}).items():
+    got = {m: ((row.get(m) or {}).get('mean')) for m in ('auc', 'gauc')}
+    got = {m: v for m, v in got.items()
+           if v is not None and math.isfinite(v)}
+    if any(v <= 0.5 for v in got.values()):
+      low.append(f'{variant} (' + ', '.join(
+          f'{m.upper()} {v:.3f}' for m, v in got.items()) + ')')
+  if low:
+    out.append({'id': 'ctr_at_chance', 'text': (
+        'At or below chance on the test day (AUC or GAUC <= 0.5, a random '
+        'ranking\'s value): ' + '; '.join(low) + '. These models did not '
+        'learn to rank clicks: deltas against or of them say nothing about '
+        'content')})
   return out

@@ -434,6 +434,22 @@ class FlagsTest(absltest.TestCase):
     data['ctr_vectors'] = {'source': 'shipped', 'method': None}
     self.assertEqual(flags.flags(self._table([0.001]), {}, data), [])
 
+  def test_ctr_models_at_or_below_chance(self):
+    cell = lambda x: {'mean': x, 'std': 0.0, 'runs': 1}
+    ctr = {'id': {'auc': cell(0.4462), 'gauc': cell(0.3718)},
+           'id_stats': {'auc': cell(0.7015), 'gauc': cell(0.7076)},
+           # AUC above chance, GAUC at it; a GAUC that had no user: nan.
+           'simscore': {'auc': cell(0.55), 'gauc': cell(0.5)},
+           'vector': {'auc': cell(0.6), 'gauc': cell(float('nan'))}}
+    got = {f['id']: f['text'] for f in flags.flags({}, ctr, {})}
+    self.assertEqual(set(got), {'ctr_at_chance'})
+    self.assertIn('id (AUC 0.446, GAUC 0.372); simscore (AUC 0.550, GAUC '
+                  '0.500)', got['ctr_at_chance'])
+    self.assertNotIn('id_stats', got['ctr_at_chance'])
+    self.assertNotIn('vector', got['ctr_at_chance'])
+    ctr.pop('id'), ctr.pop('simscore')
+    self.assertEqual(flags.flags({}, ctr, {}), [])
+
   def test_at_chance_rule(self):
     self.assertAlmostEqual(flags.chance_recall(1000), 0.01)
     self.assertTrue(flags.at_chance(0.019, 1000, 10_000))  # < 2x chance
