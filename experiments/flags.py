@@ -12,8 +12,8 @@ that what went in was worth testing. Flagged here:
 - the CTR baseline chosen without a validation split;
 - a CTR model that ranks the test day's clicks no better than a random
   ranking (AUC or GAUC at or below 0.5): deltas against it, or of it, say
-  nothing about content (the :tiny pipeline's ID model: test AUC 0.446,
-  GAUC 0.372; why is not known yet).
+  nothing about content (the :tiny pipeline's ID model was, with a (16, 8)
+  tower and 8-d embeddings: test AUC 0.446, GAUC 0.372).
 """
 
 import math
