@@ -136,12 +136,17 @@ def _kill_chains(name, kills, chain, rng, make_args, window, check, out):
     target, log = make_args(k)
     killed = 0
     for _ in range(min(chain, kills - done)):
-      rc, _ = run_job(target, log, kill_at=rng.uniform(lo, hi))
+      rc, seconds = run_job(target, log, kill_at=rng.uniform(lo, hi))
       if rc is None:
         killed += 1
         continue
       if rc != 0:
         result['notes'].append(f'chain {k}: a rerun exited {rc} ({log})')
+      # It finished before its kill: later kills land within this run's
+      # time (the timed run may have been slowed by a loaded machine, and
+      # ten runs that all outran their kills left the row with no trial).
+      hi = min(hi, 0.9 * seconds)
+      lo = min(lo, 0.5 * hi)
       break
     rc, _ = run_job(target, log)
     problem = (f'the final rerun exited {rc} ({log})' if rc != 0

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
+import numpy as np
 
+from experiments import bench_fault_jobs
 from experiments.configs import world as world_config
 from mmrec.data import build
 
@@ -120,6 +123,27 @@ class BenchJobTest(absltest.TestCase):
     with open(os.path.join(workdir, 'faults.md')) as f:
       self.assertIn('| fault | trials | acknowledged | lost | corrupt | 5xx',
                     f.read())
+
+
+class KillChainsTest(absltest.TestCase):
+
+  def test_kills_land_within_runs_faster_than_the_timed_one(self):
+    """A timed run slowed by load (first write at 10 s of 30) and reruns
+    that take 2 s: the kill window shrinks to what the reruns take, so the
+    row still gets its trials (it once got none: ten runs outran their
+    kills)."""
+    def fake_run(args, log, kill_at=None):
+      del args, log
+      if kill_at is not None and kill_at < 2.0:
+        return None, kill_at  # killed
+      return 0, 2.0
+    out = {}
+    with mock.patch.object(bench_fault_jobs, 'run_job', fake_run):
+      bench_fault_jobs._kill_chains(  # pylint: disable=protected-access
+          'convert_kill', 3, 1, np.random.default_rng(0),
+          lambda k: (['x'], 'log'), (10.0, 30.0), lambda k: None, out)
+    self.assertEqual(out['convert_kill']['trials'], 3)
+    self.assertEqual(out['convert_kill']['corrupt'], 0)
 
 
 if __name__ == '__main__':
