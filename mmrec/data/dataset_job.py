@@ -153,18 +153,16 @@ def run(config, workdir):
       reader.stage(source_dir, staged, config)
     converter = convert.Converter(staged, options)
     m = converter.write(tmp)
+    slices = os.path.join(staged, manifest.QUERY_SLICES_FILE)
+    if os.path.isfile(slices):  # checked before it is kept
+      search = m.tables.get(manifest.SEARCH)
+      if search is None:
+        raise manifest.DatasetError(f'{slices} names search sessions, but '
+                                    'the data has no search log')
+      manifest.load_query_slices(slices, sum(search['splits'].values()))
     for name in STAGED_EXTRAS:
       if os.path.isfile(os.path.join(staged, name)):
         shutil.copyfile(os.path.join(staged, name), os.path.join(tmp, name))
-    if os.path.isfile(os.path.join(tmp, manifest.QUERY_SLICES_FILE)):
-      search = m.tables.get(manifest.SEARCH)
-      if search is None:
-        raise manifest.DatasetError(
-            f'{os.path.join(staged, manifest.QUERY_SLICES_FILE)} names search '
-            'sessions, but the data has no search log')
-      manifest.load_query_slices(  # fails the job, naming the file
-          os.path.join(staged, manifest.QUERY_SLICES_FILE),
-          sum(search['splits'].values()))
     # None: no impressions (a catalogue and a search log), no CTR split.
     fill.test_users_both = converter.scan.test_users_both
     shutil.rmtree(os.path.join(tmp, STAGING), ignore_errors=True)

@@ -242,13 +242,11 @@ def load_query_slices(path, num_sessions=None):
       raise DatasetError(f'{path}: slice {name!r}: expected a list of '
                          f'integer session ids, got {str(ids)[:200]}')
     a = np.asarray(ids, np.int64)
-    limit = np.iinfo(np.int64).max if num_sessions is None else num_sessions
-    bad = a[(a < 0) | (a >= limit)]
+    known = '>= 0' if num_sessions is None else f'0..{num_sessions - 1}'
+    bad = a[(a < 0) | (num_sessions is not None and a >= num_sessions)]
     if bad.size:
-      raise DatasetError(
-          f'{path}: slice {name!r}: session id {bad[0]} is not a row of the '
-          'search log (' + ('ids are >= 0' if num_sessions is None else
-                            f'0..{num_sessions - 1}') + ')')
+      raise DatasetError(f'{path}: slice {name!r}: session id {bad[0]} is not '
+                         f'a row of the search log ({known})')
     out[name] = a
   return out
 
