@@ -1,7 +1,8 @@
 r"""N processes of `experiments.main` on this machine, over jax.distributed.
 
   python -m experiments.launch --num_processes=2 --devices_per_process=4 -- \
-      --config=experiments/configs/ctr.py:id,tiny --workdir=/tmp/mmrec/ctr_mp
+      --config=experiments/configs/ctr.py:id,tiny --config.mesh.data=-1 \
+      --workdir=/tmp/mmrec/ctr_mp
 
 Everything after `--` goes to every worker, `python -m experiments.main`.
 Each worker gets JAX_PLATFORMS=cpu, `devices_per_process` fake CPU devices

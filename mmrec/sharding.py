@@ -43,7 +43,13 @@ Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 def make_mesh(data: int = -1, model: int = 1,
               devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A ('data', 'model') mesh over `devices` (default: all); -1 = the rest."""
+  """A ('data', 'model') mesh over `devices` (default: all); -1 = the rest.
+
+  In one process, a mesh smaller than `devices` takes the first data x model
+  of them (e.g. (1, 1): one device, as `:tiny` configs ask, where compiling
+  for 8 devices costs more than the step); across processes it must span
+  them all, or the other processes' collectives would wait forever.
+  """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if data == -1 and model == -1:
@@ -55,9 +61,15 @@ def make_mesh(data: int = -1, model: int = 1,
       raise ValueError(f'{n} devices do not divide into a mesh with '
                        f'data={data}, model={model}.')
     data, model = (n // known, model) if data == -1 else (data, n // known)
-  if data <= 0 or model <= 0 or data * model != n:
+  if data <= 0 or model <= 0 or data * model > n:
     raise ValueError(f'Mesh data={data} x model={model} needs {data * model} '
                      f'devices, got {n}.')
+  if data * model < n and jax.process_count() > 1:
+    raise ValueError(f'Mesh data={data} x model={model} covers {data * model} '
+                     f'of the {n} devices of {jax.process_count()} processes; '
+                     'a mesh across processes must use every device (e.g. '
+                     '--config.mesh.data=-1).')
+  devices = devices[:data * model]
   # Auto axes: explicit axis types (make_mesh's default) break table lookups.
   return jax.make_mesh((data, model), MESH_AXES,
                        axis_types=(AxisType.Auto,) * 2, devices=devices)

@@ -1,5 +1,7 @@
 """Tests for mmrec.sharding (8 fake CPU devices, see conftest.py)."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import flax.linen as nn
@@ -51,10 +53,22 @@ class MeshTest(parameterized.TestCase):
     mesh = sharding.make_mesh(devices=jax.devices()[:2])
     self.assertEqual(dict(mesh.shape), {'data': 2, 'model': 1})
 
-  @parameterized.parameters((-1, 3), (3, 1), (4, 4), (-1, -1))
+  @parameterized.parameters((-1, 3), (9, 1), (4, 4), (-1, -1), (0, 1))
   def test_bad_shape(self, data, model):
     with self.assertRaisesRegex(ValueError, 'devices'):
       sharding.make_mesh(data, model)
+
+  def test_smaller_mesh_takes_the_first_devices_in_one_process(self):
+    mesh = sharding.make_mesh(3, 1)
+    self.assertEqual(list(mesh.devices.flat), jax.devices()[:3])
+    self.assertEqual(list(sharding.make_mesh(1, 1).devices.flat),
+                     jax.devices()[:1])
+    # Across processes a partial mesh would leave the others' collectives
+    # waiting: refused.
+    with mock.patch.object(jax, 'process_count', return_value=2):
+      with self.assertRaisesRegex(ValueError, 'must use every device'):
+        sharding.make_mesh(1, 1)
+      self.assertEqual(sharding.make_mesh(8, 1).devices.size, 8)
 
 
 class _Dev:
