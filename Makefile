@@ -41,9 +41,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@# uv (pinned in constraints.txt) installs the same versions as pip:
 	@# 18 s from a cold cache where pip took 39-45 s from a warm one on a
 	@# 2-core machine (parallel downloads, unpacking and bytecode compiling).
-	@# It reads no pip.conf: it installs from PyPI.
+	@# It reads no pip.conf: where only pip's configured index is reachable
+	@# (a mirror), pip installs the same pins instead.
 	$(BIN)/python -m pip install --quiet -c constraints.txt uv
-	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode -c constraints.txt -e '.[test]'
+	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode \
+	  -c constraints.txt -e '.[test]' || \
+	  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@# The editable install leaves our own modules uncompiled; where
 	@# PYTHONDONTWRITEBYTECODE is set (CI), every process the suite starts
 	@# would compile them again (~0.5 s each). A stale .pyc is only ignored.
