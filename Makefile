@@ -16,7 +16,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-UV := $(BIN)/uv
+# mmrec with the extra $(1), pinned: through uv, else pip (see $(STAMP)).
+install = $(BIN)/uv pip install --python $(BIN)/python --quiet \
+  --compile-bytecode -c constraints.txt -e '.[$(1)]' || \
+  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(1)]'
 WORKDIR ?= workdir/demo
 # make serve: the demo's CTR run to export (newest ctr-<hash> stage) and port.
 SERVE_VARIANT ?= simtier_make
@@ -44,9 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@# It reads no pip.conf: where only pip's configured index is reachable
 	@# (a mirror), pip installs the same pins instead.
 	$(BIN)/python -m pip install --quiet -c constraints.txt uv
-	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode \
-	  -c constraints.txt -e '.[test]' || \
-	  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(call install,test)
 	@# The editable install leaves our own modules uncompiled; where
 	@# PYTHONDONTWRITEBYTECODE is set (CI), every process the suite starts
 	@# would compile them again (~0.5 s each). A stale .pyc is only ignored.
@@ -87,7 +88,7 @@ $(REALDATA_NPM)/.installed:
 	touch $@
 
 realdata: $(STAMP) $(REALDATA_NPM)/.installed
-	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode -c constraints.txt -e '.[realdata]'
+	$(call install,realdata)
 	$(BIN)/python -m experiments.main --config=experiments/configs/data.py:emoji \
 	  --config.source_dir=$(REALDATA_NPM)/node_modules --workdir=$(REALDATA)
 

@@ -137,7 +137,7 @@ def get_config(arg=None):
 
   if tiny:
     # One device: a tiny step costs less than compiling it for a mesh of 8
-    # (the suite's fake devices; the suite ran ~15% faster). The tests whose
+    # (the suite's fake devices: the suite ran 11% faster). The tests whose
     # subject is a mesh, and the launcher's, set their own.
     c.mesh.update(data=1, model=1)
     # One conv stage: tests and the quickstart compare runs, not quality, and
