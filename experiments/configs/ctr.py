@@ -143,10 +143,7 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
 
   if tiny:
-    # One device: a tiny step costs less than compiling it for a mesh of 8
-    # (the suite's fake devices: the suite ran 11% faster). The tests whose
-    # subject is a mesh, and the launcher's, set their own.
-    c.mesh.update(data=1, model=1)
+    c.mesh.update(configs.TINY_MESH)
     c.attention_mlp = (32, 16)
     c.tower = (64, 32)
     c.make.attention_mlp = (32, 16)

@@ -136,10 +136,7 @@ def get_config(arg=None):
   c.num_i2i_pairs = 200_000  # i2i: co-click pairs mined from sequences
 
   if tiny:
-    # One device: a tiny step costs less than compiling it for a mesh of 8
-    # (the suite's fake devices: the suite ran 11% faster). The tests whose
-    # subject is a mesh, and the launcher's, set their own.
-    c.mesh.update(data=1, model=1)
+    c.mesh.update(configs.TINY_MESH)
     # One conv stage: tests and the quickstart compare runs, not quality, and
     # on 2 CPU cores compiling dominates them (three stages compiled a tiny
     # SCL step in 1.5x the time).
