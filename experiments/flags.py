@@ -13,7 +13,13 @@ that what went in was worth testing. Flagged here:
 - a CTR model that ranks the test day's clicks no better than a random
   ranking (AUC or GAUC at or below 0.5): deltas against it, or of it, say
   nothing about content (the :tiny pipeline's ID model was, with a (16, 8)
-  tower and 8-d embeddings: test AUC 0.446, GAUC 0.372).
+  tower and 8-d embeddings: test AUC 0.446, GAUC 0.372);
+- an integration variant indistinguishable from the ID model (both its
+  AUC and GAUC intervals against `id` within +-INERT_PCT): it ignores what
+  it adds, so a claim that ranks another variant above it ranks that
+  variant above the ID model (SimScore on the default world once the ID
+  search chose the `dot` attention, where its cosine is one learned scalar
+  on a softmax logit: +0.00% AUC [-0.01, +0.01]; +1.09% with DIN's).
 """
 
 import math
@@ -28,6 +34,11 @@ from experiments import ctr_sweep
 K = 10
 CHANCE_FACTOR = 2.0
 Z = 1.96
+# "Indistinguishable from the ID model": both 95% intervals of the relative
+# delta inside +-0.1%, an eighth of the paper's smallest reported gain
+# (+0.75% AUC); seed-to-seed noise of a real integration is wider.
+INERT_PCT = 0.1
+NOT_INTEGRATIONS = ('id', 'id_stats')
 
 
 def chance_recall(candidates, k=K):
@@ -101,4 +112,30 @@ def flags(pretraining, ctr, data, baseline=None):
         'ranking\'s value): ' + '; '.join(low) + '. These models did not '
         'learn to rank clicks: deltas against or of them say nothing about '
         'content')})
+  inert = _inert_variants(ctr or {})
+  if inert:
+    out.append({'id': 'inert_variant', 'text': (
+        'Indistinguishable from the ID model (AUC and GAUC intervals vs. id '
+        f'within +-{INERT_PCT:g}%): ' + '; '.join(inert) + '. These '
+        'integrations do not use what they add (check the attention form '
+        'the ID search chose: SimScore\'s cosine enters only the attention '
+        'scores); a claim that another variant beats them is a claim over '
+        'the ID model')})
+  return out
+
+
+def _inert_variants(ctr):
+  """'variant (ΔAUC % [lo, hi], ΔGAUC % [lo, hi])' of each integration whose
+  intervals vs. id both lie inside +-INERT_PCT."""
+  out = []
+  for variant, row in ctr.items():
+    if variant in NOT_INTEGRATIONS:
+      continue
+    cells = (((row.get('bootstrap') or {}).get('vs_id') or {}).get('all')
+             or {})
+    cis = [(cells.get(m) or {}).get('ci_pct') for m in ('auc', 'gauc')]
+    if all(ci and max(abs(x) for x in ci) <= INERT_PCT for ci in cis):
+      out.append(f'{variant} (' + ', '.join(
+          f'Δ{m} % [{ci[0]:+.2f}, {ci[1]:+.2f}]'
+          for m, ci in zip(('AUC', 'GAUC'), cis)) + ')')
   return out

@@ -450,6 +450,30 @@ class FlagsTest(absltest.TestCase):
     ctr.pop('id'), ctr.pop('simscore')
     self.assertEqual(flags.flags({}, ctr, {}), [])
 
+  def test_variant_indistinguishable_from_id(self):
+    def row(auc_ci, gauc_ci):
+      cell = lambda ci: {'delta_pct': sum(ci) / 2, 'ci_pct': ci}
+      return {'auc': {'mean': 0.76}, 'gauc': {'mean': 0.75},
+              'bootstrap': {'vs_id': {'all': {'auc': cell(auc_ci),
+                                              'gauc': cell(gauc_ci)}}}}
+    # The default world's SimScore under `dot` attention, and neighbours:
+    # one interval reaching past 0.1% (either side) is a variant that moves.
+    ctr = {'id': {'auc': {'mean': 0.76}, 'gauc': {'mean': 0.75}},
+           'simscore': row([-0.006, 0.011], [-0.074, 0.018]),
+           'id_stats': row([-0.05, 0.05], [-0.05, 0.05]),
+           'vector': row([-0.05, 0.05], [-0.02, 0.11]),
+           'make': row([-0.12, 0.05], [-0.05, 0.05]),
+           'simtier_paper': row([0.45, 1.05], [0.50, 1.47])}
+    got = {f['id']: f['text'] for f in flags.flags({}, ctr, {})}
+    self.assertEqual(set(got), {'inert_variant'})
+    self.assertIn('simscore (ΔAUC % [-0.01, +0.01], ΔGAUC % [-0.07, +0.02])',
+                  got['inert_variant'])
+    for v in ('id_stats', 'vector', 'make', 'simtier_paper'):
+      self.assertNotIn(v, got['inert_variant'])
+    # A variant without intervals (a single run, no bootstrap) is not judged.
+    del ctr['simscore']['bootstrap']
+    self.assertEqual(flags.flags({}, ctr, {}), [])
+
   def test_at_chance_rule(self):
     self.assertAlmostEqual(flags.chance_recall(1000), 0.01)
     self.assertTrue(flags.at_chance(0.019, 1000, 10_000))  # < 2x chance
