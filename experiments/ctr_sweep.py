@@ -102,6 +102,19 @@ def variant_config(config, name, seed, data_dir, workdir):
   return c
 
 
+def searched_config(config, summary):
+  """`config` with the ID settings its sweep chose on validation (`summary`:
+  the sweep's ctr_table.json, 'id_search' → 'chosen') applied. Every variant
+  trains on them, the integration variants being the ID model plus a module;
+  so must any later run compared with the sweep's (reproduce.py's extra
+  stage)."""
+  config = config.copy_and_resolve_references()
+  chosen = (summary.get('id_search') or {}).get('chosen')
+  if chosen:
+    config.ctr.update(chosen)
+  return config
+
+
 def run_one(config, variant, seed, data_dir, workdir):
   out = os.path.join(workdir, variant, f'seed_{seed}')
   result = files.finished(out, ctr_eval.RESULT_FILES)
@@ -395,10 +408,7 @@ def run(config, workdir):
       baselines.search_id(config, data_dir, workdir, run_one)
       if 'id' in variants else (None, None))
   if searched:
-    # Every variant trains on the chosen ID settings: the integration
-    # variants are the ID model plus a module.
-    config = config.copy_and_resolve_references()
-    config.ctr.update(searched['chosen'])
+    config = searched_config(config, {'id_search': searched})
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:

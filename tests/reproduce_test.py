@@ -10,12 +10,14 @@ import os
 import re
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import nbclient
 import nbformat
 
 from experiments import claims
+from experiments import ctr_sweep
 from experiments import report
 from experiments import reproduce
 from experiments import results as results_lib
@@ -261,6 +263,41 @@ class ReproduceTest(absltest.TestCase):
     self.assertEqual([r['stage_a_epochs'] for r in curves['make_epochs']],
                      [1])
     self.assertEqual(curves['one_epoch']['num_epochs'], 1)
+
+
+class ExtraStageTest(absltest.TestCase):
+  """The extra stage's runs train on the ID settings the sweep chose, as the
+  sweep's own runs did: its MAKE curve reuses the sweep's run for one point,
+  and a curve of mixed settings would compare two models. (It trained on the
+  config's defaults: the default world's ID search chose `dot` attention, so
+  the curve's E = 1, 2 points had DIN attention and its E = 3 point `dot`.)"""
+
+  def test_extra_runs_on_the_searched_settings(self):
+    tmp = self.create_tempdir().full_path
+    ctr_dir = os.path.join(tmp, 'ctr')
+    chosen = {'num_epochs': 1, 'attention': 'dot', 'dense_lr': 3e-4}
+    os.makedirs(ctr_dir)
+    os.makedirs(os.path.join(tmp, 'extra'))
+    with open(os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json'), 'w') as f:
+      json.dump({'variants': {}, 'id_search': {'chosen': chosen}}, f)
+    config = paper.get_config('tiny')
+    config.one_epoch.num_epochs = 3
+    config.make_epochs = (2, 5)  # neither is the sweep's: both train
+    ctr_cfg = stages.sub(config.ctr, data_dir='w', vectors_path='v.npz')
+    self.assertNotEqual(ctr_cfg.ctr.attention, 'dot')
+    seen = []
+
+    def run_one(c, variant, seed, data_dir, workdir):
+      seen.append((variant, c.ctr.attention, c.ctr.dense_lr,
+                   c.ctr.num_epochs, c.ctr.make.stage_a_epochs))
+      return {'auc': 0.7, 'gauc': 0.7, 'logloss': 0.2, 'history': []}
+
+    with mock.patch.object(ctr_sweep, 'run_one', run_one):
+      reproduce._extra(config, ['id', 'make'], 'w', ctr_cfg, ctr_dir,
+                       os.path.join(tmp, 'extra'))
+    self.assertEqual(seen, [('id', 'dot', 3e-4, 3, mock.ANY),
+                            ('make', 'dot', 3e-4, 1, 2),
+                            ('make', 'dot', 3e-4, 1, 5)])
 
 
 if __name__ == '__main__':
