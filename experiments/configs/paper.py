@@ -43,7 +43,7 @@ Three sizes:
              (docs/results.md: the run, its results, its time.)
   :full      every stage at its own defaults: the default 20k x 20k world,
              600 pre-training steps and 3 seeds of every method and variant,
-             MAKE stage A for 3 epochs. About 4 hours on a 2-core CPU; the
+             MAKE stage A for 3 epochs. About 8 hours on a 2-core CPU; the
              default-world tables in docs/ come from these settings.
   :tiny      800 items, 500 users, 4 pre-training steps, one seed, tiny
              towers: runs end to end in a few minutes on a 2-core CPU and is
@@ -113,7 +113,7 @@ def get_config(arg=None):
     # 24's 6 minutes from a fresh clone on an idle 2-core CPU (install ~1
     # min). What it runs is chosen by what each part costs there (docs/ctr.md
     # "Where make demo's CTR time went", docs/pretraining.md "What the demo's
-    # pre-training costs"); `:full` runs everything (about 4 hours).
+    # pre-training costs"); `:full` runs everything (about 8 hours).
     # 4 days (test on the 4th): fewer days of more users give more test
     # impressions per training impression, so deltas are less noisy.
     # 3,500 users: 4,000 took 5 min 59 s with install (CTR stage 211 s), too
