@@ -114,20 +114,22 @@ def flags(pretraining, ctr, data, baseline=None):
         'content')})
   inert = _inert_variants(ctr or {})
   if inert:
+    hint = (' (SimScore\'s cosine enters only the attention scores: see the '
+            'attention form the ID search chose)'
+            if any(v.startswith('simscore') for v in inert) else '')
     out.append({'id': 'inert_variant', 'text': (
         'Indistinguishable from the ID model (AUC and GAUC intervals vs. id '
-        f'within +-{INERT_PCT:g}%): ' + '; '.join(inert) + '. These '
-        'integrations do not use what they add (check the attention form '
-        'the ID search chose: SimScore\'s cosine enters only the attention '
-        'scores); a claim that another variant beats them is a claim over '
-        'the ID model')})
+        f'within +-{INERT_PCT:g}%): ' + '; '.join(
+            f'{v} ({c})' for v, c in inert.items()) + '. These integrations '
+        f'do not use what they add{hint}; a claim that another variant beats '
+        'them is a claim over the ID model')})
   return out
 
 
 def _inert_variants(ctr):
-  """'variant (ΔAUC % [lo, hi], ΔGAUC % [lo, hi])' of each integration whose
-  intervals vs. id both lie inside +-INERT_PCT."""
-  out = []
+  """{variant: 'ΔAUC % [lo, hi], ΔGAUC % [lo, hi]'} of each integration
+  whose intervals vs. id both lie inside +-INERT_PCT."""
+  out = {}
   for variant, row in ctr.items():
     if variant in NOT_INTEGRATIONS:
       continue
@@ -135,7 +137,6 @@ def _inert_variants(ctr):
              or {})
     cis = [(cells.get(m) or {}).get('ci_pct') for m in ('auc', 'gauc')]
     if all(ci and max(abs(x) for x in ci) <= INERT_PCT for ci in cis):
-      out.append(f'{variant} (' + ', '.join(
-          f'Δ{m} % [{ci[0]:+.2f}, {ci[1]:+.2f}]'
-          for m, ci in zip(('AUC', 'GAUC'), cis)) + ')')
+      out[variant] = ', '.join(f'Δ{m} % [{ci[0]:+.2f}, {ci[1]:+.2f}]'
+                               for m, ci in zip(('AUC', 'GAUC'), cis))
   return out

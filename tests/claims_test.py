@@ -470,6 +470,14 @@ class FlagsTest(absltest.TestCase):
                   got['inert_variant'])
     for v in ('id_stats', 'vector', 'make', 'simtier_paper'):
       self.assertNotIn(v, got['inert_variant'])
+    self.assertIn('SimScore\'s cosine enters only the attention',
+                  got['inert_variant'])
+    # Another inert variant gets no SimScore hint.
+    ctr['make'] = ctr.pop('simscore')
+    got = {f['id']: f['text'] for f in flags.flags({}, ctr, {})}
+    self.assertIn('make (ΔAUC %', got['inert_variant'])
+    self.assertNotIn('SimScore', got['inert_variant'])
+    ctr['simscore'] = ctr.pop('make')
     # A variant without intervals (a single run, no bootstrap) is not judged.
     del ctr['simscore']['bootstrap']
     self.assertEqual(flags.flags({}, ctr, {}), [])
