@@ -145,7 +145,9 @@ def _claim(cid, claim, metric, measured, verdict, statement, criterion,
           'testable': verdict != NOT_TESTABLE, **extra}
 
 
-def _boot(ctr, variant, ref='id'):
+def boot(ctr, variant, ref='id'):
+  """A CTR variant's paired-bootstrap comparisons with `ref` (ctr_sweep
+  intervals: {'all'|'tail'|'new'|...: bootstrap.difference}), {} if none."""
   return ((ctr.get(variant) or {}).get('bootstrap') or {}).get(f'vs_{ref}',
                                                                {})
 
@@ -237,7 +239,7 @@ def _control_claim(ctr, not_run):
                   f'{NOT_TESTABLE}: {why}', 'a model beside itself on the '
                   'ID-similarity table')
   control = f'{model}@{ctr_sweep.ID_SOURCE}'
-  cells = (_boot(ctr, model, control).get('all') or {})
+  cells = (boot(ctr, model, control).get('all') or {})
   parts = {f'{model} - {control} {m.upper()}': _part(
       f'{model} - {control} {m.upper()}', cells.get(m), unit='%')
            for m in ('auc', 'gauc')}
@@ -291,7 +293,7 @@ def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None,
   gauc = {v: mean((ctr.get(v) or {}).get('gauc')) for v in (
       'simtier_paper', 'simtier_official', 'make', 'vector', 'simscore')}
   parts = {f'{b} - {w}': _part(f'{b} - {w}',
-                               (_boot(ctr, b, w).get('all') or {}).get('gauc'),
+                               (boot(ctr, b, w).get('all') or {}).get('gauc'),
                                unit='%')
            for b in ('simtier_paper', 'simtier_official', 'make')
            for w in ('vector', 'simscore')}
@@ -306,7 +308,7 @@ def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None,
 
   for m, paper in (('gauc', PAPER_GAUC_GAIN), ('auc', PAPER_AUC_GAIN)):
     base, words = _baseline(baseline, m)
-    cell = (_boot(ctr, 'simtier_make', base).get('all') or {}).get(m)
+    cell = (boot(ctr, 'simtier_make', base).get('all') or {}).get(m)
     verdict, ratio, statement = gain_verdict(cell, paper)
     out.append(_claim(
         f'simtier_make_{m}_gain',
@@ -326,7 +328,7 @@ def claims(pretraining, ctr, pretrain_comparisons=None, not_run=None,
   # the head group can be degenerate). Two claims, so that a slice too thin
   # to test (new items, on a small world) cannot hide the other's verdict.
   base, words = _baseline(baseline, 'gauc')
-  vs = _boot(ctr, 'simtier_make', base)
+  vs = boot(ctr, 'simtier_make', base)
   for name, cid, what in (
       ('tail', 'gains_largest_on_long_tail',
        f'the long tail (exposure groups 0-{ctr_sweep.TAIL_GROUPS - 1} of 9)'),

@@ -102,14 +102,14 @@ def variant_config(config, name, seed, data_dir, workdir):
   return c
 
 
-def searched_config(config, summary):
-  """`config` with the ID settings its sweep chose on validation (`summary`:
-  the sweep's ctr_table.json, 'id_search' → 'chosen') applied. Every variant
-  trains on them, the integration variants being the ID model plus a module;
-  so must any later run compared with the sweep's (reproduce.py's extra
-  stage)."""
+def searched_config(config, id_search):
+  """`config` with the ID settings a sweep chose on validation applied
+  (`id_search`: baselines.search_id's record, ctr_table.json 'id_search';
+  None: none). Every variant trains on them, the integration variants being
+  the ID model plus a module; so must any later run compared with the
+  sweep's (reproduce.py's extra stage)."""
   config = config.copy_and_resolve_references()
-  chosen = (summary.get('id_search') or {}).get('chosen')
+  chosen = (id_search or {}).get('chosen')
   if chosen:
     config.ctr.update(chosen)
   return config
@@ -408,7 +408,7 @@ def run(config, workdir):
       baselines.search_id(config, data_dir, workdir, run_one)
       if 'id' in variants else (None, None))
   if searched:
-    config = searched_config(config, {'id_search': searched})
+    config = searched_config(config, searched)
   results = {v: [] for v in variants}
   for seed in range(config.seeds):
     for variant in variants:

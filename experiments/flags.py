@@ -24,6 +24,7 @@ that what went in was worth testing. Flagged here:
 
 import math
 
+from experiments import claims
 from experiments import ctr_sweep
 
 # Vectors "at chance": recall@K of the item table on held-out queries
@@ -130,11 +131,10 @@ def _inert_variants(ctr):
   """{variant: 'ΔAUC % [lo, hi], ΔGAUC % [lo, hi]'} of each integration
   whose intervals vs. id both lie inside +-INERT_PCT."""
   out = {}
-  for variant, row in ctr.items():
+  for variant in ctr:
     if variant in NOT_INTEGRATIONS:
       continue
-    cells = (((row.get('bootstrap') or {}).get('vs_id') or {}).get('all')
-             or {})
+    cells = claims.boot(ctr, variant).get('all') or {}
     cis = [(cells.get(m) or {}).get('ci_pct') for m in ('auc', 'gauc')]
     if all(ci and max(abs(x) for x in ci) <= INERT_PCT for ci in cis):
       out[variant] = ', '.join(f'Δ{m} % [{ci[0]:+.2f}, {ci[1]:+.2f}]'

@@ -79,7 +79,7 @@ def _extra(config, variants, world_dir, ctr_cfg, ctr_dir, path, make=True):
   (`make`: False without item vectors), on the ID settings the sweep in
   `ctr_dir` chose (the E = stage_a_epochs point is that sweep's own run)."""
   ctr_cfg = ctr_sweep.searched_config(ctr_cfg, stages.read_json(
-      os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json')))
+      os.path.join(ctr_dir, f'{ctr_sweep.TABLE_FILE}.json')).get('id_search'))
   res = {}
   if config.one_epoch.num_epochs:  # 0: no curve (the ID search's epochs
     one = stages.sub(ctr_cfg)       # table still compares 1 and 2)
