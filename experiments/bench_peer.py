@@ -37,7 +37,9 @@ one-value vocabulary: 130_4, 130_5, 214).
    written in the same layout; each side trains one pass over the same
    batches from each seed of quality_seeds (its own defaults: MUSE's
    config/din.json learning rates, ours experiments/configs/ctr.py's) and
-   scores the same test rows; AUC and GAUC (by user) by our metrics.
+   scores the same test rows; AUC and GAUC (by user) by our metrics. With
+   quality_epochs > 1 each side makes that many passes over the batches and
+   is scored after each (a curve, to see whether both have converged).
 """
 
 import json
@@ -284,7 +286,10 @@ def _quality(config, python, workdir, sizes):
   write_muse_layout(data_dir, train, test, world[2], sizes)
   labels = np.concatenate([b['label'] for b in test])
   users = np.concatenate([b['user_id'] for b in test])
-  scores = {'muse': [], 'ours': []}
+  epochs = max(1, p.quality_epochs)
+  # scores[side][epoch][seed]: the test logits after each pass.
+  scores = {'muse': [[] for _ in range(epochs)],
+            'ours': [[] for _ in range(epochs)]}
   for seed in p.quality_seeds:
     muse = MuseWorker(python, dict(
         muse_dir=os.path.abspath(p.muse_dir), data_dir=data_dir,
@@ -292,25 +297,34 @@ def _quality(config, python, workdir, sizes):
         keep_top=p.top_k, num_batches=len(train), seed=seed, warm=0),
         os.path.join(workdir, f'peer_quality_muse_{seed}.log'))
     try:
-      muse.ask(run=len(train), metrics=False)
-      scores['muse'].append(np.array(muse.ask(predict=True)['probs']))
+      for epoch in range(epochs):
+        muse.ask(run=len(train), metrics=False)
+        scores['muse'][epoch].append(np.array(muse.ask(predict=True)['probs']))
     finally:
       muse.close()
     run, predict, _, _ = bench_train.ctr_stepper(
         config, 'simtier_official', train, world[2], warm=0, seed=seed,
         retrieve_top_k=p.top_k, simtier_mask_padding=False)
-    run(len(train))
-    scores['ours'].append(np.concatenate([predict(b) for b in test]))
-  out = {'quality_train_steps': len(train), 'quality_test_rows': len(labels),
+    for epoch in range(epochs):
+      run(len(train))
+      scores['ours'][epoch].append(
+          np.concatenate([predict(b) for b in test]))
+  out = {'quality_train_steps': len(train), 'quality_epochs': epochs,
+         'quality_test_rows': len(labels),
          'quality_test_positive_rate': round(float(labels.mean()), 4),
          'quality_seeds': len(p.quality_seeds)}
-  for name, per_seed in scores.items():
-    for metric, fn in (('auc', lambda x: metrics.auc(labels, x)),
-                       ('gauc', lambda x: metrics.gauc(labels, x, users))):
-      values = [fn(x) for x in per_seed]
+  fns = (('auc', lambda x: metrics.auc(labels, x)),
+         ('gauc', lambda x: metrics.gauc(labels, x, users)))
+  for name, per_epoch in scores.items():
+    for metric, fn in fns:
+      curve = [[fn(x) for x in per_seed] for per_seed in per_epoch]
+      values = curve[-1]  # after the last pass
       out[f'{name}_test_{metric}'] = round(float(np.mean(values)), 4)
       out[f'{name}_test_{metric}_seed_range'] = (
           f'{min(values):.4f}-{max(values):.4f}')
+      if epochs > 1:  # mean over seeds after each pass: has it converged?
+        out[f'{name}_test_{metric}_by_epoch'] = [
+            round(float(np.mean(v)), 4) for v in curve]
   return out
 
 

@@ -125,10 +125,16 @@ class SideBySideTest(absltest.TestCase):
                     'MMREC_PEER_PYTHON')
     config = bench_config.get_config('tiny')
     config.peer.muse_dir, config.peer.python = peer
+    config.peer.quality_epochs = 2
     out = bench_peer.bench_peer(config, tempfile.mkdtemp())
     for key in ('muse_examples_per_second', 'ours_examples_per_second',
                 'ours_over_muse', 'ours_over_muse_with_metrics'):
       self.assertGreater(out[key], 0, key)
+    for side in ('muse', 'ours'):  # scored after each pass; the last = final
+      curve = out[f'{side}_test_auc_by_epoch']
+      self.assertLen(curve, 2)
+      # nan == nan here: the tiny test rows may hold one class only.
+      np.testing.assert_equal(curve[-1], out[f'{side}_test_auc'])
 
 
 if __name__ == '__main__':

@@ -93,8 +93,10 @@ def get_config(arg=None):
       muse_dir='', python='', method='din', batch_size=1000, history=1000,
       top_k=50, num_batches=4, runs=4, steps=5, seed=0,
       # Test AUC / GAUC of both after one pass over this many batches of a
-      # learnable world, per seed (0 = skip).
-      quality_steps=20, quality_test_batches=3, quality_seeds=(0, 1, 2)))
+      # learnable world, per seed (0 = skip); quality_epochs passes over
+      # them, scored after each.
+      quality_steps=20, quality_epochs=1, quality_test_batches=3,
+      quality_seeds=(0, 1, 2)))
   if arg == 'tiny':
     config.scl_batch_size = 16
     config.timed_steps = 2
