@@ -302,13 +302,13 @@ def _quality(config, python, workdir, sizes):
         scores['muse'][epoch].append(np.array(muse.ask(predict=True)['probs']))
     finally:
       muse.close()
-    run, predict, _, _ = bench_train.ctr_stepper(
+    ours = bench_train.ctr_stepper(
         config, 'simtier_official', train, world[2], warm=0, seed=seed,
         retrieve_top_k=p.top_k, simtier_mask_padding=False)
     for epoch in range(epochs):
-      run(len(train))
+      ours.run(len(train))
       scores['ours'][epoch].append(
-          np.concatenate([predict(b) for b in test]))
+          np.concatenate([ours.predict(b) for b in test]))
   out = {'quality_train_steps': len(train), 'quality_epochs': epochs,
          'quality_test_rows': len(labels),
          'quality_test_positive_rate': round(float(labels.mean()), 4),
@@ -350,7 +350,7 @@ def bench_peer(config, workdir):
       num_batches=p.num_batches, seed=p.seed),
       os.path.join(workdir, 'peer_muse.log'))
   try:
-    ours, _, _, _ = bench_train.ctr_stepper(
+    ours = bench_train.ctr_stepper(
         config, 'simtier_official', train, vectors, retrieve_top_k=top_k,
         simtier_mask_padding=False)
     times = {'muse': [], 'muse_with_metrics': [], 'ours': []}
@@ -359,7 +359,7 @@ def bench_peer(config, workdir):
       times['muse_with_metrics'].append(
           muse.ask(run=p.steps, metrics=True)['seconds'])
       t0 = time.perf_counter()
-      ours(p.steps)
+      ours.run(p.steps)
       times['ours'].append(time.perf_counter() - t0)
   finally:
     muse.close()

@@ -7,12 +7,14 @@
   of one new item;
 - `ctr_train`: the CTR trainer's own step in examples/s, for the ID model,
   SimTier + MAKE, the official 1000-long-history setting and the GSU setting,
-  each against its memory limit (`ctr_step_bytes` / `copy_rates`, measured
-  in the same run).
+  each against its memory limit (`ctr_step_bytes` / `copy_rates`) and its
+  compute limit (XLA's FLOPs / the matmul rate), both measured in the same
+  run.
 """
 
 import functools
 import time
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -273,11 +275,22 @@ def ctr_batches(rng, count, b, sizes, seq_len, long_len=0):
   return batches
 
 
+class Stepper(NamedTuple):
+  """`ctr_stepper`'s result."""
+  run: Callable[[int], None]  # steps -> None, blocks until the last is done
+  predict: Callable[[dict], np.ndarray]  # batch -> eval logits, current state
+  embedding: Any  # the model's EmbeddingConfig
+  param_bytes: int
+  flops: Callable[..., float]  # (table) -> XLA's FLOPs of one train step
+
+
 def ctr_stepper(config, variant, batches, table, warm=2, **overrides):
   """The trainer's own step (`ctr_steps.programs`), compiled and warmed by
-  `warm` steps: returns (run, predict, embedding config, parameter bytes);
-  `run(steps)` takes `steps` steps and blocks until the last is done,
-  `predict(batch)` gives the logits of the eval step at the current state.
+  `warm` steps: a `Stepper`. `run(steps)` takes `steps` steps, `predict`
+  gives the logits of the eval step at the current state, `flops(table)`
+  XLA's FLOP count of one train step over that vector table (default: this
+  one; a float copy of an int8 table takes the gathered cosine path, the
+  fewest multiply-adds).
 
   The model, optimizer and jitted step are built as `train_ctr` builds them
   for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
@@ -287,7 +300,8 @@ def ctr_stepper(config, variant, batches, table, warm=2, **overrides):
   c.update(overrides)
   model = ctr_model.build_model(c, ctr_data.sizes(config.world.to_dict()))
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
-  table = table if ctr_model.reads_vectors(c) else None
+  reads = ctr_model.reads_vectors(c)
+  table = table if reads else None
   example = {k: v[:2] for k, v in batches[0].items()}
   progs = ctr_steps.programs(model, ctr_steps.opt_spec(c, model), mesh,
                              ctr_steps.shape_key(example),
@@ -312,20 +326,23 @@ def ctr_stepper(config, variant, batches, table, warm=2, **overrides):
     out = progs.eval_step(state, sharding.shard_batch(x, mesh), vectors)
     return np.asarray(out['logit'])
 
+  def flops(other=table):
+    batch = sharding.shard_batch(batches[0], mesh)
+    put = vector_table.put(other if reads else None, mesh)
+    return _flops(progs.train.train_step.lower(state, batch, rng, put))
+
   run(warm)  # compile (with warm > 0), and one more
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
-  return run, predict, model.config.embedding, param_bytes
+  return Stepper(run, predict, model.config.embedding, param_bytes, flops)
 
 
 def _ctr_step_seconds(config, variant, batches, table, **overrides):
   """Seconds per step of `ctr_stepper`'s step (`config.timed_steps` timed),
-  and the model's embedding config and parameter bytes."""
-  run, _, emb, param_bytes = ctr_stepper(config, variant, batches, table,
-                                         **overrides)
+  and the `Stepper`."""
+  stepper = ctr_stepper(config, variant, batches, table, **overrides)
   t0 = time.perf_counter()
-  run(config.timed_steps)
-  seconds = (time.perf_counter() - t0) / config.timed_steps
-  return seconds, emb, param_bytes
+  stepper.run(config.timed_steps)
+  return (time.perf_counter() - t0) / config.timed_steps, stepper
 
 
 def copy_rates(table, ids, repeats=5):
@@ -374,6 +391,20 @@ def ctr_step_bytes(b, vector_width, vector_histories, attended, emb,
   return histories + b * ids + embeddings + attention + param_bytes
 
 
+def step_limits(seconds, limit_bytes, copy_rate, flops, matmul_rate):
+  """A step's time against its memory limit (bytes / copy rate) and its
+  compute limit (FLOPs / matmul rate): `step_over_roofline` divides by the
+  larger, so it is never above `step_over_limit`."""
+  limit_s, compute_s = limit_bytes / copy_rate, flops / matmul_rate
+  return {'step_ms': round(seconds * 1e3, 1),
+          'limit_mb': round(limit_bytes / 1e6, 1),
+          'limit_ms': round(limit_s * 1e3, 2),
+          'step_over_limit': round(seconds / limit_s, 2),
+          'gflop': round(flops / 1e9, 3),
+          'compute_limit_ms': round(compute_s * 1e3, 2),
+          'step_over_roofline': round(seconds / max(limit_s, compute_s), 2)}
+
+
 def bench_ctr_train(config, workdir):
   """CTR training examples/s of the trainer's step, on the world's vocabulary,
   each setting against its memory limit.
@@ -399,6 +430,13 @@ def bench_ctr_train(config, workdir):
   a step that does nothing but read its inputs once. The short-history
   settings read little (~10 MB) and are bound by the attention's compute,
   not memory: their ratio is large by nature.
+
+  The compute limit: XLA's FLOP count of the step over a float copy of the
+  table (`*_gflop`; the gathered cosine path, B T Dv multiply-adds per
+  cosine pass, not the all-pairs path's B V Dv that the int8 step runs
+  because it is faster here) at the float32 matmul rate measured just
+  before each setting. `*_step_over_roofline` = step time / the larger of
+  the two limits: how far the step is from what this hardware allows.
   """
   del workdir
   rng = np.random.default_rng(0)
@@ -425,20 +463,22 @@ def bench_ctr_train(config, workdir):
                       dict(retrieve_top_k=config.gsu_top_k,
                            simtier_mask_padding=False)),
   }
-  rates = []
+  rates, peaks = [], []
+  work_table = int8.dequantize(vectors)  # float: the gathered cosine path
   for name, (variant, batches, histories, attended, overrides) in (
       settings.items()):
     rates.append(copy_rates(vectors, long_ids))  # just before: same load
+    peaks.append(_matmul_flops_per_s())
     rate = max(rates[-1].values())
-    seconds, emb, param_bytes = _ctr_step_seconds(
-        config, variant, batches, vectors, **overrides)
-    limit = ctr_step_bytes(b, dv, histories, attended, emb, param_bytes)
+    seconds, stepper = _ctr_step_seconds(config, variant, batches, vectors,
+                                         **overrides)
+    limit = ctr_step_bytes(b, dv, histories, attended, stepper.embedding,
+                           stepper.param_bytes)
     out[f'{name}_examples_per_second'] = round(b / seconds)
-    out[f'{name}_step_ms'] = round(seconds * 1e3, 1)
-    out[f'{name}_limit_mb'] = round(limit / 1e6, 1)
-    out[f'{name}_limit_ms'] = round(limit / rate * 1e3, 2)
-    out[f'{name}_step_over_limit'] = round(seconds * rate / limit, 2)
+    out.update({f'{name}_{k}': v for k, v in step_limits(
+        seconds, limit, rate, stepper.flops(work_table), peaks[-1]).items()})
   for kind in ('gather', 'memcpy'):
     out[f'{kind}_gb_per_second'] = round(
         float(np.median([r[kind] for r in rates])) / 1e9, 2)
+  out['matmul_gflop_per_second'] = round(float(np.median(peaks)) / 1e9, 1)
   return out

@@ -97,11 +97,11 @@ class MuseLayoutTest(absltest.TestCase):
       bench_peer.bench_peer(config, tempfile.mkdtemp())
 
   def test_our_gsu_step_runs_on_the_batches(self):
-    run, _, _, param_bytes = bench_train.ctr_stepper(
+    stepper = bench_train.ctr_stepper(
         self.config, 'simtier_official', self.batches, self.vectors,
         retrieve_top_k=self.config.peer.top_k, simtier_mask_padding=False)
-    run(1)
-    self.assertGreater(param_bytes, 0)
+    stepper.run(1)
+    self.assertGreater(stepper.param_bytes, 0)
 
 
 def _peer():
