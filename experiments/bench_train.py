@@ -407,7 +407,7 @@ def step_limits(seconds, limit_bytes, copy_rate, flops, matmul_rate):
 
 def bench_ctr_train(config, workdir):
   """CTR training examples/s of the trainer's step, on the world's vocabulary,
-  each setting against its memory limit.
+  each setting against its memory and its compute limit.
 
   - `id` and `simtier_make` (frozen MAKE, as configured) at L = the world's
     seq_len (50);
@@ -435,8 +435,9 @@ def bench_ctr_train(config, workdir):
   table (`*_gflop`; the gathered cosine path, B T Dv multiply-adds per
   cosine pass, not the all-pairs path's B V Dv that the int8 step runs
   because it is faster here) at the float32 matmul rate measured just
-  before each setting (the best of 3 bursts). `*_step_over_roofline` = step time / the larger of
-  the two limits: how far the step is from what this hardware allows.
+  before each setting (the best of 3 bursts). `*_step_over_roofline` =
+  step time / the larger of the two limits: how far the step is from what
+  this hardware allows.
   """
   del workdir
   rng = np.random.default_rng(0)
