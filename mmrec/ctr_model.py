@@ -287,12 +287,9 @@ class CtrModel(nn.Module):
         if retrieved is not None:
           # Attention over the retrieved, SimTier over the short recent
           # history (the official code's SimTier over its recent 50).
-          # Picked from the retrieval's (B, V) product where it made one.
           tier_mask = batch['seq_mask'].astype(bool)
-          tier_sims = simtier.table_cosine(
-              vectors, item, batch['seq_item'], tier_mask,
-              all_pairs=simtier.all_pairs_applies(
-                  vectors, batch['long_seq_item'].shape[1]) or None)
+          tier_sims = simtier.table_cosine(vectors, item, batch['seq_item'],
+                                           tier_mask)
         elif 'long_seq_item' in batch:
           # The official code's SimTier over a long history (e.g. 1000
           # behaviours), attention over the short recent one.

@@ -28,15 +28,7 @@ OFFICIAL_NUM_BINS = 22  # ceil(10·cos) + 10 in [0, 20], plus one slot for >1.
 ALL_PAIRS_ROWS_PER_POSITION = 32
 
 
-def all_pairs_applies(vectors, history_len: int) -> bool:
-  """Whether `table_cosine` takes its all-pairs path for histories of this
-  length: an int8 table of at most ALL_PAIRS_ROWS_PER_POSITION rows per
-  position."""
-  return (vectors.dtype == jnp.int8 and
-          vectors.shape[0] <= ALL_PAIRS_ROWS_PER_POSITION * history_len)
-
-
-def table_cosine(vectors, target_ids, seq_ids, seq_mask, all_pairs=None):
+def table_cosine(vectors, target_ids, seq_ids, seq_mask):
   """Cosine of each behaviour to the target, straight from the vector table.
 
   (V, Dv) table (float, or int8 = round(127 v)), (B,) and (B, T) ids, (B, T)
@@ -66,12 +58,6 @@ def table_cosine(vectors, target_ids, seq_ids, seq_mask, all_pairs=None):
   are exact either way (bfloat16 holds every int8 value exactly, and the
   products are summed in float32).
 
-  `all_pairs` (an int8 table only) overrides that choice: a step that runs
-  the all-pairs product for one history (a GSU's 1000) passes True for
-  another of the same targets (the recent 50), whose dots XLA then picks
-  from the same (B, V) product (one matmul after common-subexpression
-  elimination) instead of gathering its rows.
-
   The ids and mask may also be (1, T): one history shared by the B targets
   (serving's request-level call); the result is the same, bit for bit on
   an int8 table, as for the history repeated B times.
@@ -85,9 +71,8 @@ def table_cosine(vectors, target_ids, seq_ids, seq_mask, all_pairs=None):
     sv = jnp.take(vectors, seq_ids[0], axis=0)  # (T, Dv)
     dots = jnp.einsum('bd,td->bt', tv, sv, preferred_element_type=jnp.float32)
     return _scaled(dots, _inv_norm(tv), _inv_norm(sv)[None], seq_mask)
-  if all_pairs is None:
-    all_pairs = all_pairs_applies(vectors, seq_ids.shape[1])
-  if not all_pairs or vectors.dtype != jnp.int8:
+  if (vectors.dtype != jnp.int8 or
+      vectors.shape[0] > ALL_PAIRS_ROWS_PER_POSITION * seq_ids.shape[1]):
     return gathered_cosine(vectors, target_ids, seq_ids, seq_mask)
   tv = jnp.take(vectors, target_ids, axis=0)
   all_dots = jnp.einsum('bd,vd->bv', tv.astype(jnp.bfloat16),

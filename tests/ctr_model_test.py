@@ -367,13 +367,9 @@ def reference_paths():
   the gathered (B, T, Dv) rows, SimTier counts through a one-hot."""
   def counts(bins, weights, num_bins):
     return jnp.einsum('btn,bt->bn', jax.nn.one_hot(bins, num_bins), weights)
-
-  def gathered(vectors, target_ids, seq_ids, seq_mask, all_pairs=None):
-    del all_pairs  # the reference gathers every history's rows
-    return simtier.gathered_cosine(vectors, target_ids, seq_ids, seq_mask)
-
   stack = contextlib.ExitStack()
-  stack.enter_context(mock.patch.object(simtier, 'table_cosine', gathered))
+  stack.enter_context(mock.patch.object(simtier, 'table_cosine',
+                                        simtier.gathered_cosine))
   stack.enter_context(mock.patch.object(simtier, 'bin_counts', counts))
   return stack
 

@@ -1,7 +1,6 @@
 """Tests for mmrec.simtier against plain numpy loops."""
 
 import math
-import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -253,35 +252,6 @@ class FastPathTest(parameterized.TestCase):
     f = table.astype(np.float32) / 127
     np.testing.assert_array_equal(simtier.table_cosine(f, item, seq, mask),
                                   simtier.gathered_cosine(f, item, seq, mask))
-
-  def test_all_pairs_override_equals_gathered(self):
-    """`all_pairs=True` on a history too short for the size rule (a GSU's
-    recent 50 beside its 1000) and `False` on one long enough: the same
-    cosines bit for bit; and one (B, V) product serves two histories."""
-    table, item, seq, mask = self._data()
-    short, short_mask = seq[:, :2], mask[:, :2]
-    self.assertFalse(simtier.all_pairs_applies(table, short.shape[1]))
-    self.assertTrue(simtier.all_pairs_applies(table, seq.shape[1]))
-    want = np.asarray(simtier.gathered_cosine(table, item, short, short_mask))
-    np.testing.assert_array_equal(
-        simtier.table_cosine(table, item, short, short_mask, all_pairs=True),
-        want)
-    np.testing.assert_array_equal(
-        simtier.table_cosine(table, item, seq, mask, all_pairs=False),
-        simtier.gathered_cosine(table, item, seq, mask))
-
-    def both(table, item, seq, mask):
-      return (simtier.table_cosine(table, item, seq, mask),
-              simtier.table_cosine(table, item, seq[:, :2], mask[:, :2],
-                                   all_pairs=True))
-
-    hlo = jax.jit(both).lower(table, item, seq, mask).compile().as_text()
-    entry = hlo[hlo.index('ENTRY'):]  # not the fused computations' bodies
-    b, v = len(item), table.shape[0]
-    self.assertLen(re.findall(rf'= f32\[{b},{v}\]\S* (?:dot|fusion)\(',
-                              entry), 1, entry)
-    # ... and the short history's rows are not gathered.
-    self.assertNotRegex(entry, rf'\[{b},2,{table.shape[1]}\]')
 
   def test_no_history_sized_copy_of_the_vectors(self):
     """Neither the cosines nor the counts build a (B, T, Dv) or (B, T, N)
