@@ -39,7 +39,8 @@ one-value vocabulary: 130_4, 130_5, 214).
    config/din.json learning rates, ours experiments/configs/ctr.py's) and
    scores the same test rows; AUC and GAUC (by user) by our metrics. With
    quality_epochs > 1 each side makes that many passes over the batches and
-   is scored after each (a curve, to see whether both have converged).
+   is scored after each (a curve, to see whether both have converged), and
+   each side's best pass is chosen on a validation draw of the same world.
 """
 
 import json
@@ -272,9 +273,12 @@ def _stats(values):
 
 
 def _quality(config, python, workdir, sizes):
-  """Test AUC / GAUC of MUSE's `din` and ours (GSU setting) after one pass
-  over the same `quality_steps` batches of a learnable world, per seed of
-  `quality_seeds` (model init; the data are fixed)."""
+  """Test AUC / GAUC of MUSE's `din` and ours (GSU setting) after each of
+  `quality_epochs` passes over the same `quality_steps` batches of a
+  learnable world, per seed of `quality_seeds` (model init; the data are
+  fixed). With several passes each side's best pass is chosen on a
+  validation draw of the same world (mean GAUC over seeds), and its test
+  numbers are reported beside the last pass's."""
   p = config.peer
   rng = np.random.default_rng(p.seed + 1)
   world = learnable_world(rng, sizes)
@@ -282,12 +286,15 @@ def _quality(config, python, workdir, sizes):
   make = lambda n: learnable_batches(rng, n, p.batch_size, sizes, world,
                                      p.history, per_user)
   train, test = make(p.quality_steps), make(p.quality_test_batches)
-  data_dir = os.path.join(workdir, 'peer_quality_data')
-  write_muse_layout(data_dir, train, test, world[2], sizes)
-  labels = np.concatenate([b['label'] for b in test])
-  users = np.concatenate([b['user_id'] for b in test])
   epochs = max(1, p.quality_epochs)
-  # scores[side][epoch][seed]: the test logits after each pass.
+  val = make(p.quality_test_batches) if epochs > 1 else []
+  held = val + test  # MUSE scores its test split in order: val rows first
+  data_dir = os.path.join(workdir, 'peer_quality_data')
+  write_muse_layout(data_dir, train, held, world[2], sizes)
+  n_val = sum(len(b['label']) for b in val)
+  labels = np.concatenate([b['label'] for b in held])
+  users = np.concatenate([b['user_id'] for b in held])
+  # scores[side][epoch][seed]: the held-out logits after each pass.
   scores = {'muse': [[] for _ in range(epochs)],
             'ours': [[] for _ in range(epochs)]}
   for seed in p.quality_seeds:
@@ -308,23 +315,37 @@ def _quality(config, python, workdir, sizes):
     for epoch in range(epochs):
       ours.run(len(train))
       scores['ours'][epoch].append(
-          np.concatenate([ours.predict(b) for b in test]))
+          np.concatenate([ours.predict(b) for b in held]))
   out = {'quality_train_steps': len(train), 'quality_epochs': epochs,
-         'quality_test_rows': len(labels),
-         'quality_test_positive_rate': round(float(labels.mean()), 4),
+         'quality_test_rows': len(labels) - n_val,
+         'quality_test_positive_rate': round(float(labels[n_val:].mean()), 4),
          'quality_seeds': len(p.quality_seeds)}
-  fns = (('auc', lambda x: metrics.auc(labels, x)),
-         ('gauc', lambda x: metrics.gauc(labels, x, users)))
+  part = {'val': slice(0, n_val), 'test': slice(n_val, None)}
+  fns = {'auc': lambda x, s: metrics.auc(labels[s], x[s]),
+         'gauc': lambda x, s: metrics.gauc(labels[s], x[s], users[s])}
+  span = lambda v: f'{min(v):.4f}-{max(v):.4f}'
   for name, per_epoch in scores.items():
-    for metric, fn in fns:
-      curve = [[fn(x) for x in per_seed] for per_seed in per_epoch]
-      values = curve[-1]  # after the last pass
-      out[f'{name}_test_{metric}'] = round(float(np.mean(values)), 4)
-      out[f'{name}_test_{metric}_seed_range'] = (
-          f'{min(values):.4f}-{max(values):.4f}')
-      if epochs > 1:  # mean over seeds after each pass: has it converged?
-        out[f'{name}_test_{metric}_by_epoch'] = [
-            round(float(np.mean(v)), 4) for v in curve]
+    # curve[metric][epoch] = the test values of the seeds after that pass.
+    curve = {m: [[fn(x, part['test']) for x in per_seed]
+                 for per_seed in per_epoch] for m, fn in fns.items()}
+    for metric, values in curve.items():
+      out[f'{name}_test_{metric}'] = round(float(np.mean(values[-1])), 4)
+      out[f'{name}_test_{metric}_seed_range'] = span(values[-1])
+    if epochs == 1:
+      continue
+    val_gauc = [np.mean([fns['gauc'](x, part['val']) for x in per_seed])
+                for per_seed in per_epoch]
+    best = int(np.argmax(val_gauc))
+    out[f'{name}_best_epoch'] = best + 1
+    for metric, values in curve.items():
+      out[f'{name}_test_{metric}_by_epoch'] = [
+          round(float(np.mean(v)), 4) for v in values]
+      out[f'{name}_test_{metric}_by_epoch_seed_range'] = [
+          span(v) for v in values]
+      out[f'{name}_test_{metric}_at_best_epoch'] = round(
+          float(np.mean(values[best])), 4)
+      out[f'{name}_test_{metric}_at_best_epoch_seed_range'] = span(
+          values[best])
   return out
 
 

@@ -133,8 +133,13 @@ class SideBySideTest(absltest.TestCase):
     for side in ('muse', 'ours'):  # scored after each pass; the last = final
       curve = out[f'{side}_test_auc_by_epoch']
       self.assertLen(curve, 2)
+      self.assertLen(out[f'{side}_test_auc_by_epoch_seed_range'], 2)
       # nan == nan here: the tiny test rows may hold one class only.
       np.testing.assert_equal(curve[-1], out[f'{side}_test_auc'])
+      best = out[f'{side}_best_epoch']  # chosen on the validation draw
+      self.assertIn(best, (1, 2))
+      np.testing.assert_equal(curve[best - 1],
+                              out[f'{side}_test_auc_at_best_epoch'])
 
 
 if __name__ == '__main__':
