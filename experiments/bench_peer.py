@@ -19,12 +19,15 @@ extra, or a separate venv named by config.peer.python); `make bench` and
    config.peer.python) with its `din` method, the batches read once through
    its own loader and kept in memory; ours is bench_train.ctr_stepper at the
    `ctr_train` GSU setting (top-50 of the 1000 by cosine, attention over
-   those, SimTier over the 50 most recent), on the same batches (each side
-   cycles the `num_batches` in shard order).
+   those, SimTier over the 50 most recent) with MUSE's attention form
+   (`ATTENTION`), on the same batches (each side cycles the `num_batches` in
+   shard order).
 3. `runs` alternating runs of `steps` steps each: MUSE's step without its
    per-step metric bookkeeping, MUSE's step as its train_epoch runs it (with
-   the per-step AUC / GAUC it logs), then ours. examples/s are medians over
-   runs; the ratios are per alternating pair (same load), median and range.
+   the per-step AUC / GAUC it logs), ours, then ours with DIN's scorer MLP
+   and Dice in the attention (ctr.py's default form, more work than MUSE's:
+   `ours_din_scorer`). examples/s are medians over runs; the ratios are per
+   alternating pair (same load), median and range.
 
 Equal work, not identical models: both retrieve the top-k of the long
 history by cosine and attend over the recent 50; MUSE's `din` also runs an
@@ -67,6 +70,10 @@ SEQ_ITEM, SEQ_CATEGORY = '150_2_180', '151_2_180'
 # Embedded by MUSE's FeatureEmbeddingDict, each with `<name>_sorted_map.npy`.
 EMBEDDED = (USER, *USER_COLUMNS, SEQ_ITEM, SEQ_CATEGORY, *TARGET_COLUMNS)
 RECENT = 50  # MUSE's trainer slices the 50 most recent (transform_batch)
+# MUSE's `din` attends over the recent 50 with a dot product of projected
+# query and keys and a softmax (model/base_model/layers.py, MultiHeadAtt):
+# our 'dot' form. Equal work is ours in that form.
+ATTENTION = 'dot'
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       'muse_worker.py')
 
@@ -311,7 +318,8 @@ def _quality(config, python, workdir, sizes):
       muse.close()
     ours = bench_train.ctr_stepper(
         config, 'simtier_official', train, world[2], warm=0, seed=seed,
-        retrieve_top_k=p.top_k, simtier_mask_padding=False)
+        retrieve_top_k=p.top_k, simtier_mask_padding=False,
+        attention=ATTENTION)
     for epoch in range(epochs):
       ours.run(len(train))
       scores['ours'][epoch].append(
@@ -371,17 +379,22 @@ def bench_peer(config, workdir):
       num_batches=p.num_batches, seed=p.seed),
       os.path.join(workdir, 'peer_muse.log'))
   try:
-    ours = bench_train.ctr_stepper(
+    # 'ours': equal work, MUSE's attention form; 'ours_din_scorer': with
+    # DIN's scorer MLP + Dice (ctr.py's default form), heavier than MUSE's.
+    ours = {name: bench_train.ctr_stepper(
         config, 'simtier_official', train, vectors, retrieve_top_k=top_k,
-        simtier_mask_padding=False)
-    times = {'muse': [], 'muse_with_metrics': [], 'ours': []}
+        simtier_mask_padding=False, attention=form)
+            for name, form in (('ours', ATTENTION), ('ours_din_scorer', 'din'))}
+    times = {'muse': [], 'muse_with_metrics': [], 'ours': [],
+             'ours_din_scorer': []}
     for _ in range(p.runs):
       times['muse'].append(muse.ask(run=p.steps, metrics=False)['seconds'])
       times['muse_with_metrics'].append(
           muse.ask(run=p.steps, metrics=True)['seconds'])
-      t0 = time.perf_counter()
-      ours.run(p.steps)
-      times['ours'].append(time.perf_counter() - t0)
+      for name, stepper in ours.items():
+        t0 = time.perf_counter()
+        stepper.run(p.steps)
+        times[name].append(time.perf_counter() - t0)
   finally:
     muse.close()
   rate = {k: b * p.steps / np.array(v) for k, v in times.items()}
@@ -392,10 +405,11 @@ def bench_peer(config, workdir):
          'write_muse_layout_seconds': round(write_s, 2)}
   for k, r in rate.items():
     out[f'{k}_examples_per_second'] = round(float(np.median(r)))
-  for ref in ('muse', 'muse_with_metrics'):
-    med, lo, hi = _stats(rate['ours'] / rate[ref])
-    out[f'ours_over_{ref}'] = round(med, 2)
-    out[f'ours_over_{ref}_range'] = f'{lo:.2f}-{hi:.2f}'
+  for mine, ref in (('ours', 'muse'), ('ours', 'muse_with_metrics'),
+                    ('ours_din_scorer', 'muse')):
+    med, lo, hi = _stats(rate[mine] / rate[ref])
+    out[f'{mine}_over_{ref}'] = round(med, 2)
+    out[f'{mine}_over_{ref}_range'] = f'{lo:.2f}-{hi:.2f}'
   if p.quality_steps:
     out.update(_quality(config, python, workdir, sizes))
   return out

@@ -99,7 +99,8 @@ class MuseLayoutTest(absltest.TestCase):
   def test_our_gsu_step_runs_on_the_batches(self):
     stepper = bench_train.ctr_stepper(
         self.config, 'simtier_official', self.batches, self.vectors,
-        retrieve_top_k=self.config.peer.top_k, simtier_mask_padding=False)
+        retrieve_top_k=self.config.peer.top_k, simtier_mask_padding=False,
+        attention=bench_peer.ATTENTION)
     stepper.run(1)
     self.assertGreater(stepper.param_bytes, 0)
 
@@ -128,7 +129,8 @@ class SideBySideTest(absltest.TestCase):
     config.peer.quality_epochs = 2
     out = bench_peer.bench_peer(config, tempfile.mkdtemp())
     for key in ('muse_examples_per_second', 'ours_examples_per_second',
-                'ours_over_muse', 'ours_over_muse_with_metrics'):
+                'ours_over_muse', 'ours_over_muse_with_metrics',
+                'ours_din_scorer_over_muse'):
       self.assertGreater(out[key], 0, key)
     for side in ('muse', 'ours'):  # scored after each pass; the last = final
       curve = out[f'{side}_test_auc_by_epoch']
