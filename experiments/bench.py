@@ -119,9 +119,14 @@ def run(config, workdir):
   for name in names:
     logging.info('benchmark %s ...', name)
     # The machine may be shared: its load beside each entry says how far
-    # absolute numbers can be trusted (the ratios inside an entry are
-    # measured under the same load).
+    # the numbers can be trusted. Not only absolute ones: two programs under
+    # the same load need not slow alike (MUSE's torch step ran 5-7x slower at
+    # load 3.5-8 on 2 cores, ours 2x, so their ratio doubled; docs/ctr.md).
     load = os.getloadavg()[0]
+    if load > 0.5 * os.cpu_count():
+      logging.warning('benchmark %s starts at load average %.1f on %d CPUs: '
+                      'its numbers, ratios included, may reflect the load',
+                      name, load, os.cpu_count())
     results['benchmarks'][name] = BENCHMARKS[name](config, workdir)
     results['benchmarks'][name].update(
         load_average_1min_start=round(load, 2),
