@@ -294,7 +294,11 @@ def ctr_stepper(config, variant, batches, table, warm=2, **overrides):
 
   The model, optimizer and jitted step are built as `train_ctr` builds them
   for `experiments/configs/ctr.py:VARIANT` (+ `overrides`); each step shards
-  the next of the cycled host batches as the training loop does.
+  the next of the cycled host batches as the training loop does. The
+  programs come from `ctr_steps.programs`' cache, keyed on the model's
+  config: to time two versions of the model's code in one process (an A/B
+  with a patched function), clear that cache between the two builds, or
+  both steppers run the first one's program.
   """
   c = ctr_config.get_config(variant + (',tiny' if config.ctr_tiny else ''))
   c.update(overrides)
